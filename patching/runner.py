@@ -79,6 +79,24 @@ class Runner:
         z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
         return pattern, z
 
+    def attend_heads(self, layer: int, q_rot: Tensor, k_rot: Tensor, v: Tensor, q_offset: int,
+                     heads: Tensor) -> tuple[Tensor, Tensor]:
+        """Like `attend`, with a different head set per row.
+
+        q_rot [B, Tq, H, d_head]; k_rot, v [B, Tk, n_kv_heads, d_head]; heads [B, H] query heads.
+        Returns pattern [B, H, Tq, Tk] and z [B, Tq, H, d_head].
+        """
+        a = self.arch
+        kv = heads // (a.n_heads // a.n_kv_heads)
+        rows = torch.arange(kv.shape[0], device=kv.device)[:, None]
+        k_sel, v_sel = k_rot[rows, :, kv], v[rows, :, kv]          # [B, H, Tk, d_head]
+        scores = torch.einsum("bqhd,bhkd->bhqk", q_rot, k_sel) * a.scaling(layer)
+        tq, tk = q_rot.shape[1], k_rot.shape[1]
+        future = (torch.arange(tk, device=scores.device)[None, :]
+                  > torch.arange(q_offset, q_offset + tq, device=scores.device)[:, None])
+        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
+        return pattern, torch.einsum("bhqk,bhkd->bqhd", pattern, v_sel)
+
     def _rope(self, rope, q, k, start: int):
         if rope is None:
             return q, k

@@ -1,0 +1,41 @@
+"""Pluggable metrics: a registry by name, or any `package.module:function`.
+
+| name | formula | more like clean |
+|---|---|---|
+| logit_diff (default) | logit(answer) - logit(wrong) | higher |
+| prob_diff | p(answer) - p(wrong) | higher |
+| logprob | log p(answer) | higher |
+| accuracy | 1 if argmax = answer | higher |
+| kl | KL(p_clean || p_patched) | lower (0 = clean) |
+
+>>> get_metric("logit_diff").formula
+'logit(answer) - logit(wrong)'
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from . import kl as _kl
+from . import logit_diff as _ld
+from . import probability as _p
+from .base import Metric, MetricInputs, load_user_metric
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    _ld.METRIC, _p.PROB_DIFF, _p.LOGPROB, _p.ACCURACY, _kl.METRIC)}
+
+
+def get_metric(metric: str | Metric | Callable) -> Metric:
+    """A registered name, 'package.module:function', a Metric, or a plain callable."""
+    if isinstance(metric, Metric):
+        return metric
+    if callable(metric):
+        return Metric(getattr(metric, "__name__", "custom"), metric, "user function", "higher")
+    if metric in METRICS:
+        return METRICS[metric]
+    if ":" in str(metric):
+        return load_user_metric(metric)
+    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)} "
+                     "or give 'package.module:function'")
+
+
+__all__ = ["METRICS", "Metric", "MetricInputs", "get_metric", "load_user_metric"]

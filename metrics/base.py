@@ -1,0 +1,58 @@
+"""The Metric protocol: a function of the last position's logits, one value per row.
+
+>>> m = METRICS["logit_diff"]                                  # doctest: +SKIP
+>>> m(logits, MetricInputs(answer, wrong, clean_logprobs))     # -> [batch]
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """What a metric may read besides the logits; every tensor has one entry per row."""
+    answer: Int[Tensor, "batch"]                 # the clean answer token
+    wrong: Int[Tensor, "batch"]                  # the corrupt (wrong) answer token
+    clean_logprobs: Float[Tensor, "batch vocab"]  # the clean run's next-token log-probabilities
+
+
+class MetricFn(Protocol):
+    def __call__(self, logits: Float[Tensor, "batch vocab"], inputs: MetricInputs) -> Float[Tensor, "batch"]: ...
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[[Tensor, MetricInputs], Tensor]
+    formula: str
+    clean_is: str        # which way is "more like clean": "higher" or "lower"
+
+    def __call__(self, logits: Tensor, inputs: MetricInputs) -> Tensor:
+        out = self.fn(logits, inputs)
+        if out.shape != logits.shape[:1]:
+            raise ValueError(f"metric {self.name!r} must return one value per row, shape "
+                             f"[{logits.shape[0]}], got {tuple(out.shape)}")
+        return out
+
+
+def load_user_metric(ref: str) -> Metric:
+    """'package.module:function' -> Metric; the function takes (logits [batch, vocab], MetricInputs).
+
+    >>> load_user_metric("metrics.logit_diff:logit_diff").name
+    'metrics.logit_diff:logit_diff'
+    """
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"custom metric {ref!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load metric {ref!r}: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"metric {ref!r} is not callable")
+    return Metric(ref, fn, f"user function {ref}", "higher")

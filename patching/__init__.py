@@ -1,0 +1,17 @@
+"""Patchboard's patching engine: load a model, build prompt pairs, sweep, read the result.
+
+>>> from patching import load_model, PromptSet, PatchSpec, sweep      # doctest: +SKIP
+>>> model = load_model("default")                                     # doctest: +SKIP
+>>> prompts = PromptSet.single(model, "When Mary and John went to the store, John gave a drink to",
+...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
+>>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe()  # doctest: +SKIP
+"""
+from .engine import sweep
+from .kinds import KINDS
+from .models import Model, ModelRegistry, load_model
+from .prompts import PromptPair, PromptSet
+from .results import PatchResult
+from .spec import PatchSpec
+
+__all__ = ["sweep", "KINDS", "Model", "ModelRegistry", "load_model", "PromptPair", "PromptSet",
+           "PatchResult", "PatchSpec"]

@@ -1,0 +1,147 @@
+"""Exact activation patching, batched and resumed from the patched layer.
+
+TransformerLens' `patching.py` runs one full forward per index. Here:
+- the clean and corrupt runs are cached once (`Runner.run`);
+- many patched runs go through one batched forward (rows = indices x pairs);
+- each patched run starts at the patched layer from the cached residual stream, not at layer 0;
+- only positions >= the earliest patched position are computed, with the cached keys and
+  values of earlier positions (they cannot change under causal attention);
+- at the last layer only the last position is computed (metrics read the next-token logits);
+- head patches skip their own layer's attention: the change a head makes is z_h @ W_O[h].
+Batch size follows a memory budget (`max_memory_mb`).
+
+>>> result = sweep(model, prompts, PatchSpec(kind="resid_pre"))      # doctest: +SKIP
+>>> result.values.shape                                              # doctest: +SKIP
+torch.Size([4, 15])
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from metrics import Metric, MetricInputs, get_metric
+
+from .kinds import KINDS, Kind, PatchContext
+from .prompts import PromptSet
+from .results import PatchResult
+from .spec import PatchSpec
+
+DEFAULT_MAX_MEMORY_MB = 1024
+Progress = Callable[[int, int], None]
+
+
+def axis_sizes(model, prompts: PromptSet, kind: Kind) -> dict[str, int]:
+    heads = model.n_kv_heads if kind.kv_heads else model.n_heads
+    return {"layer": model.n_layers, "pos": prompts.n_pos, "head": heads, "neuron": model.d_mlp}
+
+
+def _check(values, size: int, what: str, valid: str):
+    bad = [v for v in values if v >= size]
+    if bad:
+        raise ValueError(f"{what} {bad} out of range; this model/prompt has {what} {valid}")
+
+
+def plan_coords(model, prompts: PromptSet, spec: PatchSpec) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]]]:
+    """The sweep's axes and the numbers along each, after the spec's filters (validated)."""
+    kind = KINDS[spec.kind]
+    if kind.needs_resid_mid and model.parallel_attn_mlp:
+        raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r}: attention and MLP "
+                         "run in parallel on resid_pre; use resid_pre, attn_out or mlp_out")
+    axes = kind.axes(spec.per_position)
+    sizes = axis_sizes(model, prompts, kind)
+    coords = {a: tuple(range(sizes[a])) for a in axes}
+    if spec.layers is not None:
+        _check(spec.layers, sizes["layer"], "layers", f"0-{sizes['layer'] - 1}")
+        coords["layer"] = spec.layers
+    if spec.positions is not None:
+        _check(spec.positions, prompts.n_pos, "positions", f"0-{prompts.n_pos - 1}")
+        if "pos" in coords:
+            coords["pos"] = spec.positions
+    if spec.heads is not None:
+        if "head" not in axes:
+            raise ValueError(f"heads apply to head kinds, not {spec.kind!r}")
+        _check([l for l, _ in spec.heads], sizes["layer"], "head layers", f"0-{sizes['layer'] - 1}")
+        _check([h for _, h in spec.heads], sizes["head"], "heads", f"0-{sizes['head'] - 1}"
+               + (" (key/value heads)" if kind.kv_heads else ""))
+        if spec.layers is None:
+            coords["layer"] = tuple(sorted({l for l, _ in spec.heads}))
+        coords["head"] = tuple(sorted({h for _, h in spec.heads}))
+    return axes, coords
+
+
+def _memory_per_row(model, n_pos: int) -> int:
+    a = model.arch
+    floats = n_pos * (8 * a.d_model + 3 * a.d_mlp + 2 * a.n_heads * n_pos + 4 * a.n_kv_heads * a.d_head)
+    return 4 * floats + 4 * model.cfg.d_vocab
+
+
+def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callable | str | None = None,
+          on_progress: Progress | None = None, max_memory_mb: float | None = None) -> PatchResult:
+    """Patch every index of `spec.kind` and measure the metric; see the module doc for how.
+
+    >>> sweep(model, prompts, PatchSpec(kind="head_out", per_position=True)).axes  # doctest: +SKIP
+    ('layer', 'pos', 'head')
+    """
+    start = time.perf_counter()
+    metric = get_metric(metric if metric is not None else spec.metric)
+    kind = KINDS[spec.kind]
+    axes, coords = plan_coords(model, prompts, spec)
+    if model.runner is None:
+        from .fallback import sweep_with_hooks
+        return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
+    runner = model.runner
+    clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
+    base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
+    n_pairs = prompts.n_pairs
+    clean_logprobs = clean.logits.float().log_softmax(-1)
+
+    def measure(logits: Tensor, pair: Tensor) -> Tensor:
+        inputs = MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair], clean_logprobs[pair])
+        return metric(logits.float(), inputs).double().cpu()
+
+    all_pairs = torch.arange(n_pairs, device=prompts.clean_tokens.device)
+    clean_base, corrupt_base = measure(clean.logits, all_pairs), measure(corrupt.logits, all_pairs)
+
+    position_mask = None
+    if spec.kind == "neuron":
+        position_mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=all_pairs.device)
+        position_mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
+    ctx = PatchContext(runner, base, donor, position_mask)
+
+    shape = [len(coords[a]) for a in axes]
+    per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
+    index_axes = axes[1:]
+    heads_wanted = set(spec.heads) if spec.heads is not None else None
+    budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
+    rows_per_chunk = max(n_pairs, int(budget // _memory_per_row(model, prompts.n_pos)))
+    chunk = max(1, rows_per_chunk // n_pairs)
+    cells = [(li, layer, list(itertools.product(*[range(len(coords[a])) for a in index_axes])))
+             for li, layer in enumerate(coords["layer"])]
+    if heads_wanted is not None:
+        h_axis = index_axes.index("head")
+        cells = [(li, layer, [c for c in cs if (layer, coords["head"][c[h_axis]]) in heads_wanted])
+                 for li, layer, cs in cells]
+    total, done = sum(len(cs) for _, _, cs in cells), 0
+    last_report = 0.0
+    for li, layer, cs in cells:
+        for lo in range(0, len(cs), chunk):
+            part = cs[lo:lo + chunk]
+            idx = torch.tensor([[coords[a][c[j]] for j, a in enumerate(index_axes)] for c in part],
+                               dtype=torch.long, device=all_pairs.device)
+            patched = kind.patch(ctx, layer, idx)
+            i, pair = ctx.rows(len(part))
+            logits = runner.resume(base, pair, layer, patched.stage, patched.resid, patched.p0)
+            values = measure(logits, pair).view(len(part), n_pairs)
+            for c, v in zip(part, values):
+                per_pair[(li, *c)] = v
+            done += len(part)
+            now = time.perf_counter()
+            if on_progress is not None and (now - last_report > 0.1 or done == total):
+                on_progress(done, total)
+                last_report = now
+    return PatchResult(spec, axes, coords, per_pair, clean_base, corrupt_base,
+                       prompts.str_tokens, metric.clean_is, time.perf_counter() - start, model.name)

@@ -1,0 +1,235 @@
+"""The registry of patch kinds: which activation, which index axes, how one patch is applied.
+
+Every kind turns a chunk of indices at one layer into a batch of patched residual streams that
+the runner resumes from (`Patched`): residual kinds copy the donor's vector in; block outputs and
+heads add the change they make to the residual stream (attention and MLP outputs enter it
+additively, and a head's output is z_h @ W_O[h]). Head kinds that alter q, k, v or the pattern
+recompute only the affected heads' z. A new kind is one function and one `Kind` entry.
+
+Rows of a batch are index-major: row = index * n_pairs + pair.
+
+>>> KINDS["head_out"].axes(per_position=True)
+('layer', 'pos', 'head')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import hooks
+from .runner import LayerCache, RunCache, Runner
+
+
+@dataclass
+class PatchContext:
+    runner: Runner
+    base: RunCache        # the run being patched (corrupt when denoising)
+    donor: RunCache       # where patched-in values come from (clean when denoising)
+    position_mask: Tensor | None = None   # [T] bool: positions a neuron patch applies to
+
+    @property
+    def n_pairs(self) -> int:
+        return self.base.tokens.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.base.tokens.shape[1]
+
+    def rows(self, n: int) -> tuple[Tensor, Tensor]:
+        """(index of row, pair of row) for n indices, each [n * n_pairs]."""
+        device = self.base.tokens.device
+        return (torch.arange(n, device=device).repeat_interleave(self.n_pairs),
+                torch.arange(self.n_pairs, device=device).repeat(n))
+
+
+@dataclass
+class Patched:
+    stage: str            # resume from this stage of the layer: "pre", "mid" or "post"
+    resid: Tensor         # [rows, T - p0, d_model]
+    p0: int               # first position that can differ from the base run
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    title: str
+    hook: Callable[[int], str]          # TransformerLens hook of the activation (hooks.py)
+    index_axes: tuple[str, ...]         # after "layer": e.g. ("pos",) or ("head",)
+    patch: Callable[[PatchContext, int, Tensor], Patched]   # ctx, layer, idx [n, axes] -> Patched
+    has_per_position: bool = False      # head kinds: can add a "pos" axis
+    kv_heads: bool = False              # head axis ranges over key/value heads
+    needs_resid_mid: bool = False       # undefined on parallel-attention models
+
+    def axes(self, per_position: bool = False) -> tuple[str, ...]:
+        if per_position and self.has_per_position:
+            return ("layer", "pos") + self.index_axes
+        return ("layer",) + self.index_axes
+
+
+# -- residual streams and block outputs ---------------------------------------------------------
+def _expand(x: Tensor, n: int) -> Tensor:
+    """[pairs, ...] -> [n * pairs, ...], index-major."""
+    return x.repeat(n, *([1] * (x.dim() - 1)))
+
+
+def _resid_kind(attr: str, stage: str):
+    def patch(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+        pos = idx[:, 0]
+        p0 = int(pos.min())
+        i, pair = ctx.rows(len(idx))
+        x = _expand(getattr(ctx.base.layers[layer], attr)[:, p0:], len(idx)).clone()
+        x[torch.arange(len(i)), pos[i] - p0] = getattr(ctx.donor.layers[layer], attr)[pair, pos[i]]
+        return Patched(stage, x, p0)
+    return patch
+
+
+def _after_attention(ctx: PatchContext, layer: int) -> tuple[str, Tensor]:
+    """The residual stream right after attention's output is added, and its stage."""
+    c = ctx.base.layers[layer]
+    return ("post", c.resid_post) if c.resid_mid is None else ("mid", c.resid_mid)
+
+
+def _add_at(ctx: PatchContext, stage: str, base_resid: Tensor, delta: Tensor, p0: int) -> Patched:
+    """base_resid [pairs, T, d] + delta [rows, T - p0, d]."""
+    n = delta.shape[0] // ctx.n_pairs
+    return Patched(stage, _expand(base_resid[:, p0:], n) + delta, p0)
+
+
+def _output_kind(attr: str):
+    def patch(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+        pos = idx[:, 0]
+        p0 = int(pos.min())
+        i, pair = ctx.rows(len(idx))
+        diff = getattr(ctx.donor.layers[layer], attr) - getattr(ctx.base.layers[layer], attr)
+        delta = diff.new_zeros(len(i), ctx.n_pos - p0, diff.shape[-1])
+        delta[torch.arange(len(i)), pos[i] - p0] = diff[pair, pos[i]]
+        if attr == "attn_out":
+            stage, resid = _after_attention(ctx, layer)
+        else:
+            stage, resid = "post", ctx.base.layers[layer].resid_post
+        return _add_at(ctx, stage, resid, delta, p0)
+    return patch
+
+
+# -- heads ----------------------------------------------------------------------------------------
+def _head_delta(ctx: PatchContext, layer: int, heads: Tensor, z_new: Tensor, p0: int) -> Patched:
+    """Write new z for some heads into the residual stream.
+
+    heads [rows, H]: query heads each row changes; z_new [rows, T - p0, H, d_head].
+    """
+    a = ctx.runner.arch
+    _, pair = ctx.rows(heads.shape[0] // ctx.n_pairs if heads.shape[0] else 0)
+    c = ctx.base.layers[layer]
+    z_old = c.z[pair, p0:][torch.arange(len(pair))[:, None], :, heads].transpose(1, 2)  # [rows, T-p0, H, dh]
+    w_o = a.o_weight(layer).view(a.n_heads, a.d_head, a.d_model)[heads]                # [rows, H, dh, d]
+    delta = torch.einsum("bthd,bhdm->btm", z_new - z_old, w_o)
+    stage, resid = _after_attention(ctx, layer)
+    return _add_at(ctx, stage, resid, delta, p0)
+
+
+def _head_columns(ctx: PatchContext, idx: Tensor, per_position: bool) -> tuple[Tensor, Tensor | None, int]:
+    """(head per index, position per index or None, p0) from idx [n, 1 or 2]."""
+    if idx.shape[1] == 2:       # (pos, head)
+        return idx[:, 1], idx[:, 0], int(idx[:, 0].min())
+    return idx[:, 0], None, 0
+
+
+def _patch_head_out(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+    head, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+    i, pair = ctx.rows(len(idx))
+    rows = torch.arange(len(i))
+    base_z = ctx.base.layers[layer].z[pair, p0:, head[i]]       # [rows, T-p0, dh]
+    donor_z = ctx.donor.layers[layer].z[pair, p0:, head[i]]
+    if pos is None:
+        z_new = donor_z
+    else:
+        z_new = base_z.clone()
+        z_new[rows, pos[i] - p0] = donor_z[rows, pos[i] - p0]
+    return _head_delta(ctx, layer, head[i][:, None], z_new[:, :, None], p0)
+
+
+def _patch_head_q(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+    head, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+    i, pair = ctx.rows(len(idx))
+    rows = torch.arange(len(i))
+    b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
+    q = b.q_rot[pair, p0:, head[i]].clone()                     # [rows, T-p0, dh]
+    if pos is None:
+        q = d.q_rot[pair, p0:, head[i]]
+    else:
+        q[rows, pos[i] - p0] = d.q_rot[pair, pos[i], head[i]]
+    heads = head[i][:, None]
+    _, z_new = ctx.runner.attend_heads(layer, q[:, :, None], b.k_rot[pair], b.v[pair], p0, heads)
+    return _head_delta(ctx, layer, heads, z_new, p0)
+
+
+def _kv_kind(which: str):
+    def patch(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+        group, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+        i, pair = ctx.rows(len(idx))
+        rows = torch.arange(len(i))
+        a = ctx.runner.arch
+        b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
+        k, v = b.k_rot[pair].clone(), b.v[pair].clone()         # [rows, T, kv, dh]
+        target, source = (k, d.k_rot) if which == "k" else (v, d.v)
+        if pos is None:
+            target[rows, :, group[i]] = source[pair, :, group[i]]
+        else:
+            target[rows, pos[i], group[i]] = source[pair, pos[i], group[i]]
+        n_rep = a.n_heads // a.n_kv_heads
+        heads = group[i][:, None] * n_rep + torch.arange(n_rep)[None]   # [rows, n_rep]
+        q = b.q_rot[pair, p0:][rows[:, None], :, heads].transpose(1, 2)  # [rows, T-p0, n_rep, dh]
+        _, z_new = ctx.runner.attend_heads(layer, q, k, v, p0, heads)
+        return _head_delta(ctx, layer, heads, z_new, p0)
+    return patch
+
+
+def _patch_head_pattern(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+    head, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+    i, pair = ctx.rows(len(idx))
+    rows = torch.arange(len(i))
+    a = ctx.runner.arch
+    b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
+    pattern = b.pattern[pair, head[i], p0:].clone()             # [rows, T-p0, T]
+    if pos is None:
+        pattern = d.pattern[pair, head[i], p0:]
+    else:
+        pattern[rows, pos[i] - p0] = d.pattern[pair, head[i], pos[i]]
+    kv = head[i] // (a.n_heads // a.n_kv_heads)
+    v = b.v[pair][rows, :, kv]                                  # [rows, T, dh]
+    z_new = torch.einsum("bqk,bkd->bqd", pattern, v)
+    return _head_delta(ctx, layer, head[i][:, None], z_new[:, :, None], p0)
+
+
+def _patch_neuron(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+    """idx [n, 1]: neuron, patched at the context's positions (all by default)."""
+    neuron = idx[:, 0]
+    i, pair = ctx.rows(len(idx))
+    a = ctx.runner.arch
+    b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
+    diff = (d.mlp_post - b.mlp_post)[pair, :, neuron[i]] * ctx.position_mask   # [rows, T]
+    p0 = int(ctx.position_mask.nonzero()[0])
+    one_hot = torch.zeros(len(i), a.d_mlp, dtype=diff.dtype, device=diff.device)
+    one_hot[torch.arange(len(i)), neuron[i]] = 1
+    w_out = a.mlp_out(layer, one_hot) - a.mlp_out(layer, torch.zeros_like(one_hot[:1]))  # [rows, d]
+    delta = diff[:, p0:, None] * w_out[:, None, :]
+    return _add_at(ctx, "post", b.resid_post, delta, p0)
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("resid_pre", "Residual stream (block input)", hooks.resid_pre, ("pos",), _resid_kind("resid_pre", "pre")),
+    Kind("resid_mid", "Residual stream (between attention and MLP)", hooks.resid_mid, ("pos",),
+         _resid_kind("resid_mid", "mid"), needs_resid_mid=True),
+    Kind("resid_post", "Residual stream (block output)", hooks.resid_post, ("pos",), _resid_kind("resid_post", "post")),
+    Kind("attn_out", "Attention layer output", hooks.attn_out, ("pos",), _output_kind("attn_out")),
+    Kind("mlp_out", "MLP layer output", hooks.mlp_out, ("pos",), _output_kind("mlp_out")),
+    Kind("head_out", "Attention head output (z)", hooks.z, ("head",), _patch_head_out, has_per_position=True),
+    Kind("head_q", "Attention head queries", hooks.q, ("head",), _patch_head_q, has_per_position=True),
+    Kind("head_k", "Attention head keys", hooks.k, ("head",), _kv_kind("k"), has_per_position=True, kv_heads=True),
+    Kind("head_v", "Attention head values", hooks.v, ("head",), _kv_kind("v"), has_per_position=True, kv_heads=True),
+    Kind("head_pattern", "Attention pattern", hooks.pattern, ("head",), _patch_head_pattern, has_per_position=True),
+    Kind("neuron", "MLP neurons", hooks.mlp_post, ("neuron",), _patch_neuron),
+)}

@@ -1,0 +1,246 @@
+"""Load a model by name: "default" (shipped in assets/models/), a local directory, or a hub name.
+
+Every model goes through the same path: Hugging Face weights from safetensors only, never
+`trust_remote_code`, wrapped in TransformerLens' `TransformerBridge` (hook names, reference
+patching) and, for supported families, in the engine's own runner (fast patching).
+
+>>> model = load_model("default")                    # doctest: +SKIP
+>>> model.n_layers, model.to_str_tokens(" Mary")     # doctest: +SKIP
+(4, [' Mary'])
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .arch import Arch, arch_for
+from .runner import Runner
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = ROOT / "assets" / "models"
+DEFAULT_MODEL = "patchboard-tiny"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """'auto'/None -> CUDA, else MPS, else CPU; otherwise the named device.
+
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use cpu")
+    return dev
+
+
+def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _has_safetensors(directory: Path) -> bool:
+    return any(directory.glob("*.safetensors"))
+
+
+def _cached_hub_dir(name: str) -> Path | None:
+    """The local snapshot of a hub model, if the Hugging Face cache has one."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def resolve_model(name: str) -> Path | str:
+    """A model name -> a local directory (or a hub id to fetch); ValueError with the choices.
+
+    >>> resolve_model("/nonexistent/dir")
+    Traceback (most recent call last):
+    ...
+    ValueError: model directory '/nonexistent/dir' does not exist
+    """
+    if not name or not str(name).strip():
+        raise ValueError("model name is empty; use 'default', a local directory or a hub name")
+    if name == "default":
+        name = DEFAULT_MODEL
+    shipped = MODELS_DIR / name
+    if "/" not in name and shipped.is_dir():
+        path = shipped
+    elif name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"model directory {name!r} does not exist")
+    else:
+        path = _cached_hub_dir(name)
+        if path is None:
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in name and not _looks_like_hub_id(name):
+                raise ValueError(
+                    f"unknown model {name!r}: not shipped in assets/models, not a local directory "
+                    "and not in the Hugging Face cache; use 'default', a directory with config.json "
+                    "+ model.safetensors, or a cached hub name (see `python -m patching models`)")
+            return name
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model directory {str(path)!r} has no config.json")
+    if not _has_safetensors(path):
+        raise ValueError(f"model directory {str(path)!r} has no *.safetensors weights; Patchboard "
+                         "loads weights only from safetensors (convert .bin with save_pretrained)")
+    return path
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name in {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
+
+
+@dataclass(eq=False)
+class Model:
+    """A loaded model: the bridge, its tokenizer, and the engine's runner when supported."""
+    name: str
+    bridge: object                 # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: object
+    device: torch.device
+    arch: Arch | None = None
+    runner: Runner | None = field(default=None, repr=False)
+
+    @property
+    def hf(self):
+        return self.bridge.original_model
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return self.cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.cfg.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return getattr(self.cfg, "n_key_value_heads", None) or self.cfg.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        return self.arch.d_mlp if self.arch else self.cfg.d_mlp
+
+    @property
+    def n_ctx(self) -> int:
+        return self.cfg.n_ctx
+
+    @property
+    def parallel_attn_mlp(self) -> bool:
+        return bool(self.arch and self.arch.parallel) or bool(getattr(self.cfg, "parallel_attn_mlp", False))
+
+    @property
+    def bos_token_id(self) -> int | None:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text, without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def to_str_tokens(self, ids_or_text) -> list[str]:
+        ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else [int(i) for i in ids_or_text]
+        return [self.tokenizer.decode([i]) for i in ids]
+
+
+def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "float32") -> Model:
+    """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
+
+    >>> load_model("no-such-model")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model 'no-such-model': not shipped in assets/models, not a local directory and not in the Hugging Face cache; use 'default', a directory with config.json + model.safetensors, or a cached hub name (see `python -m patching models`)
+    """
+    where = resolve_model(name)
+    dev, torch_dtype = pick_device(device), pick_dtype(dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+    local = not isinstance(where, str)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("transformers").setLevel(logging.ERROR)
+            tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False,
+                                                      local_files_only=local)
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(where), trust_remote_code=False, use_safetensors=True, dtype=torch_dtype,
+                attn_implementation="eager", local_files_only=local)
+            hf.eval()
+            bridge = TransformerBridge.boot_transformers(
+                str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
+    except ValueError:
+        raise
+    except Exception as exc:   # hub / format errors become one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load model {name!r}: {first[:300]}") from None
+    bridge.eval()
+    arch = arch_for(bridge.original_model)
+    return Model(name=name, bridge=bridge, tokenizer=tokenizer, device=dev, arch=arch,
+                 runner=Runner(arch) if arch is not None else None)
+
+
+class ModelRegistry:
+    """Loaded models by name, loaded on first use; passed to the dashboard and the workers."""
+
+    def __init__(self, names: list[str] | None = None, device: str | None = "cpu", dtype: str = "float32"):
+        self._names = list(dict.fromkeys(names or ["default"]))
+        self._device, self._dtype = device, dtype
+        self._loaded: dict[str, Model] = {}
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def add(self, name: str, model: Model | None = None) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        if model is not None:
+            self._loaded[name] = model
+
+    def get(self, name: str) -> Model:
+        if name not in self._loaded:
+            self._loaded[name] = load_model(name, self._device, self._dtype)
+            self.add(name)
+        return self._loaded[name]
+
+
+def available_models() -> list[dict]:
+    """What can be loaded here: shipped models, then hub models in the local cache."""
+    out = []
+    if MODELS_DIR.is_dir():
+        for d in sorted(MODELS_DIR.iterdir()):
+            if (d / "config.json").is_file():
+                out.append({"name": "default" if d.name == DEFAULT_MODEL else d.name,
+                            "source": "shipped", "path": str(d), "safetensors": _has_safetensors(d)})
+    try:
+        from huggingface_hub import scan_cache_dir
+        for repo in scan_cache_dir().repos:
+            if repo.repo_type == "model":
+                files = {f.file_name for rev in repo.revisions for f in rev.files}
+                out.append({"name": repo.repo_id, "source": "hf-cache", "path": str(repo.repo_path),
+                            "safetensors": any(f.endswith(".safetensors") for f in files)})
+    except Exception:
+        pass
+    return out

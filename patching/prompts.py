@@ -1,0 +1,181 @@
+"""Prompt pairs: tokenised, aligned and validated, with errors that show the tokens.
+
+All pairs of one set must tokenise to the same length (clean and corrupt alike): patching
+compares activations position by position, and a shared length keeps the position axis (and
+its token labels) meaningful across pairs. Sets mixing lengths are refused with the lengths
+named; split them into one set per length.
+
+>>> ps = PromptSet.from_pairs(model, [PromptPair("When Mary and John went to the store, John gave a drink to",
+...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")])   # doctest: +SKIP
+>>> ps.clean_tokens.shape                                                                  # doctest: +SKIP
+torch.Size([1, 15])
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+CSV_COLUMNS = ("clean", "corrupt", "answer", "wrong")
+MAX_PAIRS = 10_000
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    clean: str
+    corrupt: str
+    answer: str        # the clean prompt's next token, e.g. " Mary" (leading space matters)
+    wrong: str         # the corrupt prompt's next token, e.g. " John"
+
+    def __post_init__(self):
+        for name in ("clean", "corrupt", "answer", "wrong"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text, not {type(value).__name__}")
+            if name in ("clean", "corrupt") and not value.strip():
+                raise ValueError(f"the {name} prompt is empty; type the text the model should continue")
+            if name in ("answer", "wrong") and value == "":
+                raise ValueError(f"the {name} token is empty; give one token, e.g. ' Mary'")
+
+
+def _show(tokens: list[str]) -> str:
+    return "[" + ", ".join(repr(t) for t in tokens) + "]"
+
+
+def _single_token(model, text: str, what: str, where: str) -> int:
+    ids = model.encode(text)
+    if len(ids) == 1:
+        return ids[0]
+    pieces = model.to_str_tokens(ids)
+    hint = ""
+    if not text.startswith(" ") and len(model.encode(" " + text)) == 1:
+        hint = f"; did you mean {' ' + text!r} with a leading space?"
+    elif pieces:
+        hint = f"; use a single token such as {pieces[0]!r}"
+    raise ValueError(f"{where}{what} {text!r} is {len(ids)} tokens {_show(pieces)}, "
+                     f"not a single token{hint}")
+
+
+def _diff_view(model, clean: list[int], corrupt: list[int]) -> str:
+    a, b = model.to_str_tokens(clean), model.to_str_tokens(corrupt)
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return (f"clean {len(a)} tokens {_show(a)}; corrupt {len(b)} tokens {_show(b)}; "
+            f"they first differ at position {first}")
+
+
+@dataclass(frozen=True, eq=False)
+class PromptSet:
+    pairs: tuple[PromptPair, ...]
+    clean_tokens: Tensor = field(repr=False)     # [n_pairs, pos]
+    corrupt_tokens: Tensor = field(repr=False)   # [n_pairs, pos]
+    answer_ids: Tensor = field(repr=False)       # [n_pairs]
+    wrong_ids: Tensor = field(repr=False)        # [n_pairs]
+    str_tokens: tuple[str, ...] = ()             # the first pair's clean tokens (axis labels)
+    prepend_bos: bool = True
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean_tokens.shape[1]
+
+    def differing_positions(self) -> list[int]:
+        """Positions where any pair's clean and corrupt tokens differ."""
+        return (self.clean_tokens != self.corrupt_tokens).any(0).nonzero()[:, 0].tolist()
+
+    @classmethod
+    def from_pairs(cls, model, pairs, prepend_bos: bool = True) -> "PromptSet":
+        """Tokenise and validate; ValueError naming the pair and showing the tokens."""
+        pairs = tuple(p if isinstance(p, PromptPair) else PromptPair(*p) for p in pairs)
+        if not pairs:
+            raise ValueError("no prompt pairs given; give at least one clean/corrupt pair")
+        if len(pairs) > MAX_PAIRS:
+            raise ValueError(f"{len(pairs)} pairs is more than the limit of {MAX_PAIRS}")
+        bos = [model.bos_token_id] if prepend_bos and model.bos_token_id is not None else []
+        clean, corrupt, answer, wrong = [], [], [], []
+        for n, p in enumerate(pairs):
+            where = f"pair {n}: " if len(pairs) > 1 else ""
+            c, k = bos + model.encode(p.clean), bos + model.encode(p.corrupt)
+            if len(c) != len(k):
+                raise ValueError(f"{where}clean and corrupt prompts must have the same number of "
+                                 f"tokens: {_diff_view(model, c, k)}")
+            if len(c) > model.n_ctx:
+                raise ValueError(f"{where}prompt is {len(c)} tokens, longer than the model's "
+                                 f"context of {model.n_ctx} tokens; shorten it")
+            if clean and len(c) != len(clean[0]):
+                raise ValueError(f"all pairs must have the same token length: pair 0 has "
+                                 f"{len(clean[0])} tokens, pair {n} has {len(c)}; split the set by length")
+            clean.append(c)
+            corrupt.append(k)
+            answer.append(_single_token(model, p.answer, "answer", where))
+            wrong.append(_single_token(model, p.wrong, "wrong", where))
+        device = model.device
+        return cls(pairs, torch.tensor(clean, device=device), torch.tensor(corrupt, device=device),
+                   torch.tensor(answer, device=device), torch.tensor(wrong, device=device),
+                   tuple(model.to_str_tokens(clean[0])), prepend_bos)
+
+    @classmethod
+    def single(cls, model, clean: str, corrupt: str, answer: str, wrong: str,
+               prepend_bos: bool = True) -> "PromptSet":
+        return cls.from_pairs(model, [PromptPair(clean, corrupt, answer, wrong)], prepend_bos)
+
+    @classmethod
+    def from_csv(cls, model, source, prepend_bos: bool = True) -> "PromptSet":
+        return cls.from_pairs(model, read_pairs_csv(source), prepend_bos)
+
+
+def read_pairs_csv(source) -> list[PromptPair]:
+    """A pairs CSV (columns clean,corrupt,answer,wrong) from a path, text or bytes.
+
+    >>> read_pairs_csv("clean,corrupt,answer,wrong\\nA B,A C, B, C\\n")
+    [PromptPair(clean='A B', corrupt='A C', answer=' B', wrong=' C')]
+    """
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".csv")):
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"pairs file {str(source)!r} does not exist") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"pairs file {str(source)!r} is not UTF-8 text") from None
+    elif isinstance(source, bytes):
+        try:
+            text = source.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ValueError("pairs CSV is not UTF-8 text; save it as UTF-8 CSV") from None
+    else:
+        text = str(source)
+    text = text.lstrip("\ufeff")
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise ValueError(f"pairs CSV cannot be parsed: {exc}") from None
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise ValueError("pairs CSV is empty; expected a header clean,corrupt,answer,wrong")
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"pairs CSV is missing column(s) {', '.join(missing)}; header is "
+                         f"{','.join(rows[0])!r}, expected clean,corrupt,answer,wrong")
+    col = {c: header.index(c) for c in CSV_COLUMNS}
+    pairs = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            raise ValueError(f"pairs CSV row {line} has {len(row)} cells, expected {len(header)} "
+                             f"({','.join(rows[0])})")
+        try:
+            pairs.append(PromptPair(*(row[col[c]] for c in CSV_COLUMNS)))
+        except ValueError as exc:
+            raise ValueError(f"pairs CSV row {line}: {exc}") from None
+        if len(pairs) > MAX_PAIRS:
+            raise ValueError(f"pairs CSV has more than {MAX_PAIRS} rows")
+    if not pairs:
+        raise ValueError("pairs CSV has a header but no rows")
+    return pairs
