@@ -90,6 +90,25 @@ class PatchResult:
                                                     dtype=means.dtype), dim=1)
         return lo.reshape(self.values.shape), hi.reshape(self.values.shape)
 
+    def to_json(self) -> dict:
+        """A JSON-able dict (for the run store); `PatchResult.from_json` restores it exactly."""
+        return {"spec": self.spec.to_dict(), "axes": list(self.axes),
+                "coords": {k: list(v) for k, v in self.coords.items()},
+                "per_pair": self.per_pair.tolist(), "shape": list(self.per_pair.shape),
+                "clean_baseline": self.clean_baseline.tolist(),
+                "corrupt_baseline": self.corrupt_baseline.tolist(),
+                "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
+                "seconds": self.seconds, "model_name": self.model_name}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PatchResult":
+        per_pair = torch.tensor(d["per_pair"], dtype=torch.float64).reshape(d["shape"])
+        return cls(PatchSpec.from_dict(d["spec"]), tuple(d["axes"]),
+                   {k: tuple(v) for k, v in d["coords"].items()}, per_pair,
+                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
+                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
+                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"])
+
     def to_dataframe(self) -> pd.DataFrame:
         """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
         values = self.values

@@ -1,0 +1,40 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from tests.tiny_models import FAMILIES, save_tiny_model  # noqa: E402
+
+IOI = [
+    ("When Mary and John went to the store, John gave a drink to",
+     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
+    ("When John and Mary went to the park, Mary gave a book to",
+     "When John and Mary went to the park, John gave a book to", " John", " Mary"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """family -> directory of a saved tiny random model (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {f: save_tiny_model(f, root / f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs):
+    """family -> Model, loaded through the same path users use."""
+    from patching import load_model
+    return {f: load_model(str(d)) for f, d in tiny_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def gpt2_model(tiny_models):
+    return tiny_models["gpt2"]
+
+
+@pytest.fixture(scope="session")
+def ioi_prompts(gpt2_model):
+    from patching import PromptSet
+    return PromptSet.from_pairs(gpt2_model, IOI)
