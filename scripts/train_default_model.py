@@ -166,6 +166,10 @@ def save(model, tokenizer, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    special = out / "special_tokens_map.json"
+    if not special.exists():      # transformers >= 5 folds it into tokenizer_config.json
+        special.write_text(json.dumps({"bos_token": BOS, "eos_token": BOS, "unk_token": BOS},
+                                      indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,75 @@
+"""The training script keeps working: a few steps of a tiny configuration, files that load."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
+TINY = ["--steps", "4", "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--items", "1500",
+        "--seq-len", "48", "--n-ctx", "64", "--batch-size", "4", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def train():
+    spec = importlib.util.spec_from_file_location("train_default_model", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_default_model", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(train, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    result = train.main([*TINY, "--out", str(out)])
+    return out, result
+
+
+def test_tiny_run_writes_hugging_face_files(tiny_run):
+    out, result = tiny_run
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "train_log.jsonl"):
+        assert (out / name).exists(), name
+    assert result["steps"] == 4 and torch.isfinite(torch.tensor(result["final_loss_ema"]))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "step"] == [0, 1, 2, 3]
+
+
+def test_tiny_run_loads_like_any_hub_model(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = tiny_run
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>"
+    assert len(tok.encode(" Mary", add_special_tokens=False)) == 1
+    assert tok.encode("When Mary", add_special_tokens=False)[0] != tok.bos_token_id
+    assert model.config.n_layer == 1 and model.config.n_positions == 64
+    tokens = torch.tensor([[tok.bos_token_id] + tok.encode("The war lasted from the year 1732")])
+    assert model(tokens).logits.shape == (1, tokens.shape[1], len(tok))
+
+
+def test_training_is_deterministic(train, tiny_run, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _ = tiny_run
+    train.main([*TINY, "--out", str(tmp_path)])
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+
+
+def test_rows_start_with_bos_and_padding_is_ignored(train):
+    ids, labels = train.pack_rows([[5, 6, 7], [8, 9], [1, 2, 3, 4]], bos_id=0, seq_len=7)
+    assert ids[:, 0].tolist() == [0, 0]
+    assert ids.tolist() == [[0, 5, 6, 7, 0, 8, 9], [0, 1, 2, 3, 4, 0, 0]]
+    assert labels.tolist()[1] == [0, 1, 2, 3, 4, -100, -100]
+
+
+def test_missing_single_tokens_are_a_clear_error(train):
+    with pytest.raises(ValueError, match="not single tokens"):
+        train.build_tokenizer(["a b c"], vocab_size=300)
