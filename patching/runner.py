@@ -187,3 +187,44 @@ class Runner:
         if a.parallel:
             return self._mlp_step(layer, x + attn_out, x, last_only=False)
         return self._mlp_step(layer, x + attn_out, x + attn_out, last_only=False)
+
+    # -- partial resumption, for views that read activations inside a patched run ---------------
+    @torch.inference_mode()
+    def resume_until(self, src: RunCache, rows: Tensor, layer: int, stage: str, resid: Tensor,
+                     p0: int, until: int) -> Tensor:
+        """Continue patched runs like `resume`, but stop at layer `until`'s block input.
+
+        Returns resid_pre of layer `until` at positions p0.. [B, T - p0, d_model]. The start
+        (`layer`, `stage`) must not be after that point.
+
+        >>> x = runner.resume_until(cache, rows, 0, "post", resid, p0=3, until=2)  # doctest: +SKIP
+        """
+        start = layer + (stage != "pre")
+        if start > until:
+            raise ValueError(f"cannot stop at layer {until}'s input: the run resumes after it "
+                             f"(layer {layer}, stage {stage!r})")
+        x = resid
+        if stage == "mid":
+            x = self._mlp_step(layer, x, x, last_only=False)
+        for l in range(start, until):
+            x = self._block_step(src, rows, l, x, p0, last_only=False)
+        return x
+
+    @torch.inference_mode()
+    def attention_pattern(self, src: RunCache, rows: Tensor, layer: int, resid: Tensor, p0: int,
+                          heads: Tensor | None = None) -> Tensor:
+        """Attention patterns of `layer` for block inputs resid [B, T - p0, d_model].
+
+        Keys and values before p0 come from `src`'s cache (rows [B] pick its prompts).
+        Returns [B, H, T - p0, T] for the query heads `heads` (all when None).
+        """
+        a = self.arch
+        q, k, v = a.qkv(layer, a.ln1(layer, resid))
+        q, k = self._rope(src.rope, q, k, p0)
+        if p0 > 0:
+            k = torch.cat((src.layers[layer].k_rot[rows, :p0], k), dim=1)
+            v = torch.cat((src.layers[layer].v[rows, :p0], v), dim=1)
+        if heads is not None:
+            q = q[:, :, heads]
+        pattern, _ = self.attend(layer, q, k, v, p0, heads)
+        return pattern
