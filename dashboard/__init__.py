@@ -1,0 +1,99 @@
+"""Patchboard's dashboard: `create_app(registry, store, jobs)` builds the Dash app.
+
+Nothing module-level is mutable: the model registry, the run store and the background job
+manager are passed in, so tests build an app around a tiny model.
+
+>>> from patching.models import ModelRegistry                      # doctest: +SKIP
+>>> app = create_app(ModelRegistry(["default"]), RunStore(".patchboard"), None)   # doctest: +SKIP
+>>> app.run(host="127.0.0.1", port=8050)                           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+from urllib.parse import unquote
+
+import dash
+
+from .store import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+JOB_KINDS = ("diskcache", "celery")
+
+
+def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", redis_url: str | None = None):
+    """The background-callback manager: DiskcacheManager (embedded) or CeleryManager (Redis).
+
+    ValueError with what to do when celery is asked for but cannot be used.
+    """
+    if kind == "diskcache":
+        import diskcache
+        cache_dir = Path(data_dir) / "jobs-cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return dash.DiskcacheManager(diskcache.Cache(str(cache_dir)))
+    if kind == "celery":
+        if not redis_url:
+            raise ValueError("--jobs celery needs --redis-url, e.g. redis://localhost:6379/0")
+        try:
+            from celery import Celery
+        except ImportError:
+            raise ValueError("--jobs celery needs the 'celery' and 'redis' packages, which are not "
+                             "installed here; install them (pip install 'celery[redis]') or use "
+                             "--jobs diskcache") from None
+        celery_app = Celery("patchboard", broker=redis_url, backend=redis_url)
+        return dash.CeleryManager(celery_app)
+    raise ValueError(f"unknown jobs backend {kind!r}; choose one of {', '.join(JOB_KINDS)}")
+
+
+def _is_model_asset(path: str, prefix: str) -> bool:
+    """Whether a request path points into assets/models (after decoding and normalising).
+
+    >>> _is_model_asset("/assets/models/x/model.safetensors", "/")
+    True
+    >>> _is_model_asset("/assets/./Models/../models//x", "/")
+    True
+    >>> _is_model_asset("/assets/style.css", "/")
+    False
+    """
+    p = unquote(path)
+    for _ in range(3):                       # undo double encoding too
+        p = unquote(p)
+    p = posixpath.normpath("/" + p.replace("\\", "/")).lower()
+    base = posixpath.normpath("/" + (prefix or "/").strip("/") + "/assets").lower()
+    return p == base + "/models" or p.startswith(base + "/models/")
+
+
+def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | None = None,
+               model: str | None = None, title: str = "Patchboard") -> dash.Dash:
+    """The Dash app around a model registry, a run store and a background job manager.
+
+    jobs=None uses a DiskcacheManager under the store's data dir. `model` is the model selected
+    on load (default: the registry's first name).
+    """
+    from . import callbacks, layout
+
+    data_dir = Path(data_dir) if data_dir is not None else store.data_dir
+    if jobs is None:
+        jobs = make_jobs("diskcache", data_dir)
+    app = dash.Dash(
+        __name__, title=title, update_title=None, assets_folder=str(ASSETS),
+        assets_path_ignore=["^models$"], background_callback_manager=jobs,
+        suppress_callback_exceptions=True)
+    server = app.server
+    server.config["MAX_CONTENT_LENGTH"] = 16 * 2**20
+    prefix = app.config.requests_pathname_prefix or "/"
+
+    @server.before_request
+    def _no_model_files():
+        from flask import abort, request
+        if _is_model_asset(request.path, prefix):
+            abort(404)
+
+    names = registry.names()
+    app.layout = layout.page(registry, model or (names[0] if names else "default"))
+    app.patchboard = callbacks.register(app, registry, store, data_dir)
+    return app
+
+
+__all__ = ["create_app", "make_jobs", "RunStore"]

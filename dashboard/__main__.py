@@ -1,0 +1,77 @@
+"""`python -m dashboard`: serve the Patchboard dashboard.
+
+    python -m dashboard --host 127.0.0.1 --port 8050 --model default --data-dir .patchboard \\
+        --jobs diskcache|celery --redis-url redis://... --debug
+
+`--model` may be repeated (a name, a local directory or a cached hub name); the first is
+selected on load and preloaded. The page starts even when a model cannot be loaded and shows
+why next to the model select. Debug mode is off unless `--debug`.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import JOB_KINDS, ROOT, create_app, make_jobs
+from .store import RunStore
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dashboard", description="Serve the Patchboard dashboard.")
+    p.add_argument("--host", default=os.environ.get("PATCHBOARD_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PATCHBOARD_PORT", "8050")))
+    p.add_argument("--model", action="append", default=None,
+                   help="model name, local directory or cached hub name; repeat for several "
+                        "(default: 'default', or $PATCHBOARD_MODEL)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--data-dir", default=os.environ.get("PATCHBOARD_DATA_DIR", str(ROOT / ".patchboard")),
+                   help="run history (SQLite) and job cache live here")
+    p.add_argument("--jobs", default="diskcache", choices=JOB_KINDS,
+                   help="background jobs: diskcache (embedded) or celery (needs --redis-url and workers)")
+    p.add_argument("--redis-url", default=os.environ.get("PATCHBOARD_REDIS_URL"))
+    p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, reloader); off by default")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from patching.models import ModelRegistry
+
+    models = args.model or [os.environ.get("PATCHBOARD_MODEL", "default")]
+    if not _is_loopback(args.host):
+        print(f"warning: serving on {args.host}, reachable from other machines; the dashboard has no "
+              "authentication and runs models for anyone who can reach it", file=sys.stderr)
+    try:
+        jobs = make_jobs(args.jobs, args.data_dir, args.redis_url)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    registry = ModelRegistry(models, device=args.device, dtype=args.dtype)
+    try:
+        registry.get(models[0])   # preload: background runs fork from this process and inherit it
+    except ValueError as exc:
+        print(f"warning: model {models[0]!r} is not available yet: {exc}", file=sys.stderr)
+    store = RunStore(Path(args.data_dir))
+    app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0])
+    print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.path})", file=sys.stderr)
+    app.run(host=args.host, port=args.port, debug=args.debug)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

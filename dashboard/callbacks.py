@@ -1,0 +1,328 @@
+"""Thin callbacks: read inputs, call handlers / figures, return outputs.
+
+`register` wires them to an app and returns the plain functions (a namespace), so the tests call
+each one directly with ordinary arguments.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import dash
+from dash import ALL, Input, Output, State, dcc, no_update
+
+from patching.kinds import KINDS
+from patching.results import write_csv
+
+from . import figures, handlers, ids, layout
+
+log = logging.getLogger("dashboard")
+
+
+def _form(model, clean, corrupt, answer, wrong, bos, pairs, kind=None, metric=None, direction=None,
+          per_position=None, layers=None, positions=None, heads=None) -> handlers.Form:
+    return handlers.Form.from_values(
+        model=model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
+        prepend_bos="bos" in (bos or []), pairs=pairs, kind=kind, metric=metric, direction=direction,
+        per_position="per" in (per_position or []), layers=layers, positions=positions, heads=heads)
+
+
+def _triggered_value():
+    """(triggered id, its value) of the running callback, or (None, None) outside a callback."""
+    try:
+        trig = dash.ctx.triggered
+        return dash.ctx.triggered_id, (trig[0]["value"] if trig else None)
+    except Exception:
+        return None, None
+
+
+def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNamespace:
+    data_dir = Path(data_dir)
+
+    # -- model ---------------------------------------------------------------------------------
+    def model_status(name):
+        """Load the chosen model here (in the server process, so runs inherit it)."""
+        if not name:
+            return dash.html.Span("choose a model", className="error-text")
+        try:
+            m = registry.get(name)
+        except ValueError as exc:
+            return dash.html.Span(str(exc), className="error-text")
+        kv = f" ({m.n_kv_heads} key/value)" if m.n_kv_heads != m.n_heads else ""
+        return (f"{m.n_layers} layers · {m.n_heads} heads{kv} · d_model {m.cfg.d_model} · "
+                f"context {m.n_ctx} · {m.device.type}")
+
+    app.callback(Output(ids.MODEL_STATUS, "children"), Input(ids.MODEL_SELECT, "value"))(model_status)
+
+    # -- presets and uploads ---------------------------------------------------------------------
+    def fill_preset(task, count):
+        """Preset -> the prompt fields (first pair) and, for several pairs, the pairs store."""
+        if not task:
+            return (no_update,) * 7
+        try:
+            pairs = handlers.preset_pairs(task, count or 1)
+        except ValueError as exc:
+            return (no_update,) * 6 + (str(exc),)
+        first = pairs[0]
+        metric = handlers.preset_metric(task) or no_update
+        return (first["clean"], first["corrupt"], first["answer"], first["wrong"],
+                pairs if len(pairs) > 1 else None, metric, "")
+
+    app.callback(
+        Output(ids.CLEAN_PROMPT, "value"), Output(ids.CORRUPT_PROMPT, "value"),
+        Output(ids.ANSWER_TOKEN, "value"), Output(ids.WRONG_TOKEN, "value"),
+        Output(ids.PAIRS_STORE, "data"), Output(ids.METRIC_SELECT, "value"),
+        Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Input(ids.PRESET_SELECT, "value"), Input(ids.PRESET_COUNT, "value"),
+        prevent_initial_call=True)(fill_preset)
+
+    def upload_pairs(contents, filename):
+        """An uploaded pairs CSV -> the pairs store (or the error); the upload is reset so the same
+        file can be chosen again."""
+        if not contents:
+            return no_update, no_update, no_update
+        try:
+            pairs = handlers.parse_upload(contents, filename)
+        except ValueError as exc:
+            return no_update, str(exc), None
+        return pairs, "", None
+
+    app.callback(
+        Output(ids.PAIRS_STORE, "data", allow_duplicate=True),
+        Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Output(ids.PAIRS_UPLOAD, "contents"),
+        Input(ids.PAIRS_UPLOAD, "contents"), State(ids.PAIRS_UPLOAD, "filename"),
+        prevent_initial_call=True)(upload_pairs)
+
+    def clear_pairs(n_clicks):
+        return None if n_clicks else no_update
+
+    app.callback(Output(ids.PAIRS_STORE, "data", allow_duplicate=True),
+                 Input(ids.PAIRS_CLEAR, "n_clicks"), prevent_initial_call=True)(clear_pairs)
+    app.config.suppress_callback_exceptions = True    # PAIRS_CLEAR exists only with a preview
+
+    def pairs_preview(pairs):
+        return layout.render_pairs_preview(pairs)
+
+    app.callback(Output(ids.PAIRS_PREVIEW, "children"), Input(ids.PAIRS_STORE, "data"))(pairs_preview)
+
+    # -- live token view ---------------------------------------------------------------------------
+    def token_view(model, clean, corrupt, answer, wrong, bos, pairs):
+        try:
+            m = registry.get(model)
+        except ValueError as exc:
+            return layout.render_token_view(None, f"model not available: {exc}")
+        form = _form(model, clean, corrupt, answer, wrong, bos, pairs)
+        try:
+            view = handlers.token_view(m, form)
+        except ValueError as exc:
+            return layout.render_token_view(None, str(exc))
+        return layout.render_token_view(view)
+
+    app.callback(
+        Output(ids.TOKEN_VIEW, "children"),
+        Input(ids.MODEL_SELECT, "value"), Input(ids.CLEAN_PROMPT, "value"),
+        Input(ids.CORRUPT_PROMPT, "value"), Input(ids.ANSWER_TOKEN, "value"),
+        Input(ids.WRONG_TOKEN, "value"), Input(ids.PREPEND_BOS, "value"),
+        Input(ids.PAIRS_STORE, "data"))(token_view)
+
+    def kind_controls(kind):
+        """Per-position applies to head kinds; a heads filter to kinds with a head axis."""
+        k = KINDS.get(kind)
+        per_pos_ok = bool(k and k.has_per_position)
+        heads_ok = bool(k and "head" in k.index_axes)
+        options = [{"label": "one cell per position (head kinds)", "value": "per", "disabled": not per_pos_ok}]
+        return options, not heads_ok
+
+    app.callback(Output(ids.PER_POSITION, "options"), Output(ids.HEADS_FILTER, "disabled"),
+                 Input(ids.KIND_SELECT, "value"))(kind_controls)
+
+    # -- run (background) --------------------------------------------------------------------------
+    def run_sweep(set_progress, n_clicks, model, clean, corrupt, answer, wrong, bos, pairs, kind,
+                  metric, direction, per_position, layers, positions, heads):
+        """The Run button: validate, queue, baselines, sweep (with progress), save to history."""
+        if not n_clicks:
+            return no_update, no_update, no_update, no_update
+        form = _form(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
+                     per_position, layers, positions, heads)
+        try:
+            run_id = handlers.execute_run(registry, store, form, data_dir,
+                                          report=lambda p: set_progress(p.as_tuple()))
+        except ValueError as exc:
+            return no_update, str(exc), no_update, ""
+        except Exception as exc:   # an internal error: say so, keep the page alive
+            log.exception("run failed")
+            return no_update, f"internal error: {type(exc).__name__}: {exc}", no_update, ""
+        return run_id, "", time.time(), f"Run #{run_id} saved to history."
+
+    app.callback(
+        Output(ids.CURRENT_RUN, "data"), Output(ids.ERROR_MESSAGE, "children"),
+        Output(ids.HISTORY_VERSION, "data"), Output(ids.RUN_STATUS, "children"),
+        Input(ids.RUN_BUTTON, "n_clicks"),
+        State(ids.MODEL_SELECT, "value"), State(ids.CLEAN_PROMPT, "value"),
+        State(ids.CORRUPT_PROMPT, "value"), State(ids.ANSWER_TOKEN, "value"),
+        State(ids.WRONG_TOKEN, "value"), State(ids.PREPEND_BOS, "value"),
+        State(ids.PAIRS_STORE, "data"), State(ids.KIND_SELECT, "value"),
+        State(ids.METRIC_SELECT, "value"), State(ids.DIRECTION_SELECT, "value"),
+        State(ids.PER_POSITION, "value"), State(ids.LAYERS_FILTER, "value"),
+        State(ids.POSITIONS_FILTER, "value"), State(ids.HEADS_FILTER, "value"),
+        background=True,
+        interval=400,
+        running=[(Output(ids.RUN_BUTTON, "disabled"), True, False),
+                 (Output(ids.RUN_BUTTON, "children"), "Running…", "Run"),
+                 (Output(ids.CANCEL_BUTTON, "disabled"), False, True)],
+        cancel=[Input(ids.CANCEL_BUTTON, "n_clicks")],
+        progress=[Output(ids.PROGRESS, "value"), Output(ids.PROGRESS, "max"),
+                  Output(ids.PROGRESS, "label"), Output(ids.BASELINES, "children")],
+        progress_default=[0, 1, "", ""],
+        prevent_initial_call=True)(run_sweep)
+
+    def cancelled(n_clicks):
+        return "Run cancelled." if n_clicks else no_update
+
+    app.callback(Output(ids.RUN_STATUS, "children", allow_duplicate=True),
+                 Input(ids.CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(cancelled)
+
+    # -- the run on screen ---------------------------------------------------------------------------
+    def show_run(run_id, mode, image_format):
+        """current run + raw/normalized + image format -> heatmap, its config, summary, CSV button."""
+        config = figures.graph_config(image_format or "png", "patchboard-heatmap")
+        if not run_id:
+            return (figures.empty_figure("Run a sweep to see its heatmap here."), config, "", True)
+        try:
+            run = store.get(run_id)
+        except ValueError as exc:
+            return figures.empty_figure(str(exc)), config, "", True
+        mode, note = handlers.effective_mode(run.result, mode or "normalized")
+        fig = figures.heatmap(run.result, mode)
+        summary = [dash.html.Span(f"Run #{run.info.id}", className="run-id"),
+                   handlers.result_summary(run.result)] + ([dash.html.Div(note, className="error-text")]
+                                                           if note else [])
+        return fig, config, summary, False
+
+    app.callback(
+        Output(ids.RESULTS_HEATMAP, "figure"), Output(ids.RESULTS_HEATMAP, "config"),
+        Output(ids.RESULTS_SUMMARY, "children"), Output(ids.DOWNLOAD_CSV_BUTTON, "disabled"),
+        Input(ids.CURRENT_RUN, "data"), Input(ids.VALUE_MODE, "value"),
+        Input(ids.IMAGE_FORMAT, "value"))(show_run)
+
+    def download_csv(n_clicks, run_id):
+        """The current run in the contract CSV format."""
+        if not n_clicks or not run_id:
+            return no_update
+        run = store.get(run_id)
+        spec = run.result.spec
+        name = f"patchboard-run{run.info.id}-{spec.kind}-{spec.direction}.csv"
+        return dcc.send_string(run.result.to_csv(), name)
+
+    app.callback(Output(ids.DOWNLOAD_CSV, "data"), Input(ids.DOWNLOAD_CSV_BUTTON, "n_clicks"),
+                 State(ids.CURRENT_RUN, "data"), prevent_initial_call=True)(download_csv)
+
+    # -- counterfactual attention --------------------------------------------------------------------
+    def attention(click_data, run_id, image_format):
+        """A click on a head cell -> its attention patterns and differences."""
+        config = figures.graph_config(image_format or "png", "patchboard-attention")
+        trig, _ = _triggered_value()
+        idle = "Click a head cell of the heatmap (head kinds) to see that head's attention patterns."
+        if trig == ids.CURRENT_RUN or not click_data or not run_id:
+            return figures.empty_figure("No head selected yet.", 260), config, idle, None, True
+        cell = handlers.clicked_cell(click_data)
+        try:
+            run = store.get(run_id)
+            view = handlers.attention_for_cell(registry, run, cell)
+        except ValueError as exc:
+            return figures.empty_figure("No head selected yet.", 260), config, str(exc), None, True
+        fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
+                                     title=view.title, note=view.note)
+        return fig, config, view.title, cell, False
+
+    app.callback(
+        Output(ids.ATTENTION_DIFF, "figure"), Output(ids.ATTENTION_DIFF, "config"),
+        Output(ids.ATTENTION_STATUS, "children"), Output(ids.ATTENTION_CELL, "data"),
+        Output(ids.ATTENTION_DOWNLOAD_BUTTON, "disabled"),
+        Input(ids.RESULTS_HEATMAP, "clickData"), Input(ids.CURRENT_RUN, "data"),
+        Input(ids.IMAGE_FORMAT, "value"))(attention)
+
+    def download_attention(n_clicks, cell, run_id):
+        if not n_clicks or not cell or not run_id:
+            return no_update
+        run = store.get(run_id)
+        view = handlers.attention_for_cell(registry, run, cell)
+        text = write_csv(view.frame) if view.frame is not None else handlers.attention_csv(view)
+        return dcc.send_string(text, f"patchboard-run{run_id}-attention-L{cell['layer']}H{cell['head']}.csv")
+
+    app.callback(Output(ids.ATTENTION_DOWNLOAD, "data"), Input(ids.ATTENTION_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.ATTENTION_CELL, "data"), State(ids.CURRENT_RUN, "data"),
+                 prevent_initial_call=True)(download_attention)
+
+    # -- history -----------------------------------------------------------------------------------
+    def history(_version, run_id):
+        infos = store.list()
+        options = [{"label": r.title, "value": r.id} for r in infos]
+        return layout.render_history(infos, run_id), options
+
+    app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
+                 Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"))(history)
+
+    def open_run(clicks, trig=None):
+        """An Open button -> that run on the Results tab."""
+        trig = trig if trig is not None else _triggered_value()[0]
+        if not trig or not any(clicks or []):
+            return no_update, no_update
+        return trig["run"], ids.TAB_RESULTS
+
+    app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True), Output(ids.TABS, "active_tab"),
+                 Input({"type": ids.HISTORY_OPEN, "run": ALL}, "n_clicks"),
+                 prevent_initial_call=True)(lambda clicks: open_run(clicks))
+
+    def delete_run(clicks, run_id, trig=None):
+        """A Delete button -> the run is gone; the screen clears if it was on it."""
+        trig = trig if trig is not None else _triggered_value()[0]
+        if not trig or not any(clicks or []):
+            return no_update, no_update
+        store.delete(trig["run"])
+        return time.time(), (None if run_id == trig["run"] else no_update)
+
+    app.callback(Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
+                 Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
+                 Input({"type": ids.HISTORY_DELETE, "run": ALL}, "n_clicks"),
+                 State(ids.CURRENT_RUN, "data"),
+                 prevent_initial_call=True)(lambda clicks, run_id: delete_run(clicks, run_id))
+
+    # -- compare -------------------------------------------------------------------------------------
+    def compare(selected, mode, image_format):
+        config = figures.graph_config(image_format or "png", "patchboard-compare")
+        selected = [s for s in (selected or []) if s is not None]
+        if len(selected) != 2:
+            msg = "Choose two runs." if len(selected) < 2 else \
+                f"{len(selected)} runs chosen; compare takes exactly two (remove {len(selected) - 2})."
+            return (figures.empty_figure("Choose two runs to compare them on one colour scale."),
+                    config, None, msg)
+        try:
+            a, b = store.get(selected[0]), store.get(selected[1])
+        except ValueError as exc:
+            return figures.empty_figure(str(exc)), config, None, str(exc)
+        mode = mode or "normalized"
+        if mode == "normalized" and any(handlers.effective_mode(r.result, mode)[1] for r in (a, b)):
+            mode = "raw"
+        fig = figures.compare(a.result, b.result, mode, labels=(f"#{a.info.id}", f"#{b.info.id}"))
+        status = "" if figures.same_layout(a.result, b.result) else \
+            "These runs have different axes, so there is no cell-wise difference panel."
+        tables = layout.render_top_tables([
+            (f"Top components · #{a.info.id}", handlers.top_components(a.result, 10, mode)),
+            (f"Top components · #{b.info.id}", handlers.top_components(b.result, 10, mode))])
+        return fig, config, tables, status
+
+    app.callback(Output(ids.COMPARE_HEATMAP, "figure"), Output(ids.COMPARE_HEATMAP, "config"),
+                 Output(ids.COMPARE_TABLE, "children"), Output(ids.COMPARE_STATUS, "children"),
+                 Input(ids.COMPARE_SELECT, "value"), Input(ids.VALUE_MODE, "value"),
+                 Input(ids.IMAGE_FORMAT, "value"))(compare)
+
+    return SimpleNamespace(
+        model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
+        clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view,
+        kind_controls=kind_controls, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,
+        download_csv=download_csv, attention=attention, download_attention=download_attention,
+        history=history, open_run=open_run, delete_run=delete_run, compare=compare)

@@ -1,0 +1,324 @@
+"""Pure functions from results to plotly figures: heatmaps, comparisons, attention differences.
+
+Conventions shared by every figure here:
+- layers run down the y axis (layer 0 at the top), the position axis is labelled by tokens as
+  ``"3: ' Mary'"`` (index, then the token's repr, so spaces show);
+- effects use a diverging scale centred at 0 ("RdBu": negative red, positive blue) with a
+  symmetric range, so white always means "no effect";
+- every cell's hover shows the raw value, the normalized value and, for multi-pair runs, the
+  95% bootstrap interval of the mean;
+- each cell's ``customdata`` starts with (layer, pos, head) — ``None`` where an axis does not
+  apply — so click handlers read what was clicked without re-deriving the layout.
+
+>>> fig = heatmap(result)                          # doctest: +SKIP
+>>> fig.data[0].type
+'heatmap'
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from patching.kinds import KINDS
+from patching.results import PatchResult
+
+DIVERGING = "RdBu"
+SEQUENTIAL = "Blues"
+FONT = "Inter, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
+MODES = ("raw", "normalized")
+
+
+def position_label(pos: int, str_tokens) -> str:
+    """'3: \\' Mary\\'' — index and token repr (spaces visible); the index keeps labels unique.
+
+    >>> position_label(3, ["<bos>", "When", " Mary", " and"])
+    "3: ' and'"
+    """
+    if str_tokens is not None and 0 <= pos < len(str_tokens):
+        return f"{pos}: {str_tokens[pos]!r}"
+    return str(pos)
+
+
+def _base_layout(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
+        font=dict(family=FONT, size=12, color="#1f2937"),
+        paper_bgcolor="white", plot_bgcolor="white",
+        margin=dict(l=70, r=20, t=56 if title else 24, b=60),
+        hoverlabel=dict(font=dict(family=FONT, size=12), bgcolor="white"),
+    )
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def empty_figure(message: str = "Run a sweep to see results here.", height: int = 320) -> go.Figure:
+    """A blank figure with one centred message (no axes)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="#6b7280"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _base_layout(fig, height=height)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A result laid out as a 2-D grid: rows (y), columns (x), and per-cell data."""
+    z: np.ndarray            # [rows, cols] what is coloured (raw or normalized)
+    raw: np.ndarray          # [rows, cols]
+    normalized: np.ndarray   # [rows, cols]
+    lo: np.ndarray           # [rows, cols] interval (NaN for single-pair runs)
+    hi: np.ndarray
+    x_labels: list[str]
+    y_labels: list[str]
+    x_title: str
+    y_title: str
+    cells: np.ndarray        # [rows, cols, 3] (layer, pos, head) per cell; -1 where not applicable
+
+
+def grid(result: PatchResult, mode: str = "raw", with_interval: bool = True) -> Grid:
+    """Lay out any result as rows x columns: layer x pos, layer x head, (layer.head) x pos, ...
+
+    >>> g = grid(result)                               # doctest: +SKIP
+    >>> g.z.shape == (len(g.y_labels), len(g.x_labels))
+    True
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    raw = result.values.double().numpy()
+    norm = result.normalized.double().numpy()
+    if with_interval and result.n_pairs > 1:
+        lo_t, hi_t = result.bootstrap_ci()
+        lo, hi = lo_t.double().numpy(), hi_t.double().numpy()
+    else:
+        lo = hi = np.full_like(raw, np.nan)
+    axes, coords, toks = result.axes, result.coords, result.str_tokens
+    layers = list(coords["layer"])
+    arrays = [raw, norm, lo, hi]
+    if len(axes) == 2:
+        other = axes[1]
+        cols = list(coords[other])
+        if other == "pos":
+            x_labels, x_title = [position_label(p, toks) for p in cols], "position (token)"
+        elif other == "head":
+            x_labels, x_title = [f"H{h}" for h in cols], "head"
+        else:
+            x_labels, x_title = [str(c) for c in cols], other
+        y_labels, y_title = [f"L{l}" for l in layers], "layer"
+        cells = np.full((len(layers), len(cols), 3), -1, dtype=np.int64)
+        slot = {"pos": 1, "head": 2}.get(other)
+        for i, l in enumerate(layers):
+            cells[i, :, 0] = l
+            if slot is not None:
+                cells[i, :, slot] = cols
+    elif len(axes) == 3 and axes[1] == "pos":
+        # (layer, pos, head): one row per layer.head, positions along x.
+        last = axes[2]
+        heads, positions = list(coords[last]), list(coords["pos"])
+        arrays = [a.transpose(0, 2, 1).reshape(len(layers) * len(heads), len(positions)) for a in arrays]
+        y_labels = [f"L{l}.H{h}" if last == "head" else f"L{l}.{last[0]}{h}" for l in layers for h in heads]
+        y_title = "layer.head" if last == "head" else f"layer.{last}"
+        x_labels, x_title = [position_label(p, toks) for p in positions], "position (token)"
+        cells = np.full((len(y_labels), len(positions), 3), -1, dtype=np.int64)
+        for i, (l, h) in enumerate((l, h) for l in layers for h in heads):
+            cells[i, :, 0], cells[i, :, 1], cells[i, :, 2] = l, positions, h
+    else:
+        raise ValueError(f"cannot lay out axes {axes} as a heatmap")
+    raw, norm, lo, hi = arrays
+    return Grid(raw if mode == "raw" else norm, raw, norm, lo, hi, x_labels, y_labels,
+                x_title, y_title, cells)
+
+
+def _absmax(*arrays: np.ndarray) -> float:
+    finite = [np.abs(a[np.isfinite(a)]) for a in arrays]
+    m = max((float(f.max()) for f in finite if f.size), default=0.0)
+    return m if m > 0 else 1.0
+
+
+def _nan_to_none(a: np.ndarray) -> list:
+    return [[None if not math.isfinite(v) else float(v) for v in row] for row in a]
+
+
+def _customdata(g: Grid) -> list:
+    """[rows][cols] -> [layer, pos, head, raw, normalized, lo, hi] (None where missing)."""
+    out = []
+    for i in range(g.z.shape[0]):
+        row = []
+        for j in range(g.z.shape[1]):
+            l, p, h = (int(v) if v >= 0 else None for v in g.cells[i, j])
+            vals = [g.raw[i, j], g.normalized[i, j], g.lo[i, j], g.hi[i, j]]
+            row.append([l, p, h] + [float(v) if math.isfinite(v) else None for v in vals])
+        out.append(row)
+    return out
+
+
+def _hovertemplate(g: Grid, multi_pair: bool) -> str:
+    lines = [f"{g.y_title} %{{y}}", f"{g.x_title} %{{x}}",
+             "raw %{customdata[3]:.4f}", "normalized %{customdata[4]:.3f}"]
+    if multi_pair:
+        lines.append("95% CI [%{customdata[5]:.4f}, %{customdata[6]:.4f}]")
+    return "<br>".join(lines) + "<extra></extra>"
+
+
+def heatmap_trace(g: Grid, *, zmax: float, multi_pair: bool, coloraxis: str | None = None,
+                  colorbar_title: str = "") -> go.Heatmap:
+    kw = dict(coloraxis=coloraxis) if coloraxis else dict(
+        colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
+        colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=14, outlinewidth=0))
+    return go.Heatmap(z=_nan_to_none(g.z), x=g.x_labels, y=g.y_labels, customdata=_customdata(g),
+                      hovertemplate=_hovertemplate(g, multi_pair), xgap=1, ygap=1,
+                      hoverongaps=False, **kw)
+
+
+def _title(result: PatchResult) -> str:
+    spec = result.spec
+    kind = KINDS[spec.kind].title if spec.kind in KINDS else spec.kind
+    per_pos = " per position" if spec.per_position else ""
+    pairs = f" · {result.n_pairs} pairs" if result.n_pairs > 1 else ""
+    return f"{kind}{per_pos} · {spec.direction} · {spec.metric}{pairs}"
+
+
+def _grid_height(n_rows: int) -> int:
+    return int(min(1400, max(340, 24 * n_rows + 170)))
+
+
+def _axis_style(fig: go.Figure, row=None, col=None, n_cols: int = 1) -> None:
+    sel = dict(row=row, col=col) if row is not None else {}
+    fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="",
+                     automargin=True, **sel)
+    fig.update_xaxes(type="category", showgrid=False, ticks="", automargin=True,
+                     tickangle=-45 if n_cols > 8 else 0, **sel)
+
+
+def heatmap(result: PatchResult, mode: str = "raw", *, zmax: float | None = None,
+            title: str | None = None) -> go.Figure:
+    """One run as a heatmap, raw or normalized, on a symmetric diverging scale.
+
+    >>> heatmap(result, "normalized").layout.title.text    # doctest: +SKIP
+    'Attention head output (z) · denoise · logit_diff'
+    """
+    g = grid(result, mode)
+    zmax = zmax if zmax is not None else _absmax(g.z)
+    label = "normalized" if mode == "normalized" else result.spec.metric
+    fig = go.Figure(heatmap_trace(g, zmax=zmax, multi_pair=result.n_pairs > 1, colorbar_title=label))
+    _axis_style(fig, n_cols=len(g.x_labels))
+    fig.update_xaxes(title_text=g.x_title)
+    fig.update_yaxes(title_text=g.y_title)
+    return _base_layout(fig, title or _title(result), _grid_height(len(g.y_labels)))
+
+
+def same_layout(a: PatchResult, b: PatchResult) -> bool:
+    """Whether two results share axes and coordinates, so that a cell-wise difference exists."""
+    return (tuple(a.axes) == tuple(b.axes)
+            and all(tuple(a.coords[k]) == tuple(b.coords[k]) for k in a.axes))
+
+
+def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "B")) -> go.Figure:
+    """Two runs side by side on one shared colour scale, and their difference A − B.
+
+    The difference panel appears when both runs have the same axes and coordinates; it has its
+    own symmetric scale (it is usually much smaller than either run).
+    """
+    ga, gb = grid(a, mode), grid(b, mode)
+    shared = _absmax(ga.z, gb.z)
+    with_diff = same_layout(a, b)
+    n = 3 if with_diff else 2
+    titles = [f"{labels[0]}: {_title(a)}", f"{labels[1]}: {_title(b)}"]
+    if with_diff:
+        titles.append(f"{labels[0]} − {labels[1]}")
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.09)
+    multi = a.n_pairs > 1 or b.n_pairs > 1
+    fig.add_trace(heatmap_trace(ga, zmax=shared, multi_pair=a.n_pairs > 1, coloraxis="coloraxis"), 1, 1)
+    fig.add_trace(heatmap_trace(gb, zmax=shared, multi_pair=b.n_pairs > 1, coloraxis="coloraxis"), 1, 2)
+    scale_title = "normalized" if mode == "normalized" else a.spec.metric
+    fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, cmin=-shared, cmax=shared,
+                                     colorbar=dict(title=dict(text=scale_title), thickness=12,
+                                                   x=(0.64 if with_diff else 1.0), len=0.9)))
+    if with_diff:
+        diff = ga.z - gb.z
+        gd = Grid(diff, ga.raw - gb.raw, ga.normalized - gb.normalized, np.full_like(diff, np.nan),
+                  np.full_like(diff, np.nan), ga.x_labels, ga.y_labels, ga.x_title, ga.y_title, ga.cells)
+        dmax = _absmax(diff)
+        fig.add_trace(heatmap_trace(gd, zmax=dmax, multi_pair=False, coloraxis="coloraxis2"), 1, 3)
+        fig.update_layout(coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
+                                          colorbar=dict(title=dict(text="A − B"), thickness=12, len=0.9)))
+    for c, g in zip(range(1, n + 1), (ga, gb, ga)):
+        _axis_style(fig, row=1, col=c, n_cols=len(g.x_labels))
+    fig.update_annotations(font=dict(size=12))
+    rows = max(len(ga.y_labels), len(gb.y_labels))
+    fig = _base_layout(fig, None, _grid_height(rows))
+    fig.update_layout(margin=dict(t=60))
+    del multi
+    return fig
+
+
+def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
+                   note: str | None = None) -> go.Figure:
+    """Counterfactual attention of one head: patterns (dest × src) and their differences.
+
+    clean, corrupt, patched: [dest, src] arrays (patched may be None: shown as unavailable).
+    Top row: the three patterns on one 0..1 scale. Bottom row: clean − corrupt and
+    patched − corrupt on one symmetric diverging scale.
+    """
+    clean, corrupt = np.asarray(clean, dtype=float), np.asarray(corrupt, dtype=float)
+    patched = None if patched is None else np.asarray(patched, dtype=float)
+    n = clean.shape[0]
+    labels = [position_label(i, str_tokens) for i in range(n)]
+    titles = ["clean", "corrupt", "patched" if patched is not None else "patched (not available)",
+              "clean − corrupt", "patched − corrupt" if patched is not None else ""]
+    fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.06,
+                        vertical_spacing=0.16)
+    hover = "dest %{y}<br>src %{x}<br>%{z:.3f}<extra></extra>"
+
+    def upper_masked(m):   # causal: src > dest is always 0; show it blank
+        m = m.copy()
+        m[np.triu_indices(n, 1)] = np.nan
+        return _nan_to_none(m)
+
+    for col, m in enumerate((clean, corrupt, patched), start=1):
+        if m is None:
+            continue
+        fig.add_trace(go.Heatmap(z=upper_masked(m), x=labels, y=labels, coloraxis="coloraxis",
+                                 hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False), 1, col)
+    diffs = [clean - corrupt] + ([patched - corrupt] if patched is not None else [])
+    dmax = _absmax(*diffs)
+    for col, d in enumerate(diffs, start=1):
+        fig.add_trace(go.Heatmap(z=upper_masked(d), x=labels, y=labels, coloraxis="coloraxis2",
+                                 hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False), 2, col)
+    fig.update_layout(
+        coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1,
+                       colorbar=dict(title=dict(text="attention"), thickness=12, len=0.42, y=0.79)),
+        coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
+                        colorbar=dict(title=dict(text="difference"), thickness=12, len=0.42, y=0.21)))
+    for r in (1, 2):
+        for c in (1, 2, 3):
+            fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="",
+                             showticklabels=(c == 1), row=r, col=c)
+            fig.update_xaxes(type="category", showgrid=False, ticks="", tickangle=-60,
+                             showticklabels=True, row=r, col=c)
+    fig.update_xaxes(visible=False, row=2, col=3)
+    fig.update_yaxes(visible=False, row=2, col=3)
+    if patched is None:
+        fig.update_xaxes(visible=False, row=1, col=3)
+        fig.update_yaxes(visible=False, row=1, col=3)
+    if note:
+        fig.add_annotation(text=note, x=1.0, y=0.36, xref="paper", yref="paper", showarrow=False,
+                           xanchor="right", align="right", font=dict(size=12, color="#6b7280"))
+    fig.update_annotations(font=dict(size=12))
+    height = int(min(1500, max(620, 2 * (26 * n + 120))))
+    fig = _base_layout(fig, title, height)
+    fig.update_layout(margin=dict(l=110, r=30, t=70, b=110))
+    return fig
+
+
+def graph_config(image_format: str = "png", filename: str = "patchboard") -> dict:
+    """dcc.Graph config: plotly's own camera button exports PNG or SVG."""
+    fmt = image_format if image_format in ("png", "svg") else "png"
+    return {"displaylogo": False, "responsive": True,
+            "toImageButtonOptions": {"format": fmt, "filename": filename, "scale": 2 if fmt == "png" else 1},
+            "modeBarButtonsToRemove": ["lasso2d", "select2d"]}

@@ -1,0 +1,492 @@
+"""Pure functions behind the callbacks: form values -> spec and prompts (or an error message),
+upload parsing, token views, presets, the run job, attention for a clicked cell, top components.
+
+Nothing here imports Dash; every function is called directly by the tests. Errors are
+`ValueError`s whose text is shown as-is in `error-message`.
+
+>>> spec, prompts = parse_form(model, {"clean": "...", "corrupt": "...", "answer": " Mary",
+...                                    "wrong": " John", "kind": "head_out"})   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from metrics import METRICS, get_metric
+from patching.engine import plan_coords, sweep
+from patching.kinds import KINDS
+from patching.prompts import PromptPair, PromptSet, read_pairs_csv
+from patching.results import PatchResult
+from patching.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
+
+MAX_UPLOAD_BYTES = 2 * 2**20          # pairs CSVs larger than this are refused
+MAX_PRESET_PAIRS = 64
+PREVIEW_ROWS = 8
+
+
+# -- options ------------------------------------------------------------------------------------
+def model_options(registry) -> list[dict]:
+    """The registry's models (command line first), then others found in assets/ or the HF cache."""
+    names = list(registry.names())
+    try:
+        from patching.models import available_models
+        found = [m["name"] for m in available_models() if m.get("safetensors")]
+    except Exception:   # a broken cache never breaks the page
+        found = []
+    options = []
+    for name in dict.fromkeys(names + found):
+        label = Path(name).name if ("/" in name and Path(name).expanduser().is_dir()) else name
+        options.append({"label": label, "value": name})
+    return options
+
+
+def kind_options() -> list[dict]:
+    return [{"label": f"{name} — {k.title}", "value": name} for name, k in KINDS.items()]
+
+
+def metric_options() -> list[dict]:
+    return [{"label": f"{name} — {m.formula}", "value": name} for name, m in METRICS.items()]
+
+
+def direction_options() -> list[dict]:
+    return [{"label": "denoise (corrupt run, clean patched in: sufficient?)", "value": "denoise"},
+            {"label": "noise (clean run, corrupt patched in: necessary?)", "value": "noise"}]
+
+
+def _tasks():
+    try:
+        from patching import tasks
+        return tasks
+    except ImportError:
+        return None
+
+
+def preset_options() -> list[dict]:
+    tasks = _tasks()
+    if tasks is None:
+        return []
+    return [{"label": t.title, "value": name} for name, t in tasks.TASKS.items()]
+
+
+def preset_pairs(task: str, n: int = 1, seed: int = 0) -> list[dict]:
+    """n pairs of a task family as dicts (clean, corrupt, answer, wrong); ValueError on a bad name.
+
+    >>> preset_pairs("ioi", 1)[0]["answer"].startswith(" ")      # doctest: +SKIP
+    True
+    """
+    tasks = _tasks()
+    if tasks is None:
+        raise ValueError("presets need patching/tasks.py, which is not installed here")
+    if task not in tasks.TASKS:
+        raise ValueError(f"unknown preset {task!r}; choose one of {', '.join(tasks.TASKS)}")
+    try:
+        n = int(n or 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"number of pairs must be a whole number, not {n!r}") from None
+    if not 1 <= n <= MAX_PRESET_PAIRS:
+        raise ValueError(f"number of pairs must be between 1 and {MAX_PRESET_PAIRS}, not {n}")
+    return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong}
+            for p in tasks.make_pairs(task, n, split="eval", seed=seed)]
+
+
+def preset_metric(task: str) -> str | None:
+    """The metric a preset suggests, when the registry has it."""
+    tasks = _tasks()
+    if tasks is None or task not in tasks.TASKS:
+        return None
+    metric = getattr(tasks.TASKS[task], "metric", None)
+    return metric if metric in METRICS else None
+
+
+# -- uploads --------------------------------------------------------------------------------------
+def parse_upload(contents: str | None, filename: str | None = None,
+                 max_bytes: int = MAX_UPLOAD_BYTES) -> list[dict]:
+    """dcc.Upload contents ('data:...;base64,...') of a pairs CSV -> list of pair dicts.
+
+    ValueError naming the file and the problem: too large, not base64, not UTF-8, bad columns.
+
+    >>> data = "data:text/csv;base64," + base64.b64encode(b"clean,corrupt,answer,wrong\\nA B,A C, B, C\\n").decode()
+    >>> parse_upload(data, "p.csv")
+    [{'clean': 'A B', 'corrupt': 'A C', 'answer': ' B', 'wrong': ' C'}]
+    """
+    name = filename or "upload"
+    if not contents:
+        raise ValueError(f"{name}: the file is empty")
+    if filename and not filename.lower().endswith((".csv", ".txt")):
+        raise ValueError(f"{name}: expected a .csv file with columns clean,corrupt,answer,wrong")
+    _, _, payload = contents.partition(",")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise ValueError(f"{name} is larger than the {max_bytes // 2**20} MB limit for pairs CSVs; "
+                         "split it or run it with `python -m patching sweep --pairs`")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name}: the upload is not valid base64 data") from None
+    if len(raw) > max_bytes:
+        raise ValueError(f"{name} is larger than the {max_bytes // 2**20} MB limit for pairs CSVs")
+    try:
+        pairs = read_pairs_csv(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in pairs]
+
+
+# -- the form -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Form:
+    """What the page's inputs hold (text as typed)."""
+    model: str = "default"
+    clean: str = ""
+    corrupt: str = ""
+    answer: str = ""
+    wrong: str = ""
+    pairs: tuple | None = None          # uploaded / preset pairs; when set they replace the typed one
+    kind: str = "resid_pre"
+    metric: str = "logit_diff"
+    direction: str = "denoise"
+    per_position: bool = False
+    layers: str = ""
+    positions: str = ""
+    heads: str = ""
+    prepend_bos: bool = True
+
+    @classmethod
+    def from_values(cls, **values) -> "Form":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__ and v is not None}
+        if known.get("pairs") is not None:
+            known["pairs"] = tuple(tuple(p[k] for k in ("clean", "corrupt", "answer", "wrong"))
+                                   if isinstance(p, dict) else tuple(p) for p in known["pairs"]) or None
+        return cls(**known)
+
+    def prompt_pairs(self) -> list[PromptPair]:
+        if self.pairs:
+            return [PromptPair(*p) for p in self.pairs]
+        return [PromptPair(self.clean or "", self.corrupt or "", self.answer or "", self.wrong or "")]
+
+
+def parse_form(model, form: Form) -> tuple[PatchSpec, PromptSet]:
+    """Validate the form against the model: (spec, prompts), or ValueError with the message to show.
+
+    The spec's filters are checked against this model and prompt length too (layers out of
+    range, heads on a non-head kind, ...), so a Run never starts on input that will fail.
+    """
+    if not form.kind:
+        raise ValueError(f"choose a patch kind; one of {', '.join(KINDS)}")
+    if form.metric not in METRICS and ":" not in (form.metric or ""):
+        raise ValueError(f"unknown metric {form.metric!r}; choose one of {', '.join(METRICS)}")
+    if form.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {form.direction!r}")
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    spec = PatchSpec(kind=form.kind, direction=form.direction, metric=form.metric,
+                     per_position=bool(form.per_position and KINDS[form.kind].has_per_position
+                                       if form.kind in KINDS else form.per_position),
+                     layers=parse_int_list(form.layers, "layers"),
+                     positions=parse_int_list(form.positions, "positions"),
+                     heads=parse_heads(form.heads), model=form.model, prepend_bos=form.prepend_bos)
+    get_metric(spec.metric)
+    plan_coords(model, prompts, spec)
+    return spec, prompts
+
+
+# -- token view ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenView:
+    clean: list[str]
+    corrupt: list[str]
+    differing: list[int]                 # positions where clean and corrupt differ
+    answer: str | None                   # "' Mary' is one token" or None when empty
+    wrong: str | None
+    problems: list[str]                  # validation messages, first one shown in error-message
+    n_pairs: int = 1
+
+
+def _token_check(model, text: str, what: str) -> tuple[str | None, str | None]:
+    if not text:
+        return None, None
+    ids = model.encode(text)
+    if len(ids) == 1:
+        return f"{what} {text!r} is one token (id {ids[0]})", None
+    pieces = model.to_str_tokens(ids)
+    return None, f"{what} {text!r} is {len(ids)} tokens {pieces}, not a single token"
+
+
+def token_view(model, form: Form) -> TokenView:
+    """Clean and corrupt tokens side by side, the differing positions, answer/wrong checks.
+
+    Never raises: problems are listed (the first is what a Run would refuse with).
+    """
+    pair = form.prompt_pairs()[0]
+    bos = [model.bos_token_id] if form.prepend_bos and model.bos_token_id is not None else []
+    clean = model.to_str_tokens(bos + model.encode(pair.clean)) if pair.clean else []
+    corrupt = model.to_str_tokens(bos + model.encode(pair.corrupt)) if pair.corrupt else []
+    differing = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
+    differing += list(range(min(len(clean), len(corrupt)), max(len(clean), len(corrupt))))
+    answer_ok, answer_bad = _token_check(model, pair.answer, "answer")
+    wrong_ok, wrong_bad = _token_check(model, pair.wrong, "wrong")
+    problems = []
+    try:
+        PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    except ValueError as exc:
+        problems.append(str(exc))
+    for bad in (answer_bad, wrong_bad):
+        if bad and not any(bad.split(" is ")[0] in p for p in problems):
+            problems.append(bad)
+    if pair.answer and pair.answer == pair.wrong:
+        problems.append(f"answer and wrong are the same token {pair.answer!r}; the metric would be 0")
+    return TokenView(clean, corrupt, differing, answer_ok or answer_bad, wrong_ok or wrong_bad,
+                     problems, len(form.pairs) if form.pairs else 1)
+
+
+# -- running -----------------------------------------------------------------------------------
+def baselines(model, prompts: PromptSet, metric_name: str) -> tuple[float, float] | None:
+    """(clean, corrupt) metric means before the sweep starts; None when the model has no runner."""
+    if model.runner is None:
+        return None
+    from metrics import MetricInputs
+    metric = get_metric(metric_name)
+    runner = model.runner
+    clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
+    inputs = MetricInputs(prompts.answer_ids, prompts.wrong_ids, clean.logits.float().log_softmax(-1))
+    return (float(metric(clean.logits.float(), inputs).double().mean()),
+            float(metric(corrupt.logits.float(), inputs).double().mean()))
+
+
+def baselines_text(values: tuple[float, float] | None, metric: str = "") -> str:
+    if values is None:
+        return ""
+    clean, corrupt = values
+    return f"clean {metric} = {clean:.4f} · corrupt {metric} = {corrupt:.4f} · gap = {clean - corrupt:.4f}"
+
+
+@contextmanager
+def run_slot(data_dir: str | Path, on_wait: Callable[[float], None] | None = None, poll: float = 0.5):
+    """One sweep at a time per data dir: later runs queue here (an OS file lock, released when the
+    holder exits or is cancelled). `on_wait(seconds_waited)` is called while queued."""
+    path = Path(data_dir) / "run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    start = time.monotonic()
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if on_wait is not None:
+                    on_wait(time.monotonic() - start)
+                time.sleep(poll)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def run_busy(data_dir: str | Path) -> bool:
+    """Whether some process holds the run slot right now."""
+    path = Path(data_dir) / "run.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the progress outputs show: (value, max, label, baselines text)."""
+    value: int
+    total: int
+    label: str
+    baselines: str
+
+    def as_tuple(self):
+        return (self.value, self.total, self.label, self.baselines)
+
+
+def execute_run(registry, store, form: Form, data_dir: str | Path,
+                report: Callable[[Progress], None] = lambda p: None) -> int:
+    """The Run button's job: validate, queue for the run slot, baselines, sweep, save.
+
+    Returns the saved run's id; ValueError with the message to show on bad input.
+    """
+    model = registry.get(form.model)
+    spec, prompts = parse_form(model, form)
+
+    def waiting(seconds: float):
+        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s)", ""))
+
+    with run_slot(data_dir, waiting):
+        report(Progress(0, 1, "computing baselines…", ""))
+        base = baselines(model, prompts, spec.metric)
+        text = baselines_text(base, spec.metric)
+        report(Progress(0, 1, "starting…", text))
+
+        def on_progress(done: int, total: int):
+            report(Progress(done, total, f"{done} / {total} patches", text))
+
+        result = sweep(model, prompts, spec, on_progress=on_progress)
+    label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
+            f"{spec.metric} · {Path(form.model).name}"
+    run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
+    report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
+        (result.clean_value, result.corrupt_value), spec.metric)))
+    return run_id
+
+
+def effective_mode(result: PatchResult, mode: str) -> tuple[str, str | None]:
+    """'normalized' needs clean != corrupt; otherwise fall back to raw and say why."""
+    if mode == "normalized" and not torch.isfinite(result.normalized).any():
+        return "raw", ("normalized values are undefined: the clean and corrupt baselines are equal; "
+                       "showing raw values")
+    return mode, None
+
+
+def result_summary(result: PatchResult) -> str:
+    s = result.spec
+    gap = result.clean_value - result.corrupt_value
+    return (f"{Path(result.model_name or s.model).name} · {s.kind}{' per position' if s.per_position else ''} · "
+            f"{s.direction} · {s.metric} · {result.n_pairs} pair{'s' if result.n_pairs != 1 else ''} · "
+            f"clean {result.clean_value:.4f} · corrupt {result.corrupt_value:.4f} · gap {gap:.4f} · "
+            f"{result.seconds:.2f} s")
+
+
+# -- clicks and attention ----------------------------------------------------------------------
+def clicked_cell(click_data: dict | None) -> dict | None:
+    """plotly clickData on a results heatmap -> {'layer', 'pos', 'head'} (None where n/a)."""
+    if not click_data or not click_data.get("points"):
+        return None
+    cd = click_data["points"][0].get("customdata")
+    if not cd or len(cd) < 3:
+        return None
+    return {"layer": cd[0], "pos": cd[1], "head": cd[2]}
+
+
+@dataclass(frozen=True)
+class AttentionView:
+    clean: object                 # [dest, src]
+    corrupt: object
+    patched: object | None
+    str_tokens: list[str]
+    title: str
+    note: str | None
+    frame: object | None = None   # a DataFrame for CSV download, when available
+
+
+def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionView:
+    """Counterfactual attention of the clicked head of a stored run (pair `pair`).
+
+    Uses `patching.attention.counterfactual_attention` when installed (clean, corrupt and
+    patched patterns); otherwise the clean and corrupt patterns from the runner's cache.
+    """
+    result = run.result
+    if cell is None or cell.get("head") is None or "head" not in result.axes:
+        raise ValueError("click a cell of a head kind (head_out, head_q, head_k, head_v, head_pattern) "
+                         "to see that head's attention")
+    layer, head = int(cell["layer"]), int(cell["head"])
+    spec = result.spec
+    model = registry.get(spec.model)
+    prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)
+    kind = KINDS[spec.kind]
+    heads_label = f"L{layer}.H{head}" if not kind.kv_heads else f"L{layer} key/value head {head}"
+    where = f" at position {cell['pos']}" if cell.get("pos") is not None else ""
+    title = f"Counterfactual attention · {heads_label}{where} · pair {pair}"
+    try:
+        from patching.attention import counterfactual_attention
+    except ImportError:
+        counterfactual_attention = None
+    if counterfactual_attention is not None:
+        index = {k: v for k, v in cell.items() if v is not None}
+        diff = counterfactual_attention(model, prompts, layer, head, spec=spec, index=index, pair=pair)
+        to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t
+        frame = diff.to_dataframe() if hasattr(diff, "to_dataframe") else None
+        return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched),
+                             list(diff.str_tokens), title, None, frame)
+    if model.runner is None:
+        raise ValueError(f"attention view needs the engine's runner; {model.name!r} has none")
+    q_head = head if not kind.kv_heads else head * (model.n_heads // model.n_kv_heads)
+    clean = model.runner.run(prompts.clean_tokens).layers[layer].pattern[pair, q_head]
+    corrupt = model.runner.run(prompts.corrupt_tokens).layers[layer].pattern[pair, q_head]
+    note = "patched pattern: needs patching/attention.py"
+    return AttentionView(clean.float().cpu().numpy(), corrupt.float().cpu().numpy(), None,
+                         list(prompts.str_tokens), title, note, None)
+
+
+# -- compare -----------------------------------------------------------------------------------
+def top_components(result: PatchResult, n: int = 10, mode: str = "raw") -> list[dict]:
+    """The n cells with the largest |effect| (raw value, or normalized in 'normalized' mode),
+    as rows for a table.
+
+    >>> top_components(result, 3)[0].keys()        # doctest: +SKIP
+    dict_keys(['component', 'token', 'value', 'normalized'])
+    """
+    df = result.to_dataframe() if result.n_pairs == 1 else _df_without_ci(result)
+    if df.empty:
+        return []
+    key = "normalized" if mode == "normalized" and df["normalized"].notna().any() else "value"
+    order = df[key].abs().sort_values(ascending=False).index[:n]
+    rows = []
+    for _, r in df.loc[order].iterrows():
+        parts = []
+        if r["layer"] is not None and str(r["layer"]) != "<NA>":
+            parts.append(f"L{int(r['layer'])}")
+        if "head" in r and str(r["head"]) != "<NA>" and r["head"] is not None:
+            parts.append(f"H{int(r['head'])}")
+        if "neuron" in r and r.get("neuron") is not None and str(r.get("neuron")) not in ("<NA>", "nan"):
+            parts.append(f"N{int(r['neuron'])}")
+        if str(r["pos"]) != "<NA>" and r["pos"] is not None:
+            parts.append(f"pos {int(r['pos'])}")
+        norm = r["normalized"]
+        rows.append({"component": " ".join(parts), "token": r["token"] if isinstance(r["token"], str) else "",
+                     "value": round(float(r["value"]), 4),
+                     "normalized": None if norm != norm else round(float(norm), 3)})
+    return rows
+
+
+def _df_without_ci(result: PatchResult):
+    """to_dataframe without the bootstrap (the table needs only values)."""
+    single = PatchResult(result.spec, result.axes, result.coords, result.values[..., None],
+                         torch.tensor([result.clean_value], dtype=torch.float64),
+                         torch.tensor([result.corrupt_value], dtype=torch.float64),
+                         result.str_tokens, result.metric_clean_is, result.seconds, result.model_name)
+    return single.to_dataframe()
+
+
+def attention_csv(view: AttentionView) -> str:
+    """One row per (dest, src): tokens, clean, corrupt, patched (when known) and differences."""
+    import pandas as pd
+    from patching.results import write_csv
+    rows = []
+    n = len(view.clean)
+    for d in range(n):
+        for s in range(d + 1):
+            row = {"dest": d, "src": s, "dest_token": view.str_tokens[d] if d < len(view.str_tokens) else "",
+                   "src_token": view.str_tokens[s] if s < len(view.str_tokens) else "",
+                   "clean": float(view.clean[d][s]), "corrupt": float(view.corrupt[d][s])}
+            if view.patched is not None:
+                row["patched"] = float(view.patched[d][s])
+            row["clean_minus_corrupt"] = row["clean"] - row["corrupt"]
+            if view.patched is not None:
+                row["patched_minus_corrupt"] = row["patched"] - row["corrupt"]
+            rows.append(row)
+    return write_csv(pd.DataFrame(rows))

@@ -1,0 +1,287 @@
+"""The page: a prompts + run panel on the left, results / history / later panels on the right.
+
+Built with dash-bootstrap-components; Bootstrap's CSS is served from `assets/` (no CDN), and
+`assets/style.css` holds the few rules of our own. Render helpers (`render_*`) turn handler
+data into components and are pure too.
+"""
+from __future__ import annotations
+
+import time
+
+import dash_bootstrap_components as dbc
+from dash import dcc, html
+
+from . import figures, handlers, ids
+from .handlers import TokenView
+
+SAMPLE = ("When Mary and John went to the store, John gave a drink to",
+          "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+
+
+def _label(text: str, for_id: str | None = None, hint: str | None = None):
+    children = [text] + ([html.Span(hint, className="field-hint")] if hint else [])
+    return dbc.Label(children, html_for=for_id, className="field-label")
+
+
+def _graph(id_: str, message: str, height: int = 340, image_format: str = "png") -> dcc.Graph:
+    return dcc.Graph(id=id_, figure=figures.empty_figure(message, height),
+                     config=figures.graph_config(image_format, id_), className="graph")
+
+
+def prompts_card(registry, model: str) -> dbc.Card:
+    presets = handlers.preset_options()
+    return dbc.Card([
+        dbc.CardHeader(html.H2("Prompts", className="card-title-sm")),
+        dbc.CardBody([
+            _label("Model", ids.MODEL_SELECT),
+            dcc.Dropdown(id=ids.MODEL_SELECT, options=handlers.model_options(registry), value=model,
+                         clearable=False, className="mb-1"),
+            html.Div(id=ids.MODEL_STATUS, className="model-status"),
+            html.Div([
+                html.Div([
+                    _label("Preset", ids.PRESET_SELECT, "fills the prompts from a task family"),
+                    dcc.Dropdown(id=ids.PRESET_SELECT, options=presets, value=None,
+                                 placeholder="Choose a task…" if presets else "no task presets installed",
+                                 disabled=not presets),
+                ], className="preset-main"),
+                html.Div([
+                    _label("Pairs", ids.PRESET_COUNT),
+                    dbc.Input(id=ids.PRESET_COUNT, type="number", min=1, max=handlers.MAX_PRESET_PAIRS,
+                              step=1, value=1, size="sm"),
+                ], className="preset-count"),
+            ], className="preset-row"),
+            _label("Clean prompt", ids.CLEAN_PROMPT, "the model does the behaviour"),
+            dbc.Textarea(id=ids.CLEAN_PROMPT, value=SAMPLE[0], rows=2, debounce=0.3, spellcheck=False),
+            _label("Corrupt prompt", ids.CORRUPT_PROMPT, "minimally changed; same token count"),
+            dbc.Textarea(id=ids.CORRUPT_PROMPT, value=SAMPLE[1], rows=2, debounce=0.3, spellcheck=False),
+            dbc.Row([
+                dbc.Col([_label("Answer token", ids.ANSWER_TOKEN),
+                         dbc.Input(id=ids.ANSWER_TOKEN, value=SAMPLE[2], debounce=0.3)]),
+                dbc.Col([_label("Wrong token", ids.WRONG_TOKEN),
+                         dbc.Input(id=ids.WRONG_TOKEN, value=SAMPLE[3], debounce=0.3)]),
+            ], className="g-2"),
+            html.Div("Leading spaces matter: ' Mary' and 'Mary' are different tokens.",
+                     className="field-hint block"),
+            dbc.Checklist(id=ids.PREPEND_BOS, options=[{"label": "Prepend BOS token", "value": "bos"}],
+                          value=["bos"], switch=True, className="mt-2"),
+            _label("Pairs CSV", ids.PAIRS_UPLOAD, "columns clean,corrupt,answer,wrong"),
+            dcc.Upload(id=ids.PAIRS_UPLOAD, multiple=False, accept=".csv,text/csv",
+                       className="upload-box",
+                       children=html.Div(["Drop a pairs CSV here or ", html.A("choose a file")])),
+            html.Div(id=ids.PAIRS_PREVIEW),
+            html.Div(id=ids.TOKEN_VIEW, className="token-view"),
+        ]),
+    ], className="panel-card")
+
+
+def run_card() -> dbc.Card:
+    return dbc.Card([
+        dbc.CardHeader(html.H2("Patch", className="card-title-sm")),
+        dbc.CardBody([
+            _label("Kind", ids.KIND_SELECT),
+            dcc.Dropdown(id=ids.KIND_SELECT, options=handlers.kind_options(), value="head_out",
+                         clearable=False),
+            dbc.Checklist(id=ids.PER_POSITION, options=[{"label": "one cell per position (head kinds)",
+                                                         "value": "per"}],
+                          value=[], switch=True, className="mt-1"),
+            _label("Metric", ids.METRIC_SELECT),
+            dcc.Dropdown(id=ids.METRIC_SELECT, options=handlers.metric_options(), value="logit_diff",
+                         clearable=False),
+            _label("Direction", ids.DIRECTION_SELECT),
+            dbc.RadioItems(id=ids.DIRECTION_SELECT, options=handlers.direction_options(),
+                           value="denoise", className="direction"),
+            html.Details([
+                html.Summary("Filters (optional)"),
+                dbc.Row([
+                    dbc.Col([_label("Layers", ids.LAYERS_FILTER),
+                             dbc.Input(id=ids.LAYERS_FILTER, placeholder="all, e.g. 0-2,5", size="sm",
+                                       debounce=True)]),
+                    dbc.Col([_label("Positions", ids.POSITIONS_FILTER),
+                             dbc.Input(id=ids.POSITIONS_FILTER, placeholder="all", size="sm",
+                                       debounce=True)]),
+                    dbc.Col([_label("Heads", ids.HEADS_FILTER),
+                             dbc.Input(id=ids.HEADS_FILTER, placeholder="all, e.g. 1.4,2.0", size="sm",
+                                       debounce=True)]),
+                ], className="g-2"),
+            ], className="filters"),
+            html.Div([
+                dbc.Button("Run", id=ids.RUN_BUTTON, color="primary", className="run-button", n_clicks=0),
+                dbc.Button("Cancel", id=ids.CANCEL_BUTTON, color="secondary", outline=True,
+                           disabled=True, n_clicks=0),
+            ], className="run-row"),
+            dbc.Progress(id=ids.PROGRESS, value=0, max=1, label="", className="run-progress"),
+            html.Div(id=ids.RUN_STATUS, className="run-status"),
+            html.Div(id=ids.BASELINES, className="baselines"),
+            html.Div(id=ids.ERROR_MESSAGE, role="alert", className="error-message"),
+        ]),
+    ], className="panel-card")
+
+
+def results_tab() -> html.Div:
+    return html.Div([
+        html.Div(id=ids.RESULTS_SUMMARY, className="results-summary"),
+        html.Div([
+            dbc.RadioItems(id=ids.VALUE_MODE, inline=True, value="normalized",
+                           options=[{"label": "raw", "value": "raw"},
+                                    {"label": "normalized", "value": "normalized"}],
+                           className="btn-group-toggle", input_class_name="btn-check",
+                           label_class_name="btn btn-outline-primary btn-sm",
+                           label_checked_class_name="active"),
+            html.Div([
+                html.Span("Image export", className="toolbar-label"),
+                dbc.RadioItems(id=ids.IMAGE_FORMAT, inline=True, value="png",
+                               options=[{"label": "PNG", "value": "png"}, {"label": "SVG", "value": "svg"}]),
+            ], className="toolbar-group"),
+            dbc.Button("Download CSV", id=ids.DOWNLOAD_CSV_BUTTON, color="primary", outline=True,
+                       size="sm", disabled=True, n_clicks=0),
+            dcc.Download(id=ids.DOWNLOAD_CSV),
+        ], className="toolbar"),
+        _graph(ids.RESULTS_HEATMAP, "Run a sweep to see its heatmap here."),
+        html.Div([
+            html.H3("Counterfactual attention", className="section-title"),
+            html.Div("Click a head cell of the heatmap (head kinds) to see that head's clean, corrupt "
+                     "and patched attention patterns and their differences.",
+                     id=ids.ATTENTION_STATUS, className="hint"),
+            dbc.Button("Download attention CSV", id=ids.ATTENTION_DOWNLOAD_BUTTON, size="sm",
+                       color="secondary", outline=True, disabled=True, n_clicks=0, className="mb-2"),
+            dcc.Download(id=ids.ATTENTION_DOWNLOAD),
+            _graph(ids.ATTENTION_DIFF, "No head selected yet.", height=260),
+        ], className="attention-section"),
+    ])
+
+
+def history_tab() -> html.Div:
+    return html.Div([
+        dbc.Row([
+            dbc.Col([
+                html.H3("Run history", className="section-title"),
+                html.Div(id=ids.RUN_HISTORY, className="run-history"),
+            ], lg=4),
+            dbc.Col([
+                html.H3("Compare two runs", className="section-title"),
+                dcc.Dropdown(id=ids.COMPARE_SELECT, multi=True, options=[], value=[],
+                             placeholder="Choose two runs…"),
+                html.Div(id=ids.COMPARE_STATUS, className="hint mt-1"),
+                _graph(ids.COMPARE_HEATMAP, "Choose two runs to compare them on one colour scale."),
+                html.Div(id=ids.COMPARE_TABLE),
+            ], lg=8),
+        ]),
+    ])
+
+
+def slot_tab(panel_id: str, title: str, text: str) -> html.Div:
+    return html.Div(dbc.Card(dbc.CardBody([html.H3(title, className="section-title"),
+                                           html.P(text, className="hint")])),
+                    id=panel_id, className="slot-panel")
+
+
+def page(registry, model: str) -> html.Div:
+    navbar = html.Header([
+        html.Div([html.Span("Patchboard", className="brand"),
+                  html.Span("activation patching", className="brand-sub")], className="brand-box"),
+    ], className="topbar")
+    return html.Div([
+        navbar,
+        dcc.Store(id=ids.CURRENT_RUN, storage_type="session"),
+        dcc.Store(id=ids.PAIRS_STORE, data=None),
+        dcc.Store(id=ids.HISTORY_VERSION, data=0),
+        dcc.Store(id=ids.ATTENTION_CELL, data=None),
+        dbc.Container(dbc.Row([
+            dbc.Col([prompts_card(registry, model), run_card()], lg=4, className="left-col"),
+            dbc.Col(dbc.Card(dbc.CardBody(dbc.Tabs(id=ids.TABS, active_tab=ids.TAB_RESULTS, children=[
+                dbc.Tab(results_tab(), label="Results", tab_id=ids.TAB_RESULTS),
+                dbc.Tab(history_tab(), label="History & compare", tab_id=ids.TAB_HISTORY),
+                dbc.Tab(slot_tab(ids.PATH_PANEL, "Path patching",
+                                 "Sender head → receiver components, everything else frozen. "
+                                 "This panel arrives with patching/path.py."),
+                        label="Path patching", tab_id=ids.TAB_PATH),
+                dbc.Tab(slot_tab(ids.ATTRIBUTION_PANEL, "Attribution patching",
+                                 "Gradient approximation of every kind at once. "
+                                 "This panel arrives with patching/attribution.py."),
+                        label="Attribution", tab_id=ids.TAB_ATTRIBUTION),
+            ])), className="panel-card results-card"), lg=8),
+        ]), fluid=True, className="main"),
+    ])
+
+
+# -- render helpers (pure) ---------------------------------------------------------------------
+def _chip(i: int, tok: str, diff: bool):
+    return html.Span([html.Span(str(i), className="tok-i"), html.Span(repr(tok)[1:-1] or "∅", className="tok-t")],
+                     className="tok tok-diff" if diff else "tok", title=repr(tok))
+
+
+def render_token_view(view: TokenView | None, error: str | None = None):
+    if view is None:
+        return html.Div(error or "", className="hint error-text" if error else "hint")
+    diff = set(view.differing)
+    rows = []
+    for name, toks in (("clean", view.clean), ("corrupt", view.corrupt)):
+        rows.append(html.Div([html.Span(f"{name} · {len(toks)}", className="tok-row-label"),
+                              html.Div([_chip(i, t, i in diff) for i, t in enumerate(toks)],
+                                       className="tok-chips")], className="tok-row"))
+    checks = []
+    for text in (view.answer, view.wrong):
+        if text:
+            ok = "is one token" in text
+            checks.append(html.Div(("✓ " if ok else "✗ ") + text,
+                                   className="check-ok" if ok else "check-bad"))
+    head = "Tokens" + (f" (pair 0 of {view.n_pairs} uploaded)" if view.n_pairs > 1 else "")
+    legend = (f"{len(view.differing)} differing position{'s' if len(view.differing) != 1 else ''}: "
+              f"{', '.join(map(str, view.differing))}" if view.differing else "no differing positions")
+    return html.Div([html.Div([html.Span(head, className="field-label"),
+                               html.Span(legend, className="field-hint")]), *rows, *checks])
+
+
+def render_pairs_preview(pairs: list[dict] | None):
+    if not pairs:
+        return None
+    shown = pairs[:handlers.PREVIEW_ROWS]
+    header = html.Thead(html.Tr([html.Th("#")] + [html.Th(c) for c in ("clean", "corrupt", "answer", "wrong")]))
+    body = html.Tbody([html.Tr([html.Td(i)] + [html.Td(repr(p[c]) if c in ("answer", "wrong") else p[c])
+                                               for c in ("clean", "corrupt", "answer", "wrong")])
+                       for i, p in enumerate(shown)])
+    more = len(pairs) - len(shown)
+    return html.Div([
+        html.Div([html.Span(f"Using {len(pairs)} pairs instead of the prompts above",
+                            className="pairs-note"),
+                  dbc.Button("Clear", id=ids.PAIRS_CLEAR, size="sm", color="link", n_clicks=0)],
+                 className="pairs-head"),
+        html.Div(dbc.Table([header, body], size="sm", bordered=False, striped=True, className="pairs-table"),
+                 className="pairs-scroll"),
+        html.Div(f"… and {more} more" if more > 0 else "", className="hint"),
+    ], className="pairs-preview")
+
+
+def render_history(infos, current: int | None):
+    if not infos:
+        return html.Div("No runs yet. Runs are saved here and survive restarts.", className="hint")
+    items = []
+    for r in infos:
+        when = time.strftime("%H:%M:%S", time.localtime(r.created))
+        meta = (f"{r.model} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
+                f"clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
+                if r.clean_value is not None else f"{r.model} · {when}")
+        items.append(dbc.ListGroupItem([
+            html.Div([html.Span(f"#{r.id}", className="run-id"), html.Span(r.label, className="run-label")]),
+            html.Div(meta, className="run-meta"),
+            html.Div([
+                dbc.Button("Open", id={"type": ids.HISTORY_OPEN, "run": r.id}, size="sm",
+                           color="primary", outline=True, n_clicks=0),
+                dbc.Button("Delete", id={"type": ids.HISTORY_DELETE, "run": r.id}, size="sm",
+                           color="danger", outline=True, n_clicks=0),
+            ], className="run-actions"),
+        ], active=(r.id == current), className="run-item"))
+    return dbc.ListGroup(items, flush=True)
+
+
+def render_top_tables(tables: list[tuple[str, list[dict]]]):
+    cols = []
+    for title, rows in tables:
+        header = html.Thead(html.Tr([html.Th(c) for c in ("component", "token", "value", "normalized")]))
+        body = html.Tbody([html.Tr([html.Td(r["component"]), html.Td(repr(r["token"]) if r["token"] else ""),
+                                    html.Td(f"{r['value']:.4f}"),
+                                    html.Td("" if r["normalized"] is None else f"{r['normalized']:.3f}")])
+                           for r in rows])
+        cols.append(dbc.Col([html.H4(title, className="table-title"),
+                             dbc.Table([header, body], size="sm", striped=True, className="top-table")], md=6))
+    return dbc.Row(cols)
