@@ -65,11 +65,13 @@ def _is_model_asset(path: str, prefix: str) -> bool:
 
 
 def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | None = None,
-               model: str | None = None, title: str = "Patchboard") -> dash.Dash:
+               model: str | None = None, title: str = "Patchboard",
+               assets_folder: str | Path | None = None) -> dash.Dash:
     """The Dash app around a model registry, a run store and a background job manager.
 
     jobs=None uses a DiskcacheManager under the store's data dir. `model` is the model selected
-    on load (default: the registry's first name).
+    on load (default: the registry's first name). `assets_folder` (tests) replaces assets/;
+    whatever it is, its models/ subfolder is never served.
     """
     from . import callbacks, layout
 
@@ -77,7 +79,8 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     if jobs is None:
         jobs = make_jobs("diskcache", data_dir)
     app = dash.Dash(
-        __name__, title=title, update_title=None, assets_folder=str(ASSETS),
+        __name__, title=title, update_title=None,
+        assets_folder=str(assets_folder or ASSETS),
         assets_path_ignore=["^models$"], background_callback_manager=jobs,
         suppress_callback_exceptions=True)
     server = app.server

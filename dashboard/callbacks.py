@@ -62,7 +62,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         if not task:
             return (no_update,) * 7
         try:
-            pairs = handlers.preset_pairs(task, count or 1)
+            pairs = handlers.preset_pairs(task, count)
         except ValueError as exc:
             return (no_update,) * 6 + (str(exc),)
         first = pairs[0]
@@ -235,8 +235,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         except ValueError as exc:
             return figures.empty_figure("No head selected yet.", 260), config, str(exc), None, True
         fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
-                                     title=view.title, note=view.note)
-        return fig, config, view.title, cell, False
+                                     title=view.title, note=view.note if view.patched is None else None)
+        return fig, config, f"{view.title} — {view.note}" if view.note else view.title, cell, False
 
     app.callback(
         Output(ids.ATTENTION_DIFF, "figure"), Output(ids.ATTENTION_DIFF, "config"),

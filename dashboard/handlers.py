@@ -90,7 +90,7 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0) -> list[dict]:
     if task not in tasks.TASKS:
         raise ValueError(f"unknown preset {task!r}; choose one of {', '.join(tasks.TASKS)}")
     try:
-        n = int(n or 1)
+        n = 1 if n is None or n == "" else int(n)
     except (TypeError, ValueError):
         raise ValueError(f"number of pairs must be a whole number, not {n!r}") from None
     if not 1 <= n <= MAX_PRESET_PAIRS:
@@ -415,16 +415,19 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
         from patching.attention import counterfactual_attention
     except ImportError:
         counterfactual_attention = None
+    # k/v kinds index key/value heads: show the first query head of the group
+    q_head = head if not kind.kv_heads else head * (model.n_heads // model.n_kv_heads)
+    if kind.kv_heads and q_head != head:
+        title += f" (query head {q_head})"
     if counterfactual_attention is not None:
-        index = {k: v for k, v in cell.items() if v is not None}
-        diff = counterfactual_attention(model, prompts, layer, head, spec=spec, index=index, pair=pair)
-        to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t
-        frame = diff.to_dataframe() if hasattr(diff, "to_dataframe") else None
+        index = {k: v for k, v in cell.items() if v is not None and k in result.axes}
+        diff = counterfactual_attention(model, prompts, layer, q_head, spec=spec, index=index, pair=pair)
+        to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t  # noqa: E731
         return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched),
-                             list(diff.str_tokens), title, None, frame)
+                             list(diff.str_tokens), title, f"patched: {diff.patch_label}",
+                             diff.to_dataframe())
     if model.runner is None:
         raise ValueError(f"attention view needs the engine's runner; {model.name!r} has none")
-    q_head = head if not kind.kv_heads else head * (model.n_heads // model.n_kv_heads)
     clean = model.runner.run(prompts.clean_tokens).layers[layer].pattern[pair, q_head]
     corrupt = model.runner.run(prompts.corrupt_tokens).layers[layer].pattern[pair, q_head]
     note = "patched pattern: needs patching/attention.py"

@@ -1,0 +1,241 @@
+"""The app: contract ids, assets (models never served), jobs backends, CLI; callbacks called
+directly, in the order a user would trigger them."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pandas as pd
+import pytest
+from dash import no_update
+
+from dashboard import create_app, ids, make_jobs
+from dashboard.__main__ import _is_loopback, parse_args
+from patching.results import CSV_COLUMNS
+from tests.conftest import IOI
+
+
+def _walk(component):
+    yield component
+    children = getattr(component, "children", None)
+    if children is None:
+        return
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        if hasattr(child, "to_plotly_json"):
+            yield from _walk(child)
+
+
+def _ids(component) -> set:
+    return {getattr(c, "id", None) for c in _walk(component)} - {None}
+
+
+def _text(component) -> str:
+    out = []
+    for c in _walk(component):
+        ch = getattr(c, "children", None)
+        if isinstance(ch, str):
+            out.append(ch)
+    return " ".join(out)
+
+
+def test_layout_has_every_contract_id(app):
+    present = _ids(app.layout)
+    missing = [i for i in ids.CONTRACT if i not in present]
+    assert not missing, f"contract ids missing from the layout: {missing}"
+    assert {ids.PATH_PANEL, ids.ATTRIBUTION_PANEL} <= present     # slots for later panels
+
+
+def test_model_files_are_never_served(registry, store, tmp_path):
+    assets = tmp_path / "assets"
+    (assets / "models" / "m").mkdir(parents=True)
+    (assets / "models" / "m" / "model.safetensors").write_bytes(b"weights")
+    (assets / "style.css").write_text("body {}")
+    app = create_app(registry, store, make_jobs("diskcache", store.data_dir), assets_folder=assets)
+    client = app.server.test_client()
+    assert client.get("/assets/style.css").status_code == 200
+    for path in ("/assets/models/m/model.safetensors", "/assets/models/x", "/assets/models",
+                 "/assets/%6Dodels/m/model.safetensors", "/assets/./models/m/model.safetensors",
+                 "/assets//models/m/model.safetensors", "/assets/MODELS/m/model.safetensors",
+                 "/assets/%2e/models/m/model.safetensors", "/assets/x/../models/m/model.safetensors"):
+        resp = client.get(path)
+        assert resp.status_code == 404, path
+        assert b"weights" not in resp.data
+
+
+def test_repo_assets_models_404(app):
+    client = app.server.test_client()
+    assert client.get("/assets/models/x").status_code == 404
+    assert client.get("/assets/models/patchboard-tiny/config.json").status_code == 404
+    assert client.get("/assets/style.css").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and b"Patchboard" in page.data
+
+
+def test_celery_without_celery_is_a_clear_error(tmp_path):
+    try:
+        import celery  # noqa: F401
+        has_celery = True
+    except ImportError:
+        has_celery = False
+    with pytest.raises(ValueError, match="--redis-url"):
+        make_jobs("celery", tmp_path, None)
+    if not has_celery:
+        with pytest.raises(ValueError, match="needs the 'celery' and 'redis' packages"):
+            make_jobs("celery", tmp_path, "redis://localhost:6379/0")
+    with pytest.raises(ValueError, match="unknown jobs backend 'rq'"):
+        make_jobs("rq", tmp_path)
+
+
+def test_cli_defaults_and_loopback():
+    args = parse_args([])
+    assert args.host == "127.0.0.1" and args.port == 8050 and not args.debug
+    assert args.jobs == "diskcache" and args.model is None
+    args = parse_args(["--model", "a", "--model", "/tmp/b", "--debug", "--jobs", "celery"])
+    assert args.model == ["a", "/tmp/b"] and args.debug and args.jobs == "celery"
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.4")
+
+
+def test_cli_warns_when_not_loopback(monkeypatch, capsys, tmp_path):
+    from dashboard import __main__ as cli
+    monkeypatch.setattr(cli, "create_app", lambda *a, **k: type("A", (), {"run": lambda self, **kw: None})())
+    assert cli.main(["--host", "0.0.0.0", "--model", "no-such-model", "--data-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: serving on 0.0.0.0" in err and "no authentication" in err
+    assert "model 'no-such-model' is not available yet" in err
+
+
+# -- callbacks, called directly ------------------------------------------------------------------
+class Progress:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, values):
+        self.calls.append(values)
+
+
+def _run(cb, tiny_name, **over):
+    clean, corrupt, answer, wrong = IOI[0]
+    args = dict(n_clicks=1, model=tiny_name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
+                bos=["bos"], pairs=None, kind="head_out", metric="logit_diff", direction="denoise",
+                per_position=[], layers=None, positions=None, heads=None)
+    args.update(over)
+    progress = Progress()
+    return cb.run_sweep(progress, *args.values()), progress
+
+
+def test_model_status(app, tiny_name):
+    cb = app.patchboard
+    assert "2 layers · 4 heads" in cb.model_status(tiny_name)
+    bad = cb.model_status("/no/such/dir")
+    assert "does not exist" in bad.children
+
+
+def test_preset_fills_the_form(app):
+    cb = app.patchboard
+    clean, corrupt, answer, wrong, pairs, metric, err = cb.fill_preset("ioi", 1)
+    assert clean and corrupt and answer.startswith(" ") and pairs is None and err == ""
+    out = cb.fill_preset("ioi", 4)
+    assert len(out[4]) == 4 and out[0] == out[4][0]["clean"]
+    assert cb.fill_preset("ioi", 999)[-1].startswith("number of pairs must be between")
+    assert cb.fill_preset(None, 1) == (no_update,) * 7
+
+
+def test_upload_then_preview_then_clear(app):
+    cb = app.patchboard
+    text = "clean,corrupt,answer,wrong\n" + "\n".join(",".join(f'"{c}"' for c in p) for p in IOI)
+    contents = "data:text/csv;base64," + base64.b64encode(text.encode()).decode()
+    pairs, err, reset = cb.upload_pairs(contents, "pairs.csv")
+    assert len(pairs) == 2 and err == "" and reset is None
+    preview = cb.pairs_preview(pairs)
+    assert "Using 2 pairs" in _text(preview)
+    _, err, _ = cb.upload_pairs("data:text/csv;base64," + base64.b64encode(b"a,b\n1,2").decode(), "bad.csv")
+    assert "bad.csv: pairs CSV is missing column(s) clean, corrupt, answer, wrong" in err
+    assert cb.clear_pairs(1) is None and cb.pairs_preview(None) is None
+
+
+def test_token_view_callback(app, tiny_name):
+    cb = app.patchboard
+    clean, corrupt, answer, wrong = IOI[0]
+    view = cb.token_view(tiny_name, clean, corrupt, answer, wrong, ["bos"], None)
+    chips = [c for c in _walk(view) if getattr(c, "className", "") in ("tok", "tok tok-diff")]
+    assert len(chips) == 30 and sum(c.className == "tok tok-diff" for c in chips) == 2
+    bad = cb.token_view(tiny_name, clean, corrupt, " Maryland", wrong, ["bos"], None)
+    assert "not a single token" in _text(bad)
+
+
+def test_kind_controls(app):
+    options, heads_disabled = app.patchboard.kind_controls("resid_pre")
+    assert options[0]["disabled"] and heads_disabled
+    options, heads_disabled = app.patchboard.kind_controls("head_out")
+    assert not options[0]["disabled"] and not heads_disabled
+
+
+def test_run_show_download_attention_history_compare(app, store, tiny_name):
+    cb = app.patchboard
+    (run_id, err, version, status), progress = _run(cb, tiny_name)
+    assert err == "" and isinstance(run_id, int) and "saved" in status
+    assert any(c[3].startswith("clean logit_diff") for c in progress.calls)     # baselines early
+    assert progress.calls[-1][0] == progress.calls[-1][1]
+
+    fig, config, summary, csv_disabled = cb.show_run(run_id, "raw", "svg")
+    assert fig.data[0].type == "heatmap" and list(fig.data[0].x) == ["H0", "H1", "H2", "H3"]
+    assert config["toImageButtonOptions"]["format"] == "svg" and not csv_disabled
+
+    sent = cb.download_csv(1, run_id)
+    df = pd.read_csv(io.StringIO(sent["content"]))
+    assert tuple(df.columns[:9]) == CSV_COLUMNS and len(df) == 8
+    assert sent["filename"].endswith(".csv")
+
+    click = {"points": [{"customdata": fig.data[0].customdata[1][2]}]}
+    att_fig, _, status, cell, disabled = cb.attention(click, run_id, "png")
+    assert len(att_fig.data) == 5 and "L1.H2" in status and cell["head"] == 2 and not disabled
+    att_csv = cb.download_attention(1, cell, run_id)
+    assert att_csv["content"].splitlines()[0].startswith("layer,head,dest,src")
+
+    (run2, err, _, _), _ = _run(cb, tiny_name, direction="noise")
+    items, options = cb.history(0, run2)
+    assert [o["value"] for o in options] == [run2, run_id]
+    assert cb.open_run([0, 1], trig={"type": ids.HISTORY_OPEN, "run": run_id}) == (run_id, ids.TAB_RESULTS)
+    assert cb.open_run([0, 0], trig={"type": ids.HISTORY_OPEN, "run": run_id}) == (no_update, no_update)
+
+    cfig, _, tables, cstatus = cb.compare([run_id, run2], "raw", "png")
+    assert len(cfig.data) == 3 and cstatus == ""
+    assert "Top components · #" in _text(tables)
+    assert "Choose two runs" in cb.compare([run_id], "raw", "png")[3]
+    assert "compare takes exactly two" in cb.compare([run_id, run2, run2], "raw", "png")[3]
+
+    version, current = cb.delete_run([1, 0], run2, trig={"type": ids.HISTORY_DELETE, "run": run2})
+    assert current is None and [r.id for r in store.list()] == [run_id]
+    fig, _, _, disabled = cb.show_run(run2, "raw", "png")
+    assert "does not exist" in fig.layout.annotations[0].text and disabled
+
+
+@pytest.mark.parametrize("over, needle", [
+    (dict(answer=" Maryland"), "answer ' Maryland' is"),
+    (dict(corrupt=IOI[0][1] + " Mary"), "same number of tokens"),
+    (dict(layers="5"), "layers [5] out of range"),
+    (dict(kind="resid_pre", heads="0.1"), "heads apply to head kinds"),
+    (dict(model="/no/such/model"), "'/no/such/model' does not exist"),
+])
+def test_run_refuses_bad_input_with_message(app, store, tiny_name, over, needle):
+    (run_id, err, version, status), _ = _run(app.patchboard, tiny_name, **over)
+    assert run_id is no_update and needle in err and len(store) == 0
+
+
+def test_attention_on_non_head_run_explains(app, tiny_name):
+    cb = app.patchboard
+    (run_id, _, _, _), _ = _run(cb, tiny_name, kind="resid_pre")
+    fig, _, _, _ = cb.show_run(run_id, "normalized", "png")
+    click = {"points": [{"customdata": fig.data[0].customdata[0][3]}]}
+    _, _, status, cell, disabled = cb.attention(click, run_id, "png")
+    assert "click a cell of a head kind" in status and cell is None and disabled
+
+
+def test_multi_pair_run_from_uploaded_pairs(app, tiny_name):
+    cb = app.patchboard
+    pairs = [dict(zip(("clean", "corrupt", "answer", "wrong"), p)) for p in IOI]
+    (run_id, err, _, _), _ = _run(cb, tiny_name, pairs=pairs, kind="resid_pre", clean="")
+    assert err == ""
+    fig, _, summary, _ = cb.show_run(run_id, "raw", "png")
+    assert "95% CI" in fig.data[0].hovertemplate and "2 pairs" in str(summary)
