@@ -6,6 +6,7 @@
 ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
 >>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe()  # doctest: +SKIP
 """
+from . import hooks
 from .engine import sweep
 from .kinds import KINDS
 from .models import Model, ModelRegistry, load_model
