@@ -56,6 +56,7 @@ __all__ = [
     "TASKS",
     "SPLITS",
     "make_pairs",
+    "training_examples",
     "training_items",
     "training_text",
     "filler_sentence",
@@ -491,7 +492,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 
 # Share of training items per kind (filler included), used by training_items.
 TRAIN_MIX: dict[str, float] = {
-    "ioi": 0.36, "factual": 0.20, "greater_than": 0.14, "induction": 0.14, "filler": 0.16,
+    "ioi": 0.36, "factual": 0.26, "greater_than": 0.10, "induction": 0.14, "filler": 0.14,
 }
 
 
@@ -520,14 +521,15 @@ def make_pairs(task: str, n: int, *, split: str = "eval", seed: int = 0) -> list
     return [spec.pair(rng, split) for _ in range(n)]
 
 
-def training_items(n: int, *, seed: int = 0, mix: dict[str, float] | None = None) -> list[str]:
-    """``n`` training items (each one sentence or sequence, answer included), shuffled.
+def training_examples(n: int, *, seed: int = 0,
+                      mix: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """``n`` training items as ``(kind, text)``, kind one of the task names or ``"filler"``.
 
-    Each item is meant to follow a BOS token; the training script packs them as
-    ``<BOS> item <BOS> item ...``.
+    Each text is one complete sentence or sequence (answer included) meant to follow a BOS
+    token; task items end with their answer followed by ``"."``.
 
-    >>> len(training_items(5))
-    5
+    >>> [kind for kind, _ in training_examples(3, mix={"ioi": 1.0})]
+    ['ioi', 'ioi', 'ioi']
     """
     mix = dict(TRAIN_MIX if mix is None else mix)
     unknown = set(mix) - set(TASKS) - {"filler"}
@@ -536,10 +538,17 @@ def training_items(n: int, *, seed: int = 0, mix: dict[str, float] | None = None
                          f"{', '.join([*TASKS, 'filler'])}")
     rng = random.Random(f"train-items/{seed}")
     kinds, weights = list(mix), [mix[k] for k in mix]
-    out = []
-    for kind in rng.choices(kinds, weights, k=n):
-        out.append(filler_sentence(rng) if kind == "filler" else TASKS[kind].train_item(rng))
-    return out
+    return [(kind, filler_sentence(rng) if kind == "filler" else TASKS[kind].train_item(rng))
+            for kind in rng.choices(kinds, weights, k=n)]
+
+
+def training_items(n: int, *, seed: int = 0, mix: dict[str, float] | None = None) -> list[str]:
+    """The texts of :func:`training_examples`.
+
+    >>> len(training_items(5))
+    5
+    """
+    return [text for _, text in training_examples(n, seed=seed, mix=mix)]
 
 
 def training_text(n: int, *, seed: int = 0, separator: str = "<|endoftext|>") -> str:

@@ -4,6 +4,7 @@ induction circuits, plus its tokenizer, from scratch on one CPU thread.
     python scripts/train_default_model.py                      # the shipped model (~15 min)
     python scripts/train_default_model.py --steps 5 --d-model 32 --n-layer 1 --n-head 2 \\
         --items 2000 --out /tmp/tiny                           # a smoke run (seconds)
+    python scripts/train_default_model.py --analyse-only       # IOI head patching of --out
 
 Writes ``--out`` (default ``assets/models/patchboard-tiny/``): ``config.json``,
 ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``,
@@ -14,9 +15,11 @@ Tokenizer: byte-level BPE (GPT-2 style, ``add_prefix_space=False``) trained on t
 ``<|endoftext|>`` as BOS/EOS. Digits are pre-split into pairs, as GPT-2 happens to split years
 (``" 1732"`` -> ``" 17"``, ``"32"``), so greater-than answers are single two-digit tokens.
 
-Training data: items from :func:`patching.tasks.training_items`, each preceded by BOS, packed
-greedily into rows of ``--seq-len`` tokens. Every row starts with BOS; an item never straddles
-two rows; the tail of a row is padding that the loss ignores.
+Training data: items from :func:`patching.tasks.training_examples`, one per row as
+``<BOS> item`` -- exactly the shape the engine and the eval feed the model -- with rows of
+similar length batched together. The loss is next-token cross-entropy on every token, weighted:
+each task item's answer token counts ``--answer-weight`` times, and the first (random, hence
+unpredictable) pass of an induction sequence counts zero.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -95,32 +99,54 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
 # --------------------------------------------------------------------------------------------
 
 
-def pack_rows(items_ids: list[list[int]], bos_id: int, seq_len: int) -> tuple[torch.Tensor,
-                                                                               torch.Tensor]:
-    """Greedily pack ``[BOS] + item`` sequences into rows of ``seq_len`` tokens.
+def token_weights(kind: str, ids: list[int], period_id: int, answer_weight: float) -> list[float]:
+    """Loss weight of each token of one item (as a prediction target).
 
-    Returns ``input_ids`` and ``labels``, both ``[rows, seq_len]``; padding is BOS in the input
-    and -100 (ignored) in the labels.
+    Task items end with ``answer "."``: the answer token gets ``answer_weight``. In an induction
+    item the first pass over the random words is unpredictable noise and gets weight 0; the
+    repeat (the part induction can predict) keeps 1. Everything else: 1.
 
-    >>> ids, labels = pack_rows([[5, 6], [7]], bos_id=0, seq_len=6)
-    >>> ids.tolist(), labels.tolist()
-    ([[0, 5, 6, 0, 7, 0]], [[0, 5, 6, 0, 7, -100]])
+    >>> token_weights("ioi", [4, 5, 9, 1], period_id=1, answer_weight=3.0)
+    [1.0, 1.0, 3.0, 1.0]
+    >>> token_weights("induction", [4, 5, 6, 4, 5, 1], period_id=1, answer_weight=3.0)
+    [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     """
-    rows, row = [], []
-    for ids in items_ids:
-        piece = [bos_id] + ids[: seq_len - 1]
-        if len(row) + len(piece) > seq_len:
-            rows.append(row)
-            row = []
-        row.extend(piece)
-    if row:
-        rows.append(row)
-    input_ids = torch.full((len(rows), seq_len), bos_id, dtype=torch.long)
-    labels = torch.full((len(rows), seq_len), -100, dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        labels[i, : len(r)] = torch.tensor(r)
-    return input_ids, labels
+    weights = [1.0] * len(ids)
+    if kind == "induction":
+        repeat = ids.index(ids[0], 1) if ids[0] in ids[1:] else len(ids)
+        for i in range(1, repeat):
+            weights[i] = 0.0
+    elif kind != "filler" and len(ids) >= 2 and ids[-1] == period_id:
+        weights[-2] = answer_weight
+    return weights
+
+
+def make_batches(items_ids: list[list[int]], item_weights: list[list[float]], bos_id: int,
+                 batch_size: int, max_len: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """One item per row, ``[BOS] + item`` (exactly what the engine feeds at eval time), rows of
+    similar length batched together, right-padded; batch order shuffled with ``seed``.
+
+    Returns ``(input_ids [B, T], targets [B, T-1], weights [B, T-1])`` triples; padding has
+    weight 0.
+
+    >>> (ids, tgt, w), = make_batches([[5, 6], [7]], [[1.0, 2.0], [1.0]], 0, 2, 8, 0)
+    >>> ids.tolist(), tgt.tolist(), w.tolist()
+    ([[0, 5, 6], [0, 7, 0]], [[5, 6], [7, 0]], [[1.0, 2.0], [1.0, 0.0]])
+    """
+    order = sorted(range(len(items_ids)), key=lambda i: (len(items_ids[i]), i))
+    batches = []
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo: lo + batch_size]
+        width = min(max_len, 1 + max(len(items_ids[i]) for i in chunk))
+        ids = torch.full((len(chunk), width), bos_id, dtype=torch.long)
+        w = torch.zeros((len(chunk), width - 1))
+        for r, i in enumerate(chunk):
+            seq = ([bos_id] + items_ids[i])[:width]
+            ids[r, : len(seq)] = torch.tensor(seq)
+            w[r, : len(seq) - 1] = torch.tensor(item_weights[i][: len(seq) - 1])
+        batches.append((ids, ids[:, 1:].clone(), w))
+    random.Random(seed).shuffle(batches)
+    return batches
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,9 +159,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32, help="rows per step")
-    p.add_argument("--seq-len", type=int, default=96, help="tokens per training row")
+    p.add_argument("--steps", type=int, default=3500)
+    p.add_argument("--batch-size", type=int, default=64, help="items (rows) per step")
+    p.add_argument("--answer-weight", type=float, default=3.0,
+                   help="loss weight of each task item's answer token")
     p.add_argument("--n-ctx", type=int, default=128, help="model context (n_positions)")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
@@ -147,10 +174,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--items", type=int, default=None,
                    help="training items to generate (default: enough for --steps)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--mix", type=str, default=None,
+                   help="item shares, e.g. 'ioi=0.4,factual=0.2,greater_than=0.1,induction=0.2,"
+                        "filler=0.1' (default: patching.tasks.TRAIN_MIX)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate and save a checkpoint every N steps (0: only at the end)")
     p.add_argument("--eval-n", type=int, default=100, help="eval items per task")
+    p.add_argument("--analyse-only", action="store_true",
+                   help="skip training; print IOI head-out patching of the model in --out")
     return p.parse_args(argv)
 
 
@@ -172,8 +204,52 @@ def save(model, tokenizer, out: Path) -> None:
                                       indent=2) + "\n")
 
 
+IOI_ANALYSIS_PROMPT = re.compile(r"^When \w+ and \w+ went to the \w+, \w+ gave a \w+ to$")
+
+
+def analyse_ioi_heads(model_dir: Path, n: int = 64) -> dict:
+    """Head-out activation patching on held-out IOI pairs with TransformerLens' own
+    ``get_act_patch_attn_head_out_all_pos`` (denoise: corrupt run, one head's clean output
+    patched in, all positions), normalized so 1 = clean logit diff and 0 = corrupt.
+
+    Uses one template wording ("When A and B went to the PLACE, B gave a OBJECT to", ABBA and
+    BABA) so every prompt has the same length. Returns the baselines and the [layer, head] grid.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
+
+    pairs = [p for p in tasks.make_pairs("ioi", 4000, split="eval", seed=1)
+             if IOI_ANALYSIS_PROMPT.match(p.clean)][:n]
+    bridge = TransformerBridge.boot_transformers(str(model_dir), device="cpu")
+    clean = bridge.to_tokens([p.clean for p in pairs])
+    corrupt = bridge.to_tokens([p.corrupt for p in pairs])
+    answer = torch.tensor([bridge.to_single_token(p.answer) for p in pairs])
+    wrong = torch.tensor([bridge.to_single_token(p.wrong) for p in pairs])
+
+    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]
+        return (last.gather(1, answer[:, None]) - last.gather(1, wrong[:, None])).mean()
+
+    with torch.no_grad():
+        clean_logits, clean_cache = bridge.run_with_cache(clean)
+        clean_ld = logit_diff(clean_logits).item()
+        corrupt_ld = logit_diff(bridge(corrupt)).item()
+
+        def metric(logits: torch.Tensor) -> torch.Tensor:
+            return (logit_diff(logits) - corrupt_ld) / (clean_ld - corrupt_ld)
+
+        grid = get_act_patch_attn_head_out_all_pos(bridge, corrupt, clean_cache, metric)
+    return {"n": len(pairs), "clean_logit_diff": round(clean_ld, 3),
+            "corrupt_logit_diff": round(corrupt_ld, 3),
+            "head_out_normalized": [[round(float(v), 3) for v in row] for row in grid]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.analyse_only:
+        result = analyse_ioi_heads(args.out)
+        print(json.dumps(result, indent=1))
+        return result
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -192,17 +268,20 @@ def main(argv: list[str] | None = None) -> dict:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
 
-    # ~5 items fit a 96-token row on average; generate a little more than needed.
-    n_items = args.items or int(args.steps * args.batch_size * args.seq_len / 14)
-    items = tasks.training_items(n_items, seed=args.seed)
-    tokenizer = build_tokenizer(items[:50_000], args.vocab_size)
+    n_items = args.items or args.steps * args.batch_size
+    mix = None
+    if args.mix:
+        mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+    examples = tasks.training_examples(n_items, seed=args.seed, mix=mix)
+    tokenizer = build_tokenizer([text for _, text in examples[:50_000]], args.vocab_size)
     bos_id = tokenizer.bos_token_id
-    items_ids = tokenizer(items, add_special_tokens=False)["input_ids"]
-    input_ids, labels = pack_rows(items_ids, bos_id, args.seq_len)
-    perm = torch.randperm(len(input_ids), generator=torch.Generator().manual_seed(args.seed))
-    input_ids, labels = input_ids[perm], labels[perm]
-    log({"event": "data", "items": n_items, "rows": len(input_ids), "vocab": len(tokenizer),
-         "tokens": int((labels != -100).sum())})
+    period_id = tokenizer.convert_tokens_to_ids(".")
+    items_ids = tokenizer([text for _, text in examples], add_special_tokens=False)["input_ids"]
+    weights = [token_weights(kind, ids, period_id, args.answer_weight)
+               for (kind, _), ids in zip(examples, items_ids)]
+    batches = make_batches(items_ids, weights, bos_id, args.batch_size, args.n_ctx, args.seed)
+    log({"event": "data", "items": n_items, "batches": len(batches), "vocab": len(tokenizer),
+         "tokens": sum(len(ids) + 1 for ids in items_ids)})
 
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=args.n_ctx, n_embd=args.d_model,
@@ -221,14 +300,15 @@ def main(argv: list[str] | None = None) -> dict:
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=args.lr, betas=(0.9, 0.98))
     model.train()
-    n_rows = len(input_ids)
     running, t_train = None, time.time()
     for step in range(args.steps):
-        lo = (step * args.batch_size) % n_rows
-        idx = torch.arange(lo, lo + args.batch_size) % n_rows
+        input_ids, targets, w = batches[step % len(batches)]
         for group in optim.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = model(input_ids=input_ids[idx], labels=labels[idx]).loss
+        logits = model(input_ids=input_ids).logits[:, :-1]           # [B, T-1, vocab]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        loss = (nll * w.reshape(-1)).sum() / w.sum()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -10,7 +10,7 @@ import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
 TINY = ["--steps", "4", "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--items", "1500",
-        "--seq-len", "48", "--n-ctx", "64", "--batch-size", "4", "--log-every", "1"]
+        "--n-ctx", "64", "--batch-size", "4", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +63,23 @@ def test_training_is_deterministic(train, tiny_run, tmp_path):
     assert (out / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
 
 
-def test_rows_start_with_bos_and_padding_is_ignored(train):
-    ids, labels = train.pack_rows([[5, 6, 7], [8, 9], [1, 2, 3, 4]], bos_id=0, seq_len=7)
-    assert ids[:, 0].tolist() == [0, 0]
-    assert ids.tolist() == [[0, 5, 6, 7, 0, 8, 9], [0, 1, 2, 3, 4, 0, 0]]
-    assert labels.tolist()[1] == [0, 1, 2, 3, 4, -100, -100]
+def test_every_row_is_bos_then_one_item_and_padding_is_ignored(train):
+    batches = train.make_batches([[5, 6, 7], [8, 9], [1, 2, 3, 4]], [[1.0] * 3, [1.0] * 2,
+                                 [1.0] * 4], bos_id=0, batch_size=2, max_len=16, seed=0)
+    rows = sorted(r for ids, _, _ in batches for r in ids.tolist())
+    assert rows == [[0, 1, 2, 3, 4], [0, 5, 6, 7], [0, 8, 9, 0]]   # similar lengths together
+    for ids, targets, weights in batches:
+        assert (ids[:, 0] == 0).all() and torch.equal(targets, ids[:, 1:])
+        assert weights.shape == targets.shape
+    (ids, _, weights), = [b for b in batches if b[0].shape[0] == 2]
+    assert weights.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+def test_loss_weights_stress_answers_and_skip_random_first_passes(train):
+    assert train.token_weights("factual", [3, 4, 8, 1], 1, 3.0) == [1.0, 1.0, 3.0, 1.0]
+    assert train.token_weights("filler", [3, 4, 8, 1], 1, 3.0) == [1.0] * 4
+    assert train.token_weights("induction", [3, 4, 8, 3, 4, 1], 1, 3.0) == [
+        1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 
 
 def test_missing_single_tokens_are_a_clear_error(train):
