@@ -155,7 +155,11 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         except Exception as exc:   # an internal error: say so, keep the page alive
             log.exception("run failed")
             return no_update, f"internal error: {type(exc).__name__}: {exc}", no_update, ""
-        return run_id, "", time.time(), f"Run #{run_id} saved to history."
+        info = store.info(run_id)
+        status = [dash.html.Div(f"Run #{run_id} saved to history ({info.seconds:.2f} s)."),
+                  dash.html.Div(handlers.baselines_text((info.clean_value, info.corrupt_value), info.metric),
+                                className="baselines")]
+        return run_id, "", time.time(), status
 
     app.callback(
         Output(ids.CURRENT_RUN, "data"), Output(ids.ERROR_MESSAGE, "children"),

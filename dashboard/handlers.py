@@ -14,6 +14,7 @@ import binascii
 import errno
 import fcntl
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -373,13 +374,30 @@ def result_summary(result: PatchResult) -> str:
 
 # -- clicks and attention ----------------------------------------------------------------------
 def clicked_cell(click_data: dict | None) -> dict | None:
-    """plotly clickData on a results heatmap -> {'layer', 'pos', 'head'} (None where n/a)."""
+    """plotly clickData on a results heatmap -> {'layer', 'pos', 'head'} (None where n/a).
+
+    Reads the cell's customdata when plotly sends it, else the axis labels the figures write
+    ('L1.H2' or 'L1' rows; '10: ...' position or 'H2' head columns).
+
+    >>> clicked_cell({"points": [{"x": "10: ' John'", "y": "L1.H2"}]})
+    {'layer': 1, 'pos': 10, 'head': 2}
+    """
     if not click_data or not click_data.get("points"):
         return None
-    cd = click_data["points"][0].get("customdata")
-    if not cd or len(cd) < 3:
+    point = click_data["points"][0]
+    cd = point.get("customdata")
+    if isinstance(cd, (list, tuple)) and len(cd) >= 3 and not isinstance(cd[0], (list, tuple)):
+        return {"layer": cd[0], "pos": cd[1], "head": cd[2]}
+    row = re.match(r"^L(\d+)(?:\.H(\d+))?$", str(point.get("y", "")))
+    if row is None:
         return None
-    return {"layer": cd[0], "pos": cd[1], "head": cd[2]}
+    cell = {"layer": int(row.group(1)), "pos": None, "head": int(row.group(2)) if row.group(2) else None}
+    x = str(point.get("x", ""))
+    if (m := re.match(r"^H(\d+)$", x)) is not None:
+        cell["head"] = int(m.group(1))
+    elif (m := re.match(r"^(\d+):", x)) is not None:
+        cell["pos"] = int(m.group(1))
+    return cell
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,12 @@ def test_clicked_cell_reads_customdata():
     click = {"points": [{"x": "H1", "y": "L0", "customdata": [0, None, 1, 0.5, 0.1, None, None]}]}
     assert handlers.clicked_cell(click) == {"layer": 0, "pos": None, "head": 1}
     assert handlers.clicked_cell(None) is None and handlers.clicked_cell({"points": []}) is None
+    # plotly does not always send a heatmap cell's customdata: the labels say the same
+    assert handlers.clicked_cell({"points": [{"x": "H3", "y": "L1"}]}) == {"layer": 1, "pos": None, "head": 3}
+    assert handlers.clicked_cell({"points": [{"x": "4: ' and'", "y": "L0"}]}) == {"layer": 0, "pos": 4, "head": None}
+    assert handlers.clicked_cell({"points": [{"x": "10: ' John'", "y": "L1.H2"}]}) == \
+        {"layer": 1, "pos": 10, "head": 2}
+    assert handlers.clicked_cell({"points": [{"x": "H3", "y": "nonsense"}]}) is None
 
 
 def test_top_components_ranked_by_magnitude(gpt2_model, ioi_prompts):

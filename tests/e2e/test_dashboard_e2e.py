@@ -1,0 +1,251 @@
+"""End-to-end: the dashboard in a real headless Chromium (Debian's, driven by Playwright).
+
+The app runs as `python -m dashboard` in a subprocess on a free 127.0.0.1 port around the tiny
+GPT-2 model the session fixtures save; the page is driven by the ids in dashboard/ids.py. The
+tests run in file order and share one page: load → preset → validation error → own prompts →
+run → click a head → attention → download CSV → upload pairs → multi-pair run → compare.
+
+Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save screenshots of the main views.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dashboard import ids
+from patching.results import CSV_COLUMNS
+from tests.conftest import IOI
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT = 30_000   # ms
+
+
+def _skip_reason() -> str | None:
+    if CHROMIUM is None:
+        return "chromium is not installed (make browser installs Debian's chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed in the venv (pip install playwright)"
+    return None
+
+
+if _skip_reason():
+    print(f"\nskipping end-to-end tests: {_skip_reason()}", file=sys.stderr)
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_skip_reason())]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dirs, tmp_path_factory):
+    """`python -m dashboard` around the tiny GPT-2 model; yields its URL."""
+    data_dir = tmp_path_factory.mktemp("dashboard-data")
+    port = _free_port()
+    log_path = data_dir / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port),
+             "--model", str(tiny_dirs["gpt2"]), "--data-dir", str(data_dir), "--device", "cpu"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"dashboard did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(server)
+        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")      # Dash has rendered the layout
+        pg.errors = errors
+        yield pg
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
+    if target:
+        out = ROOT / target if not os.path.isabs(target) else Path(target)
+        out.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.6)       # let plotly finish its transitions
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def choose(page, dropdown_id: str, value) -> None:
+    """Pick an option of a dcc.Dropdown by its value."""
+    page.click(f"#{dropdown_id}")
+    page.click(f".dash-dropdown-option:has(input[value='{value}'])")
+    page.keyboard.press("Escape")
+
+
+def run_and_wait(page) -> str:
+    """Click Run and wait for a new run to be on screen; returns the summary text."""
+    before = page.inner_text(f"#{ids.RESULTS_SUMMARY}")
+    page.click(f"#{ids.RUN_BUTTON}")
+    page.wait_for_function(
+        """([id, before]) => { const t = document.getElementById(id).innerText;
+                               return t.includes('Run #') && t !== before; }""",
+        arg=[ids.RESULTS_SUMMARY, before])
+    page.wait_for_selector(f"#{ids.RESULTS_HEATMAP} g.hm")
+    page.wait_for_function(f"!document.getElementById('{ids.RUN_BUTTON}').disabled")
+    return page.inner_text(f"#{ids.RESULTS_SUMMARY}")
+
+
+def type_prompts(page, clean, corrupt, answer, wrong) -> None:
+    for id_, text in ((ids.CLEAN_PROMPT, clean), (ids.CORRUPT_PROMPT, corrupt),
+                      (ids.ANSWER_TOKEN, answer), (ids.WRONG_TOKEN, wrong)):
+        page.fill(f"#{id_}", text)
+    page.click(f"#{ids.TOKEN_VIEW}")       # blur: debounced values are sent
+    page.wait_for_function(
+        f"""() => document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length > 0
+                  && !document.getElementById('{ids.TOKEN_VIEW}').innerText.includes('✗')""")
+
+
+def download(page, button_id: str) -> list[list[str]]:
+    with page.expect_download() as info:
+        page.click(f"#{button_id}")
+    path = info.value.path()
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_page_loads_with_model_and_token_view(page):
+    assert page.title() == "Patchboard"
+    for id_ in ids.CONTRACT:
+        assert page.locator(f"#{id_}").count() == 1, id_
+    page.wait_for_function(f"document.getElementById('{ids.MODEL_STATUS}').innerText.includes('2 layers')")
+    page.wait_for_selector(f"#{ids.TOKEN_VIEW} .tok-diff")
+    assert page.locator(f"#{ids.TOKEN_VIEW} .tok").count() == 30
+    assert page.locator(f"#{ids.TOKEN_VIEW} .tok-diff").count() == 2
+    shot(page, "01-prompts-and-token-view")
+
+
+def test_preset_fills_prompts_and_validation_error_shows(page):
+    choose(page, ids.PRESET_SELECT, "ioi")
+    page.wait_for_function(f"document.getElementById('{ids.CLEAN_PROMPT}').value !== {IOI[0][0]!r}")
+    assert page.input_value(f"#{ids.ANSWER_TOKEN}").startswith(" ")
+    # the preset's names are several tokens in the tiny test tokenizer: a Run is refused, inline
+    page.click(f"#{ids.RUN_BUTTON}")
+    page.wait_for_function(f"document.getElementById('{ids.ERROR_MESSAGE}').innerText.length > 0")
+    message = page.inner_text(f"#{ids.ERROR_MESSAGE}")
+    assert "tokens" in message
+    assert page.locator(f"#{ids.TOKEN_VIEW} .check-bad").count() + ("same number" in message) >= 1
+    assert page.input_value(f"#{ids.CLEAN_PROMPT}")            # the form keeps its text
+    shot(page, "03-validation-error")
+
+
+def test_run_per_position_heads_and_click_a_head(page):
+    type_prompts(page, *IOI[0])
+    page.click(f"#{ids.PER_POSITION} label")                   # head_out per position
+    summary = run_and_wait(page)
+    assert "head_out per position" in summary and "1 pair" in summary
+    assert page.inner_text(f"#{ids.ERROR_MESSAGE}") == ""
+    assert "clean logit_diff" in page.inner_text(f"#{ids.RUN_STATUS}")      # baselines stay
+    ticks = page.eval_on_selector_all(f"#{ids.RESULTS_HEATMAP} .xtick text", "els => els.map(e => e.textContent)")
+    assert "10: ' John'" in ticks
+    drag = page.locator(f"#{ids.RESULTS_HEATMAP} .nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()
+    # rows L0.H0 .. L1.H3 (8), columns positions 0..14: click row 6 (L1.H2), column 10
+    page.mouse.click(box["x"] + box["width"] * (10.5 / 15), box["y"] + box["height"] * (6.5 / 8))
+    page.wait_for_function(
+        f"document.querySelectorAll('#{ids.ATTENTION_DIFF} g.hm').length >= 5")
+    status = page.inner_text(f"#{ids.ATTENTION_STATUS}")
+    assert "L1.H2 at position 10" in status and "head_out" in status
+    shot(page, "02-heatmap-and-attention")
+
+
+def test_download_csv_contract_format(page):
+    rows = download(page, ids.DOWNLOAD_CSV_BUTTON)
+    assert tuple(rows[0][:9]) == CSV_COLUMNS
+    assert len(rows) - 1 == 2 * 15 * 4                         # layers x positions x heads
+    assert {r[0] for r in rows[1:]} == {"head_out"}
+
+
+def test_upload_pairs_csv_and_run_multi_pair(page, tmp_path):
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["clean", "corrupt", "answer", "wrong"])
+        w.writerows(IOI)
+    page.set_input_files(f"#{ids.PAIRS_UPLOAD} input[type=file]", str(path))
+    page.wait_for_selector(".pairs-preview")
+    assert "Using 2 pairs" in page.inner_text(f"#{ids.PAIRS_PREVIEW}")
+    choose(page, ids.KIND_SELECT, "resid_pre")
+    summary = run_and_wait(page)
+    assert "resid_pre" in summary and "2 pairs" in summary
+    rows = download(page, ids.DOWNLOAD_CSV_BUTTON)
+    assert tuple(rows[0][:9]) == CSV_COLUMNS and "ci_low" in rows[0]
+    assert len(rows) - 1 == 2 * 15
+    shot(page, "04-multi-pair-upload")
+
+
+def test_bad_upload_shows_error(page, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("prompt,answer\nhello, world\n")
+    page.set_input_files(f"#{ids.PAIRS_UPLOAD} input[type=file]", str(path))
+    page.wait_for_function(
+        f"document.getElementById('{ids.ERROR_MESSAGE}').innerText.includes('missing column')")
+    assert "bad.csv" in page.inner_text(f"#{ids.ERROR_MESSAGE}")
+
+
+def test_compare_with_an_earlier_run(page):
+    page.click(f"#{ids.DIRECTION_SELECT} label:has-text('noise (clean run')")
+    summary = run_and_wait(page)
+    assert "noise" in summary
+    page.click("a.nav-link:has-text('History & compare')")
+    page.wait_for_selector(f"#{ids.RUN_HISTORY} .run-item")
+    assert page.locator(f"#{ids.RUN_HISTORY} .run-item").count() == 3   # the refused run is not saved
+    values = page.locator(f"#{ids.RUN_HISTORY} .run-id").all_inner_texts()
+    newest, previous = (int(v.lstrip("#")) for v in values[:2])
+    page.click(f"#{ids.COMPARE_SELECT}")
+    for v in (newest, previous):
+        page.click(f".dash-dropdown-option:has(input[value='{v}'])")
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"document.querySelectorAll('#{ids.COMPARE_HEATMAP} g.hm').length >= 3")
+    assert "Top components" in page.inner_text(f"#{ids.COMPARE_TABLE}")
+    shot(page, "05-history-and-compare")
+    assert not page.errors, page.errors
