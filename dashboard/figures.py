@@ -183,6 +183,12 @@ def _title(result: PatchResult) -> str:
     return f"{kind}{per_pos} · {spec.direction} · {spec.metric}{pairs}"
 
 
+def _short_title(result: PatchResult) -> str:
+    s = result.spec
+    return f"{s.kind}{' per pos' if s.per_position else ''} · {s.direction}" + \
+        (f" · {result.n_pairs} pairs" if result.n_pairs > 1 else "")
+
+
 def _grid_height(n_rows: int) -> int:
     return int(min(1400, max(340, 24 * n_rows + 170)))
 
@@ -228,17 +234,17 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
     shared = _absmax(ga.z, gb.z)
     with_diff = same_layout(a, b)
     n = 3 if with_diff else 2
-    titles = [f"{labels[0]}: {_title(a)}", f"{labels[1]}: {_title(b)}"]
+    titles = [f"{labels[0]}: {_short_title(a)}", f"{labels[1]}: {_short_title(b)}"]
     if with_diff:
         titles.append(f"{labels[0]} − {labels[1]}")
-    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.09)
-    multi = a.n_pairs > 1 or b.n_pairs > 1
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.05)
     fig.add_trace(heatmap_trace(ga, zmax=shared, multi_pair=a.n_pairs > 1, coloraxis="coloraxis"), 1, 1)
     fig.add_trace(heatmap_trace(gb, zmax=shared, multi_pair=b.n_pairs > 1, coloraxis="coloraxis"), 1, 2)
     scale_title = "normalized" if mode == "normalized" else a.spec.metric
+    # colour bars stacked at the right: the shared one on top, the difference's below
     fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, cmin=-shared, cmax=shared,
-                                     colorbar=dict(title=dict(text=scale_title), thickness=12,
-                                                   x=(0.64 if with_diff else 1.0), len=0.9)))
+                                     colorbar=dict(title=dict(text=scale_title), thickness=12, x=1.01,
+                                                   y=1.0, yanchor="top", len=0.48 if with_diff else 1.0)))
     if with_diff:
         diff = ga.z - gb.z
         gd = Grid(diff, ga.raw - gb.raw, ga.normalized - gb.normalized, np.full_like(diff, np.nan),
@@ -246,14 +252,17 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
         dmax = _absmax(diff)
         fig.add_trace(heatmap_trace(gd, zmax=dmax, multi_pair=False, coloraxis="coloraxis2"), 1, 3)
         fig.update_layout(coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
-                                          colorbar=dict(title=dict(text="A − B"), thickness=12, len=0.9)))
+                                          colorbar=dict(title=dict(text=f"{labels[0]} − {labels[1]}"),
+                                                        thickness=12, x=1.01, y=0.0, yanchor="bottom",
+                                                        len=0.48)))
     for c, g in zip(range(1, n + 1), (ga, gb, ga)):
         _axis_style(fig, row=1, col=c, n_cols=len(g.x_labels))
+        if c > 1 and len(g.y_labels) == len(ga.y_labels):
+            fig.update_yaxes(showticklabels=False, row=1, col=c)
     fig.update_annotations(font=dict(size=12))
     rows = max(len(ga.y_labels), len(gb.y_labels))
-    fig = _base_layout(fig, None, _grid_height(rows))
-    fig.update_layout(margin=dict(t=60))
-    del multi
+    fig = _base_layout(fig, None, _grid_height(rows) + 20)
+    fig.update_layout(margin=dict(t=60, r=90))
     return fig
 
 

@@ -7,6 +7,7 @@ data into components and are pure too.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dash_bootstrap_components as dbc
 from dash import dcc, html
@@ -152,20 +153,16 @@ def results_tab() -> html.Div:
 
 def history_tab() -> html.Div:
     return html.Div([
-        dbc.Row([
-            dbc.Col([
-                html.H3("Run history", className="section-title"),
-                html.Div(id=ids.RUN_HISTORY, className="run-history"),
-            ], lg=4),
-            dbc.Col([
-                html.H3("Compare two runs", className="section-title"),
-                dcc.Dropdown(id=ids.COMPARE_SELECT, multi=True, options=[], value=[],
-                             placeholder="Choose two runs…"),
-                html.Div(id=ids.COMPARE_STATUS, className="hint mt-1"),
-                _graph(ids.COMPARE_HEATMAP, "Choose two runs to compare them on one colour scale."),
-                html.Div(id=ids.COMPARE_TABLE),
-            ], lg=8),
-        ]),
+        html.H3("Run history", className="section-title"),
+        html.Div("Every run is saved with its spec, prompts, baselines and result; it survives restarts.",
+                 className="hint mb-2"),
+        html.Div(id=ids.RUN_HISTORY, className="run-history"),
+        html.H3("Compare two runs", className="section-title mt-3"),
+        dcc.Dropdown(id=ids.COMPARE_SELECT, multi=True, options=[], value=[],
+                     placeholder="Choose two runs…"),
+        html.Div(id=ids.COMPARE_STATUS, className="hint mt-1"),
+        _graph(ids.COMPARE_HEATMAP, "Choose two runs to compare them on one colour scale."),
+        html.Div(id=ids.COMPARE_TABLE),
     ])
 
 
@@ -206,7 +203,8 @@ def page(registry, model: str) -> html.Div:
 
 # -- render helpers (pure) ---------------------------------------------------------------------
 def _chip(i: int, tok: str, diff: bool):
-    return html.Span([html.Span(str(i), className="tok-i"), html.Span(repr(tok)[1:-1] or "∅", className="tok-t")],
+    shown = repr(tok)[1:-1].replace(" ", "␣") or "∅"      # spaces visible: ' Mary' -> ␣Mary
+    return html.Span([html.Span(str(i), className="tok-i"), html.Span(shown, className="tok-t")],
                      className="tok tok-diff" if diff else "tok", title=repr(tok))
 
 
@@ -258,9 +256,10 @@ def render_history(infos, current: int | None):
     items = []
     for r in infos:
         when = time.strftime("%H:%M:%S", time.localtime(r.created))
-        meta = (f"{r.model} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
+        model = Path(r.model).name or r.model
+        meta = (f"{model} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
                 f"clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
-                if r.clean_value is not None else f"{r.model} · {when}")
+                if r.clean_value is not None else f"{model} · {when}")
         items.append(dbc.ListGroupItem([
             html.Div([html.Span(f"#{r.id}", className="run-id"), html.Span(r.label, className="run-label")]),
             html.Div(meta, className="run-meta"),

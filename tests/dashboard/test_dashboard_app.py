@@ -7,7 +7,7 @@ import io
 
 import pandas as pd
 import pytest
-from dash import no_update
+from dash import html, no_update
 
 from dashboard import create_app, ids, make_jobs
 from dashboard.__main__ import _is_loopback, parse_args
@@ -174,8 +174,8 @@ def test_kind_controls(app):
 def test_run_show_download_attention_history_compare(app, store, tiny_name):
     cb = app.patchboard
     (run_id, err, version, status), progress = _run(cb, tiny_name)
-    assert err == "" and isinstance(run_id, int) and "saved" in _text(status)
-    assert "clean logit_diff" in _text(status)
+    assert err == "" and isinstance(run_id, int) and "saved" in _text(html.Div(status))
+    assert "clean logit_diff" in _text(html.Div(status))
     assert any(c[3].startswith("clean logit_diff") for c in progress.calls)     # baselines early
     assert progress.calls[-1][0] == progress.calls[-1][1]
 
