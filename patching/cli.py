@@ -1,0 +1,253 @@
+"""`python -m patching ...`: sweep, path, attribution, models, bench, eval.
+
+Exit codes: 0 ok, 2 bad input (one line on stderr naming the problem), 1 internal error.
+
+>>> main(["sweep", "--model", "default", "--clean", "...", "--corrupt", "...",
+...       "--answer", " Mary", "--wrong", " John", "--kind", "resid_pre", "--out", "-"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .kinds import KINDS
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):          # argparse's own errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see `python -m patching {self.prog.split()[-1]} --help`)\n")
+
+
+class ProgressBar:
+    """A progress bar on stderr, shown only once a sweep has run for more than a second."""
+
+    def __init__(self, label: str, stream=sys.stderr, quiet: bool = False):
+        self.label, self.stream, self.quiet = label, stream, quiet
+        self.start, self.shown = time.perf_counter(), False
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.quiet or (elapsed < 1.0 and not self.shown):
+            return
+        self.shown = True
+        width = 30
+        filled = int(width * done / max(total, 1))
+        eta = elapsed / max(done, 1) * (total - done)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                          f"{elapsed:5.1f}s eta {eta:4.1f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+# -- shared argument groups ------------------------------------------------------------------------
+def _model_args(p):
+    p.add_argument("--model", default="default", help="default | a hub name | a local directory")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+
+
+def _prompt_args(p):
+    p.add_argument("--clean", help="the clean prompt")
+    p.add_argument("--corrupt", help="the corrupted prompt (same token length)")
+    p.add_argument("--answer", help="the clean answer token, e.g. ' Mary'")
+    p.add_argument("--wrong", help="the corrupt answer token, e.g. ' John'")
+    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
+    p.add_argument("--metric", default="logit_diff",
+                   help="logit_diff (default), prob_diff, logprob, kl, accuracy, or package.module:function")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
+    p.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                   help="memory budget for a batch of patched runs (default 1024 MB)")
+    p.add_argument("--out", default="-", help="output CSV path, or - for stdout (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _load(args):
+    from .models import load_model
+    from .prompts import PromptSet
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.pairs:
+        if any(getattr(args, k) for k in ("clean", "corrupt", "answer", "wrong")):
+            raise BadInput("give either --pairs or --clean/--corrupt/--answer/--wrong, not both")
+        prompts = PromptSet.from_csv(model, args.pairs if args.pairs.endswith(".csv") else _read(args.pairs),
+                                     prepend_bos=not args.no_bos)
+    else:
+        missing = [f"--{k}" for k in ("clean", "corrupt", "answer", "wrong") if getattr(args, k) is None]
+        if missing:
+            raise BadInput(f"missing {', '.join(missing)}; give all four, or --pairs pairs.csv")
+        prompts = PromptSet.single(model, args.clean, args.corrupt, args.answer, args.wrong,
+                                   prepend_bos=not args.no_bos)
+    return model, prompts
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise BadInput(f"cannot read pairs file {path!r}: {exc.strerror}") from None
+
+
+def _write(text: str, out: str) -> None:
+    if out == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as exc:
+        raise BadInput(f"cannot write {out!r}: {exc.strerror}") from None
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_sweep(args) -> int:
+    from .engine import sweep
+    from .results import write_csv
+    from .spec import PatchSpec, parse_heads, parse_int_list
+    import pandas as pd
+    kinds = [k.strip() for k in args.kind.split(",") if k.strip()]
+    specs = [PatchSpec(kind=k, direction=args.direction, metric=args.metric,
+                       per_position=args.per_position and KINDS[k].has_per_position if k in KINDS else args.per_position,
+                       layers=parse_int_list(args.layers, "layers"),
+                       positions=parse_int_list(args.positions, "positions"),
+                       heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos)
+             for k in kinds]
+    model, prompts = _load(args)
+    frames = []
+    for spec in specs:
+        result = sweep(model, prompts, spec, on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet),
+                       max_memory_mb=args.max_memory)
+        frames.append(result.to_dataframe())
+        if not args.quiet:
+            print(f"{spec.kind}: {result.values.numel()} cells in {result.seconds:.2f}s; clean "
+                  f"{result.clean_value:.4f}, corrupt {result.corrupt_value:.4f}", file=sys.stderr)
+    _write(write_csv(pd.concat(frames, ignore_index=True)), args.out)
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from .models import available_models
+    rows = available_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no models found: the default model is missing from assets/models and the Hugging Face cache is empty")
+    for r in rows:
+        flag = "" if r["safetensors"] else "  (no safetensors weights: cannot load)"
+        print(f"{r['name']:<40} {r['source']:<9} {r['path']}{flag}")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, format_table
+    from .models import resolve_model
+    where = resolve_model(args.model)
+    scores = evaluate(str(where), n=args.n)
+    print(json.dumps(scores, indent=2) if args.json else format_table(scores))
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    run_bench(quick=args.quick, models=args.models.split(","), out=sys.stdout)
+    return EXIT_OK
+
+
+def cmd_path(args) -> int:
+    from .path import PathSpec, run_path
+    spec = PathSpec(receivers=args.receivers, senders=args.senders, sweep=args.sweep, mode=args.mode,
+                    direction=args.direction, metric=args.metric, per_position=args.per_position,
+                    model=args.model, prepend_bos=not args.no_bos)
+    model, prompts = _load(args)
+    result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet))
+    _write(result.to_csv(), args.out)
+    return EXIT_OK
+
+
+def cmd_attribution(args) -> int:
+    from .attribution import attribution_csv, run_attribution
+    model, prompts = _load(args)
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
+    results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
+                              method=args.method, steps=args.steps)
+    _write(attribution_csv(results), args.out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m patching", description="Activation patching from the command line.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("sweep", help="exact activation patching over one or more kinds")
+    _model_args(p)
+    _prompt_args(p)
+    p.add_argument("--kind", required=True, help=f"one or more of {', '.join(KINDS)} (comma-separated)")
+    p.add_argument("--per-position", action="store_true", help="head kinds: one cell per position too")
+    p.add_argument("--layers", help="e.g. 0-5,8 (default: all)")
+    p.add_argument("--positions", help="e.g. 3,7 (default: all)")
+    p.add_argument("--heads", help="LAYER.HEAD pairs, e.g. 1.4,9.9 (default: all)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("path", help="path patching: sender -> receivers, everything else frozen")
+    _model_args(p)
+    _prompt_args(p)
+    p.add_argument("--receivers", help="comma-separated receivers: q:L.H, k:L.H, v:L.H, mlp:L or logits "
+                   "(default: logits for a senders sweep, everything downstream for a receivers sweep)")
+    p.add_argument("--senders", help="comma-separated senders: L.H, head:L.H@POS, mlp:L, resid:L@POS "
+                   "(default: every head)")
+    p.add_argument("--sweep", default="senders", choices=["senders", "receivers"],
+                   help="senders: each sender into the receiver set; receivers: one sender through each receiver")
+    p.add_argument("--mode", default="heads_frozen", choices=["heads_frozen", "direct"])
+    p.add_argument("--per-position", action="store_true", help="every head x position as senders")
+    p.set_defaults(func=cmd_path)
+
+    p = sub.add_parser("attribution", help="attribution patching (gradients) for all kinds at once")
+    _model_args(p)
+    _prompt_args(p)
+    p.add_argument("--kinds", help="comma-separated kinds (default: all supported)")
+    p.add_argument("--method", default="plain", choices=["plain", "ig"])
+    p.add_argument("--steps", type=int, default=5, help="integrated-gradients steps (--method ig)")
+    p.set_defaults(func=cmd_attribution)
+
+    p = sub.add_parser("models", help="what can be loaded here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="the model's scores on the held-out task items")
+    p.add_argument("--model", default="default")
+    p.add_argument("--n", type=int, default=200, help="items per task")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="speed vs TransformerLens' patching.py on the same sweeps")
+    p.add_argument("--quick", action="store_true",
+                   help="time the reference on a sample of indices and scale up (labelled as such)")
+    p.add_argument("--models", default="default,gpt2-small-random",
+                   help="comma-separated: default, gpt2-small-random")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, BadInput) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
