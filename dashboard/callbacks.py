@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dash
-from dash import ALL, Input, Output, State, dcc, no_update
+from dash import ALL, Input, Output, Patch, State, dcc, no_update
 
 from patching.kinds import KINDS
 from patching.results import write_csv
@@ -231,23 +231,28 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         trig, _ = _triggered_value()
         idle = "Click a head cell of the heatmap (head kinds) to see that head's attention patterns."
         if trig == ids.CURRENT_RUN or not click_data or not run_id:
-            return figures.empty_figure("No head selected yet.", 260), config, idle, None, True
+            return figures.empty_figure("No head selected yet.", 260), config, idle, None, True, no_update
         cell = handlers.clicked_cell(click_data)
         try:
             run = store.get(run_id)
             view = handlers.attention_for_cell(registry, run, cell)
         except ValueError as exc:
-            return figures.empty_figure("No head selected yet.", 260), config, str(exc), None, True
+            return figures.empty_figure("No head selected yet.", 260), config, str(exc), None, True, no_update
         fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
                                      title=view.title, note=view.note if view.patched is None else None)
-        return fig, config, f"{view.title} — {view.note}" if view.note else view.title, cell, False
+        point = click_data["points"][0]
+        outline = Patch()
+        outline["layout"]["shapes"] = figures.cell_outline(run.result, point.get("x"), point.get("y"))
+        status = f"{view.title} — {view.note}" if view.note else view.title
+        return fig, config, status, cell, False, outline
 
     app.callback(
         Output(ids.ATTENTION_DIFF, "figure"), Output(ids.ATTENTION_DIFF, "config"),
         Output(ids.ATTENTION_STATUS, "children"), Output(ids.ATTENTION_CELL, "data"),
         Output(ids.ATTENTION_DOWNLOAD_BUTTON, "disabled"),
+        Output(ids.RESULTS_HEATMAP, "figure", allow_duplicate=True),
         Input(ids.RESULTS_HEATMAP, "clickData"), Input(ids.CURRENT_RUN, "data"),
-        Input(ids.IMAGE_FORMAT, "value"))(attention)
+        Input(ids.IMAGE_FORMAT, "value"), prevent_initial_call=True)(attention)
 
     def download_attention(n_clicks, cell, run_id):
         if not n_clicks or not cell or not run_id:

@@ -188,9 +188,11 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert tuple(df.columns[:9]) == CSV_COLUMNS and len(df) == 8
     assert sent["filename"].endswith(".csv")
 
-    click = {"points": [{"customdata": fig.data[0].customdata[1][2]}]}
-    att_fig, _, status, cell, disabled = cb.attention(click, run_id, "png")
+    click = {"points": [{"x": "H2", "y": "L1", "customdata": fig.data[0].customdata[1][2]}]}
+    att_fig, _, status, cell, disabled, outline = cb.attention(click, run_id, "png")
     assert len(att_fig.data) == 5 and "L1.H2" in status and cell["head"] == 2 and not disabled
+    shape = outline.to_plotly_json()["operations"][0]["params"]["value"][0]
+    assert (shape["x0"], shape["y0"]) == (1.5, 0.5)          # the clicked cell is outlined
     att_csv = cb.download_attention(1, cell, run_id)
     assert att_csv["content"].splitlines()[0].startswith("layer,head,dest,src")
 
@@ -229,7 +231,7 @@ def test_attention_on_non_head_run_explains(app, tiny_name):
     (run_id, _, _, _), _ = _run(cb, tiny_name, kind="resid_pre")
     fig, _, _, _ = cb.show_run(run_id, "normalized", "png")
     click = {"points": [{"customdata": fig.data[0].customdata[0][3]}]}
-    _, _, status, cell, disabled = cb.attention(click, run_id, "png")
+    _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")
     assert "click a cell of a head kind" in status and cell is None and disabled
 
 
