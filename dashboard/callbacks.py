@@ -267,13 +267,16 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                  prevent_initial_call=True)(download_attention)
 
     # -- history -----------------------------------------------------------------------------------
-    def history(_version, run_id):
+    def history(_version, run_id, _tab=None):
+        """The history list and compare options; refreshed on save/delete and when the tab opens
+        (runs from other tabs or users appear then)."""
         infos = store.list()
         options = [{"label": r.title, "value": r.id} for r in infos]
         return layout.render_history(infos, run_id), options
 
     app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
-                 Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"))(history)
+                 Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),
+                 Input(ids.TABS, "active_tab"))(history)
 
     def open_run(clicks, trig=None):
         """An Open button -> that run on the Results tab."""

@@ -249,3 +249,44 @@ def test_compare_with_an_earlier_run(page):
     assert "Top components" in page.inner_text(f"#{ids.COMPARE_TABLE}")
     shot(page, "05-history-and-compare")
     assert not page.errors, page.errors
+
+
+def test_cancel_and_a_second_run_queues(page, tmp_path):
+    """A long run (2000 pairs, every neuron) holds the run slot: a Run from a second tab queues
+    behind it and starts once the first is cancelled; the cancelled run is not saved."""
+    page.click("a.nav-link:has-text('Results')")
+    history_before = page.locator(f"#{ids.RUN_HISTORY} .run-item").count()
+    path = tmp_path / "many.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["clean", "corrupt", "answer", "wrong"])
+        w.writerows(IOI * 1000)
+    page.set_input_files(f"#{ids.PAIRS_UPLOAD} input[type=file]", str(path))
+    page.wait_for_function(f"document.getElementById('{ids.PAIRS_PREVIEW}').innerText.includes('Using 2000 pairs')")
+    choose(page, ids.KIND_SELECT, "neuron")
+    page.click(f"#{ids.RUN_BUTTON}")
+    page.wait_for_function(f"document.getElementById('{ids.RUN_BUTTON}').disabled")
+    assert page.inner_text(f"#{ids.RUN_BUTTON}") == "Running…"
+    page.wait_for_function(f"document.getElementById('{ids.PROGRESS}').innerText.includes('patches')",
+                           timeout=60_000)
+
+    other = page.context.new_page()
+    other.goto(page.url)
+    other.wait_for_selector(f"#{ids.RUN_BUTTON}")
+    other.wait_for_function(f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
+    other.click(f"#{ids.RUN_BUTTON}")
+    other.wait_for_function(f"document.getElementById('{ids.PROGRESS}').innerText.includes('queued')")
+    shot(other, "06-queued-behind-another-run")
+
+    page.click(f"#{ids.CANCEL_BUTTON}")
+    page.wait_for_function(f"document.getElementById('{ids.RUN_STATUS}').innerText.includes('cancelled')")
+    page.wait_for_function(f"!document.getElementById('{ids.RUN_BUTTON}').disabled")
+    # the queued run goes ahead once the slot is free
+    other.wait_for_function(f"document.getElementById('{ids.RESULTS_SUMMARY}').innerText.includes('Run #')",
+                            timeout=60_000)
+    other.close()
+    page.click("a.nav-link:has-text('History & compare')")
+    page.wait_for_function(
+        f"document.querySelectorAll('#{ids.RUN_HISTORY} .run-item').length === {history_before + 1}")
+    labels = page.locator(f"#{ids.RUN_HISTORY} .run-label").all_inner_texts()
+    assert not any(label.startswith("neuron") for label in labels)
