@@ -179,8 +179,9 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                  (Output(ids.CANCEL_BUTTON, "disabled"), False, True)],
         cancel=[Input(ids.CANCEL_BUTTON, "n_clicks")],
         progress=[Output(ids.PROGRESS, "value"), Output(ids.PROGRESS, "max"),
-                  Output(ids.PROGRESS, "label"), Output(ids.BASELINES, "children")],
-        progress_default=[0, 1, "", ""],
+                  Output(ids.PROGRESS, "label"), Output(ids.PROGRESS_TEXT, "children"),
+                  Output(ids.BASELINES, "children")],
+        progress_default=[0, 1, "", "", ""],
         prevent_initial_call=True)(run_sweep)
 
     def cancelled(n_clicks):

@@ -11,7 +11,7 @@ Conventions shared by every figure here:
   apply — so click handlers read what was clicked without re-deriving the layout.
 
 >>> fig = heatmap(result)                          # doctest: +SKIP
->>> fig.data[0].type
+>>> fig.data[0].type                               # doctest: +SKIP
 'heatmap'
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def grid(result: PatchResult, mode: str = "raw", with_interval: bool = True) -> 
     """Lay out any result as rows x columns: layer x pos, layer x head, (layer.head) x pos, ...
 
     >>> g = grid(result)                               # doctest: +SKIP
-    >>> g.z.shape == (len(g.y_labels), len(g.x_labels))
+    >>> g.z.shape == (len(g.y_labels), len(g.x_labels))  # doctest: +SKIP
     True
     """
     if mode not in MODES:

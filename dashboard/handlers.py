@@ -322,7 +322,9 @@ class Progress:
     baselines: str
 
     def as_tuple(self):
-        return (self.value, self.total, self.label, self.baselines)
+        """(bar value, bar max, bar label, status text, baselines text)."""
+        bar_label = f"{self.value} / {self.total}" if 0 < self.value < self.total else ""
+        return (self.value, self.total, bar_label, self.label, self.baselines)
 
 
 def execute_run(registry, store, form: Form, data_dir: str | Path,
@@ -335,7 +337,8 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
     spec, prompts = parse_form(model, form)
 
     def waiting(seconds: float):
-        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s)", ""))
+        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
+                              "it starts when that one ends", ""))
 
     with run_slot(data_dir, waiting):
         report(Progress(0, 1, "computing baselines…", ""))

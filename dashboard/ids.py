@@ -50,6 +50,7 @@ LAYERS_FILTER = "layers-filter"
 POSITIONS_FILTER = "positions-filter"
 HEADS_FILTER = "heads-filter"
 BASELINES = "baselines"                    # clean / corrupt baseline values
+PROGRESS_TEXT = "progress-text"            # "12 / 40 patches", "queued behind another run"
 RUN_STATUS = "run-status"                  # "done in 1.2 s", "queued", ...
 
 # -- results -------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ def run_card() -> dbc.Card:
                            disabled=True, n_clicks=0),
             ], className="run-row"),
             dbc.Progress(id=ids.PROGRESS, value=0, max=1, label="", className="run-progress"),
+            html.Div(id=ids.PROGRESS_TEXT, className="progress-text"),
             html.Div(id=ids.RUN_STATUS, className="run-status"),
             html.Div(id=ids.BASELINES, className="baselines"),
             html.Div(id=ids.ERROR_MESSAGE, role="alert", className="error-message"),

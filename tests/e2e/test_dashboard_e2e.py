@@ -267,7 +267,7 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
     page.click(f"#{ids.RUN_BUTTON}")
     page.wait_for_function(f"document.getElementById('{ids.RUN_BUTTON}').disabled")
     assert page.inner_text(f"#{ids.RUN_BUTTON}") == "Running…"
-    page.wait_for_function(f"document.getElementById('{ids.PROGRESS}').innerText.includes('patches')",
+    page.wait_for_function(f"document.getElementById('{ids.PROGRESS_TEXT}').innerText.includes('patches')",
                            timeout=60_000)
 
     other = page.context.new_page()
@@ -275,7 +275,7 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
     other.wait_for_selector(f"#{ids.RUN_BUTTON}")
     other.wait_for_function(f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
     other.click(f"#{ids.RUN_BUTTON}")
-    other.wait_for_function(f"document.getElementById('{ids.PROGRESS}').innerText.includes('queued')")
+    other.wait_for_function(f"document.getElementById('{ids.PROGRESS_TEXT}').innerText.includes('queued')")
     shot(other, "06-queued-behind-another-run")
 
     page.click(f"#{ids.CANCEL_BUTTON}")
