@@ -109,7 +109,10 @@ class Gpt2Arch(Arch):
         return self._block(layer).mlp.c_fc(x)
 
     def mlp_act(self, layer, pre):
-        return self._block(layer).mlp.act(pre)
+        act = self._block(layer).mlp.act
+        if type(act).__name__ in ("NewGELUActivation", "GELUTanh"):   # same formula, one fused kernel
+            return torch.nn.functional.gelu(pre, approximate="tanh")
+        return act(pre)
 
     def mlp_out(self, layer, post):
         return self._block(layer).mlp.c_proj(post)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from metrics import Metric, MetricInputs, get_metric
 
-from .kinds import KINDS, Kind, PatchContext
+from .kinds import KINDS, Kind, PatchContext, index_changes
 from .prompts import PromptSet
 from .results import PatchResult
 from .spec import PatchSpec
@@ -79,6 +79,28 @@ def _memory_per_row(model, n_pos: int) -> int:
     return 4 * floats + 4 * model.cfg.d_vocab
 
 
+def _chunks(idx: Tensor, live: Tensor, size: int, n_pos: int, by_position: bool, slack: float = 1.3):
+    """Split the live indices into batches of at most `size`; with a position axis (column 0),
+    batch neighbouring positions so each batch's suffix (n_pos - p0) is within `slack` of its
+    rows' own suffixes: patched runs compute only positions >= p0."""
+    order = live.nonzero()[:, 0]
+    if not by_position:
+        return [order[i:i + size] for i in range(0, len(order), size)]
+    order = order[torch.argsort(idx[order, 0].cpu(), descending=True, stable=True)]
+    chunks, current, top = [], [], None
+    for n in order.tolist():
+        suffix = n_pos - int(idx[n, 0])
+        if current and (len(current) >= size or suffix > slack * top):
+            chunks.append(torch.tensor(current))
+            current = []
+        if not current:
+            top = suffix
+        current.append(n)
+    if current:
+        chunks.append(torch.tensor(current))
+    return chunks
+
+
 def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callable | str | None = None,
           on_progress: Progress | None = None, max_memory_mb: float | None = None) -> PatchResult:
     """Patch every index of `spec.kind` and measure the metric; see the module doc for how.
@@ -126,22 +148,29 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
         cells = [(li, layer, [c for c in cs if (layer, coords["head"][c[h_axis]]) in heads_wanted])
                  for li, layer, cs in cells]
     total, done = sum(len(cs) for _, _, cs in cells), 0
+    base_values = measure(base.logits, all_pairs)
     last_report = 0.0
     for li, layer, cs in cells:
-        for lo in range(0, len(cs), chunk):
-            part = cs[lo:lo + chunk]
-            idx = torch.tensor([[coords[a][c[j]] for j, a in enumerate(index_axes)] for c in part],
+        if not cs:
+            continue
+        idx_all = torch.tensor([[coords[a][c[j]] for j, a in enumerate(index_axes)] for c in cs],
                                dtype=torch.long, device=all_pairs.device)
-            patched = kind.patch(ctx, layer, idx)
-            i, pair = ctx.rows(len(part))
+        live = index_changes(ctx, kind, layer, idx_all).cpu()
+        for n in (~live).nonzero()[:, 0].tolist():       # nothing to patch: the base run's value
+            per_pair[(li, *cs[n])] = base_values
+        for part in _chunks(idx_all, live, chunk, prompts.n_pos, "pos" in index_axes):
+            patched = kind.patch(ctx, layer, idx_all[part])
+            _, pair = ctx.rows(len(part))
             logits = runner.resume(base, pair, layer, patched.stage, patched.resid, patched.p0)
             values = measure(logits, pair).view(len(part), n_pairs)
-            for c, v in zip(part, values):
-                per_pair[(li, *c)] = v
+            for n, v in zip(part.tolist(), values):
+                per_pair[(li, *cs[n])] = v
             done += len(part)
-            now = time.perf_counter()
-            if on_progress is not None and (now - last_report > 0.1 or done == total):
+            if on_progress is not None and time.perf_counter() - last_report > 0.1:
                 on_progress(done, total)
-                last_report = now
+                last_report = time.perf_counter()
+        done += int((~live).sum())
+    if on_progress is not None:
+        on_progress(total, total)
     return PatchResult(spec, axes, coords, per_pair, clean_base, corrupt_base,
                        prompts.str_tokens, metric.clean_is, time.perf_counter() - start, model.name)

@@ -59,6 +59,7 @@ class Kind:
     hook: Callable[[int], str]          # TransformerLens hook of the activation (hooks.py)
     index_axes: tuple[str, ...]         # after "layer": e.g. ("pos",) or ("head",)
     patch: Callable[[PatchContext, int, Tensor], Patched]   # ctx, layer, idx [n, axes] -> Patched
+    source: str = ""                    # the LayerCache field it patches (for `changed`)
     has_per_position: bool = False      # head kinds: can add a "pos" axis
     kv_heads: bool = False              # head axis ranges over key/value heads
     needs_resid_mid: bool = False       # undefined on parallel-attention models
@@ -219,17 +220,47 @@ def _patch_neuron(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
     return _add_at(ctx, "post", b.resid_post, delta, p0)
 
 
+def changed(ctx: PatchContext, kind: Kind, layer: int) -> Tensor:
+    """Where the donor's activation differs from the base run's, as a table [pos] or [pos, unit].
+
+    An index whose slice is identical in both runs (e.g. every position before the first token
+    where the prompts differ) cannot change the output: the engine reports the base run's value
+    for it without running anything. Identity is exact (torch.equal per slice), never a tolerance.
+    """
+    base, donor = getattr(ctx.base.layers[layer], kind.source), getattr(ctx.donor.layers[layer], kind.source)
+    diff = base != donor
+    if kind.source == "pattern":                 # [b, H, dest, src] -> [dest, H]
+        return diff.any(-1).any(0).T
+    if diff.dim() == 4:                          # [b, T, H, d_head] -> [T, H]
+        return diff.any(-1).any(0)
+    if kind.source == "mlp_post":                # [b, T, d_mlp] -> [T, d_mlp]
+        return diff.any(0)
+    return diff.any(-1).any(0)                   # [b, T, d] -> [T]
+
+
+def index_changes(ctx: PatchContext, kind: Kind, layer: int, idx: Tensor) -> Tensor:
+    """[n] bool: does patching each index (rows of idx, as `patch` takes them) change anything?"""
+    table = changed(ctx, kind, layer)
+    if kind.name == "neuron":
+        return table[ctx.position_mask][:, idx[:, 0]].any(0)
+    if table.dim() == 1:                         # residual kinds: idx = (pos,)
+        return table[idx[:, 0]]
+    if idx.shape[1] == 2:                        # (pos, head)
+        return table[idx[:, 0], idx[:, 1]]
+    return table[:, idx[:, 0]].any(0)            # (head,) over every position
+
+
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("resid_pre", "Residual stream (block input)", hooks.resid_pre, ("pos",), _resid_kind("resid_pre", "pre")),
+    Kind("resid_pre", "Residual stream (block input)", hooks.resid_pre, ("pos",), _resid_kind("resid_pre", "pre"), source="resid_pre"),
     Kind("resid_mid", "Residual stream (between attention and MLP)", hooks.resid_mid, ("pos",),
-         _resid_kind("resid_mid", "mid"), needs_resid_mid=True),
-    Kind("resid_post", "Residual stream (block output)", hooks.resid_post, ("pos",), _resid_kind("resid_post", "post")),
-    Kind("attn_out", "Attention layer output", hooks.attn_out, ("pos",), _output_kind("attn_out")),
-    Kind("mlp_out", "MLP layer output", hooks.mlp_out, ("pos",), _output_kind("mlp_out")),
-    Kind("head_out", "Attention head output (z)", hooks.z, ("head",), _patch_head_out, has_per_position=True),
-    Kind("head_q", "Attention head queries", hooks.q, ("head",), _patch_head_q, has_per_position=True),
-    Kind("head_k", "Attention head keys", hooks.k, ("head",), _kv_kind("k"), has_per_position=True, kv_heads=True),
-    Kind("head_v", "Attention head values", hooks.v, ("head",), _kv_kind("v"), has_per_position=True, kv_heads=True),
-    Kind("head_pattern", "Attention pattern", hooks.pattern, ("head",), _patch_head_pattern, has_per_position=True),
-    Kind("neuron", "MLP neurons", hooks.mlp_post, ("neuron",), _patch_neuron),
+         _resid_kind("resid_mid", "mid"), source="resid_mid", needs_resid_mid=True),
+    Kind("resid_post", "Residual stream (block output)", hooks.resid_post, ("pos",), _resid_kind("resid_post", "post"), source="resid_post"),
+    Kind("attn_out", "Attention layer output", hooks.attn_out, ("pos",), _output_kind("attn_out"), source="attn_out"),
+    Kind("mlp_out", "MLP layer output", hooks.mlp_out, ("pos",), _output_kind("mlp_out"), source="mlp_out"),
+    Kind("head_out", "Attention head output (z)", hooks.z, ("head",), _patch_head_out, source="z", has_per_position=True),
+    Kind("head_q", "Attention head queries", hooks.q, ("head",), _patch_head_q, source="q_rot", has_per_position=True),
+    Kind("head_k", "Attention head keys", hooks.k, ("head",), _kv_kind("k"), source="k_rot", has_per_position=True, kv_heads=True),
+    Kind("head_v", "Attention head values", hooks.v, ("head",), _kv_kind("v"), source="v", has_per_position=True, kv_heads=True),
+    Kind("head_pattern", "Attention pattern", hooks.pattern, ("head",), _patch_head_pattern, source="pattern", has_per_position=True),
+    Kind("neuron", "MLP neurons", hooks.mlp_post, ("neuron",), _patch_neuron, source="mlp_post"),
 )}

@@ -26,7 +26,7 @@ def test_different_lengths_show_both_tokenisations(gpt2_model):
         PromptSet.single(gpt2_model, CLEAN, "When Mary went to the store, Mary gave a drink to", " Mary", " John")
     msg = str(err.value)
     assert "same number of tokens" in msg and "clean 15 tokens" in msg and "corrupt 13 tokens" in msg
-    assert "' Mary'" in msg and "first differ at position 2" in msg
+    assert "' Mary'" in msg and "first differ at position 3" in msg
 
 
 def test_multi_token_answer_shows_split(gpt2_model):
@@ -57,7 +57,7 @@ def test_prompt_longer_than_context(gpt2_model):
 
 
 def test_pairs_of_different_lengths_refused_naming_the_pair(gpt2_model):
-    with pytest.raises(ValueError, match=r"pair 0 has 15 tokens, pair 1 has 12"):
+    with pytest.raises(ValueError, match=r"pair 0 has 15 tokens, pair 1 has 10"):
         PromptSet.from_pairs(gpt2_model, [(CLEAN, CORRUPT, " Mary", " John"),
                                           ("When Mary and John went, John gave to", "When Mary and John went, Mary gave to",
                                            " Mary", " John")])
