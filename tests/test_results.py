@@ -14,7 +14,7 @@ def test_csv_has_contract_columns_in_order(gpt2_model, ioi_prompts):
     assert tuple(df.columns[:9]) == CSV_COLUMNS
     assert list(df.columns[9:]) == ["stderr", "ci_low", "ci_high", "n_pairs"]
     assert len(df) == 2 * 15 * 4
-    row = df[(df.layer == 1) & (df.pos == 10) & (df.head == 2)].iloc[0]
+    row = df[(df["layer"] == 1) & (df["pos"] == 10) & (df["head"] == 2)].iloc[0]
     assert row.token == " John" and row.kind == "head_out" and row.direction == "denoise"
     assert abs(row.value - float(r.values[1, 10, 2])) < 1e-5
 
