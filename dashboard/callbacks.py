@@ -44,10 +44,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
     # -- model ---------------------------------------------------------------------------------
     def model_status(name):
         """Load the chosen model here (in the server process, so runs inherit it)."""
-        if not name:
-            return dash.html.Span("choose a model", className="error-text")
         try:
-            m = registry.get(name)
+            m = registry.get(handlers.check_model(registry, name))
         except ValueError as exc:
             return dash.html.Span(str(exc), className="error-text")
         kv = f" ({m.n_kv_heads} key/value)" if m.n_kv_heads != m.n_heads else ""
@@ -111,7 +109,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
     # -- live token view ---------------------------------------------------------------------------
     def token_view(model, clean, corrupt, answer, wrong, bos, pairs):
         try:
-            m = registry.get(model)
+            m = registry.get(handlers.check_model(registry, model))
         except ValueError as exc:
             return layout.render_token_view(None, f"model not available: {exc}")
         form = _form(model, clean, corrupt, answer, wrong, bos, pairs)

@@ -51,6 +51,18 @@ def model_options(registry) -> list[dict]:
     return options
 
 
+def check_model(registry, name: str | None) -> str:
+    """The name if this server offers it (command line, shipped or cached), else ValueError: a web
+    request must not make the server load an arbitrary path or download a hub model."""
+    if not name:
+        raise ValueError("choose a model")
+    offered = [o["value"] for o in model_options(registry)]
+    if name not in offered:
+        raise ValueError(f"model {name!r} is not offered by this server; choose one of "
+                         f"{', '.join(map(repr, offered))} or restart it with --model {name}")
+    return name
+
+
 def kind_options() -> list[dict]:
     return [{"label": f"{name} — {k.title}", "value": name} for name, k in KINDS.items()]
 
@@ -183,7 +195,7 @@ def parse_form(model, form: Form) -> tuple[PatchSpec, PromptSet]:
     """
     if not form.kind:
         raise ValueError(f"choose a patch kind; one of {', '.join(KINDS)}")
-    if form.metric not in METRICS and ":" not in (form.metric or ""):
+    if form.metric not in METRICS:   # no 'pkg.mod:fn' from a web form: that would import code
         raise ValueError(f"unknown metric {form.metric!r}; choose one of {', '.join(METRICS)}")
     if form.direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'denoise' or 'noise', not {form.direction!r}")
@@ -333,7 +345,7 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
 
     Returns the saved run's id; ValueError with the message to show on bad input.
     """
-    model = registry.get(form.model)
+    model = registry.get(check_model(registry, form.model))
     spec, prompts = parse_form(model, form)
 
     def waiting(seconds: float):

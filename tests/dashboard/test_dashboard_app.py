@@ -127,8 +127,9 @@ def _run(cb, tiny_name, **over):
 def test_model_status(app, tiny_name):
     cb = app.patchboard
     assert "2 layers · 4 heads" in cb.model_status(tiny_name)
-    bad = cb.model_status("/no/such/dir")
-    assert "does not exist" in bad.children
+    bad = cb.model_status("/etc")
+    assert "model '/etc' is not offered by this server" in bad.children
+    assert "choose a model" in cb.model_status(None).children
 
 
 def test_preset_fills_the_form(app):
@@ -220,7 +221,8 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     (dict(corrupt=IOI[0][1] + " Mary"), "same number of tokens"),
     (dict(layers="5"), "layers [5] out of range"),
     (dict(kind="resid_pre", heads="0.1"), "heads apply to head kinds"),
-    (dict(model="/no/such/model"), "'/no/such/model' does not exist"),
+    (dict(model="/no/such/model"), "'/no/such/model' is not offered by this server"),
+    (dict(metric="os:getcwd"), "unknown metric 'os:getcwd'"),
 ])
 def test_run_refuses_bad_input_with_message(app, store, tiny_name, over, needle):
     (run_id, err, version, status), _ = _run(app.patchboard, tiny_name, **over)
