@@ -189,7 +189,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                  Input(ids.CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(cancelled)
 
     # -- the run on screen ---------------------------------------------------------------------------
-    def show_run(run_id, mode, image_format):
+    def show_run(run_id, mode, image_format, cell=None):
         """current run + raw/normalized + image format -> heatmap, its config, summary, CSV button."""
         config = figures.graph_config(image_format or "png", "patchboard-heatmap")
         if not run_id:
@@ -200,6 +200,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
             return figures.empty_figure(str(exc)), config, "", True
         mode, note = handlers.effective_mode(run.result, mode or "normalized")
         fig = figures.heatmap(run.result, mode)
+        if _triggered_value()[0] != ids.CURRENT_RUN:        # keep the clicked cell outlined
+            fig.update_layout(shapes=figures.cell_outline(run.result, cell))
         summary = [dash.html.Span(f"Run #{run.info.id}", className="run-id"),
                    handlers.result_summary(run.result)] + ([dash.html.Div(note, className="error-text")]
                                                            if note else [])
@@ -209,7 +211,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         Output(ids.RESULTS_HEATMAP, "figure"), Output(ids.RESULTS_HEATMAP, "config"),
         Output(ids.RESULTS_SUMMARY, "children"), Output(ids.DOWNLOAD_CSV_BUTTON, "disabled"),
         Input(ids.CURRENT_RUN, "data"), Input(ids.VALUE_MODE, "value"),
-        Input(ids.IMAGE_FORMAT, "value"))(show_run)
+        Input(ids.IMAGE_FORMAT, "value"), State(ids.ATTENTION_CELL, "data"))(show_run)
 
     def download_csv(n_clicks, run_id):
         """The current run in the contract CSV format."""
@@ -224,26 +226,27 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                  State(ids.CURRENT_RUN, "data"), prevent_initial_call=True)(download_csv)
 
     # -- counterfactual attention --------------------------------------------------------------------
-    def attention(click_data, run_id, image_format):
-        """A click on a head cell -> its attention patterns and differences."""
+    def attention(click_data, run_id, image_format, pair=0):
+        """A click on a head cell (or a new pair number) -> its attention patterns and differences."""
         config = figures.graph_config(image_format or "png", "patchboard-attention")
         trig, _ = _triggered_value()
         idle = "Click a head cell of the heatmap (head kinds) to see that head's attention patterns."
+        empty = figures.empty_figure("No head selected yet.", 260)
         if trig == ids.CURRENT_RUN or not click_data or not run_id:
-            return figures.empty_figure("No head selected yet.", 260), config, idle, None, True, no_update
+            return empty, config, idle, None, True, no_update
         cell = handlers.clicked_cell(click_data)
         try:
+            pair = handlers.parse_pair(pair)
             run = store.get(run_id)
-            view = handlers.attention_for_cell(registry, run, cell)
+            view = handlers.attention_for_cell(registry, run, cell, pair)
         except ValueError as exc:
-            return figures.empty_figure("No head selected yet.", 260), config, str(exc), None, True, no_update
+            return empty, config, str(exc), None, True, no_update
         fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
                                      title=view.title, note=view.note if view.patched is None else None)
-        point = click_data["points"][0]
         outline = Patch()
-        outline["layout"]["shapes"] = figures.cell_outline(run.result, point.get("x"), point.get("y"))
+        outline["layout"]["shapes"] = figures.cell_outline(run.result, cell)
         status = f"{view.title} — {view.note}" if view.note else view.title
-        return fig, config, status, cell, False, outline
+        return fig, config, status, {**cell, "pair": pair}, False, outline
 
     app.callback(
         Output(ids.ATTENTION_DIFF, "figure"), Output(ids.ATTENTION_DIFF, "config"),
@@ -251,13 +254,14 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         Output(ids.ATTENTION_DOWNLOAD_BUTTON, "disabled"),
         Output(ids.RESULTS_HEATMAP, "figure", allow_duplicate=True),
         Input(ids.RESULTS_HEATMAP, "clickData"), Input(ids.CURRENT_RUN, "data"),
-        Input(ids.IMAGE_FORMAT, "value"), prevent_initial_call=True)(attention)
+        Input(ids.IMAGE_FORMAT, "value"), Input(ids.ATTENTION_PAIR, "value"),
+        prevent_initial_call=True)(attention)
 
     def download_attention(n_clicks, cell, run_id):
         if not n_clicks or not cell or not run_id:
             return no_update
         run = store.get(run_id)
-        view = handlers.attention_for_cell(registry, run, cell)
+        view = handlers.attention_for_cell(registry, run, cell, int(cell.get("pair") or 0))
         text = write_csv(view.frame) if view.frame is not None else handlers.attention_csv(view)
         return dcc.send_string(text, f"patchboard-run{run_id}-attention-L{cell['layer']}H{cell['head']}.csv")
 

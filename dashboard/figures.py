@@ -325,16 +325,20 @@ def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
     return fig
 
 
-def cell_outline(result: PatchResult, x_label, y_label) -> list[dict]:
-    """Layout shapes outlining the heatmap cell with these axis labels ([] when not on the grid).
+def cell_outline(result: PatchResult, cell: dict | None) -> list[dict]:
+    """Layout shapes outlining the heatmap cell {'layer', 'pos', 'head'} ([] when not on the grid).
 
-    >>> cell_outline(result, "H2", "L1")[0]["x0"]       # doctest: +SKIP
+    >>> cell_outline(result, {"layer": 1, "pos": None, "head": 2})[0]["x0"]     # doctest: +SKIP
     1.5
     """
-    g = grid(result, "raw", with_interval=False)
-    if x_label not in g.x_labels or y_label not in g.y_labels:
+    if not cell:
         return []
-    j, i = g.x_labels.index(x_label), g.y_labels.index(y_label)
+    g = grid(result, "raw", with_interval=False)
+    want = [cell.get(k) if cell.get(k) is not None else -1 for k in ("layer", "pos", "head")]
+    hits = np.argwhere((g.cells == np.array(want)).all(-1))
+    if not len(hits):
+        return []
+    i, j = (int(v) for v in hits[0])
     return [dict(type="rect", xref="x", yref="y", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                  line=dict(color="#111827", width=2.5), fillcolor="rgba(0,0,0,0)")]
 

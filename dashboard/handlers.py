@@ -415,6 +415,19 @@ def clicked_cell(click_data: dict | None) -> dict | None:
     return cell
 
 
+def parse_pair(value) -> int:
+    """The attention panel's pair number: a whole number >= 0 (range checked against the run)."""
+    if value is None or value == "":
+        return 0
+    try:
+        pair = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"pair must be a whole number, not {value!r}") from None
+    if pair < 0 or pair != float(value):
+        raise ValueError(f"pair must be a whole number >= 0, not {value!r}")
+    return pair
+
+
 @dataclass(frozen=True)
 class AttentionView:
     clean: object                 # [dest, src]
@@ -437,6 +450,8 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
         raise ValueError("click a cell of a head kind (head_out, head_q, head_k, head_v, head_pattern) "
                          "to see that head's attention")
     layer, head = int(cell["layer"]), int(cell["head"])
+    if not 0 <= pair < len(run.pairs):
+        raise ValueError(f"pair {pair} out of range; this run has pairs 0-{len(run.pairs) - 1}")
     spec = result.spec
     model = registry.get(spec.model)
     prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)

@@ -67,7 +67,8 @@ DOWNLOAD_CSV = "download-csv"              # dcc.Download of the run's CSV
 ATTENTION_STATUS = "attention-status"
 ATTENTION_DOWNLOAD_BUTTON = "attention-download-button"
 ATTENTION_DOWNLOAD = "attention-download"
-ATTENTION_CELL = "attention-cell"          # dcc.Store: the clicked (layer, head, pos)
+ATTENTION_CELL = "attention-cell"          # dcc.Store: the clicked (layer, pos, head) and pair
+ATTENTION_PAIR = "attention-pair"          # which prompt pair the attention panel shows
 
 # -- history & compare ---------------------------------------------------------------------
 HISTORY_VERSION = "history-version"        # dcc.Store bumped when runs are saved or deleted

@@ -144,8 +144,13 @@ def results_tab() -> html.Div:
             html.Div("Click a head cell of the heatmap (head kinds) to see that head's clean, corrupt "
                      "and patched attention patterns and their differences.",
                      id=ids.ATTENTION_STATUS, className="hint"),
-            dbc.Button("Download attention CSV", id=ids.ATTENTION_DOWNLOAD_BUTTON, size="sm",
-                       color="secondary", outline=True, disabled=True, n_clicks=0, className="mb-2"),
+            html.Div([
+                html.Span("Pair", className="toolbar-label"),
+                dbc.Input(id=ids.ATTENTION_PAIR, type="number", min=0, step=1, value=0, size="sm",
+                          debounce=True, className="pair-input"),
+                dbc.Button("Download attention CSV", id=ids.ATTENTION_DOWNLOAD_BUTTON, size="sm",
+                           color="secondary", outline=True, disabled=True, n_clicks=0),
+            ], className="toolbar"),
             dcc.Download(id=ids.ATTENTION_DOWNLOAD),
             _graph(ids.ATTENTION_DIFF, "No head selected yet.", height=260),
         ], className="attention-section"),

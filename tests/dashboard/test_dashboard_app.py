@@ -195,6 +195,10 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert len(att_fig.data) == 5 and "L1.H2" in status and cell["head"] == 2 and not disabled
     shape = outline.to_plotly_json()["operations"][0]["params"]["value"][0]
     assert (shape["x0"], shape["y0"]) == (1.5, 0.5)          # the clicked cell is outlined
+    fig2 = cb.show_run(run_id, "normalized", "png", cell)[0]   # and stays outlined on a toggle
+    assert fig2.layout.shapes[0].x0 == 1.5
+    assert "pair 1 out of range; this run has pairs 0-0" in cb.attention(click, run_id, "png", 1)[2]
+    assert "pair must be a whole number" in cb.attention(click, run_id, "png", -1)[2]
     att_csv = cb.download_attention(1, cell, run_id)
     assert att_csv["content"].splitlines()[0].startswith("layer,head,dest,src")
 

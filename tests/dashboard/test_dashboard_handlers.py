@@ -243,3 +243,18 @@ def test_effective_mode_falls_back_when_gap_is_zero(gpt2_model, form):
     result = sweep(gpt2_model, same, PatchSpec(kind="resid_pre", layers=(0,)))
     mode, note = handlers.effective_mode(result, "normalized")
     assert mode == "raw" and "baselines are equal" in note
+
+
+def test_attention_for_a_chosen_pair(registry, store, form):
+    pairs = tuple(IOI)
+    run = store.get(handlers.execute_run(registry, store, dataclasses.replace(form, pairs=pairs),
+                                         store.data_dir))
+    first = handlers.attention_for_cell(registry, run, {"layer": 1, "pos": None, "head": 0}, pair=0)
+    second = handlers.attention_for_cell(registry, run, {"layer": 1, "pos": None, "head": 0}, pair=1)
+    assert first.str_tokens[2] == " Mary" and second.str_tokens[2] == " John"
+    assert "pair 1" in second.title
+    with pytest.raises(ValueError, match="pair 2 out of range; this run has pairs 0-1"):
+        handlers.attention_for_cell(registry, run, {"layer": 1, "pos": None, "head": 0}, pair=2)
+    assert handlers.parse_pair("") == 0 and handlers.parse_pair(3) == 3
+    with pytest.raises(ValueError, match="not 1.5"):
+        handlers.parse_pair(1.5)
