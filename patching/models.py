@@ -177,7 +177,9 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
     where = resolve_model(name)
     dev, torch_dtype = pick_device(device), pick_dtype(dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
     from transformer_lens.model_bridge import TransformerBridge
+    hf_logging.disable_progress_bar()
     local = not isinstance(where, str)
     try:
         with warnings.catch_warnings():
