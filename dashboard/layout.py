@@ -15,6 +15,7 @@ from dash import dcc, html
 from . import figures, handlers, ids
 from .handlers import TokenView
 
+PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
 SAMPLE = ("When Mary and John went to the store, John gave a drink to",
           "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
 
@@ -52,14 +53,16 @@ def prompts_card(registry, model: str) -> dbc.Card:
                 ], className="preset-count"),
             ], className="preset-row"),
             _label("Clean prompt", ids.CLEAN_PROMPT, "the model does the behaviour"),
-            dbc.Textarea(id=ids.CLEAN_PROMPT, value=SAMPLE[0], rows=2, debounce=0.3, spellcheck=False),
+            dbc.Textarea(id=ids.CLEAN_PROMPT, value=SAMPLE[0], rows=2, debounce=0.3, spellcheck=False,
+                         **PERSIST),
             _label("Corrupt prompt", ids.CORRUPT_PROMPT, "minimally changed; same token count"),
-            dbc.Textarea(id=ids.CORRUPT_PROMPT, value=SAMPLE[1], rows=2, debounce=0.3, spellcheck=False),
+            dbc.Textarea(id=ids.CORRUPT_PROMPT, value=SAMPLE[1], rows=2, debounce=0.3, spellcheck=False,
+                         **PERSIST),
             dbc.Row([
                 dbc.Col([_label("Answer token", ids.ANSWER_TOKEN),
-                         dbc.Input(id=ids.ANSWER_TOKEN, value=SAMPLE[2], debounce=0.3)]),
+                         dbc.Input(id=ids.ANSWER_TOKEN, value=SAMPLE[2], debounce=0.3, **PERSIST)]),
                 dbc.Col([_label("Wrong token", ids.WRONG_TOKEN),
-                         dbc.Input(id=ids.WRONG_TOKEN, value=SAMPLE[3], debounce=0.3)]),
+                         dbc.Input(id=ids.WRONG_TOKEN, value=SAMPLE[3], debounce=0.3, **PERSIST)]),
             ], className="g-2"),
             html.Div("Leading spaces matter: ' Mary' and 'Mary' are different tokens.",
                      className="field-hint block"),
@@ -186,7 +189,7 @@ def page(registry, model: str) -> html.Div:
     return html.Div([
         navbar,
         dcc.Store(id=ids.CURRENT_RUN, storage_type="session"),
-        dcc.Store(id=ids.PAIRS_STORE, data=None),
+        dcc.Store(id=ids.PAIRS_STORE, data=None, storage_type="session"),
         dcc.Store(id=ids.HISTORY_VERSION, data=0),
         dcc.Store(id=ids.ATTENTION_CELL, data=None),
         dbc.Container(dbc.Row([
