@@ -118,3 +118,17 @@ def test_callable_and_registered_metrics(gpt2_model, ioi_prompts):
     custom = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="resid_pre"),
                    metric=lambda logits, inp: logits.gather(1, inp.answer[:, None])[:, 0])
     assert custom.values.shape == (2, 15)
+
+
+@pytest.mark.parametrize("kind,per_position", [("resid_pre", False), ("attn_out", False), ("head_out", True),
+                                               ("head_k", False), ("head_pattern", True), ("neuron", False)])
+def test_hook_fallback_matches_the_runner(tiny_models, kind, per_position):
+    """Architectures without a runner go through TransformerLens hooks, batched; same numbers."""
+    import dataclasses
+    model = tiny_models["llama"]
+    prompts = PromptSet.from_pairs(model, IOI)
+    spec = PatchSpec(kind=kind, per_position=per_position, layers=(1,),
+                     positions=(3, 10, 14) if per_position or kind == "neuron" else None)
+    fast = sweep(model, prompts, spec)
+    slow = sweep(dataclasses.replace(model, runner=None, arch=None), prompts, spec)
+    assert torch.allclose(fast.values, slow.values, atol=1e-4, equal_nan=True)
