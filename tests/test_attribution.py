@@ -60,6 +60,7 @@ def bridge_attribution(model, ps, kind, direction):
     return torch.stack(out).double(), metric.detach().double()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_gradients_match_hooked_bridge_reference(tiny_models, prompt_sets, family, direction):
@@ -84,6 +85,7 @@ def _check_agreement(model, ps, direction, method, per_position, min_r, min_over
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("per_position", [False, True])
 def test_plain_attribution_agrees_with_exact_patching(tiny_models, prompt_sets, family, per_position):
@@ -92,6 +94,7 @@ def test_plain_attribution_agrees_with_exact_patching(tiny_models, prompt_sets, 
     _check_agreement(tiny_models[family], prompt_sets[family], "denoise", "plain", per_position, 0.85, 0.8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plain_attribution_agrees_when_noising(tiny_models, prompt_sets, family):
     """Noising swaps a token embedding at layer 0, far outside the linear regime on Llama:
@@ -100,6 +103,7 @@ def test_plain_attribution_agrees_when_noising(tiny_models, prompt_sets, family)
                      skip=("resid_pre",) if family == "llama" else ())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_ig_attribution_agrees_with_exact_patching(tiny_models, prompt_sets, family, direction):

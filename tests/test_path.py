@@ -139,6 +139,7 @@ def check_against_naive(model, ps, sender, receivers, mode, direction="denoise",
     return err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", ["heads_frozen", "direct"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}->{'+'.join(c[1])}")
@@ -146,6 +147,7 @@ def test_matches_naive_hooked_reference(models, prompt_sets, family, mode, case)
     check_against_naive(models[family], prompt_sets[family], *case, mode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt23", "llama3"])
 @pytest.mark.parametrize("mode", ["heads_frozen", "direct"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
@@ -161,6 +163,7 @@ def test_receiver_positions_match_naive(models, prompt_sets, family):
                             receiver_positions=(9, 14))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "gpt23", "neox"])
 @pytest.mark.parametrize("component", ["q", "k", "v"])
 def test_direct_mode_matches_transformer_lens_direct_path(models, prompt_sets, family, component):
@@ -210,6 +213,7 @@ def test_last_layer_sender_into_logits_equals_head_out_patching(models, prompt_s
         assert (direct.per_pair[last] - exact.per_pair[0]).abs().max() < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["heads_frozen", "direct"])
 def test_every_head_sweep_matches_naive_per_cell(models, prompt_sets, mode):
     model, ps = models["gpt23"], prompt_sets["gpt23"]
