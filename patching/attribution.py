@@ -472,3 +472,25 @@ def agreement(estimate: PatchResult, exact: PatchResult, k: int = 10) -> dict:
     pearson = float((ac * bc).sum()) / denom if denom > 0 else float("nan")
     overlap = len(set(ea.topk(kk).indices.tolist()) & set(eb.topk(kk).indices.tolist())) / kk
     return {"kind": exact.spec.kind, "pearson": pearson, "topk_overlap": overlap, "k": kk, "cells": int(len(a))}
+
+
+def measure_agreement(model, prompts: PromptSet, *, kinds: tuple[str, ...] | None = None,
+                      methods: tuple[str, ...] = ("plain", "ig"), directions: tuple[str, ...] = ("denoise",),
+                      per_position: bool = False, steps: int = DEFAULT_STEPS, k: int = 10) -> pd.DataFrame:
+    """Per kind, method and direction: Pearson r and top-k overlap of attribution vs exact patching
+    (`engine.sweep` of the same spec). One exact sweep per kind and direction.
+
+    >>> measure_agreement(model, prompts, kinds=("head_out",))       # doctest: +SKIP
+    """
+    from .engine import sweep
+    rows = []
+    for direction in directions:
+        exact = {}
+        for method in methods:
+            for r in run_attribution(model, prompts, kinds=kinds, direction=direction, method=method,
+                                     steps=steps, per_position=per_position):
+                if r.spec.kind not in exact:
+                    exact[r.spec.kind] = sweep(model, prompts, r.spec)
+                rows.append({"method": r.method_label, "direction": direction, "steps": r.steps,
+                             "per_position": r.spec.per_position, **agreement(r, exact[r.spec.kind], k)})
+    return pd.DataFrame(rows)

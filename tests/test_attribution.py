@@ -220,3 +220,29 @@ def test_bad_input_is_named(tiny_models, prompt_sets, kwargs, message):
 def test_resid_mid_refused_on_parallel_models(tiny_models, prompt_sets):
     with pytest.raises(ValueError, match="resid_mid"):
         run_attribution(tiny_models["neox"], prompt_sets["neox"], kinds=["resid_mid"])
+
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets" / "models" / "patchboard-tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="the shipped default model is not built yet")
+def test_agreement_on_the_shipped_model():
+    """Attribution vs exact patching on the default model, held-out IOI pairs (the numbers the
+    closing note reports; printed with -s)."""
+    from patching import load_model
+    from patching.attribution import measure_agreement
+    from patching.tasks import make_pairs
+    model = load_model("default")
+    by_len = {}
+    for p in make_pairs("ioi", 60, split="eval", seed=0):
+        n = len(model.encode(p.clean))
+        if len(model.encode(p.corrupt)) == n:
+            by_len.setdefault(n, []).append((p.clean, p.corrupt, p.answer, p.wrong))
+    ps = PromptSet.from_pairs(model, max(by_len.values(), key=len)[:8])
+    df = measure_agreement(model, ps, methods=("plain", "ig"), directions=("denoise",))
+    print("\n" + df.to_string())
+    plain = df[df["method"] == "attribution"].set_index("kind")
+    for kind in ("attn_out", "head_out", "head_v", "mlp_out"):
+        assert plain.loc[kind, "pearson"] > 0.6, plain.loc[kind]
+    assert plain["pearson"].median() > 0.7
