@@ -126,6 +126,28 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         Input(ids.WRONG_TOKEN, "value"), Input(ids.PREPEND_BOS, "value"),
         Input(ids.PAIRS_STORE, "data"))(token_view)
 
+    def validate(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
+                 per_position, layers, positions, heads):
+        """Live validation: what a Run would refuse, shown in error-message as the form changes."""
+        form = _form(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
+                     per_position, layers, positions, heads)
+        try:
+            handlers.parse_form(registry.get(handlers.check_model(registry, model)), form)
+        except ValueError as exc:
+            return str(exc)
+        return ""
+
+    app.callback(
+        Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Input(ids.MODEL_SELECT, "value"), Input(ids.CLEAN_PROMPT, "value"),
+        Input(ids.CORRUPT_PROMPT, "value"), Input(ids.ANSWER_TOKEN, "value"),
+        Input(ids.WRONG_TOKEN, "value"), Input(ids.PREPEND_BOS, "value"),
+        Input(ids.PAIRS_STORE, "data"), Input(ids.KIND_SELECT, "value"),
+        Input(ids.METRIC_SELECT, "value"), Input(ids.DIRECTION_SELECT, "value"),
+        Input(ids.PER_POSITION, "value"), Input(ids.LAYERS_FILTER, "value"),
+        Input(ids.POSITIONS_FILTER, "value"), Input(ids.HEADS_FILTER, "value"),
+        prevent_initial_call=True)(validate)
+
     def kind_controls(kind):
         """Per-position applies to head kinds; a heads filter to kinds with a head axis."""
         k = KINDS.get(kind)
@@ -338,6 +360,6 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
     return SimpleNamespace(
         model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
         clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view,
-        kind_controls=kind_controls, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,
+        kind_controls=kind_controls, validate=validate, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,
         download_csv=download_csv, attention=attention, download_attention=download_attention,
         history=history, open_run=open_run, delete_run=delete_run, compare=compare)

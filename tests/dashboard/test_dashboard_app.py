@@ -165,6 +165,19 @@ def test_token_view_callback(app, tiny_name):
     assert "not a single token" in _text(bad)
 
 
+def test_live_validation(app, tiny_name):
+    clean, corrupt, answer, wrong = IOI[0]
+    args = [tiny_name, clean, corrupt, answer, wrong, ["bos"], None, "head_out", "logit_diff",
+            "denoise", [], None, None, None]
+    assert app.patchboard.validate(*args) == ""
+    bad = list(args)
+    bad[3] = " Maryland"
+    assert "answer ' Maryland' is" in app.patchboard.validate(*bad)
+    bad = list(args)
+    bad[11] = "0-9"
+    assert "layers [2, 3, 4, 5, 6, 7, 8, 9] out of range" in app.patchboard.validate(*bad)
+
+
 def test_kind_controls(app):
     options, heads_disabled = app.patchboard.kind_controls("resid_pre")
     assert options[0]["disabled"] and heads_disabled

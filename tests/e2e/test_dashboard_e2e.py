@@ -167,9 +167,11 @@ def test_preset_fills_prompts_and_validation_error_shows(page):
     choose(page, ids.PRESET_SELECT, "ioi")
     page.wait_for_function(f"document.getElementById('{ids.CLEAN_PROMPT}').value !== {IOI[0][0]!r}")
     assert page.input_value(f"#{ids.ANSWER_TOKEN}").startswith(" ")
-    # the preset's names are several tokens in the tiny test tokenizer: a Run is refused, inline
-    page.click(f"#{ids.RUN_BUTTON}")
+    # the preset's names are several tokens in the tiny test tokenizer: the live check says so,
+    # and a Run is refused with the same message
     page.wait_for_function(f"document.getElementById('{ids.ERROR_MESSAGE}').innerText.length > 0")
+    page.click(f"#{ids.RUN_BUTTON}")
+    page.wait_for_function(f"!document.getElementById('{ids.RUN_BUTTON}').disabled")
     message = page.inner_text(f"#{ids.ERROR_MESSAGE}")
     assert "tokens" in message
     assert page.locator(f"#{ids.TOKEN_VIEW} .check-bad").count() + ("same number" in message) >= 1
@@ -179,6 +181,7 @@ def test_preset_fills_prompts_and_validation_error_shows(page):
 
 def test_run_per_position_heads_and_click_a_head(page):
     type_prompts(page, *IOI[0])
+    page.wait_for_function(f"document.getElementById('{ids.ERROR_MESSAGE}').innerText === ''")
     page.click(f"#{ids.PER_POSITION} label")                   # head_out per position
     summary = run_and_wait(page)
     assert "head_out per position" in summary and "1 pair" in summary
