@@ -94,7 +94,7 @@ def bench_one(model, prompts: PromptSet, kind: str, per_position: bool, sample: 
 
 
 def run_bench(quick: bool = False, models: list[str] | tuple[str, ...] = ("default", "gpt2-small-random"),
-              out=sys.stdout) -> list[dict]:
+              out=sys.stdout, circuits: bool = True) -> list[dict]:
     rows = []
     out.write(f"{'model':<20} {'sweep':<18} {'indices':>8} {'TL s':>9} {'ours s':>8} {'speed-up':>9} {'max|diff|':>10}\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,4 +119,21 @@ def run_bench(quick: bool = False, models: list[str] | tuple[str, ...] = ("defau
                 out.write(f"{name:<20} {row['kind']:<18} {row['indices']:>8} {row['reference_s']:>9.2f} "
                           f"{row['ours_s']:>8.3f} {row['speedup']:>8.1f}x {row['max_abs_diff']:>10.2e}{note}\n")
                 out.flush()
+            if circuits and name != "gpt2-small-random":
+                _circuit_lines(model, prompts, name, rows, out)
     return rows
+
+
+def _circuit_lines(model, prompts, name: str, rows: list, out) -> None:
+    """Path patching vs the naive hooked method; attribution in forward-pass equivalents."""
+    from .bench_circuits import bench_path_and_attribution
+    for row in bench_path_and_attribution(model, prompts):
+        rows.append({"model": name, **row})
+        ratio = f"{row['ratio']:>8.1f}x" if row.get("ratio") else f"{'':>9}"
+        ref = f"{row['reference_seconds']:>9.2f}" if row.get("reference_seconds") else f"{'':>9}"
+        fe = row.get("forward_equivalents")
+        extra = f"  {fe:.1f} forward-equivalents" if fe is not None else ""
+        diff = row.get("max_abs_diff")
+        out.write(f"{name:<20} {row['name']:<18} {'':>8} {ref} {row['seconds']:>8.3f} {ratio} "
+                  f"{(f'{diff:.2e}' if diff is not None else ''):>10}{extra}  vs {row.get('reference', '')}\n")
+        out.flush()
