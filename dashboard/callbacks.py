@@ -357,9 +357,24 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                  Input(ids.COMPARE_SELECT, "value"), Input(ids.VALUE_MODE, "value"),
                  Input(ids.IMAGE_FORMAT, "value"))(compare)
 
+    def download_compare(n_clicks, selected):
+        selected = [s for s in (selected or []) if s is not None]
+        if not n_clicks or len(selected) != 2:
+            return no_update
+        a, b = store.get(selected[0]), store.get(selected[1])
+        return dcc.send_string(handlers.compare_csv(a, b),
+                               f"patchboard-compare-run{a.info.id}-run{b.info.id}.csv")
+
+    app.callback(Output(ids.COMPARE_DOWNLOAD, "data"), Input(ids.COMPARE_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.COMPARE_SELECT, "value"), prevent_initial_call=True)(download_compare)
+
+    app.callback(Output(ids.COMPARE_DOWNLOAD_BUTTON, "disabled"), Input(ids.COMPARE_SELECT, "value"))(
+        lambda selected: len([s for s in (selected or []) if s is not None]) != 2)
+
     return SimpleNamespace(
         model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
         clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view,
         kind_controls=kind_controls, validate=validate, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,
         download_csv=download_csv, attention=attention, download_attention=download_attention,
-        history=history, open_run=open_run, delete_run=delete_run, compare=compare)
+        history=history, open_run=open_run, delete_run=delete_run, compare=compare,
+        download_compare=download_compare)

@@ -541,3 +541,26 @@ def attention_csv(view: AttentionView) -> str:
                 row["patched_minus_corrupt"] = row["patched"] - row["corrupt"]
             rows.append(row)
     return write_csv(pd.DataFrame(rows))
+
+
+def compare_csv(run_a, run_b) -> str:
+    """Both runs of the compare view in the contract format, stacked, with extra columns `run`
+    (its id) and, when their axes match, `value_minus_other` / `normalized_minus_other`."""
+    import pandas as pd
+    from patching.results import write_csv
+    frames = []
+    same = _same_cells(run_a.result, run_b.result)
+    for run, other in ((run_a, run_b), (run_b, run_a)):
+        df = run.result.to_dataframe()
+        if same:
+            o = other.result.to_dataframe()
+            df["value_minus_other"] = df["value"].to_numpy() - o["value"].to_numpy()
+            df["normalized_minus_other"] = df["normalized"].to_numpy() - o["normalized"].to_numpy()
+        df["run"] = run.info.id
+        frames.append(df)
+    return write_csv(pd.concat(frames, ignore_index=True))
+
+
+def _same_cells(a: PatchResult, b: PatchResult) -> bool:
+    return (tuple(a.axes) == tuple(b.axes) and all(tuple(a.coords[k]) == tuple(b.coords[k]) for k in a.axes)
+            and bool((a.per_pair.isnan().all(-1) == b.per_pair.isnan().all(-1)).all()))

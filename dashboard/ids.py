@@ -76,6 +76,8 @@ HISTORY_OPEN = "history-open"              # pattern-matching type: {"type": HIS
 HISTORY_DELETE = "history-delete"
 COMPARE_TABLE = "compare-table"
 COMPARE_STATUS = "compare-status"
+COMPARE_DOWNLOAD_BUTTON = "compare-download-button"
+COMPARE_DOWNLOAD = "compare-download"
 
 # -- slots for panels that land later ------------------------------------------------------
 PATH_PANEL = "path-panel"

@@ -224,6 +224,12 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     cfig, _, tables, cstatus = cb.compare([run_id, run2], "raw", "png")
     assert len(cfig.data) == 3 and cstatus == ""
     assert "Top components · #" in _text(tables)
+    sent = cb.download_compare(1, [run_id, run2])
+    df = pd.read_csv(io.StringIO(sent["content"]))
+    assert tuple(df.columns[:9]) == CSV_COLUMNS and "run" in df.columns and len(df) == 16
+    assert set(df["run"]) == {run_id, run2} and "value_minus_other" in df.columns
+    a, b = df[df["run"] == run_id], df[df["run"] == run2]
+    assert (a["value_minus_other"].to_numpy() == pytest.approx(a["value"].to_numpy() - b["value"].to_numpy(), abs=1e-4))
     assert "Choose two runs" in cb.compare([run_id], "raw", "png")[3]
     assert "compare takes exactly two" in cb.compare([run_id, run2, run2], "raw", "png")[3]
 
