@@ -164,7 +164,7 @@ def test_receiver_positions_match_naive(models, prompt_sets, family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["gpt2", "gpt23", "neox"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt23", "neox", "llama"])
 @pytest.mark.parametrize("component", ["q", "k", "v"])
 def test_direct_mode_matches_transformer_lens_direct_path(models, prompt_sets, family, component):
     model, ps = models[family], prompt_sets[family]
