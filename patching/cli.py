@@ -184,6 +184,76 @@ def cmd_attribution(args) -> int:
     return EXIT_OK
 
 
+# -- inspection views (patching/lens.py) ------------------------------------------------------------
+def _inspect_args(p, run: bool = True, pair: bool = True):
+    """Prompt flags of the inspection commands (no metric / direction: nothing is patched)."""
+    _model_args(p)
+    p.add_argument("--clean", help="the clean prompt")
+    p.add_argument("--corrupt", help="the corrupted prompt (same token length)")
+    p.add_argument("--answer", help="the clean answer token, e.g. ' Mary'")
+    p.add_argument("--wrong", help="the corrupt answer token, e.g. ' John'")
+    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
+    if run:
+        p.add_argument("--run", default="clean", choices=["clean", "corrupt"], help="which prompt to run")
+    if pair:
+        p.add_argument("--pair", type=int, default=0, help="which prompt pair (default 0)")
+    p.add_argument("--out", default="-", help="output CSV path, or - for stdout (default)")
+
+
+def cmd_lens(args) -> int:
+    from .lens import logit_lens
+    from .results import write_csv
+    model, prompts = _load(args)
+    df = logit_lens(model, prompts, run=args.run, pair=args.pair, mode=args.mode, k=args.k)
+    _write(write_csv(df), args.out)
+    return EXIT_OK
+
+
+def cmd_dla(args) -> int:
+    from .lens import direct_logit_attribution
+    from .results import write_csv
+    model, prompts = _load(args)
+    pair = None if args.pair == "all" else _int_arg(args.pair, "--pair")
+    df = direct_logit_attribution(model, prompts, run=args.run, pair=pair, pos=args.pos)
+    _write(write_csv(df), args.out)
+    return EXIT_OK
+
+
+def cmd_topk(args) -> int:
+    from .lens import top_k
+    from .results import write_csv
+    model, prompts = _load(args)
+    df = top_k(model, prompts, run=args.run, pos=args.pos, k=args.k, pair=args.pair)
+    _write(write_csv(df), args.out)
+    return EXIT_OK
+
+
+def cmd_attention(args) -> int:
+    from .lens import attention_patterns
+    from .results import write_csv
+    model, prompts = _load(args)
+    df = attention_patterns(model, prompts, layer=args.layer, run=args.run, pair=args.pair)
+    _write(write_csv(df), args.out)
+    return EXIT_OK
+
+
+def cmd_norms(args) -> int:
+    from .lens import residual_norms
+    from .results import write_csv
+    model, prompts = _load(args)
+    pair = None if args.pair == "all" else _int_arg(args.pair, "--pair")
+    _write(write_csv(residual_norms(model, prompts, pair=pair)), args.out)
+    return EXIT_OK
+
+
+def _int_arg(value: str, flag: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise BadInput(f"{flag} must be an integer or 'all', not {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m patching", description="Activation patching from the command line.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -235,6 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="default,gpt2-small-random",
                    help="comma-separated: default, gpt2-small-random")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("lens", help="logit lens: each layer's (or component's) prediction at every position")
+    _inspect_args(p)
+    p.add_argument("--mode", default="accumulated", choices=["accumulated", "per_layer"],
+                   help="accumulated: the residual stream after each layer; per_layer: each block's "
+                        "and head's direct contribution")
+    p.add_argument("--k", type=int, default=1, help="top tokens per cell (default 1)")
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("dla", help="direct logit attribution of answer - wrong per layer and head")
+    _inspect_args(p, pair=False)
+    p.add_argument("--pair", default="all", help="a pair number, or all (default: the mean over pairs)")
+    p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
+    p.set_defaults(func=cmd_dla)
+
+    p = sub.add_parser("topk", help="the k most likely next tokens at one position")
+    _inspect_args(p)
+    p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
+    p.add_argument("--k", type=int, default=10, help="how many tokens (default 10)")
+    p.set_defaults(func=cmd_topk)
+
+    p = sub.add_parser("attention", help="every head's attention pattern of one layer (dest x src)")
+    _inspect_args(p)
+    p.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("norms", help="residual stream L2 norms by layer and position, clean and corrupt")
+    _inspect_args(p, run=False, pair=False)
+    p.add_argument("--pair", default="0", help="a pair number (default 0), or all")
+    p.set_defaults(func=cmd_norms)
     return parser
 
 
