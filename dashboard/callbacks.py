@@ -205,9 +205,15 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         prevent_initial_call=True)(run_sweep)
 
     def cancelled(n_clicks):
-        return "Run cancelled." if n_clicks else no_update
+        """Cancel: the job is killed by Dash; here the status says so and the bar resets."""
+        if not n_clicks:
+            return no_update, no_update, no_update, no_update
+        return "Run cancelled; nothing was saved.", "", 0, ""
 
     app.callback(Output(ids.RUN_STATUS, "children", allow_duplicate=True),
+                 Output(ids.PROGRESS_TEXT, "children", allow_duplicate=True),
+                 Output(ids.PROGRESS, "value", allow_duplicate=True),
+                 Output(ids.PROGRESS, "label", allow_duplicate=True),
                  Input(ids.CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(cancelled)
 
     # -- the run on screen ---------------------------------------------------------------------------

@@ -268,3 +268,18 @@ def test_multi_pair_run_from_uploaded_pairs(app, tiny_name):
     assert err == ""
     fig, _, summary, _ = cb.show_run(run_id, "raw", "png")
     assert "95% CI" in fig.data[0].hovertemplate and "2 pairs" in str(summary)
+
+
+def test_cancel_resets_the_bar_and_says_so(app):
+    status, text, value, label = app.patchboard.cancelled(1)
+    assert "cancelled" in status and "nothing was saved" in status and (text, value, label) == ("", 0, "")
+    assert app.patchboard.cancelled(0) == (no_update,) * 4
+
+
+def test_run_is_a_background_callback_with_progress_and_cancel(app):
+    run = next(cb for key, cb in app.callback_map.items() if f"{ids.CURRENT_RUN}.data" in key
+               and cb.get("background"))
+    bg = run["background"]
+    assert [str(o) for o in bg["progress"]][:2] == [f"<Output `{ids.PROGRESS}.value`>",
+                                                    f"<Output `{ids.PROGRESS}.max`>"]
+    assert bg["cancel"] == [{"id": ids.CANCEL_BUTTON, "property": "n_clicks"}]

@@ -284,6 +284,7 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
     page.click(f"#{ids.CANCEL_BUTTON}")
     page.wait_for_function(f"document.getElementById('{ids.RUN_STATUS}').innerText.includes('cancelled')")
     page.wait_for_function(f"!document.getElementById('{ids.RUN_BUTTON}').disabled")
+    page.wait_for_function(f"document.getElementById('{ids.PROGRESS_TEXT}').innerText === ''")
     # the queued run goes ahead once the slot is free
     other.wait_for_function(f"document.getElementById('{ids.RESULTS_SUMMARY}').innerText.includes('Run #')",
                             timeout=60_000)
