@@ -51,7 +51,7 @@ class ProgressBar:
 # -- shared argument groups ------------------------------------------------------------------------
 def _model_args(p):
     p.add_argument("--model", default="default", help="default | a hub name | a local directory")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
 

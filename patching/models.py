@@ -92,11 +92,15 @@ def resolve_model(name: str) -> Path | str:
     else:
         path = _cached_hub_dir(name)
         if path is None:
+            where = ("not shipped in assets/models, not a local directory and not in the Hugging "
+                     "Face cache")
+            choices = ("use 'default', a directory with config.json + model.safetensors, or a cached "
+                       "hub name (see `python -m patching models`)")
             if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in name and not _looks_like_hub_id(name):
-                raise ValueError(
-                    f"unknown model {name!r}: not shipped in assets/models, not a local directory "
-                    "and not in the Hugging Face cache; use 'default', a directory with config.json "
-                    "+ model.safetensors, or a cached hub name (see `python -m patching models`)")
+                raise ValueError(f"unknown model {name!r}: {where}; {choices}")
+            if not _hub_reachable():
+                raise ValueError(f"unknown model {name!r}: {where}, and the hub is unreachable from "
+                                 f"here; {choices}")
             return name
     if not (path / "config.json").is_file():
         raise ValueError(f"model directory {str(path)!r} has no config.json")
@@ -104,6 +108,22 @@ def resolve_model(name: str) -> Path | str:
         raise ValueError(f"model directory {str(path)!r} has no *.safetensors weights; Patchboard "
                          "loads weights only from safetensors (convert .bin with save_pretrained)")
     return path
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the Hugging Face hub be reached at all? (One quick TCP connect, no retries.)"""
+    import socket
+    from urllib.parse import urlparse
+    try:
+        from huggingface_hub import constants
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:
+        host = "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -58,6 +58,7 @@ def test_sweep_with_pairs_file_and_out_path(tiny_dirs, tmp_path):
     ({"--answer": " Maryland"}, "answer ' Maryland' is"),
     ({"--model": "/no/such/dir"}, "model directory '/no/such/dir' does not exist"),
     ({"--model": "surely-not-a-model"}, "unknown model 'surely-not-a-model'"),
+    ({"--model": "someorg/not-cached"}, "unknown model 'someorg/not-cached'"),
     ({"--kind": "bogus"}, "unknown kind 'bogus'"),
     ({"--layers": "0-x"}, "bad layers"),
     ({"--metric": "nope"}, "unknown metric 'nope'"),
