@@ -280,6 +280,5 @@ def test_run_is_a_background_callback_with_progress_and_cancel(app):
     run = next(cb for key, cb in app.callback_map.items() if f"{ids.CURRENT_RUN}.data" in key
                and cb.get("background"))
     bg = run["background"]
-    assert [str(o) for o in bg["progress"]][:2] == [f"<Output `{ids.PROGRESS}.value`>",
-                                                    f"<Output `{ids.PROGRESS}.max`>"]
+    assert [str(o) for o in bg["progress"]][:2] == [f"{ids.PROGRESS}.value", f"{ids.PROGRESS}.max"]
     assert bg["cancel"] == [{"id": ids.CANCEL_BUTTON, "property": "n_clicks"}]
