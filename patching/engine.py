@@ -16,6 +16,7 @@ torch.Size([4, 15])
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from typing import Callable
@@ -115,6 +116,34 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     if model.runner is None:
         from .fallback import sweep_with_hooks
         return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
+    budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
+    group = max(1, int(budget // 4 // _cache_bytes_per_pair(model, prompts.n_pos)))
+    if prompts.n_pairs > group:     # the cached runs of many pairs would not fit: sweep in groups
+        parts = []
+        for lo in range(0, prompts.n_pairs, group):
+            def progress(done, total, lo=lo):
+                if on_progress is not None:
+                    on_progress(lo * total + done * min(group, prompts.n_pairs - lo), prompts.n_pairs * total)
+            parts.append(_sweep_pairs(model, prompts.subset(range(lo, min(lo + group, prompts.n_pairs))),
+                                      spec, metric, kind, axes, coords, progress, budget))
+        first = parts[0]
+        return PatchResult(spec, axes, coords, torch.cat([p.per_pair for p in parts], -1),
+                           torch.cat([p.clean_baseline for p in parts]),
+                           torch.cat([p.corrupt_baseline for p in parts]), prompts.str_tokens,
+                           first.metric_clean_is, time.perf_counter() - start, model.name)
+    result = _sweep_pairs(model, prompts, spec, metric, kind, axes, coords, on_progress, budget)
+    return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def _cache_bytes_per_pair(model, n_pos: int) -> int:
+    """Memory of one pair's clean + corrupt cached runs."""
+    a = model.arch
+    per_layer = n_pos * (10 * a.d_model + 4 * a.d_mlp + a.n_heads * n_pos + 6 * a.n_kv_heads * a.d_head)
+    return 2 * 4 * a.n_layers * per_layer
+
+
+def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kind: Kind, axes, coords,
+                 on_progress: Progress | None, budget: float) -> PatchResult:
     runner = model.runner
     clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
     base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
@@ -138,7 +167,6 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
     index_axes = axes[1:]
     heads_wanted = set(spec.heads) if spec.heads is not None else None
-    budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
     rows_per_chunk = max(n_pairs, int(budget // _memory_per_row(model, prompts.n_pos)))
     chunk = max(1, rows_per_chunk // n_pairs)
     cells = [(li, layer, list(itertools.product(*[range(len(coords[a])) for a in index_axes])))
@@ -173,4 +201,4 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     if on_progress is not None:
         on_progress(total, total)
     return PatchResult(spec, axes, coords, per_pair, clean_base, corrupt_base,
-                       prompts.str_tokens, metric.clean_is, time.perf_counter() - start, model.name)
+                       prompts.str_tokens, metric.clean_is, 0.0, model.name)

@@ -85,6 +85,12 @@ class PromptSet:
     def n_pos(self) -> int:
         return self.clean_tokens.shape[1]
 
+    def subset(self, indices) -> "PromptSet":
+        """The pairs at `indices`, as a PromptSet (labels from the first pair of the set)."""
+        idx = list(indices)
+        return PromptSet(tuple(self.pairs[i] for i in idx), self.clean_tokens[idx], self.corrupt_tokens[idx],
+                         self.answer_ids[idx], self.wrong_ids[idx], self.str_tokens, self.prepend_bos)
+
     def differing_positions(self) -> list[int]:
         """Positions where any pair's clean and corrupt tokens differ."""
         return (self.clean_tokens != self.corrupt_tokens).any(0).nonzero()[:, 0].tolist()

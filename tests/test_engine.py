@@ -132,3 +132,15 @@ def test_hook_fallback_matches_the_runner(tiny_models, kind, per_position):
     fast = sweep(model, prompts, spec)
     slow = sweep(dataclasses.replace(model, runner=None, arch=None), prompts, spec)
     assert torch.allclose(fast.values, slow.values, atol=1e-4, equal_nan=True)
+
+
+def test_many_pairs_are_swept_in_groups_with_the_same_numbers(gpt2_model):
+    prompts = PromptSet.from_pairs(gpt2_model, IOI * 3)
+    whole = sweep(gpt2_model, prompts, PatchSpec(kind="head_out"))
+    seen = []
+    grouped = sweep(gpt2_model, prompts, PatchSpec(kind="head_out"), max_memory_mb=0.2,
+                    on_progress=lambda d, t: seen.append((d, t)))
+    assert grouped.per_pair.shape == whole.per_pair.shape == (2, 4, 6)
+    assert torch.allclose(grouped.per_pair, whole.per_pair, atol=1e-6)
+    assert torch.allclose(grouped.clean_baseline, whole.clean_baseline)
+    assert seen[-1][0] == seen[-1][1]
