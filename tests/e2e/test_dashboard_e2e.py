@@ -35,16 +35,15 @@ TIMEOUT = 30_000   # ms
 
 def _skip_reason() -> str | None:
     if CHROMIUM is None:
-        return "chromium is not installed (make browser installs Debian's chromium)"
+        return "chromium is not installed (`make browser` installs Debian's chromium)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "playwright is not installed in the venv (pip install playwright)"
+        return "playwright is not installed in the venv (pip install -r requirements.txt)"
     return None
 
 
-if _skip_reason():
-    print(f"\nskipping end-to-end tests: {_skip_reason()}", file=sys.stderr)
+if _skip_reason():     # the reason is also printed in the run's summary (tests/e2e/conftest.py)
     pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_skip_reason())]
 
 
