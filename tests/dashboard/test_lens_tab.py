@@ -1,0 +1,128 @@
+"""The Inspect tab (dashboard/lens_tab.py): layout ids, callbacks called directly, CSV download."""
+from __future__ import annotations
+
+import io
+
+import dash
+import pandas as pd
+import pytest
+from dash import no_update
+
+from dashboard import ids, lens_tab
+from tests.conftest import IOI
+
+
+def _walk(component):
+    yield component
+    children = getattr(component, "children", None)
+    if children is None:
+        return
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        if hasattr(child, "to_plotly_json"):
+            yield from _walk(child)
+
+
+TAB_IDS = [v for k, v in vars(lens_tab).items() if k.startswith("INSPECT_") and isinstance(v, str)]
+
+
+@pytest.fixture(scope="module")
+def cb(registry):
+    app = dash.Dash(__name__, suppress_callback_exceptions=True)
+    return lens_tab.register_callbacks(app, registry)
+
+
+@pytest.fixture
+def page(tiny_name):
+    """The prompts panel's values: model, clean, corrupt, answer, wrong, bos, pairs."""
+    return (tiny_name, *IOI[0], ["bos"], None)
+
+
+def _show(cb, page, view="lens", run="clean", pair=0, mode="accumulated", value="top_prob",
+          components="all", dla_by="layer", layer=0, head=None, attention_view="grid", pos=-1, k=10,
+          image_format="png", tab=lens_tab.TAB_INSPECT):
+    return cb.show(view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k,
+                   image_format, tab, *page)
+
+
+def test_layout_has_every_tab_id_and_no_clash_with_the_page():
+    present = {getattr(c, "id", None) for c in _walk(lens_tab.layout())} - {None}
+    missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL]
+    assert not missing and lens_tab.INSPECT_PANEL in present
+    assert set(lens_tab.CONTROL_IDS.values()) <= present
+    page_ids = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)}
+    assert not (set(TAB_IDS) | {lens_tab.TAB_INSPECT} | set(lens_tab.CONTROL_IDS.values())) & page_ids
+
+
+def test_registers_beside_the_dashboards_own_callbacks(app, registry):
+    """What the lead's mount does: create_app, then register the tab on the same app."""
+    lens_tab.register_callbacks(app, registry)
+    outputs = " ".join(app.callback_map)
+    assert lens_tab.INSPECT_GRAPH in outputs and lens_tab.INSPECT_DOWNLOAD in outputs
+
+
+def test_controls_show_only_the_views_selectors(cb):
+    names = list(lens_tab.CONTROLS)
+    styles = dict(zip(names, cb.controls("attention")))
+    assert styles["layer"] == {} and styles["head"] == {} and styles["mode"] == {"display": "none"}
+    styles = dict(zip(names, cb.controls("lens")))
+    assert styles["mode"] == {} and styles["k"] == {} and styles["layer"] == {"display": "none"}
+
+
+@pytest.mark.parametrize("view", list(lens_tab.VIEWS))
+def test_every_view_draws_a_figure(cb, page, view):
+    fig, config, status, columns, data, box, disabled = _show(cb, page, view=view, layer=1, pos=-1, k=3)
+    assert not disabled and fig.data, status
+    assert config["toImageButtonOptions"]["format"] == "png"
+    if view == "topk":
+        assert box == {} and len(data) == 3 and [c["id"] for c in columns][0] == "rank"
+    else:
+        assert box == {"display": "none"} and data == []
+
+
+def test_lens_options_reach_the_figure(cb, page):
+    fig = _show(cb, page, mode="per_layer", components="blocks", value="answer_rank")[0]
+    assert list(fig.data[0].y) == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
+    assert "answer's rank" in fig.layout.title.text
+    svg = _show(cb, page, image_format="svg")[1]
+    assert svg["toImageButtonOptions"]["format"] == "svg"
+
+
+def test_attention_head_and_token_view(cb, page):
+    one = _show(cb, page, view="attention", layer=1, head=2)[0]
+    assert len(one.data) == 1 and one.layout.annotations[0].text == "H2"
+    token = _show(cb, page, view="attention", layer=1, attention_view="token", pos=5)[0]
+    assert list(token.data[0].y) == ["H0", "H1", "H2", "H3"] and len(token.data[0].x) == 6
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(view="attention", layer=9), "layer 9 is out of range"),
+    (dict(view="attention", layer=1, head=7), "head 7 is out of range"),
+    (dict(view="topk", pos=30), "pos 30 is out of range"),
+    (dict(view="topk", k=0), "k must be an integer from 1"),
+    (dict(view="lens", pair=4), "pair 4 is out of range"),
+    (dict(view="norms", pos="1.5"), "position must be a whole number"),
+])
+def test_bad_input_is_shown_not_raised(cb, page, kwargs, message):
+    fig, _, status, _, _, _, disabled = _show(cb, page, **kwargs)
+    assert message in status.children and disabled
+    assert message in fig.layout.annotations[0].text
+
+
+def test_bad_prompts_are_shown(cb, tiny_name):
+    status = _show(cb, (tiny_name, "A B", "A B C", " Mary", " John", ["bos"], None))[2]
+    assert "same number of tokens" in status.children
+
+
+def test_not_computed_while_another_tab_is_open(cb, page):
+    assert _show(cb, page, tab=ids.TAB_RESULTS) == (no_update,) * 7
+
+
+def test_download_is_the_views_csv(cb, page):
+    sent = cb.download(1, "topk", "corrupt", 0, "accumulated", "top_prob", "all", "layer", 0, None, "grid",
+                       -1, 5, *page)
+    assert sent["filename"] == "patchboard-topk-corrupt-pair0-pos14.csv"
+    df = pd.read_csv(io.StringIO(sent["content"]))
+    assert list(df["rank"]) == [1, 2, 3, 4, 5] and set(df.run) == {"corrupt"}
+    att = cb.download(1, "attention", "clean", 0, None, None, None, None, 1, 3, "grid", -1, 10, *page)
+    assert set(pd.read_csv(io.StringIO(att["content"]))["head"]) == {3}
+    assert cb.download(0, "topk", *([None] * 11), *page) is no_update
