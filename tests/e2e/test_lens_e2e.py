@@ -1,0 +1,153 @@
+"""End-to-end: the Inspect tab in a real headless Chromium.
+
+The app is `create_app` around the tiny GPT-2 model, served in-process; the Inspect tab is
+mounted the way dashboard/layout.py mounts it (one more `dbc.Tab` in the main tabs) unless the
+page already has it. Drives the logit lens, the attention view and the CSV download by the ids
+in dashboard/lens_tab.py.
+
+Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save screenshots of the views.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboard import ids, lens_tab
+from tests.e2e.test_dashboard_e2e import ARGS, CHROMIUM, TIMEOUT, _free_port, _skip_reason
+
+pytestmark = pytest.mark.e2e
+if _skip_reason():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_skip_reason())]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mounted(app) -> bool:
+    return lens_tab.TAB_INSPECT in str(app.layout.to_plotly_json())
+
+
+def _mount(app, registry) -> None:
+    """What dashboard/layout.py + __init__.py do to mount the tab (when they don't yet)."""
+    import dash_bootstrap_components as dbc
+
+    def find(c):
+        if getattr(c, "id", None) == ids.TABS:
+            return c
+        children = getattr(c, "children", None)
+        for child in children if isinstance(children, (list, tuple)) else [children]:
+            if hasattr(child, "to_plotly_json") and (hit := find(child)) is not None:
+                return hit
+        return None
+
+    tabs = find(app.layout)
+    tabs.children = list(tabs.children) + [dbc.Tab(lens_tab.layout(), label="Inspect",
+                                                    tab_id=lens_tab.TAB_INSPECT)]
+    lens_tab.register_callbacks(app, registry)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dirs, gpt2_model, tmp_path_factory):
+    from werkzeug.serving import make_server
+
+    from dashboard import create_app, make_jobs
+    from dashboard.store import RunStore
+    from patching.models import ModelRegistry
+    name = str(tiny_dirs["gpt2"])
+    registry = ModelRegistry([name])
+    registry.add(name, gpt2_model)
+    store = RunStore(tmp_path_factory.mktemp("inspect-data"))
+    app = create_app(registry, store, make_jobs("diskcache", store.data_dir), model=name)
+    if not _mounted(app):
+        _mount(app, registry)
+    port = _free_port()
+    srv = make_server("127.0.0.1", port, app.server, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(server)
+        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")
+        pg.errors = errors
+        yield pg
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
+    if target:
+        out = ROOT / target if not os.path.isabs(target) else Path(target)
+        out.mkdir(parents=True, exist_ok=True)
+        page.mouse.move(2, 2)
+        time.sleep(0.6)
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def _title(page) -> str:
+    return page.inner_text(f"#{lens_tab.INSPECT_GRAPH} .gtitle") if page.locator(
+        f"#{lens_tab.INSPECT_GRAPH} .gtitle").count() else ""
+
+
+def test_inspect_tab_shows_the_logit_lens(page):
+    page.click(f"#{ids.TABS} .nav-link:has-text('Inspect')")
+    page.wait_for_function(
+        f"document.querySelector('#{lens_tab.INSPECT_GRAPH} .gtitle')?.textContent.includes('Logit lens')")
+    ticks = page.eval_on_selector_all(f"#{lens_tab.INSPECT_GRAPH} .ytick text", "els => els.map(e => e.textContent)")
+    assert sorted(ticks) == ["L0", "L1", "embed"]
+    assert page.locator(f"#{lens_tab.INSPECT_GRAPH} g.hm").count() == 1
+    assert page.is_visible(f"#{lens_tab.CONTROL_IDS['mode']}")
+    assert not page.is_visible(f"#{lens_tab.CONTROL_IDS['layer']}")
+    assert not page.errors
+    shot(page, "10-inspect-logit-lens")
+
+
+def test_attention_view_with_a_bad_layer_then_a_good_one(page):
+    page.click(f"#{lens_tab.INSPECT_VIEW} label:has-text('Attention')")
+    page.wait_for_function(
+        f"document.querySelector('#{lens_tab.INSPECT_GRAPH} .gtitle')?.textContent.includes('Attention · layer 0')")
+    page.fill(f"#{lens_tab.INSPECT_LAYER}", "7")
+    page.press(f"#{lens_tab.INSPECT_LAYER}", "Enter")
+    page.wait_for_function(
+        f"document.getElementById('{lens_tab.INSPECT_STATUS}').innerText.includes('layer 7 is out of range')")
+    assert page.is_disabled(f"#{lens_tab.INSPECT_DOWNLOAD_BUTTON}")
+    page.fill(f"#{lens_tab.INSPECT_LAYER}", "1")
+    page.press(f"#{lens_tab.INSPECT_LAYER}", "Enter")
+    page.wait_for_function(
+        f"document.querySelector('#{lens_tab.INSPECT_GRAPH} .gtitle')?.textContent.includes('layer 1')")
+    assert page.locator(f"#{lens_tab.INSPECT_GRAPH} g.hm").count() == 4      # one per head
+    shot(page, "11-inspect-attention")
+
+
+def test_download_csv_of_the_view(page):
+    page.wait_for_function(f"!document.getElementById('{lens_tab.INSPECT_DOWNLOAD_BUTTON}').disabled")
+    with page.expect_download() as info:
+        page.click(f"#{lens_tab.INSPECT_DOWNLOAD_BUTTON}")
+    assert info.value.suggested_filename == "patchboard-attention-L1-clean-pair0.csv"
+    with open(info.value.path(), newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["run", "pair", "layer", "head", "dest", "src", "dest_token", "src_token", "value"]
+    assert len(rows) == 1 + 4 * 15 * 16 // 2
+
+
+def test_top_k_table_is_shown(page):
+    page.click(f"#{lens_tab.INSPECT_VIEW} label:has-text('Top-k')")
+    page.wait_for_selector(f"#{lens_tab.INSPECT_TABLE} td")
+    assert page.locator(f"#{lens_tab.INSPECT_TABLE} tr").count() == 11      # header + 10
+    assert not page.errors
+    shot(page, "12-inspect-topk")
