@@ -249,11 +249,13 @@ def register_callbacks(app, registry) -> SimpleNamespace:
                      INSPECT_COMPONENTS, INSPECT_DLA_BY, INSPECT_LAYER, INSPECT_HEAD,
                      INSPECT_ATTENTION_VIEW, INSPECT_POS, INSPECT_K)
 
-    def controls(view):
-        """Show only the selectors the view uses."""
-        return [{} if view in views else {"display": "none"} for views in CONTROLS.values()]
+    def controls(view, mode=None):
+        """Show only the selectors the view uses (rows: only for the per-component lens)."""
+        return [{} if view in views and (name != "components" or mode == "per_layer") else {"display": "none"}
+                for name, views in CONTROLS.items()]
 
-    app.callback([Output(CONTROL_IDS[n], "style") for n in CONTROLS], Input(INSPECT_VIEW, "value"))(controls)
+    app.callback([Output(CONTROL_IDS[n], "style") for n in CONTROLS], Input(INSPECT_VIEW, "value"),
+                 Input(INSPECT_MODE, "value"))(controls)
 
     def _compute(options, page):
         names = list(InspectOptions.__dataclass_fields__)      # view, run, pair, ... in selector order

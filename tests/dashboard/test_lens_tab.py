@@ -64,8 +64,10 @@ def test_controls_show_only_the_views_selectors(cb):
     names = list(lens_tab.CONTROLS)
     styles = dict(zip(names, cb.controls("attention")))
     assert styles["layer"] == {} and styles["head"] == {} and styles["mode"] == {"display": "none"}
-    styles = dict(zip(names, cb.controls("lens")))
+    styles = dict(zip(names, cb.controls("lens", "accumulated")))
     assert styles["mode"] == {} and styles["k"] == {} and styles["layer"] == {"display": "none"}
+    assert styles["components"] == {"display": "none"}
+    assert dict(zip(names, cb.controls("lens", "per_layer")))["components"] == {}
 
 
 @pytest.mark.parametrize("view", list(lens_tab.VIEWS))
