@@ -261,7 +261,7 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
             fig.update_yaxes(showticklabels=False, row=1, col=c)
     fig.update_annotations(font=dict(size=12))
     rows = max(len(ga.y_labels), len(gb.y_labels))
-    fig = _base_layout(fig, None, _grid_height(rows) + 20)
+    fig = _base_layout(fig, None, max(440, _grid_height(rows) + 20))
     fig.update_layout(margin=dict(t=60, r=90))
     return fig
 
