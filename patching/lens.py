@@ -206,12 +206,11 @@ def _components(model, cache: RunCache, mode: str):
                + [("mlp", layer, None, lc.mlp_out)])
 
 
-def _stats(logits: Tensor, ids: Tensor):
-    """logits [..., vocab], ids [] -> (logit, prob, rank 1 = top) of that token, each [...]."""
-    logp = logits.float().log_softmax(-1)
+def _stats(logits: Tensor, lse: Tensor, ids: Tensor):
+    """logits [..., vocab], their logsumexp [...], ids [] -> (logit, prob, rank 1 = top), each [...]."""
     value = logits[..., ids]
     rank = (logits > value[..., None]).sum(-1) + 1
-    return value, logp[..., ids].exp(), rank
+    return value, (value - lse).exp(), rank
 
 
 # -- logit lens ---------------------------------------------------------------------------------
@@ -267,11 +266,11 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
         else:
             logits = model.arch.unembed(norm.linear(vecs, scale)) - zero_logits
         logits = logits.float()
-        probs = logits.softmax(-1)
-        top_p, top_i = probs.topk(k, dim=-1)                      # [C, pos, k]
-        top_l = logits.gather(-1, top_i)
-        a_l, a_p, a_r = _stats(logits, answer)
-        w_l, w_p, w_r = _stats(logits, wrong)
+        lse = logits.logsumexp(-1)                                # [C, pos]
+        top_l, top_i = logits.topk(k, dim=-1)                     # [C, pos, k]
+        top_p = (top_l - lse[..., None]).exp()
+        a_l, a_p, a_r = _stats(logits, lse, answer)
+        w_l, w_p, w_r = _stats(logits, lse, wrong)
         n_c = len(group)
         rows = n_c * n_pos * k
         comp_idx = np.repeat(np.arange(n_c), n_pos * k)
