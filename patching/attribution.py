@@ -157,7 +157,7 @@ class _Attribution:
 
 
 def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, steps: int,
-               edges: bool) -> _Attribution:
+               edges: bool, max_rows: int = 256) -> _Attribution:
     start = time.perf_counter()
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
@@ -200,12 +200,21 @@ def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, s
             clean_logprobs = clean_logits.float().log_softmax(-1)
             x_base, x_donor = base.layers[0].resid_pre, donor.layers[0].resid_pre
             alphas = (torch.arange(steps, dtype=x_base.dtype, device=x_base.device) + 0.5) / steps
-            x0 = (x_base[None] + alphas[:, None, None, None] * (x_donor - x_base)[None]).flatten(0, 1)
-            acts = _forward(runner, x0.detach().requires_grad_(True), rope, edges)    # rows = step-major x pairs
-            rows = pairs.repeat(steps)
-            grads = _gradients(acts, objective(acts.logits, rows, clean_logprobs).sum(), edges)
-            grads = {k: ([g.view(steps, n_pairs, *g.shape[1:]).mean(0) for g in v] if isinstance(v, list)
-                         else v.view(steps, n_pairs, *v.shape[1:]).mean(0)) for k, v in grads.items()}
+            per_chunk = max(1, max_rows // n_pairs)           # steps per batched forward/backward
+            grads = None
+            for lo in range(0, steps, per_chunk):
+                a_ = alphas[lo:lo + per_chunk]
+                x0 = (x_base[None] + a_[:, None, None, None] * (x_donor - x_base)[None]).flatten(0, 1)
+                acts = _forward(runner, x0.detach().requires_grad_(True), rope, edges)   # rows: step-major x pairs
+                rows = pairs.repeat(len(a_))
+                g = _gradients(acts, objective(acts.logits, rows, clean_logprobs).sum(), edges)
+                g = {k: ([t.view(len(a_), n_pairs, *t.shape[1:]).sum(0) for t in v] if isinstance(v, list)
+                         else v.view(len(a_), n_pairs, *v.shape[1:]).sum(0)) for k, v in g.items()}
+                grads = g if grads is None else {
+                    k: ([x + y for x, y in zip(grads[k], v)] if isinstance(v, list) else grads[k] + v)
+                    for k, v in g.items()}
+                del acts
+            grads = {k: ([t / steps for t in v] if isinstance(v, list) else v / steps) for k, v in grads.items()}
     with torch.inference_mode():
         base_metric = objective(base_logits, pairs, clean_logprobs).double().cpu()
         donor_metric = objective(donor.logits, pairs, clean_logprobs).double().cpu()

@@ -147,6 +147,7 @@ def test_edges_add_up_to_node_attributions(tiny_models, prompt_sets, family, met
 def test_edge_scores_shape_labels_and_csv(tiny_models, prompt_sets):
     model, ps = tiny_models["llama"], prompt_sets["llama"]
     edges = edge_attribution(model, ps)
+    assert isinstance(edges, EdgeScores)
     n_up = 1 + model.n_layers * (model.n_heads + 1)
     n_down = model.n_layers * (model.n_heads + 2 * model.n_kv_heads + 1) + 1
     assert edges.per_pair.shape == (n_up, n_down, ps.n_pairs)
@@ -269,3 +270,14 @@ def test_eap_edges_agree_with_exact_direct_path_patching(tiny_models, prompt_set
     a, b = torch.tensor(est), torch.tensor(exact)
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
     assert len(set(a.abs().topk(10).indices.tolist()) & set(b.abs().topk(10).indices.tolist())) >= 7
+
+
+def test_ig_in_chunks_equals_one_batch(tiny_models, prompt_sets):
+    from patching.attribution import _attribute
+    model, ps = tiny_models["llama"], prompt_sets["llama"]
+    one = _attribute(model, ps, "logit_diff", "denoise", "ig", 5, edges=True, max_rows=1000)
+    chunked = _attribute(model, ps, "logit_diff", "denoise", "ig", 5, edges=True, max_rows=4)   # 2 steps a chunk
+    for key in ("z", "resid_pre", "qkv_in"):
+        for a, b in zip(one.grads[key], chunked.grads[key]):
+            assert (a - b).abs().max() < 1e-5
+    assert (one.grads["final_in"] - chunked.grads["final_in"]).abs().max() < 1e-5
