@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-TIMEOUT = 30_000   # ms
+TIMEOUT = 60_000   # ms: generous, the machine may be busy
 
 
 def _skip_reason() -> str | None:
