@@ -164,7 +164,8 @@ def _final_norm(model, resid: Tensor) -> _FinalNorm:
     if norm is not None:
         want = model.arch.ln_final(resid)
         got = norm.linear(resid, norm.scale(resid)) + (norm.bias if norm.bias is not None else 0)
-        if torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-3):
+        tol = 1e-4 if resid.dtype == torch.float32 else 5e-2        # half precision: its own rounding
+        if torch.allclose(got.float(), want.float(), atol=tol, rtol=10 * tol):
             return norm
     raise ValueError(f"cannot read the final norm of model {model.name!r} as (x - mean) / scale * w "
                      f"+ b or x / scale * w; direct contributions need one of those")
@@ -339,7 +340,7 @@ def direct_logit_attribution(model, prompts: PromptSet, *, run: str = "clean", p
         rows.append(("attn", layer, None, dla(lc.attn_out[:, pos])))
         rows += [("head", layer, h, dla(heads[h])) for h in range(a.n_heads)]
         rows.append(("mlp", layer, None, dla(lc.mlp_out[:, pos])))
-    bias = (direction * norm.bias.float()).sum(-1) if norm.bias is not None else torch.zeros(len(answer))
+    bias = (direction * norm.bias.float()).sum(-1) if norm.bias is not None else torch.zeros(len(answer), device=final.device)
     if b_u is not None:
         bias = bias + (b_u[answer] - b_u[wrong]).float()
     rows.append(("final_bias", None, None, float(bias.mean())))
@@ -413,7 +414,7 @@ def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "cle
     pair = _check_pair(prompts, pair)
     layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers: it")
     cache = _run(model, prompts, run, pair)
-    pattern = cache.layers[layer].pattern[0].float()                   # [H, dest, src]
+    pattern = cache.layers[layer].pattern[0].float().cpu()             # [H, dest, src]
     n_heads, n_pos = pattern.shape[0], pattern.shape[1]
     dest, src = np.tril_indices(n_pos)
     toks = _Decoder(model)(cache.tokens[0].cpu())

@@ -248,3 +248,15 @@ def test_model_without_runner_is_refused(gpt2_model, ioi_prompts):
             view(bare, ioi_prompts)
     with pytest.raises(ValueError, match="supported families"):
         attention_patterns(bare, ioi_prompts, layer=0)
+
+
+def test_half_precision_models_work(tiny_dirs):
+    """bfloat16: the final-norm check allows half-precision rounding; DLA still adds up (roughly)."""
+    from patching import load_model
+    model = load_model(str(tiny_dirs["llama"]), dtype="bfloat16")
+    ps = PromptSet.from_pairs(model, IOI)
+    df = direct_logit_attribution(model, ps)
+    parts = df[df.kind.isin(["embed", "attn", "mlp", "final_bias"])].value.sum()
+    assert parts == pytest.approx(df[df.kind == "total"].value.item(), abs=0.01)
+    lensed = logit_lens(model, ps, mode="per_layer")
+    assert lensed.top_prob.between(0, 1).all()
