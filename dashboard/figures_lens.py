@@ -6,7 +6,7 @@ diverging scale centred at 0. Every function takes a lens DataFrame and returns 
 (or, for the top-k table, plain rows for a `dash_table.DataTable`).
 
 >>> fig = lens_heatmap(logit_lens(model, prompts), value="top_prob")   # doctest: +SKIP
->>> fig.data[0].text[0][0]                                            # the top token of a cell
+>>> fig.data[0].text[0][0]               # the top token of a cell   # doctest: +SKIP
 """
 from __future__ import annotations
 

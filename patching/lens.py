@@ -65,13 +65,18 @@ def _check_pair(prompts: PromptSet, pair: int | None, allow_all: bool = False) -
     return int(pair)
 
 
-def _check_index(value, size: int, what: str, unit: str) -> int:
-    """An index into an axis of `size`; negative counts from the end (-1 = last)."""
+def _check_index(value, size: int, what: str, context: str) -> int:
+    """An index into an axis of `size`; negative counts from the end (-1 = last).
+
+    >>> _check_index(5, 2, "layer", "the model has 2 layers")
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 5 is out of range: the model has 2 layers (0..1, or -1 for the last)
+    """
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
         raise ValueError(f"{what} must be an integer, not {value!r}")
     if not -size <= value < size:
-        raise ValueError(f"{what} {value} is out of range: {unit} has {size} "
-                         f"(0..{size - 1}, or -1 for the last)")
+        raise ValueError(f"{what} {value} is out of range: {context} (0..{size - 1}, or -1 for the last)")
     return int(value) % size
 
 
@@ -319,7 +324,7 @@ def direct_logit_attribution(model, prompts: PromptSet, *, run: str = "clean", p
     _check_model(model)
     _check_run(run)
     pair = _check_pair(prompts, pair, allow_all=True)
-    pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt's {prompts.n_pos} tokens: the position axis")
+    pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt has {prompts.n_pos} tokens")
     cache = _run(model, prompts, run, pair)
     sel = slice(None) if pair is None else slice(pair, pair + 1)
     answer, wrong = prompts.answer_ids[sel], prompts.wrong_ids[sel]      # [b]
@@ -376,7 +381,7 @@ def top_k(model, prompts: PromptSet, *, run: str = "clean", pos: int = -1, k: in
     _check_model(model)
     _check_run(run)
     pair = _check_pair(prompts, pair)
-    pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt's {prompts.n_pos} tokens: the position axis")
+    pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt has {prompts.n_pos} tokens")
     k = _check_k(k, _unembed_linear(model)[0].shape[0])
     cache = _run(model, prompts, run, pair)
     a = model.arch
@@ -412,7 +417,7 @@ def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "cle
     _check_model(model)
     _check_run(run)
     pair = _check_pair(prompts, pair)
-    layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers: it")
+    layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
     cache = _run(model, prompts, run, pair)
     pattern = cache.layers[layer].pattern[0].float().cpu()             # [H, dest, src]
     n_heads, n_pos = pattern.shape[0], pattern.shape[1]

@@ -224,9 +224,10 @@ def test_residual_norms_match_bridge(tiny_models, prompts, family):
 
 # -- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("call, message", [
-    (lambda m, p: attention_patterns(m, p, layer=2), "layer 2 is out of range"),
+    (lambda m, p: attention_patterns(m, p, layer=2),
+     "layer 2 is out of range: the model has 2 layers (0..1, or -1 for the last)"),
     (lambda m, p: attention_patterns(m, p, layer=-3), "layer -3 is out of range"),
-    (lambda m, p: top_k(m, p, pos=15), "pos 15 is out of range"),
+    (lambda m, p: top_k(m, p, pos=15), "pos 15 is out of range: the prompt has 15 tokens (0..14"),
     (lambda m, p: direct_logit_attribution(m, p, pos=-16), "pos -16 is out of range"),
     (lambda m, p: top_k(m, p, k=0), "k must be an integer from 1"),
     (lambda m, p: logit_lens(m, p, k=10**6), "k must be an integer from 1"),
