@@ -14,6 +14,8 @@ Mounting (dashboard/layout.py and dashboard/__init__.py):
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -114,8 +116,31 @@ class InspectResult:
     filename: str
 
 
-def inspect(model, prompts: PromptSet, opts: InspectOptions) -> InspectResult:
+class FrameMemo:
+    """The last few views' DataFrames, so that a change of colour, rows or head does not rerun
+    the model. One per app (made in `register_callbacks`), never module-level."""
+
+    def __init__(self, size: int = 8):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, compute):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        df = compute()
+        with self.lock:
+            self.items[key] = df
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return df
+
+
+def inspect(model, prompts: PromptSet, opts: InspectOptions, memo: FrameMemo | None = None) -> InspectResult:
     """One view: the engine's DataFrame, its figure and (top-k) table; ValueError on bad input.
+
+    `memo` keeps computed DataFrames keyed by model, prompts and the options that change the
+    data (not those that only change the figure).
 
     >>> r = inspect(model, prompts, InspectOptions(view="topk", k=5))   # doctest: +SKIP
     >>> r.frame.columns[:4].tolist(), r.table[1][0]["rank"]             # doctest: +SKIP
@@ -125,15 +150,22 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions) -> InspectResult:
     pos = _int(opts.pos, "position", -1)
     k = _int(opts.k, "k", 10)
     table = None
+
+    def frame(compute, *key):
+        if memo is None:
+            return compute()
+        return memo.get((model.name, prompts.pairs, prompts.prepend_bos, opts.view, *key), compute)
+
     if opts.view == "lens":
-        df = lens.logit_lens(model, prompts, run=opts.run, pair=pair, mode=opts.mode, k=k)
+        df = frame(lambda: lens.logit_lens(model, prompts, run=opts.run, pair=pair, mode=opts.mode, k=k),
+                   opts.run, pair, opts.mode, k)
         fig = figures_lens.lens_heatmap(df, opts.value,
                                         components=opts.components if opts.mode == "per_layer" else "all")
         summary = (f"Logit lens ({opts.mode.replace('_', '-')}) of the {opts.run} prompt, pair {pair}: "
                    f"cells show the top token; the CSV has the top {k} per cell.")
         name = f"lens-{opts.mode}-{opts.run}-pair{pair}"
     elif opts.view == "dla":
-        df = lens.direct_logit_attribution(model, prompts, run=opts.run)
+        df = frame(lambda: lens.direct_logit_attribution(model, prompts, run=opts.run), opts.run)
         fig = figures_lens.dla_figure(df, opts.dla_by)
         total = df[df.kind == "total"].value.item()
         summary = (f"Direct logit attribution of answer − wrong at the last position, {opts.run} run, "
@@ -141,7 +173,8 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions) -> InspectResult:
                    f"the model's logit difference is {total:.4f}.")
         name = f"dla-{opts.run}"
     elif opts.view == "topk":
-        df = lens.top_k(model, prompts, run=opts.run, pos=pos, k=k, pair=pair)
+        df = frame(lambda: lens.top_k(model, prompts, run=opts.run, pos=pos, k=k, pair=pair),
+                   opts.run, pos, k, pair)
         fig = figures_lens.topk_bars(df)
         table = figures_lens.topk_table(df)
         summary = f"Top {k} next tokens after position {int(df.pos.iloc[0])} ({df.token.iloc[0]!r}), {opts.run} run."
@@ -149,7 +182,8 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions) -> InspectResult:
     elif opts.view == "attention":
         layer = _int(opts.layer, "layer", 0)
         head = _int(opts.head, "head", None)
-        df = lens.attention_patterns(model, prompts, layer=layer, run=opts.run, pair=pair)
+        df = frame(lambda: lens.attention_patterns(model, prompts, layer=layer, run=opts.run, pair=pair),
+                   layer, opts.run, pair)
         n_heads = int(df["head"].max()) + 1
         if head is not None and not 0 <= head < n_heads:
             raise ValueError(f"head {head} is out of range: layer {int(df.layer.iloc[0])} has {n_heads} "
@@ -164,7 +198,7 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions) -> InspectResult:
             df = df[df["head"] == head]
         name = f"attention-L{int(df.layer.iloc[0])}-{opts.run}-pair{pair}"
     else:
-        df = lens.residual_norms(model, prompts, pair=pair)
+        df = frame(lambda: lens.residual_norms(model, prompts, pair=pair), pair)
         fig = figures_lens.norms_figure(df, pos=pos)
         summary = f"L2 norm of the residual stream, clean vs corrupt, pair {pair}."
         name = f"norms-pair{pair}"
@@ -257,11 +291,13 @@ def register_callbacks(app, registry) -> SimpleNamespace:
     app.callback([Output(CONTROL_IDS[n], "style") for n in CONTROLS], Input(INSPECT_VIEW, "value"),
                  Input(INSPECT_MODE, "value"))(controls)
 
+    memo = FrameMemo()
+
     def _compute(options, page):
         names = list(InspectOptions.__dataclass_fields__)      # view, run, pair, ... in selector order
         opts = InspectOptions(**{n: v for n, v in zip(names, options) if v is not None})
         model, prompts = prompts_from_page(registry, *page)
-        return inspect(model, prompts, opts)
+        return inspect(model, prompts, opts, memo)
 
     def show(view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k,
              image_format, active_tab, model, clean, corrupt, answer, wrong, bos, pairs):
@@ -306,7 +342,7 @@ def register_callbacks(app, registry) -> SimpleNamespace:
         *[State(i, "value") for i in PAGE_STATES], State(ids.PREPEND_BOS, "value"),
         State(ids.PAIRS_STORE, "data"), prevent_initial_call=True)(download)
 
-    return SimpleNamespace(controls=controls, show=show, download=download)
+    return SimpleNamespace(controls=controls, show=show, download=download, memo=memo)
 
 
 __all__ = ["layout", "register_callbacks", "inspect", "InspectOptions", "InspectResult", "TAB_INSPECT",

@@ -128,3 +128,20 @@ def test_download_is_the_views_csv(cb, page):
     att = cb.download(1, "attention", "clean", 0, None, None, None, None, 1, 3, "grid", -1, 10, *page)
     assert set(pd.read_csv(io.StringIO(att["content"]))["head"]) == {3}
     assert cb.download(0, "topk", *([None] * 11), *page) is no_update
+
+
+def test_figure_only_changes_do_not_rerun_the_model(registry, page, monkeypatch):
+    cb = lens_tab.register_callbacks(dash.Dash(__name__, suppress_callback_exceptions=True), registry)
+    calls = []
+    real = lens_tab.lens.logit_lens
+    monkeypatch.setattr(lens_tab.lens, "logit_lens", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    for value in ("top_prob", "answer_rank", "answer_logit"):
+        assert _show(cb, page, value=value)[0].data
+    assert len(calls) == 1
+    _show(cb, page, run="corrupt")                     # different data: computed
+    _show(cb, page, mode="per_layer", components="heads")
+    _show(cb, page, mode="per_layer", components="blocks")
+    assert len(calls) == 3
+    other = (page[0], "A B C", "A B D", " Mary", " John", ["bos"], None)
+    _show(cb, other)                                   # other prompts: computed
+    assert len(calls) == 4
