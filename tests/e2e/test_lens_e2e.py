@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,28 @@ from pathlib import Path
 import pytest
 
 from dashboard import ids, lens_tab
-from tests.e2e.test_dashboard_e2e import ARGS, CHROMIUM, TIMEOUT, _free_port, _skip_reason
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT = 30_000   # ms
+
+
+def _skip_reason() -> str | None:
+    if CHROMIUM is None:
+        return "chromium is not installed (`make browser` installs Debian's chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed in the venv (pip install -r requirements.txt)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 pytestmark = pytest.mark.e2e
 if _skip_reason():
