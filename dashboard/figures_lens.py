@@ -26,6 +26,7 @@ LENS_VALUES = {
     "answer_rank": "answer's rank",
 }
 COMPONENTS = ("all", "blocks", "heads")
+MAX_TEXT_COLS, MAX_TEXT_ROWS = 40, 80     # beyond this, cell text is unreadable: hover shows it
 RUN_COLOURS = {"clean": "#2563eb", "corrupt": "#dc2626"}
 
 
@@ -75,7 +76,8 @@ def lens_heatmap(df: pd.DataFrame, value: str = "top_prob", *, components: str =
 
     value: top_prob | answer_prob (0..1 scale), answer_logit (diverging, centred at 0) or
     answer_rank (log scale, rank 1 darkest). Hover shows the top token, its probability and the
-    answer's logit, probability and rank. Only top_rank == 1 rows are drawn.
+    answer's logit, probability and rank. Only top_rank == 1 rows are drawn. Cell text is left
+    out beyond MAX_TEXT_COLS positions or MAX_TEXT_ROWS rows (the hover still has it).
     """
     if value not in LENS_VALUES:
         raise ValueError(f"value must be one of {', '.join(LENS_VALUES)}, not {value!r}")
@@ -111,8 +113,10 @@ def lens_heatmap(df: pd.DataFrame, value: str = "top_prob", *, components: str =
     hover = ("%{y} · %{x}<br>top %{customdata[0]} p=%{customdata[1]:.3f}<br>"
              f"answer {answer!r}: logit %{{customdata[2]:.3f}}, p=%{{customdata[3]:.3f}}, "
              "rank %{customdata[4]:.0f}<extra></extra>")
+    text_kw = dict(text=text, texttemplate="%{text}", textfont=dict(size=10)) \
+        if n_pos <= MAX_TEXT_COLS and len(rows) <= MAX_TEXT_ROWS else {}     # else: hover only
     fig = go.Figure(go.Heatmap(
-        z=z, x=x_labels, y=rows, text=text, texttemplate="%{text}", textfont=dict(size=10),
+        z=z, x=x_labels, y=rows, **text_kw,
         customdata=custom, hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False,
         colorbar=dict(title=dict(text=colour_title, side="right"), thickness=14, outlinewidth=0), **kw))
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", automargin=True,

@@ -41,6 +41,8 @@ def test_lens_heatmap_cells_are_top_tokens_coloured_by_prob(acc):
     assert (hm.zmin, hm.zmax) == (0, 1)
     assert fig.layout.yaxis.autorange == "reversed"
     assert "answer ' Mary'" in hm.hovertemplate
+    wide = acc.assign(pos=acc.pos * 3)                  # 43 positions: too many for cell text
+    assert fl.lens_heatmap(wide).data[0].text is None
 
 
 def test_lens_heatmap_answer_logit_and_rank_scales(acc):
