@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .kinds import KINDS, PatchContext
+from .path import PathSpec, path_patched_pattern
 from .prompts import PromptSet
 from .results import write_csv
 from .runner import RunCache
@@ -147,13 +148,14 @@ def _same_layer_pattern(runner, base: RunCache, donor: RunCache, kind: str, laye
 
 @torch.inference_mode()
 def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *,
-                             spec: PatchSpec | None = None, index: dict | None = None,
+                             spec: PatchSpec | PathSpec | None = None, index: dict | None = None,
                              pair: int = 0) -> AttentionDiff:
     """Head (layer, head)'s pattern [dest, src] in the clean, corrupt and patched runs of a pair.
 
     index names one cell of spec's sweep by its axes, e.g. {"layer": 1, "pos": 5, "head": 2}
     for head_out per position, {"layer": 0, "pos": 3} for resid_pre, {"layer": 1, "neuron": 7}
-    for neuron (at spec.positions).
+    for neuron (at spec.positions). With a `PathSpec`, "patched" is step 2 of that cell's path
+    patching (the receivers patched), e.g. {"layer": 0, "head": 1} for an every-head sweep.
 
     >>> counterfactual_attention(model, prompts, 1, 0, spec=PatchSpec(kind="resid_pre"),
     ...                          index={"layer": 0, "pos": 4}).patched.shape    # doctest: +SKIP
@@ -190,6 +192,11 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
         return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=corrupt_p.clone(),
                              patch_label="no patch: the corrupt run", **common)
 
+    if isinstance(spec, PathSpec):
+        if index is None:
+            raise ValueError("a path-patching spec needs an index naming its cell, e.g. {'layer': 0, 'head': 1}")
+        _, patched, label = path_patched_pattern(model, prompts, spec, index, layer, head, pair)
+        return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=patched, patch_label=label, **common)
     idx, axes = _index_tensor(model, prompts, spec, index)
     if KINDS[spec.kind].needs_resid_mid and model.parallel_attn_mlp:
         raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r} (parallel attention and MLP)")

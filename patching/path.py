@@ -396,19 +396,19 @@ def _capture(plan: _Plan, senders: list[Node], pair: Tensor, receivers: list[Nod
 
 
 def _apply(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node],
-           active: Tensor | None) -> Tensor:
+           active: Tensor | None, record: tuple[int, int] | None = None) -> tuple[Tensor, Tensor | None]:
     """Step 2: the base run with the receivers' inputs replaced by `captured` (rows aligned with
     rows_pair), in rows where `active` [rows, n_receivers] says so (all when None).
-    Returns last-position logits [rows, vocab]."""
+    Returns last-position logits [rows, vocab] and, when `record` = (layer, head) names a layer
+    at or after the first receiver's, that head's pattern at destinations p0.. [rows, T - p0, T]."""
     runner, a, base = plan.runner, plan.arch, plan.base
     P = plan.read_positions
     p0 = int(P[0])
     at = P - p0
-    rows = len(rows_pair)
     layers = sorted({r.layer for r in receivers})
     lo, hi = layers[0], layers[-1]
     x = base.layers[lo].resid_pre[rows_pair][:, p0:]
-    n_rep = a.n_heads // a.n_kv_heads
+    pattern = None
 
     def put(target: Tensor, value: Tensor, j: int, head: int | None):
         """target [rows, T - p0, ...] <- value [rows, P, ...] at the receiver positions."""
@@ -438,7 +438,9 @@ def _apply(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node]
         if p0 > 0:
             k = torch.cat((base.layers[layer].k_rot[rows_pair, :p0], k), dim=1)
             v = torch.cat((base.layers[layer].v[rows_pair, :p0], v), dim=1)
-        _, z = runner.attend(layer, q, k, v, p0)
+        pat, z = runner.attend(layer, q, k, v, p0)
+        if record is not None and record[0] == layer:
+            pattern = pat[:, record[1]]
         attn_out = a.o_proj(layer, z)
         mid = x + attn_out
         mlp_out = _mlp(a, layer, x if plan.parallel else mid)
@@ -446,7 +448,10 @@ def _apply(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node]
             if r.kind == "mlp":
                 mlp_out = put(mlp_out, captured[r.label], j, None)
         x = mid + mlp_out
-    return runner.resume(base, rows_pair, hi, "post", x, p0)
+    if record is not None and record[0] > hi:
+        resid = runner.resume_until(base, rows_pair, hi, "post", x, p0, until=record[0])
+        pattern = runner.attention_pattern(base, rows_pair, record[0], resid, p0, torch.tensor([record[1]]))[:, 0]
+    return runner.resume(base, rows_pair, hi, "post", x, p0), pattern
 
 
 def _check_nodes(model, prompts: PromptSet, nodes, role: str):
@@ -594,7 +599,7 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
                     if receivers[0].kind == "logits":
                         logits = captured["logits"]
                     else:
-                        logits = _apply(plan, rows_pair, captured, receivers, None)
+                        logits = _apply(plan, rows_pair, captured, receivers, None)[0]
                     values = measure(logits, rows_pair).view(len(part), n_pairs)
                     for (i, _), v in zip(part, values):
                         flat[i] = v
@@ -622,7 +627,7 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
                     rows_pair = all_pairs.repeat(len(part))
                     active = torch.eye(len(part), dtype=torch.bool, device=device).repeat_interleave(n_pairs, 0)
                     cap = {r.label: captured[r.label][rows_pair] for r in rs}
-                    logits = _apply(plan, rows_pair, cap, rs, active)
+                    logits = _apply(plan, rows_pair, cap, rs, active)[0]
                     values = measure(logits, rows_pair).view(len(part), n_pairs)
                     for (j, _), v in zip(part, values):
                         flat[j] = v
@@ -634,3 +639,67 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
                       metric.clean_is, time.perf_counter() - start_time, model.name,
                       sender_labels=tuple(s.label for s in senders) if spec.senders is not None else (),
                       receiver_labels=tuple(r.label for r in receivers))
+
+
+@torch.inference_mode()
+def path_patched_pattern(model, prompts: PromptSet, spec: PathSpec, index: dict, layer: int, head: int,
+                         pair: int = 0) -> tuple[Tensor, Tensor, str]:
+    """Head (layer, head)'s attention pattern in step 2 of one cell of a path-patching run.
+
+    index names the cell by the result's axes: {"layer", "head"} (every-head sweep, + "pos"
+    with per_position), {"sender": i} (explicit senders) or {"receiver": j} (receivers sweep).
+    Returns (pattern in the base run [dest, src], pattern in the patched run, label). Heads
+    before the first receiver's layer, and every head when the receiver is the logits, keep
+    the base run's pattern.
+
+    >>> base, patched, label = path_patched_pattern(model, prompts, PathSpec(receivers=("q:3.0",)),
+    ...                                             {"layer": 1, "head": 2}, layer=3, head=0)  # doctest: +SKIP
+    """
+    if model.runner is None:
+        raise ValueError(f"path patching needs the engine's runner, which does not support {model.name!r}")
+    if spec.sweep == "receivers" or spec.senders is not None:
+        key = "receiver" if spec.sweep == "receivers" else "sender"
+        if set(index) != {key}:
+            raise ValueError(f"index {index!r} does not fit this path result: it needs exactly {key}")
+    elif set(index) != ({"layer", "pos", "head"} if spec.per_position else {"layer", "head"}):
+        raise ValueError(f"index {index!r} does not fit this path result: it needs exactly layer, "
+                         + ("pos, head" if spec.per_position else "head"))
+    if spec.sweep == "receivers":
+        sender = spec.sender_nodes[0]
+        options = list(spec.receiver_nodes) if spec.receivers is not None else all_receivers(model, sender)
+        if not 0 <= int(index["receiver"]) < len(options):
+            raise ValueError(f"receiver {index['receiver']} out of range; this run has receivers 0-{len(options) - 1}")
+        receivers = [options[int(index["receiver"])]]
+    else:
+        receivers = list(spec.receiver_nodes)
+        if spec.senders is not None:
+            if not 0 <= int(index["sender"]) < len(spec.senders):
+                raise ValueError(f"sender {index['sender']} out of range; this run has senders "
+                                 f"0-{len(spec.senders) - 1}")
+            sender = spec.sender_nodes[int(index["sender"])]
+        else:
+            sender = Node("head", int(index["layer"]), int(index["head"]),
+                          int(index["pos"]) if spec.per_position else None)
+    _check_nodes(model, prompts, [sender], "sender")
+    _check_nodes(model, prompts, receivers, "receiver")
+    runner = model.runner
+    clean = runner.run(prompts.clean_tokens[pair:pair + 1])
+    corrupt = runner.run(prompts.corrupt_tokens[pair:pair + 1])
+    base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
+    base_pattern = base.layers[layer].pattern[0, head]
+    label = (f"path {sender.label} -> {'+'.join(r.label for r in receivers)} ({spec.mode}, {spec.direction})")
+    parallel = model.parallel_attn_mlp
+    reach = max(_read_slot(r, model.n_layers, parallel) for r in receivers)
+    if receivers[0].kind == "logits" or _write_slot(sender) > reach or layer < min(r.layer for r in receivers):
+        return base_pattern, base_pattern.clone(), label + " (does not reach this head's pattern)"
+    rpos = spec.receiver_positions
+    pos = list(rpos) if rpos is not None else list(range(prompts.n_pos))
+    pos = sorted(p for p in pos if p >= (sender.pos or 0)) or [prompts.n_pos - 1]
+    plan = _Plan(runner, base, donor, spec.mode, receivers, torch.tensor(pos, device=prompts.clean_tokens.device),
+                 model.n_layers, parallel)
+    pairs = torch.zeros(1, dtype=torch.long, device=prompts.clean_tokens.device)
+    captured = _capture(plan, [sender], pairs, receivers)
+    _, pattern = _apply(plan, pairs, captured, receivers, None, record=(layer, head))
+    patched = base_pattern.clone()
+    patched[int(plan.read_positions[0]):] = pattern[0]
+    return base_pattern, patched, label

@@ -161,3 +161,45 @@ def test_csv_neutralises_formula_tokens():
 def test_bad_input_is_named(tiny_models, prompt_sets, kwargs, message):
     with pytest.raises(ValueError, match=message):
         counterfactual_attention(tiny_models["gpt2"], prompt_sets["gpt2"], **kwargs)
+
+
+PATH_CASES = [
+    # (family, PathSpec kwargs, index, (layer, head) watched, sender, receivers)
+    ("gpt2", dict(receivers=("q:1.2",)), {"layer": 0, "head": 1}, (1, 2), "head:0.1", ("q:1.2",)),
+    ("llama", dict(receivers=("k:1.1",), mode="direct"), {"layer": 0, "head": 3}, (1, 2), "head:0.3", ("k:1.1",)),
+    ("neox", dict(receivers=("q:1.0", "k:1.1"), per_position=True), {"layer": 0, "pos": 10, "head": 2}, (1, 0),
+     "head:0.2@10", ("q:1.0", "k:1.1")),
+    ("gpt2", dict(senders=("mlp:0", "head:0.1"), receivers=("q:1.3",)), {"sender": 0}, (1, 3), "mlp:0", ("q:1.3",)),
+    ("llama", dict(senders=("head:0.0",), sweep="receivers"), {"receiver": 5}, (1, 1), "head:0.0", None),
+]
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: f"{c[0]}-{c[4]}")
+def test_path_patched_pattern_matches_naive_step_two(tiny_models, prompt_sets, case):
+    from patching.path import PathSpec, all_receivers, parse_node
+    from tests.test_path import naive_path
+    family, kw, index, (layer, head), sender, receivers = case
+    model, ps = tiny_models[family], prompt_sets[family]
+    spec = PathSpec(**kw)
+    diff = counterfactual_attention(model, ps, layer, head, spec=spec, index=index)
+    if receivers is None:
+        nodes = [all_receivers(model, parse_node(sender, "sender"))[index["receiver"]]]
+    else:
+        nodes = [parse_node(r, "receiver") for r in receivers]
+    seen = {}
+
+    def grab(act, hook):
+        seen["p"] = act.detach().clone()
+    naive_path(model, ps, parse_node(sender, "sender"), nodes, spec.mode,
+               step2_hooks=[(hooks.pattern(layer), grab)])
+    assert (diff.patched - seen["p"][0, head]).abs().max() < 1e-5
+    assert "path" in diff.patch_label and diff.patched_minus_corrupt.abs().max() > 0
+
+
+def test_path_pattern_before_the_receivers_is_unchanged(tiny_models, prompt_sets):
+    from patching.path import PathSpec
+    model, ps = tiny_models["gpt2"], prompt_sets["gpt2"]
+    diff = counterfactual_attention(model, ps, 0, 1, spec=PathSpec(receivers=("q:1.0",)), index={"layer": 0, "head": 2})
+    assert torch.equal(diff.patched, diff.corrupt) and "does not reach" in diff.patch_label
+    with pytest.raises(ValueError, match="needs exactly layer, head"):
+        counterfactual_attention(model, ps, 1, 0, spec=PathSpec(receivers=("q:1.0",)), index={"sender": 0})

@@ -38,7 +38,7 @@ def metric_of(ps, pair=slice(None)):
 
 
 def naive_path(model, ps, sender: Node, receivers: list, mode: str, direction: str = "denoise",
-               receiver_positions=None):
+               receiver_positions=None, step2_hooks=()):
     """Two plain hooked forwards: (1) sender patched, every head frozen (and every MLP in direct
     mode), receivers' inputs recorded; (2) the base run with the receivers' inputs replaced."""
     bridge = model.bridge
@@ -95,7 +95,7 @@ def naive_path(model, ps, sender: Node, receivers: list, mode: str, direction: s
 
     name = {"q": hooks.q, "k": hooks.k, "v": hooks.v, "mlp": hooks.mlp_out}
     step2 = [(name[r.kind](r.layer), lambda a, hook, r=r: put(a, hook, r)) for r in receivers]
-    return bridge.run_with_hooks(base_tokens, fwd_hooks=step2)
+    return bridge.run_with_hooks(base_tokens, fwd_hooks=step2 + list(step2_hooks))
 
 
 CASES = [
