@@ -311,8 +311,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
 
     def open_run(clicks, trig=None):
         """An Open button -> that run on the Results tab."""
-        trig = trig if trig is not None else _triggered_value()[0]
-        if not trig or not any(clicks or []):
+        trig, clicked = (trig, any(clicks or [])) if trig is not None else _triggered_value()
+        if not trig or not clicked:      # buttons appearing (n_clicks 0) are not clicks
             return no_update, no_update
         return trig["run"], ids.TAB_RESULTS
 
@@ -322,8 +322,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
 
     def delete_run(clicks, run_id, trig=None):
         """A Delete button -> the run is gone; the screen clears if it was on it."""
-        trig = trig if trig is not None else _triggered_value()[0]
-        if not trig or not any(clicks or []):
+        trig, clicked = (trig, any(clicks or [])) if trig is not None else _triggered_value()
+        if not trig or not clicked:
             return no_update, no_update
         store.delete(trig["run"])
         return time.time(), (None if run_id == trig["run"] else no_update)

@@ -293,3 +293,19 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
         f"document.querySelectorAll('#{ids.RUN_HISTORY} .run-item').length === {history_before + 1}")
     labels = page.locator(f"#{ids.RUN_HISTORY} .run-label").all_inner_texts()
     assert not any(label.startswith("neuron") for label in labels)
+
+
+def test_open_and_delete_from_history(page):
+    page.click("a.nav-link:has-text('History & compare')")
+    items = page.locator(f"#{ids.RUN_HISTORY} .run-item")
+    page.wait_for_function(f"document.querySelectorAll('#{ids.RUN_HISTORY} .run-item').length > 1")
+    count = items.count()
+    oldest = page.locator(f"#{ids.RUN_HISTORY} .run-id").all_inner_texts()[-1]
+    items.last.locator("button:has-text('Open')").click()
+    page.wait_for_function(                                         # "Run #1" and not "Run #10"
+        f"/^Run {oldest}(?![0-9])/.test(document.getElementById('{ids.RESULTS_SUMMARY}').innerText)")
+    assert page.locator(f"#{ids.RESULTS_HEATMAP}").is_visible()          # the Results tab is open
+    page.click("a.nav-link:has-text('History & compare')")
+    items.first.locator("button:has-text('Delete')").click()
+    page.wait_for_function(
+        f"document.querySelectorAll('#{ids.RUN_HISTORY} .run-item').length === {count - 1}")
