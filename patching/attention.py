@@ -138,11 +138,11 @@ def _same_layer_pattern(runner, base: RunCache, donor: RunCache, kind: str, laye
     if kind == "head_q" and target == head:
         q = b.q_rot[:, :, head:head + 1].clone()
         q[:, rows] = d.q_rot[:, rows, head:head + 1]
-        return runner.attend(layer, q, b.k_rot, b.v, 0, torch.tensor([head]))[0][0, 0]
+        return runner.attend(layer, q, b.k_rot, b.v, 0, torch.tensor([head], device=q.device))[0][0, 0]
     if kind == "head_k" and target == head // n_rep:
         k = b.k_rot.clone()
         k[:, rows, target] = d.k_rot[:, rows, target]
-        return runner.attend(layer, b.q_rot[:, :, head:head + 1], k, b.v, 0, torch.tensor([head]))[0][0, 0]
+        return runner.attend(layer, b.q_rot[:, :, head:head + 1], k, b.v, 0, torch.tensor([head], device=k.device))[0][0, 0]
     return None
 
 
@@ -215,7 +215,7 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
         rows = torch.zeros(1, dtype=torch.long, device=idx.device)
         p = KINDS[spec.kind].patch(ctx, index["layer"], idx)
         x = runner.resume_until(base, rows, index["layer"], p.stage, p.resid, p.p0, until=layer)
-        new = runner.attention_pattern(base, rows, layer, x, p.p0, torch.tensor([head]))[0, 0]
+        new = runner.attention_pattern(base, rows, layer, x, p.p0, torch.tensor([head], device=x.device))[0, 0]
         patched = base_p.clone()
         patched[p.p0:] = new
     if patched is None:

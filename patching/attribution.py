@@ -81,7 +81,7 @@ def _forward(runner, x0: Tensor, rope, edges: bool) -> _Acts:
     x = x0
     b, T, d = x.shape
     H, KV = a.n_heads, a.n_kv_heads
-    h_idx, kv_idx = torch.arange(H), torch.arange(KV)
+    h_idx, kv_idx = torch.arange(H, device=x.device), torch.arange(KV, device=x.device)
     for layer in range(a.n_layers):
         acts.resid_pre.append(x)
         if edges:

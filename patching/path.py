@@ -450,7 +450,7 @@ def _apply(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node]
         x = mid + mlp_out
     if record is not None and record[0] > hi:
         resid = runner.resume_until(base, rows_pair, hi, "post", x, p0, until=record[0])
-        pattern = runner.attention_pattern(base, rows_pair, record[0], resid, p0, torch.tensor([record[1]]))[:, 0]
+        pattern = runner.attention_pattern(base, rows_pair, record[0], resid, p0, torch.tensor([record[1]], device=resid.device))[:, 0]
     return runner.resume(base, rows_pair, hi, "post", x, p0), pattern
 
 
