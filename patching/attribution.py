@@ -401,6 +401,24 @@ class EdgeScores:
     def to_csv(self, path_or_buf=None) -> str | None:
         return write_csv(self.to_dataframe(), path_or_buf)
 
+    def to_json(self) -> dict:
+        """A JSON-able dict (NaN for missing edges becomes null); `EdgeScores.from_json` restores it."""
+        per_pair = [[[None if v != v else v for v in cell] for cell in row] for row in self.per_pair.tolist()]
+        return {"kind": "edges", "upstream": list(self.upstream), "downstream": list(self.downstream),
+                "per_pair": per_pair, "clean_baseline": self.clean_baseline.tolist(),
+                "corrupt_baseline": self.corrupt_baseline.tolist(), "direction": self.direction,
+                "metric": self.metric, "method": self.method, "steps": self.steps, "seconds": self.seconds,
+                "model_name": self.model_name}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EdgeScores":
+        per_pair = torch.tensor([[[float("nan") if v is None else v for v in cell] for cell in row]
+                                 for row in d["per_pair"]], dtype=torch.float64)
+        return cls(tuple(d["upstream"]), tuple(d["downstream"]), per_pair,
+                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
+                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64), d["direction"], d["metric"],
+                   d["method"], d["steps"], d["seconds"], d["model_name"])
+
 
 def edge_attribution(model, prompts: PromptSet, *, metric: Metric | Callable | str = "logit_diff",
                      direction: str = "denoise", method: str = "plain",

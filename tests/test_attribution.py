@@ -163,6 +163,11 @@ def test_edge_scores_shape_labels_and_csv(tiny_models, prompt_sets):
     assert len(top) == 10 and top["abs_score"].is_monotonic_decreasing
     assert len(pd.read_csv(io.StringIO(edges.to_csv()))) == len(df)
     assert edge_attribution(model, ps, method="ig", steps=2).to_dataframe()["method"].iloc[0] == "eap_ig"
+    import json
+    back = EdgeScores.from_json(json.loads(json.dumps(edges.to_json())))
+    assert torch.equal(torch.isnan(back.per_pair), torch.isnan(edges.per_pair))
+    assert torch.allclose(torch.nan_to_num(back.per_pair), torch.nan_to_num(edges.per_pair))
+    assert back.to_csv() == edges.to_csv()
 
 
 def test_parallel_model_has_no_head_to_same_layer_mlp_edge(tiny_models, prompt_sets):
