@@ -7,8 +7,10 @@ DataFrame (one row per cell, documented columns) — the CLI writes it as CSV
 (`python -m patching lens|topk|attention|norms`), the dashboard's Inspect tab draws it.
 
 All views run the engine's own forward (`model.runner.run`, one cached run) and decode with the
-model's own modules: `arch.unembed(arch.ln_final(resid))`. Models without a runner are refused
-with a ValueError.
+model's own modules: `arch.unembed(arch.ln_final(resid))`. Models without a runner go through
+TransformerLens' bridge instead (`run_with_cache`, its `ln_final` and `unembed`) for the
+accumulated lens, top-k, attention and norms; the direct-contribution views (per-layer lens,
+DLA) need the runner and refuse such models with a ValueError.
 
 Two ways to decode a vector, used on purpose:
 - the *logit lens* (accumulated residual stream) applies the final norm afresh to each partial
@@ -24,12 +26,14 @@ Two ways to decode a vector, used on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from . import hooks
 from .prompts import PromptSet
 from .runner import RunCache
 
@@ -40,12 +44,13 @@ _FINAL_NORM_PATHS = ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_nor
 
 
 # -- validation ---------------------------------------------------------------------------------
-def _check_model(model) -> None:
-    if getattr(model, "runner", None) is None:
+def _check_model(model, what: str = "direct contributions") -> None:
+    """Views that need the engine's own forward (head outputs, the final norm's pieces)."""
+    if getattr(model, "runner", None) is None or getattr(model, "arch", None) is None:
         family = getattr(getattr(getattr(model, "hf", None), "config", None), "model_type", "unknown")
-        raise ValueError(f"the inspection views need the engine's own forward pass, which model "
-                         f"{model.name!r} (family {family!r}) does not have; supported families: "
-                         f"{SUPPORTED}")
+        raise ValueError(f"{what} needs the engine's own forward pass, which model {model.name!r} "
+                         f"(family {family!r}) does not have; supported families: {SUPPORTED}. "
+                         f"The accumulated logit lens, top-k, attention and norms work on any model")
 
 
 def _check_run(run: str) -> str:
@@ -99,9 +104,31 @@ def _tokens(prompts: PromptSet, run: str) -> Tensor:
 
 
 def _run(model, prompts: PromptSet, run: str, pair: int | None) -> RunCache:
-    """One cached forward of one pair ([1, pos]) or of every pair ([n_pairs, pos])."""
+    """One cached forward of one pair ([1, pos]) or of every pair ([n_pairs, pos]).
+
+    Without a runner: the bridge's `run_with_cache`, keeping the residual streams and patterns
+    in a RunCache-shaped namespace (the fields the runner-free views read).
+    """
     tokens = _tokens(prompts, run)
-    return model.runner.run(tokens if pair is None else tokens[pair:pair + 1])
+    tokens = tokens if pair is None else tokens[pair:pair + 1]
+    if getattr(model, "runner", None) is not None:
+        return model.runner.run(tokens)
+    parallel = model.parallel_attn_mlp
+    names = {name for l in range(model.n_layers) for name in (
+        hooks.resid_pre(l), hooks.resid_post(l), hooks.pattern(l), *(() if parallel else (hooks.resid_mid(l),)))}
+    with torch.inference_mode():
+        _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
+    layers = [SimpleNamespace(resid_pre=cache[hooks.resid_pre(l)], resid_post=cache[hooks.resid_post(l)],
+                              resid_mid=None if parallel else cache[hooks.resid_mid(l)],
+                              pattern=cache[hooks.pattern(l)]) for l in range(model.n_layers)]
+    return SimpleNamespace(tokens=tokens, layers=layers)
+
+
+def _decode(model, resid: Tensor) -> Tensor:
+    """resid [..., d_model] -> logits [..., vocab] through the final norm and the unembedding."""
+    if getattr(model, "arch", None) is not None:
+        return model.arch.unembed(model.arch.ln_final(resid))
+    return model.bridge.unembed(model.bridge.ln_final(resid))
 
 
 class _Decoder:
@@ -148,7 +175,7 @@ class _FinalNorm:
 
 def _final_norm(model, resid: Tensor) -> _FinalNorm:
     """The model's final norm, checked against the module on the run's final residual stream."""
-    root = model.arch.model
+    root = model.hf
     mod = None
     for path in _FINAL_NORM_PATHS:
         obj = root
@@ -178,7 +205,7 @@ def _final_norm(model, resid: Tensor) -> _FinalNorm:
 
 def _unembed_linear(model) -> tuple[Tensor, Tensor | None]:
     """The unembedding as W [vocab, d_model] and bias [vocab] (or None)."""
-    lin = _unwrap(model.arch.model.get_output_embeddings())
+    lin = _unwrap(model.hf.get_output_embeddings())
     return lin.weight, getattr(lin, "bias", None)
 
 
@@ -247,9 +274,10 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
     >>> df = logit_lens(model, prompts, mode="accumulated", k=1)          # doctest: +SKIP
     >>> df[df.pos == df.pos.max()][["label", "top_token", "answer_rank"]]  # doctest: +SKIP
     """
-    _check_model(model)
     _check_run(run)
     _check_mode(mode)
+    if mode == "per_layer":
+        _check_model(model, "the per-component logit lens (mode 'per_layer')")
     pair = _check_pair(prompts, pair)
     vocab = _unembed_linear(model)[0].shape[0]
     k = _check_k(k, vocab)
@@ -268,7 +296,7 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
     for group in _components(model, cache, mode):
         vecs = torch.stack([v[0] for *_, v in group])             # [C, pos, d_model]
         if mode == "accumulated":
-            logits = model.arch.unembed(model.arch.ln_final(vecs))        # [C, pos, vocab]
+            logits = _decode(model, vecs)                                 # [C, pos, vocab]
         else:
             logits = model.arch.unembed(norm.linear(vecs, scale)) - zero_logits
         logits = logits.float()
@@ -321,7 +349,7 @@ def direct_logit_attribution(model, prompts: PromptSet, *, run: str = "clean", p
     >>> df = direct_logit_attribution(model, prompts)                       # doctest: +SKIP
     >>> df[df.kind == "head"].nlargest(3, "value")[["label", "value"]]      # doctest: +SKIP
     """
-    _check_model(model)
+    _check_model(model, "direct logit attribution")
     _check_run(run)
     pair = _check_pair(prompts, pair, allow_all=True)
     pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt has {prompts.n_pos} tokens")
@@ -378,14 +406,12 @@ def top_k(model, prompts: PromptSet, *, run: str = "clean", pos: int = -1, k: in
 
     >>> top_k(model, prompts, run="clean", pos=-1, k=5)[["pred_token", "prob"]]   # doctest: +SKIP
     """
-    _check_model(model)
     _check_run(run)
     pair = _check_pair(prompts, pair)
     pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt has {prompts.n_pos} tokens")
     k = _check_k(k, _unembed_linear(model)[0].shape[0])
     cache = _run(model, prompts, run, pair)
-    a = model.arch
-    logits = a.unembed(a.ln_final(cache.layers[-1].resid_post[0, pos])).float()   # [vocab]
+    logits = _decode(model, cache.layers[-1].resid_post[0, pos]).float()          # [vocab]
     logp = logits.log_softmax(-1)
     top_lp, top_i = logp.topk(k)
     decode = _Decoder(model)
@@ -414,7 +440,6 @@ def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "cle
     >>> df = attention_patterns(model, prompts, layer=1)                             # doctest: +SKIP
     >>> df[df.head == 0].pivot(index="dest", columns="src", values="value")       # doctest: +SKIP
     """
-    _check_model(model)
     _check_run(run)
     pair = _check_pair(prompts, pair)
     layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
@@ -451,7 +476,6 @@ def residual_norms(model, prompts: PromptSet, *, pair: int | None = 0) -> pd.Dat
     >>> df = residual_norms(model, prompts)                                              # doctest: +SKIP
     >>> df[df.pos == df.pos.max()].pivot(index="depth", columns="run", values="norm")   # doctest: +SKIP
     """
-    _check_model(model)
     pair = _check_pair(prompts, pair, allow_all=True)
     decode = _Decoder(model)
     frames = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -242,13 +243,25 @@ def test_bad_input_names_the_value(gpt2_model, ioi_prompts, call, message):
         call(gpt2_model, ioi_prompts)
 
 
-def test_model_without_runner_is_refused(gpt2_model, ioi_prompts):
-    bare = dataclasses.replace(gpt2_model, runner=None)
-    for view in (logit_lens, direct_logit_attribution, top_k, residual_norms):
-        with pytest.raises(ValueError, match="need the engine's own forward pass"):
-            view(bare, ioi_prompts)
-    with pytest.raises(ValueError, match="supported families"):
-        attention_patterns(bare, ioi_prompts, layer=0)
+@pytest.mark.parametrize("family", ["gpt2", "neox"])
+def test_without_a_runner_the_bridge_gives_the_same_views(tiny_models, prompts, family):
+    """Models the runner does not cover: accumulated lens, top-k, attention and norms through the
+    bridge's run_with_cache, equal to the runner's; direct contributions are refused."""
+    model, ps = tiny_models[family], prompts[family]
+    bare = dataclasses.replace(model, runner=None, arch=None)
+    for view, kw in ((logit_lens, dict(k=2, run="corrupt")), (top_k, dict(pos=4)),
+                     (attention_patterns, dict(layer=1, pair=1)), (residual_norms, dict(pair=None))):
+        fast, slow = view(model, ps, **kw), view(bare, ps, **kw)
+        assert list(fast.columns) == list(slow.columns) and len(fast) == len(slow), view.__name__
+        for col in fast.columns:
+            if fast[col].dtype.kind == "f":
+                np.testing.assert_allclose(slow[col], fast[col], atol=1e-4, err_msg=col)
+            elif col not in ("top_id", "top_token", "top_rank", "pred_id", "pred_token", "rank"):
+                pd.testing.assert_series_equal(slow[col], fast[col], check_dtype=False)
+    with pytest.raises(ValueError, match="direct logit attribution needs the engine's own forward pass"):
+        direct_logit_attribution(bare, ps)
+    with pytest.raises(ValueError, match="per-component logit lens .* supported families: gpt2"):
+        logit_lens(bare, ps, mode="per_layer")
 
 
 def test_half_precision_models_work(tiny_dirs):
