@@ -246,6 +246,26 @@ def _stats(logits: Tensor, lse: Tensor, ids: Tensor):
     return value, (value - lse).exp(), rank
 
 
+MAX_LOGITS = 2 ** 25       # logits decoded at once (128 MiB in float32): long prompts, big vocabularies
+
+
+def _decoded_stats(decode_rows, n_rows: int, vocab: int, k: int, answer: Tensor, wrong: Tensor):
+    """Decode rows in chunks of at most MAX_LOGITS logits; per row: top-k logits [N, k], ids
+    [N, k], probs [N, k], then logit, prob and rank [N] of `answer` and of `wrong`.
+
+    decode_rows(slice) -> logits [rows, vocab].
+    """
+    parts = []
+    step = max(1, MAX_LOGITS // vocab)
+    for lo in range(0, n_rows, step):
+        logits = decode_rows(slice(lo, lo + step)).float()               # [rows, vocab]
+        lse = logits.logsumexp(-1)
+        top_l, top_i = logits.topk(k, dim=-1)
+        parts.append((top_l, top_i, (top_l - lse[:, None]).exp(),
+                      *_stats(logits, lse, answer), *_stats(logits, lse, wrong)))
+    return [torch.cat(ts) for ts in zip(*parts)]
+
+
 # -- logit lens ---------------------------------------------------------------------------------
 LENS_COLUMNS = ("run", "pair", "mode", "layer", "component", "head", "label", "pos", "token",
                 "top_rank", "top_id", "top_token", "top_logit", "top_prob",
@@ -294,18 +314,16 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
         zero_logits = model.arch.unembed(torch.zeros_like(final[:1]))[0]     # unembedding bias
     frames = []
     for group in _components(model, cache, mode):
-        vecs = torch.stack([v[0] for *_, v in group])             # [C, pos, d_model]
-        if mode == "accumulated":
-            logits = _decode(model, vecs)                                 # [C, pos, vocab]
-        else:
-            logits = model.arch.unembed(norm.linear(vecs, scale)) - zero_logits
-        logits = logits.float()
-        lse = logits.logsumexp(-1)                                # [C, pos]
-        top_l, top_i = logits.topk(k, dim=-1)                     # [C, pos, k]
-        top_p = (top_l - lse[..., None]).exp()
-        a_l, a_p, a_r = _stats(logits, lse, answer)
-        w_l, w_p, w_r = _stats(logits, lse, wrong)
         n_c = len(group)
+        vecs = torch.stack([v[0] for *_, v in group]).flatten(0, 1)          # [C * pos, d_model]
+        if mode == "accumulated":
+            decode_rows = lambda rows: _decode(model, vecs[rows])
+        else:
+            scales = scale.repeat(n_c, 1)                                    # [C * pos, 1]
+            decode_rows = lambda rows: model.arch.unembed(norm.linear(vecs[rows], scales[rows])) - zero_logits
+        stats = [t.view(n_c, n_pos, *t.shape[1:])
+                 for t in _decoded_stats(decode_rows, len(vecs), vocab, k, answer, wrong)]
+        top_l, top_i, top_p, a_l, a_p, a_r, w_l, w_p, w_r = stats
         rows = n_c * n_pos * k
         comp_idx = np.repeat(np.arange(n_c), n_pos * k)
         pos_idx = np.tile(np.repeat(np.arange(n_pos), k), n_c)

@@ -274,3 +274,12 @@ def test_half_precision_models_work(tiny_dirs):
     assert parts == pytest.approx(df[df.kind == "total"].value.item(), abs=0.01)
     lensed = logit_lens(model, ps, mode="per_layer")
     assert lensed.top_prob.between(0, 1).all()
+
+
+def test_chunked_decoding_gives_the_same_lens(gpt2_model, ioi_prompts, monkeypatch):
+    """Long prompts / big vocabularies are decoded a few rows at a time: same numbers."""
+    import patching.lens as lens_module
+    whole = logit_lens(gpt2_model, ioi_prompts, mode="per_layer", k=2)
+    monkeypatch.setattr(lens_module, "MAX_LOGITS", 7 * len(gpt2_model.tokenizer))   # 7 rows a chunk
+    chunked = logit_lens(gpt2_model, ioi_prompts, mode="per_layer", k=2)
+    pd.testing.assert_frame_equal(whole, chunked)
