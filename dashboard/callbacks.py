@@ -227,7 +227,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         except ValueError as exc:
             return figures.empty_figure(str(exc)), config, "", True
         mode, note = handlers.effective_mode(run.result, mode or "normalized")
-        fig = figures.heatmap(run.result, mode)
+        fig = figures.result_figure(run.result, mode)
         if _triggered_value()[0] != ids.CURRENT_RUN:        # keep the clicked cell outlined
             fig.update_layout(shapes=figures.cell_outline(run.result, cell))
         summary = [dash.html.Span(f"Run #{run.info.id}", className="run-id"),
@@ -377,10 +377,254 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
     app.callback(Output(ids.COMPARE_DOWNLOAD_BUTTON, "disabled"), Input(ids.COMPARE_SELECT, "value"))(
         lambda selected: len([s for s in (selected or []) if s is not None]) != 2)
 
+    path = _register_path(app, registry, store, data_dir)
+    attribution = _register_attribution(app, registry, store, data_dir)
+
     return SimpleNamespace(
+        **vars(path), **vars(attribution),
         model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
         clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view,
         kind_controls=kind_controls, validate=validate, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,
         download_csv=download_csv, attention=attention, download_attention=download_attention,
         history=history, open_run=open_run, delete_run=delete_run, compare=compare,
         download_compare=download_compare)
+
+
+_PROMPT_STATES = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSWER_TOKEN, ids.WRONG_TOKEN,
+                  ids.PREPEND_BOS, ids.PAIRS_STORE, ids.METRIC_SELECT, ids.DIRECTION_SELECT)
+
+
+def _prompt_states() -> list[State]:
+    """The left panel's prompts, metric and direction, which the path and attribution tabs share."""
+    return [State(i, "data" if i == ids.PAIRS_STORE else "value") for i in _PROMPT_STATES]
+
+
+def _prompt_form(model, clean, corrupt, answer, wrong, bos, pairs, metric, direction) -> handlers.Form:
+    return _form(model, clean, corrupt, answer, wrong, bos, pairs, metric=metric, direction=direction)
+
+
+def _done_status(text: str, baselines: str):
+    return [dash.html.Div(text), dash.html.Div(baselines, className="baselines")]
+
+
+def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNamespace:
+    """The Path patching tab: run (background, one at a time), figure, CSV."""
+
+    def run_path(set_progress, n_clicks, receivers, senders, sweep, mode, per_position, *prompt):
+        """Run path patching: validate, queue, baselines, sweep with progress, save to history."""
+        if not n_clicks:
+            return no_update, no_update, no_update, no_update
+        form = _prompt_form(*prompt)
+        path = handlers.PathForm(receivers=receivers or "", senders=senders or "", sweep=sweep or "senders",
+                                 mode=mode or "heads_frozen", per_position="per" in (per_position or []))
+        try:
+            run_id = handlers.execute_path(registry, store, form, path, data_dir,
+                                           report=lambda p: set_progress(p.as_tuple()))
+        except ValueError as exc:
+            return no_update, str(exc), no_update, ""
+        except Exception as exc:
+            log.exception("path run failed")
+            return no_update, f"internal error: {type(exc).__name__}: {exc}", no_update, ""
+        info = store.info(run_id)
+        return run_id, "", time.time(), _done_status(
+            f"Path run #{run_id} saved to history ({info.seconds:.2f} s).",
+            handlers.baselines_text((info.clean_value, info.corrupt_value), info.metric))
+
+    app.callback(
+        Output(ids.PATH_RUN, "data"), Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Output(ids.HISTORY_VERSION, "data", allow_duplicate=True), Output(ids.PATH_STATUS, "children"),
+        Input(ids.PATH_RUN_BUTTON, "n_clicks"),
+        State(ids.PATH_RECEIVERS, "value"), State(ids.PATH_SENDERS, "value"), State(ids.PATH_SWEEP, "value"),
+        State(ids.PATH_MODE, "value"), State(ids.PATH_PER_POSITION, "value"), *_prompt_states(),
+        background=True, interval=400,
+        running=[(Output(ids.PATH_RUN_BUTTON, "disabled"), True, False),
+                 (Output(ids.PATH_RUN_BUTTON, "children"), "Running…", "Run path patching"),
+                 (Output(ids.PATH_CANCEL_BUTTON, "disabled"), False, True)],
+        cancel=[Input(ids.PATH_CANCEL_BUTTON, "n_clicks")],
+        progress=[Output(ids.PATH_PROGRESS, "value"), Output(ids.PATH_PROGRESS, "max"),
+                  Output(ids.PATH_PROGRESS, "label"), Output(ids.PATH_PROGRESS_TEXT, "children"),
+                  Output(ids.PATH_BASELINES, "children")],
+        progress_default=[0, 1, "", "", ""],
+        prevent_initial_call=True)(run_path)
+
+    def path_cancelled(n_clicks):
+        if not n_clicks:
+            return no_update, no_update, no_update, no_update
+        return "Path run cancelled; nothing was saved.", "", 0, ""
+
+    app.callback(Output(ids.PATH_STATUS, "children", allow_duplicate=True),
+                 Output(ids.PATH_PROGRESS_TEXT, "children", allow_duplicate=True),
+                 Output(ids.PATH_PROGRESS, "value", allow_duplicate=True),
+                 Output(ids.PATH_PROGRESS, "label", allow_duplicate=True),
+                 Input(ids.PATH_CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(path_cancelled)
+
+    def path_controls(sweep, senders):
+        """Per position applies to the every-head senders sweep only."""
+        ok = (sweep or "senders") == "senders" and not handlers.node_list(senders)
+        return [{"label": "one cell per sender position", "value": "per", "disabled": not ok}]
+
+    app.callback(Output(ids.PATH_PER_POSITION, "options"), Input(ids.PATH_SWEEP, "value"),
+                 Input(ids.PATH_SENDERS, "value"))(path_controls)
+
+    def show_path(run_id, mode):
+        """The path run on screen -> its figure (heatmap or bars), summary, CSV button."""
+        if not run_id:
+            return figures.empty_figure("Run path patching to see each sender's effect through the "
+                                        "receivers."), "", True
+        try:
+            run = store.get(run_id)
+        except ValueError as exc:
+            return figures.empty_figure(str(exc)), "", True
+        mode, note = handlers.effective_mode(run.result, mode or "normalized")
+        summary = [dash.html.Span(f"Run #{run.info.id}", className="run-id"), handlers.path_summary(run.result)] \
+            + ([dash.html.Div(note, className="error-text")] if note else [])
+        return figures.result_figure(run.result, mode), summary, False
+
+    app.callback(Output(ids.PATH_FIGURE, "figure"), Output(ids.PATH_SUMMARY, "children"),
+                 Output(ids.PATH_DOWNLOAD_BUTTON, "disabled"),
+                 Input(ids.PATH_RUN, "data"), Input(ids.PATH_VALUE_MODE, "value"))(show_path)
+
+    def download_path(n_clicks, run_id):
+        """The path run as the contract CSV, with sender / receiver / mode columns."""
+        if not n_clicks or not run_id:
+            return no_update
+        run = store.get(run_id)
+        spec = run.result.spec
+        return dcc.send_string(run.result.to_csv(),
+                               f"patchboard-run{run.info.id}-path-{spec.sweep}-{spec.mode}-{spec.direction}.csv")
+
+    app.callback(Output(ids.PATH_DOWNLOAD, "data"), Input(ids.PATH_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.PATH_RUN, "data"), prevent_initial_call=True)(download_path)
+
+    return SimpleNamespace(run_path=run_path, path_cancelled=path_cancelled, path_controls=path_controls,
+                           show_path=show_path, download_path=download_path)
+
+
+def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNamespace:
+    """The Attribution tab: run (background), a heatmap per kind, CSV of all kinds, agreement."""
+
+    def attribution_kinds_for(model):
+        """The kinds select lists what the chosen model has."""
+        try:
+            m = registry.get(handlers.check_model(registry, model))
+        except ValueError:
+            return handlers.attribution_kind_options()
+        return handlers.attribution_kind_options(m)
+
+    app.callback(Output(ids.ATTR_KINDS, "options"), Input(ids.MODEL_SELECT, "value"))(attribution_kinds_for)
+
+    app.callback(Output(ids.ATTR_STEPS, "disabled"), Input(ids.ATTR_METHOD, "value"))(
+        lambda method: method != "ig")
+
+    def run_attribution(set_progress, n_clicks, kinds, method, steps, per_position, *prompt):
+        """Run attribution for the chosen kinds: validate, queue, baselines, estimate, save."""
+        if not n_clicks:
+            return no_update, no_update, no_update
+        form = _prompt_form(*prompt)
+        attr = handlers.AttributionForm(kinds=tuple(kinds or ()), method=method or "plain", steps=steps,
+                                        per_position="per" in (per_position or []))
+        try:
+            att_id = handlers.execute_attribution(registry, store, form, attr, data_dir,
+                                                  report=lambda p: set_progress(p.as_tuple()))
+        except ValueError as exc:
+            return no_update, str(exc), ""
+        except Exception as exc:
+            log.exception("attribution run failed")
+            return no_update, f"internal error: {type(exc).__name__}: {exc}", ""
+        run = store.get_attribution(att_id)
+        r = run.results[0]
+        return att_id, "", _done_status(
+            f"Attribution run #{att_id}: {len(run.results)} kinds in {r.seconds:.2f} s.",
+            handlers.baselines_text((r.clean_value, r.corrupt_value), r.spec.metric))
+
+    app.callback(
+        Output(ids.ATTR_RUN, "data"), Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Output(ids.ATTR_STATUS, "children"),
+        Input(ids.ATTR_RUN_BUTTON, "n_clicks"),
+        State(ids.ATTR_KINDS, "value"), State(ids.ATTR_METHOD, "value"), State(ids.ATTR_STEPS, "value"),
+        State(ids.ATTR_PER_POSITION, "value"), *_prompt_states(),
+        background=True, interval=400,
+        running=[(Output(ids.ATTR_RUN_BUTTON, "disabled"), True, False),
+                 (Output(ids.ATTR_RUN_BUTTON, "children"), "Running…", "Run attribution"),
+                 (Output(ids.ATTR_CANCEL_BUTTON, "disabled"), False, True)],
+        cancel=[Input(ids.ATTR_CANCEL_BUTTON, "n_clicks")],
+        progress=[Output(ids.ATTR_PROGRESS, "value"), Output(ids.ATTR_PROGRESS, "max"),
+                  Output(ids.ATTR_PROGRESS, "label"), Output(ids.ATTR_PROGRESS_TEXT, "children"),
+                  Output(ids.ATTR_BASELINES, "children")],
+        progress_default=[0, 1, "", "", ""],
+        prevent_initial_call=True)(run_attribution)
+
+    def attribution_cancelled(n_clicks):
+        if not n_clicks:
+            return no_update, no_update, no_update, no_update
+        return "Attribution run cancelled; nothing was saved.", "", 0, ""
+
+    app.callback(Output(ids.ATTR_STATUS, "children", allow_duplicate=True),
+                 Output(ids.ATTR_PROGRESS_TEXT, "children", allow_duplicate=True),
+                 Output(ids.ATTR_PROGRESS, "value", allow_duplicate=True),
+                 Output(ids.ATTR_PROGRESS, "label", allow_duplicate=True),
+                 Input(ids.ATTR_CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(attribution_cancelled)
+
+    def show_attribution(att_id, kind, mode):
+        """The attribution run on screen + chosen kind -> its heatmap, the kind options, summary,
+        buttons; the agreement line is cleared (it belongs to one kind)."""
+        empty = figures.empty_figure("Run attribution to see every kind's estimated effect.")
+        if not att_id:
+            return empty, [], None, "", True, True, ""
+        try:
+            run = store.get_attribution(att_id)
+        except ValueError as exc:
+            return figures.empty_figure(str(exc)), [], None, "", True, True, ""
+        kinds = [r.spec.kind for r in run.results]
+        if kind not in kinds:
+            kind = "head_out" if "head_out" in kinds else kinds[0]
+        result = run.result(kind)
+        mode, note = handlers.effective_mode(result, mode or "normalized")
+        summary = [dash.html.Span(f"Attribution #{run.id}", className="run-id"), handlers.attribution_summary(run)] \
+            + ([dash.html.Div(note, className="error-text")] if note else [])
+        options = [{"label": k, "value": k} for k in kinds]
+        return figures.result_figure(result, mode), options, kind, summary, False, False, ""
+
+    app.callback(Output(ids.ATTR_FIGURE, "figure"), Output(ids.ATTR_SHOW_KIND, "options"),
+                 Output(ids.ATTR_SHOW_KIND, "value"), Output(ids.ATTR_SUMMARY, "children"),
+                 Output(ids.ATTR_DOWNLOAD_BUTTON, "disabled"), Output(ids.ATTR_AGREE_BUTTON, "disabled"),
+                 Output(ids.ATTR_AGREEMENT, "children"),
+                 Input(ids.ATTR_RUN, "data"), Input(ids.ATTR_SHOW_KIND, "value"),
+                 Input(ids.ATTR_VALUE_MODE, "value"))(show_attribution)
+
+    def download_attribution(n_clicks, att_id):
+        """Every kind of the attribution run in one contract CSV (method and steps columns after)."""
+        if not n_clicks or not att_id:
+            return no_update
+        from patching.attribution import attribution_csv
+        run = store.get_attribution(att_id)
+        r = run.results[0]
+        return dcc.send_string(attribution_csv(run.results),
+                               f"patchboard-attribution{run.id}-{r.method_label}-{r.spec.direction}.csv")
+
+    app.callback(Output(ids.ATTR_DOWNLOAD, "data"), Input(ids.ATTR_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.ATTR_RUN, "data"), prevent_initial_call=True)(download_attribution)
+
+    def agreement(n_clicks, att_id, kind):
+        """Exact sweep of the shown kind (queued like a run) -> Pearson r and top-10 overlap."""
+        if not n_clicks or not att_id or not kind:
+            return no_update
+        try:
+            run = store.get_attribution(att_id)
+            with handlers.run_slot(data_dir):
+                a = handlers.attribution_agreement(registry, run, kind)
+        except ValueError as exc:
+            return dash.html.Span(str(exc), className="error-text")
+        return handlers.agreement_text(a)
+
+    app.callback(Output(ids.ATTR_AGREEMENT, "children", allow_duplicate=True),
+                 Input(ids.ATTR_AGREE_BUTTON, "n_clicks"), State(ids.ATTR_RUN, "data"),
+                 State(ids.ATTR_SHOW_KIND, "value"),
+                 background=True, interval=400,
+                 running=[(Output(ids.ATTR_AGREE_BUTTON, "children"), "Running the exact sweep…",
+                           "Compare with exact patching")],
+                 prevent_initial_call=True)(agreement)
+
+    return SimpleNamespace(attribution_kinds_for=attribution_kinds_for, run_attribution=run_attribution,
+                           attribution_cancelled=attribution_cancelled, show_attribution=show_attribution,
+                           download_attribution=download_attribution, agreement=agreement)

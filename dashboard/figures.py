@@ -331,7 +331,7 @@ def cell_outline(result: PatchResult, cell: dict | None) -> list[dict]:
     >>> cell_outline(result, {"layer": 1, "pos": None, "head": 2})[0]["x0"]     # doctest: +SKIP
     1.5
     """
-    if not cell:
+    if not cell or len(result.axes) < 2:
         return []
     g = grid(result, "raw", with_interval=False)
     want = [cell.get(k) if cell.get(k) is not None else -1 for k in ("layer", "pos", "head")]
@@ -349,3 +349,92 @@ def graph_config(image_format: str = "png", filename: str = "patchboard") -> dic
     return {"displaylogo": False, "responsive": True,
             "toImageButtonOptions": {"format": fmt, "filename": filename, "scale": 2 if fmt == "png" else 1},
             "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+# -- path patching and attribution ------------------------------------------------------------
+def path_title(result) -> str:
+    """'Path patching · every head → q:1.0+q:1.1 · heads_frozen · denoise · logit_diff'."""
+    s = result.spec
+    if s.sweep == "senders":
+        senders = "every head" + (" per position" if s.per_position else "") if s.senders is None \
+            else ", ".join(s.senders)
+        what = f"{senders} → {'+'.join(s.receivers)}"
+    else:
+        what = f"{s.senders[0]} → each receiver"
+    pairs = f" · {result.n_pairs} pairs" if result.n_pairs > 1 else ""
+    return f"Path patching · {what} · {s.mode} · {s.direction} · {s.metric}{pairs}"
+
+
+def _bar_labels(result) -> list[str]:
+    axis = result.axes[0]
+    names = result.sender_labels if axis == "sender" else result.receiver_labels
+    return [names[i] if i < len(names) else str(i) for i in result.coords[axis]]
+
+
+def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
+    """A one-axis result (path senders or receivers) as horizontal bars, one per label, coloured on
+    the diverging scale; the 95% interval as error bars for multi-pair runs. NaN cells (no path)
+    are left out.
+
+    >>> bars(path_result_over_receivers).data[0].type         # doctest: +SKIP
+    'bar'
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    raw = result.values.double().numpy()
+    norm = result.normalized.double().numpy()
+    z = raw if mode == "raw" else norm
+    labels = _bar_labels(result)
+    keep = [i for i in range(len(labels)) if math.isfinite(raw[i])]
+    if result.n_pairs > 1:
+        lo_t, hi_t = result.bootstrap_ci()
+        lo, hi = lo_t.double().numpy(), hi_t.double().numpy()
+        if mode == "normalized":
+            gap = result.clean_value - result.corrupt_value
+            lo, hi = (lo - result.corrupt_value) / gap, (hi - result.corrupt_value) / gap
+    else:
+        lo = hi = np.full_like(raw, np.nan)
+    zmax = _absmax(z[keep]) if keep else 1.0
+    vals = [float(z[i]) if math.isfinite(z[i]) else None for i in keep]
+    custom = [[float(raw[i]), float(norm[i]) if math.isfinite(norm[i]) else None,
+               float(lo[i]) if math.isfinite(lo[i]) else None, float(hi[i]) if math.isfinite(hi[i]) else None]
+              for i in keep]
+    hover = "%{y}<br>raw %{customdata[0]:.4f}<br>normalized %{customdata[1]:.3f}"
+    if result.n_pairs > 1:
+        hover += "<br>95% CI [%{customdata[2]:.4f}, %{customdata[3]:.4f}]"
+    error = None
+    if result.n_pairs > 1:
+        error = dict(type="data", symmetric=False, color="#6b7280", thickness=1,
+                     array=[max(0.0, float(hi[i] - z[i])) if math.isfinite(hi[i]) else 0 for i in keep],
+                     arrayminus=[max(0.0, float(z[i] - lo[i])) if math.isfinite(lo[i]) else 0 for i in keep])
+    fig = go.Figure(go.Bar(
+        x=vals, y=[labels[i] for i in keep], orientation="h", customdata=custom, hovertemplate=hover + "<extra></extra>",
+        marker=dict(color=[v if v is not None else 0 for v in vals], colorscale=DIVERGING, cmid=0,
+                    cmin=-zmax, cmax=zmax, line=dict(width=0)), error_x=error))
+    fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", automargin=True,
+                     title_text=result.axes[0])
+    fig.update_xaxes(zeroline=True, zerolinecolor="#9ca3af", gridcolor="#eef0f3",
+                     title_text="normalized" if mode == "normalized" else result.spec.metric)
+    fig = _base_layout(fig, title or path_title(result), int(min(1400, max(300, 22 * len(keep) + 150))))
+    if not keep:
+        fig.add_annotation(text="no cell has a path (every sender writes after every receiver reads)",
+                           x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+    return fig
+
+
+def result_figure(result: PatchResult, mode: str = "raw") -> go.Figure:
+    """The figure a result reads best as: bars for one-axis path results, else a heatmap (path
+    and attribution results titled as such)."""
+    if getattr(result.spec, "kind", None) == "path":
+        if len(result.axes) == 1:
+            return bars(result, mode)
+        return heatmap(result, mode, title=path_title(result))
+    if hasattr(result, "method_label"):
+        return heatmap(result, mode, title=attribution_title(result))
+    return heatmap(result, mode)
+
+
+def attribution_title(result) -> str:
+    """'Attribution (plain) · Attention head output (z) · denoise · logit_diff'."""
+    method = "plain" if result.method == "plain" else f"integrated gradients, {result.steps} steps"
+    return f"Attribution ({method}) · {_title(result)}"

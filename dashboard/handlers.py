@@ -446,6 +446,8 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
     patched patterns); otherwise the clean and corrupt patterns from the runner's cache.
     """
     result = run.result
+    if getattr(result.spec, "kind", None) == "path":
+        return _path_attention(registry, run, cell, pair)
     if cell is None or cell.get("head") is None or "head" not in result.axes:
         raise ValueError("click a cell of a head kind (head_out, head_q, head_k, head_v, head_pattern) "
                          "to see that head's attention")
@@ -481,6 +483,32 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
     note = "patched pattern: needs patching/attention.py"
     return AttentionView(clean.float().cpu().numpy(), corrupt.float().cpu().numpy(), None,
                          list(prompts.str_tokens), title, note, None)
+
+
+def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionView:
+    """A path run's clicked sender cell -> the attention of its receiver head (the first q/k/v
+    receiver): clean, corrupt and step 2's pattern (the receivers patched)."""
+    from patching.attention import counterfactual_attention
+    result, spec = run.result, run.result.spec
+    receivers = [n for n in (spec.receiver_nodes or ()) if n.kind in ("q", "k", "v")]
+    if cell is None or "head" not in result.axes or cell.get("head") is None:
+        raise ValueError("click a sender head cell of an every-head path sweep to see its receiver's attention")
+    if not receivers:
+        raise ValueError("this path run has no q/k/v receiver head, so no attention pattern changes; "
+                         "choose q:L.H, k:L.H or v:L.H receivers to see one")
+    if not 0 <= pair < len(run.pairs):
+        raise ValueError(f"pair {pair} out of range; this run has pairs 0-{len(run.pairs) - 1}")
+    model = registry.get(spec.model)
+    r = receivers[0]
+    head = r.head if r.kind == "q" else r.head * (model.n_heads // model.n_kv_heads)
+    prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)
+    index = {k: v for k, v in cell.items() if v is not None and k in result.axes}
+    diff = counterfactual_attention(model, prompts, r.layer, head, spec=spec, index=index, pair=pair)
+    sender = f"L{cell['layer']}.H{cell['head']}" + (f"@{cell['pos']}" if cell.get("pos") is not None else "")
+    title = f"Receiver attention · L{r.layer}.H{head} ({r.label}) · sender {sender} · pair {pair}"
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched), list(diff.str_tokens),
+                         title, f"patched: {diff.patch_label}", diff.to_dataframe())
 
 
 # -- compare -----------------------------------------------------------------------------------
@@ -564,3 +592,236 @@ def compare_csv(run_a, run_b) -> str:
 def _same_cells(a: PatchResult, b: PatchResult) -> bool:
     return (tuple(a.axes) == tuple(b.axes) and all(tuple(a.coords[k]) == tuple(b.coords[k]) for k in a.axes)
             and bool((a.per_pair.isnan().all(-1) == b.per_pair.isnan().all(-1)).all()))
+
+
+# -- path patching -----------------------------------------------------------------------------
+PATH_SWEEP_OPTIONS = ({"label": "each sender into the receivers", "value": "senders"},
+                      {"label": "one sender through each receiver", "value": "receivers"})
+PATH_MODE_OPTIONS = ({"label": "heads frozen, MLPs recomputed", "value": "heads_frozen"},
+                     {"label": "direct path only (heads and MLPs frozen)", "value": "direct"})
+
+
+@dataclass(frozen=True)
+class PathForm:
+    """The Path patching tab's inputs (text as typed)."""
+    receivers: str = ""
+    senders: str = ""
+    sweep: str = "senders"
+    mode: str = "heads_frozen"
+    per_position: bool = False
+
+
+def node_list(text: str | None) -> tuple[str, ...] | None:
+    """'q:3.0, q:3.1' / one per line -> ('q:3.0', 'q:3.1'); empty -> None.
+
+    >>> node_list(" q:1.0,\\nq:1.1 "), node_list("  ")
+    (('q:1.0', 'q:1.1'), None)
+    """
+    items = tuple(t for t in re.split(r"[,;\s]+", text or "") if t)
+    return items or None
+
+
+def _check_prompt_choices(form: Form) -> None:
+    if form.metric not in METRICS:   # no 'pkg.mod:fn' from a web form: that would import code
+        raise ValueError(f"unknown metric {form.metric!r}; choose one of {', '.join(METRICS)}")
+    if form.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {form.direction!r}")
+
+
+def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", PromptSet]:
+    """The prompts, metric and direction of the main form plus the Path tab -> (PathSpec, prompts),
+    checked against the model (node ranges, positions) without running it; ValueError otherwise.
+
+    >>> spec, _ = parse_path_form(model, form, PathForm(receivers="q:1.0"))      # doctest: +SKIP
+    >>> spec.receivers                                                          # doctest: +SKIP
+    ('q:1.0',)
+    """
+    from patching.path import PathSpec, _check_nodes
+    _check_prompt_choices(form)
+    if model.runner is None:
+        raise ValueError(f"path patching needs the engine's runner, which does not support {model.name!r}")
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    senders = node_list(path.senders)
+    if path.sweep == "receivers" and senders is None:
+        raise ValueError("a receivers sweep follows one sender: type it under Senders, e.g. head:0.1 or mlp:0")
+    spec = PathSpec(receivers=node_list(path.receivers), senders=senders, sweep=path.sweep or "senders",
+                    mode=path.mode or "heads_frozen", direction=form.direction, metric=form.metric,
+                    per_position=bool(path.per_position and senders is None), model=form.model,
+                    prepend_bos=form.prepend_bos)
+    if path.per_position and senders is not None:
+        raise ValueError("one cell per position applies to the every-head sweep; leave Senders empty, "
+                         "or give senders with @POS (e.g. head:0.1@5)")
+    get_metric(spec.metric)
+    if spec.sender_nodes is not None:
+        _check_nodes(model, prompts, spec.sender_nodes, "sender")
+    if spec.receiver_nodes is not None:
+        _check_nodes(model, prompts, spec.receiver_nodes, "receiver")
+    return spec, prompts
+
+
+def path_label(spec) -> str:
+    """A short history label: 'path · senders → q:1.0+q:1.1 · heads_frozen · denoise · logit_diff'."""
+    if spec.sweep == "senders":
+        what = f"{'every head' if spec.senders is None else '+'.join(spec.senders)}" \
+               f"{' per pos' if spec.per_position else ''} → {'+'.join(spec.receivers)}"
+    else:
+        what = f"{spec.senders[0]} → {'each of ' + str(len(spec.receivers)) if spec.receivers else 'each receiver'}"
+    return f"path · {what} · {spec.mode} · {spec.direction} · {spec.metric}"
+
+
+def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Path,
+                 report: Callable[[Progress], None] = lambda p: None) -> int:
+    """The Path tab's Run: validate, queue for the run slot, baselines, path sweep, save to history.
+
+    Returns the saved run's id; ValueError with the message to show on bad input.
+    """
+    from patching.path import run_path
+    model = registry.get(check_model(registry, form.model))
+    spec, prompts = parse_path_form(model, form, path)
+
+    def waiting(seconds: float):
+        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
+                              "it starts when that one ends", ""))
+
+    with run_slot(data_dir, waiting):
+        report(Progress(0, 1, "computing baselines…", ""))
+        text = baselines_text(baselines(model, prompts, spec.metric), spec.metric)
+        report(Progress(0, 1, "starting…", text))
+
+        def on_progress(done: int, total: int):
+            report(Progress(done, total, f"{done} / {total} path patches", text))
+
+        result = run_path(model, prompts, spec, on_progress=on_progress)
+    run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
+                        f"{path_label(spec)} · {Path(form.model).name}")
+    report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
+        (result.clean_value, result.corrupt_value), spec.metric)))
+    return run_id
+
+
+def path_summary(result) -> str:
+    s = result.spec
+    gap = result.clean_value - result.corrupt_value
+    return (f"{Path(result.model_name or s.model).name} · {path_label(s)} · {result.n_pairs} "
+            f"pair{'s' if result.n_pairs != 1 else ''} · clean {result.clean_value:.4f} · "
+            f"corrupt {result.corrupt_value:.4f} · gap {gap:.4f} · {result.seconds:.2f} s")
+
+
+# -- attribution patching --------------------------------------------------------------------
+ATTRIBUTION_METHOD_OPTIONS = ({"label": "plain (one backward)", "value": "plain"},
+                              {"label": "integrated gradients", "value": "ig"})
+MAX_IG_STEPS = 128
+
+
+@dataclass(frozen=True)
+class AttributionForm:
+    """The Attribution tab's inputs."""
+    kinds: tuple[str, ...] = ()          # empty: every kind the model has
+    method: str = "plain"
+    steps: object = 16
+    per_position: bool = False
+
+
+def attribution_kind_options(model=None) -> list[dict]:
+    """The kinds with an attribution estimate on this model (every kind when no model)."""
+    from patching.attribution import attribution_kinds
+    names = attribution_kinds(model) if model is not None else tuple(KINDS)
+    return [{"label": name, "value": name} for name in names]
+
+
+def parse_steps(value) -> int:
+    """IG steps: a whole number in 1..MAX_IG_STEPS."""
+    if value is None or value == "":
+        return 16
+    try:
+        steps = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"steps must be a whole number, not {value!r}") from None
+    if steps != float(value) or not 1 <= steps <= MAX_IG_STEPS:
+        raise ValueError(f"steps must be a whole number between 1 and {MAX_IG_STEPS}, not {value!r}")
+    return steps
+
+
+def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[dict, PromptSet]:
+    """(keyword arguments for run_attribution, prompts), or ValueError naming the bad value.
+
+    >>> kw, _ = parse_attribution_form(model, form, AttributionForm(kinds=("head_out",)))   # doctest: +SKIP
+    >>> kw["kinds"]                                                                       # doctest: +SKIP
+    ('head_out',)
+    """
+    from patching.attribution import METHODS, attribution_kinds
+    _check_prompt_choices(form)
+    if model.runner is None:
+        raise ValueError(f"attribution patching needs the engine's runner, which does not support {model.name!r}")
+    known = attribution_kinds(model)
+    kinds = tuple(attr.kinds) or known
+    bad = [k for k in kinds if k not in known]
+    if bad:
+        raise ValueError(f"no attribution estimate for kind {bad[0]!r} on this model; choose from "
+                         f"{', '.join(known)}")
+    if attr.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {attr.method!r}")
+    steps = parse_steps(attr.steps) if attr.method == "ig" else 0
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    get_metric(form.metric)
+    kw = dict(kinds=kinds, metric=form.metric, direction=form.direction, method=attr.method,
+              per_position=bool(attr.per_position))
+    if attr.method == "ig":
+        kw["steps"] = steps
+    return kw, prompts
+
+
+def execute_attribution(registry, store, form: Form, attr: AttributionForm, data_dir: str | Path,
+                        report: Callable[[Progress], None] = lambda p: None) -> int:
+    """The Attribution tab's Run: validate, queue, baselines, every kind's estimate, save.
+
+    Returns the attribution run's id (RunStore.get_attribution); ValueError on bad input.
+    """
+    from patching.attribution import run_attribution
+    model = registry.get(check_model(registry, form.model))
+    kw, prompts = parse_attribution_form(model, form, attr)
+
+    def waiting(seconds: float):
+        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
+                              "it starts when that one ends", ""))
+
+    with run_slot(data_dir, waiting):
+        report(Progress(0, 1, "computing baselines…", ""))
+        text = baselines_text(baselines(model, prompts, form.metric), form.metric)
+        what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
+        report(Progress(0, 1, f"attributing {len(kw['kinds'])} kinds ({what})…", text))
+        results = run_attribution(model, prompts, **kw)
+    method = "plain" if kw["method"] == "plain" else f"ig, {kw['steps']} steps"
+    label = (f"attribution ({method}) · {len(results)} kinds · {form.direction} · {form.metric} · "
+             f"{Path(form.model).name}")
+    att_id = store.save_attribution(results, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
+                                    label)
+    report(Progress(1, 1, f"done in {results[0].seconds:.2f} s", text))
+    return att_id
+
+
+def attribution_summary(run) -> str:
+    r = run.results[0]
+    gap = r.clean_value - r.corrupt_value
+    return (f"{run.label} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
+            f"clean {r.clean_value:.4f} · corrupt {r.corrupt_value:.4f} · gap {gap:.4f} · {r.seconds:.2f} s")
+
+
+def attribution_agreement(registry, run, kind: str) -> dict:
+    """Attribution of one kind vs the exact sweep of the same spec: Pearson r and top-10 overlap
+    (`patching.attribution.agreement`), plus the exact sweep's seconds."""
+    from patching.attribution import agreement
+    estimate = run.result(kind)
+    model = registry.get(estimate.spec.model)
+    prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs],
+                                   prepend_bos=estimate.spec.prepend_bos)
+    exact = sweep(model, prompts, estimate.spec)
+    return {**agreement(estimate, exact, k=10), "exact_seconds": exact.seconds}
+
+
+def agreement_text(a: dict) -> str:
+    """'head_out: Pearson r = 0.982 · top-10 overlap 9/10 (48 cells; exact sweep 0.41 s)'."""
+    r = "n/a" if a["pearson"] != a["pearson"] else f"{a['pearson']:.3f}"
+    hits = round(a["topk_overlap"] * a["k"])
+    return (f"Agreement with exact patching · {a['kind']}: Pearson r = {r} · top-{a['k']} overlap "
+            f"{hits}/{a['k']} ({a['cells']} cells; exact sweep {a.get('exact_seconds', 0):.2f} s)")

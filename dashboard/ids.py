@@ -79,6 +79,44 @@ COMPARE_STATUS = "compare-status"
 COMPARE_DOWNLOAD_BUTTON = "compare-download-button"
 COMPARE_DOWNLOAD = "compare-download"
 
-# -- slots for panels that land later ------------------------------------------------------
+# -- path patching tab (uses the prompts, metric and direction of the left panel) ----------------
 PATH_PANEL = "path-panel"
+PATH_RECEIVERS = "path-receivers"          # text: 'q:3.0,q:3.1'
+PATH_SENDERS = "path-senders"              # text: empty = every head
+PATH_SWEEP = "path-sweep"                  # senders / receivers
+PATH_MODE = "path-mode"                    # heads_frozen / direct
+PATH_PER_POSITION = "path-per-position"
+PATH_RUN_BUTTON = "path-run-button"
+PATH_CANCEL_BUTTON = "path-cancel-button"
+PATH_PROGRESS = "path-progress"
+PATH_PROGRESS_TEXT = "path-progress-text"
+PATH_BASELINES = "path-baselines"
+PATH_STATUS = "path-status"
+PATH_RUN = "path-run"                      # dcc.Store: id of the path run on screen (in the run history)
+PATH_VALUE_MODE = "path-value-mode"
+PATH_SUMMARY = "path-summary"
+PATH_FIGURE = "path-heatmap"               # heatmap (sender layer x head) or bars (receivers sweep)
+PATH_DOWNLOAD_BUTTON = "path-download-button"
+PATH_DOWNLOAD = "path-download"
+
+# -- attribution tab ------------------------------------------------------------------------
 ATTRIBUTION_PANEL = "attribution-panel"
+ATTR_KINDS = "attribution-kinds"           # multi-select, empty = all
+ATTR_METHOD = "attribution-method"         # plain / ig
+ATTR_STEPS = "attribution-steps"
+ATTR_PER_POSITION = "attribution-per-position"
+ATTR_RUN_BUTTON = "attribution-run-button"
+ATTR_CANCEL_BUTTON = "attribution-cancel-button"
+ATTR_PROGRESS = "attribution-progress"
+ATTR_PROGRESS_TEXT = "attribution-progress-text"
+ATTR_BASELINES = "attribution-baselines"
+ATTR_STATUS = "attribution-status"
+ATTR_RUN = "attribution-run"               # dcc.Store: id of the attribution run on screen
+ATTR_SHOW_KIND = "attribution-show-kind"   # which kind's heatmap is shown
+ATTR_VALUE_MODE = "attribution-value-mode"
+ATTR_SUMMARY = "attribution-summary"
+ATTR_FIGURE = "attribution-heatmap"
+ATTR_DOWNLOAD_BUTTON = "attribution-download-button"
+ATTR_DOWNLOAD = "attribution-download"
+ATTR_AGREE_BUTTON = "attribution-agree-button"
+ATTR_AGREEMENT = "attribution-agreement"

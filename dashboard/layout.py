@@ -180,6 +180,112 @@ def history_tab() -> html.Div:
     ])
 
 
+def _mode_toggle(id_: str) -> dbc.RadioItems:
+    return dbc.RadioItems(id=id_, inline=True, value="normalized",
+                          options=[{"label": "raw", "value": "raw"},
+                                   {"label": "normalized", "value": "normalized"}],
+                          className="btn-group-toggle", input_class_name="btn-check",
+                          label_class_name="btn btn-outline-primary btn-sm", label_checked_class_name="active")
+
+
+def _run_controls(run_id: str, cancel_id: str, progress_id: str, text_id: str, status_id: str,
+                  baselines_id: str, label: str) -> html.Div:
+    return html.Div([
+        html.Div([
+            dbc.Button(label, id=run_id, color="primary", className="run-button", n_clicks=0),
+            dbc.Button("Cancel", id=cancel_id, color="secondary", outline=True, disabled=True, n_clicks=0),
+        ], className="run-row"),
+        dbc.Progress(id=progress_id, value=0, max=1, label="", className="run-progress"),
+        html.Div(id=text_id, className="progress-text"),
+        html.Div(id=status_id, className="run-status"),
+        html.Div(id=baselines_id, className="baselines"),
+    ], className="tab-run")
+
+
+def path_tab() -> html.Div:
+    """Path patching: receivers / senders / sweep / mode, run, heatmap or bars, CSV."""
+    return html.Div([
+        html.Div("Uses the prompts, metric and direction on the left. Errors appear in the red box there.",
+                 className="hint mb-1"),
+        dbc.Row([
+            dbc.Col([
+                _label("Receivers", ids.PATH_RECEIVERS, "comma-separated"),
+                dbc.Input(id=ids.PATH_RECEIVERS, placeholder="logits", size="sm", debounce=True,
+                          className="mono", **PERSIST),
+                html.Div("q:L.H, k:L.H, v:L.H (a head's query / key / value input), mlp:L, or logits. "
+                         "Empty: logits (senders sweep), every receiver after the sender (receivers sweep).",
+                         className="field-hint block"),
+            ], md=6),
+            dbc.Col([
+                _label("Senders", ids.PATH_SENDERS, "optional"),
+                dbc.Input(id=ids.PATH_SENDERS, placeholder="every head", size="sm", debounce=True,
+                          className="mono", **PERSIST),
+                html.Div("head:L.H (or L.H), head:L.H@POS, mlp:L, resid:L@POS. Empty: every head "
+                         "(layer × head). A receivers sweep takes exactly one.", className="field-hint block"),
+            ], md=6),
+        ], className="g-3"),
+        dbc.Row([
+            dbc.Col([_label("Sweep", ids.PATH_SWEEP),
+                     dbc.RadioItems(id=ids.PATH_SWEEP, options=list(handlers.PATH_SWEEP_OPTIONS),
+                                    value="senders")], md=4),
+            dbc.Col([_label("Mode", ids.PATH_MODE),
+                     dbc.RadioItems(id=ids.PATH_MODE, options=list(handlers.PATH_MODE_OPTIONS),
+                                    value="heads_frozen")], md=5),
+            dbc.Col([_label("Positions", ids.PATH_PER_POSITION),
+                     dbc.Checklist(id=ids.PATH_PER_POSITION, switch=True, value=[],
+                                   options=[{"label": "one cell per sender position", "value": "per"}])],
+                    md=3),
+        ], className="g-3"),
+        _run_controls(ids.PATH_RUN_BUTTON, ids.PATH_CANCEL_BUTTON, ids.PATH_PROGRESS, ids.PATH_PROGRESS_TEXT,
+                      ids.PATH_STATUS, ids.PATH_BASELINES, "Run path patching"),
+        html.Div(id=ids.PATH_SUMMARY, className="results-summary"),
+        html.Div([
+            _mode_toggle(ids.PATH_VALUE_MODE),
+            dbc.Button("Download CSV", id=ids.PATH_DOWNLOAD_BUTTON, color="primary", outline=True,
+                       size="sm", disabled=True, n_clicks=0),
+            dcc.Download(id=ids.PATH_DOWNLOAD),
+        ], className="toolbar"),
+        _graph(ids.PATH_FIGURE, "Run path patching to see each sender's effect through the receivers."),
+    ], id=ids.PATH_PANEL, className="tab-panel")
+
+
+def attribution_tab() -> html.Div:
+    """Attribution patching: kinds, method, steps, run, a heatmap per kind, CSV, agreement."""
+    return html.Div([
+        html.Div("Gradient estimates of every kind's patching effect from one forward per prompt and one "
+                 "backward. Uses the prompts, metric and direction on the left.", className="hint mb-1"),
+        dbc.Row([
+            dbc.Col([_label("Kinds", ids.ATTR_KINDS, "empty = all"),
+                     dcc.Dropdown(id=ids.ATTR_KINDS, options=handlers.attribution_kind_options(), value=[],
+                                  multi=True, placeholder="every kind")], md=6),
+            dbc.Col([_label("Method", ids.ATTR_METHOD),
+                     dbc.RadioItems(id=ids.ATTR_METHOD, options=list(handlers.ATTRIBUTION_METHOD_OPTIONS),
+                                    value="plain")], md=3),
+            dbc.Col([_label("IG steps", ids.ATTR_STEPS),
+                     dbc.Input(id=ids.ATTR_STEPS, type="number", min=1, max=handlers.MAX_IG_STEPS, step=1,
+                               value=16, size="sm", disabled=True),
+                     dbc.Checklist(id=ids.ATTR_PER_POSITION, switch=True, value=[], className="mt-1",
+                                   options=[{"label": "head kinds per position", "value": "per"}])], md=3),
+        ], className="g-3"),
+        _run_controls(ids.ATTR_RUN_BUTTON, ids.ATTR_CANCEL_BUTTON, ids.ATTR_PROGRESS, ids.ATTR_PROGRESS_TEXT,
+                      ids.ATTR_STATUS, ids.ATTR_BASELINES, "Run attribution"),
+        html.Div(id=ids.ATTR_SUMMARY, className="results-summary"),
+        html.Div([
+            html.Span("Show", className="toolbar-label"),
+            html.Div(dcc.Dropdown(id=ids.ATTR_SHOW_KIND, options=[], value=None, clearable=False,
+                                  placeholder="kind"), className="kind-show"),
+            _mode_toggle(ids.ATTR_VALUE_MODE),
+            dbc.Button("Download CSV (all kinds)", id=ids.ATTR_DOWNLOAD_BUTTON, color="primary", outline=True,
+                       size="sm", disabled=True, n_clicks=0),
+            dcc.Download(id=ids.ATTR_DOWNLOAD),
+            dbc.Button("Compare with exact patching", id=ids.ATTR_AGREE_BUTTON, color="secondary",
+                       outline=True, size="sm", disabled=True, n_clicks=0),
+        ], className="toolbar"),
+        html.Div(id=ids.ATTR_AGREEMENT, className="hint agreement"),
+        _graph(ids.ATTR_FIGURE, "Run attribution to see every kind's estimated effect."),
+    ], id=ids.ATTRIBUTION_PANEL, className="tab-panel")
+
+
 def slot_tab(panel_id: str, title: str, text: str) -> html.Div:
     return html.Div(dbc.Card(dbc.CardBody([html.H3(title, className="section-title"),
                                            html.P(text, className="hint")])),
@@ -197,19 +303,15 @@ def page(registry, model: str) -> html.Div:
         dcc.Store(id=ids.PAIRS_STORE, data=None, storage_type="session"),
         dcc.Store(id=ids.HISTORY_VERSION, data=0),
         dcc.Store(id=ids.ATTENTION_CELL, data=None),
+        dcc.Store(id=ids.PATH_RUN, storage_type="session"),
+        dcc.Store(id=ids.ATTR_RUN, storage_type="session"),
         dbc.Container(dbc.Row([
             dbc.Col([prompts_card(registry, model), run_card()], lg=4, className="left-col"),
             dbc.Col(dbc.Card(dbc.CardBody(dbc.Tabs(id=ids.TABS, active_tab=ids.TAB_RESULTS, children=[
                 dbc.Tab(results_tab(), label="Results", tab_id=ids.TAB_RESULTS),
                 dbc.Tab(history_tab(), label="History & compare", tab_id=ids.TAB_HISTORY),
-                dbc.Tab(slot_tab(ids.PATH_PANEL, "Path patching",
-                                 "Sender head → receiver components, everything else frozen. "
-                                 "This panel arrives with patching/path.py."),
-                        label="Path patching", tab_id=ids.TAB_PATH),
-                dbc.Tab(slot_tab(ids.ATTRIBUTION_PANEL, "Attribution patching",
-                                 "Gradient approximation of every kind at once. "
-                                 "This panel arrives with patching/attribution.py."),
-                        label="Attribution", tab_id=ids.TAB_ATTRIBUTION),
+                dbc.Tab(path_tab(), label="Path patching", tab_id=ids.TAB_PATH),
+                dbc.Tab(attribution_tab(), label="Attribution", tab_id=ids.TAB_ATTRIBUTION),
             ])), className="panel-card results-card"), lg=8),
         ]), fluid=True, className="main"),
     ])

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from patching.attribution import AttributionResult
+from patching.path import PathResult
 from patching.results import PatchResult
 
 SCHEMA = """
@@ -34,9 +36,32 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds       REAL,
     spec_json     TEXT    NOT NULL,          -- PatchSpec.to_dict()
     pairs_json    TEXT    NOT NULL,          -- [[clean, corrupt, answer, wrong], ...]
-    result_json   TEXT    NOT NULL           -- PatchResult.to_json()
+    result_json   TEXT    NOT NULL           -- PatchResult.to_json() (kind 'path': PathResult)
+);
+CREATE TABLE IF NOT EXISTS attributions (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    created       REAL    NOT NULL,
+    label         TEXT    NOT NULL,
+    model         TEXT    NOT NULL,
+    method        TEXT    NOT NULL,          -- plain / ig
+    steps         INTEGER NOT NULL,
+    direction     TEXT    NOT NULL,
+    metric        TEXT    NOT NULL,
+    n_pairs       INTEGER NOT NULL,
+    pairs_json    TEXT    NOT NULL,
+    results_json  TEXT    NOT NULL           -- [AttributionResult.to_json(), ...], one per kind
 );
 """
+
+
+def result_from_json(d: dict) -> PatchResult:
+    """The right result class for a stored result: PathResult for kind 'path', AttributionResult
+    when it carries a method, else PatchResult."""
+    if d.get("spec", {}).get("kind") == "path":
+        return PathResult.from_json(d)
+    if "method" in d:
+        return AttributionResult.from_json(d)
+    return PatchResult.from_json(d)
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,22 @@ class Run:
     info: RunInfo
     pairs: list[tuple[str, str, str, str]]
     result: PatchResult
+
+
+@dataclass(frozen=True)
+class AttributionRun:
+    id: int
+    created: float
+    label: str
+    pairs: list[tuple[str, str, str, str]]
+    results: list[AttributionResult]        # one per kind, in the order they were asked for
+
+    def result(self, kind: str) -> AttributionResult:
+        for r in self.results:
+            if r.spec.kind == kind:
+                return r
+        raise ValueError(f"attribution run {self.id} has no kind {kind!r}; it has "
+                         f"{', '.join(r.spec.kind for r in self.results)}")
 
 
 class RunStore:
@@ -133,7 +174,7 @@ class RunStore:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         info = RunInfo(*row[:11])
         pairs = [tuple(p) for p in json.loads(row[11])]
-        return Run(info, pairs, PatchResult.from_json(json.loads(row[12])))
+        return Run(info, pairs, result_from_json(json.loads(row[12])))
 
     def info(self, run_id: int) -> RunInfo:
         with self._connect() as db:
@@ -146,6 +187,34 @@ class RunStore:
         """True when a run was deleted."""
         with self._transaction() as db:
             return db.execute("DELETE FROM runs WHERE id = ?", (int(run_id),)).rowcount > 0
+
+    # -- attribution runs: every kind of one run_attribution call, kept together ---------------
+    def save_attribution(self, results: list[AttributionResult], pairs, label: str = "") -> int:
+        """Store one attribution run (a result per kind); returns its id (its own numbering,
+        separate from the patching runs' history)."""
+        if not results:
+            raise ValueError("an attribution run needs at least one kind")
+        pairs = [list(p) if not hasattr(p, "clean") else [p.clean, p.corrupt, p.answer, p.wrong]
+                 for p in pairs]
+        r = results[0]
+        label = label or f"attribution ({r.method}) · {len(results)} kinds · {r.spec.direction}"
+        row = (time.time(), label, r.model_name or r.spec.model, r.method, int(r.steps), r.spec.direction,
+               r.spec.metric, r.n_pairs, json.dumps(pairs), json.dumps([x.to_json() for x in results]))
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO attributions (created, label, model, method, steps, direction, metric, n_pairs, "
+                "pairs_json, results_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return int(cur.lastrowid)
+
+    def get_attribution(self, attribution_id: int) -> "AttributionRun":
+        """The attribution run, or ValueError naming the id."""
+        with self._connect() as db:
+            row = db.execute("SELECT id, created, label, pairs_json, results_json FROM attributions "
+                             "WHERE id = ?", (int(attribution_id),)).fetchone()
+        if row is None:
+            raise ValueError(f"attribution run {attribution_id} does not exist; run attribution again")
+        results = [AttributionResult.from_json(d) for d in json.loads(row[4])]
+        return AttributionRun(row[0], row[1], row[2], [tuple(p) for p in json.loads(row[3])], results)
 
     def __len__(self) -> int:
         with self._connect() as db:
