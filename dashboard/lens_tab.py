@@ -182,20 +182,19 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions, memo: FrameMemo | N
     elif opts.view == "attention":
         layer = _int(opts.layer, "layer", 0)
         head = _int(opts.head, "head", None)
-        df = frame(lambda: lens.attention_patterns(model, prompts, layer=layer, run=opts.run, pair=pair),
-                   layer, opts.run, pair)
-        n_heads = int(df["head"].max()) + 1
-        if head is not None and not 0 <= head < n_heads:
-            raise ValueError(f"head {head} is out of range: layer {int(df.layer.iloc[0])} has {n_heads} "
-                             f"heads (0..{n_heads - 1}); leave it empty for every head")
+        heads = None if head is None else [head]
+        try:
+            df = frame(lambda: lens.attention_patterns(model, prompts, layer=layer, run=opts.run, pair=pair,
+                                                       heads=heads), layer, opts.run, pair, head)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; leave the head empty for every head" if "head" in str(exc) else exc) \
+                from None
         if opts.attention_view == "token":
             fig = figures_lens.attention_token_view(df, pos)
             summary = "One token's attention across heads: rows are heads, columns source positions."
         else:
-            fig = figures_lens.attention_grid(df, heads=None if head is None else [head])
+            fig = figures_lens.attention_grid(df)
             summary = "Rows are destination positions, columns source positions; each row sums to 1."
-        if head is not None:
-            df = df[df["head"] == head]
         name = f"attention-L{int(df.layer.iloc[0])}-{opts.run}-pair{pair}"
     else:
         df = frame(lambda: lens.residual_norms(model, prompts, pair=pair), pair)

@@ -233,7 +233,13 @@ def cmd_attention(args) -> int:
     from .lens import attention_patterns
     from .results import write_csv
     model, prompts = _load(args)
-    df = attention_patterns(model, prompts, layer=args.layer, run=args.run, pair=args.pair)
+    heads = None
+    if args.heads:
+        try:
+            heads = [int(h) for h in args.heads.split(",") if h.strip()]
+        except ValueError:
+            raise BadInput(f"--heads must be comma-separated head numbers, e.g. 0,3, not {args.heads!r}") from None
+    df = attention_patterns(model, prompts, layer=args.layer, run=args.run, pair=args.pair, heads=heads)
     _write(write_csv(df), args.out)
     return EXIT_OK
 
@@ -328,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attention", help="every head's attention pattern of one layer (dest x src)")
     _inspect_args(p)
     p.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
+    p.add_argument("--heads", help="comma-separated heads, e.g. 0,3 (default: all)")
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("norms", help="residual stream L2 norms by layer and position, clean and corrupt")

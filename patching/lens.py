@@ -446,33 +446,44 @@ ATTENTION_COLUMNS = ("run", "pair", "layer", "head", "dest", "src", "dest_token"
 
 
 @torch.inference_mode()
-def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "clean",
-                       pair: int = 0) -> pd.DataFrame:
-    """Every head's attention pattern of `layer` for one prompt, dest × src.
+def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "clean", pair: int = 0,
+                       heads: list[int] | tuple[int, ...] | None = None) -> pd.DataFrame:
+    """Every head's (or the chosen `heads`') attention pattern of `layer` for one prompt, dest × src.
 
     Long format, one row per head and causal entry (src <= dest; the rest is 0 by the causal
     mask and left out). Columns: run, pair, layer, head, dest, src, dest_token, src_token,
     value (the attention weight; each head's row for one dest sums to 1). On grouped-query
     models there is one pattern per query head.
 
-    >>> df = attention_patterns(model, prompts, layer=1)                             # doctest: +SKIP
+    >>> df = attention_patterns(model, prompts, layer=1, heads=[0, 3])               # doctest: +SKIP
     >>> df[df.head == 0].pivot(index="dest", columns="src", values="value")       # doctest: +SKIP
     """
     _check_run(run)
     pair = _check_pair(prompts, pair)
     layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
+    n_heads = model.n_heads
+    if heads is None:
+        heads = list(range(n_heads))
+    else:
+        heads = list(heads)
+        bad = [h for h in heads if not isinstance(h, (int, np.integer)) or isinstance(h, bool)
+               or not 0 <= h < n_heads]
+        if bad or not heads:
+            raise ValueError(f"head {bad[0] if bad else 'list'} {'is out of range' if bad else 'is empty'}: "
+                             f"layer {layer} has {n_heads} heads (0..{n_heads - 1})")
     cache = _run(model, prompts, run, pair)
-    pattern = cache.layers[layer].pattern[0].float().cpu()             # [H, dest, src]
-    n_heads, n_pos = pattern.shape[0], pattern.shape[1]
+    pattern = cache.layers[layer].pattern[0, heads].float().cpu()       # [heads, dest, src]
+    n_pos = pattern.shape[1]
     dest, src = np.tril_indices(n_pos)
     toks = _Decoder(model)(cache.tokens[0].cpu())
-    values = pattern[:, dest, src].cpu().numpy()                       # [H, entries]
+    values = pattern[:, dest, src].numpy()                              # [heads, entries]
+    n = len(heads)
     return pd.DataFrame({
         "run": run, "pair": pair, "layer": layer,
-        "head": np.repeat(np.arange(n_heads), len(dest)),
-        "dest": np.tile(dest, n_heads), "src": np.tile(src, n_heads),
-        "dest_token": [toks[i] for i in np.tile(dest, n_heads)],
-        "src_token": [toks[i] for i in np.tile(src, n_heads)],
+        "head": np.repeat(np.array(heads), len(dest)),
+        "dest": np.tile(dest, n), "src": np.tile(src, n),
+        "dest_token": [toks[i] for i in np.tile(dest, n)],
+        "src_token": [toks[i] for i in np.tile(src, n)],
         "value": values.reshape(-1),
     })[list(ATTENTION_COLUMNS)]
 

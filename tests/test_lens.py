@@ -200,6 +200,10 @@ def test_attention_patterns_match_bridge(tiny_models, prompts, family):
     toks = model.to_str_tokens(ps.clean_tokens[0])
     assert all(df.src_token == [toks[i] for i in df.src])
     assert len(attention_patterns(model, ps, layer=-1)) == len(df)
+    some = attention_patterns(model, ps, layer=1, heads=[3, 1])
+    assert list(some["head"].unique()) == [3, 1]
+    pd.testing.assert_series_equal(some[some["head"] == 1].value.reset_index(drop=True),
+                                   df[df["head"] == 1].value.reset_index(drop=True))
 
 
 # -- residual norms --------------------------------------------------------------------------------
@@ -237,6 +241,8 @@ def test_residual_norms_match_bridge(tiny_models, prompts, family):
     (lambda m, p: logit_lens(m, p, pair=2), "pair 2 is out of range: the set has 2 pairs"),
     (lambda m, p: residual_norms(m, p, pair=-1), "pair -1 is out of range"),
     (lambda m, p: top_k(m, p, pos="last"), "pos must be an integer, not 'last'"),
+    (lambda m, p: attention_patterns(m, p, layer=1, heads=[0, 4]),
+     "head 4 is out of range: layer 1 has 4 heads (0..3)"),
 ])
 def test_bad_input_names_the_value(gpt2_model, ioi_prompts, call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

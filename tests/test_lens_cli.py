@@ -40,6 +40,8 @@ def test_topk_attention_norms_dla(base, capsys, tmp_path):
     assert main(["attention", *base, "--layer", "1", "--out", str(out)]) == 0
     att = pd.read_csv(out)
     assert set(att.layer) == {1} and set(att["head"]) == {0, 1, 2, 3}
+    assert main(["attention", *base, "--layer", "-1", "--heads", "2"]) == 0
+    assert set(_csv(capsys)["head"]) == {2}
 
     assert main(["norms", *base]) == 0
     norms = _csv(capsys)
@@ -61,6 +63,8 @@ def test_token_cells_are_formula_safe(tiny_dirs, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["attention", "--layer", "5"], "layer 5 is out of range"),
+    (["attention", "--layer", "1", "--heads", "1,9"], "head 9 is out of range: layer 1 has 4 heads"),
+    (["attention", "--layer", "1", "--heads", "1;2"], "--heads must be comma-separated head numbers"),
     (["topk", "--pos", "99"], "pos 99 is out of range"),
     (["topk", "--k", "0"], "k must be an integer from 1"),
     (["lens", "--pair", "3"], "pair 3 is out of range"),
