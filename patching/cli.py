@@ -1,4 +1,4 @@
-"""`python -m patching ...`: sweep, path, attribution, models, bench, eval.
+"""`python -m patching ...`: sweep, path, attribution, lens, dla, topk, attention, norms, models, bench, eval.
 
 Exit codes: 0 ok, 2 bad input (one line on stderr naming the problem), 1 internal error.
 
