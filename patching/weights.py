@@ -107,7 +107,7 @@ def _ln1_module(arch, layer: int):
     raise ValueError(f"cannot find layer {layer}'s attention norm (ln_1 / input_layernorm)")
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def head_weights(model, fold_ln: bool = True) -> HeadWeights:
     """Every head's W_Q, W_K, W_V, W_O (float32), read by probing the model's own projections.
 
@@ -155,7 +155,7 @@ def _sq_norm_factored(A: Tensor, B: Tensor) -> Tensor:
     return (A * B).sum((-1, -2))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def composition_scores(model, composition: str = "all", *, fold_ln: bool = True,
                        weights: HeadWeights | None = None) -> pd.DataFrame:
     """Q-, K- and V-composition scores from every head to every head of a later layer.
@@ -222,7 +222,7 @@ def _svd_factored(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return qa @ u, s, qb @ vh.T
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def head_svd(model, layer: int, head: int, circuit: str = "ov", *, fold_ln: bool = True,
              weights: HeadWeights | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """SVD of one head's OV (W_V W_O) or QK (W_Q W_K^T) circuit, float64.
@@ -244,7 +244,7 @@ def head_svd(model, layer: int, head: int, circuit: str = "ov", *, fold_ln: bool
 SINGULAR_COLUMNS = ("circuit", "layer", "head", "label", "index", "value", "energy", "cumulative")
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def singular_values(model, circuit: str = "ov", *, fold_ln: bool = True) -> pd.DataFrame:
     """Every head's singular values of its OV or QK circuit.
 
@@ -294,7 +294,7 @@ def _vocab_matrices(model, w: HeadWeights) -> dict[str, Tensor]:
     return {"embed": w_e.double(), "unembed": w_u}
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def singular_tokens(model, layer: int, head: int, circuit: str = "ov", *, n_dirs: int = 3, k: int = 10,
                     project: str = "auto", fold_ln: bool = True) -> pd.DataFrame:
     """The top singular directions of a head's circuit, projected to the vocabulary.
@@ -397,7 +397,7 @@ def _check_ranks(ranks, d_head: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def rank_k_head(model, prompts: PromptSet, layer: int, head: int, ranks=None, *,
                 metric="logit_diff", run: str = "clean", fold_ln: bool = True) -> pd.DataFrame:
     """A head's attention recomputed with its QK circuit truncated to each rank; the effect.
@@ -457,7 +457,7 @@ PATTERN_COLUMNS = ("run", "pair", "layer", "head", "rank", "dest", "src", "dest_
                    "original", "approx", "diff")
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def rank_k_pattern(model, prompts: PromptSet, layer: int, head: int, rank: int, *, pair: int = 0,
                    run: str = "clean", fold_ln: bool = True) -> pd.DataFrame:
     """One prompt's attention pattern of a head, original vs with a rank-k QK circuit.
