@@ -428,7 +428,12 @@ def result_figure(result: PatchResult, mode: str = "raw") -> go.Figure:
     if getattr(result.spec, "kind", None) == "path":
         if len(result.axes) == 1:
             return bars(result, mode)
-        return heatmap(result, mode, title=path_title(result))
+        fig = heatmap(result, mode, title=path_title(result))
+        if bool(result.values.isnan().any()):
+            fig.add_annotation(text="blank: no path (the sender writes after the receivers read)",
+                               x=1.0, y=1.0, xref="paper", yref="paper", xanchor="right", yanchor="bottom",
+                               showarrow=False, font=dict(size=11, color="#6b7280"))
+        return fig
     if hasattr(result, "method_label"):
         return heatmap(result, mode, title=attribution_title(result))
     return heatmap(result, mode)

@@ -184,7 +184,7 @@ def _mode_toggle(id_: str) -> dbc.RadioItems:
     return dbc.RadioItems(id=id_, inline=True, value="normalized",
                           options=[{"label": "raw", "value": "raw"},
                                    {"label": "normalized", "value": "normalized"}],
-                          className="btn-group-toggle", input_class_name="btn-check",
+                          className="btn-group-toggle mode-toggle", input_class_name="btn-check",
                           label_class_name="btn btn-outline-primary btn-sm", label_checked_class_name="active")
 
 
@@ -284,12 +284,6 @@ def attribution_tab() -> html.Div:
         html.Div(id=ids.ATTR_AGREEMENT, className="hint agreement"),
         _graph(ids.ATTR_FIGURE, "Run attribution to see every kind's estimated effect."),
     ], id=ids.ATTRIBUTION_PANEL, className="tab-panel")
-
-
-def slot_tab(panel_id: str, title: str, text: str) -> html.Div:
-    return html.Div(dbc.Card(dbc.CardBody([html.H3(title, className="section-title"),
-                                           html.P(text, className="hint")])),
-                    id=panel_id, className="slot-panel")
 
 
 def page(registry, model: str) -> html.Div:

@@ -1,0 +1,189 @@
+"""End-to-end: the Path patching and Attribution tabs in a real headless Chromium.
+
+`python -m dashboard` in a subprocess around the tiny GPT-2 model the session fixtures save (its
+default prompts are the IOI pair, which that tokenizer splits into 15 tokens each); the page is
+driven by the ids in dashboard/ids.py: a bad receiver is refused in error-message, a path sweep
+draws its heatmap and downloads its CSV, a receivers sweep draws bars, an attribution run draws a
+heatmap per kind, downloads every kind's CSV and reports its agreement with exact patching.
+
+Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 07-path-patching.png and 08-attribution.png.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dashboard import ids
+from patching.results import CSV_COLUMNS
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT = 60_000   # ms: generous, the machine may be busy
+
+
+def _skip_reason() -> str | None:
+    if CHROMIUM is None:
+        return "chromium is not installed (`make browser` installs Debian's chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed in the venv (pip install -r requirements.txt)"
+    return None
+
+
+if _skip_reason():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_skip_reason())]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dirs, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("dashboard-data-path")
+    port = _free_port()
+    log_path = data_dir / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port),
+             "--model", str(tiny_dirs["gpt2"]), "--data-dir", str(data_dir), "--device", "cpu"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"dashboard did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(server)
+        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")
+        pg.wait_for_function(f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
+        pg.errors = errors
+        yield pg
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
+    if target:
+        out = ROOT / target if not os.path.isabs(target) else Path(target)
+        out.mkdir(parents=True, exist_ok=True)
+        page.mouse.move(2, 2)
+        time.sleep(0.6)
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def download(page, button_id: str) -> list[list[str]]:
+    with page.expect_download() as info:
+        page.click(f"#{button_id}")
+    with open(info.value.path(), newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def fill(page, id_: str, text: str) -> None:
+    page.fill(f"#{id_}", text)
+    page.press(f"#{id_}", "Tab")             # debounced inputs send on blur
+
+
+def wait_text(page, id_: str, needle: str) -> None:
+    page.wait_for_function("([id, t]) => document.getElementById(id).innerText.includes(t)",
+                           arg=[id_, needle])
+
+
+def test_path_bad_receiver_then_sweep_then_csv(page):
+    page.click("a.nav-link:has-text('Path patching')")
+    fill(page, ids.PATH_RECEIVERS, "q:1.0, q:7.0")
+    page.click(f"#{ids.PATH_RUN_BUTTON}")
+    wait_text(page, ids.ERROR_MESSAGE, "receiver 'q:7.0': layer 7 out of range")
+    fill(page, ids.PATH_RECEIVERS, "q:1.0, q:1.1")
+    page.click(f"#{ids.PATH_RUN_BUTTON}")
+    wait_text(page, ids.PATH_SUMMARY, "Run #")
+    page.wait_for_selector(f"#{ids.PATH_FIGURE} g.hm")
+    assert page.inner_text(f"#{ids.ERROR_MESSAGE}") == ""
+    assert "every head → q:1.0+q:1.1" in page.inner_text(f"#{ids.PATH_SUMMARY}")
+    assert "clean logit_diff" in page.inner_text(f"#{ids.PATH_STATUS}")
+    ticks = page.eval_on_selector_all(f"#{ids.PATH_FIGURE} .xtick text", "els => els.map(e => e.textContent)")
+    assert ticks == ["H0", "H1", "H2", "H3"]
+    rows = download(page, ids.PATH_DOWNLOAD_BUTTON)
+    header = rows[0]
+    assert tuple(header[:9]) == CSV_COLUMNS and "sender" in header and "receiver" in header
+    assert len(rows) - 1 == 4                         # layer-0 heads; layer 1 writes after q:1.* read
+    assert {r[header.index("receiver")] for r in rows[1:]} == {"q:1.0+q:1.1"}
+    shot(page, "07-path-patching")
+
+
+def test_path_receivers_sweep_draws_bars(page):
+    fill(page, ids.PATH_SENDERS, "head:0.1")
+    fill(page, ids.PATH_RECEIVERS, "")
+    page.click(f"#{ids.PATH_SWEEP} label:has-text('one sender through each receiver')")
+    before = page.inner_text(f"#{ids.PATH_SUMMARY}")
+    page.click(f"#{ids.PATH_RUN_BUTTON}")
+    page.wait_for_function("([id, b]) => document.getElementById(id).innerText !== b && "
+                           "document.getElementById(id).innerText.includes('each receiver')",
+                           arg=[ids.PATH_SUMMARY, before])
+    page.wait_for_selector(f"#{ids.PATH_FIGURE} g.barlayer .point")
+    labels = page.eval_on_selector_all(f"#{ids.PATH_FIGURE} .ytick text", "els => els.map(e => e.textContent)")
+    assert "logits" in labels and "q:1.0" in labels
+
+
+def test_attribution_run_kinds_csv_agreement(page):
+    page.click("a.nav-link:has-text('Attribution')")
+    page.click(f"#{ids.ATTR_RUN_BUTTON}")
+    wait_text(page, ids.ATTR_SUMMARY, "Attribution #")
+    page.wait_for_selector(f"#{ids.ATTR_FIGURE} g.hm")
+    assert "Attention head output" in page.inner_text(f"#{ids.ATTR_FIGURE}")   # head_out shown first
+    page.click(f"#{ids.ATTR_SHOW_KIND}")
+    page.click(".dash-dropdown-option:has(input[value='resid_pre'])")
+    page.keyboard.press("Escape")
+    page.wait_for_function(
+        f"Array.from(document.querySelectorAll('#{ids.ATTR_FIGURE} .xtick text')).some(e => e.textContent.startsWith('10: '))")
+    rows = download(page, ids.ATTR_DOWNLOAD_BUTTON)
+    header = rows[0]
+    assert tuple(header[:9]) == CSV_COLUMNS and "method" in header
+    kinds = {r[0] for r in rows[1:]}
+    assert {"resid_pre", "head_out", "mlp_out", "neuron"} <= kinds
+    page.click(f"#{ids.ATTR_AGREE_BUTTON}")
+    wait_text(page, ids.ATTR_AGREEMENT, "Agreement with exact patching · resid_pre: Pearson r")
+    shot(page, "08-attribution")
+    assert not page.errors, page.errors
