@@ -120,6 +120,32 @@ def task_texts(model, task: str = "factual", n: int = 32, *, seed: int = 0, spli
     return encode_texts(model, [p.clean for p in pairs], [p.answer.strip() for p in pairs], prepend_bos)
 
 
+def task_prompt_set(model, task: str = "factual", n: int = 32, *, seed: int = 0, split: str = "eval",
+                    prepend_bos: bool = True) -> PromptSet:
+    """Pairs of a task as a PromptSet for patching: the largest group of usable pairs of one length.
+
+    Task pairs vary in length (cities tokenise differently), and a PromptSet needs one length:
+    pairs whose clean and corrupt prompts differ in length or whose answers are not single
+    tokens are dropped, then the most common length is kept (ties: the shorter).
+
+    >>> task_prompt_set(model, "factual", 64).n_pairs          # doctest: +SKIP
+    23
+    """
+    from .tasks import make_pairs
+    groups: dict[int, list] = {}
+    for p in make_pairs(task, n, split=split, seed=seed):
+        try:
+            one = PromptSet.from_pairs(model, [p], prepend_bos=prepend_bos)
+        except ValueError:
+            continue
+        groups.setdefault(one.n_pos, []).append(p)
+    if not groups:
+        raise ValueError(f"none of {n} {task!r} pairs tokenise to equal-length clean/corrupt prompts "
+                         f"with single-token answers on model {getattr(model, 'name', '')!r}")
+    length = max(groups, key=lambda L: (len(groups[L]), -L))
+    return PromptSet.from_pairs(model, groups[length], prepend_bos=prepend_bos)
+
+
 # -- activations ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NeuronActs:
@@ -545,5 +571,5 @@ def neuron_shortlist(model, prompts: PromptSet, *, layers=None, positions=None, 
 
 
 __all__ = ["Texts", "NeuronActs", "encode_texts", "texts_from_prompts", "task_texts", "collect_activations",
-           "positions", "top_neurons", "neuron_profile", "top_activating", "activations_frame", "pca",
+           "task_prompt_set", "positions", "top_neurons", "neuron_profile", "top_activating", "activations_frame", "pca",
            "cluster_prompts", "tsne_available", "exact_neuron_patch", "neuron_shortlist"]
