@@ -64,7 +64,7 @@ class _Acts:
     mlp_post: list = field(default_factory=list)
     mlp_out: list = field(default_factory=list)
     resid_post: list = field(default_factory=list)
-    qkv_in: list = field(default_factory=list)    # edges: per layer [b, T, H + 2 KV, d] zeros, q/k/v inputs
+    qkv_in: list = field(default_factory=list)    # edges: per layer [b, T, H + 2 KV, d] input grads (filled later)
     mlp_in: list = field(default_factory=list)    # edges: per layer [b, T, d] zeros, the MLP's input
     final_in: Tensor | None = None                # edges: [b, d] zeros, the unembedding's input
     logits: Tensor | None = None                  # [b, vocab] at the last position
@@ -73,24 +73,17 @@ class _Acts:
 def _forward(runner, x0: Tensor, rope, edges: bool) -> _Acts:
     """The engine's forward with autograd on: x0 [b, T, d] = token embeddings (resid_pre 0).
 
-    With `edges`, each head's q / k / v input and each MLP's input is its own copy of the
-    residual stream plus a zero tensor, so one backward gives the gradient at every node's input.
+    With `edges`, each MLP's input and the unembedding's input are their own copy of the
+    residual stream plus a zero tensor, so the backward gives the gradient at those inputs; the
+    heads' q / k / v inputs get theirs afterwards from the q / k / v gradients (`_qkv_input_grads`).
     """
     a = runner.arch
     acts = _Acts()
     x = x0
     b, T, d = x.shape
-    H, KV = a.n_heads, a.n_kv_heads
-    h_idx, kv_idx = torch.arange(H, device=x.device), torch.arange(KV, device=x.device)
     for layer in range(a.n_layers):
         acts.resid_pre.append(x)
-        if edges:
-            e = x.new_zeros(b, T, H + 2 * KV, d, requires_grad=True)
-            q_all, k_all, v_all = a.qkv(layer, a.ln1(layer, x[:, :, None] + e))   # [b, T, C, heads, dh]
-            q, k, v = q_all[:, :, h_idx, h_idx], k_all[:, :, H + kv_idx, kv_idx], v_all[:, :, H + KV + kv_idx, kv_idx]
-            acts.qkv_in.append(e)
-        else:
-            q, k, v = a.qkv(layer, a.ln1(layer, x))
+        q, k, v = a.qkv(layer, a.ln1(layer, x))
         acts.q.append(q), acts.k.append(k), acts.v.append(v)
         q_rot, k_rot = runner._rope(rope, q, k, 0)
         pattern, z = runner.attend(layer, q_rot, k_rot, v, 0)
@@ -124,21 +117,40 @@ _GRAD_NAMES = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mi
                "mlp_out", "resid_post")
 
 
-def _gradients(acts: _Acts, objective: Tensor, edges: bool) -> dict[str, list]:
+def _gradients(runner, acts: _Acts, objective: Tensor, edges: bool) -> dict[str, list]:
     """d objective / d every activation (and every node input with edges), one backward."""
     names = [n for n in _GRAD_NAMES if getattr(acts, n)[0] is not None]
     inputs = [t for n in names for t in getattr(acts, n)]
     if edges:
-        inputs += acts.qkv_in + acts.mlp_in + [acts.final_in]
+        inputs += acts.mlp_in + [acts.final_in]
     grads = torch.autograd.grad(objective, inputs, allow_unused=True)
     grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, inputs)]
     out, i = {}, 0
     n_layers = len(acts.resid_pre)
-    for n in names + (["qkv_in", "mlp_in"] if edges else []):
+    for n in names + (["mlp_in"] if edges else []):
         out[n], i = list(grads[i:i + n_layers]), i + n_layers
     if edges:
         out["final_in"] = grads[i]
+        out["qkv_in"] = [_qkv_input_grads(runner, layer, acts.resid_pre[layer].detach(), out["q"][layer],
+                                          out["k"][layer], out["v"][layer]) for layer in range(n_layers)]
     return out
+
+
+def _qkv_input_grads(runner, layer: int, x: Tensor, g_q: Tensor, g_k: Tensor, g_v: Tensor) -> Tensor:
+    """The gradient at each head's own q / k / v input (its copy of resid_pre x [b, T, d]), from
+    the gradients at q [b, T, H, dh] and k, v [b, T, KV, dh]: back through that head's slice of
+    the projection, then through ln1 once per copy. Returns [b, T, H + 2 KV, d]."""
+    a = runner.arch
+    d = x.shape[-1]
+    with torch.no_grad():         # the projections are affine: weights = qkv(I) - qkv(0)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        zero = eye.new_zeros(1, d)
+        w = [full - bias for full, bias in zip(a.qkv(layer, eye), a.qkv(layer, zero))]   # [d, heads, dh]
+        cot = torch.cat([torch.einsum("bthe,dhe->bthd", g, wi) for g, wi in zip((g_q, g_k, g_v), w)], dim=2)
+    with torch.enable_grad():
+        copies = x[:, :, None].expand(*x.shape[:2], cot.shape[2], d).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(a.ln1(layer, copies), copies, cot)
+    return grad
 
 
 @dataclass
@@ -191,7 +203,7 @@ def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, s
             clean_logits = donor.logits if direction == "denoise" else base_logits
             clean_logprobs = clean_logits.float().log_softmax(-1)
             values = objective(acts.logits, pairs, clean_logprobs)
-            grads = _gradients(acts, values.sum(), edges)
+            grads = _gradients(runner, acts, values.sum(), edges)
             base = _cache_from(acts, base_tokens, rope)
         else:
             base = runner.run(base_tokens)
@@ -207,7 +219,7 @@ def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, s
                 x0 = (x_base[None] + a_[:, None, None, None] * (x_donor - x_base)[None]).flatten(0, 1)
                 acts = _forward(runner, x0.detach().requires_grad_(True), rope, edges)   # rows: step-major x pairs
                 rows = pairs.repeat(len(a_))
-                g = _gradients(acts, objective(acts.logits, rows, clean_logprobs).sum(), edges)
+                g = _gradients(runner, acts, objective(acts.logits, rows, clean_logprobs).sum(), edges)
                 g = {k: ([t.view(len(a_), n_pairs, *t.shape[1:]).sum(0) for t in v] if isinstance(v, list)
                          else v.view(len(a_), n_pairs, *v.shape[1:]).sum(0)) for k, v in g.items()}
                 grads = g if grads is None else {
