@@ -1,0 +1,409 @@
+"""The Neurons & weights tab: the neuron explorer and the weight-based circuit views.
+
+Neuron views read a set of prompts: the factual-recall task (cities -> countries, labelled by
+country; the default) or the prompts panel on the left (its clean or corrupt prompts, labelled
+by answer). Weight views read the model only; the rank-k view and the neuron shortlist patch, so
+they need prompt pairs (the panel's, or the task's largest same-length group). Every view has
+its DataFrame as CSV and PNG/SVG export from plotly's modebar camera.
+
+Everything here is plain functions: `explore(...)` turns selector values into (DataFrame,
+figure, table) and is what the callbacks call; `register_callbacks` returns the callbacks as a
+namespace so tests call them directly.
+
+Mounting (dashboard/layout.py and dashboard/__init__.py):
+
+>>> from dashboard import neurons_tab                                                    # doctest: +SKIP
+>>> dbc.Tab(neurons_tab.layout(), label="Neurons & weights", tab_id=neurons_tab.TAB_NEURONS)  # doctest: +SKIP
+>>> neurons_tab.register_callbacks(app, registry)                                          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+import plotly.graph_objects as go
+from dash import Input, Output, State, dash_table, dcc, html, no_update
+
+from patching import neurons as N
+from patching import weights as W
+from patching.results import write_csv
+
+from . import figures, figures_neurons, handlers, ids
+from .lens_tab import FrameMemo, prompts_from_page
+
+# -- ids of this tab (every id of the page lives in ids.py; these are this tab's own) -------------
+TAB_NEURONS = "tab-neurons"
+NEURONS_PANEL = "neurons-panel"
+NEURONS_VIEW = "neurons-view"
+NEURONS_SOURCE = "neurons-source"            # task | page
+NEURONS_TASK_N = "neurons-task-n"
+NEURONS_RUN = "neurons-run"                  # clean | corrupt (page prompts)
+NEURONS_LAYER = "neurons-layer"
+NEURONS_POS = "neurons-pos"                  # empty = every token
+NEURONS_NEURON = "neurons-neuron"
+NEURONS_K = "neurons-k"
+NEURONS_METHOD = "neurons-method"            # pca | tsne
+NEURONS_COMPOSITION = "neurons-composition"  # all | q | k | v
+NEURONS_CIRCUIT = "neurons-circuit"          # ov | qk
+NEURONS_HEAD = "neurons-head"
+NEURONS_RANK = "neurons-rank"
+NEURONS_IMAGE_FORMAT = "neurons-image-format"
+NEURONS_GRAPH = "neurons-graph"
+NEURONS_TABLE = "neurons-table"
+NEURONS_TABLE_BOX = "neurons-table-box"
+NEURONS_STATUS = "neurons-status"
+NEURONS_DOWNLOAD_BUTTON = "neurons-download-button"
+NEURONS_DOWNLOAD = "neurons-download"
+
+VIEWS = {
+    "top": "Top neurons", "profile": "Neuron across prompts", "top_activating": "Top-activating tokens",
+    "cluster": "Prompt clusters", "shortlist": "Neuron shortlist (patching)",
+    "composition": "Composition scores", "svd": "OV / QK singular values", "svd_tokens": "Singular directions → tokens",
+    "rank_k": "Rank-k head", "rank_k_pattern": "Rank-k pattern",
+}
+NEURON_VIEWS = ("top", "profile", "top_activating", "cluster", "shortlist")
+# which selectors each view uses (the others are hidden)
+CONTROLS = {
+    "source": ("top", "profile", "top_activating", "cluster", "shortlist", "rank_k", "rank_k_pattern"),
+    "task_n": ("top", "profile", "top_activating", "cluster", "shortlist", "rank_k", "rank_k_pattern"),
+    "run": ("top", "profile", "top_activating", "cluster", "rank_k", "rank_k_pattern"),
+    "layer": ("top", "profile", "top_activating", "cluster", "shortlist", "svd", "svd_tokens", "rank_k",
+              "rank_k_pattern"),
+    "pos": ("top", "top_activating", "cluster", "shortlist"),
+    "neuron": ("profile", "top_activating"),
+    "k": ("top", "top_activating", "shortlist", "svd_tokens"),
+    "method": ("cluster",),
+    "composition": ("composition",),
+    "circuit": ("svd", "svd_tokens"),
+    "head": ("svd", "svd_tokens", "rank_k", "rank_k_pattern"),
+    "rank": ("rank_k_pattern",),
+}
+CONTROL_IDS = {name: f"neurons-ctl-{name.replace('_', '-')}" for name in CONTROLS}
+IDLE = "Choose a view. Neuron views use the factual-recall prompts (cities → countries) unless you pick the prompts panel."
+TASK = "factual"
+
+
+# -- pure: selector values -> what to show ---------------------------------------------------------
+def _int(value, what: str, default: int | None) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
+    if not f.is_integer():
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    return int(f)
+
+
+@dataclass(frozen=True)
+class NeuronOptions:
+    """The tab's selectors, as typed (numbers may arrive as None or text from the page)."""
+    view: str = "top"
+    source: str = "task"
+    task_n: int | None = 32
+    run: str = "clean"
+    layer: int | None = -1
+    pos: int | str | None = -1          # None / "" = every token
+    neuron: int | None = 0
+    k: int | None = 20
+    method: str = "pca"
+    composition: str = "all"
+    circuit: str = "ov"
+    head: int | None = 0
+    rank: int | None = 1
+
+    def __post_init__(self):
+        if self.view not in VIEWS:
+            raise ValueError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
+        if self.source not in ("task", "page"):
+            raise ValueError(f"source must be 'task' or 'page', not {self.source!r}")
+
+
+@dataclass(frozen=True)
+class NeuronResult:
+    frame: pd.DataFrame
+    figure: go.Figure
+    table: tuple[list[dict], list[dict]] | None
+    summary: str
+    filename: str
+
+
+def explore(model, page_prompts, opts: NeuronOptions, memo: FrameMemo | None = None) -> NeuronResult:
+    """One view: the engine's DataFrame, its figure and (some views) a table; ValueError on bad input.
+
+    page_prompts: the prompts panel's PromptSet (or None, or a callable returning it, called
+    only when the view needs it). `memo` keeps activations and DataFrames keyed by model,
+    prompts and the options that change the data.
+
+    >>> r = explore(model, None, NeuronOptions(view="top", layer=1, task_n=20))   # doctest: +SKIP
+    >>> r.frame.columns[:4].tolist()                                                 # doctest: +SKIP
+    ['layer', 'pos', 'rank', 'neuron']
+    """
+    layer = _int(opts.layer, "layer", -1)
+    pos = _int(opts.pos, "position", None)
+    neuron = _int(opts.neuron, "neuron", 0)
+    k = _int(opts.k, "k", 20)
+    head = _int(opts.head, "head", 0)
+    n = _int(opts.task_n, "number of task prompts", 32)
+    if not 1 <= n <= 500:
+        raise ValueError(f"number of task prompts must be from 1 to 500, not {n}")
+
+    def cached(compute, *key):
+        return compute() if memo is None else memo.get((model.name, *key), compute)
+
+    def page():
+        p = page_prompts() if callable(page_prompts) else page_prompts
+        if p is None:
+            raise ValueError("enter prompts on the left (or choose the factual task as the source)")
+        return p
+
+    def prompt_key():
+        if opts.source == "task":
+            return ("task", TASK, n)
+        p = page()
+        return ("page", p.pairs, p.prepend_bos)
+
+    def acts():
+        key = prompt_key()
+        if opts.source == "task":
+            return cached(lambda: N.collect_activations(model, N.task_texts(model, TASK, n)), "acts", *key)
+        return cached(lambda: N.collect_activations(model, N.texts_from_prompts(page(), model, opts.run)),
+                      "acts", *key, opts.run)
+
+    def pairs():
+        if opts.source == "task":
+            return cached(lambda: N.task_prompt_set(model, TASK, n), "pairs", TASK, n)
+        return page()
+
+    table = None
+    src = (f"{n} factual-recall prompts" if opts.source == "task"
+           else f"the prompts panel's {opts.run} prompts")
+    v = opts.view
+    if v == "top":
+        a = acts()
+        df = N.top_neurons(a, layer, pos, k=k)
+        fig = figures_neurons.top_neurons_bars(df)
+        summary = f"The {len(df)} neurons of layer {int(df.layer.iloc[0])} most active on {src}; click a bar to pick it."
+        name = f"top-neurons-L{int(df.layer.iloc[0])}"
+    elif v == "profile":
+        a = acts()
+        df = N.neuron_profile(a, layer, neuron)
+        fig = figures_neurons.neuron_profile_heatmap(df)
+        summary = f"Neuron L{int(df.layer.iloc[0])}N{neuron} on every token of {src}."
+        name = f"neuron-L{int(df.layer.iloc[0])}N{neuron}-profile"
+    elif v == "top_activating":
+        a = acts()
+        df = N.top_activating(a, layer, neuron, k=k, pos=pos)
+        fig = figures_neurons.neuron_profile_heatmap(N.neuron_profile(a, layer, neuron))
+        table = figures_neurons.top_activating_table(df)
+        summary = f"Where neuron L{int(df.layer.iloc[0])}N{neuron} fires most in {src} (token in bold)."
+        name = f"neuron-L{int(df.layer.iloc[0])}N{neuron}-top"
+    elif v == "cluster":
+        a = acts()
+        if pos is None:
+            raise ValueError("clustering needs one position (e.g. -1, each prompt's last token)")
+        df = cached(lambda: N.cluster_prompts(a, layer, pos, method=opts.method), "cluster", *prompt_key(),
+                    opts.run, layer, pos, opts.method)
+        fig = figures_neurons.cluster_scatter(df)
+        summary = f"{opts.method.upper() if opts.method == 'pca' else 't-SNE'} of {src} by layer {int(df.layer.iloc[0])}'s neurons, coloured by label."
+        name = f"clusters-{opts.method}-L{int(df.layer.iloc[0])}"
+    elif v == "shortlist":
+        p = pairs()
+        if pos is not None and not -p.n_pos <= pos < p.n_pos:
+            raise ValueError(f"position {pos} is out of range: the pairs have {p.n_pos} tokens "
+                             f"(0..{p.n_pos - 1}, or -1 for the last); leave it empty for every position")
+        positions = None if pos is None else [pos % p.n_pos]
+        df = cached(lambda: N.neuron_shortlist(model, p, layers=[layer], positions=positions, top=k),
+                    "shortlist", *prompt_key(), opts.layer, pos, k)
+        fig = figures_neurons.shortlist_figure(df)
+        summary = (f"Attribution scores for every neuron, then exact patching (denoise, logit_diff) of the top "
+                   f"{len(df)} on {p.n_pairs} pairs" + ("" if positions is None else f", at position {positions[0]}") + ".")
+        name = "neuron-shortlist"
+    elif v == "composition":
+        df = cached(lambda: W.composition_scores(model), "composition")
+        fig = figures_neurons.composition_heatmap(df, opts.composition)
+        if opts.composition != "all":
+            df = df[df.composition == opts.composition]
+        summary = "Composition of each earlier head's output (OV) with each later head's query, key or value input."
+        name = f"composition-{opts.composition}"
+    elif v == "svd":
+        df = cached(lambda: W.singular_values(model, opts.circuit), "svd", opts.circuit)
+        lay = W._check_int(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
+        fig = figures_neurons.singular_values_figure(df, lay, head)
+        summary = (f"Singular values of layer {lay}'s heads' {opts.circuit.upper()} circuits (head {head} "
+                   "highlighted); the CSV has every layer.")
+        name = f"singular-values-{opts.circuit}"
+    elif v == "svd_tokens":
+        df = W.singular_tokens(model, layer, head, opts.circuit, n_dirs=min(3, model.arch.d_head if model.arch else 3),
+                               k=min(k, 30))
+        fig = figures_neurons.singular_tokens_figure(df)
+        table = figures_neurons.singular_tokens_table(df)
+        summary = (f"Top singular directions of {df.label.iloc[0]}'s {opts.circuit.upper()} circuit as tokens "
+                   "(writing side through the unembedding, reading sides through the embedding).")
+        name = f"svd-tokens-{df.label.iloc[0]}-{opts.circuit}"
+    elif v == "rank_k":
+        p = pairs()
+        df = cached(lambda: W.rank_k_head(model, p, layer, head, run=opts.run), "rank_k", *prompt_key(),
+                    layer, head, opts.run)
+        fig = figures_neurons.rank_k_figure(df)
+        summary = f"{df.label.iloc[0]} with its QK circuit truncated to rank k, on {p.n_pairs} pairs."
+        name = f"rank-k-{df.label.iloc[0]}"
+    else:
+        p = pairs()
+        rank = _int(opts.rank, "rank", 1)
+        df = W.rank_k_pattern(model, p, layer, head, rank, run=opts.run)
+        fig = figures_neurons.rank_k_pattern_figure(df)
+        summary = f"Pair 0's pattern of L{int(df.layer.iloc[0])}H{head}, original vs rank {rank}."
+        name = f"rank-k-pattern-L{int(df.layer.iloc[0])}H{head}-r{rank}"
+    return NeuronResult(df, fig, table, summary, f"patchboard-{name}.csv")
+
+
+# -- layout ------------------------------------------------------------------------------------
+def _field(name: str, label: str, control) -> html.Div:
+    return html.Div([dbc.Label(label, html_for=getattr(control, "id", None), className="field-label"),
+                     control], id=CONTROL_IDS[name], className="inspect-field")
+
+
+def _radio(id_: str, options: dict, value: str) -> dbc.RadioItems:
+    return dbc.RadioItems(id=id_, value=value, inline=True,
+                          options=[{"label": v, "value": k} for k, v in options.items()])
+
+
+def _number(id_: str, value, placeholder: str = "", min_=None) -> dbc.Input:
+    return dbc.Input(id=id_, type="number", value=value, step=1, min=min_, size="sm",
+                     placeholder=placeholder, debounce=True, className="inspect-number")
+
+
+def layout() -> html.Div:
+    """The tab's content: view selector, the view's options, the figure, a table, CSV."""
+    view = dcc.Dropdown(id=NEURONS_VIEW, value="top", clearable=False, className="inspect-dropdown",
+                        options=[{"label": v, "value": k} for k, v in VIEWS.items()])
+    options = html.Div([
+        _field("source", "Prompts", _radio(NEURONS_SOURCE, {"task": "factual task", "page": "prompts panel"}, "task")),
+        _field("task_n", "Task prompts", _number(NEURONS_TASK_N, 32, min_=1)),
+        _field("run", "Run", _radio(NEURONS_RUN, {"clean": "clean", "corrupt": "corrupt"}, "clean")),
+        _field("layer", "Layer", _number(NEURONS_LAYER, -1, "-1 = last")),
+        _field("pos", "Position", _number(NEURONS_POS, -1, "empty = every token")),
+        _field("neuron", "Neuron", _number(NEURONS_NEURON, 0, min_=0)),
+        _field("k", "k", _number(NEURONS_K, 20, min_=1)),
+        _field("method", "Method", _radio(NEURONS_METHOD, {"pca": "PCA", "tsne": "t-SNE"}, "pca")),
+        _field("composition", "Composition", _radio(NEURONS_COMPOSITION, {"all": "Q, K, V", "q": "Q", "k": "K",
+                                                                          "v": "V"}, "all")),
+        _field("circuit", "Circuit", _radio(NEURONS_CIRCUIT, {"ov": "OV", "qk": "QK"}, "ov")),
+        _field("head", "Head", _number(NEURONS_HEAD, 0, min_=0)),
+        _field("rank", "Rank", _number(NEURONS_RANK, 1, min_=0)),
+    ], className="inspect-options toolbar")
+    return html.Div([
+        html.Div([dbc.Label("View", html_for=NEURONS_VIEW, className="field-label"), view],
+                 className="toolbar inspect-views"),
+        options,
+        html.Div([
+            html.Div([html.Span("Image export", className="toolbar-label"),
+                      _radio(NEURONS_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
+                     className="toolbar-group"),
+            dbc.Button("Download CSV", id=NEURONS_DOWNLOAD_BUTTON, color="primary", outline=True,
+                       size="sm", disabled=True, n_clicks=0),
+            dcc.Download(id=NEURONS_DOWNLOAD),
+        ], className="toolbar"),
+        html.Div(IDLE, id=NEURONS_STATUS, className="hint", role="status"),
+        dcc.Loading(dcc.Graph(id=NEURONS_GRAPH, figure=figures.empty_figure(IDLE),
+                              config=figures.graph_config("png", "patchboard-neurons"), className="graph"),
+                    type="dot", delay_show=400),
+        html.Div(dash_table.DataTable(id=NEURONS_TABLE, columns=[], data=[], sort_action="native",
+                                      markdown_options={"html": False},
+                                      style_table={"overflowX": "auto"},
+                                      style_cell={"fontFamily": figures.FONT, "fontSize": 13,
+                                                  "padding": "4px 8px", "textAlign": "left"},
+                                      style_header={"fontWeight": 600}),
+                 id=NEURONS_TABLE_BOX, style={"display": "none"}),
+    ], id=NEURONS_PANEL, className="inspect-panel")
+
+
+# -- callbacks -------------------------------------------------------------------------------------
+PAGE_STATES = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSWER_TOKEN, ids.WRONG_TOKEN)
+OPTION_INPUTS = (NEURONS_VIEW, NEURONS_SOURCE, NEURONS_TASK_N, NEURONS_RUN, NEURONS_LAYER, NEURONS_POS,
+                 NEURONS_NEURON, NEURONS_K, NEURONS_METHOD, NEURONS_COMPOSITION, NEURONS_CIRCUIT,
+                 NEURONS_HEAD, NEURONS_RANK)
+
+
+def register_callbacks(app, registry) -> SimpleNamespace:
+    """Wire the tab to `app`; returns the plain functions so tests call them directly."""
+
+    def controls(view):
+        return [{} if view in views else {"display": "none"} for views in CONTROLS.values()]
+
+    app.callback([Output(CONTROL_IDS[n], "style") for n in CONTROLS], Input(NEURONS_VIEW, "value"))(controls)
+
+    memo = FrameMemo(size=16)
+
+    def _compute(options, page):
+        names = [f.name for f in fields(NeuronOptions)]          # view, source, ... in selector order
+        opts = NeuronOptions(**{n: v for n, v in zip(names, options) if v is not None or n == "pos"})
+        model_name, clean, corrupt, answer, wrong, bos, pairs = page
+        model = registry.get(handlers.check_model(registry, model_name))
+
+        def page_prompts():
+            return prompts_from_page(registry, *page)[1]
+
+        return explore(model, page_prompts, opts, memo)
+
+    def show(view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head, rank,
+             image_format, active_tab, model, clean, corrupt, answer, wrong, bos, pairs):
+        """Selectors + prompts -> figure, config, status, table columns/data/visibility, CSV button."""
+        if active_tab not in (None, TAB_NEURONS):          # computed when the tab is open
+            return (no_update,) * 7
+        config = figures.graph_config(image_format or "png", f"patchboard-{view or 'neurons'}")
+        hidden = {"display": "none"}
+        try:
+            r = _compute((view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head,
+                          rank), (model, clean, corrupt, answer, wrong, bos, pairs))
+        except ValueError as exc:
+            return (figures.empty_figure(str(exc)), config, html.Span(str(exc), className="error-text"),
+                    [], [], hidden, True)
+        columns, data = r.table if r.table else ([], [])
+        return r.figure, config, r.summary, columns, data, ({} if r.table else hidden), False
+
+    app.callback(
+        Output(NEURONS_GRAPH, "figure"), Output(NEURONS_GRAPH, "config"), Output(NEURONS_STATUS, "children"),
+        Output(NEURONS_TABLE, "columns"), Output(NEURONS_TABLE, "data"), Output(NEURONS_TABLE_BOX, "style"),
+        Output(NEURONS_DOWNLOAD_BUTTON, "disabled"),
+        *[Input(i, "value") for i in OPTION_INPUTS], Input(NEURONS_IMAGE_FORMAT, "value"),
+        Input(ids.TABS, "active_tab"),
+        *[Input(i, "value") for i in PAGE_STATES], Input(ids.PREPEND_BOS, "value"),
+        Input(ids.PAIRS_STORE, "data"))(show)
+
+    def pick_neuron(click, view):
+        """A click on a top-neurons bar ('N17') picks that neuron."""
+        if view != "top" or not click or not click.get("points"):
+            return no_update
+        label = str(click["points"][0].get("y", ""))
+        return int(label[1:]) if label.startswith("N") and label[1:].isdigit() else no_update
+
+    app.callback(Output(NEURONS_NEURON, "value"), Input(NEURONS_GRAPH, "clickData"),
+                 State(NEURONS_VIEW, "value"), prevent_initial_call=True)(pick_neuron)
+
+    def download(n_clicks, view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit,
+                 head, rank, model, clean, corrupt, answer, wrong, bos, pairs):
+        """The view on screen as CSV (formula-neutralised cells)."""
+        if not n_clicks:
+            return no_update
+        try:
+            r = _compute((view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head,
+                          rank), (model, clean, corrupt, answer, wrong, bos, pairs))
+        except ValueError:
+            return no_update
+        return dcc.send_string(write_csv(r.frame), r.filename)
+
+    app.callback(
+        Output(NEURONS_DOWNLOAD, "data"), Input(NEURONS_DOWNLOAD_BUTTON, "n_clicks"),
+        *[State(i, "value") for i in OPTION_INPUTS],
+        *[State(i, "value") for i in PAGE_STATES], State(ids.PREPEND_BOS, "value"),
+        State(ids.PAIRS_STORE, "data"), prevent_initial_call=True)(download)
+
+    return SimpleNamespace(controls=controls, show=show, download=download, pick_neuron=pick_neuron, memo=memo)
+
+
+__all__ = ["layout", "register_callbacks", "explore", "NeuronOptions", "NeuronResult", "TAB_NEURONS", "VIEWS"]
