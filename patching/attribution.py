@@ -13,7 +13,8 @@ patched metric*, so results read like `engine.sweep`'s (`value`, `normalized`).
 Edge attribution (EAP, Syed et al. 2023): upstream nodes (token embeddings, each head's output,
 each MLP's output) write into the residual stream; downstream nodes (each head's q, k and v
 input, each MLP's input, the logits) read their own copy of it. The score of an edge u -> v is
-(u_donor - u_base) . dmetric/d(input of v), all edges from one backward.
+(u_donor - u_base) . dmetric/d(input of v), all edges from one backward (a head's own input
+gradient is its q/k/v gradient taken back through its slice of the projection and ln1).
 
 EAP-IG (`method="ig"`, Hanna et al. 2024; Marks et al. 2024): gradients averaged over `steps`
 runs whose token embeddings are interpolated from the base run's to the donor's (midpoints
