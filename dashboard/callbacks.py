@@ -516,13 +516,14 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
     app.callback(Output(ids.ATTR_STEPS, "disabled"), Input(ids.ATTR_METHOD, "value"))(
         lambda method: method != "ig")
 
-    def run_attribution(set_progress, n_clicks, kinds, method, steps, per_position, *prompt):
-        """Run attribution for the chosen kinds: validate, queue, baselines, estimate, save."""
+    def run_attribution(set_progress, n_clicks, kinds, method, steps, per_position, edges, *prompt):
+        """Run attribution for the chosen kinds (and edges): validate, queue, baselines, estimate, save."""
         if not n_clicks:
             return no_update, no_update, no_update
         form = _prompt_form(*prompt)
         attr = handlers.AttributionForm(kinds=tuple(kinds or ()), method=method or "plain", steps=steps,
-                                        per_position="per" in (per_position or []))
+                                        per_position="per" in (per_position or []),
+                                        edges="edges" in (edges or []))
         try:
             att_id = handlers.execute_attribution(registry, store, form, attr, data_dir,
                                                   report=lambda p: set_progress(p.as_tuple()))
@@ -542,7 +543,7 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         Output(ids.ATTR_STATUS, "children"),
         Input(ids.ATTR_RUN_BUTTON, "n_clicks"),
         State(ids.ATTR_KINDS, "value"), State(ids.ATTR_METHOD, "value"), State(ids.ATTR_STEPS, "value"),
-        State(ids.ATTR_PER_POSITION, "value"), *_prompt_states(),
+        State(ids.ATTR_PER_POSITION, "value"), State(ids.ATTR_EDGES, "value"), *_prompt_states(),
         background=True, interval=400,
         running=[(Output(ids.ATTR_RUN_BUTTON, "disabled"), True, False),
                  (Output(ids.ATTR_RUN_BUTTON, "children"), "Running…", "Run attribution"),
@@ -569,12 +570,13 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         """The attribution run on screen + chosen kind -> its heatmap, the kind options, summary,
         buttons; the agreement line is cleared (it belongs to one kind)."""
         empty = figures.empty_figure("Run attribution to see every kind's estimated effect.")
+        no_edges = layout.render_edges(None, False)
         if not att_id:
-            return empty, [], None, "", True, True, ""
+            return empty, [], None, "", True, True, "", no_edges, True
         try:
             run = store.get_attribution(att_id)
         except ValueError as exc:
-            return figures.empty_figure(str(exc)), [], None, "", True, True, ""
+            return figures.empty_figure(str(exc)), [], None, "", True, True, "", no_edges, True
         kinds = [r.spec.kind for r in run.results]
         if kind not in kinds:
             kind = "head_out" if "head_out" in kinds else kinds[0]
@@ -583,12 +585,15 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         summary = [dash.html.Span(f"Attribution #{run.id}", className="run-id"), handlers.attribution_summary(run)] \
             + ([dash.html.Div(note, className="error-text")] if note else [])
         options = [{"label": k, "value": k} for k in kinds]
-        return figures.result_figure(result, mode), options, kind, summary, False, False, ""
+        edges = layout.render_edges(handlers.top_edges(run.edges, 12), run.edges is not None)
+        return (figures.result_figure(result, mode), options, kind, summary, False, False, "", edges,
+                run.edges is None)
 
     app.callback(Output(ids.ATTR_FIGURE, "figure"), Output(ids.ATTR_SHOW_KIND, "options"),
                  Output(ids.ATTR_SHOW_KIND, "value"), Output(ids.ATTR_SUMMARY, "children"),
                  Output(ids.ATTR_DOWNLOAD_BUTTON, "disabled"), Output(ids.ATTR_AGREE_BUTTON, "disabled"),
-                 Output(ids.ATTR_AGREEMENT, "children"),
+                 Output(ids.ATTR_AGREEMENT, "children"), Output(ids.ATTR_EDGES_TABLE, "children"),
+                 Output(ids.ATTR_EDGES_DOWNLOAD_BUTTON, "disabled"),
                  Input(ids.ATTR_RUN, "data"), Input(ids.ATTR_SHOW_KIND, "value"),
                  Input(ids.ATTR_VALUE_MODE, "value"))(show_attribution)
 
@@ -604,6 +609,18 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
 
     app.callback(Output(ids.ATTR_DOWNLOAD, "data"), Input(ids.ATTR_DOWNLOAD_BUTTON, "n_clicks"),
                  State(ids.ATTR_RUN, "data"), prevent_initial_call=True)(download_attribution)
+
+    def download_edges(n_clicks, att_id):
+        """The run's edge scores: upstream, downstream, score, abs_score, normalized, method, ..."""
+        if not n_clicks or not att_id:
+            return no_update
+        run = store.get_attribution(att_id)
+        if run.edges is None:
+            return no_update
+        return dcc.send_string(run.edges.to_csv(), f"patchboard-attribution{run.id}-edges.csv")
+
+    app.callback(Output(ids.ATTR_EDGES_DOWNLOAD, "data"), Input(ids.ATTR_EDGES_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.ATTR_RUN, "data"), prevent_initial_call=True)(download_edges)
 
     def agreement(n_clicks, att_id, kind):
         """Exact sweep of the shown kind (queued like a run) -> Pearson r and top-10 overlap."""
@@ -627,4 +644,5 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
 
     return SimpleNamespace(attribution_kinds_for=attribution_kinds_for, run_attribution=run_attribution,
                            attribution_cancelled=attribution_cancelled, show_attribution=show_attribution,
-                           download_attribution=download_attribution, agreement=agreement)
+                           download_attribution=download_attribution, download_edges=download_edges,
+                           agreement=agreement)

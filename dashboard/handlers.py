@@ -720,6 +720,7 @@ class AttributionForm:
     method: str = "plain"
     steps: object = 16
     per_position: bool = False
+    edges: bool = False                  # also EAP / EAP-IG edge scores (heads, MLPs, logits)
 
 
 def attribution_kind_options(model=None) -> list[dict]:
@@ -777,7 +778,7 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
 
     Returns the attribution run's id (RunStore.get_attribution); ValueError on bad input.
     """
-    from patching.attribution import run_attribution
+    from patching.attribution import edge_attribution, run_attribution
     model = registry.get(check_model(registry, form.model))
     kw, prompts = parse_attribution_form(model, form, attr)
 
@@ -791,11 +792,17 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
         what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
         report(Progress(0, 1, f"attributing {len(kw['kinds'])} kinds ({what})…", text))
         results = run_attribution(model, prompts, **kw)
+        edges = None
+        if attr.edges:
+            report(Progress(0, 1, "edge scores…", text))
+            edges = edge_attribution(model, prompts, metric=kw["metric"], direction=kw["direction"],
+                                     method=kw["method"], **({"steps": kw["steps"]} if "steps" in kw else {}))
     method = "plain" if kw["method"] == "plain" else f"ig, {kw['steps']} steps"
     label = (f"attribution ({method}) · {len(results)} kinds · {form.direction} · {form.metric} · "
              f"{Path(form.model).name}")
+    label += " · edges" if edges is not None else ""
     att_id = store.save_attribution(results, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
-                                    label)
+                                    label, edges)
     report(Progress(1, 1, f"done in {results[0].seconds:.2f} s", text))
     return att_id
 
@@ -825,3 +832,17 @@ def agreement_text(a: dict) -> str:
     hits = round(a["topk_overlap"] * a["k"])
     return (f"Agreement with exact patching · {a['kind']}: Pearson r = {r} · top-{a['k']} overlap "
             f"{hits}/{a['k']} ({a['cells']} cells; exact sweep {a.get('exact_seconds', 0):.2f} s)")
+
+
+def top_edges(edges, n: int = 12) -> list[dict]:
+    """The n edges with the largest |score|, as table rows (upstream, downstream, score, normalized).
+
+    >>> top_edges(edge_attribution(model, prompts), 3)[0].keys()      # doctest: +SKIP
+    dict_keys(['upstream', 'downstream', 'score', 'normalized'])
+    """
+    if edges is None:
+        return []
+    df = edges.top(n)
+    return [{"upstream": r.upstream, "downstream": r.downstream, "score": round(float(r.score), 4),
+             "normalized": None if r.normalized != r.normalized else round(float(r.normalized), 3)}
+            for r in df.itertuples()]

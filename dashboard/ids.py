@@ -120,3 +120,7 @@ ATTR_DOWNLOAD_BUTTON = "attribution-download-button"
 ATTR_DOWNLOAD = "attribution-download"
 ATTR_AGREE_BUTTON = "attribution-agree-button"
 ATTR_AGREEMENT = "attribution-agreement"
+ATTR_EDGES = "attribution-edges"           # checklist: also edge scores (EAP / EAP-IG)
+ATTR_EDGES_TABLE = "attribution-edges-table"
+ATTR_EDGES_DOWNLOAD_BUTTON = "attribution-edges-download-button"
+ATTR_EDGES_DOWNLOAD = "attribution-edges-download"

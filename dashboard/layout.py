@@ -265,7 +265,9 @@ def attribution_tab() -> html.Div:
                      dbc.Input(id=ids.ATTR_STEPS, type="number", min=1, max=handlers.MAX_IG_STEPS, step=1,
                                value=16, size="sm", disabled=True),
                      dbc.Checklist(id=ids.ATTR_PER_POSITION, switch=True, value=[], className="mt-1",
-                                   options=[{"label": "head kinds per position", "value": "per"}])], md=3),
+                                   options=[{"label": "head kinds per position", "value": "per"}]),
+                     dbc.Checklist(id=ids.ATTR_EDGES, switch=True, value=[],
+                                   options=[{"label": "edge scores (EAP)", "value": "edges"}])], md=3),
         ], className="g-3"),
         _run_controls(ids.ATTR_RUN_BUTTON, ids.ATTR_CANCEL_BUTTON, ids.ATTR_PROGRESS, ids.ATTR_PROGRESS_TEXT,
                       ids.ATTR_STATUS, ids.ATTR_BASELINES, "Run attribution"),
@@ -283,6 +285,15 @@ def attribution_tab() -> html.Div:
         ], className="toolbar"),
         html.Div(id=ids.ATTR_AGREEMENT, className="hint agreement"),
         _graph(ids.ATTR_FIGURE, "Run attribution to see every kind's estimated effect."),
+        html.Div([
+            html.Div([
+                html.H3("Top edges", className="section-title"),
+                dbc.Button("Download edges CSV", id=ids.ATTR_EDGES_DOWNLOAD_BUTTON, color="primary",
+                           outline=True, size="sm", disabled=True, n_clicks=0),
+                dcc.Download(id=ids.ATTR_EDGES_DOWNLOAD),
+            ], className="toolbar"),
+            html.Div(id=ids.ATTR_EDGES_TABLE),
+        ], className="edges-section"),
     ], id=ids.ATTRIBUTION_PANEL, className="tab-panel")
 
 
@@ -394,3 +405,15 @@ def render_top_tables(tables: list[tuple[str, list[dict]]]):
         cols.append(dbc.Col([html.H4(title, className="table-title"),
                              dbc.Table([header, body], size="sm", striped=True, className="top-table")], md=6))
     return dbc.Row(cols)
+
+
+def render_edges(rows: list[dict] | None, asked: bool):
+    """The top edges of an attribution run as a table (or a hint when edges were not asked for)."""
+    if not rows:
+        return html.Div("Turn on 'edge scores (EAP)' before Run attribution to score every edge between "
+                        "embeddings, heads, MLPs and logits." if not asked else "No edges.", className="hint")
+    header = html.Thead(html.Tr([html.Th(c) for c in ("upstream", "downstream", "score", "normalized")]))
+    body = html.Tbody([html.Tr([html.Td(r["upstream"]), html.Td(r["downstream"]), html.Td(f"{r['score']:.4f}"),
+                                html.Td("" if r["normalized"] is None else f"{r['normalized']:.3f}")])
+                       for r in rows])
+    return dbc.Table([header, body], size="sm", striped=True, className="top-table edges-table")

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from patching.attribution import AttributionResult
+from patching.attribution import AttributionResult, EdgeScores
 from patching.path import PathResult
 from patching.results import PatchResult
 
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS attributions (
     metric        TEXT    NOT NULL,
     n_pairs       INTEGER NOT NULL,
     pairs_json    TEXT    NOT NULL,
-    results_json  TEXT    NOT NULL           -- [AttributionResult.to_json(), ...], one per kind
+    results_json  TEXT    NOT NULL,          -- [AttributionResult.to_json(), ...], one per kind
+    edges_json    TEXT                       -- EdgeScores.to_json() when edges were asked for
 );
 """
 
@@ -99,6 +100,7 @@ class AttributionRun:
     label: str
     pairs: list[tuple[str, str, str, str]]
     results: list[AttributionResult]        # one per kind, in the order they were asked for
+    edges: EdgeScores | None = None         # EAP / EAP-IG edge scores, when asked for
 
     def result(self, kind: str) -> AttributionResult:
         for r in self.results:
@@ -118,6 +120,9 @@ class RunStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(attributions)")}
+            if "edges_json" not in columns:          # a store made before edge scores were kept
+                db.execute("ALTER TABLE attributions ADD COLUMN edges_json TEXT")
 
     @contextmanager
     def _connect(self):
@@ -189,7 +194,8 @@ class RunStore:
             return db.execute("DELETE FROM runs WHERE id = ?", (int(run_id),)).rowcount > 0
 
     # -- attribution runs: every kind of one run_attribution call, kept together ---------------
-    def save_attribution(self, results: list[AttributionResult], pairs, label: str = "") -> int:
+    def save_attribution(self, results: list[AttributionResult], pairs, label: str = "",
+                         edges: EdgeScores | None = None) -> int:
         """Store one attribution run (a result per kind); returns its id (its own numbering,
         separate from the patching runs' history)."""
         if not results:
@@ -199,22 +205,24 @@ class RunStore:
         r = results[0]
         label = label or f"attribution ({r.method}) · {len(results)} kinds · {r.spec.direction}"
         row = (time.time(), label, r.model_name or r.spec.model, r.method, int(r.steps), r.spec.direction,
-               r.spec.metric, r.n_pairs, json.dumps(pairs), json.dumps([x.to_json() for x in results]))
+               r.spec.metric, r.n_pairs, json.dumps(pairs), json.dumps([x.to_json() for x in results]),
+               json.dumps(edges.to_json()) if edges is not None else None)
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO attributions (created, label, model, method, steps, direction, metric, n_pairs, "
-                "pairs_json, results_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                "pairs_json, results_json, edges_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             return int(cur.lastrowid)
 
     def get_attribution(self, attribution_id: int) -> "AttributionRun":
         """The attribution run, or ValueError naming the id."""
         with self._connect() as db:
-            row = db.execute("SELECT id, created, label, pairs_json, results_json FROM attributions "
+            row = db.execute("SELECT id, created, label, pairs_json, results_json, edges_json FROM attributions "
                              "WHERE id = ?", (int(attribution_id),)).fetchone()
         if row is None:
             raise ValueError(f"attribution run {attribution_id} does not exist; run attribution again")
         results = [AttributionResult.from_json(d) for d in json.loads(row[4])]
-        return AttributionRun(row[0], row[1], row[2], [tuple(p) for p in json.loads(row[3])], results)
+        edges = EdgeScores.from_json(json.loads(row[5])) if row[5] else None
+        return AttributionRun(row[0], row[1], row[2], [tuple(p) for p in json.loads(row[3])], results, edges)
 
     def __len__(self) -> int:
         with self._connect() as db:

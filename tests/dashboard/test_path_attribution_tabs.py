@@ -171,6 +171,26 @@ def test_store_round_trips_path_and_attribution(store, gpt2_model, prompts):
     with pytest.raises(ValueError, match="attribution run 999 does not exist"):
         store.get_attribution(999)
     assert len(store) == 1                        # attribution runs are not in the patching history
+    from patching.attribution import edge_attribution
+    edges = edge_attribution(gpt2_model, prompts)
+    back = store.get_attribution(store.save_attribution(results, IOI, edges=edges)).edges
+    assert back.to_csv() == edges.to_csv() and store.get_attribution(att_id).edges is None
+
+
+def test_store_adds_the_edges_column_to_an_older_store(tmp_path):
+    import sqlite3
+    from dashboard.store import RunStore
+    db = sqlite3.connect(tmp_path / "runs.sqlite")
+    db.execute("CREATE TABLE attributions (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
+               "label TEXT NOT NULL, model TEXT NOT NULL, method TEXT NOT NULL, steps INTEGER NOT NULL, "
+               "direction TEXT NOT NULL, metric TEXT NOT NULL, n_pairs INTEGER NOT NULL, "
+               "pairs_json TEXT NOT NULL, results_json TEXT NOT NULL)")
+    db.commit()
+    db.close()
+    RunStore(tmp_path)
+    db = sqlite3.connect(tmp_path / "runs.sqlite")
+    assert "edges_json" in {r[1] for r in db.execute("PRAGMA table_info(attributions)")}
+    db.close()
 
 
 # -- callbacks, called directly --------------------------------------------------------------------
@@ -222,13 +242,16 @@ def test_attribution_tab_run_show_download_agreement(app, registry, tiny_name):
     cb = app.patchboard
     assert "resid_mid" in [o["value"] for o in cb.attribution_kinds_for(tiny_name)]
     progress = Progress()
-    att_id, err, status = cb.run_attribution(progress, 1, [], "plain", 16, [], *_prompt_args(tiny_name))
+    att_id, err, status = cb.run_attribution(progress, 1, [], "plain", 16, [], [], *_prompt_args(tiny_name))
     assert err == "" and isinstance(att_id, int) and "kinds in" in _text(html.Div(status))
-    fig, options, kind, summary, dl_disabled, agree_disabled, agreement = cb.show_attribution(att_id, None, "raw")
+    (fig, options, kind, summary, dl_disabled, agree_disabled, agreement, edges_table,
+     edges_disabled) = cb.show_attribution(att_id, None, "raw")
+    assert edges_disabled and "Turn on 'edge scores (EAP)'" in _text(edges_table)
+    assert cb.download_edges(1, att_id) is no_update
     assert kind == "head_out" and fig.data[0].type == "heatmap" and not dl_disabled and not agree_disabled
     assert {o["value"] for o in options} == set(attribution_kinds(registry.get(tiny_name)))
     assert agreement == ""
-    fig2, _, kind2, _, _, _, _ = cb.show_attribution(att_id, "resid_pre", "normalized")
+    fig2, _, kind2, *_ = cb.show_attribution(att_id, "resid_pre", "normalized")
     assert kind2 == "resid_pre" and fig2.data[0].x[0].startswith("0: ")     # positions labelled by token
     sent = cb.download_attribution(1, att_id)
     df = pd.read_csv(io.StringIO(sent["content"]))
@@ -241,16 +264,24 @@ def test_attribution_tab_run_show_download_agreement(app, registry, tiny_name):
 
 def test_attribution_tab_ig_and_errors(app, tiny_name):
     cb = app.patchboard
-    att_id, err, _ = cb.run_attribution(Progress(), 1, ["head_out", "mlp_out"], "ig", 2, ["per"],
+    att_id, err, _ = cb.run_attribution(Progress(), 1, ["head_out", "mlp_out"], "ig", 2, ["per"], ["edges"],
                                         *_prompt_args(tiny_name))
     assert err == ""
-    fig, options, kind, *_ = cb.show_attribution(att_id, None, "raw")
+    fig, options, kind, *_, edges_table, edges_disabled = cb.show_attribution(att_id, None, "raw")
+    assert not edges_disabled
+    cells = [c.children for c in edges_table.children[1].children[0].children]     # first row
+    assert cells[0] in ("embed",) or cells[0].startswith(("head:", "mlp:"))
+    assert len(edges_table.children[1].children) == 12
+    sent = cb.download_edges(1, att_id)
+    df = pd.read_csv(io.StringIO(sent["content"]))
+    assert {"upstream", "downstream", "score", "normalized"} <= set(df.columns)
+    assert set(df["method"]) == {"eap_ig"} and set(df["steps"]) == {2}
     assert [o["value"] for o in options] == ["head_out", "mlp_out"] and kind == "head_out"
     assert list(fig.data[0].y)[:2] == ["L0.H0", "L0.H1"]                     # per position: layer.head rows
     assert "integrated gradients, 2 steps" in fig.layout.title.text
-    out = cb.run_attribution(Progress(), 1, [], "ig", 0, [], *_prompt_args(tiny_name))
+    out = cb.run_attribution(Progress(), 1, [], "ig", 0, [], [], *_prompt_args(tiny_name))
     assert out[0] is no_update and "steps must be a whole number between 1 and 128, not 0" in out[1]
-    out = cb.run_attribution(Progress(), 1, [], "plain", 16, [], *_prompt_args(tiny_name, answer=" Maryland"))
+    out = cb.run_attribution(Progress(), 1, [], "plain", 16, [], [], *_prompt_args(tiny_name, answer=" Maryland"))
     assert "answer ' Maryland'" in out[1]
     assert cb.attribution_cancelled(1)[0].startswith("Attribution run cancelled")
     assert cb.show_attribution(12345, None, "raw")[0].layout.annotations[0].text.startswith("attribution run 12345")
@@ -260,5 +291,15 @@ def test_tabs_are_in_the_layout(app):
     from tests.dashboard.test_dashboard_app import _ids
     present = _ids(app.layout)
     for i in (ids.PATH_PANEL, ids.PATH_RECEIVERS, ids.PATH_FIGURE, ids.PATH_DOWNLOAD_BUTTON,
-              ids.ATTRIBUTION_PANEL, ids.ATTR_KINDS, ids.ATTR_FIGURE, ids.ATTR_AGREE_BUTTON):
+              ids.ATTRIBUTION_PANEL, ids.ATTR_KINDS, ids.ATTR_FIGURE, ids.ATTR_AGREE_BUTTON, ids.ATTR_EDGES,
+              ids.ATTR_EDGES_TABLE):
         assert i in present, i
+
+
+def test_top_edges_rows(gpt2_model, prompts):
+    from patching.attribution import edge_attribution
+    edges = edge_attribution(gpt2_model, prompts)
+    rows = handlers.top_edges(edges, 5)
+    assert len(rows) == 5 and list(rows[0]) == ["upstream", "downstream", "score", "normalized"]
+    assert abs(rows[0]["score"]) >= abs(rows[-1]["score"])
+    assert handlers.top_edges(None) == []

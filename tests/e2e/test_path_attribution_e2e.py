@@ -4,7 +4,8 @@
 default prompts are the IOI pair, which that tokenizer splits into 15 tokens each); the page is
 driven by the ids in dashboard/ids.py: a bad receiver is refused in error-message, a path sweep
 draws its heatmap and downloads its CSV, a receivers sweep draws bars, an attribution run draws a
-heatmap per kind, downloads every kind's CSV and reports its agreement with exact patching.
+heatmap per kind and its top edges, downloads every kind's CSV and the edges' CSV, and reports its
+agreement with exact patching.
 
 Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 07-path-patching.png and 08-attribution.png.
 """
@@ -169,6 +170,7 @@ def test_path_receivers_sweep_draws_bars(page):
 
 def test_attribution_run_kinds_csv_agreement(page):
     page.click("a.nav-link:has-text('Attribution')")
+    page.click(f"#{ids.ATTR_EDGES} label")                      # edge scores too
     page.click(f"#{ids.ATTR_RUN_BUTTON}")
     wait_text(page, ids.ATTR_SUMMARY, "Attribution #")
     page.wait_for_selector(f"#{ids.ATTR_FIGURE} g.hm")
@@ -183,6 +185,9 @@ def test_attribution_run_kinds_csv_agreement(page):
     assert tuple(header[:9]) == CSV_COLUMNS and "method" in header
     kinds = {r[0] for r in rows[1:]}
     assert {"resid_pre", "head_out", "mlp_out", "neuron"} <= kinds
+    assert page.locator(f"#{ids.ATTR_EDGES_TABLE} tbody tr").count() == 12
+    edges = download(page, ids.ATTR_EDGES_DOWNLOAD_BUTTON)
+    assert edges[0][:3] == ["upstream", "downstream", "score"] and len(edges) > 12
     page.click(f"#{ids.ATTR_AGREE_BUTTON}")
     wait_text(page, ids.ATTR_AGREEMENT, "Agreement with exact patching · resid_pre: Pearson r")
     shot(page, "08-attribution")
