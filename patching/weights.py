@@ -279,7 +279,6 @@ def _vocab_matrices(model, w: HeadWeights) -> dict[str, Tensor]:
     out = getattr(hf.get_output_embeddings(), "_original_component", hf.get_output_embeddings())
     w_u = out.weight.double()
     if w.fold_ln:
-        arch = model.arch
         norm = None
         for path in ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm"):
             obj = hf
@@ -290,7 +289,6 @@ def _vocab_matrices(model, w: HeadWeights) -> dict[str, Tensor]:
                 break
         if norm is not None and getattr(norm, "weight", None) is not None:
             w_u = w_u * norm.weight.double()[None]
-        del arch
     return {"embed": w_e.double(), "unembed": w_u}
 
 

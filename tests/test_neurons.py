@@ -58,7 +58,7 @@ def test_profile_and_top_activating(acts):
     prof = N.neuron_profile(acts, 1, 7)
     assert len(prof) == sum(acts.texts.lengths)
     assert prof.activation.to_numpy() == pytest.approx(
-        acts.acts[1, prof.prompt.to_numpy(), prof.pos.to_numpy(), 7].numpy())
+        acts.acts[1, torch.tensor(prof.prompt.tolist()), torch.tensor(prof.pos.tolist()), 7].numpy())
     assert (prof.groupby("prompt").pos_from_end.max() == -1).all()
     top = N.top_activating(acts, 1, 7, k=3, context=2)
     best = prof.loc[prof.activation.idxmax()]

@@ -131,11 +131,11 @@ def test_rank_k_pattern_matches_dense_truncation_by_hand(gpt2_model, prompts):
     scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     want = scores.softmax(-1)
     df = W.rank_k_pattern(m, prompts, layer, head, k)
+    dest, src = torch.tensor(df.dest.tolist()), torch.tensor(df.src.tolist())
     got = torch.zeros(T, T, dtype=torch.float64)
-    got[df.dest.to_numpy(), df.src.to_numpy()] = torch.tensor(df.approx.to_numpy().copy(), dtype=torch.float64)
+    got[dest, src] = torch.tensor(df.approx.tolist(), dtype=torch.float64)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    orig = torch.tensor(df.original.to_numpy())
-    torch.testing.assert_close(orig.float(), lc.pattern[0, head][df.dest.to_numpy(), df.src.to_numpy()])
+    torch.testing.assert_close(torch.tensor(df.original.tolist()), lc.pattern[0, head][dest, src].float())
 
 
 def test_rank_k_metric_change_is_the_resumed_run(gpt2_model, prompts):
