@@ -496,8 +496,30 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
     app.callback(Output(ids.PATH_DOWNLOAD, "data"), Input(ids.PATH_DOWNLOAD_BUTTON, "n_clicks"),
                  State(ids.PATH_RUN, "data"), prevent_initial_call=True)(download_path)
 
+    def path_attention(click_data, run_id):
+        """A click on a sender cell -> the first q/k/v receiver head's clean, corrupt and
+        receivers-patched attention (pair 0)."""
+        empty = figures.empty_figure("No sender selected yet.", 260)
+        if _triggered_value()[0] == ids.PATH_RUN or not click_data or not run_id:
+            return empty, layout.PATH_ATTENTION_HINT, no_update
+        try:
+            run = store.get(run_id)
+            cell = handlers.clicked_cell(click_data)
+            view = handlers.attention_for_cell(registry, run, cell, 0)
+        except ValueError as exc:
+            return empty, str(exc), no_update
+        fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens, title=view.title)
+        outline = Patch()
+        outline["layout"]["shapes"] = figures.cell_outline(run.result, cell)
+        return fig, f"{view.title} — {view.note}", outline
+
+    app.callback(Output(ids.PATH_ATTENTION, "figure"), Output(ids.PATH_ATTENTION_STATUS, "children"),
+                 Output(ids.PATH_FIGURE, "figure", allow_duplicate=True),
+                 Input(ids.PATH_FIGURE, "clickData"), Input(ids.PATH_RUN, "data"),
+                 prevent_initial_call=True)(path_attention)
+
     return SimpleNamespace(run_path=run_path, path_cancelled=path_cancelled, path_controls=path_controls,
-                           show_path=show_path, download_path=download_path)
+                           show_path=show_path, download_path=download_path, path_attention=path_attention)
 
 
 def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNamespace:

@@ -98,6 +98,8 @@ PATH_SUMMARY = "path-summary"
 PATH_FIGURE = "path-heatmap"               # heatmap (sender layer x head) or bars (receivers sweep)
 PATH_DOWNLOAD_BUTTON = "path-download-button"
 PATH_DOWNLOAD = "path-download"
+PATH_ATTENTION = "path-attention"          # the receiver head's attention for a clicked sender cell
+PATH_ATTENTION_STATUS = "path-attention-status"
 
 # -- attribution tab ------------------------------------------------------------------------
 ATTRIBUTION_PANEL = "attribution-panel"

@@ -246,7 +246,16 @@ def path_tab() -> html.Div:
             dcc.Download(id=ids.PATH_DOWNLOAD),
         ], className="toolbar"),
         _graph(ids.PATH_FIGURE, "Run path patching to see each sender's effect through the receivers."),
+        html.Div([
+            html.H3("Receiver attention", className="section-title"),
+            html.Div(PATH_ATTENTION_HINT, id=ids.PATH_ATTENTION_STATUS, className="hint"),
+            _graph(ids.PATH_ATTENTION, "No sender selected yet.", height=260),
+        ], className="attention-section"),
     ], id=ids.PATH_PANEL, className="tab-panel")
+
+
+PATH_ATTENTION_HINT = ("Click a sender cell of an every-head sweep with a q, k or v receiver to see that "
+                       "receiver head's attention: clean, corrupt, and with the receivers patched.")
 
 
 def attribution_tab() -> html.Div:

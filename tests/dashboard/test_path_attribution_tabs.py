@@ -218,6 +218,24 @@ def test_path_tab_run_show_download(app, store, tiny_name):
     click = {"points": [{"x": "H2", "y": "L0", "customdata": fig.data[0].customdata[0][2]}]}
     att_fig, _, att_status, cell, _, _ = cb.attention(click, run_id, "png")
     assert len(att_fig.data) == 5 and "Receiver attention · L1.H0 (q:1.0) · sender L0.H2" in att_status
+    # ... and on the Path tab itself
+    pfig, pstatus, outline = cb.path_attention(click, run_id)
+    assert len(pfig.data) == 5 and pstatus.startswith("Receiver attention · L1.H0 (q:1.0) · sender L0.H2")
+    assert "patched:" in pstatus
+    shape = outline.to_plotly_json()["operations"][0]["params"]["value"][0]
+    assert (shape["x0"], shape["y0"]) == (1.5, -0.5)          # the clicked cell is outlined
+
+
+def test_path_tab_per_position_and_logits_receiver(app, tiny_name):
+    cb = app.patchboard
+    run_id, err, _, _ = cb.run_path(Progress(), 1, "", "", "senders", "direct", ["per"], *_prompt_args(tiny_name))
+    assert err == ""
+    fig, summary, _ = cb.show_path(run_id, "raw")
+    assert list(fig.data[0].y)[:2] == ["L0.H0", "L0.H1"] and fig.data[0].x[10].startswith("10: ")
+    assert "every head per pos → logits" in _text(html.Div(summary))
+    click = {"points": [{"x": fig.data[0].x[10], "y": "L0.H1", "customdata": fig.data[0].customdata[1][10]}]}
+    pfig, pstatus, outline = cb.path_attention(click, run_id)
+    assert "no q/k/v receiver head" in pstatus and pfig.layout.annotations and outline is no_update
 
 
 def test_path_tab_receivers_sweep_and_errors(app, tiny_name):

@@ -3,7 +3,7 @@
 `python -m dashboard` in a subprocess around the tiny GPT-2 model the session fixtures save (its
 default prompts are the IOI pair, which that tokenizer splits into 15 tokens each); the page is
 driven by the ids in dashboard/ids.py: a bad receiver is refused in error-message, a path sweep
-draws its heatmap and downloads its CSV, a receivers sweep draws bars, an attribution run draws a
+draws its heatmap, downloads its CSV and shows a receiver head's attention for a clicked sender, a receivers sweep draws bars, an attribution run draws a
 heatmap per kind and its top edges, downloads every kind's CSV and the edges' CSV, and reports its
 agreement with exact patching.
 
@@ -151,6 +151,12 @@ def test_path_bad_receiver_then_sweep_then_csv(page):
     assert tuple(header[:9]) == CSV_COLUMNS and "sender" in header and "receiver" in header
     assert len(rows) - 1 == 4                         # layer-0 heads; layer 1 writes after q:1.* read
     assert {r[header.index("receiver")] for r in rows[1:]} == {"q:1.0+q:1.1"}
+    drag = page.locator(f"#{ids.PATH_FIGURE} .nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()                          # rows L0, L1; columns H0..H3: click L0.H2
+    page.mouse.click(box["x"] + box["width"] * (2.5 / 4), box["y"] + box["height"] * (0.5 / 2))
+    page.wait_for_function(f"document.querySelectorAll('#{ids.PATH_ATTENTION} g.hm').length >= 5")
+    assert "L1.H0 (q:1.0) · sender L0.H2" in page.inner_text(f"#{ids.PATH_ATTENTION_STATUS}")
     shot(page, "07-path-patching")
 
 
