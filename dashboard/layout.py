@@ -12,7 +12,7 @@ from pathlib import Path
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 
-from . import figures, handlers, ids
+from . import figures, handlers, ids, lens_tab, neurons_tab
 from .handlers import TokenView
 
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
@@ -326,6 +326,8 @@ def page(registry, model: str) -> html.Div:
                 dbc.Tab(history_tab(), label="History & compare", tab_id=ids.TAB_HISTORY),
                 dbc.Tab(path_tab(), label="Path patching", tab_id=ids.TAB_PATH),
                 dbc.Tab(attribution_tab(), label="Attribution", tab_id=ids.TAB_ATTRIBUTION),
+                dbc.Tab(lens_tab.layout(), label="Inspect", tab_id=lens_tab.TAB_INSPECT),
+                dbc.Tab(neurons_tab.layout(), label="Neurons & weights", tab_id=neurons_tab.TAB_NEURONS),
             ])), className="panel-card results-card"), lg=8),
         ]), fluid=True, className="main"),
     ])

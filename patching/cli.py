@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     _inspect_args(p, run=False, pair=False)
     p.add_argument("--pair", default="0", help="a pair number (default 0), or all")
     p.set_defaults(func=cmd_norms)
+    from . import cli_neurons
+    cli_neurons.add_commands(sub, sys.modules[__name__])
     return parser
 
 
