@@ -131,7 +131,7 @@ def _head_delta(ctx: PatchContext, layer: int, heads: Tensor, z_new: Tensor, p0:
     return _add_at(ctx, stage, resid, delta, p0)
 
 
-def _head_columns(ctx: PatchContext, idx: Tensor, per_position: bool) -> tuple[Tensor, Tensor | None, int]:
+def _head_columns(idx: Tensor) -> tuple[Tensor, Tensor | None, int]:
     """(head per index, position per index or None, p0) from idx [n, 1 or 2]."""
     if idx.shape[1] == 2:       # (pos, head)
         return idx[:, 1], idx[:, 0], int(idx[:, 0].min())
@@ -139,7 +139,7 @@ def _head_columns(ctx: PatchContext, idx: Tensor, per_position: bool) -> tuple[T
 
 
 def _patch_head_out(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-    head, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+    head, pos, p0 = _head_columns(idx)
     i, pair = ctx.rows(len(idx))
     rows = torch.arange(len(i))
     base_z = ctx.base.layers[layer].z[pair, p0:, head[i]]       # [rows, T-p0, dh]
@@ -153,7 +153,7 @@ def _patch_head_out(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
 
 
 def _patch_head_q(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-    head, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+    head, pos, p0 = _head_columns(idx)
     i, pair = ctx.rows(len(idx))
     rows = torch.arange(len(i))
     b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
@@ -169,7 +169,7 @@ def _patch_head_q(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
 
 def _kv_kind(which: str):
     def patch(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-        group, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+        group, pos, p0 = _head_columns(idx)
         i, pair = ctx.rows(len(idx))
         rows = torch.arange(len(i))
         a = ctx.runner.arch
@@ -189,7 +189,7 @@ def _kv_kind(which: str):
 
 
 def _patch_head_pattern(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-    head, pos, p0 = _head_columns(ctx, idx, idx.shape[1] == 2)
+    head, pos, p0 = _head_columns(idx)
     i, pair = ctx.rows(len(idx))
     rows = torch.arange(len(i))
     a = ctx.runner.arch

@@ -23,6 +23,14 @@ from .arch import Arch, apply_rotary
 STAGES = ("pre", "mid", "post")
 
 
+def _causal_softmax(scores: Tensor, q_offset: int) -> Tensor:
+    """Softmax over keys of scores [..., Tq, Tk], queries at positions q_offset.., keys at 0.."""
+    tq, tk = scores.shape[-2:]
+    future = (torch.arange(tk, device=scores.device)[None, :]
+              > torch.arange(q_offset, q_offset + tq, device=scores.device)[:, None])
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
 @dataclass
 class LayerCache:
     """One layer's activations for a batch of prompts (shapes: b = prompts, T = positions)."""
@@ -71,13 +79,8 @@ class Runner:
         if a.n_kv_heads != a.n_heads or heads is not None:
             k_rot, v = k_rot[:, :, kv_of_head], v[:, :, kv_of_head]
         scores = torch.einsum("bqhd,bkhd->bhqk", q_rot, k_rot) * a.scaling(layer)
-        tq, tk = q_rot.shape[1], k_rot.shape[1]
-        future = (torch.arange(tk, device=scores.device)[None, :]
-                  > torch.arange(q_offset, q_offset + tq, device=scores.device)[:, None])
-        scores = scores.masked_fill(future, float("-inf"))
-        pattern = scores.softmax(dim=-1).to(v.dtype)
-        z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-        return pattern, z
+        pattern = _causal_softmax(scores, q_offset).to(v.dtype)
+        return pattern, torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
     def attend_heads(self, layer: int, q_rot: Tensor, k_rot: Tensor, v: Tensor, q_offset: int,
                      heads: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,10 +94,7 @@ class Runner:
         rows = torch.arange(kv.shape[0], device=kv.device)[:, None]
         k_sel, v_sel = k_rot[rows, :, kv], v[rows, :, kv]          # [B, H, Tk, d_head]
         scores = torch.einsum("bqhd,bhkd->bhqk", q_rot, k_sel) * a.scaling(layer)
-        tq, tk = q_rot.shape[1], k_rot.shape[1]
-        future = (torch.arange(tk, device=scores.device)[None, :]
-                  > torch.arange(q_offset, q_offset + tq, device=scores.device)[:, None])
-        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
+        pattern = _causal_softmax(scores, q_offset).to(v.dtype)
         return pattern, torch.einsum("bhqk,bhkd->bqhd", pattern, v_sel)
 
     def _rope(self, rope, q, k, start: int):
