@@ -165,26 +165,36 @@ def cmd_bench(args) -> int:
 
 def cmd_path(args) -> int:
     from .path import PathSpec, run_path
+    from .spec import parse_int_list
     spec = PathSpec(receivers=args.receivers, senders=args.senders, sweep=args.sweep, mode=args.mode,
                     direction=args.direction, metric=args.metric, per_position=args.per_position,
+                    positions=parse_int_list(args.positions, "positions"),
+                    receiver_positions=parse_int_list(args.receiver_positions, "receiver positions"),
                     model=args.model, prepend_bos=not args.no_bos)
     model, prompts = _load(args)
-    result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet))
+    result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet),
+                      max_memory_mb=args.max_memory)
     _write(result.to_csv(), args.out)
     return EXIT_OK
 
 
 def cmd_attribution(args) -> int:
-    from .attribution import attribution_csv, run_attribution
+    from .attribution import attribution_csv, edge_attribution, run_attribution
+    from .spec import parse_int_list
     model, prompts = _load(args)
-    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
+    if args.edges:
+        edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction,
+                                 method=args.method, steps=args.steps)
+        _write(edges.to_csv(), args.out)
+        return EXIT_OK
     results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
-                              method=args.method, steps=args.steps)
+                              method=args.method, steps=args.steps, per_position=args.per_position,
+                              positions=parse_int_list(args.positions, "positions"))
     _write(attribution_csv(results), args.out)
     return EXIT_OK
 
 
-# -- inspection views (patching/lens.py) ------------------------------------------------------------
 def _inspect_args(p, run: bool = True, pair: bool = True):
     """Prompt flags of the inspection commands (no metric / direction: nothing is patched)."""
     _model_args(p)
@@ -285,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="senders: each sender into the receiver set; receivers: one sender through each receiver")
     p.add_argument("--mode", default="heads_frozen", choices=["heads_frozen", "direct"])
     p.add_argument("--per-position", action="store_true", help="every head x position as senders")
+    p.add_argument("--positions", help="sender positions with --per-position, e.g. 3,7 (default: all)")
+    p.add_argument("--receiver-positions", help="positions where receivers are patched (default: all)")
     p.set_defaults(func=cmd_path)
 
     p = sub.add_parser("attribution", help="attribution patching (gradients) for all kinds at once")
@@ -292,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     _prompt_args(p)
     p.add_argument("--kinds", help="comma-separated kinds (default: all supported)")
     p.add_argument("--method", default="plain", choices=["plain", "ig"])
-    p.add_argument("--steps", type=int, default=5, help="integrated-gradients steps (--method ig)")
+    p.add_argument("--steps", type=int, default=16, help="integrated-gradients steps (--method ig)")
+    p.add_argument("--per-position", action="store_true", help="head kinds: one cell per position too")
+    p.add_argument("--positions", help="neuron kind: positions to attribute at (default: all)")
+    p.add_argument("--edges", action="store_true",
+                   help="write EAP edge scores (head/MLP -> head q/k/v, MLP, logits) instead of node scores")
     p.set_defaults(func=cmd_attribution)
 
     p = sub.add_parser("models", help="what can be loaded here")

@@ -98,3 +98,18 @@ def test_argparse_errors_exit_2(capsys):
 def test_models_lists_something():
     res = run("models")
     assert res.returncode == 0
+
+
+def test_path_and_attribution_commands(tiny_dirs, tmp_path, capsys):
+    common = ["--model", str(tiny_dirs["gpt2"]), "--clean", CLEAN, "--corrupt", CORRUPT,
+              "--answer", " Mary", "--wrong", " John", "--quiet"]
+    assert main(["path", *common, "--receivers", "q:1.0,q:1.1", "--mode", "direct",
+                 "--out", str(tmp_path / "path.csv")]) == 0
+    df = pd.read_csv(tmp_path / "path.csv")
+    assert {"sender", "receiver"} <= set(df.columns) and len(df) == 4          # the 4 layer-0 heads
+    assert main(["attribution", *common, "--kinds", "resid_pre,head_out", "--out", str(tmp_path / "a.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "a.csv")["kind"]) == {"resid_pre", "head_out"}
+    assert main(["attribution", *common, "--edges", "--out", str(tmp_path / "e.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "e.csv")) > 0
+    assert main(["path", *common, "--receivers", "q:9.0"]) == 2
+    assert "q:9.0" in capsys.readouterr().err
