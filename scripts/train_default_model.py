@@ -172,12 +172,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="initialisation of the learned position embeddings")
     p.add_argument("--pos-scale", type=float, default=0.1,
                    help="scale of the sinusoidal position initialisation")
+    p.add_argument("--init-range", type=float, default=0.08,
+                   help="std of the initial weights (GPT-2 uses 0.02; larger shortens the "
+                        "plateau before copying/induction circuits form)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--items", type=int, default=None,
                    help="training items to generate (default: enough for --steps)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this model directory (weights and tokenizer) instead of "
+                        "from scratch: a second training stage")
     p.add_argument("--mix", type=str, default=None,
                    help="item shares, e.g. 'ioi=0.4,factual=0.2,greater_than=0.1,induction=0.2,"
                         "filler=0.1' (default: patching.tasks.TRAIN_MIX)")
@@ -296,7 +302,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mix:
         mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
     examples = tasks.training_examples(n_items, seed=args.seed, mix=mix)
-    tokenizer = build_tokenizer([text for _, text in examples[:50_000]], args.vocab_size)
+    if args.init_from:            # a second stage: keep the tokenizer and weights of a first
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(args.init_from)
+    else:
+        tokenizer = build_tokenizer([text for _, text in examples[:50_000]], args.vocab_size)
     bos_id = tokenizer.bos_token_id
     period_id = tokenizer.convert_tokens_to_ids(".")
     items_ids = tokenizer([text for _, text in examples], add_special_tokens=False)["input_ids"]
@@ -310,8 +320,12 @@ def main(argv: list[str] | None = None) -> dict:
         vocab_size=len(tokenizer), n_positions=args.n_ctx, n_embd=args.d_model,
         n_layer=args.n_layer, n_head=args.n_head, n_inner=4 * args.d_model,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=bos_id, eos_token_id=bos_id, tie_word_embeddings=True)
+        bos_token_id=bos_id, eos_token_id=bos_id, tie_word_embeddings=True,
+        initializer_range=args.init_range)
     model = GPT2LMHeadModel(config)
+    if args.init_from:
+        model = GPT2LMHeadModel.from_pretrained(args.init_from, use_safetensors=True)
+        config = model.config
     if args.pos_init == "sinusoidal":
         with torch.no_grad():
             model.transformer.wpe.weight.copy_(sinusoidal_positions(args.n_ctx, args.d_model,
