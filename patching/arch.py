@@ -66,6 +66,12 @@ class Arch:
         return out + bias if bias is not None else out
 
 
+def _raw(module: nn.Module) -> nn.Module:
+    """The Hugging Face module a TransformerLens bridge component wraps (the module itself when
+    unwrapped): the engine calls it directly, without the bridge's per-call hook machinery."""
+    return getattr(module, "_original_component", module)
+
+
 def _linear_weight_t(lin: nn.Module) -> Tensor:
     """An nn.Linear's or GPT-2 Conv1D's weight as [in, out]."""
     return lin.weight if type(lin).__name__ == "Conv1D" else lin.weight.T
@@ -74,7 +80,7 @@ def _linear_weight_t(lin: nn.Module) -> Tensor:
 class Gpt2Arch(Arch):
     def embed(self, tokens, positions):
         t = self.model.transformer
-        return t.wte(tokens) + t.wpe(positions)[None]
+        return _raw(t.wte)(tokens) + _raw(t.wpe)(positions)[None]
 
     def rope(self, positions, like):
         return None
@@ -83,16 +89,16 @@ class Gpt2Arch(Arch):
         return self.model.transformer.h[layer]
 
     def ln1(self, layer, x):
-        return self._block(layer).ln_1(x)
+        return _raw(self._block(layer).ln_1)(x)
 
     def ln2(self, layer, x):
-        return self._block(layer).ln_2(x)
+        return _raw(self._block(layer).ln_2)(x)
 
     def ln_final(self, x):
-        return self.model.transformer.ln_f(x)
+        return _raw(self.model.transformer.ln_f)(x)
 
     def qkv(self, layer, x):
-        q, k, v = self._block(layer).attn.c_attn(x).split(self.d_model, dim=-1)
+        q, k, v = _raw(self._block(layer).attn.c_attn)(x).split(self.d_model, dim=-1)
         shape = (*x.shape[:-1], self.n_heads, self.d_head)
         return q.view(shape), k.view(shape), v.view(shape)
 
@@ -100,13 +106,13 @@ class Gpt2Arch(Arch):
         return self._block(layer).attn.scaling
 
     def o_weight(self, layer):
-        return _linear_weight_t(self._block(layer).attn.c_proj)
+        return _linear_weight_t(_raw(self._block(layer).attn.c_proj))
 
     def o_bias(self, layer):
-        return self._block(layer).attn.c_proj.bias
+        return _raw(self._block(layer).attn.c_proj).bias
 
     def mlp_pre(self, layer, x):
-        return self._block(layer).mlp.c_fc(x)
+        return _raw(self._block(layer).mlp.c_fc)(x)
 
     def mlp_act(self, layer, pre):
         act = self._block(layer).mlp.act
@@ -115,15 +121,15 @@ class Gpt2Arch(Arch):
         return act(pre)
 
     def mlp_out(self, layer, post):
-        return self._block(layer).mlp.c_proj(post)
+        return _raw(self._block(layer).mlp.c_proj)(post)
 
     def unembed(self, x):
-        return self.model.get_output_embeddings()(x)
+        return _raw(self.model.get_output_embeddings())(x)
 
 
 class LlamaArch(Arch):
     def embed(self, tokens, positions):
-        return self.model.model.embed_tokens(tokens)
+        return _raw(self.model.model.embed_tokens)(tokens)
 
     def rope(self, positions, like):
         cos, sin = self.model.model.rotary_emb(like, positions[None])
@@ -133,47 +139,47 @@ class LlamaArch(Arch):
         return self.model.model.layers[layer]
 
     def ln1(self, layer, x):
-        return self._block(layer).input_layernorm(x)
+        return _raw(self._block(layer).input_layernorm)(x)
 
     def ln2(self, layer, x):
-        return self._block(layer).post_attention_layernorm(x)
+        return _raw(self._block(layer).post_attention_layernorm)(x)
 
     def ln_final(self, x):
-        return self.model.model.norm(x)
+        return _raw(self.model.model.norm)(x)
 
     def qkv(self, layer, x):
         a = self._block(layer).self_attn
         lead = x.shape[:-1]
-        return (a.q_proj(x).view(*lead, self.n_heads, self.d_head),
-                a.k_proj(x).view(*lead, self.n_kv_heads, self.d_head),
-                a.v_proj(x).view(*lead, self.n_kv_heads, self.d_head))
+        return (_raw(a.q_proj)(x).view(*lead, self.n_heads, self.d_head),
+                _raw(a.k_proj)(x).view(*lead, self.n_kv_heads, self.d_head),
+                _raw(a.v_proj)(x).view(*lead, self.n_kv_heads, self.d_head))
 
     def scaling(self, layer):
         return self._block(layer).self_attn.scaling
 
     def o_weight(self, layer):
-        return self._block(layer).self_attn.o_proj.weight.T
+        return _raw(self._block(layer).self_attn.o_proj).weight.T
 
     def o_bias(self, layer):
-        return self._block(layer).self_attn.o_proj.bias
+        return _raw(self._block(layer).self_attn.o_proj).bias
 
     def mlp_pre(self, layer, x):
         mlp = self._block(layer).mlp
-        return torch.stack((mlp.gate_proj(x), mlp.up_proj(x)))   # [2, b, T, d_mlp]
+        return torch.stack((_raw(mlp.gate_proj)(x), _raw(mlp.up_proj)(x)))   # [2, b, T, d_mlp]
 
     def mlp_act(self, layer, pre):
         return self._block(layer).mlp.act_fn(pre[0]) * pre[1]
 
     def mlp_out(self, layer, post):
-        return self._block(layer).mlp.down_proj(post)
+        return _raw(self._block(layer).mlp.down_proj)(post)
 
     def unembed(self, x):
-        return self.model.get_output_embeddings()(x)
+        return _raw(self.model.get_output_embeddings())(x)
 
 
 class NeoxArch(Arch):
     def embed(self, tokens, positions):
-        return self.model.gpt_neox.embed_in(tokens)
+        return _raw(self.model.gpt_neox.embed_in)(tokens)
 
     def rope(self, positions, like):
         return self.model.gpt_neox.rotary_emb(like, positions[None])
@@ -182,16 +188,16 @@ class NeoxArch(Arch):
         return self.model.gpt_neox.layers[layer]
 
     def ln1(self, layer, x):
-        return self._block(layer).input_layernorm(x)
+        return _raw(self._block(layer).input_layernorm)(x)
 
     def ln2(self, layer, x):
-        return self._block(layer).post_attention_layernorm(x)
+        return _raw(self._block(layer).post_attention_layernorm)(x)
 
     def ln_final(self, x):
-        return self.model.gpt_neox.final_layer_norm(x)
+        return _raw(self.model.gpt_neox.final_layer_norm)(x)
 
     def qkv(self, layer, x):
-        qkv = self._block(layer).attention.query_key_value(x)
+        qkv = _raw(self._block(layer).attention.query_key_value)(x)
         qkv = qkv.view(*x.shape[:-1], self.n_heads, 3 * self.d_head)
         return qkv.chunk(3, dim=-1)
 
@@ -199,22 +205,22 @@ class NeoxArch(Arch):
         return self._block(layer).attention.scaling
 
     def o_weight(self, layer):
-        return self._block(layer).attention.dense.weight.T
+        return _raw(self._block(layer).attention.dense).weight.T
 
     def o_bias(self, layer):
-        return self._block(layer).attention.dense.bias
+        return _raw(self._block(layer).attention.dense).bias
 
     def mlp_pre(self, layer, x):
-        return self._block(layer).mlp.dense_h_to_4h(x)
+        return _raw(self._block(layer).mlp.dense_h_to_4h)(x)
 
     def mlp_act(self, layer, pre):
         return self._block(layer).mlp.act(pre)
 
     def mlp_out(self, layer, post):
-        return self._block(layer).mlp.dense_4h_to_h(post)
+        return _raw(self._block(layer).mlp.dense_4h_to_h)(post)
 
     def unembed(self, x):
-        return self.model.get_output_embeddings()(x)
+        return _raw(self.model.get_output_embeddings())(x)
 
 
 FAMILIES = {"gpt2": Gpt2Arch, "llama": LlamaArch, "mistral": LlamaArch, "qwen2": LlamaArch,
