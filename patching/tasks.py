@@ -328,7 +328,7 @@ FACT_TEMPLATES: tuple[str, ...] = (
     "We flew to [CITY], a city in the country of",
     "[CITY] is located in the country of",
     # Held out:
-    "My friend grew up in [CITY], a town in the country of",
+    "We flew to [CITY], which is in the country of",
 )
 FACT_HELDOUT_TEMPLATES: tuple[int, ...] = (6,)
 # Training sentences where the city itself is the target (so every city is trained as output).
