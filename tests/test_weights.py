@@ -122,7 +122,9 @@ def test_rank_k_pattern_matches_dense_truncation_by_hand(gpt2_model, prompts):
     w = W.head_weights(m)
     cache = m.runner.run(prompts.clean_tokens[:1])
     lc = cache.layers[layer]
-    n = (m.arch.ln1(layer, lc.resid_pre)[0].double() - w.ln_bias[layer].double()) / w.ln_weight[layer].double()
+    with torch.inference_mode():           # the cached activations are inference tensors
+        normed = m.arch.ln1(layer, lc.resid_pre)[0]
+    n = (normed.double() - w.ln_bias[layer].double()) / w.ln_weight[layer].double()
     _, _, vh = torch.linalg.svd(w.W_Q[layer, head].double() @ w.W_K[layer, head].double().T)
     P = vh[:k].T @ vh[:k]
     keys = n @ P @ w.W_K[layer, head].double() + w.b_K[layer, head].double()
