@@ -80,7 +80,7 @@ def _memory_per_row(model, n_pos: int) -> int:
     return 4 * floats + 4 * model.cfg.d_vocab
 
 
-def _chunks(idx: Tensor, live: Tensor, size: int, n_pos: int, by_position: bool, slack: float = 1.3):
+def _chunks(idx: Tensor, live: Tensor, size: int, n_pos: int, by_position: bool, slack: float = 2.0):
     """Split the live indices into batches of at most `size`; with a position axis (column 0),
     batch neighbouring positions so each batch's suffix (n_pos - p0) is within `slack` of its
     rows' own suffixes: patched runs compute only positions >= p0."""
