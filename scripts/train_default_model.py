@@ -1,7 +1,8 @@
 """Train Patchboard's default model: a small GPT-2 with real IOI, factual-recall, greater-than and
 induction circuits, plus its tokenizer, from scratch on one CPU thread.
 
-    python scripts/train_default_model.py                      # the shipped model (~15 min)
+    python scripts/train_default_model.py                      # stage 1 of the shipped model
+    # (the shipped weights take three stages: see assets/models/patchboard-tiny/MODEL_CARD.md)
     python scripts/train_default_model.py --steps 5 --d-model 32 --n-layer 1 --n-head 2 \\
         --items 2000 --out /tmp/tiny                           # a smoke run (seconds)
     python scripts/train_default_model.py --analyse-only       # IOI head patching of --out
