@@ -42,6 +42,16 @@ class PromptPair:
                 raise ValueError(f"the {name} token is empty; give one token, e.g. ' Mary'")
 
 
+def _as_pair(p) -> PromptPair:
+    """A PromptPair from a PromptPair, anything with clean/corrupt/answer/wrong (e.g. a task's
+    TaskPair), or a 4-tuple."""
+    if isinstance(p, PromptPair):
+        return p
+    if all(hasattr(p, f) for f in ("clean", "corrupt", "answer", "wrong")):
+        return PromptPair(p.clean, p.corrupt, p.answer, p.wrong)
+    return PromptPair(*p)
+
+
 def _show(tokens: list[str]) -> str:
     return "[" + ", ".join(repr(t) for t in tokens) + "]"
 
@@ -98,7 +108,7 @@ class PromptSet:
     @classmethod
     def from_pairs(cls, model, pairs, prepend_bos: bool = True) -> "PromptSet":
         """Tokenise and validate; ValueError naming the pair and showing the tokens."""
-        pairs = tuple(p if isinstance(p, PromptPair) else PromptPair(*p) for p in pairs)
+        pairs = tuple(_as_pair(p) for p in pairs)
         if not pairs:
             raise ValueError("no prompt pairs given; give at least one clean/corrupt pair")
         if len(pairs) > MAX_PAIRS:
