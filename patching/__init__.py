@@ -7,12 +7,15 @@
 >>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe()  # doctest: +SKIP
 """
 from . import hooks
+from .attention import counterfactual_attention
+from .attribution import run_attribution
 from .engine import sweep
 from .kinds import KINDS
 from .models import Model, ModelRegistry, load_model
+from .path import PathSpec, run_path
 from .prompts import PromptPair, PromptSet
 from .results import PatchResult
 from .spec import PatchSpec
 
-__all__ = ["sweep", "KINDS", "Model", "ModelRegistry", "load_model", "PromptPair", "PromptSet",
+__all__ = ["sweep", "run_path", "PathSpec", "run_attribution", "counterfactual_attention", "KINDS", "Model", "ModelRegistry", "load_model", "PromptPair", "PromptSet",
            "PatchResult", "PatchSpec"]
