@@ -176,7 +176,7 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
         cells = [(li, layer, [c for c in cs if (layer, coords["head"][c[h_axis]]) in heads_wanted])
                  for li, layer, cs in cells]
     total, done = sum(len(cs) for _, _, cs in cells), 0
-    base_values = measure(base.logits, all_pairs)
+    base_values = corrupt_base if spec.direction == "denoise" else clean_base
     last_report = 0.0
     for li, layer, cs in cells:
         if not cs:
