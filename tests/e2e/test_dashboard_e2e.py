@@ -155,6 +155,8 @@ def download(page, button_id: str) -> list[list[str]]:
 def test_page_loads_with_model_and_token_view(page):
     page.wait_for_function("document.title === 'Patchboard'")
     for id_ in ids.CONTRACT:
+        # lazily loaded components (dcc.Dropdown, dcc.Upload, Graph) attach once their bundle loads
+        page.wait_for_selector(f"#{id_}", state="attached")
         assert page.locator(f"#{id_}").count() == 1, id_
     page.wait_for_function(f"document.getElementById('{ids.MODEL_STATUS}').innerText.includes('2 layers')")
     page.wait_for_function(f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
