@@ -447,16 +447,8 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         progress_default=[0, 1, "", "", ""],
         prevent_initial_call=True)(run_path)
 
-    def path_cancelled(n_clicks):
-        if not n_clicks:
-            return no_update, no_update, no_update, no_update
-        return "Path run cancelled; nothing was saved.", "", 0, ""
-
-    app.callback(Output(ids.PATH_STATUS, "children", allow_duplicate=True),
-                 Output(ids.PATH_PROGRESS_TEXT, "children", allow_duplicate=True),
-                 Output(ids.PATH_PROGRESS, "value", allow_duplicate=True),
-                 Output(ids.PATH_PROGRESS, "label", allow_duplicate=True),
-                 Input(ids.PATH_CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(path_cancelled)
+    path_cancelled = _register_cancel_notice(app, "Path", ids.PATH_CANCEL_BUTTON, ids.PATH_STATUS,
+                                             ids.PATH_PROGRESS, ids.PATH_PROGRESS_TEXT)
 
     def path_controls(sweep, senders):
         """Per position applies to the every-head senders sweep only."""
@@ -577,16 +569,8 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         progress_default=[0, 1, "", "", ""],
         prevent_initial_call=True)(run_attribution)
 
-    def attribution_cancelled(n_clicks):
-        if not n_clicks:
-            return no_update, no_update, no_update, no_update
-        return "Attribution run cancelled; nothing was saved.", "", 0, ""
-
-    app.callback(Output(ids.ATTR_STATUS, "children", allow_duplicate=True),
-                 Output(ids.ATTR_PROGRESS_TEXT, "children", allow_duplicate=True),
-                 Output(ids.ATTR_PROGRESS, "value", allow_duplicate=True),
-                 Output(ids.ATTR_PROGRESS, "label", allow_duplicate=True),
-                 Input(ids.ATTR_CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(attribution_cancelled)
+    attribution_cancelled = _register_cancel_notice(app, "Attribution", ids.ATTR_CANCEL_BUTTON, ids.ATTR_STATUS,
+                                                    ids.ATTR_PROGRESS, ids.ATTR_PROGRESS_TEXT)
 
     def show_attribution(att_id, kind, mode):
         """The attribution run on screen + chosen kind -> its heatmap, the kind options, summary,
@@ -668,3 +652,19 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
                            attribution_cancelled=attribution_cancelled, show_attribution=show_attribution,
                            download_attribution=download_attribution, download_edges=download_edges,
                            agreement=agreement)
+
+
+def _register_cancel_notice(app, what: str, cancel_button: str, status: str, progress: str, progress_text: str):
+    """After Cancel: say nothing was saved and reset the progress bar (shared by the path and
+    attribution panels)."""
+    def cancelled(n_clicks):
+        if not n_clicks:
+            return no_update, no_update, no_update, no_update
+        return f"{what} run cancelled; nothing was saved.", "", 0, ""
+
+    app.callback(Output(status, "children", allow_duplicate=True),
+                 Output(progress_text, "children", allow_duplicate=True),
+                 Output(progress, "value", allow_duplicate=True),
+                 Output(progress, "label", allow_duplicate=True),
+                 Input(cancel_button, "n_clicks"), prevent_initial_call=True)(cancelled)
+    return cancelled
