@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,33 +18,13 @@ from pathlib import Path
 import pytest
 
 from dashboard import ids, lens_tab
+from tests.e2e.support import ARGS, CHROMIUM, ROOT, free_port, skip_reason
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT = 30_000   # ms
 
-
-def _skip_reason() -> str | None:
-    if CHROMIUM is None:
-        return "chromium is not installed (`make browser` installs Debian's chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed in the venv (pip install -r requirements.txt)"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 pytestmark = pytest.mark.e2e
-if _skip_reason():
-    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_skip_reason())]
-ROOT = Path(__file__).resolve().parents[2]
+if skip_reason():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=skip_reason())]
 
 
 def _mounted(app) -> bool:
@@ -86,7 +64,7 @@ def server(tiny_dirs, gpt2_model, tmp_path_factory):
     app = create_app(registry, store, make_jobs("diskcache", store.data_dir), model=name)
     if not _mounted(app):
         _mount(app, registry)
-    port = _free_port()
+    port = free_port()
     srv = make_server("127.0.0.1", port, app.server, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()

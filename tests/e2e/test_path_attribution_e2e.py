@@ -13,77 +13,26 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from dashboard import ids
 from patching.results import CSV_COLUMNS
+from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT = 60_000   # ms: generous, the machine may be busy
 
-
-def _skip_reason() -> str | None:
-    if CHROMIUM is None:
-        return "chromium is not installed (`make browser` installs Debian's chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed in the venv (pip install -r requirements.txt)"
-    return None
-
-
-if _skip_reason():
-    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_skip_reason())]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+if skip_reason():     # the reason is also printed in the run's summary (tests/e2e/conftest.py)
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=skip_reason())]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("dashboard-data-path")
-    port = _free_port()
-    log_path = data_dir / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port),
-             "--model", str(tiny_dirs["gpt2"]), "--data-dir", str(data_dir), "--device", "cpu"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"dashboard did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    """`python -m dashboard` around the tiny GPT-2 model; yields its URL."""
+    yield from run_dashboard(tiny_dirs["gpt2"], tmp_path_factory.mktemp("dashboard-data-path"))
 
 
 @pytest.fixture(scope="module")
