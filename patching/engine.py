@@ -28,6 +28,7 @@ from metrics import Metric, MetricInputs, get_metric
 
 from .kinds import KINDS, Kind, PatchContext, index_changes
 from .prompts import PromptSet
+from .provenance import recorded
 from .results import PatchResult
 from .spec import PatchSpec
 
@@ -102,9 +103,39 @@ def _chunks(idx: Tensor, live: Tensor, size: int, n_pos: int, by_position: bool,
     return chunks
 
 
+def check_cells(axes: tuple[str, ...], coords: dict[str, tuple[int, ...]], cells) -> frozenset | None:
+    """Validate an explicit list of cells (coordinate tuples on `axes`, e.g. (layer, pos)) against
+    the sweep's coordinates; None stays None (every cell).
+
+    >>> check_cells(("layer", "head"), {"layer": (0, 1), "head": (0, 1, 2)}, [(1, 2)])
+    frozenset({(1, 2)})
+    """
+    if cells is None:
+        return None
+    out = set()
+    for cell in cells:
+        cell = tuple(int(c) for c in cell)
+        if len(cell) != len(axes):
+            raise ValueError(f"cell {cell} has {len(cell)} coordinates; this sweep's cells are "
+                             f"({', '.join(axes)})")
+        for a, c in zip(axes, cell):
+            if c not in coords[a]:
+                raise ValueError(f"cell {cell}: {a} {c} is not in this sweep ({a} "
+                                 f"{coords[a][0]}-{coords[a][-1]})")
+        out.add(cell)
+    if not out:
+        raise ValueError("cells is empty; leave it out to patch every cell")
+    return frozenset(out)
+
+
+@recorded
 def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callable | str | None = None,
-          on_progress: Progress | None = None, max_memory_mb: float | None = None) -> PatchResult:
+          on_progress: Progress | None = None, max_memory_mb: float | None = None,
+          cells=None) -> PatchResult:
     """Patch every index of `spec.kind` and measure the metric; see the module doc for how.
+
+    cells: optional coordinate tuples on the result's axes (e.g. [(1, 3)] for head_out's layer 1,
+    head 3); only those are patched, every other cell is NaN (`patching.refine` uses it).
 
     >>> sweep(model, prompts, PatchSpec(kind="head_out", per_position=True)).axes  # doctest: +SKIP
     ('layer', 'pos', 'head')
@@ -113,11 +144,15 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     metric = get_metric(metric if metric is not None else spec.metric)
     kind = KINDS[spec.kind]
     axes, coords = plan_coords(model, prompts, spec)
+    cells = check_cells(axes, coords, cells)
     if model.runner is None:
+        if cells is not None:
+            raise ValueError(f"a sweep over chosen cells needs the engine's runner, which does not support "
+                             f"{model.name!r}")
         from .fallback import sweep_with_hooks
         return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
     budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
-    group = max(1, int(budget // 4 // _cache_bytes_per_pair(model, prompts.n_pos)))
+    group = pair_group(model, prompts, budget)
     if prompts.n_pairs > group:     # the cached runs of many pairs would not fit: sweep in groups
         parts = []
         for lo in range(0, prompts.n_pairs, group):
@@ -125,14 +160,19 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
                 if on_progress is not None:
                     on_progress(lo * total + done * min(group, prompts.n_pairs - lo), prompts.n_pairs * total)
             parts.append(_sweep_pairs(model, prompts.subset(range(lo, min(lo + group, prompts.n_pairs))),
-                                      spec, metric, kind, axes, coords, progress, budget))
+                                      spec, metric, kind, axes, coords, progress, budget, cells))
         first = parts[0]
         return PatchResult(spec, axes, coords, torch.cat([p.per_pair for p in parts], -1),
                            torch.cat([p.clean_baseline for p in parts]),
                            torch.cat([p.corrupt_baseline for p in parts]), prompts.str_tokens,
                            first.metric_clean_is, time.perf_counter() - start, model.name)
-    result = _sweep_pairs(model, prompts, spec, metric, kind, axes, coords, on_progress, budget)
+    result = _sweep_pairs(model, prompts, spec, metric, kind, axes, coords, on_progress, budget, cells)
     return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def pair_group(model, prompts: PromptSet, budget: float) -> int:
+    """How many pairs one group of a sweep caches at once (a quarter of the memory budget)."""
+    return max(1, int(budget // 4 // _cache_bytes_per_pair(model, prompts.n_pos)))
 
 
 def _cache_bytes_per_pair(model, n_pos: int) -> int:
@@ -143,7 +183,7 @@ def _cache_bytes_per_pair(model, n_pos: int) -> int:
 
 
 def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kind: Kind, axes, coords,
-                 on_progress: Progress | None, budget: float) -> PatchResult:
+                 on_progress: Progress | None, budget: float, cells=None) -> PatchResult:
     runner = model.runner
     clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
     base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
@@ -156,49 +196,82 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
 
     all_pairs = torch.arange(n_pairs, device=prompts.clean_tokens.device)
     clean_base, corrupt_base = measure(clean.logits, all_pairs), measure(corrupt.logits, all_pairs)
-
-    position_mask = None
-    if spec.kind == "neuron":
-        position_mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=all_pairs.device)
-        position_mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
-    ctx = PatchContext(runner, base, donor, position_mask)
-
+    ctx = patch_context(runner, prompts, spec, base, donor)
     shape = [len(coords[a]) for a in axes]
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
-    index_axes = axes[1:]
-    heads_wanted = set(spec.heads) if spec.heads is not None else None
-    rows_per_chunk = max(n_pairs, int(budget // _memory_per_row(model, prompts.n_pos)))
-    chunk = max(1, rows_per_chunk // n_pairs)
-    cells = [(li, layer, list(itertools.product(*[range(len(coords[a])) for a in index_axes])))
-             for li, layer in enumerate(coords["layer"])]
-    if heads_wanted is not None:
-        h_axis = index_axes.index("head")
-        cells = [(li, layer, [c for c in cs if (layer, coords["head"][c[h_axis]]) in heads_wanted])
-                 for li, layer, cs in cells]
-    total, done = sum(len(cs) for _, _, cs in cells), 0
+    plan = batch_plan(model, prompts, spec, kind, axes, coords, ctx, budget, cells)
+    total, done = sum(len(step.cells) for step in plan), 0
     base_values = corrupt_base if spec.direction == "denoise" else clean_base
     last_report = 0.0
-    for li, layer, cs in cells:
-        if not cs:
-            continue
-        idx_all = torch.tensor([[coords[a][c[j]] for j, a in enumerate(index_axes)] for c in cs],
-                               dtype=torch.long, device=all_pairs.device)
-        live = index_changes(ctx, kind, layer, idx_all).cpu()
-        for n in (~live).nonzero()[:, 0].tolist():       # nothing to patch: the base run's value
-            per_pair[(li, *cs[n])] = base_values
-        for part in _chunks(idx_all, live, chunk, prompts.n_pos, "pos" in index_axes):
-            patched = kind.patch(ctx, layer, idx_all[part])
+    for step in plan:
+        for n in (~step.live).nonzero()[:, 0].tolist():       # nothing to patch: the base run's value
+            per_pair[(step.li, *step.cells[n])] = base_values
+        for part in step.parts:
+            patched = kind.patch(ctx, step.layer, step.idx[part])
             _, pair = ctx.rows(len(part))
-            logits = runner.resume(base, pair, layer, patched.stage, patched.resid, patched.p0)
+            logits = runner.resume(base, pair, step.layer, patched.stage, patched.resid, patched.p0)
             values = measure(logits, pair).view(len(part), n_pairs)
             for n, v in zip(part.tolist(), values):
-                per_pair[(li, *cs[n])] = v
+                per_pair[(step.li, *step.cells[n])] = v
             done += len(part)
             if on_progress is not None and time.perf_counter() - last_report > 0.1:
                 on_progress(done, total)
                 last_report = time.perf_counter()
-        done += int((~live).sum())
+        done += int((~step.live).sum())
     if on_progress is not None:
         on_progress(total, total)
     return PatchResult(spec, axes, coords, per_pair, clean_base, corrupt_base,
                        prompts.str_tokens, metric.clean_is, 0.0, model.name)
+
+
+def patch_context(runner, prompts: PromptSet, spec: PatchSpec, base, donor) -> PatchContext:
+    """The kinds' view of the two cached runs (with the neuron kind's position mask)."""
+    position_mask = None
+    if spec.kind == "neuron":
+        position_mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=prompts.clean_tokens.device)
+        position_mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
+    return PatchContext(runner, base, donor, position_mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStep:
+    """What a sweep does at one layer: its cells (index tuples into coords), their indices
+    idx [n, index axes], which of them change anything (live [n] bool, on the CPU) and the
+    batches of live cells (`parts`, each a tensor of row numbers into cells)."""
+    li: int
+    layer: int
+    cells: list
+    idx: Tensor
+    live: Tensor
+    parts: list
+
+
+def batch_plan(model, prompts: PromptSet, spec: PatchSpec, kind: Kind, axes, coords, ctx: PatchContext,
+               budget: float, cells=None) -> list[LayerStep]:
+    """The sweep's work, layer by layer, exactly as `sweep` runs it (`patching.cost` counts it)."""
+    n_pairs = prompts.n_pairs
+    index_axes = axes[1:]
+    heads_wanted = set(spec.heads) if spec.heads is not None else None
+    rows_per_chunk = max(n_pairs, int(budget // _memory_per_row(model, prompts.n_pos)))
+    chunk = max(1, rows_per_chunk // n_pairs)
+    layer_cells = [(li, layer, list(itertools.product(*[range(len(coords[a])) for a in index_axes])))
+                   for li, layer in enumerate(coords["layer"])]
+    if heads_wanted is not None:
+        h_axis = index_axes.index("head")
+        layer_cells = [(li, layer, [c for c in cs if (layer, coords["head"][c[h_axis]]) in heads_wanted])
+                       for li, layer, cs in layer_cells]
+    if cells is not None:
+        layer_cells = [(li, layer, [c for c in cs
+                                    if (layer, *[coords[a][c[j]] for j, a in enumerate(index_axes)]) in cells])
+                       for li, layer, cs in layer_cells]
+    device = prompts.clean_tokens.device
+    plan = []
+    for li, layer, cs in layer_cells:
+        if not cs:
+            continue
+        idx_all = torch.tensor([[coords[a][c[j]] for j, a in enumerate(index_axes)] for c in cs],
+                               dtype=torch.long, device=device)
+        live = index_changes(ctx, kind, layer, idx_all).cpu()
+        parts = _chunks(idx_all, live, chunk, prompts.n_pos, "pos" in index_axes)
+        plan.append(LayerStep(li, layer, cs, idx_all, live, parts))
+    return plan
