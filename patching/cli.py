@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_norms)
     from . import cli_neurons
     cli_neurons.add_commands(sub, sys.modules[__name__])
+    from . import cli_circuit
+    cli_circuit.add_commands(sub, sys.modules[__name__])
     return parser
 
 

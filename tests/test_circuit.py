@@ -253,3 +253,55 @@ def test_edge_graph_groups_kv_heads_on_grouped_query_models(tiny_models, prompt_
     kv = g.nodes[g.nodes.kind == "kv"]
     assert len(kv) == model.n_layers * model.n_kv_heads
     assert set(g.edges[g.edges.downstream.str.contains("KV")].via) == {"k", "v"}
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------
+def _pairs_csv(tmp_path):
+    import csv
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clean", "corrupt", "answer", "wrong"])
+        w.writerows(IOI)
+    return str(path)
+
+
+def test_cli_circuit_json_and_curve_csv(tiny_dirs, gpt2_model, tmp_path, capsys):
+    import json
+
+    from patching import cli
+    out = tmp_path / "curve.csv"
+    argv = ["circuit", "--model", str(tiny_dirs["gpt2"]), "--device", "cpu", "--pairs", _pairs_csv(tmp_path),
+            "--curve-from", "head_out,mlp_out", "--top", "4", "--ablation", "zero", "--csv", str(out), "--json"]
+    assert cli.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["circuit"]["ablation"] == "zero" and doc["circuit"]["n_components"] == 4
+    assert [row["k"] for row in doc["curve"]] == [0, 1, 2, 3, 4]
+    assert doc["curve"][0]["faithfulness"] == 0.0
+    assert doc["curve"][-1]["faithfulness"] == pytest.approx(doc["circuit"]["faithfulness"], abs=1e-5)
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert list(df.k) == [0, 1, 2, 3, 4] and df.ablation.eq("zero").all()
+    assert cli.main(["circuit", "--model", str(tiny_dirs["gpt2"]), "--device", "cpu", "--pairs",
+                     _pairs_csv(tmp_path), "--components", "L0H0,MLP1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("circuit: 2 components (L0H0,MLP1)\nfaithfulness ")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--components", "L0H9"], "component L0H9: head 9 out of range; this model has heads 0-3"),
+    (["--components", "X1"], "bad component 'X1'"),
+    ([], "give --components"),
+    (["--curve-from", "resid_pre"], "--curve-from takes head_out, mlp_out, attn_out"),
+    (["--components", "L0H0", "--ablation", "median"], "invalid choice: 'median'"),
+])
+def test_cli_circuit_bad_input_exits_2(tiny_dirs, gpt2_model, tmp_path, capsys, extra, message):
+    from patching import cli
+    argv = ["circuit", "--model", str(tiny_dirs["gpt2"]), "--device", "cpu", "--pairs", _pairs_csv(tmp_path), *extra]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:        # argparse's own errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
