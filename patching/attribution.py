@@ -42,6 +42,7 @@ from metrics import Metric, MetricInputs, get_metric
 from .engine import plan_coords
 from .kinds import KINDS
 from .prompts import PromptSet
+from .provenance import recorded
 from .results import PatchResult, write_csv
 from .runner import RunCache
 from .spec import DIRECTIONS, PatchSpec
@@ -307,7 +308,7 @@ class AttributionResult(PatchResult):
         r = PatchResult.from_json(d)
         return cls(r.spec, r.axes, r.coords, r.per_pair, r.clean_baseline, r.corrupt_baseline,
                    r.str_tokens, r.metric_clean_is, r.seconds, r.model_name, d.get("method", "plain"),
-                   d.get("steps", 0))
+                   d.get("steps", 0), provenance=r.provenance)
 
 
 def attribution_kinds(model) -> tuple[str, ...]:
@@ -315,6 +316,7 @@ def attribution_kinds(model) -> tuple[str, ...]:
     return tuple(k for k in KINDS if not (KINDS[k].needs_resid_mid and model.parallel_attn_mlp))
 
 
+@recorded
 def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[str] | None = None,
                     metric: Metric | Callable | str = "logit_diff", direction: str = "denoise",
                     method: str = "plain", steps: int = DEFAULT_STEPS, per_position: bool = False,

@@ -47,6 +47,7 @@ from torch import Tensor
 from metrics import Metric, MetricInputs, get_metric
 
 from .prompts import PromptSet
+from .provenance import recorded
 from .results import PatchResult, write_csv
 from .runner import RunCache, Runner
 from .spec import DIRECTIONS
@@ -293,7 +294,8 @@ class PathResult(PatchResult):
                    torch.tensor(d["clean_baseline"], dtype=torch.float64),
                    torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
                    tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"],
-                   tuple(d.get("sender_labels", ())), tuple(d.get("receiver_labels", ())))
+                   tuple(d.get("sender_labels", ())), tuple(d.get("receiver_labels", ())),
+                   provenance=d.get("provenance"))
 
 
 # -- the computation ----------------------------------------------------------------------------
@@ -498,6 +500,7 @@ def _memory_per_row(model, n_pos: int) -> int:
     return 4 * floats + 4 * model.cfg.d_vocab
 
 
+@recorded
 def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Callable | str | None = None,
              on_progress: Progress | None = None, max_memory_mb: float | None = None) -> PathResult:
     """Path patching as `spec` says; see the module doc. Cells with no path (a sender at or after

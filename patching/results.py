@@ -43,6 +43,9 @@ class PatchResult:
     metric_clean_is: str = "higher"
     seconds: float = 0.0
     model_name: str = ""
+    # where the run came from (patching.provenance.Provenance.to_dict()); keyword-only so the
+    # subclasses' positional fields keep their places; None for runs saved before it existed
+    provenance: dict | None = field(default=None, kw_only=True, repr=False)
 
     @property
     def n_pairs(self) -> int:
@@ -98,7 +101,7 @@ class PatchResult:
                 "clean_baseline": self.clean_baseline.tolist(),
                 "corrupt_baseline": self.corrupt_baseline.tolist(),
                 "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
-                "seconds": self.seconds, "model_name": self.model_name}
+                "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance}
 
     @classmethod
     def from_json(cls, d: dict) -> "PatchResult":
@@ -107,7 +110,8 @@ class PatchResult:
                    {k: tuple(v) for k, v in d["coords"].items()}, per_pair,
                    torch.tensor(d["clean_baseline"], dtype=torch.float64),
                    torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
-                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"])
+                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"],
+                   provenance=d.get("provenance"))
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
