@@ -96,9 +96,10 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     names = registry.names()
     app.layout = layout.page(registry, model or (names[0] if names else "default"))
     app.patchboard = callbacks.register(app, registry, store, data_dir)
-    from . import lens_tab, neurons_tab
+    from . import circuit_tab, lens_tab, neurons_tab
     app.patchboard_inspect = lens_tab.register_callbacks(app, registry)
     app.patchboard_neurons = neurons_tab.register_callbacks(app, registry)
+    app.patchboard_circuit = circuit_tab.register_callbacks(app, registry, store, data_dir)
     return app
 
 

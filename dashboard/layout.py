@@ -12,7 +12,7 @@ from pathlib import Path
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 
-from . import figures, handlers, ids, lens_tab, neurons_tab
+from . import circuit_tab, figures, handlers, ids, lens_tab, neurons_tab
 from .handlers import TokenView
 
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
@@ -328,6 +328,7 @@ def page(registry, model: str) -> html.Div:
                 dbc.Tab(attribution_tab(), label="Attribution", tab_id=ids.TAB_ATTRIBUTION),
                 dbc.Tab(lens_tab.layout(), label="Inspect", tab_id=lens_tab.TAB_INSPECT),
                 dbc.Tab(neurons_tab.layout(), label="Neurons & weights", tab_id=neurons_tab.TAB_NEURONS),
+                dbc.Tab(circuit_tab.layout(), label="Circuit", tab_id=circuit_tab.TAB_CIRCUIT),
             ])), className="panel-card results-card"), lg=8),
         ]), fluid=True, className="main"),
     ])

@@ -1,0 +1,485 @@
+"""The Circuit tab: pick components from a sweep's heatmap, ablate the rest, see faithfulness.
+
+- **Effects from**: head_out / mlp_out / attn_out runs of the history (and the attribution run on
+  the Attribution tab or computed here) colour a layer x (heads + MLP) grid; their prompts are the
+  ones the circuit is measured on (the prompts panel's when no run is chosen).
+- **Components**: typed (`L0H1, MLP0, ATTN2`), toggled by clicking grid cells, added by a box
+  selection, or set to the top k by |effect|.
+- **Run** (background, queued like every run): faithfulness of the kept components with the
+  others mean / resample / zero ablated, and the curve as they are added in order of |effect|;
+  CSV of the curve.
+- **Edges**: the EAP graph of an attribution run with edges (the Attribution tab's, or computed
+  here on the current prompts), thresholded by a slider (a share of the largest |score|).
+
+Plain functions do the work (`CircuitForm`, `run_circuit`, `compute_edges`, `edge_figure`, ...);
+`register_callbacks` returns the callbacks as a namespace so tests call them directly.
+
+>>> dbc.Tab(circuit_tab.layout(), label="Circuit", tab_id=circuit_tab.TAB_CIRCUIT)   # doctest: +SKIP
+>>> circuit_tab.register_callbacks(app, registry, store, data_dir)                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dcc, html, no_update
+
+from patching.circuit import (ABLATIONS, CircuitSpec, CurveResult, component_effects, edge_graph, faithfulness,
+                              faithfulness_curve, format_components, parse_components)
+from patching.prompts import PromptSet
+
+from . import figures, figures_circuit, handlers, ids
+
+log = logging.getLogger(__name__)
+
+# -- ids of this tab (documented in docs/dashboard.md) -------------------------------------------
+TAB_CIRCUIT = "tab-circuit"
+CIRCUIT_PANEL = "circuit-panel"
+CIRCUIT_SOURCE = "circuit-source"                # dropdown (multi): runs whose effects rank components
+CIRCUIT_REDUCE = "circuit-reduce"                # per-position effects: sum | max
+CIRCUIT_GRID = "circuit-grid"                    # the component grid (click / box select)
+CIRCUIT_COMPONENTS = "circuit-components"        # text: kept components
+CIRCUIT_TOP_K = "circuit-top-k"
+CIRCUIT_TOP_BUTTON = "circuit-top-button"
+CIRCUIT_CLEAR_BUTTON = "circuit-clear-button"
+CIRCUIT_ABLATION = "circuit-ablation"            # mean | resample | zero
+CIRCUIT_SEED = "circuit-seed"
+CIRCUIT_RUN_BUTTON = "circuit-run-button"
+CIRCUIT_CANCEL_BUTTON = "circuit-cancel-button"
+CIRCUIT_STATUS = "circuit-status"
+CIRCUIT_PROGRESS = "circuit-progress"            # text while a run is queued / running
+CIRCUIT_FAITHFULNESS = "circuit-faithfulness"    # the number, after a run
+CIRCUIT_CURVE = "circuit-curve"
+CIRCUIT_RESULT = "circuit-result"                # dcc.Store: the last run (circuit dict + curve JSON)
+CIRCUIT_DOWNLOAD_BUTTON = "circuit-download-button"
+CIRCUIT_DOWNLOAD = "circuit-download"
+CIRCUIT_EDGES_BUTTON = "circuit-edges-button"    # compute EAP edges on the current prompts
+CIRCUIT_EDGES_RUN = "circuit-edges-run"          # dcc.Store: attribution run id whose edges are drawn
+CIRCUIT_THRESHOLD = "circuit-threshold"          # slider: share of the largest |score|
+CIRCUIT_EDGE_GRAPH = "circuit-edge-graph"
+CIRCUIT_EDGES_STATUS = "circuit-edges-status"
+
+RANK_KINDS = ("head_out", "mlp_out", "attn_out")
+IDLE = ("Choose runs whose effects colour the grid (or type components), click or box-select cells, "
+        "then Run.")
+
+
+# -- pure: what the page holds -> what to compute and show -------------------------------------------
+@dataclass(frozen=True)
+class CircuitForm:
+    """The tab's inputs as typed."""
+    components: str = ""
+    ablation: str = "mean"
+    seed: int | str | None = 0
+    sources: tuple[str, ...] = ()      # "run:<id>" (history) or "att:<id>" (attribution run)
+    reduce: str = "sum"
+
+    def spec(self) -> CircuitSpec:
+        try:
+            seed = int(float(self.seed)) if self.seed not in (None, "") else 0
+        except (TypeError, ValueError):
+            raise ValueError(f"seed must be a whole number, not {self.seed!r}") from None
+        components = parse_components(self.components)
+        if not components:
+            raise ValueError("no components kept: type some (e.g. L0H1, MLP0), click grid cells or use Top k")
+        return CircuitSpec(components, self.ablation or "mean", seed)
+
+
+def source_options(store, attribution_ids=()) -> list[dict]:
+    """History runs that can rank components (head_out, mlp_out, attn_out), then attribution runs."""
+    opts = [{"label": f"{info.title} · {info.kind}", "value": f"run:{info.id}"}
+            for info in store.list() if info.kind in RANK_KINDS]
+    for att in dict.fromkeys(a for a in attribution_ids if a):
+        opts.append({"label": f"Attribution #{att} (head_out + mlp_out estimates)", "value": f"att:{att}"})
+    return opts
+
+
+@dataclass(frozen=True)
+class Sources:
+    results: tuple            # PatchResults (attribution results included)
+    pairs: tuple              # the first source's prompt pairs
+    model: str | None
+    label: str
+
+
+def load_sources(store, values) -> Sources:
+    """The chosen runs' results of ranking kinds, their pairs and model (the first one's);
+    ValueError when they were measured on different prompts or models."""
+    results, pairs, model, labels = [], None, None, []
+    for v in values or ():
+        what, _, num = str(v).partition(":")
+        if what == "run":
+            run = store.get(int(num))
+            found, run_pairs, run_model = [run.result], tuple(run.pairs), run.info.model
+        elif what == "att":
+            att = store.get_attribution(int(num))
+            found = [r for r in att.results if r.spec.kind in RANK_KINDS]
+            run_pairs, run_model = tuple(att.pairs), (att.results[0].model_name or att.results[0].spec.model)
+            if not found:
+                raise ValueError(f"attribution run {num} has no head_out, mlp_out or attn_out estimates")
+        else:
+            raise ValueError(f"unknown source {v!r}")
+        if pairs is None:
+            pairs, model = run_pairs, run_model
+        elif run_pairs != pairs or run_model != model:
+            raise ValueError(f"{v} was measured on other prompts or another model than {values[0]}; "
+                             "choose runs of the same prompts")
+        results += found
+        labels.append(f"#{num}" if what == "run" else f"attribution #{num}")
+    return Sources(tuple(results), pairs or (), model, ", ".join(labels))
+
+
+def effects_of(results, reduce: str = "sum") -> dict:
+    """{Component: effect} merged over the results (later ones win on overlap)."""
+    out = {}
+    for r in results:
+        out.update(component_effects(r, reduce or "sum"))
+    return out
+
+
+def page_prompts(registry, model, clean, corrupt, answer, wrong, bos, pairs):
+    """The prompts panel -> (Model, PromptSet); ValueError with the message to show."""
+    m = registry.get(handlers.check_model(registry, model))
+    form = handlers.Form.from_values(model=model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
+                                     prepend_bos="bos" in (bos or []), pairs=pairs)
+    return m, PromptSet.from_pairs(m, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+
+
+def model_and_prompts(registry, sources: Sources, page: tuple):
+    """The first source run's model and pairs (BOS as on the page), else the prompts panel's."""
+    if sources.pairs:
+        m = registry.get(handlers.check_model(registry, sources.model))
+        bos = "bos" in (page[5] or [])
+        return m, PromptSet.from_pairs(m, list(sources.pairs), prepend_bos=bos), f"the prompts of {sources.label}"
+    m, prompts = page_prompts(registry, *page)
+    return m, prompts, "the prompts panel's prompts"
+
+
+def run_circuit(registry, store, form: CircuitForm, page: tuple) -> dict:
+    """The Run button's work: faithfulness of the circuit and its curve (components by |effect|
+    when the sources give effects, else in the typed order). Returns a JSON-able dict."""
+    spec = form.spec()
+    sources = load_sources(store, form.sources)
+    model, prompts, where = model_and_prompts(registry, sources, page)
+    spec.validate(model)
+    effects = effects_of(sources.results, form.reduce)
+    ranked = list(spec.components)
+    if effects:
+        ranked.sort(key=lambda c: -abs(effects.get(c, 0.0)))
+    pairs = [(c, effects.get(c, float("nan"))) for c in ranked] if effects else ranked
+    result = faithfulness(model, prompts, spec, metric="logit_diff")
+    curve = faithfulness_curve(model, prompts, pairs, ablation=spec.ablation, seed=spec.seed)
+    return {"circuit": result.to_dict(), "curve": curve.to_json(), "where": where,
+            "ranked_by": f"|effect| in {sources.label}" if effects else "the order typed"}
+
+
+def faithfulness_text(payload: dict | None):
+    """The faithfulness number and what it is made of."""
+    if not payload:
+        return ""
+    c = payload["circuit"]
+    f = c["faithfulness"]
+    number = "undefined (full and ablated runs agree)" if f != f else f"{f:.3f}"
+    return html.Div([
+        html.Span("Faithfulness ", className="field-label"),
+        html.Span(number, className="circuit-number", id=f"{CIRCUIT_FAITHFULNESS}-value"),
+        html.Div(f"{c['n_components']} components, {c['ablation']} ablation, {c['n_pairs']} pairs of "
+                 f"{payload['where']}: {c['metric']} {c['m_circuit']:.4f} with the circuit, {c['m_full']:.4f} "
+                 f"full model, {c['m_empty']:.4f} all ablated; curve ordered by {payload['ranked_by']}.",
+                 className="hint")])
+
+
+def top_k(effects: dict, k) -> str:
+    """The k components with the largest |effect|, as text for the components box."""
+    try:
+        k = int(float(k))
+    except (TypeError, ValueError):
+        raise ValueError(f"k must be a whole number, not {k!r}") from None
+    if k < 0:
+        raise ValueError(f"k must be >= 0, not {k}")
+    ranked = sorted(effects.items(), key=lambda ce: -abs(ce[1]) if ce[1] == ce[1] else 0.0)
+    return format_components(c for c, _ in ranked[:k])
+
+
+def toggle(text: str | None, name: str) -> str:
+    """Add the component to the list, or remove it when it is there (a click on a cell)."""
+    current = list(parse_components(text or ""))
+    c = parse_components(name)[0]
+    current = [x for x in current if x != c] if c in current else current + [c]
+    return format_components(current)
+
+
+def add_selected(text: str | None, selected_data: dict | None) -> str:
+    """Add every cell of a box selection (points of the grid's marker trace)."""
+    names = [p.get("customdata") for p in (selected_data or {}).get("points", []) if p.get("customdata")]
+    return format_components(parse_components(list(parse_components(text or "")) + list(parse_components(names))))
+
+
+def compute_edges(registry, store, page: tuple, data_dir) -> int:
+    """EAP edges (plus head_out / mlp_out estimates) on the prompts panel's prompts, saved as an
+    attribution run; returns its id."""
+    from patching.attribution import edge_attribution, run_attribution
+    model, prompts = page_prompts(registry, *page)
+    with handlers.run_slot(data_dir):
+        edges = edge_attribution(model, prompts)
+        results = run_attribution(model, prompts, kinds=["head_out", "mlp_out"])
+    pairs = [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs]
+    return store.save_attribution(results, pairs, label="circuit tab · EAP edges", edges=edges)
+
+
+def edge_figure(store, att_id, share) -> tuple:
+    """(figure, status) for the attribution run's edges above share x the largest |score|."""
+    if not att_id:
+        return figures_circuit.edge_graph_figure(None), ""
+    run = store.get_attribution(att_id)
+    if run.edges is None:
+        return (figures.empty_figure(f"Attribution run #{att_id} has no edge scores; tick 'edges' on the "
+                                     "Attribution tab or compute them here."), "")
+    share = 0.2 if share is None else float(share)
+    biggest = float(run.edges.scores.abs().nan_to_num(0.0).max())
+    graph = edge_graph(run.edges, share * biggest,
+                       n_heads=sum(1 for u in run.edges.upstream if u.startswith("head:0.")))
+    status = (f"Attribution run #{att_id}: {len(graph.edges)} of {graph.n_edges_total} edges with |score| ≥ "
+              f"{graph.threshold:.4g} ({share:.0%} of the largest).")
+    return figures_circuit.edge_graph_figure(graph), status
+
+
+# -- layout ---------------------------------------------------------------------------------------------
+def layout() -> html.Div:
+    return html.Div([
+        html.Div([
+            html.Div([dbc.Label("Effects from", html_for=CIRCUIT_SOURCE, className="field-label"),
+                      dcc.Dropdown(id=CIRCUIT_SOURCE, options=[], value=[], multi=True,
+                                   placeholder="head_out / mlp_out runs from the history (optional)")],
+                     className="circuit-source"),
+            html.Div([dbc.Label("Per-position effects", html_for=CIRCUIT_REDUCE, className="field-label"),
+                      dbc.RadioItems(id=CIRCUIT_REDUCE, value="sum", inline=True,
+                                     options=[{"label": "sum", "value": "sum"}, {"label": "max |·|", "value": "max"}])]),
+        ], className="toolbar"),
+        dcc.Graph(id=CIRCUIT_GRID, figure=figures.empty_figure(IDLE, height=260),
+                  config={**figures.graph_config("png", "patchboard-circuit-grid"), "modeBarButtonsToRemove": ["lasso2d"]},
+                  className="graph"),
+        html.Div([
+            dbc.Label("Components", html_for=CIRCUIT_COMPONENTS, className="field-label"),
+            dbc.Input(id=CIRCUIT_COMPONENTS, type="text", value="", debounce=True, size="sm",
+                      placeholder="e.g. L0H1, L2H3, MLP0, ATTN1", className="circuit-components"),
+            dbc.Input(id=CIRCUIT_TOP_K, type="number", value=5, min=0, step=1, size="sm", className="inspect-number"),
+            dbc.Button("Top k", id=CIRCUIT_TOP_BUTTON, size="sm", color="secondary", outline=True, n_clicks=0),
+            dbc.Button("Clear", id=CIRCUIT_CLEAR_BUTTON, size="sm", color="secondary", outline=True, n_clicks=0),
+        ], className="toolbar"),
+        html.Div([
+            html.Div([dbc.Label("Ablate the rest", html_for=CIRCUIT_ABLATION, className="field-label"),
+                      dbc.RadioItems(id=CIRCUIT_ABLATION, value="mean", inline=True,
+                                     options=[{"label": {"mean": "mean (corrupt set)", "resample": "resample",
+                                                         "zero": "zero"}[a], "value": a} for a in ABLATIONS])]),
+            html.Div([dbc.Label("Seed", html_for=CIRCUIT_SEED, className="field-label"),
+                      dbc.Input(id=CIRCUIT_SEED, type="number", value=0, step=1, size="sm", className="inspect-number")]),
+            dbc.Button("Run", id=CIRCUIT_RUN_BUTTON, color="primary", size="sm", n_clicks=0),
+            dbc.Button("Cancel", id=CIRCUIT_CANCEL_BUTTON, color="secondary", outline=True, size="sm",
+                       disabled=True, n_clicks=0),
+            dbc.Button("Download CSV", id=CIRCUIT_DOWNLOAD_BUTTON, color="primary", outline=True, size="sm",
+                       disabled=True, n_clicks=0),
+            dcc.Download(id=CIRCUIT_DOWNLOAD),
+        ], className="toolbar"),
+        html.Div("", id=CIRCUIT_PROGRESS, className="hint"),
+        html.Div("", id=CIRCUIT_STATUS, className="hint", role="status"),
+        html.Div("", id=CIRCUIT_FAITHFULNESS, className="circuit-faithfulness"),
+        dcc.Graph(id=CIRCUIT_CURVE, figure=figures_circuit.curve_figure(None),
+                  config=figures.graph_config("png", "patchboard-circuit-curve"), className="graph"),
+        dcc.Store(id=CIRCUIT_RESULT),
+        dcc.Store(id=CIRCUIT_EDGES_RUN, storage_type="session"),
+        html.H6("Edge graph (EAP)", className="section-title"),
+        html.Div([
+            dbc.Button("Compute edges on these prompts", id=CIRCUIT_EDGES_BUTTON, size="sm", color="primary",
+                       outline=True, n_clicks=0),
+            html.Div([dbc.Label("Threshold (share of the largest |score|)", html_for=CIRCUIT_THRESHOLD,
+                                className="field-label"),
+                      dcc.Slider(id=CIRCUIT_THRESHOLD, min=0, max=1, step=0.01, value=0.2,
+                                 marks={0: "0", 0.25: "25%", 0.5: "50%", 0.75: "75%", 1: "100%"})],
+                     className="circuit-threshold", style={"minWidth": "320px", "flex": "1"}),
+        ], className="toolbar"),
+        html.Div("", id=CIRCUIT_EDGES_STATUS, className="hint", role="status"),
+        dcc.Graph(id=CIRCUIT_EDGE_GRAPH, figure=figures_circuit.edge_graph_figure(None),
+                  config=figures.graph_config("png", "patchboard-eap-graph"), className="graph"),
+    ], id=CIRCUIT_PANEL, className="tab-panel circuit-panel")
+
+
+# -- callbacks -------------------------------------------------------------------------------------------
+PAGE_STATES = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSWER_TOKEN, ids.WRONG_TOKEN,
+               ids.PREPEND_BOS)
+
+
+def _page_states() -> list[State]:
+    return [State(i, "value") for i in PAGE_STATES] + [State(ids.PAIRS_STORE, "data")]
+
+
+def _triggered() -> str | None:
+    try:
+        return dash.ctx.triggered_id
+    except Exception:         # called outside a request (tests)
+        return None
+
+
+def register_callbacks(app, registry, store, data_dir: str | Path | None = None) -> SimpleNamespace:
+    """Wire the tab to `app`; returns the plain functions so tests call them directly."""
+    data_dir = Path(data_dir) if data_dir is not None else store.data_dir
+
+    def sources(_version, _tab, att_id, edges_id):
+        """The 'effects from' options: ranking runs of the history and attribution runs on screen."""
+        return source_options(store, (att_id, edges_id))
+
+    app.callback(Output(CIRCUIT_SOURCE, "options"), Input(ids.HISTORY_VERSION, "data"),
+                 Input(ids.TABS, "active_tab"), Input(ids.ATTR_RUN, "data"), Input(CIRCUIT_EDGES_RUN, "data"))(sources)
+
+    def grid(values, reduce, components, model):
+        """The component grid: the sources' effects (or blank cells) with the kept ones outlined."""
+        try:
+            src = load_sources(store, values)
+            m = registry.get(handlers.check_model(registry, src.model or model))
+            kept = parse_components(components or "")
+        except ValueError as exc:
+            return figures.empty_figure(str(exc), height=260), html.Span(str(exc), className="error-text")
+        effects = effects_of(src.results, reduce)
+        title = f"Effects from {src.label} (click or box-select cells)" if effects else \
+            "Components (click or box-select cells; choose runs above to colour them by effect)"
+        fig = figures_circuit.component_grid(effects, n_layers=m.n_layers, n_heads=m.n_heads, selected=kept,
+                                             title=title)
+        return fig, no_update
+
+    app.callback(Output(CIRCUIT_GRID, "figure"), Output(CIRCUIT_STATUS, "children", allow_duplicate=True),
+                 Input(CIRCUIT_SOURCE, "value"), Input(CIRCUIT_REDUCE, "value"), Input(CIRCUIT_COMPONENTS, "value"),
+                 Input(ids.MODEL_SELECT, "value"), prevent_initial_call="initial_duplicate")(grid)
+
+    def select(click, selected, _top, _clear, text, k, values, reduce, trig=None):
+        """A click toggles a cell's component, a box selection adds its cells, Top k sets the list
+        to the largest |effect|, Clear empties it."""
+        trig = trig or _triggered()
+        try:
+            if trig == CIRCUIT_CLEAR_BUTTON:
+                return "", ""
+            if trig == CIRCUIT_TOP_BUTTON:
+                effects = effects_of(load_sources(store, values).results, reduce)
+                if not effects:
+                    return no_update, html.Span("Top k needs runs to rank by: choose them under 'Effects from'.",
+                                                className="error-text")
+                return top_k(effects, k), ""
+            if trig == CIRCUIT_GRID and click:               # clickData
+                point = (click.get("points") or [{}])[0]
+                if point.get("customdata"):
+                    return toggle(text, point["customdata"]), ""
+                return no_update, no_update
+            if selected is not None and selected.get("points"):
+                return add_selected(text, selected), ""
+        except ValueError as exc:
+            return no_update, html.Span(str(exc), className="error-text")
+        return no_update, no_update
+
+    def select_callback(click, selected, top, clear, text, k, values, reduce):
+        trig = _triggered()
+        if trig == CIRCUIT_GRID:       # which property of the grid fired
+            props = [t["prop_id"] for t in dash.ctx.triggered]
+            if any(p.endswith(".selectedData") for p in props):
+                click = None
+        return select(click, selected if trig == CIRCUIT_GRID else None, top, clear, text, k, values, reduce, trig)
+
+    app.callback(Output(CIRCUIT_COMPONENTS, "value"), Output(CIRCUIT_STATUS, "children", allow_duplicate=True),
+                 Input(CIRCUIT_GRID, "clickData"), Input(CIRCUIT_GRID, "selectedData"),
+                 Input(CIRCUIT_TOP_BUTTON, "n_clicks"), Input(CIRCUIT_CLEAR_BUTTON, "n_clicks"),
+                 State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_TOP_K, "value"), State(CIRCUIT_SOURCE, "value"),
+                 State(CIRCUIT_REDUCE, "value"), prevent_initial_call=True)(select_callback)
+
+    def run(set_progress, n_clicks, components, ablation, seed, values, reduce, *page):
+        """Run: faithfulness + curve (queued behind other runs), stored for the figure and the CSV."""
+        if not n_clicks:
+            return no_update, no_update
+        form = CircuitForm(components or "", ablation or "mean", seed, tuple(values or ()), reduce or "sum")
+        try:
+            form.spec()
+            with handlers.run_slot(data_dir, lambda s: set_progress(f"queued behind another run ({s:.0f} s)…")):
+                set_progress("running the circuit and its curve…")
+                payload = run_circuit(registry, store, form, page)
+        except ValueError as exc:
+            return no_update, html.Span(str(exc), className="error-text")
+        except Exception as exc:   # an internal error: say so, keep the page alive
+            log.exception("circuit run failed")
+            return no_update, html.Span(f"internal error: {type(exc).__name__}: {exc}", className="error-text")
+        seconds = payload["circuit"]["seconds"] + payload["curve"]["seconds"]
+        return payload, f"Done in {seconds:.2f} s."
+
+    app.callback(
+        Output(CIRCUIT_RESULT, "data"), Output(CIRCUIT_STATUS, "children", allow_duplicate=True),
+        Input(CIRCUIT_RUN_BUTTON, "n_clicks"),
+        State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_ABLATION, "value"), State(CIRCUIT_SEED, "value"),
+        State(CIRCUIT_SOURCE, "value"), State(CIRCUIT_REDUCE, "value"), *_page_states(),
+        background=True, interval=400,
+        running=[(Output(CIRCUIT_RUN_BUTTON, "disabled"), True, False),
+                 (Output(CIRCUIT_RUN_BUTTON, "children"), "Running…", "Run"),
+                 (Output(CIRCUIT_CANCEL_BUTTON, "disabled"), False, True)],
+        cancel=[Input(CIRCUIT_CANCEL_BUTTON, "n_clicks")],
+        progress=Output(CIRCUIT_PROGRESS, "children"), progress_default="",
+        prevent_initial_call=True)(run)
+
+    def show(payload):
+        """The stored run -> the faithfulness number, the curve and the CSV button."""
+        if not payload:
+            return "", figures_circuit.curve_figure(None), True
+        return faithfulness_text(payload), figures_circuit.curve_figure(CurveResult.from_json(payload["curve"])), False
+
+    app.callback(Output(CIRCUIT_FAITHFULNESS, "children"), Output(CIRCUIT_CURVE, "figure"),
+                 Output(CIRCUIT_DOWNLOAD_BUTTON, "disabled"), Input(CIRCUIT_RESULT, "data"))(show)
+
+    def download(n_clicks, payload):
+        """The curve as CSV: k, added, circuit, effect, value, faithfulness, m_full, m_empty, ..."""
+        if not n_clicks or not payload:
+            return no_update
+        curve = CurveResult.from_json(payload["curve"])
+        return dcc.send_string(curve.to_csv(), f"patchboard-circuit-{curve.ablation}.csv")
+
+    app.callback(Output(CIRCUIT_DOWNLOAD, "data"), Input(CIRCUIT_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(CIRCUIT_RESULT, "data"), prevent_initial_call=True)(download)
+
+    def edges(n_clicks, *page):
+        """Compute EAP edges on the prompts panel's prompts (background, queued)."""
+        if not n_clicks:
+            return no_update, no_update
+        try:
+            att_id = compute_edges(registry, store, page, data_dir)
+        except ValueError as exc:
+            return no_update, html.Span(str(exc), className="error-text")
+        except Exception as exc:
+            log.exception("edge attribution failed")
+            return no_update, html.Span(f"internal error: {type(exc).__name__}: {exc}", className="error-text")
+        return att_id, f"Edges computed: attribution run #{att_id}."
+
+    app.callback(Output(CIRCUIT_EDGES_RUN, "data"), Output(CIRCUIT_EDGES_STATUS, "children", allow_duplicate=True),
+                 Input(CIRCUIT_EDGES_BUTTON, "n_clicks"), *_page_states(), background=True, interval=400,
+                 running=[(Output(CIRCUIT_EDGES_BUTTON, "disabled"), True, False)],
+                 prevent_initial_call=True)(edges)
+
+    def follow_attribution(att_id):
+        """An attribution run made on the Attribution tab becomes the graph's source."""
+        return att_id if att_id else no_update
+
+    app.callback(Output(CIRCUIT_EDGES_RUN, "data", allow_duplicate=True), Input(ids.ATTR_RUN, "data"),
+                 prevent_initial_call=True)(follow_attribution)
+
+    def graph(att_id, share):
+        try:
+            return edge_figure(store, att_id, share)
+        except ValueError as exc:
+            return figures.empty_figure(str(exc)), html.Span(str(exc), className="error-text")
+
+    app.callback(Output(CIRCUIT_EDGE_GRAPH, "figure"), Output(CIRCUIT_EDGES_STATUS, "children", allow_duplicate=True),
+                 Input(CIRCUIT_EDGES_RUN, "data"), Input(CIRCUIT_THRESHOLD, "value"),
+                 prevent_initial_call="initial_duplicate")(graph)
+
+    return SimpleNamespace(sources=sources, grid=grid, select=select, run=run, show=show, download=download,
+                           edges=edges, follow_attribution=follow_attribution, graph=graph)
+
+
+__all__ = ["layout", "register_callbacks", "TAB_CIRCUIT", "CircuitForm", "run_circuit", "compute_edges",
+           "edge_figure", "source_options", "load_sources", "effects_of", "top_k", "toggle", "add_selected"]
