@@ -66,14 +66,15 @@ def _is_model_asset(path: str, prefix: str) -> bool:
 
 def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | None = None,
                model: str | None = None, title: str = "Patchboard",
-               assets_folder: str | Path | None = None) -> dash.Dash:
+               assets_folder: str | Path | None = None, max_upload_mb: float = 16) -> dash.Dash:
     """The Dash app around a model registry, a run store and a background job manager.
 
     jobs=None uses a DiskcacheManager under the store's data dir. `model` is the model selected
     on load (default: the registry's first name). `assets_folder` (tests) replaces assets/;
-    whatever it is, its models/ subfolder is never served.
+    whatever it is, its models/ subfolder is never served. `max_upload_mb` caps every request
+    (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it.
     """
-    from . import callbacks, layout
+    from . import callbacks, layout, upload_guard
 
     data_dir = Path(data_dir) if data_dir is not None else store.data_dir
     if jobs is None:
@@ -84,7 +85,10 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
         assets_path_ignore=["^models$"], background_callback_manager=jobs,
         suppress_callback_exceptions=True)
     server = app.server
-    server.config["MAX_CONTENT_LENGTH"] = 16 * 2**20
+    if not max_upload_mb or max_upload_mb <= 0:
+        raise ValueError(f"max_upload_mb must be a positive number of megabytes, not {max_upload_mb!r}")
+    server.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)
+    upload_guard.install(app, server.config["MAX_CONTENT_LENGTH"])
     prefix = app.config.requests_pathname_prefix or "/"
 
     @server.before_request

@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", default="diskcache", choices=JOB_KINDS,
                    help="background jobs: diskcache (embedded) or celery (needs --redis-url and workers)")
     p.add_argument("--redis-url", default=os.environ.get("PATCHBOARD_REDIS_URL"))
+    p.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("PATCHBOARD_MAX_UPLOAD_MB", "16")),
+                   help="largest request the server accepts, in MB (default 16); pairs CSVs may be 3/4 of it")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, reloader); off by default")
     return p.parse_args(argv)
 
@@ -56,6 +58,9 @@ def main(argv=None) -> int:
     if not _is_loopback(args.host):
         print(f"warning: serving on {args.host}, reachable from other machines; the dashboard has no "
               "authentication and runs models for anyone who can reach it", file=sys.stderr)
+    if not args.max_upload_mb > 0:
+        print(f"error: --max-upload-mb must be a positive number, not {args.max_upload_mb:g}", file=sys.stderr)
+        return 2
     try:
         jobs = make_jobs(args.jobs, args.data_dir, args.redis_url)
     except ValueError as exc:
@@ -67,7 +72,8 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"warning: model {models[0]!r} is not available yet: {exc}", file=sys.stderr)
     store = RunStore(Path(args.data_dir))
-    app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0])
+    app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0],
+                     max_upload_mb=args.max_upload_mb)
     print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.path})", file=sys.stderr)
     app.run(host=args.host, port=args.port, debug=args.debug)
     return 0

@@ -82,7 +82,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         if not contents:
             return no_update, no_update, no_update
         try:
-            pairs = handlers.parse_upload(contents, filename)
+            pairs = handlers.parse_upload(contents, filename, handlers.upload_file_limit(
+                app.server.config.get("MAX_CONTENT_LENGTH")))
         except ValueError as exc:
             return no_update, str(exc), None
         return pairs, "", None

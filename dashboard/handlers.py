@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -30,7 +31,8 @@ from patching.prompts import PromptPair, PromptSet, read_pairs_csv
 from patching.results import PatchResult
 from patching.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
 
-MAX_UPLOAD_BYTES = 2 * 2**20          # pairs CSVs larger than this are refused
+
+DEFAULT_MAX_UPLOAD_MB = 16            # the request cap (`create_app(max_upload_mb=)`, --max-upload-mb)
 MAX_PRESET_PAIRS = 64
 PREVIEW_ROWS = 8
 
@@ -122,6 +124,43 @@ def preset_metric(task: str) -> str | None:
 
 
 # -- uploads --------------------------------------------------------------------------------------
+def upload_file_limit(max_request_bytes: int | None) -> int:
+    """The largest pairs CSV a request of `max_request_bytes` carries: the browser sends the file
+    base64-encoded (4/3 larger) inside a JSON request, so 3/4 of the cap less 64 kB.
+
+    >>> upload_file_limit(16 * 2**20)
+    12517376
+    """
+    cap = max_request_bytes or DEFAULT_MAX_UPLOAD_MB * 2**20
+    return max(cap * 3 // 4 - 2**16, 1)
+
+
+MAX_UPLOAD_BYTES = upload_file_limit(DEFAULT_MAX_UPLOAD_MB * 2**20)   # pairs CSVs larger are refused
+
+
+def size_text(n: int) -> str:
+    """'12 MB', '9.8 kB', '512 bytes'.
+
+    >>> size_text(12_517_376), size_text(10_000), size_text(512)
+    ('11.9 MB', '9.8 kB', '512 bytes')
+    """
+    if n >= 2**20:
+        return f"{n / 2**20:.3g} MB"
+    return f"{n / 2**10:.2g} kB" if n >= 2**10 else f"{n} bytes"
+
+
+def too_large_message(limit_bytes: int) -> str:
+    """The refusal of a too-large upload, after '<file> (<size>) ' (the page's clientside check
+    writes the same words).
+
+    >>> too_large_message(12_517_376)[:45]
+    'is larger than the 11.9 MB limit for pairs CS'
+    """
+    return (f"is larger than the {size_text(limit_bytes)} limit for pairs CSVs on this server; split it, "
+            "run it with `python -m patching sweep --pairs`, or restart the server with a larger "
+            "--max-upload-mb")
+
+
 def parse_upload(contents: str | None, filename: str | None = None,
                  max_bytes: int = MAX_UPLOAD_BYTES) -> list[dict]:
     """dcc.Upload contents ('data:...;base64,...') of a pairs CSV -> list of pair dicts.
@@ -138,15 +177,15 @@ def parse_upload(contents: str | None, filename: str | None = None,
     if filename and not filename.lower().endswith((".csv", ".txt")):
         raise ValueError(f"{name}: expected a .csv file with columns clean,corrupt,answer,wrong")
     _, _, payload = contents.partition(",")
+    too_big = too_large_message(max_bytes)
     if len(payload) * 3 // 4 > max_bytes:
-        raise ValueError(f"{name} is larger than the {max_bytes // 2**20} MB limit for pairs CSVs; "
-                         "split it or run it with `python -m patching sweep --pairs`")
+        raise ValueError(f"{name} ({size_text(len(payload) * 3 // 4)}) {too_big}")
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{name}: the upload is not valid base64 data") from None
     if len(raw) > max_bytes:
-        raise ValueError(f"{name} is larger than the {max_bytes // 2**20} MB limit for pairs CSVs")
+        raise ValueError(f"{name} ({size_text(len(raw))}) {too_big}")
     try:
         pairs = read_pairs_csv(raw)
     except ValueError as exc:
@@ -229,8 +268,9 @@ def _token_check(model, text: str, what: str) -> tuple[str | None, str | None]:
     ids = model.encode(text)
     if len(ids) == 1:
         return f"{what} {text!r} is one token (id {ids[0]})", None
-    pieces = model.to_str_tokens(ids)
-    return None, f"{what} {text!r} is {len(ids)} tokens {pieces}, not a single token"
+    pieces = model.to_str_tokens(ids[:8]) + (["..."] if len(ids) > 8 else [])
+    shown = repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
+    return None, f"{what} {shown} is {len(ids)} tokens {pieces}, not a single token"
 
 
 def token_view(model, form: Form) -> TokenView:
@@ -238,10 +278,14 @@ def token_view(model, form: Form) -> TokenView:
 
     Never raises: problems are listed (the first is what a Run would refuse with).
     """
-    pair = form.prompt_pairs()[0]
+    # the first pair as typed, unvalidated (an empty field is a problem listed below, not an error)
+    first = form.pairs[0] if form.pairs else (form.clean, form.corrupt, form.answer, form.wrong)
+    pair = SimpleNamespace(**{k: v if isinstance(v, str) else ""
+                              for k, v in zip(("clean", "corrupt", "answer", "wrong"), first)})
     bos = [model.bos_token_id] if form.prepend_bos and model.bos_token_id is not None else []
-    clean = model.to_str_tokens(bos + model.encode(pair.clean)) if pair.clean else []
-    corrupt = model.to_str_tokens(bos + model.encode(pair.corrupt)) if pair.corrupt else []
+    # at most the model's context is shown (a 100 kB paste is one problem, not 25,000 chips)
+    clean = model.to_str_tokens((bos + model.encode(pair.clean))[:model.n_ctx + 1]) if pair.clean else []
+    corrupt = model.to_str_tokens((bos + model.encode(pair.corrupt))[:model.n_ctx + 1]) if pair.corrupt else []
     differing = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
     differing += list(range(min(len(clean), len(corrupt)), max(len(clean), len(corrupt))))
     answer_ok, answer_bad = _token_check(model, pair.answer, "answer")
@@ -254,7 +298,7 @@ def token_view(model, form: Form) -> TokenView:
     for bad in (answer_bad, wrong_bad):
         if bad and not any(bad.split(" is ")[0] in p for p in problems):
             problems.append(bad)
-    if pair.answer and pair.answer == pair.wrong:
+    if pair.answer and pair.answer == pair.wrong and not any("same token" in p for p in problems):
         problems.append(f"answer and wrong are the same token {pair.answer!r}; the metric would be 0")
     return TokenView(clean, corrupt, differing, answer_ok or answer_bad, wrong_ok or wrong_bad,
                      problems, len(form.pairs) if form.pairs else 1)

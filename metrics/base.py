@@ -33,7 +33,16 @@ class Metric:
     clean_is: str        # which way is "more like clean": "higher" or "lower"
 
     def __call__(self, logits: Tensor, inputs: MetricInputs) -> Tensor:
-        out = self.fn(logits, inputs)
+        if not self.formula.startswith("user function"):
+            out = self.fn(logits, inputs)
+        else:                      # a user's function failing is bad input: say which and why
+            try:
+                out = self.fn(logits, inputs)
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"metric {self.name!r} raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(out, Tensor):
+            raise ValueError(f"metric {self.name!r} must return a tensor of shape [{logits.shape[0]}], "
+                             f"got {type(out).__name__}")
         if out.shape != logits.shape[:1]:
             raise ValueError(f"metric {self.name!r} must return one value per row, shape "
                              f"[{logits.shape[0]}], got {tuple(out.shape)}")
@@ -53,6 +62,9 @@ def load_user_metric(ref: str) -> Metric:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load metric {ref!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the module itself fails on import
+        raise ValueError(f"cannot load metric {ref!r}: importing {module_name!r} raised "
+                         f"{type(exc).__name__}: {exc}") from None
     if not callable(fn):
         raise ValueError(f"metric {ref!r} is not callable")
     return Metric(ref, fn, f"user function {ref}", "higher")

@@ -52,28 +52,43 @@ def _as_pair(p) -> PromptPair:
     return PromptPair(*p)
 
 
-def _show(tokens: list[str]) -> str:
-    return "[" + ", ".join(repr(t) for t in tokens) + "]"
+def _show(tokens: list[str], around: int = 0, limit: int = 24) -> str:
+    """Tokens as a list of reprs (control characters escaped); long lists are cut to `limit`
+    tokens from `around` on, with the cut parts counted, so a message stays one readable line."""
+    if len(tokens) <= limit:
+        return "[" + ", ".join(repr(t) for t in tokens) + "]"
+    lo = max(0, min(around - limit // 2, len(tokens) - limit))
+    hi = lo + limit
+    head = [f"... {lo} tokens"] if lo else []
+    tail = [f"... {len(tokens) - hi} more"] if hi < len(tokens) else []
+    return "[" + ", ".join(head + [repr(t) for t in tokens[lo:hi]] + tail) + "]"
 
 
 def _single_token(model, text: str, what: str, where: str) -> int:
     ids = model.encode(text)
     if len(ids) == 1:
         return ids[0]
-    pieces = model.to_str_tokens(ids)
+    pieces = model.to_str_tokens(ids[:24])
+    listed = _show(pieces) if len(ids) <= 24 else _show(pieces)[:-1] + f", ... {len(ids) - 24} more]"
     hint = ""
     if not text.startswith(" ") and len(model.encode(" " + text)) == 1:
         hint = f"; did you mean {' ' + text!r} with a leading space?"
     elif pieces:
         hint = f"; use a single token such as {pieces[0]!r}"
-    raise ValueError(f"{where}{what} {text!r} is {len(ids)} tokens {_show(pieces)}, "
+    shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
+    raise ValueError(f"{where}{what} {shown} is {len(ids)} tokens {listed}, "
                      f"not a single token{hint}")
 
 
 def _diff_view(model, clean: list[int], corrupt: list[int]) -> str:
-    a, b = model.to_str_tokens(clean), model.to_str_tokens(corrupt)
-    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return (f"clean {len(a)} tokens {_show(a)}; corrupt {len(b)} tokens {_show(b)}; "
+    first = next((i for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y), min(len(clean), len(corrupt)))
+
+    def window(ids: list[int], limit: int = 24) -> list[str]:    # decode only what _show shows
+        lo = max(0, min(first - limit // 2, len(ids) - limit))
+        return [""] * lo + model.to_str_tokens(ids[lo:lo + limit]) + [""] * max(0, len(ids) - lo - limit)
+
+    a, b = window(clean), window(corrupt)
+    return (f"clean {len(a)} tokens {_show(a, first)}; corrupt {len(b)} tokens {_show(b, first)}; "
             f"they first differ at position {first}")
 
 
@@ -112,18 +127,19 @@ class PromptSet:
         if not pairs:
             raise ValueError("no prompt pairs given; give at least one clean/corrupt pair")
         if len(pairs) > MAX_PAIRS:
-            raise ValueError(f"{len(pairs)} pairs is more than the limit of {MAX_PAIRS}")
+            raise ValueError(f"too many pairs: {len(pairs)}, at most {MAX_PAIRS} in one set; split it")
         bos = [model.bos_token_id] if prepend_bos and model.bos_token_id is not None else []
         clean, corrupt, answer, wrong = [], [], [], []
         for n, p in enumerate(pairs):
             where = f"pair {n}: " if len(pairs) > 1 else ""
             c, k = bos + model.encode(p.clean), bos + model.encode(p.corrupt)
+            for what, toks in (("clean", c), ("corrupt", k)):
+                if len(toks) > model.n_ctx:
+                    raise ValueError(f"{where}{what} prompt is {len(toks)} tokens, longer than the model's "
+                                     f"context of {model.n_ctx} tokens; shorten it")
             if len(c) != len(k):
                 raise ValueError(f"{where}clean and corrupt prompts must have the same number of "
                                  f"tokens: {_diff_view(model, c, k)}")
-            if len(c) > model.n_ctx:
-                raise ValueError(f"{where}prompt is {len(c)} tokens, longer than the model's "
-                                 f"context of {model.n_ctx} tokens; shorten it")
             if clean and len(c) != len(clean[0]):
                 raise ValueError(f"all pairs must have the same token length: pair 0 has "
                                  f"{len(clean[0])} tokens, pair {n} has {len(c)}; split the set by length")
@@ -131,6 +147,9 @@ class PromptSet:
             corrupt.append(k)
             answer.append(_single_token(model, p.answer, "answer", where))
             wrong.append(_single_token(model, p.wrong, "wrong", where))
+            if answer[-1] == wrong[-1]:
+                raise ValueError(f"{where}answer and wrong are the same token {p.answer!r}; wrong must be "
+                                 "a different token (the corrupt prompt's next token), e.g. ' John' for ' Mary'")
         device = model.device
         return cls(pairs, torch.tensor(clean, device=device), torch.tensor(corrupt, device=device),
                    torch.tensor(answer, device=device), torch.tensor(wrong, device=device),
@@ -167,31 +186,34 @@ def read_pairs_csv(source) -> list[PromptPair]:
     else:
         text = str(source)
     text = text.lstrip("\ufeff")
+    rows = csv.reader(io.StringIO(text))      # read lazily: a huge file stops at MAX_PAIRS + 1 rows
     try:
-        rows = list(csv.reader(io.StringIO(text)))
+        first = next(rows, None)
+        if first is None or not any(cell.strip() for cell in first):
+            raise ValueError("pairs CSV is empty; expected a header clean,corrupt,answer,wrong")
+        header = [h.strip().lower() for h in first]
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"pairs CSV is missing column(s) {', '.join(missing)}; header is "
+                             f"{','.join(first)[:200]!r}, expected clean,corrupt,answer,wrong")
+        col = {c: header.index(c) for c in CSV_COLUMNS}
+        pairs = []
+        for row in rows:
+            line = rows.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(header):
+                raise ValueError(f"pairs CSV row {line} has {len(row)} cells, expected {len(header)} "
+                                 f"({','.join(first)[:200]})")
+            if len(pairs) == MAX_PAIRS:
+                raise ValueError(f"pairs CSV has too many pairs: more than {MAX_PAIRS}, the most one "
+                                 "sweep takes; split it into several files")
+            try:
+                pairs.append(PromptPair(*(row[col[c]] for c in CSV_COLUMNS)))
+            except ValueError as exc:
+                raise ValueError(f"pairs CSV row {line}: {exc}") from None
     except csv.Error as exc:
         raise ValueError(f"pairs CSV cannot be parsed: {exc}") from None
-    if not rows or not any(cell.strip() for cell in rows[0]):
-        raise ValueError("pairs CSV is empty; expected a header clean,corrupt,answer,wrong")
-    header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in CSV_COLUMNS if c not in header]
-    if missing:
-        raise ValueError(f"pairs CSV is missing column(s) {', '.join(missing)}; header is "
-                         f"{','.join(rows[0])!r}, expected clean,corrupt,answer,wrong")
-    col = {c: header.index(c) for c in CSV_COLUMNS}
-    pairs = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) < len(header):
-            raise ValueError(f"pairs CSV row {line} has {len(row)} cells, expected {len(header)} "
-                             f"({','.join(rows[0])})")
-        try:
-            pairs.append(PromptPair(*(row[col[c]] for c in CSV_COLUMNS)))
-        except ValueError as exc:
-            raise ValueError(f"pairs CSV row {line}: {exc}") from None
-        if len(pairs) > MAX_PAIRS:
-            raise ValueError(f"pairs CSV has more than {MAX_PAIRS} rows")
     if not pairs:
         raise ValueError("pairs CSV has a header but no rows")
     return pairs

@@ -1,0 +1,53 @@
+"""The upload cap, said inline: a request larger than `create_app(max_upload_mb=)` is refused by
+Flask (413) before it is read; the page must still say why instead of silently doing nothing.
+
+Two halves:
+- in the browser, a clientside callback on the upload measures the file before the server sees
+  it and writes the refusal into `error-message` (the server callback's request is then refused
+  with 413 and changes nothing);
+- on the server, a 413 gets a short JSON body naming the cap (for scripts and the load test),
+  never Flask's HTML page or a traceback.
+
+>>> install(app, 16 * 2**20)         # doctest: +SKIP   (create_app does this)
+"""
+from __future__ import annotations
+
+import json
+
+from dash import Input, Output, State
+
+from . import ids
+from .handlers import size_text, too_large_message, upload_file_limit
+
+# dcc.Upload contents are 'data:<type>;base64,<payload>'; the payload is 4/3 of the file.
+_CHECK = """
+function (contents, filename) {
+    if (!contents) { return window.dash_clientside.no_update; }
+    var payload = contents.length - contents.indexOf(",") - 1;
+    var bytes = Math.floor(payload * 3 / 4);
+    if (bytes <= %(limit)d) { return window.dash_clientside.no_update; }
+    var mb = (bytes / 1048576).toPrecision(3);
+    return (filename || "upload") + " (" + mb + " MB) " + %(message)s;
+}
+"""
+
+
+def install(app, max_request_bytes: int) -> None:
+    """Register the clientside check and the 413 handler on a Dash app."""
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    limit = upload_file_limit(max_request_bytes)
+    app.clientside_callback(
+        _CHECK % {"limit": limit, "message": json.dumps(too_large_message(limit))},
+        Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Input(ids.PAIRS_UPLOAD, "contents"), State(ids.PAIRS_UPLOAD, "filename"),
+        prevent_initial_call=True)
+
+    @app.server.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc):
+        from flask import jsonify
+        body = jsonify(error="request too large",
+                       message=f"the request is larger than this server's {size_text(max_request_bytes)} "
+                               "limit (--max-upload-mb); pairs CSVs may be up to "
+                               f"{size_text(limit)}")
+        return body, 413
