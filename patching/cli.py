@@ -122,15 +122,23 @@ def cmd_sweep(args) -> int:
                        heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos)
              for k in kinds]
     model, prompts = _load(args)
-    frames = []
+    if args.dry_run:
+        from . import cli_cost
+        cli_cost.dry_run_sweep(model, prompts, specs, args)
+        return EXIT_OK
+    frames, results = [], []
     for spec in specs:
         result = sweep(model, prompts, spec, on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet),
                        max_memory_mb=args.max_memory)
         frames.append(result.to_dataframe())
+        results.append(result)
         if not args.quiet:
             print(f"{spec.kind}: {result.values.numel()} cells in {result.seconds:.2f}s; clean "
                   f"{result.clean_value:.4f}, corrupt {result.corrupt_value:.4f}", file=sys.stderr)
     _write(write_csv(pd.concat(frames, ignore_index=True)), args.out)
+    if args.save_run:
+        from . import cli_share
+        cli_share.save_run(args.save_run, results, prompts)
     return EXIT_OK
 
 
@@ -172,6 +180,10 @@ def cmd_path(args) -> int:
                     receiver_positions=parse_int_list(args.receiver_positions, "receiver positions"),
                     model=args.model, prepend_bos=not args.no_bos)
     model, prompts = _load(args)
+    if args.dry_run:
+        from . import cli_cost
+        cli_cost.dry_run_path(model, prompts, spec, args)
+        return EXIT_OK
     result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet),
                       max_memory_mb=args.max_memory)
     _write(result.to_csv(), args.out)
@@ -183,6 +195,10 @@ def cmd_attribution(args) -> int:
     from .spec import parse_int_list
     model, prompts = _load(args)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
+    if args.dry_run:
+        from . import cli_cost
+        cli_cost.dry_run_attribution(model, prompts, kinds, args)
+        return EXIT_OK
     if args.edges:
         edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction,
                                  method=args.method, steps=args.steps)
@@ -191,6 +207,12 @@ def cmd_attribution(args) -> int:
     results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
                               method=args.method, steps=args.steps, per_position=args.per_position,
                               positions=parse_int_list(args.positions, "positions"))
+    if args.compare_exact or args.refine is not None:     # the report on stdout; the CSV only to a file
+        from . import cli_cost
+        if args.out != "-":
+            _write(attribution_csv(results), args.out)
+        cli_cost.compare_and_refine(model, prompts, results, args)
+        return EXIT_OK
     _write(attribution_csv(results), args.out)
     return EXIT_OK
 
@@ -271,6 +293,7 @@ def _int_arg(value: str, flag: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import cli_cost
     parser = _Parser(prog="python -m patching", description="Activation patching from the command line.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -282,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="e.g. 0-5,8 (default: all)")
     p.add_argument("--positions", help="e.g. 3,7 (default: all)")
     p.add_argument("--heads", help="LAYER.HEAD pairs, e.g. 1.4,9.9 (default: all)")
+    cli_cost.add_dry_run(p)
+    from . import cli_share
+    cli_share.add_save_run(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("path", help="path patching: sender -> receivers, everything else frozen")
@@ -297,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-position", action="store_true", help="every head x position as senders")
     p.add_argument("--positions", help="sender positions with --per-position, e.g. 3,7 (default: all)")
     p.add_argument("--receiver-positions", help="positions where receivers are patched (default: all)")
+    cli_cost.add_dry_run(p)
     p.set_defaults(func=cmd_path)
 
     p = sub.add_parser("attribution", help="attribution patching (gradients) for all kinds at once")
@@ -309,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", help="neuron kind: positions to attribute at (default: all)")
     p.add_argument("--edges", action="store_true",
                    help="write EAP edge scores (head/MLP -> head q/k/v, MLP, logits) instead of node scores")
+    cli_cost.add_dry_run(p)
+    cli_cost.add_compare(p)
     p.set_defaults(func=cmd_attribution)
 
     p = sub.add_parser("models", help="what can be loaded here")
@@ -359,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_norms)
     from . import cli_neurons
     cli_neurons.add_commands(sub, sys.modules[__name__])
+    cli_share.add_commands(sub, sys.modules[__name__])
     from . import cli_circuit
     cli_circuit.add_commands(sub, sys.modules[__name__])
     return parser

@@ -180,3 +180,39 @@ def test_more_pairs_than_one_group_are_counted_per_group(monkeypatch, gpt2_model
     est = estimate_cost(gpt2_model, prompts, spec, calibration=UNIT, max_memory_mb=0.05)
     _, watch = watched_sweep(monkeypatch, gpt2_model, prompts, spec, max_memory_mb=0.05)
     assert est.patched_rows == watch.rows and est.batches == watch.calls
+
+
+# -- the CLI: --dry-run ----------------------------------------------------------------------------
+def cli_args(model_dir, command, *extra):
+    from tests.conftest import IOI as pairs
+    clean, corrupt, answer, wrong = pairs[0]
+    return [command, "--model", str(model_dir), "--clean", clean, "--corrupt", corrupt, "--answer", answer,
+            "--wrong", wrong, "--quiet", *extra]
+
+
+def test_cli_dry_run_prints_the_estimate_and_runs_nothing(tiny_dirs, capsys, monkeypatch):
+    import json
+    import patching.engine
+    from patching.cli import main
+
+    def no_sweep(*a, **k):
+        raise AssertionError("--dry-run must not run the sweep")
+    monkeypatch.setattr(patching.engine, "sweep", no_sweep)
+    assert main(cli_args(tiny_dirs["gpt2"], "sweep", "--kind", "resid_pre,head_out", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resid_pre: ≈ ") and "\nhead_out: ≈ " in out and "total: ≈ " in out
+    assert "patched forwards" in out and "on cpu, peak ≈ " in out
+    assert main(cli_args(tiny_dirs["gpt2"], "sweep", "--kind", "head_out", "--dry-run", "--json")) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["kind"] == "head_out" and row["patched_rows"] == 2 * 4 and row["reference_forwards"] == 8 + 2
+    assert main(cli_args(tiny_dirs["gpt2"], "attribution", "--dry-run", "--json")) == 0
+    (att,) = json.loads(capsys.readouterr().out)
+    assert att["analysis"] == "attribution" and att["forward_equivalents"] == 3.0
+    assert main(cli_args(tiny_dirs["gpt2"], "path", "--receivers", "logits", "--dry-run")) == 0
+    assert capsys.readouterr().out.startswith("path: ≈ 8 patched forwards")
+
+
+def test_cli_dry_run_bad_input_exits_2(tiny_dirs, capsys):
+    from patching.cli import main
+    assert main(cli_args(tiny_dirs["gpt2"], "sweep", "--kind", "resid_pre", "--layers", "7", "--dry-run")) == 2
+    assert "layers [7] out of range" in capsys.readouterr().err

@@ -143,3 +143,40 @@ def test_sweep_over_cells_refuses_bad_cells(gpt2_model, ioi_prompts):
         sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out"), cells=[(5, 0)])
     with pytest.raises(ValueError, match="cells is empty"):
         sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out"), cells=[])
+
+
+# -- the CLI: --compare-exact and --refine ----------------------------------------------------------
+def cli_args(model_dir, *extra):
+    from tests.conftest import IOI
+    clean, corrupt, answer, wrong = IOI[0]
+    return ["attribution", "--model", str(model_dir), "--clean", clean, "--corrupt", corrupt, "--answer", answer,
+            "--wrong", wrong, "--quiet", "--kinds", "head_out", *extra]
+
+
+def test_cli_compare_exact_prints_the_flagged_cells(tiny_dirs, gpt2_model, capsys, tmp_path):
+    import json
+    from patching import PromptSet
+    from patching.cli import main
+    from tests.conftest import IOI
+    out = tmp_path / "att.csv"
+    assert main(cli_args(tiny_dirs["gpt2"], "--compare-exact", "--json", "--out", str(out))) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    prompts = PromptSet.from_pairs(gpt2_model, IOI[:1])
+    approx = run_attribution(gpt2_model, prompts, kinds=["head_out"])[0]
+    a = compare_cells(sweep(gpt2_model, prompts, approx.spec), approx)
+    assert report["counts"] == a.counts() and report["pearson"] == pytest.approx(a.pearson)
+    assert [c["label"] for c in report["flagged"]] == [c.label for c in a.flagged()]
+    assert out.read_text().startswith("kind,direction,metric,layer,pos,head,token,value,normalized")
+    assert main(cli_args(tiny_dirs["gpt2"], "--compare-exact")) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("head_out: Pearson r = ") and "flags: missed = |exact effect| >= 0.3" in text
+
+
+def test_cli_refine_prints_k_cells(tiny_dirs, capsys):
+    from patching.cli import main
+    assert main(cli_args(tiny_dirs["gpt2"], "--refine", "3")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("head_out: exact patching of the top 3 attribution cells")
+    assert len(lines) == 4 and all("attribution" in l and "exact" in l for l in lines[1:])
+    assert main(cli_args(tiny_dirs["gpt2"], "--refine", "0")) == 2
+    assert "--refine must be a whole number >= 1, not 0" in capsys.readouterr().err
