@@ -1,0 +1,270 @@
+"""Load and faults over HTTP: a real `python -m dashboard` on 127.0.0.1 (default model, CPU),
+driven the way dash-renderer drives it (`tests/dash_http.py`).
+
+- 20 concurrent clients, each its own page load, start a sweep of their own prompt pair and
+  kind, poll it, and a quarter of them cancel: no HTTP errors, every finished run holds exactly
+  its client's pair and kind, cancelled runs leave nothing, memory (server + job processes) stays
+  bounded and is reported, no job process outlives its job.
+- Bad input posted to the page's callbacks: the message comes back inline, nothing is saved, the
+  server keeps serving.
+- A 200 MB request: 413 with a JSON message naming the cap, and the server keeps serving.
+
+Bounded: 127.0.0.1 only, one server, 20 clients, a time limit per wait. Slow (~30-60 s).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.dash_http import HTTPError, Page, request
+from tests.e2e.support import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("resid_pre", "attn_out", "mlp_out", "head_out")
+N_CLIENTS = 20
+PEAK_PSS_LIMIT_MB = 4000          # server + every job process, proportional set size
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(url, process, data dir) of a dashboard on a free 127.0.0.1 port."""
+    data = tmp_path_factory.mktemp("load-data")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port),
+                             "--data-dir", str(data), "--device", "cpu"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if request(url, timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"dashboard did not start:\n{(data / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url, proc, data
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def form_values(pair, kind: str) -> dict:
+    return {"run-button.n_clicks": 1, "model-select.value": "default", "clean-prompt.value": pair.clean,
+            "corrupt-prompt.value": pair.corrupt, "answer-token.value": pair.answer,
+            "wrong-token.value": pair.wrong, "prepend-bos.value": ["bos"], "kind-select.value": kind,
+            "metric-select.value": "logit_diff", "direction-select.value": "denoise"}
+
+
+class MemoryMonitor(threading.Thread):
+    """Samples the server and all its descendants: peak summed RSS and PSS, peak process count."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.root, self.interval = psutil.Process(pid), interval
+        self.peak_rss = self.peak_pss = 0
+        self.peak_procs = 0
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        rss = pss = 0
+        procs = [self.root] + self.root.children(recursive=True)
+        for p in procs:
+            try:
+                info = p.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        self.peak_procs = max(self.peak_procs, len(procs))
+        self.samples += 1
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+
+def client(url: str, i: int, pair, kind: str, cancel: bool, out: dict) -> None:
+    """One user: load the page, start a sweep, poll it (and maybe cancel it)."""
+    record = {"i": i, "kind": kind, "pair": (pair.clean, pair.corrupt, pair.answer, pair.wrong),
+              "cancel": cancel}
+    try:
+        page = Page(url)
+        start = time.monotonic()
+        job = page.start("run-button.n_clicks", form_values(pair, kind))
+        if cancel:
+            page.poll(job)
+            assert page.cancel(job, "cancel-button.n_clicks") in (200, 204)
+        status, data = page.wait(job, timeout=150)
+        record.update(status=status, seconds=time.monotonic() - start, polls=job.polls)
+        if data:
+            resp = data["response"]
+            record["run_id"] = resp["current-run"]["data"]
+            record["error"] = resp["error-message"]["children"]
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        record["exception"] = f"{type(exc).__name__}: {exc}"
+    out[i] = record
+
+
+def test_twenty_clients_start_poll_and_cancel(server, capsys):
+    from dashboard.store import RunStore
+    from patching import tasks
+    url, proc, data = server
+    store = RunStore(data)
+    before = {r.id for r in store.list()}
+    pairs = tasks.make_pairs("ioi", N_CLIENTS, split="eval", seed=7)
+    monitor = MemoryMonitor(proc.pid)
+    monitor.sample()
+    idle_pss = monitor.peak_pss
+    monitor.start()
+    results: dict = {}
+    threads = [threading.Thread(target=client, args=(url, i, pairs[i], KINDS[i % 4], i % 4 == 3, results))
+               for i in range(N_CLIENTS)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(200)
+    wall = time.monotonic() - start
+    monitor.stop.set()
+    monitor.join()
+
+    errors = {i: r["exception"] for i, r in results.items() if "exception" in r}
+    assert len(results) == N_CLIENTS and not errors, errors
+    finished = [r for r in results.values() if r.get("run_id")]
+    cancelled = [r for r in results.values() if r["status"] == 204]
+    assert all(r["error"] == "" for r in finished), [r["error"] for r in finished]
+    assert all(r["cancel"] for r in cancelled), "only cancelled jobs may end without a result"
+    assert len(finished) + len(cancelled) == N_CLIENTS
+    assert len(cancelled) >= 1, "no cancel took effect"
+    # every run holds its own client's pair and kind: no mixing between sessions
+    ids = [r["run_id"] for r in finished]
+    assert len(set(ids)) == len(ids)
+    for r in finished:
+        run = store.get(r["run_id"])
+        assert run.pairs == [r["pair"]], (r["i"], run.pairs)
+        assert run.result.spec.kind == r["kind"]
+        assert run.result.values.isfinite().all()
+    # cancelled jobs saved nothing
+    saved_pairs = {tuple(p) for info in store.list() if info.id not in before for p in store.get(info.id).pairs}
+    assert not [r for r in cancelled if tuple(r["pair"]) in saved_pairs]
+    assert {r.id for r in store.list()} - before == set(ids)
+    # no job process outlives its job
+    deadline = time.time() + 15
+    while psutil.Process(proc.pid).children(recursive=True) and time.time() < deadline:
+        time.sleep(0.5)
+    leftover = psutil.Process(proc.pid).children(recursive=True)
+    assert not leftover, [p.cmdline()[:3] for p in leftover]
+    assert proc.poll() is None
+
+    mb = 2**20
+    report = {"clients": N_CLIENTS, "finished": len(finished), "cancelled": len(cancelled),
+              "wall_s": round(wall, 1), "max_client_s": round(max(r["seconds"] for r in results.values()), 1),
+              "polls": sum(r["polls"] for r in results.values()),
+              "idle_pss_mb": round(idle_pss / mb), "peak_rss_sum_mb": round(monitor.peak_rss / mb),
+              "peak_pss_sum_mb": round(monitor.peak_pss / mb), "peak_processes": monitor.peak_procs,
+              "samples": monitor.samples}
+    (data / "load-report.json").write_text(json.dumps(report, indent=2))
+    with capsys.disabled():
+        print(f"\nload: {json.dumps(report)}")
+    assert monitor.peak_pss / mb < PEAK_PSS_LIMIT_MB, report
+
+
+# -- bad input through HTTP; the server keeps serving ------------------------------------------------------
+BAD_OVER_HTTP = ("mismatched_token_lengths", "answer_equals_wrong", "prompt_100kB", "unknown_kind",
+                 "layer_out_of_range", "user_metric_raises", "unknown_model_name")
+
+
+def test_bad_input_over_http_inline_and_server_keeps_serving(server):
+    from dashboard.store import RunStore
+    from tests.bad_inputs.cases import CASES
+    url, proc, data = server
+    store = RunStore(data)
+    before = [r.id for r in store.list()]
+    page = Page(url)
+    for name in BAD_OVER_HTTP:
+        case = next(c for c in CASES if c.name == name)
+        metric = "pb_metrics:boom" if case.metric.startswith("@") else case.metric
+        values = {"run-button.n_clicks": 1, "model-select.value": case.model, "clean-prompt.value": case.clean,
+                  "corrupt-prompt.value": case.corrupt, "answer-token.value": case.answer,
+                  "wrong-token.value": case.wrong, "prepend-bos.value": ["bos"], "kind-select.value": case.kind,
+                  "metric-select.value": metric, "direction-select.value": case.direction,
+                  "layers-filter.value": case.layers or None, "heads-filter.value": case.heads or None}
+        # live validation, as typing triggers it
+        status, resp = page.call("clean-prompt.value", values, output="error-message.children")
+        live = resp["response"]["error-message"]["children"]
+        assert re.search(case.expect_for("dashboard"), live), (name, live)
+        assert "Traceback" not in live
+        # the Run button: the same inline message, nothing saved
+        job = page.start("run-button.n_clicks", values)
+        status, result = page.wait(job, timeout=60)
+        assert result["response"]["error-message"]["children"] == live, name
+        assert "current-run" not in result["response"], name
+    # an over-size upload through the callback (under the HTTP cap, over the file cap is the
+    # clientside check; this one is a bad file of normal size)
+    csv_case = next(c for c in CASES if c.name == "csv_latin1_bytes")
+    import base64
+    contents = "data:text/csv;base64," + base64.b64encode(csv_case.csv_bytes()).decode()
+    status, resp = page.call("pairs-upload.contents", {"pairs-upload.contents": contents,
+                                                       "pairs-upload.filename": "latin1.csv"},
+                             output="pairs-store.data")
+    assert "not UTF-8" in resp["response"]["error-message"]["children"]
+    assert [r.id for r in store.list()] == before
+    assert request(url)[0] == 200 and proc.poll() is None
+
+
+def test_200mb_request_is_refused_with_413_and_server_keeps_serving(server):
+    """200 MB to the callback endpoint: 413 before the body is read, a JSON message naming the
+    cap, then the same server still runs a sweep."""
+    import http.client
+    from patching import tasks
+    url, proc, data = server
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")), timeout=60)
+    size = 200 * 2**20
+    start = time.monotonic()
+    conn.putrequest("POST", "/_dash-update-component")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    sent = 0
+    chunk = b" " * 2**20
+    try:
+        while sent < size:
+            conn.send(chunk)
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass                                     # the server answered and closed early: expected
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 413
+    message = json.loads(body)["message"]
+    assert "larger than this server's 16 MB limit (--max-upload-mb)" in message
+    assert time.monotonic() - start < 30
+    assert proc.poll() is None and request(url)[0] == 200
+    page = Page(url)
+    pair = tasks.make_pairs("ioi", 1, split="eval", seed=99)[0]
+    status, result = page.wait(page.start("run-button.n_clicks", form_values(pair, "resid_pre")), timeout=90)
+    assert result["response"]["error-message"]["children"] == ""
+    assert result["response"]["current-run"]["data"]
