@@ -49,17 +49,21 @@ SLOW_SECONDS = 60.0          # above this, the dashboard suggests attribution pa
 # -- calibration ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Calibration:
-    """Seconds of the engine's batched forward on one model and device: a run of B rows over
-    S half-block steps of P positions each costs about steps x step_seconds + B x S x P x unit_seconds."""
+    """Seconds of the engine's batched forwards on one model and device. A resumed run of B rows
+    over S half-block steps of P positions each costs about S x step_seconds + B x S x P x
+    unit_seconds; a cached run (`Runner.run`, which keeps every activation) the same with
+    run_step_seconds and run_unit_seconds."""
     model_name: str
     device: str
-    unit_seconds: float          # per row x half-block x position
-    step_seconds: float          # per half-block step of a batch (launch overhead), independent of rows
-    forward_seconds: float       # the timed batched forward (CALIBRATION_ROWS rows, every position)
+    unit_seconds: float          # resumed runs: per row x half-block x position
+    step_seconds: float          # resumed runs: per half-block step of a batch, independent of rows
+    forward_seconds: float       # the timed batched forward (`rows` rows, every position)
     rows: int
+    run_unit_seconds: float = 0.0    # cached runs: per row x half-block x position
+    run_step_seconds: float = 0.0    # cached runs: per half-block step
 
     def __post_init__(self):
-        for name in ("unit_seconds", "step_seconds", "forward_seconds"):
+        for name in ("unit_seconds", "step_seconds", "forward_seconds", "run_unit_seconds", "run_step_seconds"):
             v = getattr(self, name)
             if not v >= 0:
                 raise ValueError(f"{name} must be >= 0 seconds, not {v!r}")
@@ -69,6 +73,10 @@ class Calibration:
     def seconds(self, steps: float, units: float) -> float:
         """Seconds for `steps` half-block steps doing `units` row x half-block x position units."""
         return steps * self.step_seconds + units * self.unit_seconds
+
+    def run_seconds(self, steps: float, units: float) -> float:
+        """The same for cached runs (`Runner.run`)."""
+        return steps * self.run_step_seconds + units * self.run_unit_seconds
 
 
 def _best(fn, repeat: int) -> float:
@@ -80,16 +88,26 @@ def _best(fn, repeat: int) -> float:
     return best
 
 
+def _fit(small: float, big: float, rows: int, units_per_row: int, steps: int) -> tuple[float, float]:
+    """(unit, step) seconds from a 1-row and a `rows`-row timing of the same forward."""
+    unit = max(big - small, 0.0) / ((rows - 1) * units_per_row) if rows > 1 else 0.0
+    if unit <= 0:                                        # timing noise: charge everything per unit
+        return big / (rows * units_per_row), 0.0
+    return unit, max(small - units_per_row * unit, 0.0) / steps
+
+
 def calibrate(model, prompts: PromptSet, rows: int = CALIBRATION_ROWS, repeat: int = 3) -> Calibration:
-    """Time the engine's batched forward of these prompts (resumed from layer 0, every position)
-    at 1 row and at `rows` rows; the difference gives the cost per unit of work, the rest the
-    fixed cost per step. Without the engine's runner, the bridge's forward is timed instead.
+    """Time the engine's batched forwards of these prompts at 1 row and at `rows` rows: a resumed
+    run from layer 0 (what patched runs do) and a cached run (`Runner.run`, what the clean and
+    corrupt runs do). The difference gives the cost per unit of work, the rest the fixed cost per
+    half-block step. Without the engine's runner, the bridge's forward is timed for both.
 
     >>> calibrate(model, prompts).unit_seconds > 0                          # doctest: +SKIP
     True
     """
     n_layers, n_pos = model.n_layers, prompts.n_pos
     tokens = prompts.corrupt_tokens[:1]
+    steps = 2 * n_layers
     with torch.inference_mode():
         if model.runner is not None:
             base = model.runner.run(tokens)
@@ -98,21 +116,21 @@ def calibrate(model, prompts: PromptSet, rows: int = CALIBRATION_ROWS, repeat: i
             def forward(b: int):
                 pair = torch.zeros(b, dtype=torch.long, device=x.device)
                 return lambda: model.runner.resume(base, pair, 0, "pre", x.expand(b, -1, -1).contiguous(), 0)
+
+            def cached(b: int):
+                return lambda: model.runner.run(tokens.expand(b, -1).contiguous())
             units_per_row = _row_units(n_layers, 0, "pre", n_pos, 0)
         else:
             def forward(b: int):
                 return lambda: model.bridge(tokens.expand(b, -1))
+            cached = forward
             units_per_row = 2 * n_layers * n_pos
-        forward(1)()                                     # warm-up
-        small = _best(forward(1), repeat)
-        big = _best(forward(rows), repeat)
-    steps = 2 * n_layers
-    unit = max(big - small, 0.0) / ((rows - 1) * units_per_row) if rows > 1 else 0.0
-    if unit <= 0:                                        # timing noise: charge everything per unit
-        unit, step = big / (rows * units_per_row), 0.0
-    else:
-        step = max(small - units_per_row * unit, 0.0) / steps
-    return Calibration(model.name, str(prompts.clean_tokens.device), unit, step, big, rows)
+        forward(1)(), cached(1)()                        # warm-up
+        small, big = _best(forward(1), repeat), _best(forward(rows), repeat)
+        run_small, run_big = _best(cached(1), repeat), _best(cached(rows), repeat)
+    unit, step = _fit(small, big, rows, units_per_row, steps)
+    run_unit, run_step = _fit(run_small, run_big, rows, 2 * n_layers * n_pos, steps)
+    return Calibration(model.name, str(prompts.clean_tokens.device), unit, step, big, rows, run_unit, run_step)
 
 
 class CalibrationCache:
@@ -299,7 +317,7 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
     group = pair_group(model, prompts, budget)
     rows = batches = wanted = 0
     live_cells: set = set()
-    units = steps = 0.0
+    units = steps = run_steps = 0.0
     cache_bytes = batch_rows = 0
     stage = _stage(model, spec.kind)
     with torch.inference_mode():
@@ -322,10 +340,10 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
                     batch_rows = max(batch_rows, r)
                     units += r * _row_units(n_layers, step.layer, stage, n_pos, p0)
                     steps += _half_steps(n_layers, step.layer, stage)
-            steps += 2 * 2 * n_layers                    # the two cached runs
+            run_steps += 2 * 2 * n_layers                # the two cached runs
     skipped = wanted - len(live_cells)
     fwd = units / full + 2 * n_pairs
-    secs = cal.seconds(steps, units + 2 * n_pairs * full)
+    secs = cal.seconds(steps, units) + cal.run_seconds(run_steps, 2 * n_pairs * full)
     return CostEstimate("sweep", spec.kind, where, n_pairs, n_cells, rows, skipped, batches, float(fwd),
                         wanted * n_pairs + 2 * n_pairs,
                         "TransformerLens patching.py: one full forward per index and pair, plus the two cached runs",
@@ -431,7 +449,8 @@ def estimate_path_cost(model, prompts: PromptSet, spec, device=None, *, calibrat
     return CostEstimate("path", "path", where, n_pairs, n_cells, rows, n_cells - len(live), batches,
                         units / full + 2 * n_pairs, reference + 2 * n_pairs,
                         "naive path patching: two hooked forwards per sender (or receiver) and pair",
-                        cal.seconds(steps, units + 2 * n_pairs * full), cache_bytes,
+                        cal.seconds(steps - 4 * n_layers, units) + cal.run_seconds(4 * n_layers, 2 * n_pairs * full),
+                        cache_bytes,
                         min(rows, chunk * n_pairs) * path_row(model, n_pos), _weights_bytes(model))
 
 
@@ -476,8 +495,10 @@ def estimate_attribution_cost(model, prompts: PromptSet, kinds=None, device=None
     full = 2 * n_layers * n_pos
     per_pair = 3.0 if method == "plain" else 2.0 + 2.0 * steps
     graph_runs = 1 if method == "plain" else steps
-    secs = cal.seconds((2 + 4 * graph_runs) * 2 * n_layers,
-                       n_pairs * full * (2 + 4 * graph_runs - (1 if method == "plain" else 0)))
+    # in cached-run time: the donor run (and IG's base run), then per graph run a forward that keeps
+    # its activations plus a backward of about twice that
+    runs = (1 if method == "plain" else 2) + 3 * graph_runs
+    secs = cal.run_seconds(runs * 2 * n_layers, runs * n_pairs * full)
     if edges:
         secs *= 1.5
     return CostEstimate("attribution", ",".join(kinds), where, n_pairs, n_cells, 0, 0, 1 + graph_runs,
@@ -485,3 +506,24 @@ def estimate_attribution_cost(model, prompts: PromptSet, kinds=None, device=None
                         "exact patching of the same cells with TransformerLens: one forward per cell and pair",
                         secs, 2 * n_pairs * _cache_bytes(model, n_pos),
                         graph_runs * n_pairs * 3 * _cache_bytes(model, n_pos), _weights_bytes(model))
+
+
+def measure_estimates(model, prompts: PromptSet, specs, repeat: int = 3) -> list[dict]:
+    """Estimated vs measured seconds of `engine.sweep` for each spec (best of `repeat` sweeps,
+    after a warm-up), with their ratio: how to check the calibration on a machine.
+
+    >>> measure_estimates(model, prompts, [PatchSpec(kind="resid_pre")])      # doctest: +SKIP
+    [{'kind': 'resid_pre', 'estimated_s': 0.21, 'measured_s': 0.18, 'ratio': 1.17, ...}]
+    """
+    from .engine import sweep
+    cal = calibrate(model, prompts)
+    rows = []
+    for spec in specs:
+        est = estimate_cost(model, prompts, spec, calibration=cal)
+        sweep(model, prompts, spec)
+        measured = _best(lambda: sweep(model, prompts, spec), repeat)
+        rows.append({"kind": spec.kind, "per_position": spec.per_position, "n_pairs": prompts.n_pairs,
+                     "estimated_s": est.seconds, "measured_s": measured, "ratio": est.seconds / measured,
+                     "patched_rows": est.patched_rows, "forward_equivalents": est.forward_equivalents,
+                     "reference_forwards": est.reference_forwards, "device": est.device})
+    return rows

@@ -11,7 +11,8 @@ from patching.cost import (Calibration, CalibrationCache, CostEstimate, _row_uni
 from patching.path import PathSpec, run_path
 from tests.conftest import IOI
 
-UNIT = Calibration("test", "cpu", unit_seconds=1.0, step_seconds=0.0, forward_seconds=1.0, rows=1)
+UNIT = Calibration("test", "cpu", unit_seconds=1.0, step_seconds=0.0, forward_seconds=1.0, rows=1,
+                   run_unit_seconds=1.0, run_step_seconds=0.0)
 
 
 class Watch:
@@ -89,7 +90,7 @@ def test_seconds_add_the_fixed_cost_per_half_block_step(gpt2_model, ioi_prompts)
     spec = PatchSpec(kind="head_out")
     per_unit = estimate_cost(gpt2_model, ioi_prompts, spec, calibration=UNIT)
     fixed = estimate_cost(gpt2_model, ioi_prompts, spec,
-                          calibration=Calibration("t", "cpu", 0.0, 1.0, 1.0, 1))
+                          calibration=Calibration("t", "cpu", 0.0, 1.0, 1.0, 1, 0.0, 1.0))
     # head_out resumes after attention (stage mid): 2 * n_layers - (2 * layer + 1) steps per batch,
     # one batch per layer here, plus 2 * n_layers steps for each of the two cached runs
     L = gpt2_model.n_layers
@@ -100,7 +101,7 @@ def test_seconds_add_the_fixed_cost_per_half_block_step(gpt2_model, ioi_prompts)
 
 def test_calibration_is_measured_and_cached_per_model(gpt2_model, ioi_prompts):
     cal = calibrate(gpt2_model, ioi_prompts, rows=8, repeat=1)
-    assert cal.unit_seconds > 0 and cal.forward_seconds > 0 and cal.device == "cpu"
+    assert cal.unit_seconds > 0 and cal.run_unit_seconds > 0 and cal.forward_seconds > 0 and cal.device == "cpu"
     cache = CalibrationCache()
     assert cache.get(gpt2_model, ioi_prompts) is cache.get(gpt2_model, ioi_prompts)
 
