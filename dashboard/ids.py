@@ -126,3 +126,14 @@ ATTR_EDGES = "attribution-edges"           # checklist: also edge scores (EAP / 
 ATTR_EDGES_TABLE = "attribution-edges-table"
 ATTR_EDGES_DOWNLOAD_BUTTON = "attribution-edges-download-button"
 ATTR_EDGES_DOWNLOAD = "attribution-edges-download"
+
+# -- shareable runs (dashboard/share.py) --------------------------------------------------------
+URL = "url"                                # dcc.Location: /run/<id> opens that run
+RUN_URL_STATUS = "run-url-status"          # inline message for an unknown / malformed /run/<id>
+RUN_LINK = "run-link"                      # the current run's URL, on the Results tab
+PROVENANCE_PANEL = "provenance-panel"      # html.Details: where the run on screen came from
+PROVENANCE_BODY = "provenance-body"
+EXPORT_RUN_BUTTON = "export-run-button"    # History tab: the run on screen as run-<id>.patchboard.zip
+EXPORT_RUN_DOWNLOAD = "export-run-download"
+IMPORT_RUN_UPLOAD = "import-run-upload"    # History tab: a run file -> a new run
+SHARE_STATUS = "share-status"              # export / import result, errors and the weights warning

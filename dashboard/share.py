@@ -1,0 +1,271 @@
+"""Shareable runs in the dashboard: export / import a run file, open a run by URL, provenance.
+
+- History tab: "Export run #N" downloads the run on screen as `run-N.patchboard.zip`
+  (`patching.bundle`); "Import run" takes such a file (dcc.Upload), stores it as a new run and
+  opens it; errors and the weights warning appear inline under the buttons.
+- URLs: `/run/<id>` selects that run and shows its heatmap on the Results tab. The id must be an
+  integer; it is only ever used as a number for the run store (nothing from the URL reaches the
+  filesystem). An unknown or malformed id is said inline on the Results tab.
+- Results tab: a link to the current run's URL and a collapsible provenance panel.
+
+Pure pieces (parse, decode, render) are plain functions; `register` wires the callbacks and
+returns them as a namespace so tests call them directly.
+
+>>> parse_run_path("/run/12")
+12
+>>> parse_run_path("/")
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from types import SimpleNamespace
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dcc, html, no_update
+
+from patching import bundle
+from patching.provenance import Provenance, fingerprint
+
+from . import ids
+
+RUN_PATH = re.compile(r"^run/(?P<id>[^/]*)/?$")
+RUN_ID = re.compile(r"^[0-9]{1,12}$")
+IMPORT_HINT = "Drop a .patchboard.zip run file here or "
+
+
+# -- pure handlers ------------------------------------------------------------------------------
+def parse_run_path(pathname: str | None, prefix: str = "/") -> int | None:
+    """A page path -> the run id it names; None for the plain page; ValueError for anything else.
+
+    >>> parse_run_path("/run/abc")
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed run id 'abc' in the URL: it must be a number, as in /run/12
+    """
+    if not pathname:
+        return None
+    prefix = "/" + (prefix or "/").strip("/")
+    path = pathname
+    if prefix != "/" and path.startswith(prefix):
+        path = path[len(prefix):]
+    path = path.lstrip("/")
+    if not path.strip("/"):
+        return None
+    m = RUN_PATH.match(path if path.rstrip("/") != "run" else "run/")
+    if m is None:
+        shown = path.rstrip("/") if len(path) <= 40 else path[:40] + "…"
+        raise ValueError(f"unknown page /{shown!s}; this dashboard opens / and /run/<number>")
+    run_id = m.group("id")
+    if not RUN_ID.match(run_id):
+        shown = run_id if len(run_id) <= 40 else run_id[:40] + "…"
+        raise ValueError(f"malformed run id {shown!r} in the URL: it must be a number, as in /run/12")
+    return int(run_id)
+
+
+def decode_upload(contents: str | None, filename: str | None = None,
+                  max_bytes: int = bundle.MAX_BUNDLE_BYTES) -> bytes:
+    """dcc.Upload contents ('data:...;base64,...') -> the file's bytes; ValueError naming the problem.
+
+    >>> decode_upload("data:application/zip;base64,UEs=", "r.patchboard.zip")
+    b'PK'
+    """
+    name = filename or "upload"
+    if not contents:
+        raise ValueError(f"{name}: the file is empty")
+    if filename and not filename.lower().endswith(".zip"):
+        raise ValueError(f"{name}: expected a Patchboard run file (.patchboard.zip)")
+    _, _, payload = contents.partition(",")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise ValueError(f"{name} is {len(payload) * 3 // 4 / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name}: the upload is not valid base64 data") from None
+
+
+def local_weights(registry, model_name: str) -> str | None:
+    """The weights sha256 of `model_name` if this server offers it (never a path from a request)."""
+    if model_name not in registry.names():
+        return None
+    try:
+        return fingerprint(registry.get(model_name)).weights_sha256
+    except Exception:
+        return None
+
+
+def import_upload(registry, store, contents: str | None, filename: str | None) -> tuple[str, int, str | None]:
+    """An uploaded run file -> (type, new id, weights warning or None); ValueError when refused."""
+    data = decode_upload(contents, filename)
+    try:
+        b = bundle.read_bundle(data)
+    except ValueError as exc:
+        raise ValueError(f"{filename or 'upload'}: {exc}") from None
+    warning = None
+    if b.provenance is not None:
+        name = b.provenance.get("model_name", "")
+        warning = bundle.weights_warning(b, local_weights(registry, name), "on this server")
+    else:
+        warning = bundle.weights_warning(b, None)
+    return b.type, bundle.import_bundle(store, b), warning
+
+
+# -- render (pure) ---------------------------------------------------------------------------------
+def render_provenance(prov: dict | None):
+    """The provenance panel's body: a table of what the run was made from (and a user metric's code)."""
+    if not prov:
+        return html.Div("This run was saved before Patchboard recorded provenance.", className="hint")
+    try:
+        p = Provenance.from_dict(prov)
+    except ValueError as exc:
+        return html.Div(f"provenance unreadable: {exc}", className="error-text")
+    v = p.versions
+    rows = [("model", p.model_name + (f" @ {p.model_revision}" if p.model_revision else "")),
+            ("weights sha256", p.weights_sha256 or "unknown"),
+            ("tokenizer sha256", p.tokenizer_sha256 or "unknown"),
+            ("metric", p.metric.get("name", "?") + ("" if p.metric.get("source") == "registry"
+                                                   else f" ({p.metric.get('qualname', '?')})")),
+            ("spec", json.dumps(p.spec, sort_keys=True)),
+            ("prompts", f"{len(p.pairs)} pair{'s' if len(p.pairs) != 1 else ''}"
+                        + ("" if p.prepend_bos else ", no BOS")),
+            ("device · dtype", f"{p.device} · {p.dtype}"),
+            ("versions", ", ".join(f"{k} {v.get(k) or '?'}" for k in ("torch", "transformer_lens",
+                                                                      "transformers", "python"))),
+            ("patchboard commit", v.get("patchboard") or "unknown"),
+            ("seeds", json.dumps(p.seeds, sort_keys=True)),
+            ("platform", p.platform), ("created", p.created_iso)]
+    body = html.Tbody([html.Tr([html.Th(k, className="prov-key"), html.Td(val, className="prov-val mono")])
+                       for k, val in rows])
+    code = p.metric.get("code")
+    return html.Div([dbc.Table(body, size="sm", className="prov-table"),
+                     html.Pre(code, className="prov-code") if code else None])
+
+
+def render_link(href: str | None):
+    if not href:
+        return None
+    return html.Span([html.Span("Link", className="toolbar-label"),
+                      html.A(href, href=href, className="run-link mono")])
+
+
+# -- layout pieces (called from layout.py) -----------------------------------------------------------
+def location() -> dcc.Location:
+    return dcc.Location(id=ids.URL, refresh=False)
+
+
+def results_header() -> html.Div:
+    """Above the heatmap: the inline URL message and the current run's link."""
+    return html.Div([html.Div(id=ids.RUN_URL_STATUS, className="error-text"),
+                     html.Div(id=ids.RUN_LINK, className="run-link-row")])
+
+
+def provenance_panel() -> html.Details:
+    return html.Details([html.Summary("Provenance: model, weights, prompts, metric, versions"),
+                         html.Div(id=ids.PROVENANCE_BODY)], id=ids.PROVENANCE_PANEL, className="provenance")
+
+
+def history_section() -> html.Div:
+    return html.Div([
+        html.H3("Share a run", className="section-title mt-3"),
+        html.Div("Export the run on screen as one file (results, prompts, provenance), or import one "
+                 "exported elsewhere; a run also opens by its link, /run/<id>.", className="hint mb-2"),
+        html.Div([
+            dbc.Button("Export run", id=ids.EXPORT_RUN_BUTTON, color="primary", outline=True, size="sm",
+                       disabled=True, n_clicks=0),
+            dcc.Download(id=ids.EXPORT_RUN_DOWNLOAD),
+            dcc.Upload(id=ids.IMPORT_RUN_UPLOAD, multiple=False, accept=".zip,application/zip",
+                       className="upload-box import-box",
+                       children=html.Div([IMPORT_HINT, html.A("choose a file")])),
+        ], className="share-row"),
+        html.Div(id=ids.SHARE_STATUS, role="status", className="share-status"),
+    ])
+
+
+# -- callbacks ------------------------------------------------------------------------------------
+def register(app: dash.Dash, registry, store) -> SimpleNamespace:
+    prefix = app.config.requests_pathname_prefix or "/"
+
+    def run_href(run_id: int) -> str:
+        return app.get_relative_path(f"/run/{int(run_id)}")
+
+    def route(pathname):
+        """/run/<id> -> that run on the Results tab; anything else malformed -> said inline."""
+        try:
+            run_id = parse_run_path(pathname, prefix)
+        except ValueError as exc:
+            return no_update, ids.TAB_RESULTS, str(exc)
+        if run_id is None:
+            return no_update, no_update, ""
+        try:
+            store.info(run_id)
+        except ValueError as exc:
+            return no_update, ids.TAB_RESULTS, f"/run/{run_id}: {exc}"
+        return run_id, ids.TAB_RESULTS, ""
+
+    app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
+                 Output(ids.TABS, "active_tab", allow_duplicate=True),
+                 Output(ids.RUN_URL_STATUS, "children"),
+                 Input(ids.URL, "pathname"), prevent_initial_call="initial_duplicate")(route)
+
+    def current(run_id):
+        """The run on screen -> its link, its provenance, and the Export button."""
+        if not run_id:
+            return None, render_provenance(None), "Export run", True
+        try:
+            run = store.get(int(run_id))
+        except (ValueError, TypeError):
+            return None, html.Div(), "Export run", True
+        return (render_link(run_href(run.info.id)), render_provenance(run.result.provenance),
+                f"Export run #{run.info.id}", False)
+
+    app.callback(Output(ids.RUN_LINK, "children"), Output(ids.PROVENANCE_BODY, "children"),
+                 Output(ids.EXPORT_RUN_BUTTON, "children"), Output(ids.EXPORT_RUN_BUTTON, "disabled"),
+                 Input(ids.CURRENT_RUN, "data"))(current)
+
+    def export(n_clicks, run_id):
+        """Export -> the run file download (or why not)."""
+        if not n_clicks or not run_id:
+            return no_update, no_update
+        try:
+            data = bundle.export_run(store, int(run_id))
+        except ValueError as exc:
+            return no_update, html.Span(str(exc), className="error-text")
+        name = bundle.file_name(int(run_id))
+        return (dcc.send_bytes(data, name),
+                f"Exported run #{run_id} as {name} ({len(data) / 1024:.1f} KiB).")
+
+    app.callback(Output(ids.EXPORT_RUN_DOWNLOAD, "data"), Output(ids.SHARE_STATUS, "children"),
+                 Input(ids.EXPORT_RUN_BUTTON, "n_clicks"), State(ids.CURRENT_RUN, "data"),
+                 prevent_initial_call=True)(export)
+
+    def import_run(contents, filename):
+        """An uploaded run file -> a new run in the history, opened; errors / warnings inline."""
+        if not contents:
+            return no_update, no_update, no_update, no_update, no_update
+        try:
+            type_, new_id, warning = import_upload(registry, store, contents, filename)
+        except ValueError as exc:
+            return html.Span(str(exc), className="error-text"), no_update, no_update, no_update, None
+        what = "attribution run" if type_ == "attribution" else "run"
+        status = [html.Div(f"Imported {filename or 'the file'} as {what} #{new_id}"
+                           + (" (open it on the Attribution tab)." if type_ == "attribution" else "."))]
+        if warning:
+            status.append(html.Div(f"Warning: {warning}", className="warning-text"))
+        if type_ == "attribution":
+            return status, time.time(), no_update, new_id, None
+        return status, time.time(), new_id, no_update, None
+
+    app.callback(Output(ids.SHARE_STATUS, "children", allow_duplicate=True),
+                 Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
+                 Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
+                 Output(ids.ATTR_RUN, "data", allow_duplicate=True),
+                 Output(ids.IMPORT_RUN_UPLOAD, "contents"),
+                 Input(ids.IMPORT_RUN_UPLOAD, "contents"), State(ids.IMPORT_RUN_UPLOAD, "filename"),
+                 prevent_initial_call=True)(import_run)
+
+    return SimpleNamespace(route=route, current_run_share=current, export_run=export, import_run=import_run,
+                           run_href=run_href)

@@ -1,0 +1,160 @@
+"""Dashboard sharing: /run/<id> routing, export / import of run files, the link and provenance
+panel; callbacks called directly."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+import pytest
+from dash import no_update
+
+from dashboard import figures, ids, share
+from patching import PatchSpec, bundle, sweep
+from tests.conftest import IOI
+
+
+@pytest.fixture(scope="module")
+def result(gpt2_model, ioi_prompts):
+    return sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out", model=gpt2_model.name))
+
+
+@pytest.fixture
+def cb(app):
+    return app.patchboard
+
+
+def _text(component) -> str:
+    """All the text inside a Dash component tree."""
+    if component is None:
+        return ""
+    if isinstance(component, (str, int, float)):
+        return str(component)
+    if isinstance(component, (list, tuple)):
+        return " ".join(_text(c) for c in component)
+    return _text(getattr(component, "children", None))
+
+
+def _upload(data: bytes) -> str:
+    return "data:application/zip;base64," + base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("path, expected", [
+    (None, None), ("", None), ("/", None), ("/run/12", 12), ("/run/12/", 12), ("/run/0", 0),
+])
+def test_parse_run_path(path, expected):
+    assert share.parse_run_path(path) == expected
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/run/abc", "malformed run id 'abc'"),
+    ("/run/-1", "malformed run id '-1'"),
+    ("/run/1e3", "malformed run id '1e3'"),
+    ("/run/", "malformed run id ''"),
+    ("/run/%2e%2e", "malformed run id '%2e%2e'"),
+    ("/run/1234567890123", "malformed run id"),
+    ("/run/../../etc/passwd", "unknown page"),
+    ("/assets/models/x", "unknown page"),
+])
+def test_malformed_paths_are_refused(path, message):
+    with pytest.raises(ValueError, match=message):
+        share.parse_run_path(path)
+
+
+def test_parse_run_path_under_a_prefix():
+    assert share.parse_run_path("/app/run/3", "/app/") == 3
+    assert share.parse_run_path("/app/", "/app/") is None
+
+
+def test_route_opens_the_run_on_the_results_tab(cb, store, result):
+    run_id = store.save(result, IOI)
+    assert cb.route(f"/run/{run_id}") == (run_id, ids.TAB_RESULTS, "")
+    assert cb.route("/") == (no_update, no_update, "")
+
+
+def test_route_unknown_and_malformed_ids_are_said_inline(cb, store, result):
+    store.save(result, IOI)
+    current, tab, message = cb.route("/run/999")
+    assert current is no_update and tab == ids.TAB_RESULTS and "run 999 does not exist" in message
+    current, tab, message = cb.route("/run/abc")
+    assert current is no_update and "malformed run id 'abc'" in message
+
+
+def test_route_uses_the_id_only_as_a_number(registry, tmp_path):
+    """Nothing from the URL reaches the filesystem: the store sees an int or nothing at all."""
+    import dash
+    calls = []
+
+    class Store:
+        data_dir = tmp_path
+
+        def info(self, run_id):
+            calls.append(run_id)
+            raise ValueError(f"run {run_id} does not exist")
+
+    ns = share.register(dash.Dash(__name__), registry, Store())
+    for path in ("/run/../secret", "/run/..%2Fsecret", "/run/7", "/etc/passwd", "/run/7;rm"):
+        ns.route(path)
+    assert calls == [7]
+
+
+def test_link_provenance_and_export_button_follow_the_current_run(cb, store, result):
+    run_id = store.save(result, IOI)
+    link, prov, label, disabled = cb.current_run_share(run_id)
+    assert link.children[1].href == f"/run/{run_id}"
+    text = _text(prov)
+    assert result.provenance["weights_sha256"] in text and "logit_diff" in text and "torch" in text
+    assert (label, disabled) == (f"Export run #{run_id}", False)
+    assert cb.current_run_share(None)[3] is True
+
+
+def test_export_then_import_reproduces_the_run_and_its_figures(cb, store, result):
+    run_id = store.save(result, IOI, label="heads")
+    download, status = cb.export_run(1, run_id)
+    assert download["filename"] == f"run-{run_id}.patchboard.zip" and "Exported run" in status
+    data = base64.b64decode(download["content"])
+    status, version, current, att, reset = cb.import_run(_upload(data), download["filename"])
+    assert "Imported" in _text(status) and "Warning" not in _text(status)
+    assert current != run_id and reset is None and version
+    imported = store.get(current)
+    assert imported.info.label == "heads (imported)"
+    for mode in ("raw", "normalized"):
+        assert figures.result_figure(imported.result, mode).to_json() == \
+            figures.result_figure(result, mode).to_json()
+
+
+def test_import_refuses_bad_files_inline(cb, store):
+    n_before = len(store)
+    for contents, name, message in [
+        (_upload(b"garbage"), "x.patchboard.zip", "not a zip archive"),
+        (_upload(b"garbage"), "pairs.csv", "expected a Patchboard run file"),
+        ("data:application/zip;base64,@@@", "x.zip", "not valid base64"),
+    ]:
+        status, *_rest, reset = cb.import_run(contents, name)
+        assert message in _text(status) and status.className == "error-text"
+    assert len(store) == n_before
+
+
+def test_import_warns_when_the_weights_differ(cb, store, result):
+    data = bundle.bundle_bytes([result], IOI, "x")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        doc, csv = json.loads(zf.read("run.json")), zf.read("result.csv")
+    doc["results"][0]["provenance"]["weights_sha256"] = "0" * 64
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("run.json", json.dumps(doc))
+        zf.writestr("result.csv", csv)
+    status, _, current, _, _ = cb.import_run(_upload(buf.getvalue()), "x.patchboard.zip")
+    assert "Warning: the local weights of" in _text(status) and "differ" in _text(status)
+    assert store.get(current).result.provenance["weights_sha256"] == "0" * 64      # imported anyway
+
+
+def test_the_page_serves_run_urls_and_has_the_share_components(app):
+    client = app.server.test_client()
+    assert client.get("/run/1").status_code == 200
+    layout = json.dumps(app.layout.to_plotly_json(), default=lambda o: o.to_plotly_json())
+    for id_ in (ids.URL, ids.RUN_LINK, ids.PROVENANCE_PANEL, ids.EXPORT_RUN_BUTTON, ids.IMPORT_RUN_UPLOAD):
+        assert f'"{id_}"' in layout
+    deps = client.get("/_dash-dependencies").get_json()
+    assert {"id": ids.URL, "property": "pathname"} in [i for d in deps for i in d["inputs"]]
