@@ -16,7 +16,7 @@ from dash import ALL, Input, Output, Patch, State, dcc, no_update
 from patching.kinds import KINDS
 from patching.results import write_csv
 
-from . import figures, handlers, ids, layout
+from . import figures, handlers, ids, job_status, layout
 
 log = logging.getLogger("dashboard")
 
@@ -304,7 +304,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         (runs from other tabs or users appear then)."""
         infos = store.list()
         options = [{"label": r.title, "value": r.id} for r in infos]
-        return layout.render_history(infos, run_id), options
+        jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
+        return layout.render_history(infos, run_id, jobs), options
 
     app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
                  Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),

@@ -31,6 +31,7 @@ from patching.prompts import PromptPair, PromptSet, read_pairs_csv
 from patching.results import PatchResult
 from patching.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
 
+from .job_status import tracked
 
 DEFAULT_MAX_UPLOAD_MB = 16            # the request cap (`create_app(max_upload_mb=)`, --max-upload-mb)
 MAX_PRESET_PAIRS = 64
@@ -396,19 +397,21 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
         report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
                               "it starts when that one ends", ""))
 
-    with run_slot(data_dir, waiting):
+    label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
+            f"{spec.metric} · {Path(form.model).name}"
+    with tracked(store, "sweep", label, form.model) as job, run_slot(data_dir, waiting):
         report(Progress(0, 1, "computing baselines…", ""))
         base = baselines(model, prompts, spec.metric)
         text = baselines_text(base, spec.metric)
         report(Progress(0, 1, "starting…", text))
 
         def on_progress(done: int, total: int):
+            job.beat()
             report(Progress(done, total, f"{done} / {total} patches", text))
 
         result = sweep(model, prompts, spec, on_progress=on_progress)
-    label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
-            f"{spec.metric} · {Path(form.model).name}"
-    run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
+        run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
+        job.done(run_id)
     report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
         (result.clean_value, result.corrupt_value), spec.metric)))
     return run_id
@@ -727,17 +730,19 @@ def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Pa
         report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
                               "it starts when that one ends", ""))
 
-    with run_slot(data_dir, waiting):
+    label = f"{path_label(spec)} · {Path(form.model).name}"
+    with tracked(store, "path", label, form.model) as job, run_slot(data_dir, waiting):
         report(Progress(0, 1, "computing baselines…", ""))
         text = baselines_text(baselines(model, prompts, spec.metric), spec.metric)
         report(Progress(0, 1, "starting…", text))
 
         def on_progress(done: int, total: int):
+            job.beat()
             report(Progress(done, total, f"{done} / {total} path patches", text))
 
         result = run_path(model, prompts, spec, on_progress=on_progress)
-    run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
-                        f"{path_label(spec)} · {Path(form.model).name}")
+        run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
+        job.done(run_id)
     report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
         (result.clean_value, result.corrupt_value), spec.metric)))
     return run_id
@@ -830,7 +835,11 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
         report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
                               "it starts when that one ends", ""))
 
-    with run_slot(data_dir, waiting):
+    method = "plain" if kw["method"] == "plain" else f"ig, {kw['steps']} steps"
+    label = (f"attribution ({method}) · {len(kw['kinds'])} kinds · {form.direction} · {form.metric} · "
+             f"{Path(form.model).name}")
+    label += " · edges" if attr.edges else ""
+    with tracked(store, "attribution", label, form.model) as job, run_slot(data_dir, waiting):
         report(Progress(0, 1, "computing baselines…", ""))
         text = baselines_text(baselines(model, prompts, form.metric), form.metric)
         what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
@@ -841,12 +850,9 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
             report(Progress(0, 1, "edge scores…", text))
             edges = edge_attribution(model, prompts, metric=kw["metric"], direction=kw["direction"],
                                      method=kw["method"], **({"steps": kw["steps"]} if "steps" in kw else {}))
-    method = "plain" if kw["method"] == "plain" else f"ig, {kw['steps']} steps"
-    label = (f"attribution ({method}) · {len(results)} kinds · {form.direction} · {form.metric} · "
-             f"{Path(form.model).name}")
-    label += " · edges" if edges is not None else ""
-    att_id = store.save_attribution(results, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
-                                    label, edges)
+        att_id = store.save_attribution(results, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
+                                        label, edges)
+        job.done(att_id)
     report(Progress(1, 1, f"done in {results[0].seconds:.2f} s", text))
     return att_id
 

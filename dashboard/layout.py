@@ -383,17 +383,32 @@ def render_pairs_preview(pairs: list[dict] | None):
     ], className="pairs-preview")
 
 
-def render_history(infos, current: int | None):
-    if not infos:
+def render_job(job):
+    """A running, failed or cancelled background job in the history list (no Open: nothing was saved)."""
+    when = time.strftime("%H:%M:%S", time.localtime(job.started))
+    model = Path(job.model).name or job.model
+    what = "running…" if job.status == "running" else f"{job.status}: {job.reason}" if job.reason else job.status
+    return dbc.ListGroupItem([
+        html.Div([html.Span(f"job {job.id}", className="run-id"), html.Span(job.label, className="run-label")]),
+        html.Div(f"{model} · {job.kind} · started {when}", className="run-meta"),
+        html.Div(what, className="job-reason" if job.status == "running" else "job-reason error-text"),
+    ], className=f"job-item job-{job.status}")
+
+
+def render_history(infos, current: int | None, jobs=()):
+    """The saved runs and, among them by start time, the jobs that are running or did not finish."""
+    if not infos and not jobs:
         return html.Div("No runs yet. Runs are saved here and survive restarts.", className="hint")
     items = []
+    for j in jobs:
+        items.append((j.started, render_job(j)))
     for r in infos:
         when = time.strftime("%H:%M:%S", time.localtime(r.created))
         model = Path(r.model).name or r.model
         meta = (f"{model} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
                 f"clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
                 if r.clean_value is not None else f"{model} · {when}")
-        items.append(dbc.ListGroupItem([
+        items.append((r.created, dbc.ListGroupItem([
             html.Div([html.Span(f"#{r.id}", className="run-id"), html.Span(r.label, className="run-label")]),
             html.Div(meta, className="run-meta"),
             html.Div([
@@ -402,8 +417,9 @@ def render_history(infos, current: int | None):
                 dbc.Button("Delete", id={"type": ids.HISTORY_DELETE, "run": r.id}, size="sm",
                            color="danger", outline=True, n_clicks=0),
             ], className="run-actions"),
-        ], active=(r.id == current), className="run-item"))
-    return dbc.ListGroup(items, flush=True)
+        ], active=(r.id == current), className="run-item")))
+    items.sort(key=lambda pair: -pair[0])
+    return dbc.ListGroup([item for _, item in items], flush=True)
 
 
 def render_top_tables(tables: list[tuple[str, list[dict]]]):

@@ -1,58 +1,94 @@
-"""Run history in SQLite: every run's spec, prompt pairs, baselines and result, under the data dir.
+"""Run history behind a URL: every run's spec, prompt pairs, baselines and result, and a status
+record for every background job.
 
-One connection per operation (safe across the forked processes of background callbacks), WAL
-journal and a busy timeout so concurrent writers wait rather than fail, and every write in one
-transaction.
+`RunStore(data_dir)` keeps an SQLite file under the data dir (the default, one machine);
+`open_store(url)` takes `sqlite:///path/runs.sqlite` or `postgresql://user:pw@host/db` (several
+hosts: one web server and GPU workers share the history). SQLAlchemy Core speaks both; a
+PostgreSQL URL also needs a driver (`pip install psycopg`, not pinned: only multi-host
+deployments want it).
+
+One connection per operation (no pool: safe across the forked processes of background jobs),
+every write in one transaction (`BEGIN IMMEDIATE` on SQLite, whose WAL journal and busy timeout
+make concurrent writers wait rather than fail).
 
 >>> store = RunStore(tmp_path)                                  # doctest: +SKIP
 >>> run_id = store.save(result, pairs, label="IOI, head_out")    # doctest: +SKIP
 >>> store.get(run_id).result.values.shape                        # doctest: +SKIP
+>>> job = store.begin_job("sweep", "IOI, head_out", "default")  # doctest: +SKIP
+>>> store.finish_job(job, "done", run_id=run_id)                 # doctest: +SKIP
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
 from patching.attribution import AttributionResult, EdgeScores
 from patching.path import PathResult
 from patching.results import PatchResult
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    created       REAL    NOT NULL,          -- unix seconds
-    label         TEXT    NOT NULL,
-    model         TEXT    NOT NULL,
-    kind          TEXT    NOT NULL,
-    direction     TEXT    NOT NULL,
-    metric        TEXT    NOT NULL,
-    n_pairs       INTEGER NOT NULL,
-    clean_value   REAL,
-    corrupt_value REAL,
-    seconds       REAL,
-    spec_json     TEXT    NOT NULL,          -- PatchSpec.to_dict()
-    pairs_json    TEXT    NOT NULL,          -- [[clean, corrupt, answer, wrong], ...]
-    result_json   TEXT    NOT NULL           -- PatchResult.to_json() (kind 'path': PathResult)
-);
-CREATE TABLE IF NOT EXISTS attributions (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    created       REAL    NOT NULL,
-    label         TEXT    NOT NULL,
-    model         TEXT    NOT NULL,
-    method        TEXT    NOT NULL,          -- plain / ig
-    steps         INTEGER NOT NULL,
-    direction     TEXT    NOT NULL,
-    metric        TEXT    NOT NULL,
-    n_pairs       INTEGER NOT NULL,
-    pairs_json    TEXT    NOT NULL,
-    results_json  TEXT    NOT NULL,          -- [AttributionResult.to_json(), ...], one per kind
-    edges_json    TEXT                       -- EdgeScores.to_json() when edges were asked for
-);
-"""
+DEFAULT_FILENAME = "runs.sqlite"
+JOB_STATUSES = ("running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+URL_SCHEMES = ("sqlite", "postgresql")
+
+META = sa.MetaData()
+RUNS = sa.Table(
+    "runs", META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),          # unix seconds
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("n_pairs", sa.Integer, nullable=False),
+    sa.Column("clean_value", sa.Float),
+    sa.Column("corrupt_value", sa.Float),
+    sa.Column("seconds", sa.Float),
+    sa.Column("spec_json", sa.Text, nullable=False),         # PatchSpec.to_dict()
+    sa.Column("pairs_json", sa.Text, nullable=False),        # [[clean, corrupt, answer, wrong], ...]
+    sa.Column("result_json", sa.Text, nullable=False),       # PatchResult.to_json() (kind 'path': PathResult)
+    sqlite_autoincrement=True)                               # a deleted run's id is never reused
+ATTRIBUTIONS = sa.Table(
+    "attributions", META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("method", sa.Text, nullable=False),            # plain / ig
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("n_pairs", sa.Integer, nullable=False),
+    sa.Column("pairs_json", sa.Text, nullable=False),
+    sa.Column("results_json", sa.Text, nullable=False),      # [AttributionResult.to_json(), ...], one per kind
+    sa.Column("edges_json", sa.Text),                        # EdgeScores.to_json() when edges were asked for
+    sqlite_autoincrement=True)
+JOBS = sa.Table(
+    "jobs", META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),              # sweep / path / attribution
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),            # running / done / failed / cancelled
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("run_id", sa.Integer),                         # the saved run (attribution: its own id)
+    sa.Column("pid", sa.Integer),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),          # last heartbeat
+    sa.Column("finished", sa.Float),
+    sa.Index("jobs_status", "status"),
+    sqlite_autoincrement=True)
 
 
 def result_from_json(d: dict) -> PatchResult:
@@ -110,71 +146,182 @@ class AttributionRun:
                          f"{', '.join(r.spec.kind for r in self.results)}")
 
 
-class RunStore:
-    """SQLite run history at `<data_dir>/runs.sqlite`; survives restarts."""
+@dataclass(frozen=True)
+class JobInfo:
+    """One background job: what ran, where (pid, host), and how it ended.
 
-    def __init__(self, data_dir: str | Path, filename: str = "runs.sqlite"):
+    >>> JobInfo(1, "sweep", "IOI", "default", "failed", "worker process 7 exited", None, 7, "h",
+    ...         0.0, 1.0, 1.0).status
+    'failed'
+    """
+    id: int
+    kind: str
+    label: str
+    model: str
+    status: str
+    reason: str
+    run_id: int | None
+    pid: int | None
+    host: str
+    started: float
+    updated: float
+    finished: float | None
+
+    def __post_init__(self):
+        if self.status not in JOB_STATUSES:
+            raise ValueError(f"job status must be one of {', '.join(JOB_STATUSES)}, not {self.status!r}")
+
+    @property
+    def title(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"job {self.id} {self.label} · {self.status} · {when}"
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def _make_engine(url: str) -> sa.Engine:
+    """An engine without a pool (each operation opens and closes its connection, so a forked job
+    never shares a socket or file handle with its parent); SQLite gets WAL and BEGIN IMMEDIATE."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in URL_SCHEMES:
+        raise ValueError(f"unsupported store URL {url!r}; use sqlite:///path/runs.sqlite, "
+                         "postgresql://user:password@host/db or a directory")
+    if scheme == "sqlite":
+        engine = sa.create_engine(url, poolclass=NullPool,
+                                  connect_args={"timeout": 30.0, "isolation_level": None})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn):
+            # our own BEGIN (the driver's isolation is off): a write takes the lock up front, so a
+            # read-then-write transaction waits for others instead of failing with 'database is locked'
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+        return engine
+    try:
+        return sa.create_engine(url, poolclass=NullPool, pool_pre_ping=False)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"store URL {url!r} needs the database driver {exc.name!r}, which is not "
+                         "installed; install it (e.g. pip install 'psycopg[binary]') or use an SQLite "
+                         "store (sqlite:///path or a directory)") from None
+
+
+def _pid_alive(pid: int, since: float) -> bool:
+    """Whether process `pid` on this host still runs and is the one that started at or before `since`
+    (a reused pid belongs to a newer process)."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return proc.create_time() <= since + 1.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+class RunStore:
+    """The run history and job records: an SQLite file `<data_dir>/runs.sqlite` by default, or any
+    SQLAlchemy URL (`url=`); survives restarts.
+
+    `data_dir` also holds what is local to a host (the job cache, the run lock); `path` is the
+    SQLite file, or None for a server database.
+    """
+
+    def __init__(self, data_dir: str | Path, filename: str = DEFAULT_FILENAME, *, url: str | None = None):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.data_dir / filename
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            columns = {r[1] for r in db.execute("PRAGMA table_info(attributions)")}
+        if url is None:
+            self.path: Path | None = self.data_dir / filename
+            url = _sqlite_url(self.path)
+        elif url.startswith("sqlite"):
+            db = sa.engine.make_url(url).database
+            if not db or db == ":memory:":
+                raise ValueError(f"an SQLite store needs a file, not {url!r}; e.g. sqlite:////srv/patchboard/runs.sqlite")
+            self.path = Path(db)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self.path = None
+        self.url = url
+        self._engine = _make_engine(url)
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        self._host = socket.gethostname()
+        if self._sqlite:                  # WAL is a property of the file; set outside any transaction
+            raw = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            try:
+                raw.execute("PRAGMA busy_timeout=30000")
+                raw.execute("PRAGMA journal_mode=WAL")
+            finally:
+                raw.close()
+        with self._transaction() as db:
+            META.create_all(db, checkfirst=True)
+            columns = {c["name"] for c in sa.inspect(db).get_columns("attributions")}
             if "edges_json" not in columns:          # a store made before edge scores were kept
-                db.execute("ALTER TABLE attributions ADD COLUMN edges_json TEXT")
+                db.exec_driver_sql("ALTER TABLE attributions ADD COLUMN edges_json TEXT")
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.display_url!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password (for logs and the startup line)."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
-    def _connect(self):
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
+    def _read(self):
+        with self._engine.connect() as db:
             yield db
-        finally:
-            db.close()
 
     @contextmanager
     def _transaction(self):
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+        """One write transaction: committed on success, rolled back on any exception."""
+        with self._engine.connect() as db:
+            db.info["write"] = True
+            with db.begin():
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+
+    @staticmethod
+    def _pairs(pairs) -> list[list[str]]:
+        return [list(p) if not hasattr(p, "clean") else [p.clean, p.corrupt, p.answer, p.wrong]
+                for p in pairs]
 
     def save(self, result: PatchResult, pairs, label: str = "") -> int:
         """Store one finished run; returns its id."""
-        pairs = [list(p) if not hasattr(p, "clean") else [p.clean, p.corrupt, p.answer, p.wrong]
-                 for p in pairs]
+        pairs = self._pairs(pairs)
         spec = result.spec
         label = label or f"{spec.kind}{' per position' if spec.per_position else ''}, {spec.direction}"
-        row = (time.time(), label, result.model_name or spec.model, spec.kind, spec.direction,
-               spec.metric, result.n_pairs, result.clean_value, result.corrupt_value, result.seconds,
-               json.dumps(spec.to_dict()), json.dumps(pairs), json.dumps(result.to_json()))
+        row = dict(created=time.time(), label=label, model=result.model_name or spec.model, kind=spec.kind,
+                   direction=spec.direction, metric=spec.metric, n_pairs=result.n_pairs,
+                   clean_value=result.clean_value, corrupt_value=result.corrupt_value, seconds=result.seconds,
+                   spec_json=json.dumps(spec.to_dict()), pairs_json=json.dumps(pairs),
+                   result_json=json.dumps(result.to_json()))
         with self._transaction() as db:
-            cur = db.execute(
-                "INSERT INTO runs (created, label, model, kind, direction, metric, n_pairs, "
-                "clean_value, corrupt_value, seconds, spec_json, pairs_json, result_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            return int(cur.lastrowid)
+            return int(db.execute(RUNS.insert().values(**row)).inserted_primary_key[0])
 
-    _INFO = ("id, created, label, model, kind, direction, metric, n_pairs, clean_value, "
-             "corrupt_value, seconds")
+    _INFO = ("id", "created", "label", "model", "kind", "direction", "metric", "n_pairs", "clean_value",
+             "corrupt_value", "seconds")
+
+    def _info_cols(self):
+        return [RUNS.c[name] for name in self._INFO]
 
     def list(self, limit: int = 200) -> list[RunInfo]:
         """Newest first."""
-        with self._connect() as db:
-            rows = db.execute(f"SELECT {self._INFO} FROM runs ORDER BY id DESC LIMIT ?",
-                              (int(limit),)).fetchall()
+        with self._read() as db:
+            rows = db.execute(sa.select(*self._info_cols()).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
         return [RunInfo(*r) for r in rows]
 
     def get(self, run_id: int) -> Run:
         """The run, or ValueError naming the id."""
-        with self._connect() as db:
-            row = db.execute(f"SELECT {self._INFO}, pairs_json, result_json FROM runs WHERE id = ?",
-                             (int(run_id),)).fetchone()
+        with self._read() as db:
+            row = db.execute(sa.select(*self._info_cols(), RUNS.c.pairs_json, RUNS.c.result_json)
+                             .where(RUNS.c.id == int(run_id))).first()
         if row is None:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         info = RunInfo(*row[:11])
@@ -182,8 +329,8 @@ class RunStore:
         return Run(info, pairs, result_from_json(json.loads(row[12])))
 
     def info(self, run_id: int) -> RunInfo:
-        with self._connect() as db:
-            row = db.execute(f"SELECT {self._INFO} FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        with self._read() as db:
+            row = db.execute(sa.select(*self._info_cols()).where(RUNS.c.id == int(run_id))).first()
         if row is None:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         return RunInfo(*row)
@@ -191,7 +338,7 @@ class RunStore:
     def delete(self, run_id: int) -> bool:
         """True when a run was deleted."""
         with self._transaction() as db:
-            return db.execute("DELETE FROM runs WHERE id = ?", (int(run_id),)).rowcount > 0
+            return db.execute(RUNS.delete().where(RUNS.c.id == int(run_id))).rowcount > 0
 
     # -- attribution runs: every kind of one run_attribution call, kept together ---------------
     def save_attribution(self, results: list[AttributionResult], pairs, label: str = "",
@@ -200,24 +347,22 @@ class RunStore:
         separate from the patching runs' history)."""
         if not results:
             raise ValueError("an attribution run needs at least one kind")
-        pairs = [list(p) if not hasattr(p, "clean") else [p.clean, p.corrupt, p.answer, p.wrong]
-                 for p in pairs]
+        pairs = self._pairs(pairs)
         r = results[0]
         label = label or f"attribution ({r.method}) · {len(results)} kinds · {r.spec.direction}"
-        row = (time.time(), label, r.model_name or r.spec.model, r.method, int(r.steps), r.spec.direction,
-               r.spec.metric, r.n_pairs, json.dumps(pairs), json.dumps([x.to_json() for x in results]),
-               json.dumps(edges.to_json()) if edges is not None else None)
+        row = dict(created=time.time(), label=label, model=r.model_name or r.spec.model, method=r.method,
+                   steps=int(r.steps), direction=r.spec.direction, metric=r.spec.metric, n_pairs=r.n_pairs,
+                   pairs_json=json.dumps(pairs), results_json=json.dumps([x.to_json() for x in results]),
+                   edges_json=json.dumps(edges.to_json()) if edges is not None else None)
         with self._transaction() as db:
-            cur = db.execute(
-                "INSERT INTO attributions (created, label, model, method, steps, direction, metric, n_pairs, "
-                "pairs_json, results_json, edges_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            return int(cur.lastrowid)
+            return int(db.execute(ATTRIBUTIONS.insert().values(**row)).inserted_primary_key[0])
 
     def get_attribution(self, attribution_id: int) -> "AttributionRun":
         """The attribution run, or ValueError naming the id."""
-        with self._connect() as db:
-            row = db.execute("SELECT id, created, label, pairs_json, results_json, edges_json FROM attributions "
-                             "WHERE id = ?", (int(attribution_id),)).fetchone()
+        a = ATTRIBUTIONS.c
+        with self._read() as db:
+            row = db.execute(sa.select(a.id, a.created, a.label, a.pairs_json, a.results_json, a.edges_json)
+                             .where(a.id == int(attribution_id))).first()
         if row is None:
             raise ValueError(f"attribution run {attribution_id} does not exist; run attribution again")
         results = [AttributionResult.from_json(d) for d in json.loads(row[4])]
@@ -225,5 +370,119 @@ class RunStore:
         return AttributionRun(row[0], row[1], row[2], [tuple(p) for p in json.loads(row[3])], results, edges)
 
     def __len__(self) -> int:
-        with self._connect() as db:
-            return int(db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        with self._read() as db:
+            return int(db.execute(sa.select(sa.func.count()).select_from(RUNS)).scalar_one())
+
+    # -- job status: one record per background run, so a killed or lost job shows up as failed -----
+    def begin_job(self, kind: str, label: str, model: str, pid: int | None = None) -> int:
+        """Record a job as running in this process (or `pid`) on this host; returns its id.
+
+        >>> job = store.begin_job("sweep", "IOI · head_out", "default")   # doctest: +SKIP
+        """
+        if not kind:
+            raise ValueError("a job needs a kind (sweep, path or attribution), not an empty string")
+        now = time.time()
+        row = dict(kind=kind, label=label or kind, model=model or "", status="running", reason="",
+                   pid=int(pid) if pid is not None else os.getpid(), host=self._host, started=now, updated=now)
+        with self._transaction() as db:
+            return int(db.execute(JOBS.insert().values(**row)).inserted_primary_key[0])
+
+    def heartbeat(self, job_id: int) -> bool:
+        """Mark a running job as alive now; False when it is not running (already finished or failed)."""
+        with self._transaction() as db:
+            return db.execute(JOBS.update().where(JOBS.c.id == int(job_id), JOBS.c.status == "running")
+                              .values(updated=time.time())).rowcount > 0
+
+    def finish_job(self, job_id: int, status: str, reason: str = "", run_id: int | None = None) -> None:
+        """End a job: status 'done' (with the saved run's id), 'failed' (with the reason) or 'cancelled'.
+
+        ValueError for another status or an unknown job. A job that `fail_stale` gave up on but
+        that did finish after all is set to what it says now.
+        """
+        if status not in FINISHED:
+            raise ValueError(f"a job finishes as one of {', '.join(FINISHED)}, not {status!r}")
+        now = time.time()
+        with self._transaction() as db:
+            n = db.execute(JOBS.update().where(JOBS.c.id == int(job_id)).values(
+                status=status, reason=str(reason or ""), run_id=None if run_id is None else int(run_id),
+                updated=now, finished=now)).rowcount
+        if n == 0:
+            raise ValueError(f"job {job_id} does not exist")
+
+    def jobs(self, limit: int = 50, status: str | None = None) -> list[JobInfo]:
+        """Newest first; only those with `status` when given."""
+        q = sa.select(*JOBS.c).order_by(JOBS.c.id.desc()).limit(int(limit))
+        if status is not None:
+            if status not in JOB_STATUSES:
+                raise ValueError(f"job status must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
+            q = q.where(JOBS.c.status == status)
+        with self._read() as db:
+            rows = db.execute(q).all()
+        return [JobInfo(*r) for r in rows]
+
+    def job(self, job_id: int) -> JobInfo:
+        with self._read() as db:
+            row = db.execute(sa.select(*JOBS.c).where(JOBS.c.id == int(job_id))).first()
+        if row is None:
+            raise ValueError(f"job {job_id} does not exist")
+        return JobInfo(*row)
+
+    def fail_stale(self, max_age_s: float = 120.0) -> int:
+        """Mark running jobs that can no longer finish as failed; returns how many.
+
+        A job whose process (on this host) is gone: "worker process N exited" (a cancelled run is
+        killed, so this is also how a cancel ends up here). A job on another host, or whose process
+        hangs, with no heartbeat for `max_age_s` seconds: "worker stopped responding".
+        """
+        if max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive, not {max_age_s!r}")
+        now = time.time()
+        with self._read() as db:
+            running = db.execute(sa.select(JOBS.c.id, JOBS.c.pid, JOBS.c.host, JOBS.c.started, JOBS.c.updated)
+                                 .where(JOBS.c.status == "running")).all()
+        stale: list[tuple[int, str]] = []
+        for job_id, pid, host, started, updated in running:
+            if host == self._host and pid is not None and not _pid_alive(pid, started):
+                stale.append((job_id, f"worker process {pid} exited before the run finished "
+                                      "(cancelled, killed or crashed)"))
+            elif now - updated > max_age_s:
+                stale.append((job_id, f"worker stopped responding (no heartbeat for {now - updated:.0f} s; "
+                                      f"process {pid} on {host})"))
+        if not stale:
+            return 0
+        n = 0
+        with self._transaction() as db:
+            for job_id, reason in stale:      # only if still running: a late finish_job wins
+                n += db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
+                                .values(status="failed", reason=reason, updated=now, finished=now)).rowcount
+        return n
+
+
+def open_store(target: str | Path, data_dir: str | Path | None = None) -> RunStore:
+    """A run store from a URL (`sqlite:///file`, `postgresql://...`) or a directory (SQLite file in it).
+
+    `data_dir` is where host-local files go (job cache, run lock): by default the directory itself,
+    or the SQLite file's folder, or `.patchboard` for a server database.
+
+    >>> open_store("sqlite:////tmp/pb/runs.sqlite").path         # doctest: +SKIP
+    PosixPath('/tmp/pb/runs.sqlite')
+    """
+    text = str(target)
+    if "://" not in text:
+        return RunStore(data_dir if data_dir is not None else text,
+                        url=None if data_dir is None else _sqlite_url(Path(text) / DEFAULT_FILENAME))
+    scheme = text.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in URL_SCHEMES:
+        raise ValueError(f"unsupported store URL {text!r}; use sqlite:///path/runs.sqlite, "
+                         "postgresql://user:password@host/db or a directory")
+    if data_dir is None:
+        if scheme == "sqlite":
+            db = sa.engine.make_url(text).database
+            data_dir = Path(db).parent if db and db != ":memory:" else ".patchboard"
+        else:
+            data_dir = ".patchboard"
+    return RunStore(data_dir, url=text)
+
+
+__all__ = ["RunStore", "open_store", "RunInfo", "Run", "AttributionRun", "JobInfo", "result_from_json",
+           "JOB_STATUSES"]

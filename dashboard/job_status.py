@@ -1,0 +1,107 @@
+"""A background run's status record: begun when it starts, kept alive by heartbeats, finished as
+done / failed / cancelled — and given up on by `RunStore.fail_stale` when its process dies
+(a cancelled Dash job is killed outright, so nothing in it can say so).
+
+>>> with tracked(store, "sweep", "IOI · head_out", "default") as job:    # doctest: +SKIP
+...     run_id = store.save(sweep(model, prompts, spec, on_progress=job.beat), pairs)
+...     job.done(run_id)
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+log = logging.getLogger("dashboard")
+
+HEARTBEAT_S = 10.0       # a running job writes a heartbeat this often (from a thread, progress or not)
+STALE_AFTER_S = 120.0    # a job on another host with no heartbeat for this long is marked failed
+
+
+@dataclass
+class Job:
+    """The handle a running job holds: `beat()` (throttled, safe to call per patch), `done(run_id)`."""
+    store: object
+    id: int
+    interval: float = HEARTBEAT_S
+    run_id: int | None = None
+    _last: float = field(default_factory=time.monotonic)
+
+    def beat(self, *_ignored) -> None:
+        """Heartbeat, at most once per `interval` seconds; accepts on_progress's (done, total)."""
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            try:
+                self.store.heartbeat(self.id)
+            except Exception:               # the run matters more than its status record
+                log.warning("heartbeat for job %s failed", self.id, exc_info=True)
+
+    def done(self, run_id: int) -> None:
+        self.run_id = int(run_id)
+
+
+def _beat_until(job: Job, stop: threading.Event) -> None:
+    while not stop.wait(job.interval):
+        try:
+            job.store.heartbeat(job.id)
+        except Exception:
+            log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+
+
+@contextmanager
+def tracked(store, kind: str, label: str, model: str, *, interval: float = HEARTBEAT_S,
+            stale_after: float = STALE_AFTER_S):
+    """Record a job around a block: stale jobs are failed first, then this one is begun; a thread
+    beats every `interval` s; the block's end finishes it — done (with `job.done(run_id)`), failed
+    with the error's message, or cancelled (interrupted). The exception is re-raised."""
+    try:
+        store.fail_stale(stale_after)
+    except Exception:
+        log.warning("could not check for stale jobs", exc_info=True)
+    job = Job(store, store.begin_job(kind, label, model), interval)
+    stop = threading.Event()
+    thread = threading.Thread(target=_beat_until, args=(job, stop), daemon=True, name=f"heartbeat-{job.id}")
+    thread.start()
+    try:
+        yield job
+    except ValueError as exc:
+        _finish(store, job.id, "failed", str(exc))
+        raise
+    except Exception as exc:
+        _finish(store, job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        raise
+    except BaseException as exc:         # KeyboardInterrupt / SystemExit: stopped from outside
+        _finish(store, job.id, "cancelled", f"interrupted ({type(exc).__name__})")
+        raise
+    else:
+        if job.run_id is None:
+            _finish(store, job.id, "failed", "the job ended without saving a run")
+        else:
+            _finish(store, job.id, "done", "", job.run_id)
+    finally:
+        stop.set()
+
+
+def _finish(store, job_id: int, status: str, reason: str, run_id: int | None = None) -> None:
+    try:
+        store.finish_job(job_id, status, reason, run_id)
+    except Exception:
+        log.warning("could not record the end of job %s", job_id, exc_info=True)
+
+
+def unfinished_and_failed(store, limit: int = 20, stale_after: float = STALE_AFTER_S) -> list:
+    """The jobs the history list shows beside the runs: running, failed and cancelled ones (newest
+    first), after marking the stale ones failed. A store error gives an empty list, not a broken page.
+
+    >>> [j.status for j in unfinished_and_failed(store)]     # doctest: +SKIP
+    ['failed']
+    """
+    try:
+        store.fail_stale(stale_after)
+        return [j for j in store.jobs(limit) if j.status != "done"]
+    except Exception:
+        log.warning("could not read the job records", exc_info=True)
+        return []

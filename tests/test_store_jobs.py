@@ -1,0 +1,247 @@
+"""The run store behind a URL, and its job-status records: concurrent writers, a run killed
+mid-sweep (SIGKILL) that `fail_stale` marks failed, restarts, and the history list showing it."""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from dashboard import handlers, job_status, layout
+from dashboard.store import JobInfo, RunStore, open_store
+from patching import PatchSpec, sweep
+from tests.conftest import IOI
+
+
+@pytest.fixture(scope="module")
+def result(gpt2_model, ioi_prompts):
+    return sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out", model="tiny"))
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_dirs, gpt2_model):
+    from patching.models import ModelRegistry
+    name = str(tiny_dirs["gpt2"])
+    reg = ModelRegistry([name])
+    reg.add(name, gpt2_model)
+    return reg
+
+
+@pytest.fixture
+def form(tiny_dirs):
+    clean, corrupt, answer, wrong = IOI[0]
+    return handlers.Form(model=str(tiny_dirs["gpt2"]), clean=clean, corrupt=corrupt, answer=answer,
+                         wrong=wrong, kind="head_out")
+
+
+def _integrity(path) -> str:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+# -- URLs --------------------------------------------------------------------------------------------
+def test_open_store_by_dir_and_sqlite_url(tmp_path, result):
+    by_dir = open_store(tmp_path / "a")
+    assert by_dir.path == tmp_path / "a" / "runs.sqlite" and by_dir.data_dir == tmp_path / "a"
+    run_id = by_dir.save(result, IOI)
+    by_url = open_store(f"sqlite:///{tmp_path / 'a' / 'runs.sqlite'}")
+    assert by_url.path == tmp_path / "a" / "runs.sqlite" and by_url.data_dir == tmp_path / "a"
+    assert [r.id for r in by_url.list()] == [run_id]
+    other = open_store(f"sqlite:///{tmp_path / 'db' / 'x.sqlite'}", data_dir=tmp_path / "local")
+    assert other.path == tmp_path / "db" / "x.sqlite" and other.data_dir == tmp_path / "local"
+    assert len(other) == 0
+
+
+@pytest.mark.parametrize("url, needle", [("mysql://h/db", "unsupported store URL 'mysql://h/db'"),
+                                         ("sqlite://", "needs a file"),
+                                         ("sqlite:///:memory:", "needs a file")])
+def test_bad_store_urls_say_what_is_accepted(tmp_path, url, needle):
+    with pytest.raises(ValueError, match=needle):
+        open_store(url, data_dir=tmp_path)
+
+
+def test_postgres_url_without_driver_is_a_clear_error(tmp_path):
+    try:
+        import psycopg  # noqa: F401
+        pytest.skip("psycopg is installed here; the missing-driver message cannot be shown")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="needs the database driver 'psycopg'"):
+        open_store("postgresql://pb:secret@db.example/patchboard", data_dir=tmp_path)
+
+
+# -- job records ---------------------------------------------------------------------------------------
+def test_job_lifecycle_and_validation(tmp_path):
+    store = RunStore(tmp_path)
+    job = store.begin_job("sweep", "IOI · head_out", "default")
+    info = store.jobs()[0]
+    assert (info.id, info.status, info.pid, info.finished) == (job, "running", os.getpid(), None)
+    time.sleep(0.01)
+    assert store.heartbeat(job) and store.job(job).updated > info.updated
+    store.finish_job(job, "done", run_id=7)
+    done = store.job(job)
+    assert (done.status, done.run_id, done.reason) == ("done", 7, "") and done.finished is not None
+    assert not store.heartbeat(job)                        # a finished job is not revived
+    with pytest.raises(ValueError, match="one of done, failed, cancelled, not 'running'"):
+        store.finish_job(job, "running")
+    with pytest.raises(ValueError, match="job 999 does not exist"):
+        store.finish_job(999, "failed")
+    with pytest.raises(ValueError, match="status must be one of"):
+        JobInfo(1, "sweep", "x", "m", "lost", "", None, None, "h", 0.0, 0.0, None)
+    with pytest.raises(ValueError, match="max_age_s must be positive"):
+        store.fail_stale(0)
+    assert [j.id for j in store.jobs(status="done")] == [job] and store.jobs(status="failed") == []
+
+
+def test_fail_stale_dead_pid_and_silent_remote_worker(tmp_path):
+    store = RunStore(tmp_path)
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+    child.start()
+    child.join()
+    dead = store.begin_job("sweep", "dead", "m", pid=child.pid)
+    alive = store.begin_job("sweep", "alive", "m")           # this process: alive, fresh heartbeat
+    here, store._host = store._host, "gpu-worker-7"             # a job recorded by another host
+    remote = store.begin_job("path", "remote", "m", pid=123)
+    store._host = here
+    assert store.fail_stale(60) == 1                           # remote: pid not checkable, heartbeat fresh
+    assert store.job(dead).status == "failed"
+    assert f"worker process {child.pid} exited" in store.job(dead).reason
+    time.sleep(1.1)
+    assert store.fail_stale(1.0) == 2                          # no heartbeat for > 1 s: alive and remote
+    assert "worker stopped responding" in store.job(remote).reason
+    assert "gpu-worker-7" in store.job(remote).reason
+    store.finish_job(alive, "done", run_id=1)                   # a late finish still wins
+    assert store.job(alive).status == "done"
+
+
+def _writer(path, payload, n, q):
+    """A separate process: n runs and n job records through its own store."""
+    from patching.results import PatchResult
+    store = RunStore(path)
+    result = PatchResult.from_json(payload)
+    for i in range(n):
+        job = store.begin_job("sweep", f"w{os.getpid()}-{i}", "tiny")
+        store.heartbeat(job)
+        run_id = store.save(result, IOI)
+        store.finish_job(job, "done", run_id=run_id)
+        q.put((job, run_id))
+    store.fail_stale(300)
+
+
+def test_concurrent_writers_keep_the_sqlite_store_consistent(tmp_path, result):
+    RunStore(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(tmp_path, result.to_json(), 6, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=120) for _ in range(24)]
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    store = RunStore(tmp_path)
+    assert len(store) == 24 and len({r for _, r in got}) == 24
+    jobs = store.jobs(limit=100)
+    assert len(jobs) == 24 and all(j.status == "done" for j in jobs)
+    assert {j.run_id for j in jobs} == {r for _, r in got}
+    assert _integrity(store.path) == "ok"
+
+
+# -- a job killed mid-sweep -------------------------------------------------------------------------------
+def _slow_run(registry, data_dir, form, started):
+    import torch
+    torch.set_num_threads(1)     # a child forked after the parent's multithreaded torch ops hangs otherwise
+    store = RunStore(data_dir)
+
+    def report(p):
+        if p.total > 1:                  # the sweep is under way: let the parent kill us
+            started.set()
+            time.sleep(5)
+
+    handlers.execute_run(registry, store, form, data_dir, report=report)
+
+
+def test_sigkill_mid_sweep_is_marked_failed_and_the_next_run_works(tmp_path, registry, form):
+    store = RunStore(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    proc = ctx.Process(target=_slow_run, args=(registry, tmp_path, form, started))
+    proc.start()
+    try:
+        deadline = time.time() + 40
+        while not started.wait(0.2):
+            assert proc.is_alive(), f"the sweep process ended early (exit code {proc.exitcode})"
+            assert time.time() < deadline, "the sweep never started"
+        running = store.jobs()
+        assert [(j.status, j.pid) for j in running] == [("running", proc.pid)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == -signal.SIGKILL
+    assert store.jobs()[0].status == "running"           # nothing in a killed process can say otherwise
+    assert store.fail_stale(120) == 1
+    failed = store.jobs()[0]
+    assert failed.status == "failed" and f"worker process {proc.pid} exited" in failed.reason
+    assert len(store) == 0 and _integrity(store.path) == "ok"   # no half-saved run
+    assert not handlers.run_busy(tmp_path)                # the run slot was released with the process
+
+    run_id = handlers.execute_run(registry, store, form, tmp_path)
+    assert store.get(run_id).result.values.shape == (2, 4)
+    newest = store.jobs()[0]
+    assert (newest.status, newest.run_id, newest.kind) == ("done", run_id, "sweep")
+    assert [j.status for j in store.jobs()] == ["done", "failed"]
+
+
+def test_store_reopened_keeps_runs_and_jobs(tmp_path, registry, form):
+    store = RunStore(tmp_path)
+    run_id = handlers.execute_run(registry, store, form, tmp_path)
+    with pytest.raises(ValueError, match="layers"):             # bad input: refused before a job begins
+        handlers.execute_run(registry, store, dataclasses.replace(form, layers="9"), tmp_path)
+    reopened = RunStore(tmp_path)
+    assert [r.id for r in reopened.list()] == [run_id]
+    assert [(j.status, j.run_id) for j in reopened.jobs()] == [("done", run_id)]
+
+
+def test_tracked_records_failure_and_interrupt(tmp_path):
+    store = RunStore(tmp_path)
+    with pytest.raises(ValueError):
+        with job_status.tracked(store, "path", "bad", "m"):
+            raise ValueError("receivers: no head q:9.9 in this model")
+    with pytest.raises(RuntimeError):
+        with job_status.tracked(store, "sweep", "oom", "m"):
+            raise RuntimeError("CUDA out of memory")
+    with pytest.raises(KeyboardInterrupt):
+        with job_status.tracked(store, "sweep", "stopped", "m"):
+            raise KeyboardInterrupt
+    with job_status.tracked(store, "sweep", "no save", "m"):
+        pass
+    with job_status.tracked(store, "sweep", "ok", "m", interval=0.05) as job:
+        time.sleep(0.3)                                           # the heartbeat thread beats meanwhile
+        assert store.job(job.id).updated > store.job(job.id).started
+        job.done(3)
+    by_label = {j.label: j for j in store.jobs()}
+    assert by_label["bad"].reason == "receivers: no head q:9.9 in this model"
+    assert by_label["oom"].reason == "internal error: RuntimeError: CUDA out of memory"
+    assert by_label["stopped"].status == "cancelled"
+    assert by_label["no save"].status == "failed"
+    assert (by_label["ok"].status, by_label["ok"].run_id) == ("done", 3)
+
+
+def test_history_lists_failed_jobs_with_their_reason(tmp_path, result):
+    store = RunStore(tmp_path)
+    run_id = store.save(result, IOI, label="IOI heads")
+    job = store.begin_job("sweep", "killed sweep", "tiny", pid=2**22 + 12345)   # no such process
+    shown = job_status.unfinished_and_failed(store)
+    assert [(j.id, j.status) for j in shown] == [(job, "failed")]
+    html = str(layout.render_history(store.list(), run_id, shown))
+    assert "killed sweep" in html and "worker process" in html and "exited" in html
+    assert "job-item job-failed" in html and html.count("run-item") == 1
