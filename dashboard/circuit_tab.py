@@ -186,7 +186,8 @@ def faithfulness_text(payload: dict | None):
     number = "undefined (full and ablated runs agree)" if f != f else f"{f:.3f}"
     return html.Div([
         html.Span("Faithfulness ", className="field-label"),
-        html.Span(number, className="circuit-number", id=f"{CIRCUIT_FAITHFULNESS}-value"),
+        html.Span(number, className="circuit-number", id=f"{CIRCUIT_FAITHFULNESS}-value",
+                  style={"fontSize": "26px", "fontWeight": 600, "marginLeft": "6px"}),
         html.Div(f"{c['n_components']} components, {c['ablation']} ablation, {c['n_pairs']} pairs of "
                  f"{payload['where']}: {c['metric']} {c['m_circuit']:.4f} with the circuit, {c['m_full']:.4f} "
                  f"full model, {c['m_empty']:.4f} all ablated; curve ordered by {payload['ranked_by']}.",
@@ -266,8 +267,10 @@ def layout() -> html.Div:
         html.Div([
             dbc.Label("Components", html_for=CIRCUIT_COMPONENTS, className="field-label"),
             dbc.Input(id=CIRCUIT_COMPONENTS, type="text", value="", debounce=True, size="sm",
-                      placeholder="e.g. L0H1, L2H3, MLP0, ATTN1", className="circuit-components"),
-            dbc.Input(id=CIRCUIT_TOP_K, type="number", value=5, min=0, step=1, size="sm", className="inspect-number"),
+                      placeholder="e.g. L0H1, L2H3, MLP0, ATTN1", className="circuit-components",
+                      style={"flex": "1", "minWidth": "260px"}),
+            dbc.Input(id=CIRCUIT_TOP_K, type="number", value=5, min=0, step=1, size="sm", className="inspect-number",
+                      style={"width": "80px"}),
             dbc.Button("Top k", id=CIRCUIT_TOP_BUTTON, size="sm", color="secondary", outline=True, n_clicks=0),
             dbc.Button("Clear", id=CIRCUIT_CLEAR_BUTTON, size="sm", color="secondary", outline=True, n_clicks=0),
         ], className="toolbar"),
@@ -277,7 +280,8 @@ def layout() -> html.Div:
                                      options=[{"label": {"mean": "mean (corrupt set)", "resample": "resample",
                                                          "zero": "zero"}[a], "value": a} for a in ABLATIONS])]),
             html.Div([dbc.Label("Seed", html_for=CIRCUIT_SEED, className="field-label"),
-                      dbc.Input(id=CIRCUIT_SEED, type="number", value=0, step=1, size="sm", className="inspect-number")]),
+                      dbc.Input(id=CIRCUIT_SEED, type="number", value=0, step=1, size="sm", className="inspect-number",
+                                style={"width": "90px"})]),
             dbc.Button("Run", id=CIRCUIT_RUN_BUTTON, color="primary", size="sm", n_clicks=0),
             dbc.Button("Cancel", id=CIRCUIT_CANCEL_BUTTON, color="secondary", outline=True, size="sm",
                        disabled=True, n_clicks=0),
@@ -285,7 +289,7 @@ def layout() -> html.Div:
                        disabled=True, n_clicks=0),
             dcc.Download(id=CIRCUIT_DOWNLOAD),
         ], className="toolbar"),
-        html.Div("", id=CIRCUIT_PROGRESS, className="hint"),
+        html.Div("", id=CIRCUIT_PROGRESS, className="hint", style={"display": "none"}),
         html.Div("", id=CIRCUIT_STATUS, className="hint", role="status"),
         html.Div("", id=CIRCUIT_FAITHFULNESS, className="circuit-faithfulness"),
         dcc.Graph(id=CIRCUIT_CURVE, figure=figures_circuit.curve_figure(None),
@@ -367,11 +371,9 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
                     return no_update, html.Span("Top k needs runs to rank by: choose them under 'Effects from'.",
                                                 className="error-text")
                 return top_k(effects, k), ""
-            if trig == CIRCUIT_GRID and click:               # clickData
-                point = (click.get("points") or [{}])[0]
-                if point.get("customdata"):
-                    return toggle(text, point["customdata"]), ""
-                return no_update, no_update
+            if trig == CIRCUIT_GRID and click:               # clickData: the cell's name is its customdata
+                names = [p["customdata"] for p in click.get("points") or [] if isinstance(p.get("customdata"), str)]
+                return (toggle(text, names[0]), "") if names else (no_update, no_update)
             if selected is not None and selected.get("points"):
                 return add_selected(text, selected), ""
         except ValueError as exc:
@@ -418,7 +420,8 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
         background=True, interval=400,
         running=[(Output(CIRCUIT_RUN_BUTTON, "disabled"), True, False),
                  (Output(CIRCUIT_RUN_BUTTON, "children"), "Running…", "Run"),
-                 (Output(CIRCUIT_CANCEL_BUTTON, "disabled"), False, True)],
+                 (Output(CIRCUIT_CANCEL_BUTTON, "disabled"), False, True),
+                 (Output(CIRCUIT_PROGRESS, "style"), {}, {"display": "none"})],
         cancel=[Input(CIRCUIT_CANCEL_BUTTON, "n_clicks")],
         progress=Output(CIRCUIT_PROGRESS, "children"), progress_default="",
         prevent_initial_call=True)(run)

@@ -2,7 +2,8 @@
 the EAP edge graph.
 
 - `component_grid`: layers down the y axis, heads then one MLP column across; colour = effect
-  (diverging, white = none); an invisible marker on every cell carries the component's name in
+  (diverging, white = none, grey = not measured); every cell's `customdata` is its component's
+  name, and an invisible marker on every cell carries the component's name in
   `customdata`, so a click (`clickData`) or a box selection (`selectedData`) names components;
   kept components are outlined.
 - `curve_figure`: faithfulness against k (components added in ranked order), with the full (1)
@@ -60,10 +61,18 @@ def component_grid(effects: dict, *, n_layers: int, n_heads: int, selected=(), t
                 z[c.layer][h] = v
     zmax = _absmax([v for row in z for v in row])
     x_labels = [f"H{h}" for h in range(n_heads)] + ["MLP"]
+    names_grid = [[cell_component(l, c, n_heads).name for c in range(cols)] for l in range(n_layers)]
+    missing = [[1 if v is None else None for v in row] for row in z]      # cells without an effect: grey
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(cols)), y=list(range(n_layers)), colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
+        z=missing, x=list(range(cols)), y=list(range(n_layers)), customdata=names_grid, showscale=False,
+        colorscale=[[0, "#eef0f3"], [1, "#eef0f3"]], hoverongaps=False, xgap=1, ygap=1,
+        hovertemplate="%{customdata}: no effect measured<extra></extra>", name="no effect"))
+    fig.add_trace(go.Heatmap(
+        z=z, x=list(range(cols)), y=list(range(n_layers)), customdata=names_grid,
+        colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
         colorbar=dict(title=dict(text=value_label, side="right"), thickness=12), hoverongaps=False,
-        hovertemplate="%{y}, %{x}<br>" + value_label + " %{z:.4f}<extra></extra>", xgap=1, ygap=1))
+        hovertemplate="%{customdata}<br>" + value_label + " %{z:.4f}<extra></extra>", xgap=1, ygap=1,
+        name="effects"))
     names, xs, ys, texts = [], [], [], []
     for layer in range(n_layers):
         for col in range(cols):

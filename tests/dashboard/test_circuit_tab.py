@@ -70,7 +70,9 @@ def test_sources_and_grid_from_a_head_out_run(cb, store, head_run, tiny_name, gp
     assert [o["value"] for o in options] == [f"run:{run_id}"]           # resid_pre cannot rank components
     fig, status = cb.grid([f"run:{run_id}"], "sum", "L1H2", tiny_name)
     assert status is no_update
-    heat, cells, kept = fig.data
+    missing, heat, cells, kept = fig.data
+    assert missing.z[1][2] is None and missing.z[0][gpt2_model.n_heads] == 1       # MLPs: not in a head_out run
+    assert heat.customdata[1][2] == "L1H2"
     assert heat.z[1][2] == pytest.approx(float(result.values[1, 2]) - result.corrupt_value)
     assert "L1H2" in cells.customdata and f"MLP{gpt2_model.n_layers - 1}" in cells.customdata
     assert (list(kept.x), list(kept.y)) == ([2], [1])
@@ -149,4 +151,4 @@ def test_edges_graph_and_threshold(cb, page, store):
     assert f"att:{att_id}" in [o["value"] for o in cb.sources(0, None, None, att_id)]
     # the attribution run's head_out / mlp_out estimates rank components too
     fig, _ = cb.grid([f"att:{att_id}"], "sum", "", page[0])
-    assert any(v is not None for row in fig.data[0].z for v in row)
+    assert any(v is not None for row in fig.data[1].z for v in row)

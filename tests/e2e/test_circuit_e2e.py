@@ -1,0 +1,85 @@
+"""End-to-end: the Circuit tab in a real headless Chromium.
+
+`python -m dashboard` in a subprocess around the tiny GPT-2 model (its default prompts are the IOI
+pair). Opens the Circuit tab, types components, toggles one by clicking a grid cell, runs, and
+reads the faithfulness number and the curve; then computes EAP edges and sees the graph.
+
+Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 14-circuit.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboard import circuit_tab as ct
+from dashboard import ids
+from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = 60_000   # ms
+
+if skip_reason():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=skip_reason())]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dirs, tmp_path_factory):
+    yield from run_dashboard(tiny_dirs["gpt2"], tmp_path_factory.mktemp("dashboard-data-circuit"))
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(server)
+        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")
+        pg.errors = errors
+        yield pg
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
+    if target:
+        out = ROOT / target if not os.path.isabs(target) else Path(target)
+        out.mkdir(parents=True, exist_ok=True)
+        page.mouse.move(2, 2)
+        time.sleep(0.6)
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def test_circuit_tab_runs_and_shows_faithfulness(page):
+    page.click("a.nav-link:text-is('Circuit')")
+    page.wait_for_selector(f"#{ct.CIRCUIT_GRID} g.hm")
+    page.fill(f"#{ct.CIRCUIT_COMPONENTS}", "L0H0, MLP0")
+    page.press(f"#{ct.CIRCUIT_COMPONENTS}", "Tab")
+    drag = page.locator(f"#{ct.CIRCUIT_GRID} .nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()                  # rows L0, L1; columns H0..H3, MLP: click L1.H2
+    page.mouse.click(box["x"] + box["width"] * (2.5 / 5), box["y"] + box["height"] * (1.5 / 2))
+    page.wait_for_function("([id, t]) => document.getElementById(id).value === t",
+                           arg=[ct.CIRCUIT_COMPONENTS, "L0H0,MLP0,L1H2"])
+    page.click(f"#{ct.CIRCUIT_RUN_BUTTON}")
+    page.wait_for_selector(f"#{ct.CIRCUIT_FAITHFULNESS}-value")
+    number = page.inner_text(f"#{ct.CIRCUIT_FAITHFULNESS}-value")
+    assert re.fullmatch(r"-?\d+\.\d{3}", number), number
+    assert "3 components, mean ablation" in page.inner_text(f"#{ct.CIRCUIT_FAITHFULNESS}")
+    page.wait_for_function(f"document.querySelectorAll('#{ct.CIRCUIT_CURVE} .scatterlayer .point').length === 4")
+    assert not page.is_disabled(f"#{ct.CIRCUIT_DOWNLOAD_BUTTON}")
+    page.click(f"#{ct.CIRCUIT_EDGES_BUTTON}")
+    page.wait_for_function("([id, t]) => document.getElementById(id).innerText.includes(t)",
+                           arg=[ct.CIRCUIT_EDGES_STATUS, "edges with |score|"])
+    page.wait_for_selector(f"#{ct.CIRCUIT_EDGE_GRAPH} .scatterlayer .point")
+    shot(page, "14-circuit")
+    assert page.errors == []
