@@ -381,9 +381,11 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
 
     path = _register_path(app, registry, store, data_dir)
     attribution = _register_attribution(app, registry, store, data_dir)
+    from . import share
+    shared = share.register(app, registry, store)
 
     return SimpleNamespace(
-        **vars(path), **vars(attribution),
+        **vars(path), **vars(attribution), **vars(shared),
         model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
         clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view,
         kind_controls=kind_controls, validate=validate, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,

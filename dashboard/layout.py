@@ -12,7 +12,7 @@ from pathlib import Path
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 
-from . import circuit_tab, figures, handlers, ids, lens_tab, neurons_tab
+from . import circuit_tab, figures, handlers, ids, lens_tab, neurons_tab, share
 from .handlers import TokenView
 
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
@@ -124,6 +124,7 @@ def run_card() -> dbc.Card:
 
 def results_tab() -> html.Div:
     return html.Div([
+        share.results_header(),
         html.Div(id=ids.RESULTS_SUMMARY, className="results-summary"),
         html.Div([
             dbc.RadioItems(id=ids.VALUE_MODE, inline=True, value="normalized",
@@ -142,6 +143,7 @@ def results_tab() -> html.Div:
             dcc.Download(id=ids.DOWNLOAD_CSV),
         ], className="toolbar"),
         _graph(ids.RESULTS_HEATMAP, "Run a sweep to see its heatmap here."),
+        share.provenance_panel(),
         html.Div([
             html.H3("Counterfactual attention", className="section-title"),
             html.Div("Click a head cell of the heatmap (head kinds) to see that head's clean, corrupt "
@@ -166,6 +168,7 @@ def history_tab() -> html.Div:
         html.Div("Every run is saved with its spec, prompts, baselines and result; it survives restarts.",
                  className="hint mb-2"),
         html.Div(id=ids.RUN_HISTORY, className="run-history"),
+        share.history_section(),
         html.H3("Compare two runs", className="section-title mt-3"),
         html.Div([
             html.Div(dcc.Dropdown(id=ids.COMPARE_SELECT, multi=True, options=[], value=[],
@@ -313,6 +316,7 @@ def page(registry, model: str) -> html.Div:
     ], className="topbar")
     return html.Div([
         navbar,
+        share.location(),
         dcc.Store(id=ids.CURRENT_RUN, storage_type="session"),
         dcc.Store(id=ids.PAIRS_STORE, data=None, storage_type="session"),
         dcc.Store(id=ids.HISTORY_VERSION, data=0),
