@@ -148,7 +148,7 @@ def render_provenance(prov: dict | None):
 def render_link(href: str | None):
     if not href:
         return None
-    return html.Span([html.Span("Link", className="toolbar-label"),
+    return html.Span([html.Span("Link to this run:", className="toolbar-label", style={"marginRight": "0.4rem"}),
                       html.A(href, href=href, className="run-link mono")])
 
 
