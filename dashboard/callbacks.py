@@ -224,7 +224,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         if not run_id:
             return (figures.empty_figure("Run a sweep to see its heatmap here."), config, "", True)
         try:
-            run = store.get(run_id)
+            run = store.get(handlers.parse_run_id(run_id))
         except ValueError as exc:
             return figures.empty_figure(str(exc)), config, "", True
         mode, note = handlers.effective_mode(run.result, mode or "normalized")
@@ -246,7 +246,10 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         """The current run in the contract CSV format."""
         if not n_clicks or not run_id:
             return no_update
-        run = store.get(run_id)
+        try:
+            run = store.get(handlers.parse_run_id(run_id))
+        except ValueError:          # deleted meanwhile, or not a run number: nothing to send
+            return no_update
         spec = run.result.spec
         name = f"patchboard-run{run.info.id}-{spec.kind}-{spec.direction}.csv"
         return dcc.send_string(run.result.to_csv(), name)

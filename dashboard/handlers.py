@@ -140,14 +140,30 @@ MAX_UPLOAD_BYTES = upload_file_limit(DEFAULT_MAX_UPLOAD_MB * 2**20)   # pairs CS
 
 
 def size_text(n: int) -> str:
-    """'12 MB', '9.8 kB', '512 bytes'.
+    """'11.9 MB', '704 kB', '9.8 kB', '512 bytes' (one decimal below 100).
 
-    >>> size_text(12_517_376), size_text(10_000), size_text(512)
-    ('11.9 MB', '9.8 kB', '512 bytes')
+    >>> size_text(12_517_376), size_text(720_896), size_text(10_000), size_text(512)
+    ('11.9 MB', '704 kB', '9.8 kB', '512 bytes')
     """
-    if n >= 2**20:
-        return f"{n / 2**20:.3g} MB"
-    return f"{n / 2**10:.2g} kB" if n >= 2**10 else f"{n} bytes"
+    if n < 2**10:
+        return f"{n} bytes"
+    x, unit = (n / 2**20, "MB") if n >= 2**20 else (n / 2**10, "kB")
+    text = f"{x:.1f}" if x < 100 else f"{x:.0f}"
+    return f"{text.removesuffix('.0')} {unit}"
+
+
+def parse_run_id(value) -> int:
+    """A run id from the page (a dcc.Store or a URL, so anything a client sends): a whole number
+    for the run store, never a path; ValueError otherwise.
+
+    >>> parse_run_id("12"), parse_run_id(3)
+    (12, 3)
+    """
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,12}", text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f"run id {shown!r} is not a run number; pick a run from the history")
+    return int(text)
 
 
 def too_large_message(limit_bytes: int) -> str:
@@ -502,7 +518,7 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
     if not 0 <= pair < len(run.pairs):
         raise ValueError(f"pair {pair} out of range; this run has pairs 0-{len(run.pairs) - 1}")
     spec = result.spec
-    model = registry.get(spec.model)
+    model = registry.get(check_model(registry, spec.model))   # a stored name: offered models only
     prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)
     kind = KINDS[spec.kind]
     heads_label = f"L{layer}.H{head}" if not kind.kv_heads else f"L{layer} key/value head {head}"
@@ -545,7 +561,7 @@ def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionVie
                          "choose q:L.H, k:L.H or v:L.H receivers to see one")
     if not 0 <= pair < len(run.pairs):
         raise ValueError(f"pair {pair} out of range; this run has pairs 0-{len(run.pairs) - 1}")
-    model = registry.get(spec.model)
+    model = registry.get(check_model(registry, spec.model))   # a stored name: offered models only
     r = receivers[0]
     head = r.head if r.kind == "q" else r.head * (model.n_heads // model.n_kv_heads)
     prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)

@@ -213,9 +213,10 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
             hf.eval()
             bridge = TransformerBridge.boot_transformers(
                 str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
-    except ValueError:
-        raise
-    except Exception as exc:   # hub / format errors become one clear line
+    except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
+        if "trust_remote_code" in str(exc):
+            raise ValueError(f"cannot load model {name!r}: it needs its own Python code (trust_remote_code), "
+                             "which Patchboard never runs; use a model transformers supports itself") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot load model {name!r}: {first[:300]}") from None
     bridge.eval()

@@ -9,7 +9,8 @@ registry metrics, so an arbitrary path or `package.module:function` is refused t
 
 Special values, resolved by the test's fixtures:
 - model `@not-a-model` (a directory of text files), `@pickle` (config.json + pytorch_model.bin),
-  `@garbage-safetensors` (config.json + a model.safetensors of random bytes), `@file` (a file);
+  `@garbage-safetensors` (config.json + a model.safetensors of random bytes), `@custom-code`
+  (real weights, but config.json maps to the directory's own Python code), `@file` (a file);
 - metric `@raises:<name>` -> a function in a temporary module (`boom`, `scalar`, `import_error`).
 """
 from __future__ import annotations
@@ -119,6 +120,8 @@ CASES: tuple[Case, ...] = (
          model="@pickle", dashboard=NOT_OFFERED),
     Case("model_dir_garbage_safetensors", r"cannot load model '.*': ", model="@garbage-safetensors",
          dashboard=NOT_OFFERED),
+    Case("model_dir_with_custom_code", r"cannot load model '.*': it needs its own Python code \(trust_remote_code\), "
+         r"which Patchboard never runs", model="@custom-code", dashboard=NOT_OFFERED),
     Case("model_path_is_a_file", r"model directory '.*' does not exist", model="@file", dashboard=NOT_OFFERED),
     # -- spec -----------------------------------------------------------------------------------
     Case("unknown_kind", r"unknown kind 'head_outt'; choose one of resid_pre, ", kind="head_outt"),

@@ -15,8 +15,10 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +56,15 @@ def specials(tmp_path_factory, default_model):
     garbage.mkdir()
     (garbage / "config.json").write_text(default_model.hf.config.to_json_string())
     (garbage / "model.safetensors").write_bytes(os.urandom(256))
+    custom = root / "custom-code"
+    shutil.copytree(ROOT / "assets" / "models" / "patchboard-tiny", custom,
+                    ignore=shutil.ignore_patterns("*.png", "*.md", "*.jsonl"))
+    cfg = json.loads((custom / "config.json").read_text())
+    cfg.update(model_type="custom_x", auto_map={"AutoConfig": "configuration_x.XConfig",
+                                                "AutoModelForCausalLM": "modeling_x.XModel"})
+    (custom / "config.json").write_text(json.dumps(cfg))
+    (custom / "modeling_x.py").write_text("raise SystemExit('custom code ran')\n")
+    (custom / "configuration_x.py").write_text("raise SystemExit('custom code ran')\n")
     a_file = root / "model-file.safetensors"
     a_file.write_bytes(b"not a directory")
     mods = root / "modules"
@@ -62,7 +73,7 @@ def specials(tmp_path_factory, default_model):
     (mods / f"{IMPORT_ERROR}.py").write_text(IMPORT_ERROR_MODULE)
     sys.path.insert(0, str(mods))
     yield {"@not-a-model": str(not_model), "@pickle": str(pickle_dir),
-           "@garbage-safetensors": str(garbage), "@file": str(a_file), "modules": str(mods)}
+           "@garbage-safetensors": str(garbage), "@custom-code": str(custom), "@file": str(a_file), "modules": str(mods)}
     sys.path.remove(str(mods))
     for name in (METRICS_MODULE, IMPORT_ERROR):
         sys.modules.pop(name, None)

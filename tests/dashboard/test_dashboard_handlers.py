@@ -91,7 +91,7 @@ def test_parse_upload_errors(contents, filename, needle):
 
 def test_parse_upload_size_cap():
     big = "clean,corrupt,answer,wrong\n" + "A B,A C, B, C\n" * 2000
-    with pytest.raises(ValueError, match=r"big.csv \(27 kB\) is larger than the 9.8 kB limit"):
+    with pytest.raises(ValueError, match=r"big.csv \(27.4 kB\) is larger than the 9.8 kB limit"):
         handlers.parse_upload(_upload(big), "big.csv", max_bytes=10_000)
     assert len(handlers.parse_upload(_upload(big), "big.csv", max_bytes=100_000)) == 2000
 
