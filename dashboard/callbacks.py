@@ -384,11 +384,13 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
 
     path = _register_path(app, registry, store, data_dir)
     attribution = _register_attribution(app, registry, store, data_dir)
+    from . import cost_refine
+    costs = cost_refine.register(app, registry, store, data_dir)
     from . import share
     shared = share.register(app, registry, store)
 
     return SimpleNamespace(
-        **vars(path), **vars(attribution), **vars(shared),
+        **vars(path), **vars(attribution), **vars(costs), **vars(shared),
         model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
         clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view,
         kind_controls=kind_controls, validate=validate, run_sweep=run_sweep, cancelled=cancelled, show_run=show_run,
@@ -642,7 +644,7 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         try:
             run = store.get_attribution(att_id)
             with handlers.run_slot(data_dir):
-                a = handlers.attribution_agreement(registry, run, kind)
+                a = handlers.attribution_agreement(registry, run, kind, data_dir)
         except ValueError as exc:
             return dash.html.Span(str(exc), className="error-text")
         return handlers.agreement_text(a)

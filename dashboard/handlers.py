@@ -880,16 +880,12 @@ def attribution_summary(run) -> str:
             f"clean {r.clean_value:.4f} · corrupt {r.corrupt_value:.4f} · gap {gap:.4f} · {r.seconds:.2f} s")
 
 
-def attribution_agreement(registry, run, kind: str) -> dict:
-    """Attribution of one kind vs the exact sweep of the same spec: Pearson r and top-10 overlap
-    (`patching.attribution.agreement`), plus the exact sweep's seconds."""
-    from patching.attribution import agreement
-    estimate = run.result(kind)
-    model = registry.get(estimate.spec.model)
-    prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs],
-                                   prepend_bos=estimate.spec.prepend_bos)
-    exact = sweep(model, prompts, estimate.spec)
-    return {**agreement(estimate, exact, k=10), "exact_seconds": exact.seconds}
+def attribution_agreement(registry, run, kind: str, data_dir: str | Path | None = None) -> dict:
+    """Attribution of one kind vs the exact sweep of the same spec: Pearson r and top-10 overlap,
+    plus the exact sweep's seconds (`refine_handlers.attribution_agreement`, which keeps the exact
+    sweep in `data_dir` for the scatter and the flagged list)."""
+    from .refine_handlers import attribution_agreement as agree
+    return agree(registry, run, kind, data_dir)
 
 
 def agreement_text(a: dict) -> str:

@@ -137,3 +137,14 @@ EXPORT_RUN_BUTTON = "export-run-button"    # History tab: the run on screen as r
 EXPORT_RUN_DOWNLOAD = "export-run-download"
 IMPORT_RUN_UPLOAD = "import-run-upload"    # History tab: a run file -> a new run
 SHARE_STATUS = "share-status"              # export / import result, errors and the weights warning
+
+# -- cost preview and exact vs attribution (dashboard/cost_refine.py) -----------------------------
+COST_ESTIMATE = "cost-estimate"            # run card: '≈ N patched forwards (…), ≈ T s on cpu, peak ≈ M MB'
+COST_SUGGESTION = "cost-suggestion"        # run card: shown when the estimate is slow
+COST_ATTRIBUTION_BUTTON = "cost-attribution-button"   # run attribution first (same kind)
+ATTR_COMPARE_FIGURE = "attribution-compare-scatter"   # exact vs attribution per cell, flags coloured
+ATTR_FLAGGED = "attribution-flagged"       # table of missed / invented cells
+ATTR_REFINE_K = "attribution-refine-k"
+ATTR_REFINE_BUTTON = "attribution-refine-button"      # exact patching of the top-k attribution cells
+ATTR_REFINE_STATUS = "attribution-refine-status"
+ATTR_REFINE_TABLE = "attribution-refine-table"

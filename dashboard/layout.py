@@ -12,7 +12,7 @@ from pathlib import Path
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 
-from . import circuit_tab, figures, handlers, ids, lens_tab, neurons_tab, share
+from . import circuit_tab, cost_refine, figures, handlers, ids, lens_tab, neurons_tab, share
 from .handlers import TokenView
 
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
@@ -108,6 +108,7 @@ def run_card() -> dbc.Card:
                                        debounce=True)]),
                 ], className="g-2"),
             ], className="filters"),
+            cost_refine.cost_line(),
             html.Div([
                 dbc.Button("Run", id=ids.RUN_BUTTON, color="primary", className="run-button", n_clicks=0),
                 dbc.Button("Cancel", id=ids.CANCEL_BUTTON, color="secondary", outline=True,
@@ -297,6 +298,7 @@ def attribution_tab() -> html.Div:
         ], className="toolbar"),
         html.Div(id=ids.ATTR_AGREEMENT, className="hint agreement"),
         _graph(ids.ATTR_FIGURE, "Run attribution to see every kind's estimated effect."),
+        cost_refine.compare_section(),
         html.Div([
             html.Div([
                 html.H3("Top edges", className="section-title"),
