@@ -9,6 +9,7 @@
 from . import hooks
 from .attention import counterfactual_attention
 from .attribution import run_attribution
+from .circuit import CircuitSpec, faithfulness, faithfulness_curve, rank_components
 from .engine import sweep
 from .kinds import KINDS
 from .models import Model, ModelRegistry, load_model
@@ -18,4 +19,4 @@ from .results import PatchResult
 from .spec import PatchSpec
 
 __all__ = ["sweep", "run_path", "PathSpec", "run_attribution", "counterfactual_attention", "KINDS", "Model", "ModelRegistry", "load_model", "PromptPair", "PromptSet",
-           "PatchResult", "PatchSpec"]
+           "PatchResult", "PatchSpec", "CircuitSpec", "faithfulness", "faithfulness_curve", "rank_components"]
