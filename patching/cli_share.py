@@ -28,15 +28,28 @@ def default_data_dir() -> str:
     return os.environ.get("PATCHBOARD_DATA_DIR", str(ROOT / ".patchboard"))
 
 
-def _store(data_dir: str):
-    from dashboard.store import RunStore
-    return RunStore(Path(data_dir))
+def _store(args):
+    """The run store the dashboard would use: --store-url (or PATCHBOARD_STORE_URL) when given,
+    else the SQLite file in --data-dir."""
+    from dashboard import store
+    url = getattr(args, "store_url", None)
+    if url:
+        if not hasattr(store, "open_store"):
+            raise ValueError("--store-url is not supported by this run store; use --data-dir")
+        return store.open_store(url, data_dir=args.data_dir)
+    return store.RunStore(Path(args.data_dir))
+
+
+def _store_args(p) -> None:
+    p.add_argument("--data-dir", default=default_data_dir(), help="the run store's folder (default: the dashboard's)")
+    p.add_argument("--store-url", default=os.environ.get("PATCHBOARD_STORE_URL"),
+                   help="a run store URL instead (sqlite:///..., postgresql://...), as the dashboard's --store-url")
 
 
 def cmd_export(args) -> int:
     if (args.run is None) == (args.attribution is None):
         raise ValueError("give exactly one of --run ID or --attribution ID")
-    store = _store(args.data_dir)
+    store = _store(args)
     if args.run is not None:
         data, name = bundle.export_run(store, args.run), bundle.file_name(args.run)
     else:
@@ -56,9 +69,9 @@ def cmd_import(args) -> int:
                                      if b.provenance else None)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    new_id = bundle.import_bundle(_store(args.data_dir), b)
+    new_id = bundle.import_bundle(_store(args), b)
     what = "attribution run" if b.type == "attribution" else "run"
-    print(f"imported {args.file} as {what} #{new_id} in {args.data_dir}", file=sys.stderr)
+    print(f"imported {args.file} as {what} #{new_id} in {args.store_url or args.data_dir}", file=sys.stderr)
     print(new_id)
     return 0
 
@@ -107,7 +120,7 @@ def add_save_run(p) -> None:
 def add_commands(sub, helpers) -> None:
     """Register `export`, `import` and `show` on the CLI's subparsers."""
     p = sub.add_parser("export", help="write a stored run as one file (run-ID.patchboard.zip)")
-    p.add_argument("--data-dir", default=default_data_dir(), help="the run store's folder (default: the dashboard's)")
+    _store_args(p)
     p.add_argument("--run", type=int, help="the run's id (History tab, `#ID`)")
     p.add_argument("--attribution", type=int, help="an attribution run's id instead")
     p.add_argument("-o", "--out", help="output file (default: run-ID.patchboard.zip)")
@@ -115,7 +128,7 @@ def add_commands(sub, helpers) -> None:
 
     p = sub.add_parser("import", help="store a run file as a new run; prints its id")
     p.add_argument("file", help="a .patchboard.zip run file")
-    p.add_argument("--data-dir", default=default_data_dir(), help="the run store's folder (default: the dashboard's)")
+    _store_args(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("show", help="print a run file's provenance and a summary")

@@ -220,3 +220,19 @@ def test_save_run_refuses_several_kinds(tiny_dirs, tmp_path, capsys):
                  "--answer", answer, "--wrong", wrong, "--kind", "resid_pre,attn_out", "--device", "cpu",
                  "--out", str(tmp_path / "r.csv"), "--quiet", "--save-run", str(tmp_path / "x.zip")]) == 2
     assert "--save-run writes one run; this sweep has 2 kinds" in capsys.readouterr().err
+
+
+def test_cli_import_export_with_a_store_url(good, tmp_path, capsys):
+    path = tmp_path / "ok.patchboard.zip"
+    path.write_bytes(good)
+    url = f"sqlite:///{tmp_path / 'db' / 'runs.sqlite'}"
+    (tmp_path / "db").mkdir()
+    assert main(["import", str(path), "--store-url", url, "--data-dir", str(tmp_path / "db")]) == 0
+    new_id = int(capsys.readouterr().out.strip())
+    out = tmp_path / "back.patchboard.zip"
+    assert main(["export", "--store-url", url, "--data-dir", str(tmp_path / "db"), "--run", str(new_id),
+                 "-o", str(out)]) == 0
+    assert torch.equal(B.read_bundle(out).result.per_pair.nan_to_num(),
+                       B.read_bundle(good).result.per_pair.nan_to_num())
+    assert main(["import", str(path), "--store-url", "ftp://nope"]) == 2
+    assert "unsupported store URL" in capsys.readouterr().err
