@@ -135,6 +135,8 @@ PROVENANCE_PANEL = "provenance-panel"      # html.Details: where the run on scre
 PROVENANCE_BODY = "provenance-body"
 EXPORT_RUN_BUTTON = "export-run-button"    # History tab: the run on screen as run-<id>.patchboard.zip
 EXPORT_RUN_DOWNLOAD = "export-run-download"
+EXPORT_ATTR_BUTTON = "export-attribution-button"   # the attribution run on screen, as a run file
+EXPORT_ATTR_DOWNLOAD = "export-attribution-download"
 IMPORT_RUN_UPLOAD = "import-run-upload"    # History tab: a run file -> a new run
 SHARE_STATUS = "share-status"              # export / import result, errors and the weights warning
 

@@ -1,8 +1,9 @@
 """Shareable runs in the dashboard: export / import a run file, open a run by URL, provenance.
 
 - History tab: "Export run #N" downloads the run on screen as `run-N.patchboard.zip`
-  (`patching.bundle`); "Import run" takes such a file (dcc.Upload), stores it as a new run and
-  opens it; errors and the weights warning appear inline under the buttons.
+  (`patching.bundle`), "Export attribution run #N" the Attribution tab's run (every kind, edges
+  too); "Import run" takes such a file (dcc.Upload), stores it as a new run and opens it; errors
+  and the weights warning appear inline under the buttons.
 - URLs: `/run/<id>` selects that run and shows its heatmap on the Results tab. The id must be an
   integer; it is only ever used as a number for the run store (nothing from the URL reaches the
   filesystem). An unknown or malformed id is said inline on the Results tab.
@@ -177,6 +178,9 @@ def history_section() -> html.Div:
             dbc.Button("Export run", id=ids.EXPORT_RUN_BUTTON, color="primary", outline=True, size="sm",
                        disabled=True, n_clicks=0),
             dcc.Download(id=ids.EXPORT_RUN_DOWNLOAD),
+            dbc.Button("Export attribution run", id=ids.EXPORT_ATTR_BUTTON, color="secondary", outline=True,
+                       size="sm", disabled=True, n_clicks=0),
+            dcc.Download(id=ids.EXPORT_ATTR_DOWNLOAD),
             dcc.Upload(id=ids.IMPORT_RUN_UPLOAD, multiple=False, accept=".zip,application/zip",
                        className="upload-box import-box",
                        children=html.Div([IMPORT_HINT, html.A("choose a file")])),
@@ -242,6 +246,31 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
                  Input(ids.EXPORT_RUN_BUTTON, "n_clicks"), State(ids.CURRENT_RUN, "data"),
                  prevent_initial_call=True)(export)
 
+    def attribution_button(att_id):
+        """The Attribution tab's run -> the Export attribution button."""
+        if not att_id:
+            return "Export attribution run", True
+        return f"Export attribution run #{att_id}", False
+
+    app.callback(Output(ids.EXPORT_ATTR_BUTTON, "children"), Output(ids.EXPORT_ATTR_BUTTON, "disabled"),
+                 Input(ids.ATTR_RUN, "data"))(attribution_button)
+
+    def export_attribution(n_clicks, att_id):
+        """Export attribution run -> every kind (and the edge scores, when kept) as one run file."""
+        if not n_clicks or not att_id:
+            return no_update, no_update
+        try:
+            data = bundle.export_attribution(store, int(att_id))
+        except (ValueError, TypeError) as exc:
+            return no_update, html.Span(str(exc), className="error-text")
+        name = bundle.file_name(int(att_id), "attribution")
+        return (dcc.send_bytes(data, name),
+                f"Exported attribution run #{att_id} as {name} ({len(data) / 1024:.1f} KiB).")
+
+    app.callback(Output(ids.EXPORT_ATTR_DOWNLOAD, "data"), Output(ids.SHARE_STATUS, "children", allow_duplicate=True),
+                 Input(ids.EXPORT_ATTR_BUTTON, "n_clicks"), State(ids.ATTR_RUN, "data"),
+                 prevent_initial_call=True)(export_attribution)
+
     def import_run(contents, filename):
         """An uploaded run file -> a new run in the history, opened; errors / warnings inline."""
         if not contents:
@@ -268,4 +297,5 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
                  prevent_initial_call=True)(import_run)
 
     return SimpleNamespace(route=route, current_run_share=current, export_run=export, import_run=import_run,
-                           run_href=run_href)
+                           run_href=run_href, attribution_export_button=attribution_button,
+                           export_attribution=export_attribution)

@@ -158,3 +158,22 @@ def test_the_page_serves_run_urls_and_has_the_share_components(app):
         assert f'"{id_}"' in layout
     deps = client.get("/_dash-dependencies").get_json()
     assert {"id": ids.URL, "property": "pathname"} in [i for d in deps for i in d["inputs"]]
+
+
+def test_attribution_run_export_and_import(cb, store, gpt2_model, ioi_prompts):
+    from patching.attribution import edge_attribution, run_attribution
+    results = run_attribution(gpt2_model, ioi_prompts, kinds=["resid_pre", "head_out"])
+    att_id = store.save_attribution(results, IOI, "attr", edges=edge_attribution(gpt2_model, ioi_prompts))
+    assert cb.attribution_export_button(att_id) == (f"Export attribution run #{att_id}", False)
+    assert cb.attribution_export_button(None)[1] is True
+    download, status = cb.export_attribution(1, att_id)
+    assert download["filename"] == f"attribution-{att_id}.patchboard.zip"
+    status, _, current, new_att, _ = cb.import_run(_upload(base64.b64decode(download["content"])),
+                                                   download["filename"])
+    assert "as attribution run #" in _text(status) and current is no_update
+    imported = store.get_attribution(new_att)
+    assert [r.spec.kind for r in imported.results] == ["resid_pre", "head_out"]
+    assert imported.edges is not None
+    for a, b in zip(results, imported.results):
+        assert figures.result_figure(a, "raw").to_json() == figures.result_figure(b, "raw").to_json()
+    assert "does not exist" in _text(cb.export_attribution(1, 999)[1])
