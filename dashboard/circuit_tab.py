@@ -30,6 +30,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from patching.circuit import (ABLATIONS, CircuitSpec, CurveResult, component_effects, edge_graph, faithfulness,
                               faithfulness_curve, format_components, parse_components)
+from metrics import METRICS
 from patching.prompts import PromptSet
 
 from . import figures, figures_circuit, handlers, ids
@@ -159,20 +160,24 @@ def model_and_prompts(registry, sources: Sources, page: tuple):
     return m, prompts, "the prompts panel's prompts"
 
 
-def run_circuit(registry, store, form: CircuitForm, page: tuple) -> dict:
+def run_circuit(registry, store, form: CircuitForm, page: tuple, metric: str | None = None) -> dict:
     """The Run button's work: faithfulness of the circuit and its curve (components by |effect|
-    when the sources give effects, else in the typed order). Returns a JSON-able dict."""
+    when the sources give effects, else in the typed order). The metric is the first source
+    run's (else `metric`, the page's, else logit_diff). Returns a JSON-able dict."""
     spec = form.spec()
     sources = load_sources(store, form.sources)
     model, prompts, where = model_and_prompts(registry, sources, page)
     spec.validate(model)
+    metric = sources.results[0].spec.metric if sources.results else (metric or "logit_diff")
+    if metric not in METRICS:        # no 'pkg.mod:fn' from a web page: that would import code
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     effects = effects_of(sources.results, form.reduce)
     ranked = list(spec.components)
     if effects:
         ranked.sort(key=lambda c: -abs(effects.get(c, 0.0)))
     pairs = [(c, effects.get(c, float("nan"))) for c in ranked] if effects else ranked
-    result = faithfulness(model, prompts, spec, metric="logit_diff")
-    curve = faithfulness_curve(model, prompts, pairs, ablation=spec.ablation, seed=spec.seed)
+    result = faithfulness(model, prompts, spec, metric=metric)
+    curve = faithfulness_curve(model, prompts, pairs, ablation=spec.ablation, seed=spec.seed, metric=metric)
     return {"circuit": result.to_dict(), "curve": curve.to_json(), "where": where,
             "ranked_by": f"|effect| in {sources.label}" if effects else "the order typed"}
 
@@ -394,7 +399,7 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
                  State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_TOP_K, "value"), State(CIRCUIT_SOURCE, "value"),
                  State(CIRCUIT_REDUCE, "value"), prevent_initial_call=True)(select_callback)
 
-    def run(set_progress, n_clicks, components, ablation, seed, values, reduce, *page):
+    def run(set_progress, n_clicks, components, ablation, seed, values, reduce, metric, *page):
         """Run: faithfulness + curve (queued behind other runs), stored for the figure and the CSV."""
         if not n_clicks:
             return no_update, no_update
@@ -403,7 +408,7 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
             form.spec()
             with handlers.run_slot(data_dir, lambda s: set_progress(f"queued behind another run ({s:.0f} s)…")):
                 set_progress("running the circuit and its curve…")
-                payload = run_circuit(registry, store, form, page)
+                payload = run_circuit(registry, store, form, page, metric)
         except ValueError as exc:
             return no_update, html.Span(str(exc), className="error-text")
         except Exception as exc:   # an internal error: say so, keep the page alive
@@ -416,8 +421,8 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
         Output(CIRCUIT_RESULT, "data"), Output(CIRCUIT_STATUS, "children", allow_duplicate=True),
         Input(CIRCUIT_RUN_BUTTON, "n_clicks"),
         State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_ABLATION, "value"), State(CIRCUIT_SEED, "value"),
-        State(CIRCUIT_SOURCE, "value"), State(CIRCUIT_REDUCE, "value"), *_page_states(),
-        background=True, interval=400,
+        State(CIRCUIT_SOURCE, "value"), State(CIRCUIT_REDUCE, "value"), State(ids.METRIC_SELECT, "value"),
+        *_page_states(), background=True, interval=400,
         running=[(Output(CIRCUIT_RUN_BUTTON, "disabled"), True, False),
                  (Output(CIRCUIT_RUN_BUTTON, "children"), "Running…", "Run"),
                  (Output(CIRCUIT_CANCEL_BUTTON, "disabled"), False, True),

@@ -7,6 +7,7 @@ the cli module: `_model_args`, `_load`, `_write`, `BadInput`, `EXIT_OK`). Exit c
     python -m patching circuit --task ioi --n 16 --components L0H0,MLP0 --ablation mean
     python -m patching circuit --task ioi --curve-from head_out --top 10 --csv curve.csv --json
     python -m patching circuit --pairs pairs.csv --curve-from head_out,mlp_out --rank-by attribution
+    python -m patching circuit --task ioi --edges 0.2 --csv edges.csv     # the EAP graph's edges
 
 Without --components, the circuit is the curve's top components (--top). The ranking sweep
 (--curve-from) is exact patching of those kinds (or attribution estimates, --rank-by
@@ -54,8 +55,27 @@ def _ranking(args, model, prompts, helpers):
     return rank_components(*results, reduce=args.reduce)
 
 
+def cmd_edges(args, helpers) -> int:
+    """--edges SHARE: the EAP graph's edges with |score| >= SHARE x the largest, as CSV."""
+    from .attribution import edge_attribution
+    from .circuit import edge_graph
+    from .results import write_csv
+    if not 0 <= args.edges <= 1:
+        raise helpers.BadInput(f"--edges takes a share of the largest |score| from 0 to 1, not {args.edges}")
+    model, prompts = _prompts(args, helpers)
+    edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction)
+    biggest = float(edges.scores.abs().nan_to_num(0.0).max())
+    graph = edge_graph(edges, args.edges * biggest, n_heads=model.n_heads, n_kv_heads=model.n_kv_heads)
+    print(f"{len(graph.edges)} of {graph.n_edges_total} edges with |score| >= {graph.threshold:.4g}",
+          file=sys.stderr)
+    helpers._write(write_csv(graph.edges.drop(columns=["x0", "y0", "x1", "y1"])), args.csv or "-")
+    return helpers.EXIT_OK
+
+
 def cmd_circuit(args, helpers) -> int:
     from .circuit import CircuitSpec, faithfulness, faithfulness_curve, parse_components
+    if args.edges is not None:
+        return cmd_edges(args, helpers)
     if not args.components and not args.curve_from:
         raise helpers.BadInput("give --components (e.g. L0H0,MLP0) and/or --curve-from head_out[,mlp_out]")
     if args.top is not None and args.top < 0:
@@ -138,4 +158,7 @@ def add_commands(sub, helpers) -> None:
     p.add_argument("--keep", help="components in every circuit of the curve, e.g. MLP0,MLP1")
     p.add_argument("--csv", help="write the curve (or the circuit's row) as CSV to this path (- = stdout)")
     p.add_argument("--json", action="store_true", help="print the circuit (and curve) as JSON")
+    p.add_argument("--edges", type=float, metavar="SHARE",
+                   help="instead of a circuit: the EAP edge graph's edges with |score| >= SHARE x the "
+                        "largest (0-1), as CSV (upstream, downstream, via, score, ...) to --csv or stdout")
     p.set_defaults(func=lambda args: cmd_circuit(args, helpers))

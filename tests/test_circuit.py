@@ -288,6 +288,25 @@ def test_cli_circuit_json_and_curve_csv(tiny_dirs, gpt2_model, tmp_path, capsys)
     assert text.startswith("circuit: 2 components (L0H0,MLP1)\nfaithfulness ")
 
 
+def test_cli_circuit_ranks_by_attribution_and_writes_edges(tiny_dirs, gpt2_model, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from patching import cli
+    base = ["circuit", "--model", str(tiny_dirs["gpt2"]), "--device", "cpu", "--pairs", _pairs_csv(tmp_path)]
+    assert cli.main([*base, "--curve-from", "head_out", "--rank-by", "attribution", "--top", "3",
+                     "--keep", "MLP0,MLP1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["circuit"]["n_components"] == 5 and doc["curve"][0]["circuit"] == "MLP0,MLP1"
+    out = tmp_path / "edges.csv"
+    assert cli.main([*base, "--edges", "0.3", "--csv", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns[:4]) == ["upstream", "downstream", "via", "score"] and len(df) >= 1
+    assert df.abs_score.min() >= 0.3 * df.abs_score.max() - 1e-12
+    assert cli.main([*base, "--edges", "1.5"]) == 2
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--components", "L0H9"], "component L0H9: head 9 out of range; this model has heads 0-3"),
     (["--components", "X1"], "bad component 'X1'"),

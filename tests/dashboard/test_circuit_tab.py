@@ -105,10 +105,11 @@ def test_click_toggles_box_adds_top_k_and_clear(cb, head_run):
 def test_run_shows_faithfulness_curve_and_csv(cb, page, head_run):
     run_id, _ = head_run
     progress = []
-    payload, status = cb.run(progress.append, 1, "L0H0, L1H2, MLP0", "mean", 0, [f"run:{run_id}"], "sum", *page)
+    payload, status = cb.run(progress.append, 1, "L0H0, L1H2, MLP0", "mean", 0, [f"run:{run_id}"], "sum", "kl", *page)
     assert isinstance(payload, dict), status
     c = payload["circuit"]
     assert c["components"] == "L0H0,L1H2,MLP0" and c["n_pairs"] == 2
+    assert c["metric"] == "logit_diff"                 # the source run's metric, not the page's
     number, fig, disabled = cb.show(payload)
     assert disabled is False and f"{c['faithfulness']:.3f}" in _text(number)
     assert list(fig.data[0].x) == [0, 1, 2, 3]
@@ -123,8 +124,10 @@ def test_run_shows_faithfulness_curve_and_csv(cb, page, head_run):
 
 def test_run_on_the_prompts_panel_without_sources(cb, page):
     full = ",".join(f"ATTN{l},MLP{l}" for l in range(2))
-    payload, _ = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", *page)
-    assert payload["circuit"]["faithfulness"] == 1.0
+    payload, _ = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", "prob_diff", *page)
+    assert payload["circuit"]["faithfulness"] == 1.0 and payload["circuit"]["metric"] == "prob_diff"
+    _, status = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", "pkg.mod:fn", *page)
+    assert "unknown metric 'pkg.mod:fn'" in _text(status)
     assert payload["where"] == "the prompts panel's prompts"
 
 
@@ -134,7 +137,7 @@ def test_run_on_the_prompts_panel_without_sources(cb, page):
     ("L0Hx", "bad component 'L0Hx'"),
 ])
 def test_run_bad_input_is_shown_inline(cb, page, components, message):
-    payload, status = cb.run(lambda *_: None, 1, components, "mean", 0, [], "sum", *page)
+    payload, status = cb.run(lambda *_: None, 1, components, "mean", 0, [], "sum", "logit_diff", *page)
     assert payload is no_update and message in _text(status)
 
 
