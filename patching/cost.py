@@ -203,7 +203,7 @@ class CostEstimate:
         else:
             work = (f"≈ {self.patched_rows:,} patched forwards (≈ {self.forward_equivalents:,.0f} forward-equivalents; "
                     f"{'naive' if self.analysis == 'path' else 'TransformerLens'} ≈ {self.reference_forwards:,})")
-        return f"{work}, ≈ {_seconds(self.seconds)} on {self.device}, peak ≈ {_bytes(self.peak_bytes)}"
+        return f"{work}, {'' if self.seconds < 0.1 else '≈ '}{_seconds(self.seconds)} on {self.device}, peak ≈ {_bytes(self.peak_bytes)}"
 
     @property
     def slow(self) -> bool:
@@ -211,6 +211,8 @@ class CostEstimate:
 
 
 def _seconds(s: float) -> str:
+    if s < 0.1:
+        return "< 0.1 s"
     if s < 10:
         return f"{s:.1f} s"
     if s < 120:

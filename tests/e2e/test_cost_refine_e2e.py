@@ -1,0 +1,87 @@
+"""End-to-end: the run card's cost preview and the Attribution tab's exact-vs-attribution section
+in a real headless Chromium, on the shipped default model (so the scatter shows a real model).
+
+The estimate line appears under the run card and follows the kind; an attribution run, then
+"Compare with exact patching", draws the scatter (one point per head) and the flagged table;
+"Refine top-k" lists the top cells with their exact values.
+
+Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 15-exact-vs-attribution.png.
+"""
+from __future__ import annotations
+
+import pytest
+
+from dashboard import ids
+from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
+from tests.e2e.test_path_attribution_e2e import fill, shot, wait_text
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = 90_000
+
+if skip_reason():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=skip_reason())]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from run_dashboard(ROOT / "assets" / "models" / "patchboard-tiny", tmp_path_factory.mktemp("cost-e2e"))
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1480, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(server)
+        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")
+        pg.errors = errors
+        yield pg
+        context.close()
+        browser.close()
+
+
+def test_cost_line_follows_the_form(page):
+    wait_text(page, ids.COST_ESTIMATE, "patched forwards")
+    before = page.inner_text(f"#{ids.COST_ESTIMATE}")
+    assert "forward-equivalents" in before and "on cpu" in before and "peak ≈" in before
+    page.click("details.filters summary")
+    fill(page, ids.LAYERS_FILTER, "0")                        # fewer cells: a different estimate
+    page.wait_for_function("([id, b]) => document.getElementById(id).innerText !== b && "
+                           "document.getElementById(id).innerText.includes('patched forwards')",
+                           arg=[ids.COST_ESTIMATE, before])
+    fill(page, ids.LAYERS_FILTER, "")
+    assert page.locator(f"#{ids.COST_SUGGESTION}-box").is_hidden()   # far below a minute here
+
+
+def test_scatter_flagged_and_refine(page):
+    page.click("a.nav-link:has-text('Attribution')")
+    page.click(f"#{ids.ATTR_RUN_BUTTON}")
+    wait_text(page, ids.ATTR_SUMMARY, "Attribution #")
+    page.wait_for_selector(f"#{ids.ATTR_FIGURE} g.hm")
+    page.click(f"#{ids.ATTR_AGREE_BUTTON}")
+    wait_text(page, ids.ATTR_AGREEMENT, "Agreement with exact patching · head_out: Pearson r")
+    page.wait_for_function(
+        f"document.querySelectorAll('#{ids.ATTR_COMPARE_FIGURE} .scatterlayer .point').length >= 16")
+    wait_text(page, ids.ATTR_FLAGGED, "Spearman")
+    fill(page, ids.ATTR_REFINE_K, "5")
+    page.click(f"#{ids.ATTR_REFINE_BUTTON}")
+    wait_text(page, ids.ATTR_REFINE_STATUS, "Exact patching of the top 5 of 16 head_out cells")
+    page.click(f"#{ids.ATTR_SHOW_KIND}")                          # resid_pre: the embedding cell is missed
+    page.click(".dash-dropdown-option:has(input[value='resid_pre'])")
+    page.keyboard.press("Escape")
+    page.click(f"#{ids.ATTR_AGREE_BUTTON}")
+    wait_text(page, ids.ATTR_AGREEMENT, "Agreement with exact patching · resid_pre: Pearson r")
+    wait_text(page, ids.ATTR_FLAGGED, "missed")
+    assert page.locator(f"#{ids.ATTR_FLAGGED} tbody tr").count() >= 1
+    fill(page, ids.ATTR_REFINE_K, "5")
+    page.click(f"#{ids.ATTR_REFINE_BUTTON}")
+    wait_text(page, ids.ATTR_REFINE_STATUS, "Exact patching of the top 5 of 60 resid_pre cells")
+    assert page.locator(f"#{ids.ATTR_REFINE_TABLE} tbody tr").count() == 5
+    page.locator(f"#{ids.ATTR_COMPARE_FIGURE}").scroll_into_view_if_needed()
+    shot(page, "15-exact-vs-attribution")
+    assert not page.errors, page.errors
