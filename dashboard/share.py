@@ -82,7 +82,7 @@ def decode_upload(contents: str | None, filename: str | None = None,
         raise ValueError(f"{name}: expected a Patchboard run file (.patchboard.zip)")
     _, _, payload = contents.partition(",")
     if len(payload) * 3 // 4 > max_bytes:
-        raise ValueError(f"{name} is {len(payload) * 3 // 4 / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+        raise ValueError(f"{name} is {len(payload) * 3 // 4 / 2**20:.2f} MB; the limit is {max_bytes / 2**20:.2f} MB")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -99,9 +99,10 @@ def local_weights(registry, model_name: str) -> str | None:
         return None
 
 
-def import_upload(registry, store, contents: str | None, filename: str | None) -> tuple[str, int, str | None]:
+def import_upload(registry, store, contents: str | None, filename: str | None,
+                  max_bytes: int = bundle.MAX_BUNDLE_BYTES) -> tuple[str, int, str | None]:
     """An uploaded run file -> (type, new id, weights warning or None); ValueError when refused."""
-    data = decode_upload(contents, filename)
+    data = decode_upload(contents, filename, max_bytes)
     try:
         b = bundle.read_bundle(data)
     except ValueError as exc:
@@ -189,9 +190,40 @@ def history_section() -> html.Div:
     ])
 
 
-# -- callbacks ------------------------------------------------------------------------------------
+# A run file larger than the server's request cap is refused by Flask (413) before any callback
+# runs; the browser measures it first and says so inline (as dashboard/upload_guard.py does for
+# pairs CSVs).
+_CHECK_SIZE = """
+function (contents, filename) {
+    if (!contents) { return window.dash_clientside.no_update; }
+    var bytes = Math.floor((contents.length - contents.indexOf(",") - 1) * 3 / 4);
+    if (bytes <= %(limit)d) { return window.dash_clientside.no_update; }
+    return (filename || "upload") + " (" + (bytes / 1048576).toPrecision(3) + " MB) " + %(message)s;
+}
+"""
+
+
+def upload_limit(max_request_bytes: int | None) -> int:
+    """The largest run file the page can upload: the request cap less base64 overhead, at most
+    the run-file cap.
+
+    >>> upload_limit(16 * 2**20)
+    12517376
+    """
+    cap = max_request_bytes or 16 * 2**20
+    return min(max(cap * 3 // 4 - 2**16, 1), bundle.MAX_BUNDLE_BYTES)
+
+
 def register(app: dash.Dash, registry, store) -> SimpleNamespace:
     prefix = app.config.requests_pathname_prefix or "/"
+    limit = upload_limit(app.server.config.get("MAX_CONTENT_LENGTH"))
+    message = (f"is larger than the {limit / 2**20:.1f} MB upload limit of this server; import it with "
+               "`python -m patching import FILE --data-dir ...`, or restart the server with a larger "
+               "--max-upload-mb")
+    app.clientside_callback(_CHECK_SIZE % {"limit": limit, "message": json.dumps(message)},
+                            Output(ids.SHARE_STATUS, "children", allow_duplicate=True),
+                            Input(ids.IMPORT_RUN_UPLOAD, "contents"), State(ids.IMPORT_RUN_UPLOAD, "filename"),
+                            prevent_initial_call=True)
 
     def run_href(run_id: int) -> str:
         return app.get_relative_path(f"/run/{int(run_id)}")
@@ -276,7 +308,7 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
         if not contents:
             return no_update, no_update, no_update, no_update, no_update
         try:
-            type_, new_id, warning = import_upload(registry, store, contents, filename)
+            type_, new_id, warning = import_upload(registry, store, contents, filename, limit)
         except ValueError as exc:
             return html.Span(str(exc), className="error-text"), no_update, no_update, no_update, None
         what = "attribution run" if type_ == "attribution" else "run"

@@ -177,3 +177,11 @@ def test_attribution_run_export_and_import(cb, store, gpt2_model, ioi_prompts):
     for a, b in zip(results, imported.results):
         assert figures.result_figure(a, "raw").to_json() == figures.result_figure(b, "raw").to_json()
     assert "does not exist" in _text(cb.export_attribution(1, 999)[1])
+
+
+def test_oversized_upload_is_refused_before_decoding(registry, store, result):
+    data = bundle.bundle_bytes([result], IOI, "x")
+    with pytest.raises(ValueError, match=r"x.patchboard.zip is 0.0\d MB; the limit is 0.00 MB"):
+        share.import_upload(registry, store, _upload(data), "x.patchboard.zip", max_bytes=1000)
+    assert len(store) == 0
+    assert share.upload_limit(16 * 2**20) == 16 * 2**20 * 3 // 4 - 2**16
