@@ -193,7 +193,8 @@ def faithfulness_text(payload: dict | None):
         html.Span("Faithfulness ", className="field-label"),
         html.Span(number, className="circuit-number", id=f"{CIRCUIT_FAITHFULNESS}-value",
                   style={"fontSize": "26px", "fontWeight": 600, "marginLeft": "6px"}),
-        html.Div(f"{c['n_components']} components, {c['ablation']} ablation, {c['n_pairs']} pairs of "
+        html.Div(f"{c['n_components']} component{'s' if c['n_components'] != 1 else ''}, {c['ablation']} ablation, "
+                 f"{c['n_pairs']} pair{'s' if c['n_pairs'] != 1 else ''} of "
                  f"{payload['where']}: {c['metric']} {c['m_circuit']:.4f} with the circuit, {c['m_full']:.4f} "
                  f"full model, {c['m_empty']:.4f} all ablated; curve ordered by {payload['ranked_by']}.",
                  className="hint")])

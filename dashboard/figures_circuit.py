@@ -132,7 +132,7 @@ def edge_graph_figure(graph: EdgeGraph | None, *, title: str | None = None) -> g
     if graph is None:
         return empty_figure("Compute edges (EAP) or open an attribution run with edges.")
     if graph.edges.empty:
-        return empty_figure(f"No edge has |score| ≥ {graph.threshold:g} (of {graph.n_edges_total}); "
+        return empty_figure(f"No edge has |score| ≥ {graph.threshold:.4g} (of {graph.n_edges_total}); "
                             "lower the threshold.")
     fig = go.Figure()
     biggest = float(graph.edges.abs_score.max()) or 1.0
@@ -157,7 +157,7 @@ def edge_graph_figure(graph: EdgeGraph | None, *, title: str | None = None) -> g
         hovertemplate="%{text}<extra></extra>", showlegend=False, name="nodes", textfont=dict(size=11)))
     shown = len(graph.edges)
     _base_layout(fig, title or f"EAP edges with |{'score' if graph.by == 'abs' else 'normalized score'}| ≥ "
-                 f"{graph.threshold:g}: {shown} of {graph.n_edges_total}", height=max(360, 70 * (graph.n_heads + 2)))
+                 f"{graph.threshold:.4g}: {shown} of {graph.n_edges_total}", height=max(360, 70 * (graph.n_heads + 2)))
     fig.update_xaxes(tickvals=[-1] + [x for l in range(graph.n_layers) for x in (l, l + 0.5)] + [graph.n_layers],
                      ticktext=["embed"] + [t for l in range(graph.n_layers) for t in (f"L{l}", f"MLP{l}")] + ["logits"],
                      showgrid=False, zeroline=False, range=[-1.5, graph.n_layers + 0.5])

@@ -81,5 +81,27 @@ def test_circuit_tab_runs_and_shows_faithfulness(page):
     page.wait_for_function("([id, t]) => document.getElementById(id).innerText.includes(t)",
                            arg=[ct.CIRCUIT_EDGES_STATUS, "edges with |score|"])
     page.wait_for_selector(f"#{ct.CIRCUIT_EDGE_GRAPH} .scatterlayer .point")
+    assert page.errors == []
+
+
+def test_circuit_from_a_head_out_run_top_k(page):
+    """A head_out sweep on the Results tab colours the grid; Top k keeps its 3 largest effects."""
+    page.click("a.nav-link:text-is('Results')")
+    page.click(f"#{ids.RUN_BUTTON}")
+    page.wait_for_selector(f"#{ids.RESULTS_HEATMAP} g.hm")
+    page.click("a.nav-link:text-is('Circuit')")
+    page.click(f"#{ct.CIRCUIT_SOURCE}")
+    page.click(".dash-dropdown-option:has-text('head_out')")
+    page.keyboard.press("Escape")
+    page.wait_for_function("([id, t]) => document.getElementById(id).innerText.includes(t)",
+                           arg=[ct.CIRCUIT_GRID, "Effects from #"])
+    page.fill(f"#{ct.CIRCUIT_TOP_K}", "3")
+    page.click(f"#{ct.CIRCUIT_TOP_BUTTON}")
+    page.wait_for_function("id => document.getElementById(id).value.split(',').length === 3",
+                           arg=ct.CIRCUIT_COMPONENTS)
+    page.click(f"#{ct.CIRCUIT_RUN_BUTTON}")
+    page.wait_for_function("([id, t]) => document.getElementById(id).innerText.includes(t)",
+                           arg=[ct.CIRCUIT_FAITHFULNESS, "ordered by |effect| in #"])
+    assert re.fullmatch(r"-?\d+\.\d{3}", page.inner_text(f"#{ct.CIRCUIT_FAITHFULNESS}-value"))
     shot(page, "14-circuit")
     assert page.errors == []
