@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast browser bench
+.PHONY: run test test-fast browser redis bench
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: could not install chromium; end-to-end tests will be skipped"; }
 
+# Debian's redis-server for the Celery end-to-end test (tests/test_celery_jobs.py); installed only
+# when absent; the test skips, saying why, where it cannot be installed.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	  || echo "warning: could not install redis-server; the Celery end-to-end test will be skipped"; }
+
 run: $(STAMP)
 	$(PY) -m dashboard
 
-test: $(STAMP) browser
+test: $(STAMP) browser redis
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -23,9 +23,12 @@ JOB_KINDS = ("diskcache", "celery")
 
 
 def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", redis_url: str | None = None):
-    """The background-callback manager: DiskcacheManager (embedded) or CeleryManager (Redis).
+    """The background-callback manager: DiskcacheManager (embedded: jobs are processes forked from
+    the server) or CeleryManager (jobs queued on Redis for `python -m patching worker` processes).
 
     ValueError with what to do when celery is asked for but cannot be used.
+
+    >>> make_jobs("celery", redis_url="redis://127.0.0.1:6379/0")     # doctest: +SKIP
     """
     if kind == "diskcache":
         import diskcache
@@ -35,14 +38,8 @@ def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", red
     if kind == "celery":
         if not redis_url:
             raise ValueError("--jobs celery needs --redis-url, e.g. redis://localhost:6379/0")
-        try:
-            from celery import Celery
-        except ImportError:
-            raise ValueError("--jobs celery needs the 'celery' and 'redis' packages, which are not "
-                             "installed here; install them (pip install 'celery[redis]') or use "
-                             "--jobs diskcache") from None
-        celery_app = Celery("patchboard", broker=redis_url, backend=redis_url)
-        return dash.CeleryManager(celery_app)
+        from patching.worker import celery_app     # the same app config as `python -m patching worker`
+        return dash.CeleryManager(celery_app(redis_url))
     raise ValueError(f"unknown jobs backend {kind!r}; choose one of {', '.join(JOB_KINDS)}")
 
 

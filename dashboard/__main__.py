@@ -1,7 +1,8 @@
 """`python -m dashboard`: serve the Patchboard dashboard.
 
     python -m dashboard --host 127.0.0.1 --port 8050 --model default --data-dir .patchboard \\
-        --jobs diskcache|celery --redis-url redis://... --debug
+        --jobs diskcache|celery --redis-url redis://... --store-url sqlite:///...|postgresql://... \\
+        --dtype float32|float16|bfloat16 --device-map auto --debug
 
 `--model` may be repeated (a name, a local directory or a cached hub name); the first is
 selected on load and preloaded. The page starts even when a model cannot be loaded and shows
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from . import JOB_KINDS, ROOT, create_app, make_jobs
-from .store import RunStore
+from .store import RunStore, open_store
 
 
 def _is_loopback(host: str) -> bool:
@@ -42,7 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run history (SQLite) and job cache live here")
     p.add_argument("--jobs", default="diskcache", choices=JOB_KINDS,
                    help="background jobs: diskcache (embedded) or celery (needs --redis-url and workers)")
-    p.add_argument("--redis-url", default=os.environ.get("PATCHBOARD_REDIS_URL"))
+    p.add_argument("--redis-url", default=os.environ.get("PATCHBOARD_REDIS_URL"),
+                   help="redis://HOST:PORT/DB for --jobs celery (start `python -m patching worker` with the same)")
+    p.add_argument("--store-url", default=os.environ.get("PATCHBOARD_STORE_URL"),
+                   help="run history URL: sqlite:///path/runs.sqlite or postgresql://user:pw@host/db "
+                        "(default: runs.sqlite in --data-dir)")
+    p.add_argument("--device-map", default=None,
+                   help="'auto': spread a large model over the GPUs and CPU (accelerate)")
     p.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("PATCHBOARD_MAX_UPLOAD_MB", "16")),
                    help="largest request the server accepts, in MB (default 16); pairs CSVs may be 3/4 of it")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, reloader); off by default")
@@ -66,15 +73,20 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    registry = ModelRegistry(models, device=args.device, dtype=args.dtype)
+    try:
+        store = open_store(args.store_url, data_dir=args.data_dir) if args.store_url else RunStore(Path(args.data_dir))
+        registry = ModelRegistry(models, device=args.device, dtype=args.dtype,
+                                 **({"device_map": args.device_map} if args.device_map else {}))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         registry.get(models[0])   # preload: background runs fork from this process and inherit it
     except ValueError as exc:
         print(f"warning: model {models[0]!r} is not available yet: {exc}", file=sys.stderr)
-    store = RunStore(Path(args.data_dir))
     app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0],
                      max_upload_mb=args.max_upload_mb)
-    print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.path})", file=sys.stderr)
+    print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.display_url})", file=sys.stderr)
     app.run(host=args.host, port=args.port, debug=args.debug)
     return 0
 

@@ -74,7 +74,7 @@ def tracked(store, kind: str, label: str, model: str, *, interval: float = HEART
         _finish(store, job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
         raise
     except BaseException as exc:         # KeyboardInterrupt / SystemExit: stopped from outside
-        _finish(store, job.id, "cancelled", f"interrupted ({type(exc).__name__})")
+        _finish(store, job.id, "cancelled", f"cancelled: the job's process was stopped ({type(exc).__name__})")
         raise
     else:
         if job.run_id is None:

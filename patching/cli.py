@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_share.add_commands(sub, sys.modules[__name__])
     from . import cli_circuit
     cli_circuit.add_commands(sub, sys.modules[__name__])
+    from . import worker
+    worker.add_command(sub)
     return parser
 
 

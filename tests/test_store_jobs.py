@@ -231,7 +231,8 @@ def test_tracked_records_failure_and_interrupt(tmp_path):
     by_label = {j.label: j for j in store.jobs()}
     assert by_label["bad"].reason == "receivers: no head q:9.9 in this model"
     assert by_label["oom"].reason == "internal error: RuntimeError: CUDA out of memory"
-    assert by_label["stopped"].status == "cancelled"
+    assert (by_label["stopped"].status, by_label["stopped"].reason) == (
+        "cancelled", "cancelled: the job's process was stopped (KeyboardInterrupt)")
     assert by_label["no save"].status == "failed"
     assert (by_label["ok"].status, by_label["ok"].run_id) == ("done", 3)
 
