@@ -32,6 +32,7 @@ PROVENANCE_VERSION = 1
 PACKAGES = ("torch", "transformer_lens", "transformers")
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_ATTR = "_patchboard_fingerprint"       # where a model's fingerprint is cached (on the model)
+ENV_ATTR = "_patchboard_environment"         # versions / platform, read once per loaded model
 CHUNK = 2**20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -325,6 +326,19 @@ class Provenance:
         ]
 
 
+def environment(model) -> dict:
+    """Package versions, git commit, Python and platform: read once per loaded model (the code
+    a process runs is what it imported), then cached on `model` like its fingerprint."""
+    env = getattr(model, ENV_ATTR, None)
+    if not isinstance(env, dict):
+        env = {"versions": package_versions(), "python": sys.version.split()[0], "platform": platform.platform()}
+        try:
+            setattr(model, ENV_ATTR, env)
+        except (AttributeError, TypeError):
+            pass
+    return {**env, "versions": dict(env["versions"])}        # a copy: callers cannot change the cache
+
+
 def record(model, prompts, spec, metric=None) -> Provenance:
     """The provenance of a run of `spec` on `model` and `prompts` (metric: what the caller passed;
     None = the spec's metric name).
@@ -332,7 +346,7 @@ def record(model, prompts, spec, metric=None) -> Provenance:
     >>> record(model, prompts, PatchSpec(kind="resid_pre")).model_name    # doctest: +SKIP
     'default'
     """
-    fp = fingerprint(model)
+    fp, env = fingerprint(model), environment(model)
     spec_dict = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec or {})
     device = getattr(model, "device", None)
     return Provenance(
@@ -341,9 +355,9 @@ def record(model, prompts, spec, metric=None) -> Provenance:
         tokenizer_sha256=fp.tokenizer_sha256, pairs=_pairs(prompts),
         prepend_bos=bool(getattr(prompts, "prepend_bos", True)),
         metric=describe_metric(metric if metric is not None else spec_dict.get("metric", "logit_diff")),
-        spec=spec_dict, versions=package_versions(), device=str(device) if device is not None else None,
-        dtype=_dtype(model), seeds=_seeds(), created=time.time(), python=sys.version.split()[0],
-        platform=platform.platform())
+        spec=spec_dict, versions=dict(env["versions"]), device=str(device) if device is not None else None,
+        dtype=_dtype(model), seeds=_seeds(), created=time.time(), python=env["python"],
+        platform=env["platform"])
 
 
 def attach(result, model, prompts, metric=None, spec=None):

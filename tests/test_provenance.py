@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from patching import PatchSpec, sweep
-from patching.provenance import (CACHE_ATTR, Provenance, check_weights, describe_metric, fingerprint,
-                                 weights_hash)
+from patching.provenance import (CACHE_ATTR, ENV_ATTR, Provenance, check_weights, describe_metric,
+                                 environment, fingerprint, weights_hash)
 from patching.results import PatchResult
 from tests.conftest import IOI
 
@@ -67,6 +67,20 @@ def test_fingerprint_is_cached_on_the_model_object(gpt2_model):
     fp = fingerprint(gpt2_model)
     assert fingerprint(gpt2_model) is fp
     assert getattr(gpt2_model, CACHE_ATTR) is fp
+    env = environment(gpt2_model)
+    assert getattr(gpt2_model, ENV_ATTR)["versions"] == env["versions"]
+    env["versions"]["torch"] = "changed"                 # callers get a copy, the cache is untouched
+    assert environment(gpt2_model)["versions"]["torch"] == torch.__version__
+
+
+def test_models_without_files_get_a_record_without_hashes(gpt2_model, ioi_prompts):
+    """A model object built in memory (no directory): provenance still records, hashes are None."""
+    from types import SimpleNamespace
+    from patching.provenance import record
+    fake = SimpleNamespace(name="in-memory", device="cpu", tokenizer=gpt2_model.tokenizer, bridge=None)
+    prov = record(fake, ioi_prompts, PatchSpec(kind="resid_pre"))
+    assert prov.weights_sha256 is None and prov.model_name == "in-memory"
+    assert prov.tokenizer_sha256 == fingerprint(gpt2_model).tokenizer_sha256
 
 
 def test_path_and_attribution_results_carry_provenance(gpt2_model, ioi_prompts):
