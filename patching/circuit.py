@@ -609,7 +609,8 @@ def edge_graph(edges, threshold: float = 0.0, *, by: str = "abs", top: int | Non
     L = max(layers) + 1 if layers else 0
     key = df["abs_score"] if by == "abs" else df["normalized"].abs()
     total = len(df)
-    df = df[key.fillna(0) >= threshold].assign(_key=key).sort_values("_key", ascending=False)
+    df = df.assign(_key=key.fillna(0))                  # before filtering: an empty frame would take key's index
+    df = df[df["_key"] >= threshold].sort_values("_key", ascending=False)
     if top is not None:
         df = df.head(int(top))
 

@@ -242,6 +242,8 @@ def test_edge_graph_thresholds_and_lays_out(gpt2_model, prompt_sets):
     assert tuple(nodes.loc["logits", ["x", "y"]]) == (float(L), float(H))
     assert set(everything.edges.via) == {"q", "k", "v", "mlp", "logits"}
     assert len(edge_graph(edges, 0.0, top=5).edges) == 5
+    nothing = edge_graph(edges, 1e9)
+    assert nothing.edges.empty and nothing.nodes.empty and nothing.n_edges_total == len(everything.edges)
     with pytest.raises(ValueError, match="threshold must be >= 0"):
         edge_graph(edges, -1)
     with pytest.raises(ValueError, match="by must be 'abs' or 'normalized'"):

@@ -155,3 +155,37 @@ def test_edges_graph_and_threshold(cb, page, store):
     # the attribution run's head_out / mlp_out estimates rank components too
     fig, _ = cb.grid([f"att:{att_id}"], "sum", "", page[0])
     assert any(v is not None for row in fig.data[1].z for v in row)
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+def test_component_grid_places_heads_mlps_and_attn_layers():
+    from dashboard.figures_circuit import component_grid
+    from patching.circuit import parse_components
+    effects = {c: v for c, v in zip(parse_components("L0H1,MLP1,ATTN1"), (0.5, -0.25, 0.1))}
+    fig = component_grid(effects, n_layers=2, n_heads=3, selected=parse_components("ATTN0,MLP1"))
+    missing, heat, cells, kept = fig.data
+    assert heat.z[0][1] == 0.5 and heat.z[1][3] == -0.25 and heat.z[1][0] == heat.z[1][2] == 0.1
+    assert missing.z[0][0] == 1 and missing.z[0][1] is None
+    assert sorted(zip(kept.x, kept.y)) == [(0, 0), (1, 0), (2, 0), (3, 1)]
+    assert list(fig.layout.xaxis.ticktext) == ["H0", "H1", "H2", "MLP"]
+    assert fig.layout.dragmode == "select"
+
+
+def test_curve_and_edge_figures(gpt2_model):
+    from dashboard.figures_circuit import curve_figure, edge_graph_figure
+    from patching.attribution import edge_attribution
+    from patching.circuit import edge_graph, faithfulness_curve
+    prompts = PromptSet.from_pairs(gpt2_model, IOI)
+    assert "Run to see" in curve_figure(None).layout.annotations[0].text
+    curve = faithfulness_curve(gpt2_model, prompts, ["L0H1", "MLP0"])
+    fig = curve_figure(curve)
+    assert list(fig.data[0].x) == [0, 1, 2] and fig.data[0].y[0] == 0.0
+    assert "+L0H1" in fig.data[0].text[1]
+    edges = edge_attribution(gpt2_model, prompts)
+    none = edge_graph_figure(edge_graph(edges, 1e9))
+    assert "lower the threshold" in none.layout.annotations[0].text
+    g = edge_graph(edges, 0.0, top=4)
+    fig = edge_graph_figure(g)
+    assert sum(1 for t in fig.data if t.mode == "lines") == 4
+    nodes = next(t for t in fig.data if t.name == "nodes")
+    assert set(nodes.text) == set(g.nodes.node)
