@@ -135,3 +135,16 @@ def test_check_weights_warns_on_mismatch_only(head_result):
 def test_summary_lines_name_the_model_and_hash(head_result):
     text = "\n".join(Provenance.from_dict(head_result.provenance).summary_lines())
     assert head_result.provenance["weights_sha256"] in text and "logit_diff" in text
+
+
+def test_provenance_is_enough_to_rerun_the_sweep(head_result, tiny_models):
+    """Spec, pairs, BOS and metric from the record alone give the same values on the same weights."""
+    from patching import PromptSet
+    from patching.models import load_model
+    prov = Provenance.from_dict(head_result.provenance)
+    model = load_model(prov.model_name)                       # a fresh load, found by the recorded name
+    assert fingerprint(model).weights_sha256 == prov.weights_sha256
+    prompts = PromptSet.from_pairs(model, prov.pairs, prepend_bos=prov.prepend_bos)
+    again = sweep(model, prompts, PatchSpec.from_dict(prov.spec), metric=prov.metric["name"])
+    assert torch.allclose(again.per_pair, head_result.per_pair, atol=1e-6, equal_nan=True)
+    assert again.provenance["spec"] == prov.spec
