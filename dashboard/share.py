@@ -6,7 +6,8 @@
   and the weights warning appear inline under the buttons.
 - URLs: `/run/<id>` selects that run and shows its heatmap on the Results tab. The id must be an
   integer; it is only ever used as a number for the run store (nothing from the URL reaches the
-  filesystem). An unknown or malformed id is said inline on the Results tab.
+  filesystem). An unknown or malformed id is said inline on the Results tab. The address bar
+  follows the run on screen (replaceState), so a reload or a copied address reopens it.
 - Results tab: a link to the current run's URL and a collapsible provenance panel.
 
 Pure pieces (parse, decode, render) are plain functions; `register` wires the callbacks and
@@ -203,6 +204,22 @@ function (contents, filename) {
 """
 
 
+# The address bar follows the run on screen (history.replaceState: no reload, no new history
+# entry, and dcc.Location is not told, so no callback runs again); a reload reopens that run.
+_FOLLOW_RUN = """
+function (runId) {
+    if (runId === null || runId === undefined || !/^[0-9]{1,12}$/.test(String(runId))) {
+        return window.dash_clientside.no_update;
+    }
+    var target = %(base)s + String(runId);
+    if (window.location.pathname !== target) {
+        window.history.replaceState(window.history.state, "", target + window.location.search);
+    }
+    return window.dash_clientside.no_update;
+}
+"""
+
+
 def upload_limit(max_request_bytes: int | None) -> int:
     """The largest run file the page can upload: the request cap less base64 overhead, at most
     the run-file cap.
@@ -227,6 +244,10 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
 
     def run_href(run_id: int) -> str:
         return app.get_relative_path(f"/run/{int(run_id)}")
+
+    app.clientside_callback(_FOLLOW_RUN % {"base": json.dumps(app.get_relative_path("/run/"))},
+                            Output(ids.RUN_LINK, "title"), Input(ids.CURRENT_RUN, "data"),
+                            prevent_initial_call=True)
 
     def route(pathname):
         """/run/<id> -> that run on the Results tab; anything else malformed -> said inline."""

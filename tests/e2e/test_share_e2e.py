@@ -114,6 +114,13 @@ def test_export_then_import_in_the_history_tab(browser_context, server, tmp_path
     wait_text(page, ids.SHARE_STATUS, "as run #2")
     assert "Warning" not in page.inner_text(f"#{ids.SHARE_STATUS}")
     wait_text(page, ids.RUN_HISTORY, "IOI heads (shared) (imported)")
+    page.wait_for_function("() => window.location.pathname === '/run/2'")   # the address follows the run
+    page.click(f"#{ids.RUN_HISTORY} button:has-text('Open') >> nth=-1")    # the oldest: run #1
+    wait_text(page, ids.RESULTS_SUMMARY, "Run #1")
+    page.wait_for_function("() => window.location.pathname === '/run/1'")
+    page.reload()
+    wait_text(page, ids.RESULTS_SUMMARY, "Run #1")
+    page.click("a.nav-link:has-text('History')")
     bad = tmp_path / "bad.patchboard.zip"
     bad.write_bytes(b"not a zip at all")
     page.set_input_files(f"#{ids.IMPORT_RUN_UPLOAD} input[type=file]", str(bad))
