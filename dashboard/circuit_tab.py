@@ -28,7 +28,8 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from patching.circuit import (ABLATIONS, CircuitSpec, CurveResult, component_effects, edge_graph, faithfulness,
+from patching.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects, edge_graph,
+                              faithfulness,
                               faithfulness_curve, format_components, parse_components)
 from metrics import METRICS
 from patching.prompts import PromptSet
@@ -49,6 +50,7 @@ CIRCUIT_TOP_BUTTON = "circuit-top-button"
 CIRCUIT_CLEAR_BUTTON = "circuit-clear-button"
 CIRCUIT_ABLATION = "circuit-ablation"            # mean | resample | zero
 CIRCUIT_SEED = "circuit-seed"
+CIRCUIT_CURVE_ALL = "circuit-curve-all"          # checklist: the curve over every component by |effect|
 CIRCUIT_RUN_BUTTON = "circuit-run-button"
 CIRCUIT_CANCEL_BUTTON = "circuit-cancel-button"
 CIRCUIT_STATUS = "circuit-status"
@@ -78,6 +80,7 @@ class CircuitForm:
     seed: int | str | None = 0
     sources: tuple[str, ...] = ()      # "run:<id>" (history) or "att:<id>" (attribution run)
     reduce: str = "sum"
+    curve_all: bool = False            # the curve over every component ranked, not only the kept ones
 
     def spec(self) -> CircuitSpec:
         try:
@@ -172,14 +175,20 @@ def run_circuit(registry, store, form: CircuitForm, page: tuple, metric: str | N
     if metric not in METRICS:        # no 'pkg.mod:fn' from a web page: that would import code
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     effects = effects_of(sources.results, form.reduce)
-    ranked = list(spec.components)
-    if effects:
-        ranked.sort(key=lambda c: -abs(effects.get(c, 0.0)))
+    if form.curve_all and not effects:
+        raise ValueError("a curve over every component needs runs to rank them: choose them under 'Effects from'")
+    ranked = list(all_components(model) if form.curve_all else spec.components)
+    if effects:          # by |effect|; components without one (e.g. MLPs of a head_out run) last
+        def order(c):
+            v = effects.get(c)
+            return 1.0 if v is None or v != v else -abs(v)
+        ranked.sort(key=order)
     pairs = [(c, effects.get(c, float("nan"))) for c in ranked] if effects else ranked
     result = faithfulness(model, prompts, spec, metric=metric)
     curve = faithfulness_curve(model, prompts, pairs, ablation=spec.ablation, seed=spec.seed, metric=metric)
     return {"circuit": result.to_dict(), "curve": curve.to_json(), "where": where,
-            "ranked_by": f"|effect| in {sources.label}" if effects else "the order typed"}
+            "ranked_by": (f"|effect| in {sources.label}" if effects else "the order typed")
+            + (" (every component)" if form.curve_all else "")}
 
 
 def faithfulness_text(payload: dict | None):
@@ -288,6 +297,8 @@ def layout() -> html.Div:
             html.Div([dbc.Label("Seed", html_for=CIRCUIT_SEED, className="field-label"),
                       dbc.Input(id=CIRCUIT_SEED, type="number", value=0, step=1, size="sm", className="inspect-number",
                                 style={"width": "90px"})]),
+            dbc.Checklist(id=CIRCUIT_CURVE_ALL, value=[], switch=True,
+                          options=[{"label": "curve over every component", "value": "all"}]),
             dbc.Button("Run", id=CIRCUIT_RUN_BUTTON, color="primary", size="sm", n_clicks=0),
             dbc.Button("Cancel", id=CIRCUIT_CANCEL_BUTTON, color="secondary", outline=True, size="sm",
                        disabled=True, n_clicks=0),
@@ -400,11 +411,12 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
                  State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_TOP_K, "value"), State(CIRCUIT_SOURCE, "value"),
                  State(CIRCUIT_REDUCE, "value"), prevent_initial_call=True)(select_callback)
 
-    def run(set_progress, n_clicks, components, ablation, seed, values, reduce, metric, *page):
+    def run(set_progress, n_clicks, components, ablation, seed, values, reduce, curve_all, metric, *page):
         """Run: faithfulness + curve (queued behind other runs), stored for the figure and the CSV."""
         if not n_clicks:
             return no_update, no_update
-        form = CircuitForm(components or "", ablation or "mean", seed, tuple(values or ()), reduce or "sum")
+        form = CircuitForm(components or "", ablation or "mean", seed, tuple(values or ()), reduce or "sum",
+                           "all" in (curve_all or []))
         try:
             form.spec()
             with handlers.run_slot(data_dir, lambda s: set_progress(f"queued behind another run ({s:.0f} s)…")):
@@ -422,7 +434,8 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
         Output(CIRCUIT_RESULT, "data"), Output(CIRCUIT_STATUS, "children", allow_duplicate=True),
         Input(CIRCUIT_RUN_BUTTON, "n_clicks"),
         State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_ABLATION, "value"), State(CIRCUIT_SEED, "value"),
-        State(CIRCUIT_SOURCE, "value"), State(CIRCUIT_REDUCE, "value"), State(ids.METRIC_SELECT, "value"),
+        State(CIRCUIT_SOURCE, "value"), State(CIRCUIT_REDUCE, "value"), State(CIRCUIT_CURVE_ALL, "value"),
+        State(ids.METRIC_SELECT, "value"),
         *_page_states(), background=True, interval=400,
         running=[(Output(CIRCUIT_RUN_BUTTON, "disabled"), True, False),
                  (Output(CIRCUIT_RUN_BUTTON, "children"), "Running…", "Run"),

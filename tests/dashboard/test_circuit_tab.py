@@ -11,6 +11,7 @@ from dash import no_update
 
 from dashboard import circuit_tab, ids
 from patching import PatchSpec, PromptSet, sweep
+from patching.circuit import CurveResult
 from tests.conftest import IOI
 
 
@@ -105,7 +106,7 @@ def test_click_toggles_box_adds_top_k_and_clear(cb, head_run):
 def test_run_shows_faithfulness_curve_and_csv(cb, page, head_run):
     run_id, _ = head_run
     progress = []
-    payload, status = cb.run(progress.append, 1, "L0H0, L1H2, MLP0", "mean", 0, [f"run:{run_id}"], "sum", "kl", *page)
+    payload, status = cb.run(progress.append, 1, "L0H0, L1H2, MLP0", "mean", 0, [f"run:{run_id}"], "sum", [], "kl", *page)
     assert isinstance(payload, dict), status
     c = payload["circuit"]
     assert c["components"] == "L0H0,L1H2,MLP0" and c["n_pairs"] == 2
@@ -122,11 +123,26 @@ def test_run_shows_faithfulness_curve_and_csv(cb, page, head_run):
     assert df.added.iloc[-1] == "MLP0"
 
 
+def test_run_with_the_curve_over_every_component(cb, page, head_run, gpt2_model):
+    run_id, result = head_run
+    payload, _ = cb.run(lambda *_: None, 1, "L0H0", "mean", 0, [f"run:{run_id}"], "sum", ["all"], "logit_diff", *page)
+    curve = CurveResult.from_json(payload["curve"])
+    n = gpt2_model.n_layers * (gpt2_model.n_heads + 1)
+    assert curve.ks == tuple(range(n + 1)) and curve.faithfulness[-1] == 1.0 and curve.faithfulness[0] == 0.0
+    heads = [c for c in curve.components if c.kind == "head"]
+    assert curve.components[:len(heads)] == tuple(heads)            # MLPs have no effect in a head_out run: last
+    mags = [abs(e) for e in curve.effects[:len(heads)]]
+    assert mags == sorted(mags, reverse=True)
+    assert "(every component)" in payload["ranked_by"]
+    _, status = cb.run(lambda *_: None, 1, "L0H0", "mean", 0, [], "sum", ["all"], "logit_diff", *page)
+    assert "needs runs to rank them" in _text(status)
+
+
 def test_run_on_the_prompts_panel_without_sources(cb, page):
     full = ",".join(f"ATTN{l},MLP{l}" for l in range(2))
-    payload, _ = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", "prob_diff", *page)
+    payload, _ = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", [], "prob_diff", *page)
     assert payload["circuit"]["faithfulness"] == 1.0 and payload["circuit"]["metric"] == "prob_diff"
-    _, status = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", "pkg.mod:fn", *page)
+    _, status = cb.run(lambda *_: None, 1, full, "zero", 0, [], "sum", [], "pkg.mod:fn", *page)
     assert "unknown metric 'pkg.mod:fn'" in _text(status)
     assert payload["where"] == "the prompts panel's prompts"
 
@@ -137,7 +153,7 @@ def test_run_on_the_prompts_panel_without_sources(cb, page):
     ("L0Hx", "bad component 'L0Hx'"),
 ])
 def test_run_bad_input_is_shown_inline(cb, page, components, message):
-    payload, status = cb.run(lambda *_: None, 1, components, "mean", 0, [], "sum", "logit_diff", *page)
+    payload, status = cb.run(lambda *_: None, 1, components, "mean", 0, [], "sum", [], "logit_diff", *page)
     assert payload is no_update and message in _text(status)
 
 
