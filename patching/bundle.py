@@ -163,6 +163,11 @@ def _check_result(d, n: int) -> None:
         if not isinstance(d[key], typ):
             raise ValueError(f"{where}: {key!r} must be a {typ.__name__}, not {type(d[key]).__name__}")
     shape, axes = d["shape"], d["axes"]
+    if not all(isinstance(a, str) for a in axes):
+        raise ValueError(f"{where}: axes must be names, not {axes!r}")
+    for a, values in d["coords"].items():
+        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{where}: coordinates of axis {a!r} must be a list of integers")
     if not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) != len(axes) + 1:
         raise ValueError(f"{where}: shape {shape} does not fit axes {axes} (one size per axis, then pairs)")
     for a, size in zip(axes, shape):
