@@ -53,6 +53,9 @@ def _model_args(p):
     p.add_argument("--model", default="default", help="default | a hub name | a local directory")
     p.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device-map", default=None, metavar="auto",
+                   help="spread a large model over the GPUs, or the CPU and disk (accelerate); a split "
+                        "model is patched through TransformerLens' hooks")
 
 
 def _prompt_args(p):
@@ -66,7 +69,8 @@ def _prompt_args(p):
                    help="logit_diff (default), prob_diff, logprob, kl, accuracy, or package.module:function")
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
     p.add_argument("--max-memory", type=float, default=None, metavar="MB",
-                   help="memory budget for a batch of patched runs (default 1024 MB)")
+                   help="memory budget for a batch of patched runs (default: a share of the memory "
+                        "free on the device)")
     p.add_argument("--out", default="-", help="output CSV path, or - for stdout (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -74,7 +78,8 @@ def _prompt_args(p):
 def _load(args):
     from .models import load_model
     from .prompts import PromptSet
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype,
+                       device_map=getattr(args, "device_map", None))
     if args.pairs:
         if any(getattr(args, k) for k in ("clean", "corrupt", "answer", "wrong")):
             raise BadInput("give either --pairs or --clean/--corrupt/--answer/--wrong, not both")

@@ -8,7 +8,8 @@ TransformerLens' `patching.py` runs one full forward per index. Here:
   values of earlier positions (they cannot change under causal attention);
 - at the last layer only the last position is computed (metrics read the next-token logits);
 - head patches skip their own layer's attention: the change a head makes is z_h @ W_O[h].
-Batch size follows a memory budget (`max_memory_mb`).
+Batch size follows a memory budget: `max_memory_mb`, or by default a share of the memory free on
+the device the sweep runs on (`patching.memory_budget`).
 
 >>> result = sweep(model, prompts, PatchSpec(kind="resid_pre"))      # doctest: +SKIP
 >>> result.values.shape                                              # doctest: +SKIP
@@ -27,6 +28,7 @@ from torch import Tensor
 from metrics import Metric, MetricInputs, get_metric
 
 from .kinds import KINDS, Kind, PatchContext, index_changes
+from .memory_budget import memory_budget
 from .prompts import PromptSet
 from .provenance import recorded
 from .results import PatchResult
@@ -151,7 +153,7 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
                              f"{model.name!r}")
         from .fallback import sweep_with_hooks
         return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
-    budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # the device's free memory
     group = pair_group(model, prompts, budget)
     if prompts.n_pairs > group:     # the cached runs of many pairs would not fit: sweep in groups
         parts = []

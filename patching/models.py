@@ -24,6 +24,7 @@ from .runner import Runner
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "assets" / "models"
 DEFAULT_MODEL = "patchboard-tiny"
+log = logging.getLogger("patching.models")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -139,6 +140,7 @@ class Model:
     device: torch.device
     arch: Arch | None = None
     runner: Runner | None = field(default=None, repr=False)
+    device_map: dict[str, str] | None = field(default=None, repr=False)   # module -> device, when mapped
 
     @property
     def hf(self):
@@ -186,8 +188,52 @@ class Model:
         return [self.tokenizer.decode([i]) for i in ids]
 
 
-def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "float32") -> Model:
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map, device: str | None = None):
+    """None, one of DEVICE_MAPS, or a dict module -> device (accelerate's device_map); ValueError
+    otherwise, or when an explicit device is asked for too.
+
+    >>> check_device_map("auto"), check_device_map(None)
+    ('auto', None)
+    """
+    if device_map is None or isinstance(device_map, dict):
+        pass
+    elif device_map not in DEVICE_MAPS:
+        raise ValueError(f"unknown device map {device_map!r}; use {', '.join(DEVICE_MAPS)} (accelerate) "
+                         "or leave it out for one device")
+    if device_map is not None and device not in (None, "auto", "cpu"):   # cpu: the functions' default
+        raise ValueError(f"--device {device} and --device-map {device_map if isinstance(device_map, str) else '{...}'}"
+                         " both place the model; give one of them")
+    return device_map
+
+
+def placement(hf) -> dict[str, str]:
+    """Where a loaded model's modules are: accelerate's hf_device_map ({'': 'cpu'} when it is all
+    on one device without one). More than one distinct device, or 'disk', means the model is split.
+
+    >>> placement(hf_model)                       # doctest: +SKIP
+    {'transformer.wte': '0', 'transformer.h.0': '0', ..., 'lm_head': 'cpu'}
+    """
+    m = getattr(hf, "hf_device_map", None)
+    if m:
+        return {k: str(v) for k, v in m.items()}
+    return {"": str(next(hf.parameters()).device)}
+
+
+def is_split(device_map: dict[str, str]) -> bool:
+    return len(set(device_map.values())) > 1 or any(v in ("disk", "meta") for v in device_map.values())
+
+
+def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "float32",
+               device_map=None, max_memory: dict | None = None, offload_folder: str | None = None) -> Model:
     """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
+
+    `device_map` ('auto', ... or a dict; needs accelerate) spreads a large model over the GPUs,
+    the CPU (and `offload_folder` on disk) within `max_memory` ({0: "20GiB", "cpu": "60GiB"}). A
+    model that ends up split runs through TransformerLens' hooks (each module on its own device);
+    one that fits on one device keeps the engine's fast runner.
 
     >>> load_model("no-such-model")
     Traceback (most recent call last):
@@ -195,7 +241,16 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
     ValueError: unknown model 'no-such-model': not shipped in assets/models, not a local directory and not in the Hugging Face cache; use 'default', a directory with config.json + model.safetensors, or a cached hub name (see `python -m patching models`)
     """
     where = resolve_model(name)
-    dev, torch_dtype = pick_device(device), pick_dtype(dtype)
+    device_map = check_device_map(device_map, device)
+    dev, torch_dtype = (pick_device(device) if device_map is None else None), pick_dtype(dtype)
+    placed = {}
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise ValueError("--device-map needs the 'accelerate' package (pip install -r requirements.txt)") from None
+        placed = {"device_map": device_map, **({"max_memory": max_memory} if max_memory else {}),
+                  **({"offload_folder": str(offload_folder)} if offload_folder else {})}
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     from transformer_lens.model_bridge import TransformerBridge
@@ -209,8 +264,13 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
                                                       local_files_only=local)
             hf = AutoModelForCausalLM.from_pretrained(
                 str(where), trust_remote_code=False, use_safetensors=True, dtype=torch_dtype,
-                attn_implementation="eager", local_files_only=local)
+                attn_implementation="eager", local_files_only=local, **placed)
             hf.eval()
+            where_placed = placement(hf)
+            if dev is None:               # device map: tokens go where the embedding is
+                dev = torch.device(next(hf.get_input_embeddings().parameters()).device)
+                if dev.type == "meta":
+                    dev = torch.device("cpu")
             bridge = TransformerBridge.boot_transformers(
                 str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
     except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
@@ -221,16 +281,23 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
         raise ValueError(f"cannot load model {name!r}: {first[:300]}") from None
     bridge.eval()
     arch = arch_for(bridge.original_model)
+    split = is_split(where_placed)
+    if split:
+        log.info("model %s is split over %s: patching goes through TransformerLens' hooks",
+                 name, ", ".join(sorted(set(where_placed.values()))))
     return Model(name=name, bridge=bridge, tokenizer=tokenizer, device=dev, arch=arch,
-                 runner=Runner(arch) if arch is not None else None)
+                 runner=Runner(arch) if arch is not None and not split else None,
+                 device_map=where_placed if device_map is not None else None)
 
 
 class ModelRegistry:
     """Loaded models by name, loaded on first use; passed to the dashboard and the workers."""
 
-    def __init__(self, names: list[str] | None = None, device: str | None = "cpu", dtype: str = "float32"):
+    def __init__(self, names: list[str] | None = None, device: str | None = "cpu", dtype: str = "float32",
+                 device_map=None):
         self._names = list(dict.fromkeys(names or ["default"]))
-        self._device, self._dtype = device, dtype
+        pick_dtype(dtype)
+        self._device, self._dtype, self._device_map = device, dtype, check_device_map(device_map, device)
         self._loaded: dict[str, Model] = {}
 
     def names(self) -> list[str]:
@@ -244,7 +311,7 @@ class ModelRegistry:
 
     def get(self, name: str) -> Model:
         if name not in self._loaded:
-            self._loaded[name] = load_model(name, self._device, self._dtype)
+            self._loaded[name] = load_model(name, self._device, self._dtype, device_map=self._device_map)
             self.add(name)
         return self._loaded[name]
 
