@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from dash import no_update
 
-from dashboard import circuit_tab, ids
+from dashboard import circuit_tab
 from patching import PatchSpec, PromptSet, sweep
 from patching.circuit import CurveResult
 from tests.conftest import IOI
