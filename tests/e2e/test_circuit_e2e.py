@@ -2,7 +2,8 @@
 
 `python -m dashboard` in a subprocess around the tiny GPT-2 model (its default prompts are the IOI
 pair). Opens the Circuit tab, types components, toggles one by clicking a grid cell, runs, and
-reads the faithfulness number and the curve; then computes EAP edges and sees the graph.
+box-selects two more, runs, and reads the faithfulness number and the curve; then computes EAP
+edges and sees the graph. A head_out sweep then colours the grid and Top k picks from it.
 
 Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 14-circuit.png.
 """
@@ -70,12 +71,19 @@ def test_circuit_tab_runs_and_shows_faithfulness(page):
     page.mouse.click(box["x"] + box["width"] * (2.5 / 5), box["y"] + box["height"] * (1.5 / 2))
     page.wait_for_function("([id, t]) => document.getElementById(id).value === t",
                            arg=[ct.CIRCUIT_COMPONENTS, "L0H0,MLP0,L1H2"])
+    # a box over row L1, columns H3 and MLP adds L1H3 and MLP1
+    page.mouse.move(box["x"] + box["width"] * (3.2 / 5), box["y"] + box["height"] * (1.15 / 2))
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * (4.8 / 5), box["y"] + box["height"] * (1.85 / 2), steps=8)
+    page.mouse.up()
+    page.wait_for_function("([id, t]) => document.getElementById(id).value === t",
+                           arg=[ct.CIRCUIT_COMPONENTS, "L0H0,MLP0,L1H2,L1H3,MLP1"])
     page.click(f"#{ct.CIRCUIT_RUN_BUTTON}")
     page.wait_for_selector(f"#{ct.CIRCUIT_FAITHFULNESS}-value")
     number = page.inner_text(f"#{ct.CIRCUIT_FAITHFULNESS}-value")
     assert re.fullmatch(r"-?\d+\.\d{3}", number), number
-    assert "3 components, mean ablation" in page.inner_text(f"#{ct.CIRCUIT_FAITHFULNESS}")
-    page.wait_for_function(f"document.querySelectorAll('#{ct.CIRCUIT_CURVE} .scatterlayer .point').length === 4")
+    assert "5 components, mean ablation" in page.inner_text(f"#{ct.CIRCUIT_FAITHFULNESS}")
+    page.wait_for_function(f"document.querySelectorAll('#{ct.CIRCUIT_CURVE} .scatterlayer .point').length === 6")
     assert not page.is_disabled(f"#{ct.CIRCUIT_DOWNLOAD_BUTTON}")
     page.click(f"#{ct.CIRCUIT_EDGES_BUTTON}")
     page.wait_for_function("([id, t]) => document.getElementById(id).innerText.includes(t)",
