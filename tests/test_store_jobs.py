@@ -246,3 +246,18 @@ def test_history_lists_failed_jobs_with_their_reason(tmp_path, result):
     html = str(layout.render_history(store.list(), run_id, shown))
     assert "killed sweep" in html and "worker process" in html and "exited" in html
     assert "job-item job-failed" in html and html.count("run-item") == 1
+
+
+# -- the dashboard's flags ----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["--store-url", "mysql://h/db"], "unsupported store URL 'mysql://h/db'"),
+    (["--device-map", "everywhere"], "unknown device map 'everywhere'"),
+    (["--device-map", "auto", "--device", "cuda:3"], "both place the model"),
+    (["--jobs", "celery"], "--jobs celery needs --redis-url"),
+])
+def test_dashboard_flags_bad_input_exit_2_before_serving(tmp_path, argv, needle, capsys, monkeypatch):
+    from dashboard.__main__ import main
+    monkeypatch.delenv("PATCHBOARD_REDIS_URL", raising=False)
+    monkeypatch.delenv("PATCHBOARD_STORE_URL", raising=False)
+    assert main(["--data-dir", str(tmp_path), "--port", "1", *argv]) == 2
+    assert needle in capsys.readouterr().err
