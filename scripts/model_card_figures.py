@@ -3,7 +3,9 @@
     python scripts/model_card_figures.py [--n 32] [--out assets/models/patchboard-tiny]
 
 Writes ioi_head_out.png (layer x head) and ioi_head_out_per_pos.png (layer.head x position),
-denoise, normalized, over n held-out IOI pairs of one token length; prints the top heads.
+denoise, normalized, over n held-out IOI pairs of one token length; prints the top heads, then
+the numbers the card quotes: path patching of the top head (into the logits, both modes, and
+through each receiver) and the faithfulness of the top-k heads (mean ablation, MLPs kept).
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 from dashboard import figures                              # noqa: E402
 from patching import PatchSpec, PromptSet, load_model, sweep   # noqa: E402
+from patching.circuit import (Component, CircuitSpec, all_components, faithfulness,  # noqa: E402
+                              faithfulness_curve, rank_components)
+from patching.path import PathSpec, run_path               # noqa: E402
 from patching.tasks import make_pairs                      # noqa: E402
 
 
@@ -59,7 +64,37 @@ def main(argv=None) -> int:
         flat.sort(key=lambda t: -abs(t[0]))
         print(f"{name}: {prompts.n_pairs} pairs, clean {result.clean_value:.2f}, corrupt {result.corrupt_value:.2f}; top:",
               ", ".join(f"{tuple(result.coords[a][i] for a, i in zip(result.axes, idx))}={v:+.2f}" for v, idx in flat[:5]))
+        if not spec.per_position:
+            heads = result
+    circuit_numbers(model, prompts, heads)
     return 0
+
+
+def circuit_numbers(model, prompts, heads) -> None:
+    """Path patching of the top head and faithfulness of the top-k heads, printed."""
+    ranked = [(c, e) for c, e in rank_components(heads) if c.kind == "head"]
+    top = ranked[0][0]
+    sender = f"head:{top.layer}.{top.head}"
+    for mode in ("heads_frozen", "direct"):
+        r = run_path(model, prompts, PathSpec(senders=(sender,), mode=mode))
+        print(f"path {top} -> logits ({mode}): {float(r.normalized.flatten()[0]):+.2f} normalized")
+    r = run_path(model, prompts, PathSpec(senders=(sender,), sweep="receivers"))
+    norm = r.normalized.flatten().tolist()
+    labels = [r.receiver_labels[i] for i in r.coords["receiver"]]
+    best = sorted(((v, label) for v, label in zip(norm, labels) if v == v), key=lambda t: -abs(t[0]))[:5]
+    print(f"path {top} -> each receiver (heads_frozen), top:",
+          ", ".join(f"{label}={v:+.2f}" for v, label in best))
+    mlps = [c for c in all_components(model) if c.kind == "mlp"]
+    for ablation in ("mean", "resample"):
+        curve = faithfulness_curve(model, prompts, ranked[:8], ablation=ablation, keep=mlps)
+        print(f"faithfulness, top-k heads by head_out effect + every MLP ({ablation} ablation): " +
+              ", ".join(f"k={k}: {f:.2f}" for k, f in zip(curve.ks, curve.faithfulness)))
+    for ablation in ("mean", "resample"):
+        spec = CircuitSpec(tuple(c for c, _ in ranked[:3]) + tuple(mlps[:1]), ablation=ablation)
+        res = faithfulness(model, prompts, spec)
+        print(f"faithfulness of {', '.join(str(c) for c in spec.components)} alone ({ablation}): "
+              f"{res.faithfulness:.2f} (m_circuit {res.m_circuit:.2f}, full {res.m_full:.2f}, "
+              f"empty {res.m_empty:.2f})")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,6 @@ def test_greater_than_target(scores):
     assert scores["greater_than"]["prob_mass"] >= 0.80, format_table(scores)
 
 
-@pytest.mark.xfail(reason="known gap: induction top-1 is below the 0.90 target on held-out "
-                          "sequences (see MODEL_CARD.md, 'Known gaps')", strict=False)
 def test_induction_target(scores):
     assert scores["induction"]["accuracy"] >= 0.90, format_table(scores)
 

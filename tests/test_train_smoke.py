@@ -85,3 +85,26 @@ def test_loss_weights_stress_answers_and_skip_random_first_passes(train):
 def test_missing_single_tokens_are_a_clear_error(train):
     with pytest.raises(ValueError, match="not single tokens"):
         train.build_tokenizer(["a b c"], vocab_size=300)
+
+
+def test_recipe_chains_stages_from_the_previous_weights(train, tmp_path):
+    from safetensors.torch import load_file
+
+    stages = (tuple(TINY), (*TINY[:2], "--lr", "1e-3", "--seed", "1", "--items", "1500",
+                            "--batch-size", "4", "--mix", "induction=0.5,filler=0.5"))
+    result = train.run_recipe(tmp_path / "final", threads=1, stages=stages)
+    assert result["stages"] == 2 and result["recipe_train_s"] >= result["train_s"] >= 0
+    # stage 2 kept stage 1's architecture and tokenizer (it started from its files)
+    config = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert config["n_layer"] == 1 and config["n_embd"] == 32
+    assert Path(result["args"]["init_from"]).name == "1"     # stage 2 started from stage 1
+    assert sorted(load_file(tmp_path / "final" / "model.safetensors"))
+    assert not list(tmp_path.glob("*stages*"))        # intermediate stages are not left behind
+
+
+def test_shipped_recipe_is_well_formed(train):
+    for flags in train.SHIPPED_STAGES:
+        args = train.parse_args(list(flags))
+        if args.mix:
+            shares = [float(kv.split("=")[1]) for kv in args.mix.split(",")]
+            assert abs(sum(shares) - 1.0) < 1e-9, args.mix
