@@ -235,7 +235,8 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
     page.wait_for_function(f"!document.getElementById('{ids.RUN_BUTTON}').disabled")
     page.wait_for_function(f"document.getElementById('{ids.PROGRESS_TEXT}').innerText === ''")
     # the queued run goes ahead once the slot is free
-    other.wait_for_function(f"document.getElementById('{ids.RESULTS_SUMMARY}').innerText.includes('Run #')",
+    # (wait for its own "saved" status: page.url is /run/<id>, so the other page already shows a run)
+    other.wait_for_function(f"document.getElementById('{ids.RUN_STATUS}').innerText.includes('saved to history')",
                             timeout=60_000)
     other.close()
     page.click("a.nav-link:has-text('History & compare')")
