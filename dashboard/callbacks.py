@@ -48,6 +48,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
             m = registry.get(handlers.check_model(registry, name))
         except ValueError as exc:
             return dash.html.Span(str(exc), className="error-text")
+        share.warm_provenance(m)            # weights hash for provenance, inherited by forked runs
         kv = f" ({m.n_kv_heads} key/value)" if m.n_kv_heads != m.n_heads else ""
         return (f"{m.n_layers} layers · {m.n_heads} heads{kv} · d_model {m.cfg.d_model} · "
                 f"context {m.n_ctx} · {m.device.type}")

@@ -117,6 +117,15 @@ def import_upload(registry, store, contents: str | None, filename: str | None,
     return b.type, bundle.import_bundle(store, b), warning
 
 
+def warm_provenance(model) -> None:
+    """Hash the model's weights / tokenizer and read the versions now, in the server process:
+    background runs are forked from it and inherit the cache (a hash computed inside a run
+    would be lost with its process and recomputed by every run)."""
+    from patching.provenance import environment
+    fingerprint(model)
+    environment(model)
+
+
 # -- render (pure) ---------------------------------------------------------------------------------
 def render_provenance(prov: dict | None):
     """The provenance panel's body: a table of what the run was made from (and a user metric's code)."""

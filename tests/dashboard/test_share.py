@@ -185,3 +185,15 @@ def test_oversized_upload_is_refused_before_decoding(registry, store, result):
         share.import_upload(registry, store, _upload(data), "x.patchboard.zip", max_bytes=1000)
     assert len(store) == 0
     assert share.upload_limit(16 * 2**20) == 16 * 2**20 * 3 // 4 - 2**16
+
+
+def test_model_status_hashes_the_weights_in_the_server_process(cb, registry, tiny_name):
+    """Background runs are forked from the server: the hash must be cached before they start."""
+    from patching.provenance import CACHE_ATTR, ENV_ATTR
+    model = registry.get(tiny_name)
+    for attr in (CACHE_ATTR, ENV_ATTR):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    cb.model_status(tiny_name)
+    assert getattr(model, CACHE_ATTR).weights_sha256 is not None
+    assert "torch" in getattr(model, ENV_ATTR)["versions"]
