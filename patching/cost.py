@@ -13,9 +13,9 @@ differ, the same batches under the memory budget), so the counts are exact, not 
   forward per pair each;
 - **reference forwards**: what TransformerLens' `patching.py` would run for the same grid: one
   full forward per index and pair, plus the two cached runs;
-- **seconds**: from a `Calibration` of this model on this device (two timed batched forwards of
-  the engine's own resumed run, giving a fixed cost per half-block step and a cost per row x
-  half-block x position), applied batch by batch;
+- **seconds**: from a `Calibration` of this model on this device (the engine's resumed forward
+  and its cached forward, each timed at 1 and 64 rows: a cost per row x half-block x position
+  from the big batch, a fixed cost per half-block step from the small one), applied batch by batch;
 - **peak memory**: the bytes of the cached clean and corrupt runs (measured on the tensors) plus
   the largest batch under the memory budget (the engine's own per-row bound). The model's weights
   are not included (`weights_bytes` has them).
@@ -89,18 +89,19 @@ def _best(fn, repeat: int) -> float:
 
 
 def _fit(small: float, big: float, rows: int, units_per_row: int, steps: int) -> tuple[float, float]:
-    """(unit, step) seconds from a 1-row and a `rows`-row timing of the same forward."""
-    unit = max(big - small, 0.0) / ((rows - 1) * units_per_row) if rows > 1 else 0.0
-    if unit <= 0:                                        # timing noise: charge everything per unit
-        return big / (rows * units_per_row), 0.0
+    """(unit, step) seconds from a 1-row and a `rows`-row timing of the same forward. The unit cost
+    is the big batch's time per unit (its fixed costs spread over its rows), so a noisy 1-row
+    timing can only raise the fixed cost per step, never shrink the cost per unit."""
+    unit = big / (rows * units_per_row)
     return unit, max(small - units_per_row * unit, 0.0) / steps
 
 
-def calibrate(model, prompts: PromptSet, rows: int = CALIBRATION_ROWS, repeat: int = 3) -> Calibration:
+def calibrate(model, prompts: PromptSet, rows: int = CALIBRATION_ROWS, repeat: int = 5) -> Calibration:
     """Time the engine's batched forwards of these prompts at 1 row and at `rows` rows: a resumed
     run from layer 0 (what patched runs do) and a cached run (`Runner.run`, what the clean and
-    corrupt runs do). The difference gives the cost per unit of work, the rest the fixed cost per
-    half-block step. Without the engine's runner, the bridge's forward is timed for both.
+    corrupt runs do). The big batch gives the cost per unit of work, what the 1-row run takes
+    beyond its share the fixed cost per half-block step. Without the engine's runner, the
+    bridge's forward is timed for both.
 
     >>> calibrate(model, prompts).unit_seconds > 0                          # doctest: +SKIP
     True
