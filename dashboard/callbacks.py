@@ -16,7 +16,7 @@ from dash import ALL, Input, Output, Patch, State, dcc, no_update
 from patching.kinds import KINDS
 from patching.results import write_csv
 
-from . import figures, handlers, ids, job_status, layout
+from . import figures, handlers, ids, job_status, jobs, layout
 
 log = logging.getLogger("dashboard")
 
@@ -171,7 +171,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                      per_position, layers, positions, heads)
         try:
             run_id = handlers.execute_run(registry, store, form, data_dir,
-                                          report=lambda p: set_progress(p.as_tuple()))
+                                          report=jobs.progress_reporter(set_progress))
         except ValueError as exc:
             return no_update, str(exc), no_update, ""
         except Exception as exc:   # an internal error: say so, keep the page alive
@@ -210,7 +210,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         """Cancel: the job is killed by Dash; here the status says so and the bar resets."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
-        return "Run cancelled; nothing was saved.", "", 0, ""
+        return ("Run cancelled; nothing was saved unless it had already finished (then it is in the "
+                "history).", "", 0, "")
 
     app.callback(Output(ids.RUN_STATUS, "children", allow_duplicate=True),
                  Output(ids.PROGRESS_TEXT, "children", allow_duplicate=True),
@@ -429,7 +430,7 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
                                  mode=mode or "heads_frozen", per_position="per" in (per_position or []))
         try:
             run_id = handlers.execute_path(registry, store, form, path, data_dir,
-                                           report=lambda p: set_progress(p.as_tuple()))
+                                           report=jobs.progress_reporter(set_progress))
         except ValueError as exc:
             return no_update, str(exc), no_update, ""
         except Exception as exc:
@@ -490,7 +491,10 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         """The path run as the contract CSV, with sender / receiver / mode columns."""
         if not n_clicks or not run_id:
             return no_update
-        run = store.get(run_id)
+        try:
+            run = store.get(handlers.parse_run_id(run_id))
+        except ValueError:          # deleted meanwhile, or not a run number: nothing to send
+            return no_update
         spec = run.result.spec
         return dcc.send_string(run.result.to_csv(),
                                f"patchboard-run{run.info.id}-path-{spec.sweep}-{spec.mode}-{spec.direction}.csv")
@@ -550,7 +554,7 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
                                         edges="edges" in (edges or []))
         try:
             att_id = handlers.execute_attribution(registry, store, form, attr, data_dir,
-                                                  report=lambda p: set_progress(p.as_tuple()))
+                                                  report=jobs.progress_reporter(set_progress))
         except ValueError as exc:
             return no_update, str(exc), ""
         except Exception as exc:
@@ -670,7 +674,8 @@ def _register_cancel_notice(app, what: str, cancel_button: str, status: str, pro
     def cancelled(n_clicks):
         if not n_clicks:
             return no_update, no_update, no_update, no_update
-        return f"{what} run cancelled; nothing was saved.", "", 0, ""
+        return (f"{what} run cancelled; nothing was saved unless it had already finished (then it is in "
+                "the history).", "", 0, "")
 
     app.callback(Output(status, "children", allow_duplicate=True),
                  Output(progress_text, "children", allow_duplicate=True),

@@ -1,0 +1,52 @@
+"""Background-job plumbing made robust under load (found by `tests/test_load.py`, 20 clients):
+
+- Dash 4.4's `DiskcacheManager.terminate_job` lists the job's children after checking the pid
+  exists; a job that exits in between raises `psutil.NoSuchProcess`, and the poll that asked for
+  the result answers HTTP 500 (the browser then never shows that run). `DiskcacheJobs` treats a
+  job that is already gone as terminated.
+- Progress goes through the job cache (SQLite); with many queued jobs writing "queued behind
+  another run" twice a second, a write can time out (`diskcache.core.Timeout`) and, raised inside
+  the run, failed it as an internal error. `progress_reporter` makes progress best-effort: a lost
+  progress update never fails a run.
+
+(No fork while a server thread is inside SQLite: `fork_guard.py`; `make_jobs` wraps the job cache
+in it.)
+
+>>> report = progress_reporter(set_progress)        # doctest: +SKIP
+>>> handlers.execute_run(registry, store, form, data_dir, report=report)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import dash
+
+log = logging.getLogger("dashboard")
+
+
+class DiskcacheJobs(dash.DiskcacheManager):
+    """`dash.DiskcacheManager` whose `terminate_job` tolerates a job process that has just exited."""
+
+    def terminate_job(self, job):
+        import psutil
+        try:
+            super().terminate_job(job)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
+            pass                          # gone already: that is what terminating wanted
+
+
+def progress_reporter(set_progress) -> Callable:
+    """A `report(Progress)` for the handlers that writes `Progress.as_tuple()` through Dash's
+    `set_progress` and never raises (a failed write is logged once per job)."""
+    warned = []
+
+    def report(progress) -> None:
+        try:
+            set_progress(progress.as_tuple())
+        except Exception as exc:  # noqa: BLE001 - progress is best-effort; the run goes on
+            if not warned:
+                warned.append(exc)
+                log.warning("progress update lost (%s: %s); the run continues", type(exc).__name__, exc)
+
+    return report
