@@ -30,6 +30,7 @@ from . import cost_handlers, figures, figures_compare, ids, refine_handlers
 from .handlers import Form
 
 log = logging.getLogger("dashboard")
+PAUSED = "Cost estimate paused while a run is in progress; it updates on the next change of the form."
 COMPARE_HINT = ("Click 'Compare with exact patching' to see each cell's exact effect against its estimate, "
                 "with the cells attribution misses or invents coloured.")
 
@@ -106,7 +107,12 @@ def register(app, registry, store, data_dir: str | Path, *, slow_seconds: float 
 
     def cost_preview(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction, per_position,
                      layers, positions, heads):
-        """Form -> the estimate line, the suggestion text and whether the suggestion is hidden."""
+        """Form -> the estimate line, the suggestion text and whether the suggestion is hidden.
+        While a run holds the run slot the estimate waits: its two forwards would compete with
+        the run for the device's memory, and its timing would be skewed."""
+        from .handlers import run_busy
+        if run_busy(data_dir):
+            return PAUSED, "", True
         form = Form.from_values(model=model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
                                 prepend_bos="bos" in (bos or []), pairs=pairs, kind=kind, metric=metric,
                                 direction=direction, per_position="per" in (per_position or []),

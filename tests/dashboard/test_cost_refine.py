@@ -46,6 +46,9 @@ def test_cost_preview_callback_and_suggestion(app, registry, store, tiny_name):
     per_pos, _, _ = cb.cost_preview(*_form_args(tiny_name, per_position=["per"]))
     assert per_pos != text                               # the kind's options change the estimate
     assert cb.cost_preview(*_form_args(tiny_name, layers="0-9")) == ("", "", True)
+    from dashboard.handlers import run_slot
+    with run_slot(store.data_dir):                      # a run in progress: the estimate waits
+        assert cb.cost_preview(*_form_args(tiny_name)) == (cost_refine.PAUSED, "", True)
     slow = cost_refine.register(dash.Dash(__name__, suppress_callback_exceptions=True), registry, store,
                                 store.data_dir, slow_seconds=0.0)
     text, suggestion, hidden = slow.cost_preview(*_form_args(tiny_name))
