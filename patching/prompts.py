@@ -73,6 +73,8 @@ def _single_token(model, text: str, what: str, where: str) -> int:
     hint = ""
     if not text.startswith(" ") and len(model.encode(" " + text)) == 1:
         hint = f"; did you mean {' ' + text!r} with a leading space?"
+    elif pieces and "\ufffd" in pieces[0]:
+        hint = "; the model has no single token for it (it splits into bytes)"
     elif pieces:
         hint = f"; use a single token such as {pieces[0]!r}"
     shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
@@ -203,8 +205,9 @@ def read_pairs_csv(source) -> list[PromptPair]:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(header):
+                quote = " (an unclosed \" quote?)" if any("\n" in cell for cell in row) else ""
                 raise ValueError(f"pairs CSV row {line} has {len(row)} cells, expected {len(header)} "
-                                 f"({','.join(first)[:200]})")
+                                 f"({','.join(first)[:200]}){quote}")
             if len(pairs) == MAX_PAIRS:
                 raise ValueError(f"pairs CSV has too many pairs: more than {MAX_PAIRS}, the most one "
                                  "sweep takes; split it into several files")
