@@ -26,8 +26,12 @@ FLAGGED_ROWS = 20
 
 
 def _prompts(registry, run, estimate: PatchResult):
+    from metrics import METRICS
     from .handlers import check_model
     model = registry.get(check_model(registry, estimate.spec.model))     # offered models only
+    if estimate.spec.metric not in METRICS:     # a stored (or imported) 'pkg.mod:fn' would import code here
+        raise ValueError(f"this run's metric {estimate.spec.metric!r} is not one the dashboard runs; choose "
+                         f"one of {', '.join(METRICS)} (or compare it with the CLI)")
     prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=estimate.spec.prepend_bos)
     return model, prompts
 

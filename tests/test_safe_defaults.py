@@ -279,3 +279,31 @@ def test_a_stored_model_name_is_not_loaded_unless_offered(app, tmp_path, default
     assert cell is None and disabled is True
     assert f"model {str(outside)!r} is not offered by this server" in status, status
     assert app.test_registry.names() == ["default"]         # nothing was loaded from that path
+
+
+def test_a_stored_metric_is_not_imported_by_the_server(app, tmp_path, monkeypatch):
+    """An attribution run whose stored spec names a 'package.module:function' metric (a tampered
+    store or an imported run file): the exact-vs-attribution check refuses it by name without
+    importing that module in the server."""
+    import sys
+    from dashboard import handlers
+    marker = tmp_path / "imported"
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "pb_stored_metric.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef fn(l, i):\n    return l[:, 0]\n")
+    monkeypatch.syspath_prepend(str(mods))
+    form = handlers.Form(model="default", clean=IOI[0], corrupt=IOI[1], answer=IOI[2], wrong=IOI[3])
+    att_id = handlers.execute_attribution(app.test_registry, app.test_store, form,
+                                          handlers.AttributionForm(kinds=("head_out",)), app.test_store.data_dir)
+    con = sqlite3.connect(app.test_store.path)
+    (results_json,) = con.execute("SELECT results_json FROM attributions WHERE id = ?", (att_id,)).fetchone()
+    docs = json.loads(results_json)
+    for d in docs:
+        d["spec"]["metric"] = "pb_stored_metric:fn"
+    con.execute("UPDATE attributions SET results_json = ? WHERE id = ?", (json.dumps(docs), att_id))
+    con.commit()
+    con.close()
+    run = app.test_store.get_attribution(att_id)
+    with pytest.raises(ValueError, match=r"this run's metric 'pb_stored_metric:fn' is not one the dashboard runs"):
+        handlers.attribution_agreement(app.test_registry, run, "head_out", app.test_store.data_dir)
+    assert not marker.exists() and "pb_stored_metric" not in sys.modules
