@@ -18,7 +18,9 @@ differ, the same batches under the memory budget), so the counts are exact, not 
   from the big batch, a fixed cost per half-block step from the small one), applied batch by batch;
 - **peak memory**: the bytes of the cached clean and corrupt runs (measured on the tensors) plus
   the largest batch under the memory budget (the engine's own per-row bound). The model's weights
-  are not included (`weights_bytes` has them).
+  are not included (`weights_bytes` has them). Without `max_memory_mb` the budget is the share of
+  free memory `patching.memory_budget` gives, read now; the sweep reads it again when it starts,
+  so batch counts can differ if free memory changed in between (rows cannot).
 
 The estimate runs the clean and corrupt forwards once (it needs them to know which indices
 change anything): about 2 forward-equivalents per pair, what the sweep itself spends first.
@@ -36,8 +38,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .engine import DEFAULT_MAX_MEMORY_MB, _memory_per_row, batch_plan, pair_group, patch_context, plan_coords
+from .engine import _memory_per_row, batch_plan, pair_group, patch_context, plan_coords
 from .kinds import KINDS
+from .memory_budget import memory_budget
 from .prompts import PromptSet
 from .spec import PatchSpec
 
@@ -300,7 +303,7 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
     axes, coords = plan_coords(model, prompts, spec)
     cells = check_cells(axes, coords, cells)
     cal = calibration or calibrate(model, prompts)
-    budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # as `sweep` sets it
     n_layers, n_pos, n_pairs = model.n_layers, prompts.n_pos, prompts.n_pairs
     full = 2 * n_layers * n_pos
     n_cells = 1
