@@ -26,8 +26,9 @@ function (contents, filename) {
     var payload = contents.length - contents.indexOf(",") - 1;
     var bytes = Math.floor(payload * 3 / 4);
     if (bytes <= %(limit)d) { return window.dash_clientside.no_update; }
-    var mb = (bytes / 1048576).toPrecision(3);
-    return (filename || "upload") + " (" + mb + " MB) " + %(message)s;
+    var big = bytes >= 1048576, x = big ? bytes / 1048576 : bytes / 1024;   // as handlers.size_text
+    var size = (x < 100 ? x.toFixed(1).replace(/\.0$/, "") : x.toFixed(0)) + (big ? " MB" : " kB");
+    return (filename || "upload") + " (" + size + ") " + %(message)s;
 }
 """
 
