@@ -199,7 +199,7 @@ class CostEstimate:
 
         >>> CostEstimate("sweep", "resid_pre", "cpu", 1, 60, 1240, 0, 4, 96.0, 1242, "TL", 4.2, 150_000_000,
         ...              30_000_000).text()
-        '≈ 1,240 patched forwards (≈ 96 forward-equivalents; TransformerLens ≈ 1,242), ≈ 4.2 s on cpu, peak ≈ 180 MB'
+        '≈ 1,240 patched forwards (≈ 96 forward-equivalents; TransformerLens ≈ 1,242), ≈ 4.2 s on cpu, peak ≈ 172 MB'
         """
         if self.analysis == "attribution":
             work = f"attribution of {self.cells:,} cells (≈ {self.forward_equivalents:,.0f} forward-equivalents; " \
