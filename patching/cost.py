@@ -473,7 +473,8 @@ def estimate_attribution_cost(model, prompts: PromptSet, kinds=None, device=None
     """Attribution's work (`attribution.run_attribution`): one donor forward, one differentiable
     base forward and one backward of activation gradients only (about one forward of work), so
     3 forward-equivalents per pair; IG: both runs plus `steps` forward + backward pairs. The
-    seconds charge autograd's forward and backward at twice the inference cost each.
+    seconds charge the graph-keeping forward like a cached run and the backward at twice that;
+    `edges` (EAP) adds half again for the backward through every head's q / k / v input.
     Reference: exact patching of the same cells with TransformerLens (one forward per cell and pair).
 
     >>> estimate_attribution_cost(model, prompts).forward_equivalents         # doctest: +SKIP
