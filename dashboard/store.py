@@ -35,6 +35,8 @@ from patching.attribution import AttributionResult, EdgeScores
 from patching.path import PathResult
 from patching.results import PatchResult
 
+from .fork_guard import held
+
 DEFAULT_FILENAME = "runs.sqlite"
 JOB_STATUSES = ("running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -254,12 +256,13 @@ class RunStore:
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._host = socket.gethostname()
         if self._sqlite:                  # WAL is a property of the file; set outside any transaction
-            raw = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            try:
-                raw.execute("PRAGMA busy_timeout=30000")
-                raw.execute("PRAGMA journal_mode=WAL")
-            finally:
-                raw.close()
+            with held():
+                raw = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                try:
+                    raw.execute("PRAGMA busy_timeout=30000")
+                    raw.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    raw.close()
         with self._transaction() as db:
             META.create_all(db, checkfirst=True)
             columns = {c["name"] for c in sa.inspect(db).get_columns("attributions")}
@@ -276,13 +279,13 @@ class RunStore:
 
     @contextmanager
     def _read(self):
-        with self._engine.connect() as db:
+        with held(), self._engine.connect() as db:     # held: no fork mid-SQLite (fork_guard.py)
             yield db
 
     @contextmanager
     def _transaction(self):
         """One write transaction: committed on success, rolled back on any exception."""
-        with self._engine.connect() as db:
+        with held(), self._engine.connect() as db:
             db.info["write"] = True
             with db.begin():
                 yield db

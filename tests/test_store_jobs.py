@@ -258,3 +258,68 @@ def test_dashboard_flags_bad_input_exit_2_before_serving(tmp_path, argv, needle,
     monkeypatch.delenv("PATCHBOARD_STORE_URL", raising=False)
     assert main(["--data-dir", str(tmp_path), "--port", "1", *argv]) == 2
     assert needle in capsys.readouterr().err
+
+
+# -- forks of a threaded server (Dash's diskcache jobs) ------------------------------------------------
+def test_a_fork_waits_for_sqlite_work_in_another_thread():
+    import threading
+    from dashboard import fork_guard
+    inside, release = threading.Event(), threading.Event()
+
+    def busy():
+        with fork_guard.held():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    assert inside.wait(10)
+    threading.Timer(0.5, release.set).start()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    waited = time.monotonic() - start
+    os.waitpid(pid, 0)
+    t.join(10)
+    assert waited >= 0.4, "the fork did not wait for the thread inside SQLite"
+
+
+def _child_reads(path, q):
+    q.put(len(RunStore(path).list()))
+
+
+def test_jobs_forked_while_threads_use_the_store_do_not_hang(tmp_path, result):
+    import threading
+    store = RunStore(tmp_path)
+    store.save(result, IOI)
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            store.list()
+            store.fail_stale(60)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    try:
+        children = []
+        for _ in range(12):
+            p = ctx.Process(target=_child_reads, args=(tmp_path, q))
+            p.start()
+            children.append(p)
+        for p in children:
+            p.join(30)
+        hung = [p.pid for p in children if p.is_alive()]
+        for p in children:
+            if p.is_alive():
+                p.kill()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not hung, f"{len(hung)} forked children hung in SQLite"
+    assert [q.get(timeout=5) for _ in children] == [1] * len(children)
