@@ -65,6 +65,7 @@ print(json.dumps(sorted(n for n in capp.tasks if n.startswith("background_callba
 """
 
 
+@pytest.mark.slow
 def test_web_server_and_worker_register_the_same_tasks(tmp_path):
     names = []
     for script in (WEB, WORKER):      # separate processes: Dash registers callbacks with every manager in one
