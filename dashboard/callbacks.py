@@ -271,7 +271,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         cell = handlers.clicked_cell(click_data)
         try:
             pair = handlers.parse_pair(pair)
-            run = store.get(run_id)
+            run = store.get(handlers.parse_run_id(run_id))
             view = handlers.attention_for_cell(registry, run, cell, pair)
         except ValueError as exc:
             return empty, config, str(exc), None, True, no_update
@@ -294,7 +294,10 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
     def download_attention(n_clicks, cell, run_id):
         if not n_clicks or not cell or not run_id:
             return no_update
-        run = store.get(run_id)
+        try:
+            run = store.get(handlers.parse_run_id(run_id))
+        except ValueError:
+            return no_update
         view = handlers.attention_for_cell(registry, run, cell, int(cell.get("pair") or 0))
         text = write_csv(view.frame) if view.frame is not None else handlers.attention_csv(view)
         return dcc.send_string(text, f"patchboard-run{run_id}-attention-L{cell['layer']}H{cell['head']}.csv")
@@ -351,7 +354,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
             return (figures.empty_figure("Choose two runs to compare them on one colour scale."),
                     config, None, msg)
         try:
-            a, b = store.get(selected[0]), store.get(selected[1])
+            a, b = (store.get(handlers.parse_run_id(s)) for s in selected)
         except ValueError as exc:
             return figures.empty_figure(str(exc)), config, None, str(exc)
         mode = mode or "normalized"
@@ -374,7 +377,10 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         selected = [s for s in (selected or []) if s is not None]
         if not n_clicks or len(selected) != 2:
             return no_update
-        a, b = store.get(selected[0]), store.get(selected[1])
+        try:
+            a, b = (store.get(handlers.parse_run_id(s)) for s in selected)
+        except ValueError:
+            return no_update
         return dcc.send_string(handlers.compare_csv(a, b),
                                f"patchboard-compare-run{a.info.id}-run{b.info.id}.csv")
 
@@ -475,7 +481,7 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
             return figures.empty_figure("Run path patching to see each sender's effect through the "
                                         "receivers."), "", True
         try:
-            run = store.get(run_id)
+            run = store.get(handlers.parse_run_id(run_id))
         except ValueError as exc:
             return figures.empty_figure(str(exc)), "", True
         mode, note = handlers.effective_mode(run.result, mode or "normalized")
@@ -509,7 +515,7 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         if _triggered_value()[0] == ids.PATH_RUN or not click_data or not run_id:
             return empty, layout.PATH_ATTENTION_HINT, no_update
         try:
-            run = store.get(run_id)
+            run = store.get(handlers.parse_run_id(run_id))
             cell = handlers.clicked_cell(click_data)
             view = handlers.attention_for_cell(registry, run, cell, 0)
         except ValueError as exc:

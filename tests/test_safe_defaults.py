@@ -257,6 +257,11 @@ def test_run_ids_from_the_page_never_reach_the_filesystem(app, tmp_path, monkeyp
         text = json.dumps(fig.to_plotly_json()["layout"].get("annotations", []))
         assert "Traceback" not in text and "is not a run number; pick a run from the history" in text, text
         assert cb.download_csv(1, bad) is no_update
+        click = {"points": [{"customdata": [0, None, 1]}]}
+        assert "is not a run number" in cb.attention(click, bad, "png")[2]
+        assert cb.download_attention(1, {"layer": 0, "head": 1, "pos": None}, bad) is no_update
+        assert "is not a run number" in cb.compare([bad, 1], "raw", "png")[3]
+        assert cb.download_compare(1, [1, bad]) is no_update
     assert not [f for f in opened if "passwd" in f or f.endswith("/x")], opened
 
 
