@@ -35,7 +35,8 @@ def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", red
         cache_dir = Path(data_dir) / "jobs-cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
         from .fork_guard import GuardedCache   # no fork while a thread is inside SQLite
-        return dash.DiskcacheManager(GuardedCache(str(cache_dir)))
+        from .jobs import DiskcacheJobs
+        return DiskcacheJobs(GuardedCache(str(cache_dir)))
     if kind == "celery":
         if not redis_url:
             raise ValueError("--jobs celery needs --redis-url, e.g. redis://localhost:6379/0")
