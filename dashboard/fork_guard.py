@@ -10,6 +10,12 @@ So every SQLite call of the run store and of the job cache holds `held()`, and a
 `os.register_at_fork` hook) waits for that lock: the child starts with no SQLite call in flight.
 The lock is process-wide by nature (a fork is); in the child it is replaced by a fresh one.
 
+The same goes for torch's CPU thread pool (OpenMP): once the server has run one multi-threaded
+op (a forward for the baselines, the cost preview or a clicked head, on a model big enough to
+parallelise), a forked job hangs at its first multi-threaded op. `single_threaded_server()`
+makes the web server's own torch work single-threaded, so no pool exists when Dash forks, and
+gives every forked job the machine's thread count back.
+
 >>> with held():                  # doctest: +SKIP
 ...     db.execute("SELECT 1")
 """
@@ -27,6 +33,7 @@ class _Guard:
 
     def __init__(self):
         self.lock = threading.RLock()
+        self.threads_hook = False           # single_threaded_server() registered its hook
 
     def before_fork(self):
         self.lock.acquire()
@@ -41,6 +48,34 @@ class _Guard:
 _GUARD = _Guard()
 os.register_at_fork(before=_GUARD.before_fork, after_in_parent=_GUARD.after_fork_in_parent,
                     after_in_child=_GUARD.after_fork_in_child)
+
+
+JOB_THREADS_ENV = "PATCHBOARD_JOB_THREADS"     # inherited by forked jobs: their torch threads
+
+
+def _job_threads_in_child() -> None:
+    n = os.environ.get(JOB_THREADS_ENV)
+    if n:
+        import torch
+        torch.set_num_threads(int(n))
+
+
+def single_threaded_server(threads: int | None = None) -> int:
+    """Run this process's torch ops on one thread and give forked jobs `threads` (default: the
+    current torch thread count) back; idempotent. Returns the jobs' thread count.
+
+    >>> single_threaded_server()           # doctest: +SKIP   (in `python -m dashboard`)
+    2
+    """
+    import torch
+
+    n = int(threads or os.environ.get(JOB_THREADS_ENV) or torch.get_num_threads())
+    os.environ[JOB_THREADS_ENV] = str(n)
+    torch.set_num_threads(1)
+    if not _GUARD.threads_hook:
+        os.register_at_fork(after_in_child=_job_threads_in_child)
+        _GUARD.threads_hook = True
+    return n
 
 
 @contextmanager
