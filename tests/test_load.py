@@ -308,14 +308,16 @@ def _integrity(db: Path) -> str:
 
 
 def _start_slow_sweep(page: Page, pair, timeout: float = 60):
-    """A neuron sweep (layers x neurons x positions: long enough to be killed) polled until it is
-    under way; returns the job."""
-    job = page.start("run-button.n_clicks", form_values(pair, "neuron"))
+    """A neuron sweep of 64 copies of the pair (layers x neurons x positions x 64: seconds even on
+    a quiet machine) polled until it is under way; returns the job."""
+    values = {**form_values(pair, "neuron"), "pairs-store.data": [
+        {"clean": pair.clean, "corrupt": pair.corrupt, "answer": pair.answer, "wrong": pair.wrong}] * 64}
+    job = page.start("run-button.n_clicks", values)
     deadline = time.monotonic() + timeout
     while True:
         status, data = page.poll(job)
         progress = (data or {}).get("progress", {})
-        if progress.get("progress.value", 0) > 0 and progress.get("progress.max", 1) > 1:
+        if progress.get("progress.max", 1) > 1:          # the sweep has counted its patches
             return job
         assert status == 200 and "response" not in (data or {}), f"the sweep ended before it could be killed: {data}"
         assert time.monotonic() < deadline, "the sweep never got under way"
