@@ -64,3 +64,44 @@ def run_dashboard(model_dir, data_dir: Path, start_timeout: float = 90):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+TIMEOUT_MS = 60_000
+VIEWPORT = {"width": 1480, "height": 1000}
+
+
+def open_context(timeout_ms: int = TIMEOUT_MS):
+    """Generator for a fixture: the system Chromium and one browser context (downloads on)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(accept_downloads=True, viewport=VIEWPORT)
+        context.set_default_timeout(timeout_ms)
+        yield context
+        context.close()
+        browser.close()
+
+
+def open_page(url: str, ready: str | None = "#run-button", timeout_ms: int = TIMEOUT_MS):
+    """Generator for a fixture: a page on `url`, once `ready` (a selector; default: the Run
+    button, i.e. Dash has rendered the layout) is there. `page.errors` collects page errors."""
+    for context in open_context(timeout_ms):
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        if ready:
+            page.wait_for_selector(ready)
+        page.errors = errors
+        yield page
+
+
+def shot(page, name: str) -> None:
+    """Save a full-page screenshot as `name`.png under $PATCHBOARD_SCREENSHOTS, when it is set."""
+    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
+    if target:
+        out = ROOT / target if not os.path.isabs(target) else Path(target)
+        out.mkdir(parents=True, exist_ok=True)
+        page.mouse.move(2, 2)      # no hover label in the picture
+        time.sleep(0.6)            # let plotly finish its transitions
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)

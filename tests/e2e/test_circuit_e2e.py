@@ -9,16 +9,13 @@ Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 14-circuit.png.
 """
 from __future__ import annotations
 
-import os
 import re
-import time
-from pathlib import Path
 
 import pytest
 
 from dashboard import circuit_tab as ct
 from dashboard import ids
-from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
+from tests.e2e.support import open_page, run_dashboard, shot, skip_reason
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60_000   # ms
@@ -34,30 +31,7 @@ def server(tiny_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT)
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(server)
-        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")
-        pg.errors = errors
-        yield pg
-        context.close()
-        browser.close()
-
-
-def shot(page, name: str) -> None:
-    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
-    if target:
-        out = ROOT / target if not os.path.isabs(target) else Path(target)
-        out.mkdir(parents=True, exist_ok=True)
-        page.mouse.move(2, 2)
-        time.sleep(0.6)
-        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+    yield from open_page(server, timeout_ms=TIMEOUT)
 
 
 def test_circuit_tab_runs_and_shows_faithfulness(page):

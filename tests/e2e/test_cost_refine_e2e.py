@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from dashboard import ids
-from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
-from tests.e2e.test_path_attribution_e2e import fill, shot, wait_text
+from tests.e2e.support import ROOT, open_page, run_dashboard, shot, skip_reason
+from tests.e2e.test_path_attribution_e2e import fill, wait_text
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 90_000
@@ -29,20 +29,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(viewport={"width": 1480, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT)
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(server)
-        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")
-        pg.errors = errors
-        yield pg
-        context.close()
-        browser.close()
+    yield from open_page(server, timeout_ms=TIMEOUT)
 
 
 def test_cost_line_follows_the_form(page):

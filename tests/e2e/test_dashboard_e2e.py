@@ -10,15 +10,12 @@ Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save screenshots of the main view
 from __future__ import annotations
 
 import csv
-import os
-import time
-from pathlib import Path
 
 import pytest
 
 from dashboard import ids
 from patching.results import CSV_COLUMNS
-from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
+from tests.e2e.support import open_page, run_dashboard, shot, skip_reason
 from tests.conftest import IOI
 
 pytestmark = pytest.mark.e2e
@@ -36,30 +33,7 @@ def server(tiny_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT)
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(server)
-        pg.wait_for_selector(f"#{ids.RUN_BUTTON}")      # Dash has rendered the layout
-        pg.errors = errors
-        yield pg
-        context.close()
-        browser.close()
-
-
-def shot(page, name: str) -> None:
-    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
-    if target:
-        out = ROOT / target if not os.path.isabs(target) else Path(target)
-        out.mkdir(parents=True, exist_ok=True)
-        page.mouse.move(2, 2)  # no hover label in the picture
-        time.sleep(0.6)       # let plotly finish its transitions
-        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+    yield from open_page(server, timeout_ms=TIMEOUT)
 
 
 def choose(page, dropdown_id: str, value) -> None:
@@ -204,7 +178,7 @@ def test_compare_with_an_earlier_run(page):
 
 
 def test_cancel_and_a_second_run_queues(page, tmp_path):
-    """A long run (2000 pairs, every neuron) holds the run slot: a Run from a second tab queues
+    """A long run (6000 pairs, every neuron) holds the run slot: a Run from a second tab queues
     behind it and starts once the first is cancelled; the cancelled run is not saved."""
     page.click("a.nav-link:has-text('Results')")
     history_before = page.locator(f"#{ids.RUN_HISTORY} .run-item").count()
@@ -212,9 +186,9 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["clean", "corrupt", "answer", "wrong"])
-        w.writerows(IOI * 1000)
+        w.writerows(IOI * 3000)
     page.set_input_files(f"#{ids.PAIRS_UPLOAD} input[type=file]", str(path))
-    page.wait_for_function(f"document.getElementById('{ids.PAIRS_PREVIEW}').innerText.includes('Using 2000 pairs')")
+    page.wait_for_function(f"document.getElementById('{ids.PAIRS_PREVIEW}').innerText.includes('Using 6000 pairs')")
     choose(page, ids.KIND_SELECT, "neuron")
     page.click(f"#{ids.RUN_BUTTON}")
     page.wait_for_function(f"document.getElementById('{ids.RUN_BUTTON}').disabled")

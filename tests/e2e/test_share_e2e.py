@@ -9,15 +9,12 @@ Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 09-shared-run.png.
 """
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
 
 import pytest
 
 from dashboard import ids
 from tests.conftest import IOI
-from tests.e2e.support import ARGS, CHROMIUM, ROOT, run_dashboard, skip_reason
+from tests.e2e.support import open_context, run_dashboard, shot, skip_reason
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60_000   # ms: generous, the machine may be busy
@@ -44,24 +41,7 @@ def server(tiny_dirs, seeded):
 
 @pytest.fixture(scope="module")
 def browser_context(server):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1480, "height": 1000})
-        context.set_default_timeout(TIMEOUT)
-        yield context
-        context.close()
-        browser.close()
-
-
-def shot(page, name: str) -> None:
-    target = os.environ.get("PATCHBOARD_SCREENSHOTS")
-    if target:
-        out = ROOT / target if not os.path.isabs(target) else Path(target)
-        out.mkdir(parents=True, exist_ok=True)
-        page.mouse.move(2, 2)
-        time.sleep(0.6)
-        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+    yield from open_context(TIMEOUT)
 
 
 def wait_text(page, id_: str, needle: str) -> None:
