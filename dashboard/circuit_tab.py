@@ -34,7 +34,7 @@ from patching.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_component
 from metrics import METRICS
 from patching.prompts import PromptSet
 
-from . import figures, figures_circuit, handlers, ids
+from . import figures, figures_circuit, handlers, ids, jobs
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +419,9 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
                            "all" in (curve_all or []))
         try:
             form.spec()
-            with handlers.run_slot(data_dir, lambda s: set_progress(f"queued behind another run ({s:.0f} s)…")):
-                set_progress("running the circuit and its curve…")
+            report = jobs.progress_reporter(set_progress)     # best-effort: a lost write never fails the run
+            with handlers.run_slot(data_dir, lambda s: report(f"queued behind another run ({s:.0f} s)…")):
+                report("running the circuit and its curve…")
                 payload = run_circuit(registry, store, form, page, metric)
         except ValueError as exc:
             return no_update, html.Span(str(exc), className="error-text")

@@ -37,13 +37,14 @@ class DiskcacheJobs(dash.DiskcacheManager):
 
 
 def progress_reporter(set_progress) -> Callable:
-    """A `report(Progress)` for the handlers that writes `Progress.as_tuple()` through Dash's
-    `set_progress` and never raises (a failed write is logged once per job)."""
+    """A `report(Progress)` for the handlers that writes `Progress.as_tuple()` (or a plain value,
+    e.g. a status string) through Dash's `set_progress` and never raises (a failed write is
+    logged once per job)."""
     warned = []
 
     def report(progress) -> None:
         try:
-            set_progress(progress.as_tuple())
+            set_progress(progress.as_tuple() if hasattr(progress, "as_tuple") else progress)
         except Exception as exc:  # noqa: BLE001 - progress is best-effort; the run goes on
             if not warned:
                 warned.append(exc)

@@ -47,3 +47,12 @@ def test_progress_reporter_never_fails_the_run(caplog):
     report(Progress(0, 1, "queued", ""))
     assert [r.message for r in caplog.records].count(
         "progress update lost (TimeoutError: database is locked); the run continues") == 1
+
+
+def test_progress_reporter_passes_plain_values_through():
+    # the Circuit tab reports status strings, not Progress objects
+    seen = []
+    report = progress_reporter(seen.append)
+    report("running the circuit and its curve…")
+    assert seen == ["running the circuit and its curve…"]
+    progress_reporter(lambda _v: (_ for _ in ()).throw(TimeoutError("locked")))("queued")   # no raise
