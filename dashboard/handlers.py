@@ -27,6 +27,7 @@ import torch
 from metrics import METRICS, get_metric
 from patching.engine import plan_coords, sweep
 from patching.kinds import KINDS
+from patching.models import require_runner
 from patching.prompts import PromptPair, PromptSet, read_pairs_csv
 from patching.results import PatchResult
 from patching.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
@@ -701,8 +702,7 @@ def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", Prom
     """
     from patching.path import PathSpec, _check_nodes
     _check_prompt_choices(form)
-    if model.runner is None:
-        raise ValueError(f"path patching needs the engine's runner, which does not support {model.name!r}")
+    require_runner(model, "path patching")
     prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
     senders = node_list(path.senders)
     if path.sweep == "receivers" and senders is None:
@@ -817,8 +817,7 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
     """
     from patching.attribution import METHODS, attribution_kinds
     _check_prompt_choices(form)
-    if model.runner is None:
-        raise ValueError(f"attribution patching needs the engine's runner, which does not support {model.name!r}")
+    require_runner(model, "attribution patching")
     known = attribution_kinds(model)
     kinds = tuple(attr.kinds) or known
     bad = [k for k in kinds if k not in known]

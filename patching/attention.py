@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .kinds import KINDS, PatchContext
+from .models import require_runner
 from .path import PathSpec, path_patched_pattern
 from .prompts import PromptSet
 from .results import write_csv
@@ -175,8 +176,7 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
     runner = model.runner
     if runner is None:        # unsupported family: read patterns through the bridge's hooks
         if spec is not None:
-            raise ValueError(f"patched attention needs the engine's runner, which does not support "
-                             f"{model.name!r}; call without spec for the clean and corrupt patterns")
+            require_runner(model, "patched attention", "; call without spec for the clean and corrupt patterns")
         from . import hooks
         name = hooks.pattern(layer)
         pats = [model.bridge.run_with_cache(t, names_filter=name)[1][name][0, head].float()

@@ -41,6 +41,7 @@ from metrics import Metric, MetricInputs, get_metric
 
 from .engine import plan_coords
 from .kinds import KINDS
+from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
 from .results import PatchResult, write_csv
@@ -179,9 +180,7 @@ def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, s
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if method == "ig" and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1024):
         raise ValueError(f"steps must be a whole number from 1 to 1024, not {steps!r}")
-    if model.runner is None:
-        raise ValueError(f"attribution patching needs the engine's runner, which does not support "
-                         f"{model.name!r} (supported: GPT-2, Llama-style, GPT-NeoX families)")
+    require_runner(model, "attribution patching")
     metric = get_metric(metric)
     runner = model.runner
     clean_tokens, corrupt_tokens = prompts.clean_tokens, prompts.corrupt_tokens

@@ -41,6 +41,7 @@ import torch
 from .engine import _memory_per_row, batch_plan, pair_group, patch_context, plan_coords
 from .kinds import KINDS
 from .memory_budget import memory_budget
+from .models import require_runner
 from .prompts import PromptSet
 from .spec import PatchSpec
 
@@ -394,8 +395,7 @@ def estimate_path_cost(model, prompts: PromptSet, spec, device=None, *, calibrat
     from .path import DEFAULT_MAX_MEMORY_MB as PATH_MB, _memory_per_row as path_row, _read_slot, _write_slot
     from .path import Node, all_receivers
     where = _device_label(model, prompts, device)
-    if model.runner is None:
-        raise ValueError(f"path patching needs the engine's runner, which does not support {model.name!r}")
+    require_runner(model, "path patching")
     n_layers, n_pos, n_pairs, parallel = model.n_layers, prompts.n_pos, prompts.n_pairs, model.parallel_attn_mlp
     if spec.senders is None:
         positions = spec.positions if spec.positions is not None else tuple(range(n_pos))
@@ -484,8 +484,7 @@ def estimate_attribution_cost(model, prompts: PromptSet, kinds=None, device=None
     where = _device_label(model, prompts, device)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if model.runner is None:
-        raise ValueError(f"attribution patching needs the engine's runner, which does not support {model.name!r}")
+    require_runner(model, "attribution patching")
     kinds = tuple(kinds) if kinds else attribution_kinds(model)
     n_cells = 0
     for k in kinds:

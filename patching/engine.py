@@ -29,6 +29,7 @@ from metrics import Metric, MetricInputs, get_metric
 
 from .kinds import KINDS, Kind, PatchContext, index_changes
 from .memory_budget import memory_budget
+from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
 from .results import PatchResult
@@ -149,8 +150,7 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     cells = check_cells(axes, coords, cells)
     if model.runner is None:
         if cells is not None:
-            raise ValueError(f"a sweep over chosen cells needs the engine's runner, which does not support "
-                             f"{model.name!r}")
+            require_runner(model, "a sweep over chosen cells")
         from .fallback import sweep_with_hooks
         return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
     budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # the device's free memory

@@ -222,6 +222,25 @@ def placement(hf) -> dict[str, str]:
     return {"": str(next(hf.parameters()).device)}
 
 
+def require_runner(model, what: str, hint: str = ""):
+    """The model's runner, or a ValueError saying why `what` cannot run without it: a model split
+    across devices by a device map, or an architecture outside the runner's families.
+
+    >>> require_runner(model, "path patching")      # doctest: +SKIP
+    """
+    if model.runner is not None:
+        return model.runner
+    if model.device_map and is_split(model.device_map):
+        devices = ", ".join(sorted({str(d) for d in model.device_map.values()}))
+        why = (f"{model.name!r} is split across devices ({devices}) by its device map, and the runner "
+               "works on one device; load it on one device (no --device-map) for this")
+    else:
+        arch = getattr(model.cfg, "architecture", None) or "this architecture"
+        why = (f"it does not support {model.name!r} ({arch}; supported: GPT-2, Llama-style and "
+               "GPT-NeoX families)")
+    raise ValueError(f"{what} needs the engine's runner, but {why}{hint}")
+
+
 def is_split(device_map: dict[str, str]) -> bool:
     return len(set(device_map.values())) > 1 or any(v in ("disk", "meta") for v in device_map.values())
 

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from metrics import Metric, MetricInputs, get_metric
 
+from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
 from .results import PatchResult, write_csv
@@ -510,9 +511,7 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
     ('receiver',)
     """
     start_time = time.perf_counter()
-    if model.runner is None:
-        raise ValueError(f"path patching needs the engine's runner, which does not support {model.name!r} "
-                         "(supported: GPT-2, Llama-style, GPT-NeoX families)")
+    require_runner(model, "path patching")
     metric = get_metric(metric if metric is not None else spec.metric)
     runner = model.runner
     n_layers, parallel = model.n_layers, model.parallel_attn_mlp
@@ -658,8 +657,7 @@ def path_patched_pattern(model, prompts: PromptSet, spec: PathSpec, index: dict,
     >>> base, patched, label = path_patched_pattern(model, prompts, PathSpec(receivers=("q:3.0",)),
     ...                                             {"layer": 1, "head": 2}, layer=3, head=0)  # doctest: +SKIP
     """
-    if model.runner is None:
-        raise ValueError(f"path patching needs the engine's runner, which does not support {model.name!r}")
+    require_runner(model, "path patching")
     if spec.sweep == "receivers" or spec.senders is not None:
         key = "receiver" if spec.sweep == "receivers" else "sender"
         if set(index) != {key}:

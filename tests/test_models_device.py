@@ -49,6 +49,21 @@ def test_a_split_model_is_patched_through_hooks_and_matches(reference, tmp_path)
     got = _sweep(model)
     assert got.values.shape == ref.values.shape
     assert torch.allclose(got.values, ref.values, atol=1e-4)
+    # what needs the runner says why it is missing: the split, not an unsupported family
+    from patching.path import PathSpec, run_path
+    with pytest.raises(ValueError, match=r"path patching needs the engine's runner, but 'default' is split "
+                                         r"across devices \(cpu, disk\).*load it on one device"):
+        run_path(model, PromptSet.from_pairs(model, IOI), PathSpec())
+
+
+def test_an_unsupported_family_is_named_when_the_runner_is_missing(gpt2_model):
+    from patching.models import require_runner
+    assert require_runner(gpt2_model, "x") is gpt2_model.runner
+    bare = types.SimpleNamespace(runner=None, device_map=None, name="tiny-bert",
+                                 cfg=types.SimpleNamespace(architecture="BertForMaskedLM"))
+    with pytest.raises(ValueError, match=r"attribution patching needs the engine's runner, but it does not "
+                                         r"support 'tiny-bert' \(BertForMaskedLM; supported: GPT-2"):
+        require_runner(bare, "attribution patching")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
