@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from .kinds import KINDS
 
@@ -83,7 +84,7 @@ def _load(args):
     if args.pairs:
         if any(getattr(args, k) for k in ("clean", "corrupt", "answer", "wrong")):
             raise BadInput("give either --pairs or --clean/--corrupt/--answer/--wrong, not both")
-        prompts = PromptSet.from_csv(model, args.pairs if args.pairs.endswith(".csv") else _read(args.pairs),
+        prompts = PromptSet.from_csv(model, Path(args.pairs),      # streamed, whatever its suffix
                                      prepend_bos=not args.no_bos)
     else:
         missing = [f"--{k}" for k in ("clean", "corrupt", "answer", "wrong") if getattr(args, k) is None]
@@ -92,14 +93,6 @@ def _load(args):
         prompts = PromptSet.single(model, args.clean, args.corrupt, args.answer, args.wrong,
                                    prepend_bos=not args.no_bos)
     return model, prompts
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise BadInput(f"cannot read pairs file {path!r}: {exc.strerror}") from None
 
 
 def _write(text: str, out: str) -> None:

@@ -174,21 +174,29 @@ def read_pairs_csv(source) -> list[PromptPair]:
     [PromptPair(clean='A B', corrupt='A C', answer=' B', wrong=' C')]
     """
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".csv")):
-        try:
-            text = Path(source).read_text(encoding="utf-8")
+        try:    # streamed: a huge file is refused after MAX_PAIRS + 1 rows, without reading all of it
+            with open(source, encoding="utf-8-sig", newline="") as f:
+                return _pairs_from_lines(f)
         except FileNotFoundError:
             raise ValueError(f"pairs file {str(source)!r} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"pairs file {str(source)!r} is a directory, not a CSV file") from None
         except UnicodeDecodeError:
             raise ValueError(f"pairs file {str(source)!r} is not UTF-8 text") from None
-    elif isinstance(source, bytes):
+        except OSError as exc:
+            raise ValueError(f"cannot read pairs file {str(source)!r}: {exc.strerror}") from None
+    if isinstance(source, bytes):
         try:
             text = source.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise ValueError("pairs CSV is not UTF-8 text; save it as UTF-8 CSV") from None
     else:
         text = str(source)
-    text = text.lstrip("\ufeff")
-    rows = csv.reader(io.StringIO(text))      # read lazily: a huge file stops at MAX_PAIRS + 1 rows
+    return _pairs_from_lines(io.StringIO(text.lstrip("\ufeff")))
+
+
+def _pairs_from_lines(lines) -> list[PromptPair]:
+    rows = csv.reader(lines)      # read lazily: a huge file stops at MAX_PAIRS + 1 rows
     try:
         first = next(rows, None)
         if first is None or not any(cell.strip() for cell in first):

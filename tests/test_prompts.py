@@ -95,3 +95,16 @@ def test_csv_not_utf8():
 def test_prompt_pair_rejects_empty_answer():
     with pytest.raises(ValueError, match="answer token is empty"):
         PromptPair("a", "b", "", " c")
+
+
+def test_a_pairs_file_is_streamed_and_refused_before_its_end(tmp_path):
+    # More than MAX_PAIRS rows, then bytes that are not UTF-8: a reader that loaded the whole file
+    # would complain about the bytes; the streamed one stops at row MAX_PAIRS + 1.
+    from patching.prompts import MAX_PAIRS, read_pairs_csv
+    path = tmp_path / "huge.txt"                       # any suffix: the CLI passes a Path
+    with open(path, "wb") as f:
+        f.write(b"clean,corrupt,answer,wrong\n" + b"A B,A C, B, C\n" * (MAX_PAIRS + 5000) + b"\xff\xfe" * 1000)
+    with pytest.raises(ValueError, match=f"too many pairs: more than {MAX_PAIRS}"):
+        read_pairs_csv(path)
+    with pytest.raises(ValueError, match="is a directory"):
+        read_pairs_csv(tmp_path)
