@@ -26,7 +26,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from patching.cost import SLOW_SECONDS, CalibrationCache
 
-from . import cost_handlers, figures, figures_compare, ids, refine_handlers
+from . import cost_handlers, figures, figures_compare, fork_guard, ids, refine_handlers
 from .handlers import Form
 
 log = logging.getLogger("dashboard")
@@ -103,7 +103,8 @@ _FORM_INPUTS = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSW
 def register(app, registry, store, data_dir: str | Path, *, slow_seconds: float = SLOW_SECONDS) -> SimpleNamespace:
     """Wire the cost preview and the exact-vs-attribution callbacks; returns them (for tests)."""
     data_dir = Path(data_dir)
-    calibrations = CalibrationCache()          # one calibration per model, for this app
+    # one calibration per model, for this app, timed as the jobs will run (fork_guard)
+    calibrations = CalibrationCache(fork_guard.job_like_calibration)
 
     def cost_preview(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction, per_position,
                      layers, positions, heads):

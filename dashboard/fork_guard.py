@@ -113,3 +113,55 @@ class GuardedCache(diskcache.Cache):
     def transact(self, retry: bool = False):
         with held(), super().transact(retry):
             yield
+
+
+def in_forked_process(fn, *args, timeout: float = 300.0):
+    """`fn(*args)` in a forked child, as a job would run it (with the jobs' torch threads when the
+    server is single-threaded), and its picklable result; the exception it raised, re-raised here.
+
+    The dashboard's cost preview calibrates this way: timed in the single-threaded server, the
+    forwards would be slower than the jobs that run the sweep.
+
+    >>> in_forked_process(sum, [1, 2])          # doctest: +SKIP
+    3
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.SimpleQueue()
+
+    def child():
+        try:
+            queue.put((True, fn(*args)))
+        except BaseException as exc:   # noqa: BLE001 - handed to the parent
+            queue.put((False, exc))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        raise TimeoutError(f"{getattr(fn, '__name__', fn)} did not finish in {timeout:.0f} s")
+    if queue.empty():
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} exited with code {proc.exitcode} and no result")
+    ok, value = queue.get()
+    if not ok:
+        raise value
+    return value
+
+
+def job_like_calibration(model, prompts):
+    """`patching.cost.calibrate` timed with the jobs' thread count: in a forked child when this
+    server runs torch single-threaded (`single_threaded_server`), else here."""
+    from patching.cost import calibrate
+
+    jobs = int(os.environ.get(JOB_THREADS_ENV) or 1)
+    import torch
+    if jobs > 1 and torch.get_num_threads() == 1:
+        try:
+            return in_forked_process(calibrate, model, prompts, timeout=60.0)
+        except (TimeoutError, RuntimeError) as exc:     # a lost child: time it here (slower, still honest)
+            import logging
+            logging.getLogger(__name__).warning("calibration in a forked process failed (%s); timing it "
+                                                "in the server instead", exc)
+    return calibrate(model, prompts)

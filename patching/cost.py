@@ -142,13 +142,14 @@ class CalibrationCache:
     """Calibrations by (model, device), made on first use: one per model for the dashboard's
     live estimates (an instance belongs to an app or a script; nothing is module-level)."""
 
-    def __init__(self):
+    def __init__(self, calibrate_fn=None):
         self._by_key: dict[tuple[str, str], Calibration] = {}
+        self._calibrate = calibrate_fn or calibrate      # (model, prompts) -> Calibration
 
     def get(self, model, prompts: PromptSet) -> Calibration:
         key = (model.name, str(prompts.clean_tokens.device))
         if key not in self._by_key:
-            self._by_key[key] = calibrate(model, prompts)
+            self._by_key[key] = self._calibrate(model, prompts)
         return self._by_key[key]
 
 

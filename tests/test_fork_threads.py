@@ -37,3 +37,28 @@ def test_a_job_forked_from_the_guarded_server_runs_with_the_servers_threads():
     # Unguarded ("plain"), the same script prints "hung" on this 2-core machine.
     assert _run("guarded") == "threads 2"
 
+
+
+CALIBRATE = textwrap.dedent("""
+    import torch
+    torch.set_num_threads(2)
+    from dashboard.fork_guard import in_forked_process, job_like_calibration, single_threaded_server
+    from patching import PromptSet, load_model
+    from tests.conftest import IOI
+    single_threaded_server()                               # first, as `python -m dashboard` does
+    model = load_model("default", device="cpu")
+    prompts = PromptSet.from_pairs(model, IOI)
+    cal = job_like_calibration(model, prompts)            # forked: timed with the jobs' 2 threads
+    assert cal.unit_seconds > 0 and cal.model_name == model.name, cal
+    assert in_forked_process(torch.get_num_threads) == 2 and torch.get_num_threads() == 1
+    try:
+        in_forked_process(int, "x")
+    except ValueError as exc:
+        print("raised", exc)
+""")
+
+
+def test_the_cost_calibration_runs_like_a_job_and_errors_come_back():
+    out = subprocess.run([sys.executable, "-c", CALIBRATE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "raised invalid literal for int() with base 10: 'x'"
