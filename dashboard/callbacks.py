@@ -16,7 +16,7 @@ from dash import ALL, Input, Output, Patch, State, dcc, no_update
 from patching.kinds import KINDS
 from patching.results import write_csv
 
-from . import figures, handlers, ids, job_status, jobs, layout
+from . import cost_refine, figures, handlers, ids, job_status, jobs, layout, share
 
 log = logging.getLogger("dashboard")
 
@@ -392,9 +392,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
 
     path = _register_path(app, registry, store, data_dir)
     attribution = _register_attribution(app, registry, store, data_dir)
-    from . import cost_refine
     costs = cost_refine.register(app, registry, store, data_dir)
-    from . import share
     shared = share.register(app, registry, store)
 
     return SimpleNamespace(
