@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,10 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.dash_http import HTTPError, Page, request
-from tests.e2e.support import free_port
+from tests.dash_http import Page, request
+from tests.e2e.support import start_dashboard, stop_dashboard
 
-ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("resid_pre", "attn_out", "mlp_out", "head_out")
 N_CLIENTS = 20
 PEAK_PSS_LIMIT_MB = 4000          # server + every job process, proportional set size
@@ -36,45 +33,13 @@ PEAK_PSS_LIMIT_MB = 4000          # server + every job process, proportional set
 pytestmark = pytest.mark.slow
 
 
-def start_server(data: Path, log_name: str = "server.log") -> tuple[str, subprocess.Popen]:
-    """`python -m dashboard` on a free 127.0.0.1 port around `data`; (url, process) once it answers."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with open(data / log_name, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port),
-                                 "--data-dir", str(data), "--device", "cpu"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if request(url, timeout=2)[0] == 200:
-                return url, proc
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"dashboard did not start:\n{(data / log_name).read_text()[-3000:]}")
-        time.sleep(0.3)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
-        child.kill()
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(url, process, data dir) of a dashboard on a free 127.0.0.1 port."""
     data = tmp_path_factory.mktemp("load-data")
-    url, proc = start_server(data)
+    url, proc = start_dashboard(data)
     yield url, proc, data
-    stop_server(proc)
+    stop_dashboard(proc)
 
 
 def form_values(pair, kind: str) -> dict:
@@ -328,7 +293,7 @@ def test_killed_job_then_killed_server_history_intact(tmp_path):
     from dashboard.store import RunStore
     from patching import tasks
     pairs = tasks.make_pairs("ioi", 4, split="eval", seed=3)
-    url, proc = start_server(tmp_path)
+    url, proc = start_dashboard(tmp_path)
     try:
         page = Page(url)
         ok = page.wait(page.start("run-button.n_clicks", form_values(pairs[0], "resid_pre")), timeout=90)[1]
@@ -356,9 +321,9 @@ def test_killed_job_then_killed_server_history_intact(tmp_path):
             os.kill(p, 9)
         proc.wait(10)
     finally:
-        stop_server(proc)
+        stop_dashboard(proc)
     assert _integrity(RunStore(tmp_path).path) == "ok"
-    url, proc = start_server(tmp_path, "server-2.log")
+    url, proc = start_dashboard(tmp_path, log_name="server-2.log")
     try:
         page = Page(url)
         store = RunStore(tmp_path)
@@ -373,4 +338,4 @@ def test_killed_job_then_killed_server_history_intact(tmp_path):
         assert ok["response"]["error-message"]["children"] == ""
         assert [r.id for r in store.list()][1:] == [second, first]
     finally:
-        stop_server(proc)
+        stop_dashboard(proc)

@@ -35,15 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_dashboard(model_dir, data_dir: Path, start_timeout: float = 90):
-    """Generator for a fixture: start `python -m dashboard` around model_dir, yield its URL, stop it."""
+def start_dashboard(data_dir: Path, *args: str, model_dir=None, log_name: str = "server.log",
+                    start_timeout: float = 120) -> tuple[str, subprocess.Popen]:
+    """`python -m dashboard` on a free 127.0.0.1 port around `data_dir` (the shipped default model
+    unless `model_dir`; `args` are more flags); (url, process) once it answers, its output in
+    data_dir/log_name."""
     port = free_port()
-    log_path = data_dir / "server.log"
+    model = ["--model", str(model_dir)] if model_dir is not None else []
+    log_path = data_dir / log_name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port),
-             "--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu"],
+            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port), *model,
+             "--data-dir", str(data_dir), "--device", "cpu", *args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + start_timeout
@@ -51,20 +55,32 @@ def run_dashboard(model_dir, data_dir: Path, start_timeout: float = 90):
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    break
+                    return url, proc
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             pytest.fail(f"dashboard did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.3)
-    yield url
+
+
+def stop_dashboard(proc: subprocess.Popen) -> None:
+    """Stop a dashboard and the job processes it forked."""
+    import psutil
+    for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+        child.kill()
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
 
+
+def run_dashboard(model_dir, data_dir: Path, *args: str, start_timeout: float = 90):
+    """Generator for a fixture: start `python -m dashboard` around model_dir, yield its URL, stop it."""
+    url, proc = start_dashboard(data_dir, *args, model_dir=model_dir, start_timeout=start_timeout)
+    yield url
+    stop_dashboard(proc)
 
 TIMEOUT_MS = 60_000
 VIEWPORT = {"width": 1480, "height": 1000}
