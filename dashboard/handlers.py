@@ -409,24 +409,32 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
     """
     model = registry.get(check_model(registry, form.model))
     spec, prompts = parse_form(model, form)
-
-    def waiting(seconds: float):
-        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
-                              "it starts when that one ends", ""))
-
     label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
             f"{spec.metric} · {Path(form.model).name}"
-    with tracked(store, "sweep", label, form.model) as job, run_slot(data_dir, waiting):
+    return _run_and_save(store, data_dir, report, "sweep", label, form.model, model, prompts, spec,
+                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patches")
+
+
+def _queued(report: Callable[[Progress], None]) -> Callable[[float], None]:
+    """run_slot's `on_wait`: say the run is queued behind another, and for how long."""
+    return lambda seconds: report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
+                                                 "it starts when that one ends", ""))
+
+
+def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind: str, label: str,
+                  model_name: str, model, prompts: PromptSet, spec, compute, unit: str) -> int:
+    """What every Run does once its form is valid: a tracked job queued for the run slot,
+    baselines, `compute(on_progress)`, the result saved to history; progress through `report`."""
+    with tracked(store, job_kind, label, model_name) as job, run_slot(data_dir, _queued(report)):
         report(Progress(0, 1, "computing baselines…", ""))
-        base = baselines(model, prompts, spec.metric)
-        text = baselines_text(base, spec.metric)
+        text = baselines_text(baselines(model, prompts, spec.metric), spec.metric)
         report(Progress(0, 1, "starting…", text))
 
         def on_progress(done: int, total: int):
             job.beat()
-            report(Progress(done, total, f"{done} / {total} patches", text))
+            report(Progress(done, total, f"{done} / {total} {unit}", text))
 
-        result = sweep(model, prompts, spec, on_progress=on_progress)
+        result = compute(on_progress)
         run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
         job.done(run_id)
     report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
@@ -741,27 +749,10 @@ def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Pa
     from patching.path import run_path
     model = registry.get(check_model(registry, form.model))
     spec, prompts = parse_path_form(model, form, path)
-
-    def waiting(seconds: float):
-        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
-                              "it starts when that one ends", ""))
-
     label = f"{path_label(spec)} · {Path(form.model).name}"
-    with tracked(store, "path", label, form.model) as job, run_slot(data_dir, waiting):
-        report(Progress(0, 1, "computing baselines…", ""))
-        text = baselines_text(baselines(model, prompts, spec.metric), spec.metric)
-        report(Progress(0, 1, "starting…", text))
-
-        def on_progress(done: int, total: int):
-            job.beat()
-            report(Progress(done, total, f"{done} / {total} path patches", text))
-
-        result = run_path(model, prompts, spec, on_progress=on_progress)
-        run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
-        job.done(run_id)
-    report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
-        (result.clean_value, result.corrupt_value), spec.metric)))
-    return run_id
+    return _run_and_save(store, data_dir, report, "path", label, form.model, model, prompts, spec,
+                         lambda on_progress: run_path(model, prompts, spec, on_progress=on_progress),
+                         "path patches")
 
 
 def path_summary(result) -> str:
@@ -846,15 +837,11 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
     model = registry.get(check_model(registry, form.model))
     kw, prompts = parse_attribution_form(model, form, attr)
 
-    def waiting(seconds: float):
-        report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
-                              "it starts when that one ends", ""))
-
     method = "plain" if kw["method"] == "plain" else f"ig, {kw['steps']} steps"
     label = (f"attribution ({method}) · {len(kw['kinds'])} kinds · {form.direction} · {form.metric} · "
              f"{Path(form.model).name}")
     label += " · edges" if attr.edges else ""
-    with tracked(store, "attribution", label, form.model) as job, run_slot(data_dir, waiting):
+    with tracked(store, "attribution", label, form.model) as job, run_slot(data_dir, _queued(report)):
         report(Progress(0, 1, "computing baselines…", ""))
         text = baselines_text(baselines(model, prompts, form.metric), form.metric)
         what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
