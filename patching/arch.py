@@ -10,12 +10,16 @@ Families: GPT-2, Llama-style (Llama, Mistral, Qwen2: RMSNorm, rotary, gated MLP,
 attention) and GPT-NeoX / Pythia (partial rotary, parallel attention + MLP). Other architectures
 fall back to hook-based patching through TransformerLens (see engine.py).
 
+A model accelerate split over devices (or offloaded in part to the CPU or disk) gets `home`: each
+piece then runs on its module's execution device and returns its output on `home` (`_call`), and
+weights read directly come through `param`, which loads offloaded ones.
+
 >>> arch = arch_for(hf_model)            # doctest: +SKIP
->>> q, k, v = arch.qkv(0, arch.ln1(0, arch.embed(tokens)))   # [batch, pos, heads, d_head]
+>>> q, k, v = arch.qkv(0, arch.ln1(0, arch.embed(tokens)))   # [batch, pos, heads, d_head]  # doctest: +SKIP
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -47,20 +51,65 @@ class Arch:
     d_mlp: int
     parallel: bool = False       # attention and MLP both read resid_pre (GPT-NeoX)
     rotary: bool = False
+    home: torch.device | None = None   # set when the model is split over devices (see `_call`)
+    _exec: dict = field(default_factory=dict, repr=False, compare=False)   # module id -> device
 
     # embed(tokens [b, T], positions [T]) -> resid [b, T, d]
     # rope(positions [T], like) -> (cos, sin) [1, T, rot] or None
     # ln1 / ln2 / ln_final: resid -> normalised
     # qkv(layer, x) -> q [b, T, n_heads, d_head], k, v [b, T, n_kv_heads, d_head]
-    # o_weight(layer) -> [n_heads * d_head, d_model];  o_bias(layer) -> [d_model] or None
+    # _o_module(layer) -> the attention output projection (o_weight / o_bias / o_proj read it)
     # mlp_pre(layer, x) -> hidden [b, T, d_mlp]; mlp_act -> post; mlp_out(layer, post) -> [b, T, d]
     # unembed(x [b, d]) -> logits [b, vocab]
 
     def scaling(self, layer: int) -> float:
         raise NotImplementedError
 
+    # -- calling the model's own modules, wherever accelerate placed them ------------------------
+    def _call(self, module: nn.Module, *args: Tensor, raw: bool = True):
+        """`module(*args)` (its wrapped Hugging Face module when `raw`). On a model split over
+        devices (`home` set) the inputs go to the module's execution device and the outputs come
+        back to `home`, so everything outside these pieces lives on one device; offloaded weights
+        are loaded by accelerate's own hook on the module."""
+        mod = _raw(module) if raw else module
+        if self.home is None:
+            return mod(*args)
+        dev = self._device_of(mod)
+        out = mod(*(a.to(dev) for a in args))
+        return tuple(o.to(self.home) for o in out) if isinstance(out, tuple) else out.to(self.home)
+
+    def param(self, module: nn.Module, name: str = "weight") -> Tensor | None:
+        """A parameter of `module` (unwrapped) as a tensor on `home`; an offloaded one (on the meta
+        device, its data on the CPU or disk) is loaded for the read."""
+        mod = _raw(module)
+        t = getattr(mod, name, None)
+        if t is None or self.home is None:
+            return t
+        if t.device.type == "meta":
+            from accelerate.utils import align_module_device
+            with align_module_device(mod):
+                t = getattr(mod, name)
+        return t.to(self.home)
+
+    def _device_of(self, mod: nn.Module) -> torch.device:
+        dev = self._exec.get(id(mod))
+        if dev is None:
+            dev = self._exec[id(mod)] = execution_device(mod, self.home)
+        return dev
+
+    def o_weight(self, layer: int) -> Tensor:
+        """The attention output projection as [n_heads * d_head, d_model]."""
+        mod = self._o_module(layer)
+        w = self.param(mod)
+        return w if type(_raw(mod)).__name__ == "Conv1D" else w.T     # GPT-2's Conv1D is [in, out]
+
+    def o_bias(self, layer: int) -> Tensor | None:
+        return self.param(self._o_module(layer), "bias")
+
     def o_proj(self, layer: int, z: Tensor) -> Tensor:
         """z [b, T, n_heads, d_head] -> attention output [b, T, d_model], bias included."""
+        if self.home is not None:            # split model: one call where the module is placed
+            return self._call(self._o_module(layer), z.flatten(-2))
         out = z.flatten(-2) @ self.o_weight(layer)
         bias = self.o_bias(layer)
         return out + bias if bias is not None else out
@@ -72,15 +121,28 @@ def _raw(module: nn.Module) -> nn.Module:
     return getattr(module, "_original_component", module)
 
 
-def _linear_weight_t(lin: nn.Module) -> Tensor:
-    """An nn.Linear's or GPT-2 Conv1D's weight as [in, out]."""
-    return lin.weight if type(lin).__name__ == "Conv1D" else lin.weight.T
+def execution_device(module: nn.Module, default: torch.device) -> torch.device:
+    """Where `module` computes: accelerate's hook's execution device when it has one (the case
+    for offloaded modules, whose parameters sit on the meta device), else its first parameter's
+    or buffer's device, else `default`.
+
+    >>> execution_device(nn.Linear(2, 2), torch.device("cpu"))
+    device(type='cpu')
+    """
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    for t in (*module.parameters(), *module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return default
 
 
 class Gpt2Arch(Arch):
     def embed(self, tokens, positions):
         t = self.model.transformer
-        return _raw(t.wte)(tokens) + _raw(t.wpe)(positions)[None]
+        return self._call(t.wte, tokens) + self._call(t.wpe, positions)[None]
 
     def rope(self, positions, like):
         return None
@@ -89,30 +151,27 @@ class Gpt2Arch(Arch):
         return self.model.transformer.h[layer]
 
     def ln1(self, layer, x):
-        return _raw(self._block(layer).ln_1)(x)
+        return self._call(self._block(layer).ln_1, x)
 
     def ln2(self, layer, x):
-        return _raw(self._block(layer).ln_2)(x)
+        return self._call(self._block(layer).ln_2, x)
 
     def ln_final(self, x):
-        return _raw(self.model.transformer.ln_f)(x)
+        return self._call(self.model.transformer.ln_f, x)
 
     def qkv(self, layer, x):
-        q, k, v = _raw(self._block(layer).attn.c_attn)(x).split(self.d_model, dim=-1)
+        q, k, v = self._call(self._block(layer).attn.c_attn, x).split(self.d_model, dim=-1)
         shape = (*x.shape[:-1], self.n_heads, self.d_head)
         return q.view(shape), k.view(shape), v.view(shape)
 
     def scaling(self, layer):
         return self._block(layer).attn.scaling
 
-    def o_weight(self, layer):
-        return _linear_weight_t(_raw(self._block(layer).attn.c_proj))
-
-    def o_bias(self, layer):
-        return _raw(self._block(layer).attn.c_proj).bias
+    def _o_module(self, layer):
+        return self._block(layer).attn.c_proj
 
     def mlp_pre(self, layer, x):
-        return _raw(self._block(layer).mlp.c_fc)(x)
+        return self._call(self._block(layer).mlp.c_fc, x)
 
     def mlp_act(self, layer, pre):
         act = self._block(layer).mlp.act
@@ -121,114 +180,111 @@ class Gpt2Arch(Arch):
         return act(pre)
 
     def mlp_out(self, layer, post):
-        return _raw(self._block(layer).mlp.c_proj)(post)
+        return self._call(self._block(layer).mlp.c_proj, post)
 
     def unembed(self, x):
-        return _raw(self.model.get_output_embeddings())(x)
+        return self._call(self.model.get_output_embeddings(), x)
 
 
 class LlamaArch(Arch):
     def embed(self, tokens, positions):
-        return _raw(self.model.model.embed_tokens)(tokens)
+        return self._call(self.model.model.embed_tokens, tokens)
 
     def rope(self, positions, like):
-        cos, sin = self.model.model.rotary_emb(like, positions[None])
+        cos, sin = self._call(self.model.model.rotary_emb, like, positions[None], raw=False)
         return cos, sin
 
     def _block(self, layer):
         return self.model.model.layers[layer]
 
     def ln1(self, layer, x):
-        return _raw(self._block(layer).input_layernorm)(x)
+        return self._call(self._block(layer).input_layernorm, x)
 
     def ln2(self, layer, x):
-        return _raw(self._block(layer).post_attention_layernorm)(x)
+        return self._call(self._block(layer).post_attention_layernorm, x)
 
     def ln_final(self, x):
-        return _raw(self.model.model.norm)(x)
+        return self._call(self.model.model.norm, x)
 
     def qkv(self, layer, x):
         a = self._block(layer).self_attn
         lead = x.shape[:-1]
-        return (_raw(a.q_proj)(x).view(*lead, self.n_heads, self.d_head),
-                _raw(a.k_proj)(x).view(*lead, self.n_kv_heads, self.d_head),
-                _raw(a.v_proj)(x).view(*lead, self.n_kv_heads, self.d_head))
+        return (self._call(a.q_proj, x).view(*lead, self.n_heads, self.d_head),
+                self._call(a.k_proj, x).view(*lead, self.n_kv_heads, self.d_head),
+                self._call(a.v_proj, x).view(*lead, self.n_kv_heads, self.d_head))
 
     def scaling(self, layer):
         return self._block(layer).self_attn.scaling
 
-    def o_weight(self, layer):
-        return _raw(self._block(layer).self_attn.o_proj).weight.T
-
-    def o_bias(self, layer):
-        return _raw(self._block(layer).self_attn.o_proj).bias
+    def _o_module(self, layer):
+        return self._block(layer).self_attn.o_proj
 
     def mlp_pre(self, layer, x):
         mlp = self._block(layer).mlp
-        return torch.stack((_raw(mlp.gate_proj)(x), _raw(mlp.up_proj)(x)))   # [2, b, T, d_mlp]
+        return torch.stack((self._call(mlp.gate_proj, x), self._call(mlp.up_proj, x)))   # [2, b, T, d_mlp]
 
     def mlp_act(self, layer, pre):
         return self._block(layer).mlp.act_fn(pre[0]) * pre[1]
 
     def mlp_out(self, layer, post):
-        return _raw(self._block(layer).mlp.down_proj)(post)
+        return self._call(self._block(layer).mlp.down_proj, post)
 
     def unembed(self, x):
-        return _raw(self.model.get_output_embeddings())(x)
+        return self._call(self.model.get_output_embeddings(), x)
 
 
 class NeoxArch(Arch):
     def embed(self, tokens, positions):
-        return _raw(self.model.gpt_neox.embed_in)(tokens)
+        return self._call(self.model.gpt_neox.embed_in, tokens)
 
     def rope(self, positions, like):
-        return self.model.gpt_neox.rotary_emb(like, positions[None])
+        return self._call(self.model.gpt_neox.rotary_emb, like, positions[None], raw=False)
 
     def _block(self, layer):
         return self.model.gpt_neox.layers[layer]
 
     def ln1(self, layer, x):
-        return _raw(self._block(layer).input_layernorm)(x)
+        return self._call(self._block(layer).input_layernorm, x)
 
     def ln2(self, layer, x):
-        return _raw(self._block(layer).post_attention_layernorm)(x)
+        return self._call(self._block(layer).post_attention_layernorm, x)
 
     def ln_final(self, x):
-        return _raw(self.model.gpt_neox.final_layer_norm)(x)
+        return self._call(self.model.gpt_neox.final_layer_norm, x)
 
     def qkv(self, layer, x):
-        qkv = _raw(self._block(layer).attention.query_key_value)(x)
+        qkv = self._call(self._block(layer).attention.query_key_value, x)
         qkv = qkv.view(*x.shape[:-1], self.n_heads, 3 * self.d_head)
         return qkv.chunk(3, dim=-1)
 
     def scaling(self, layer):
         return self._block(layer).attention.scaling
 
-    def o_weight(self, layer):
-        return _raw(self._block(layer).attention.dense).weight.T
-
-    def o_bias(self, layer):
-        return _raw(self._block(layer).attention.dense).bias
+    def _o_module(self, layer):
+        return self._block(layer).attention.dense
 
     def mlp_pre(self, layer, x):
-        return _raw(self._block(layer).mlp.dense_h_to_4h)(x)
+        return self._call(self._block(layer).mlp.dense_h_to_4h, x)
 
     def mlp_act(self, layer, pre):
         return self._block(layer).mlp.act(pre)
 
     def mlp_out(self, layer, post):
-        return _raw(self._block(layer).mlp.dense_4h_to_h)(post)
+        return self._call(self._block(layer).mlp.dense_4h_to_h, post)
 
     def unembed(self, x):
-        return _raw(self.model.get_output_embeddings())(x)
+        return self._call(self.model.get_output_embeddings(), x)
 
 
 FAMILIES = {"gpt2": Gpt2Arch, "llama": LlamaArch, "mistral": LlamaArch, "qwen2": LlamaArch,
             "gpt_neox": NeoxArch}
 
 
-def arch_for(model: nn.Module) -> Arch | None:
+def arch_for(model: nn.Module, home: torch.device | None = None) -> Arch | None:
     """The engine's view of a Hugging Face causal LM, or None when its family is not supported.
+
+    `home`: for a model that accelerate split over devices (or offloaded in part), the device
+    where the engine keeps activations; each piece then runs where its module is placed.
 
     >>> arch_for(GPT2LMHeadModel(GPT2Config(n_layer=2))).n_layers   # doctest: +SKIP
     2
@@ -251,5 +307,5 @@ def arch_for(model: nn.Module) -> Arch | None:
         n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
         d_head=d_head, d_model=d_model, d_mlp=d_mlp,
         parallel=bool(getattr(cfg, "use_parallel_residual", False)) if cfg.model_type == "gpt_neox" else False,
-        rotary=cfg.model_type != "gpt2",
+        rotary=cfg.model_type != "gpt2", home=home,
     )

@@ -55,8 +55,8 @@ def _model_args(p):
     p.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device-map", default=None, metavar="auto",
-                   help="spread a large model over the GPUs, or the CPU and disk (accelerate); a split "
-                        "model is patched through TransformerLens' hooks")
+                   help="spread a large model over the GPUs, the CPU and disk (accelerate); the engine "
+                        "runs each module where it is placed")
 
 
 def _prompt_args(p):

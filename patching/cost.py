@@ -393,7 +393,7 @@ def estimate_path_cost(model, prompts: PromptSet, spec, device=None, *, calibrat
     >>> estimate_path_cost(model, prompts, PathSpec(receivers=("logits",))).patched_rows   # doctest: +SKIP
     32
     """
-    from .path import DEFAULT_MAX_MEMORY_MB as PATH_MB, _memory_per_row as path_row, _read_slot, _write_slot
+    from .path import _memory_per_row as path_row, _read_slot, _write_slot
     from .path import Node, all_receivers
     where = _device_label(model, prompts, device)
     require_runner(model, "path patching")
@@ -413,7 +413,8 @@ def estimate_path_cost(model, prompts: PromptSet, spec, device=None, *, calibrat
             raise ValueError(f"{n.label!r}: layer {n.layer} out of range; this model has layers 0-{n_layers - 1}")
     cal = calibration or calibrate(model, prompts)
     full = 2 * n_layers * n_pos
-    chunk = max(1, int((max_memory_mb or PATH_MB) * 2**20 // path_row(model, n_pos)) // n_pairs)
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # as `run_path` sets it
+    chunk = max(1, int(budget // path_row(model, n_pos)) // n_pairs)
     n_read = n_pos if spec.receiver_positions is None else len(spec.receiver_positions)
 
     def row_units(s, rs) -> tuple[float, int]:

@@ -35,7 +35,6 @@ from .provenance import recorded
 from .results import PatchResult
 from .spec import PatchSpec
 
-DEFAULT_MAX_MEMORY_MB = 1024
 Progress = Callable[[int, int], None]
 
 

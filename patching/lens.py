@@ -186,13 +186,13 @@ def _final_norm(model, resid: Tensor) -> _FinalNorm:
         if obj is not None:
             mod = _unwrap(obj)
             break
-    norm = None
+    norm, param = None, model.arch.param          # param: loads an offloaded weight for the read
     if isinstance(mod, nn.LayerNorm):
-        norm = _FinalNorm(True, mod.weight, mod.bias, mod.eps)
+        norm = _FinalNorm(True, param(mod, "weight"), param(mod, "bias"), mod.eps)
     elif mod is not None and hasattr(mod, "weight"):
         eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", None))
         if eps is not None:
-            norm = _FinalNorm(False, mod.weight, None, float(eps))
+            norm = _FinalNorm(False, param(mod, "weight"), None, float(eps))
     if norm is not None:
         want = model.arch.ln_final(resid)
         got = norm.linear(resid, norm.scale(resid)) + (norm.bias if norm.bias is not None else 0)
@@ -206,7 +206,11 @@ def _final_norm(model, resid: Tensor) -> _FinalNorm:
 def _unembed_linear(model) -> tuple[Tensor, Tensor | None]:
     """The unembedding as W [vocab, d_model] and bias [vocab] (or None)."""
     lin = _unwrap(model.hf.get_output_embeddings())
-    return lin.weight, getattr(lin, "bias", None)
+    return model.arch.param(lin, "weight"), model.arch.param(lin, "bias")
+
+
+def _vocab_size(model) -> int:
+    return _unwrap(model.hf.get_output_embeddings()).weight.shape[0]     # a shape: no weight read
 
 
 def _labels(comp: str, layer: int | None, head: int | None) -> str:
@@ -299,7 +303,7 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
     if mode == "per_layer":
         _check_model(model, "the per-component logit lens (mode 'per_layer')")
     pair = _check_pair(prompts, pair)
-    vocab = _unembed_linear(model)[0].shape[0]
+    vocab = _vocab_size(model)
     k = _check_k(k, vocab)
     cache = _run(model, prompts, run, pair)
     decode = _Decoder(model)
@@ -427,7 +431,7 @@ def top_k(model, prompts: PromptSet, *, run: str = "clean", pos: int = -1, k: in
     _check_run(run)
     pair = _check_pair(prompts, pair)
     pos = _check_index(pos, prompts.n_pos, "pos", f"the prompt has {prompts.n_pos} tokens")
-    k = _check_k(k, _unembed_linear(model)[0].shape[0])
+    k = _check_k(k, _vocab_size(model))
     cache = _run(model, prompts, run, pair)
     logits = _decode(model, cache.layers[-1].resid_post[0, pos]).float()          # [vocab]
     logp = logits.log_softmax(-1)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .arch import Arch, arch_for
+from .arch import Arch, arch_for, execution_device
 from .runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,22 +224,49 @@ def placement(hf) -> dict[str, str]:
 
 
 def require_runner(model, what: str, hint: str = ""):
-    """The model's runner, or a ValueError saying why `what` cannot run without it: a model split
-    across devices by a device map, or an architecture outside the runner's families.
+    """The model's runner, or a ValueError saying why `what` cannot run without it: an
+    architecture outside the runner's families (a split model keeps its runner).
 
     >>> require_runner(model, "path patching")      # doctest: +SKIP
     """
     if model.runner is not None:
         return model.runner
-    if model.device_map and is_split(model.device_map):
-        devices = ", ".join(sorted({str(d) for d in model.device_map.values()}))
-        why = (f"{model.name!r} is split across devices ({devices}) by its device map, and the runner "
-               "works on one device; load it on one device (no --device-map) for this")
-    else:
-        arch = getattr(model.cfg, "architecture", None) or "this architecture"
-        why = (f"it does not support {model.name!r} ({arch}; supported: GPT-2, Llama-style and "
-               "GPT-NeoX families)")
-    raise ValueError(f"{what} needs the engine's runner, but {why}{hint}")
+    arch = getattr(model.cfg, "architecture", None) or "this architecture"
+    raise ValueError(f"{what} needs the engine's runner, but it does not support {model.name!r} ({arch}; "
+                     f"supported: GPT-2, Llama-style and GPT-NeoX families){hint}")
+
+
+def mixes_gpu_and_offload(device_map: dict[str, str]) -> bool:
+    """A map with a GPU and CPU or disk entries: accelerate then offloads the CPU / disk modules
+    (weights in RAM or on disk, loaded onto the GPU for each call).
+
+    >>> mixes_gpu_and_offload({"model.layers.0": "0", "model.layers.1": "cpu"})
+    True
+    """
+    values = {str(v).lower() for v in device_map.values()}
+    return bool(values & {"cpu", "disk"}) and any(v.isdigit() or v.startswith("cuda") for v in values)
+
+
+@contextmanager
+def _gpu_offload_admitted(hf, name: str):
+    """Boot the bridge on a GPU + CPU/disk map (TransformerLens 4.3 refuses one, since its own
+    component wrappers are unverified there) when the engine's runner will do every forward: the
+    runner calls each module through accelerate's offload hook (tested with disk offload). The
+    bridge then only provides the config; its forward is used by models without a runner, for
+    which the map stays refused."""
+    placed = getattr(hf, "hf_device_map", None)
+    if not placed or not mixes_gpu_and_offload({k: str(v) for k, v in placed.items()}):
+        yield
+        return
+    if arch_for(hf) is None:
+        raise ValueError(f"{name!r} mixes GPUs with CPU/disk offload in its device map, which only the "
+                         "engine's runner supports (GPT-2, Llama-style and GPT-NeoX families); place it on "
+                         "GPUs only (a map without 'cpu' or 'disk') or load it in a smaller --dtype")
+    del hf.hf_device_map
+    try:
+        yield
+    finally:
+        hf.hf_device_map = placed
 
 
 def is_split(device_map: dict[str, str]) -> bool:
@@ -250,9 +278,9 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
     """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
 
     `device_map` ('auto', ... or a dict; needs accelerate) spreads a large model over the GPUs,
-    the CPU (and `offload_folder` on disk) within `max_memory` ({0: "20GiB", "cpu": "60GiB"}). A
-    model that ends up split runs through TransformerLens' hooks (each module on its own device);
-    one that fits on one device keeps the engine's fast runner.
+    the CPU (and `offload_folder` on disk) within `max_memory` ({0: "20GiB", "cpu": "60GiB"}). The
+    runner works on a split model too: each module runs where accelerate placed it (offloaded ones
+    through accelerate's hook) and activations live on `Model.device`, the embedding's device.
 
     >>> load_model("no-such-model")
     Traceback (most recent call last):
@@ -286,12 +314,11 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
                 attn_implementation="eager", local_files_only=local, **placed)
             hf.eval()
             where_placed = placement(hf)
-            if dev is None:               # device map: tokens go where the embedding is
-                dev = torch.device(next(hf.get_input_embeddings().parameters()).device)
-                if dev.type == "meta":
-                    dev = torch.device("cpu")
-            bridge = TransformerBridge.boot_transformers(
-                str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
+            if dev is None:               # device map: tokens go where the embedding computes
+                dev = execution_device(hf.get_input_embeddings(), torch.device("cpu"))
+            with _gpu_offload_admitted(hf, name):
+                bridge = TransformerBridge.boot_transformers(
+                    str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
     except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
         if "trust_remote_code" in str(exc):
             raise ValueError(f"cannot load model {name!r}: it needs its own Python code (trust_remote_code), "
@@ -299,13 +326,14 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot load model {name!r}: {first[:300]}") from None
     bridge.eval()
-    arch = arch_for(bridge.original_model)
     split = is_split(where_placed)
+    arch = arch_for(bridge.original_model, home=dev if split else None)
     if split:
-        log.info("model %s is split over %s: patching goes through TransformerLens' hooks",
-                 name, ", ".join(sorted(set(where_placed.values()))))
+        log.info("model %s is split over %s: %s", name, ", ".join(sorted(set(where_placed.values()))),
+                 "the runner keeps activations on " + str(dev) if arch is not None
+                 else "its family has no runner, patching goes through TransformerLens' hooks")
     return Model(name=name, bridge=bridge, tokenizer=tokenizer, device=dev, arch=arch,
-                 runner=Runner(arch) if arch is not None and not split else None,
+                 runner=Runner(arch) if arch is not None else None,
                  device_map=where_placed if device_map is not None else None)
 
 

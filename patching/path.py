@@ -46,6 +46,7 @@ from torch import Tensor
 
 from metrics import Metric, MetricInputs, get_metric
 
+from .memory_budget import memory_budget
 from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
@@ -57,7 +58,6 @@ MODES = ("heads_frozen", "direct")
 SWEEPS = ("senders", "receivers")
 SENDER_KINDS = ("head", "mlp", "resid")
 RECEIVER_KINDS = ("q", "k", "v", "mlp", "logits")
-DEFAULT_MAX_MEMORY_MB = 1024
 Progress = Callable[[int, int], None]
 
 _NODE = re.compile(r"^(?:(?P<kind>[a-z]+):)?(?P<layer>\d+)(?:\.(?P<head>\d+))?(?:@(?P<pos>\d+))?$")
@@ -572,7 +572,7 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
 
     per_pair = torch.full((*[len(coords[a]) for a in axes], n_pairs), float("nan"), dtype=torch.float64)
     flat = per_pair.view(-1, n_pairs)
-    budget = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # the device's free memory
     chunk = max(1, int(budget // _memory_per_row(model, prompts.n_pos)) // n_pairs)
     done, last_report = 0, 0.0
 

@@ -119,7 +119,7 @@ def head_weights(model, fold_ln: bool = True) -> HeadWeights:
     _check_model(model, "head weights")
     a = model.arch
     dtype = next(a.model.parameters()).dtype
-    device = next(a.model.parameters()).device
+    device = a.home or next(a.model.parameters()).device
     eye = torch.eye(a.d_model, dtype=dtype, device=device)[None]            # [1, d_model, d_model]
     zero = torch.zeros(1, 1, a.d_model, dtype=dtype, device=device)
     kv_of = torch.arange(a.n_heads, device=device) // (a.n_heads // a.n_kv_heads)
@@ -130,8 +130,9 @@ def head_weights(model, fold_ln: bool = True) -> HeadWeights:
         ws = [(w - b[None]).permute(1, 0, 2) for w, b in zip(ws, bs)]       # [heads, d_model, d_head]
         ws[1], ws[2], bs[1], bs[2] = ws[1][kv_of], ws[2][kv_of], bs[1][kv_of], bs[2][kv_of]
         ln = _ln1_module(a, layer)
-        g = ln.weight.float() if getattr(ln, "weight", None) is not None else torch.ones(a.d_model, device=device)
-        beta = ln.bias.float() if getattr(ln, "bias", None) is not None else torch.zeros(a.d_model, device=device)
+        g, beta = a.param(ln, "weight"), a.param(ln, "bias")      # loaded when offloaded
+        g = g.float() if g is not None else torch.ones(a.d_model, device=device)
+        beta = beta.float() if beta is not None else torch.zeros(a.d_model, device=device)
         if fold_ln:
             bs = [b + torch.einsum("m,hmd->hd", beta, w) for b, w in zip(bs, ws)]
             ws = [w * g[None, :, None] for w in ws]
@@ -274,10 +275,9 @@ TOKEN_COLUMNS = ("circuit", "layer", "head", "label", "direction", "singular_val
 def _vocab_matrices(model, w: HeadWeights) -> dict[str, Tensor]:
     """'embed': W_E [vocab, d_model]; 'unembed': W_U [vocab, d_model] (final norm weight folded in
     when the head weights are folded)."""
-    hf = model.hf
-    w_e = getattr(hf.get_input_embeddings(), "_original_component", hf.get_input_embeddings()).weight
-    out = getattr(hf.get_output_embeddings(), "_original_component", hf.get_output_embeddings())
-    w_u = out.weight.double()
+    hf, param = model.hf, model.arch.param          # param: loads an offloaded weight for the read
+    w_e = param(hf.get_input_embeddings(), "weight")
+    w_u = param(hf.get_output_embeddings(), "weight").double()
     if w.fold_ln:
         norm = None
         for path in ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm"):
@@ -285,10 +285,10 @@ def _vocab_matrices(model, w: HeadWeights) -> dict[str, Tensor]:
             for part in path.split("."):
                 obj = getattr(obj, part, None)
             if obj is not None:
-                norm = getattr(obj, "_original_component", obj)
+                norm = param(obj, "weight")
                 break
-        if norm is not None and getattr(norm, "weight", None) is not None:
-            w_u = w_u * norm.weight.double()[None]
+        if norm is not None:
+            w_u = w_u * norm.double()[None]
     return {"embed": w_e.double(), "unembed": w_u}
 
 

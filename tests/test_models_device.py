@@ -40,20 +40,89 @@ def test_device_map_auto_on_one_device_keeps_the_runner_and_the_numbers(referenc
     assert torch.equal(_sweep(model).values, ref.values)
 
 
-def test_a_split_model_is_patched_through_hooks_and_matches(reference, tmp_path):
-    _, ref = reference
-    # a CPU budget of a few MiB pushes the later blocks to disk: a real split, on CPU only
-    model = load_model("default", device_map="auto", max_memory={"cpu": "3MiB"}, offload_folder=tmp_path)
+@pytest.fixture(scope="module")
+def split_model(tmp_path_factory):
+    # a CPU budget of a few MiB pushes the later blocks to disk: a real split, on CPU only, with
+    # accelerate's offload hooks loading those blocks' weights (meta tensors until then) per call
+    model = load_model("default", device_map="auto", max_memory={"cpu": "3MiB"},
+                       offload_folder=tmp_path_factory.mktemp("offload"))
     assert is_split(model.device_map) and "disk" in model.device_map.values()
-    assert model.runner is None                                # TransformerLens' hook path
-    got = _sweep(model)
-    assert got.values.shape == ref.values.shape
-    assert torch.allclose(got.values, ref.values, atol=1e-4)
-    # what needs the runner says why it is missing: the split, not an unsupported family
+    offloaded = [n for n, p in model.hf.named_parameters() if p.device.type == "meta"]
+    assert offloaded, "nothing was offloaded: the test would not exercise the split"
+    return model
+
+
+@pytest.mark.parametrize("kind", ["resid_pre", "head_out", "attn_out", "mlp_out", "head_v", "head_pattern"])
+def test_a_split_model_keeps_the_runner_and_the_numbers(reference, split_model, kind):
+    ref_model, _ = reference
+    assert split_model.runner is not None and split_model.arch.home == torch.device("cpu")
+    want = _sweep(ref_model, kind)
+    got = _sweep(split_model, kind)
+    assert got.values.shape == want.values.shape
+    assert torch.allclose(got.values, want.values, atol=1e-4), (got.values - want.values).abs().max()
+
+
+def test_what_needs_the_runner_runs_on_a_split_model(reference, split_model):
+    """Path and attribution patching, chosen cells, the patched attention pattern, direct logit
+    attribution and the weight views read offloaded weights through accelerate: same numbers."""
+    from patching import counterfactual_attention, run_attribution
+    from patching.lens import direct_logit_attribution
     from patching.path import PathSpec, run_path
-    with pytest.raises(ValueError, match=r"path patching needs the engine's runner, but 'default' is split "
-                                         r"across devices \(cpu, disk\).*load it on one device"):
-        run_path(model, PromptSet.from_pairs(model, IOI), PathSpec())
+    from patching.weights import composition_scores
+    ref_model, _ = reference
+    pairs = [(m, PromptSet.from_pairs(m, IOI)) for m in (ref_model, split_model)]
+    close = lambda a, b: torch.allclose(a, b, atol=1e-4, equal_nan=True) and a.isfinite().any()
+    (r, rp), (s, sp) = pairs
+    assert close(run_path(s, sp, PathSpec()).values, run_path(r, rp, PathSpec()).values)
+    for got, want in zip(run_attribution(s, sp), run_attribution(r, rp)):
+        assert close(got.values, want.values)
+    cells = [(1, 3), (3, 5)]                  # (layer, pos); the other cells stay NaN
+    assert close(sweep(s, sp, PatchSpec(kind="resid_pre"), cells=cells).values,
+                 sweep(r, rp, PatchSpec(kind="resid_pre"), cells=cells).values)
+    att = [counterfactual_attention(m, p, 3, 1, spec=PatchSpec(kind="head_out"), index={"layer": 2, "head": 0})
+           for m, p in pairs]
+    assert close(att[0].patched, att[1].patched) and close(att[0].clean, att[1].clean)
+    numbers = lambda df: torch.tensor(df.select_dtypes("number").to_numpy(dtype="float64", na_value=float("nan")))
+    for frames in ([direct_logit_attribution(m, p) for m, p in pairs], [composition_scores(m) for m in (r, s)]):
+        assert list(frames[0].columns) == list(frames[1].columns)
+        assert close(numbers(frames[0]), numbers(frames[1]))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])     # llama: grouped-query attention
+def test_every_runner_family_runs_split_over_cpu_and_disk(tiny_dirs, tiny_models, family, tmp_path):
+    from patching.path import PathSpec, run_path
+    ref = tiny_models[family]
+    split = load_model(str(tiny_dirs[family]), device_map="auto", max_memory={"cpu": "100KiB"},
+                       offload_folder=tmp_path)
+    assert "disk" in split.device_map.values() and split.runner is not None
+    for kind in ("resid_pre", "head_out", "mlp_out", "head_k"):
+        got, want = (sweep(m, PromptSet.from_pairs(m, IOI), PatchSpec(kind=kind)).values for m in (split, ref))
+        assert torch.allclose(got, want, atol=1e-5), kind
+    got, want = (run_path(m, PromptSet.from_pairs(m, IOI), PathSpec()).values for m in (split, ref))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_gpu_and_offload_map_boots_for_runner_families_only(tiny_dirs, tiny_models, monkeypatch, tmp_path):
+    """TransformerLens 4.3 refuses GPU + CPU/disk maps in its bridge. A runner family still loads
+    (the runner does every forward, through accelerate's offload hooks); there is no GPU here, so
+    a CPU + disk map stands in for one, through the same refusal and the same admission."""
+    from patching import models
+    from patching.models import mixes_gpu_and_offload
+    assert mixes_gpu_and_offload({"a": "0", "b": "cpu"}) and mixes_gpu_and_offload({"a": "cuda:1", "b": "disk"})
+    assert not mixes_gpu_and_offload({"a": "0", "b": "1"}) and not mixes_gpu_and_offload({"a": "cpu", "b": "disk"})
+    monkeypatch.setattr(models, "mixes_gpu_and_offload", lambda placed: "disk" in placed.values())
+    from transformer_lens.utilities import multi_gpu
+    monkeypatch.setattr(multi_gpu, "is_mixed_offload_gpu", lambda values: "disk" in list(values))
+    split = load_model(str(tiny_dirs["llama"]), device_map="auto", max_memory={"cpu": "100KiB"},
+                       offload_folder=tmp_path)
+    assert "disk" in split.device_map.values() and split.hf.hf_device_map      # the map is back
+    got, want = (sweep(m, PromptSet.from_pairs(m, IOI), PatchSpec(kind="head_out")).values
+                 for m in (split, tiny_models["llama"]))
+    assert torch.allclose(got, want, atol=1e-5)
+    monkeypatch.setattr(models, "arch_for", lambda *a, **k: None)             # a family without a runner
+    with pytest.raises(ValueError, match=r"mixes GPUs with CPU/disk offload.*only the engine's runner"):
+        load_model(str(tiny_dirs["llama"]), device_map="auto", max_memory={"cpu": "100KiB"},
+                   offload_folder=tmp_path / "2")
 
 
 def test_an_unsupported_family_is_named_when_the_runner_is_missing(gpt2_model):
@@ -130,3 +199,25 @@ def test_sweep_batches_follow_the_budget_of_its_device(monkeypatch, gpt2_model, 
     small = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out"))
     assert seen == [(gpt2_model.device, None)]
     assert torch.allclose(small.values, full.values, atol=1e-5)
+
+
+def test_path_patching_and_circuits_follow_the_budget_of_their_device(monkeypatch, gpt2_model, ioi_prompts):
+    from patching import circuit, path
+    from patching.circuit import CircuitSpec, faithfulness
+    from patching.path import PathSpec, run_path
+    full_path = run_path(gpt2_model, ioi_prompts, PathSpec())
+    full_circuit = faithfulness(gpt2_model, ioi_prompts, CircuitSpec(components=("L0H0", "L1H1")))
+    for module in (path, circuit):
+        seen = []
+
+        def spy(device, max_memory_mb=None, seen=seen):
+            seen.append((torch.device(device), max_memory_mb))
+            return mb.memory_budget(device, 0.01)                 # tiny: one row per batch
+        monkeypatch.setattr(module, "memory_budget", spy)
+        if module is path:
+            small = run_path(gpt2_model, ioi_prompts, PathSpec())
+            assert torch.allclose(small.values, full_path.values, atol=1e-5)
+        else:
+            small = faithfulness(gpt2_model, ioi_prompts, CircuitSpec(components=("L0H0", "L1H1")))
+            assert small.m_circuit == pytest.approx(full_circuit.m_circuit, abs=1e-5)
+        assert seen and set(seen) == {(gpt2_model.device, None)}, module.__name__
