@@ -17,6 +17,7 @@ from patching.kinds import KINDS
 from patching.results import write_csv
 
 from . import cost_refine, figures, handlers, ids, job_status, jobs, layout, share
+from .job_status import job_token
 
 log = logging.getLogger("dashboard")
 
@@ -163,7 +164,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
 
     # -- run (background) --------------------------------------------------------------------------
     def run_sweep(set_progress, n_clicks, model, clean, corrupt, answer, wrong, bos, pairs, kind,
-                  metric, direction, per_position, layers, positions, heads):
+                  metric, direction, per_position, layers, positions, heads, session=None):
         """The Run button: validate, queue, baselines, sweep (with progress), save to history."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
@@ -171,7 +172,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
                      per_position, layers, positions, heads)
         try:
             run_id = handlers.execute_run(registry, store, form, data_dir,
-                                          report=jobs.progress_reporter(set_progress))
+                                          report=jobs.progress_reporter(set_progress),
+                                          token=job_token(session, ids.RUN_BUTTON, n_clicks))
         except ValueError as exc:
             return no_update, str(exc), no_update, ""
         except Exception as exc:   # an internal error: say so, keep the page alive
@@ -194,6 +196,7 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         State(ids.METRIC_SELECT, "value"), State(ids.DIRECTION_SELECT, "value"),
         State(ids.PER_POSITION, "value"), State(ids.LAYERS_FILTER, "value"),
         State(ids.POSITIONS_FILTER, "value"), State(ids.HEADS_FILTER, "value"),
+        State(ids.SESSION_ID, "data"),
         background=True,
         interval=400,
         running=[(Output(ids.RUN_BUTTON, "disabled"), True, False),
@@ -206,18 +209,14 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         progress_default=[0, 1, "", "", ""],
         prevent_initial_call=True)(run_sweep)
 
-    def cancelled(n_clicks):
-        """Cancel: the job is killed by Dash; here the status says so and the bar resets."""
-        if not n_clicks:
-            return no_update, no_update, no_update, no_update
-        return ("Run cancelled; nothing was saved unless it had already finished (then it is in the "
-                "history).", "", 0, "")
+    cancelled = _register_cancel_notice(app, store, "Run", ids.CANCEL_BUTTON, ids.RUN_BUTTON, ids.RUN_STATUS,
+                                        ids.PROGRESS, ids.PROGRESS_TEXT)
 
-    app.callback(Output(ids.RUN_STATUS, "children", allow_duplicate=True),
-                 Output(ids.PROGRESS_TEXT, "children", allow_duplicate=True),
-                 Output(ids.PROGRESS, "value", allow_duplicate=True),
-                 Output(ids.PROGRESS, "label", allow_duplicate=True),
-                 Input(ids.CANCEL_BUTTON, "n_clicks"), prevent_initial_call=True)(cancelled)
+    # a random id per page load, made in the browser: it names the page's jobs for Cancel
+    app.clientside_callback(
+        """function(_) { return (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+                         : Date.now().toString(36) + Math.random().toString(36).slice(2); }""",
+        Output(ids.SESSION_ID, "data"), Input(ids.SESSION_ID, "id"))
 
     # -- the run on screen ---------------------------------------------------------------------------
     def show_run(run_id, mode, image_format, cell=None):
@@ -414,6 +413,12 @@ def _prompt_states() -> list[State]:
     return [State(i, "data" if i == ids.PAIRS_STORE else "value") for i in _PROMPT_STATES]
 
 
+def _split_session(args: tuple) -> tuple[tuple, str | None]:
+    """The shared prompt states and, when the callback was given it last, the page's session id."""
+    n = len(_PROMPT_STATES)
+    return (args[:n], args[n]) if len(args) > n else (args, None)
+
+
 def _prompt_form(model, clean, corrupt, answer, wrong, bos, pairs, metric, direction) -> handlers.Form:
     return _form(model, clean, corrupt, answer, wrong, bos, pairs, metric=metric, direction=direction)
 
@@ -425,16 +430,18 @@ def _done_status(text: str, baselines: str):
 def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNamespace:
     """The Path patching tab: run (background, one at a time), figure, CSV."""
 
-    def run_path(set_progress, n_clicks, receivers, senders, sweep, mode, per_position, *prompt):
+    def run_path(set_progress, n_clicks, receivers, senders, sweep, mode, per_position, *prompt_and_session):
         """Run path patching: validate, queue, baselines, sweep with progress, save to history."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
+        prompt, session = _split_session(prompt_and_session)
         form = _prompt_form(*prompt)
         path = handlers.PathForm(receivers=receivers or "", senders=senders or "", sweep=sweep or "senders",
                                  mode=mode or "heads_frozen", per_position="per" in (per_position or []))
         try:
             run_id = handlers.execute_path(registry, store, form, path, data_dir,
-                                           report=jobs.progress_reporter(set_progress))
+                                           report=jobs.progress_reporter(set_progress),
+                                           token=job_token(session, ids.PATH_RUN_BUTTON, n_clicks))
         except ValueError as exc:
             return no_update, str(exc), no_update, ""
         except Exception as exc:
@@ -451,6 +458,7 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         Input(ids.PATH_RUN_BUTTON, "n_clicks"),
         State(ids.PATH_RECEIVERS, "value"), State(ids.PATH_SENDERS, "value"), State(ids.PATH_SWEEP, "value"),
         State(ids.PATH_MODE, "value"), State(ids.PATH_PER_POSITION, "value"), *_prompt_states(),
+        State(ids.SESSION_ID, "data"),
         background=True, interval=400,
         running=[(Output(ids.PATH_RUN_BUTTON, "disabled"), True, False),
                  (Output(ids.PATH_RUN_BUTTON, "children"), "Running…", "Run path patching"),
@@ -462,8 +470,8 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         progress_default=[0, 1, "", "", ""],
         prevent_initial_call=True)(run_path)
 
-    path_cancelled = _register_cancel_notice(app, "Path", ids.PATH_CANCEL_BUTTON, ids.PATH_STATUS,
-                                             ids.PATH_PROGRESS, ids.PATH_PROGRESS_TEXT)
+    path_cancelled = _register_cancel_notice(app, store, "Path run", ids.PATH_CANCEL_BUTTON, ids.PATH_RUN_BUTTON,
+                                             ids.PATH_STATUS, ids.PATH_PROGRESS, ids.PATH_PROGRESS_TEXT)
 
     def path_controls(sweep, senders):
         """Per position applies to the every-head senders sweep only."""
@@ -548,17 +556,19 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
     app.callback(Output(ids.ATTR_STEPS, "disabled"), Input(ids.ATTR_METHOD, "value"))(
         lambda method: method != "ig")
 
-    def run_attribution(set_progress, n_clicks, kinds, method, steps, per_position, edges, *prompt):
+    def run_attribution(set_progress, n_clicks, kinds, method, steps, per_position, edges, *prompt_and_session):
         """Run attribution for the chosen kinds (and edges): validate, queue, baselines, estimate, save."""
         if not n_clicks:
             return no_update, no_update, no_update
+        prompt, session = _split_session(prompt_and_session)
         form = _prompt_form(*prompt)
         attr = handlers.AttributionForm(kinds=tuple(kinds or ()), method=method or "plain", steps=steps,
                                         per_position="per" in (per_position or []),
                                         edges="edges" in (edges or []))
         try:
             att_id = handlers.execute_attribution(registry, store, form, attr, data_dir,
-                                                  report=jobs.progress_reporter(set_progress))
+                                                  report=jobs.progress_reporter(set_progress),
+                                                  token=job_token(session, ids.ATTR_RUN_BUTTON, n_clicks))
         except ValueError as exc:
             return no_update, str(exc), ""
         except Exception as exc:
@@ -576,6 +586,7 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         Input(ids.ATTR_RUN_BUTTON, "n_clicks"),
         State(ids.ATTR_KINDS, "value"), State(ids.ATTR_METHOD, "value"), State(ids.ATTR_STEPS, "value"),
         State(ids.ATTR_PER_POSITION, "value"), State(ids.ATTR_EDGES, "value"), *_prompt_states(),
+        State(ids.SESSION_ID, "data"),
         background=True, interval=400,
         running=[(Output(ids.ATTR_RUN_BUTTON, "disabled"), True, False),
                  (Output(ids.ATTR_RUN_BUTTON, "children"), "Running…", "Run attribution"),
@@ -587,8 +598,9 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         progress_default=[0, 1, "", "", ""],
         prevent_initial_call=True)(run_attribution)
 
-    attribution_cancelled = _register_cancel_notice(app, "Attribution", ids.ATTR_CANCEL_BUTTON, ids.ATTR_STATUS,
-                                                    ids.ATTR_PROGRESS, ids.ATTR_PROGRESS_TEXT)
+    attribution_cancelled = _register_cancel_notice(app, store, "Attribution run", ids.ATTR_CANCEL_BUTTON,
+                                                    ids.ATTR_RUN_BUTTON, ids.ATTR_STATUS, ids.ATTR_PROGRESS,
+                                                    ids.ATTR_PROGRESS_TEXT)
 
     def show_attribution(att_id, kind, mode):
         """The attribution run on screen + chosen kind -> its heatmap, the kind options, summary,
@@ -672,18 +684,27 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
                            agreement=agreement)
 
 
-def _register_cancel_notice(app, what: str, cancel_button: str, status: str, progress: str, progress_text: str):
-    """After Cancel: say nothing was saved and reset the progress bar (shared by the path and
-    attribution panels)."""
-    def cancelled(n_clicks):
+def _register_cancel_notice(app, store, what: str, cancel_button: str, run_button: str, status: str,
+                            progress: str, progress_text: str):
+    """After Cancel: record the request in the run store under the job's token (so a job still
+    queued, or on a worker that missed Celery's revoke, stops too, and a killed one is listed as
+    cancelled), say nothing was saved and reset the progress bar (sweep, path, attribution)."""
+    def cancelled(n_clicks, run_clicks=None, session=None):
         if not n_clicks:
             return no_update, no_update, no_update, no_update
-        return (f"{what} run cancelled; nothing was saved unless it had already finished (then it is in "
+        token = job_token(session, run_button, run_clicks)
+        if token:
+            try:
+                store.request_cancel(token)
+            except Exception:                    # Dash's own cancel still stops the job
+                log.warning("could not record the cancel request %s", token, exc_info=True)
+        return (f"{what} cancelled; nothing was saved unless it had already finished (then it is in "
                 "the history).", "", 0, "")
 
     app.callback(Output(status, "children", allow_duplicate=True),
                  Output(progress_text, "children", allow_duplicate=True),
                  Output(progress, "value", allow_duplicate=True),
                  Output(progress, "label", allow_duplicate=True),
-                 Input(cancel_button, "n_clicks"), prevent_initial_call=True)(cancelled)
+                 Input(cancel_button, "n_clicks"), State(run_button, "n_clicks"), State(ids.SESSION_ID, "data"),
+                 prevent_initial_call=True)(cancelled)
     return cancelled

@@ -402,17 +402,19 @@ class Progress:
 
 
 def execute_run(registry, store, form: Form, data_dir: str | Path,
-                report: Callable[[Progress], None] = lambda p: None) -> int:
+                report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
     """The Run button's job: validate, queue for the run slot, baselines, sweep, save.
 
-    Returns the saved run's id; ValueError with the message to show on bad input.
+    Returns the saved run's id; ValueError with the message to show on bad input (JobCancelled
+    when Cancel was pressed for `token`, see `job_status.job_token`).
     """
     model = registry.get(check_model(registry, form.model))
     spec, prompts = parse_form(model, form)
     label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
             f"{spec.metric} · {Path(form.model).name}"
     return _run_and_save(store, data_dir, report, "sweep", label, form.model, model, prompts, spec,
-                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patches")
+                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patches",
+                         token)
 
 
 def _queued(report: Callable[[Progress], None]) -> Callable[[float], None]:
@@ -422,10 +424,12 @@ def _queued(report: Callable[[Progress], None]) -> Callable[[float], None]:
 
 
 def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind: str, label: str,
-                  model_name: str, model, prompts: PromptSet, spec, compute, unit: str) -> int:
+                  model_name: str, model, prompts: PromptSet, spec, compute, unit: str,
+                  token: str | None = None) -> int:
     """What every Run does once its form is valid: a tracked job queued for the run slot,
     baselines, `compute(on_progress)`, the result saved to history; progress through `report`."""
-    with tracked(store, job_kind, label, model_name) as job, run_slot(data_dir, _queued(report)):
+    with tracked(store, job_kind, label, model_name, token=token) as job, run_slot(data_dir, _queued(report)):
+        job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
         report(Progress(0, 1, "computing baselines…", ""))
         text = baselines_text(baselines(model, prompts, spec.metric), spec.metric)
         report(Progress(0, 1, "starting…", text))
@@ -741,7 +745,7 @@ def path_label(spec) -> str:
 
 
 def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Path,
-                 report: Callable[[Progress], None] = lambda p: None) -> int:
+                 report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
     """The Path tab's Run: validate, queue for the run slot, baselines, path sweep, save to history.
 
     Returns the saved run's id; ValueError with the message to show on bad input.
@@ -752,7 +756,7 @@ def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Pa
     label = f"{path_label(spec)} · {Path(form.model).name}"
     return _run_and_save(store, data_dir, report, "path", label, form.model, model, prompts, spec,
                          lambda on_progress: run_path(model, prompts, spec, on_progress=on_progress),
-                         "path patches")
+                         "path patches", token)
 
 
 def path_summary(result) -> str:
@@ -828,7 +832,7 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
 
 
 def execute_attribution(registry, store, form: Form, attr: AttributionForm, data_dir: str | Path,
-                        report: Callable[[Progress], None] = lambda p: None) -> int:
+                        report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
     """The Attribution tab's Run: validate, queue, baselines, every kind's estimate, save.
 
     Returns the attribution run's id (RunStore.get_attribution); ValueError on bad input.
@@ -841,7 +845,8 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
     label = (f"attribution ({method}) · {len(kw['kinds'])} kinds · {form.direction} · {form.metric} · "
              f"{Path(form.model).name}")
     label += " · edges" if attr.edges else ""
-    with tracked(store, "attribution", label, form.model) as job, run_slot(data_dir, _queued(report)):
+    with tracked(store, "attribution", label, form.model, token=token) as job, run_slot(data_dir, _queued(report)):
+        job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
         report(Progress(0, 1, "computing baselines…", ""))
         text = baselines_text(baselines(model, prompts, form.metric), form.metric)
         what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"

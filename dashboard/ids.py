@@ -21,6 +21,7 @@ METRIC_SELECT = "metric-select"
 DIRECTION_SELECT = "direction-select"
 RUN_BUTTON = "run-button"
 CANCEL_BUTTON = "cancel-button"
+SESSION_ID = "session-id"                  # dcc.Store: this page's random id; names its jobs for Cancel
 PROGRESS = "progress"
 ERROR_MESSAGE = "error-message"
 RESULTS_HEATMAP = "results-heatmap"

@@ -18,6 +18,21 @@ log = logging.getLogger("dashboard")
 
 HEARTBEAT_S = 10.0       # a running job writes a heartbeat this often (from a thread, progress or not)
 STALE_AFTER_S = 120.0    # a job on another host with no heartbeat for this long is marked failed
+CANCEL_CHECK_S = 2.0     # a running job with a token looks for a Cancel request this often
+
+
+class JobCancelled(ValueError):
+    """Cancel was pressed for this job (`RunStore.request_cancel`): it stops, or never starts. A
+    ValueError, so every Run handler shows its message inline like any other refusal."""
+
+
+def job_token(session: str | None, button: str, n_clicks: int | None) -> str | None:
+    """The name a page gives the job one click of `button` starts, or None without a session.
+
+    >>> job_token("5f0c", "run-button", 3)
+    '5f0c:run-button:3'
+    """
+    return f"{session}:{button}:{int(n_clicks or 0)}" if session else None
 
 
 @dataclass
@@ -27,17 +42,34 @@ class Job:
     id: int
     interval: float = HEARTBEAT_S
     run_id: int | None = None
+    token: str | None = None
+    cancel_check: float = CANCEL_CHECK_S
     _last: float = field(default_factory=time.monotonic)
+    _checked: float = field(default_factory=time.monotonic)
 
     def beat(self, *_ignored) -> None:
-        """Heartbeat, at most once per `interval` seconds; accepts on_progress's (done, total)."""
+        """Heartbeat, at most once per `interval` seconds; accepts on_progress's (done, total).
+        Raises JobCancelled once Cancel was pressed for this job (checked every `cancel_check` s):
+        a Celery worker whose revoke message was lost still stops at its next progress report."""
         now = time.monotonic()
+        if self.token and now - self._checked >= self.cancel_check:
+            self._checked = now
+            self.raise_if_cancelled()
         if now - self._last >= self.interval:
             self._last = now
             try:
                 self.store.heartbeat(self.id)
             except Exception:               # the run matters more than its status record
                 log.warning("heartbeat for job %s failed", self.id, exc_info=True)
+
+    def raise_if_cancelled(self) -> None:
+        try:
+            cancelled = self.store.cancel_requested(self.token)
+        except Exception:
+            log.warning("could not read job %s's cancel request", self.id, exc_info=True)
+            return
+        if cancelled:
+            raise JobCancelled("Run cancelled; nothing was saved.")
 
     def done(self, run_id: int) -> None:
         self.run_id = int(run_id)
@@ -53,20 +85,31 @@ def _beat_until(job: Job, stop: threading.Event) -> None:
 
 @contextmanager
 def tracked(store, kind: str, label: str, model: str, *, interval: float = HEARTBEAT_S,
-            stale_after: float = STALE_AFTER_S):
+            stale_after: float = STALE_AFTER_S, token: str | None = None):
     """Record a job around a block: stale jobs are failed first, then this one is begun; a thread
     beats every `interval` s; the block's end finishes it — done (with `job.done(run_id)`), failed
-    with the error's message, or cancelled (interrupted). The exception is re-raised."""
+    with the error's message, or cancelled (interrupted, or JobCancelled). The exception is
+    re-raised. With a `token` (`job_token`), a job whose Cancel was pressed while it waited in a
+    queue is recorded as cancelled and raises JobCancelled before the block runs."""
     try:
         store.fail_stale(stale_after)
     except Exception:
         log.warning("could not check for stale jobs", exc_info=True)
-    job = Job(store, store.begin_job(kind, label, model), interval)
+    job = Job(store, store.begin_job(kind, label, model, token=token), interval, token=token,
+              cancel_check=CANCEL_CHECK_S)
+    try:
+        job.raise_if_cancelled()
+    except JobCancelled:
+        _finish(store, job.id, "cancelled", "cancelled before it started: Cancel was pressed while it was queued")
+        raise
     stop = threading.Event()
     thread = threading.Thread(target=_beat_until, args=(job, stop), daemon=True, name=f"heartbeat-{job.id}")
     thread.start()
     try:
         yield job
+    except JobCancelled:
+        _finish(store, job.id, "cancelled", "cancelled: Cancel was pressed while it ran")
+        raise
     except ValueError as exc:
         _finish(store, job.id, "failed", str(exc))
         raise

@@ -319,6 +319,7 @@ def page(registry, model: str) -> html.Div:
     return html.Div([
         navbar,
         share.location(),
+        dcc.Store(id=ids.SESSION_ID, data=None),          # set in the browser on load (callbacks.py)
         dcc.Store(id=ids.CURRENT_RUN, storage_type="session"),
         dcc.Store(id=ids.PAIRS_STORE, data=None, storage_type="session"),
         dcc.Store(id=ids.HISTORY_VERSION, data=0),

@@ -91,6 +91,11 @@ JOBS = sa.Table(
     sa.Column("finished", sa.Float),
     sa.Index("jobs_status", "status"),
     sqlite_autoincrement=True)
+JOB_TOKENS = sa.Table(            # a job's page-side name, so a Cancel click reaches it on any host
+    "job_tokens", META,
+    sa.Column("token", sa.Text, primary_key=True),           # "<page session>:<button>:<click>"
+    sa.Column("job_id", sa.Integer),                         # set when the job starts
+    sa.Column("cancel_requested", sa.Float))                 # set by Cancel, before or after it starts
 
 
 def result_from_json(d: dict) -> PatchResult:
@@ -377,8 +382,10 @@ class RunStore:
             return int(db.execute(sa.select(sa.func.count()).select_from(RUNS)).scalar_one())
 
     # -- job status: one record per background run, so a killed or lost job shows up as failed -----
-    def begin_job(self, kind: str, label: str, model: str, pid: int | None = None) -> int:
+    def begin_job(self, kind: str, label: str, model: str, pid: int | None = None,
+                  token: str | None = None) -> int:
         """Record a job as running in this process (or `pid`) on this host; returns its id.
+        `token` names the job the way the page that started it does (see `request_cancel`).
 
         >>> job = store.begin_job("sweep", "IOI · head_out", "default")   # doctest: +SKIP
         """
@@ -388,7 +395,41 @@ class RunStore:
         row = dict(kind=kind, label=label or kind, model=model or "", status="running", reason="",
                    pid=int(pid) if pid is not None else os.getpid(), host=self._host, started=now, updated=now)
         with self._transaction() as db:
-            return int(db.execute(JOBS.insert().values(**row)).inserted_primary_key[0])
+            job_id = int(db.execute(JOBS.insert().values(**row)).inserted_primary_key[0])
+            if token:
+                self._upsert_token(db, str(token), job_id=job_id)
+            return job_id
+
+    def _upsert_token(self, db, token: str, **values) -> None:
+        """Insert or update one token's row atomically (SQLite and PostgreSQL both have ON CONFLICT)."""
+        if self._sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(JOB_TOKENS).values(token=token, **values)
+        db.execute(stmt.on_conflict_do_update(index_elements=[JOB_TOKENS.c.token], set_=values))
+
+    def request_cancel(self, token: str) -> int | None:
+        """Record that the page asked to cancel the job named `token`, whether it has started, is
+        still queued (a Celery job with no worker up: Celery's revoke is then lost) or never will.
+        A job checks this when it starts and at each heartbeat; `fail_stale` reports a killed job
+        with a request as cancelled. Returns the job's id when it has started.
+
+        >>> store.request_cancel("5f0c…:run-button:3")          # doctest: +SKIP
+        """
+        if not token:
+            raise ValueError("a cancel request needs the job's token, not an empty string")
+        with self._transaction() as db:
+            self._upsert_token(db, str(token), cancel_requested=time.time())
+            return db.execute(sa.select(JOB_TOKENS.c.job_id).where(JOB_TOKENS.c.token == str(token))).scalar()
+
+    def cancel_requested(self, token: str | None) -> bool:
+        """Whether Cancel was pressed for the job named `token` (False for no token)."""
+        if not token:
+            return False
+        with self._read() as db:
+            return db.execute(sa.select(JOB_TOKENS.c.cancel_requested)
+                              .where(JOB_TOKENS.c.token == str(token))).scalar() is not None
 
     def heartbeat(self, job_id: int) -> bool:
         """Mark a running job as alive now; False when it is not running (already finished or failed)."""
@@ -431,33 +472,40 @@ class RunStore:
         return JobInfo(*row)
 
     def fail_stale(self, max_age_s: float = 120.0) -> int:
-        """Mark running jobs that can no longer finish as failed; returns how many.
+        """Mark running jobs that can no longer finish as failed (or cancelled); returns how many.
 
-        A job whose process (on this host) is gone: "worker process N exited" (a cancelled run is
-        killed, so this is also how a cancel ends up here). A job on another host, or whose process
-        hangs, with no heartbeat for `max_age_s` seconds: "worker stopped responding".
+        A job whose process (on this host) is gone: "worker process N exited" — or, when Cancel was
+        pressed for it (`request_cancel`), cancelled: Dash kills a cancelled job's process, so
+        nothing in it can say so. A job on another host, or whose process hangs, with no heartbeat
+        for `max_age_s` seconds: "worker stopped responding".
         """
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, not {max_age_s!r}")
         now = time.time()
         with self._read() as db:
-            running = db.execute(sa.select(JOBS.c.id, JOBS.c.pid, JOBS.c.host, JOBS.c.started, JOBS.c.updated)
-                                 .where(JOBS.c.status == "running")).all()
-        stale: list[tuple[int, str]] = []
-        for job_id, pid, host, started, updated in running:
-            if host == self._host and pid is not None and not _pid_alive(pid, started):
-                stale.append((job_id, f"worker process {pid} exited before the run finished "
-                                      "(cancelled, killed or crashed)"))
+            running = db.execute(
+                sa.select(JOBS.c.id, JOBS.c.pid, JOBS.c.host, JOBS.c.started, JOBS.c.updated,
+                          JOB_TOKENS.c.cancel_requested)
+                .select_from(JOBS.outerjoin(JOB_TOKENS, JOB_TOKENS.c.job_id == JOBS.c.id))
+                .where(JOBS.c.status == "running")).all()
+        stale: list[tuple[int, str, str]] = []
+        for job_id, pid, host, started, updated, cancel in running:
+            gone = host == self._host and pid is not None and not _pid_alive(pid, started)
+            if gone and cancel is not None:
+                stale.append((job_id, "cancelled", f"cancelled: Cancel was pressed and its process {pid} stopped"))
+            elif gone:
+                stale.append((job_id, "failed", f"worker process {pid} exited before the run finished "
+                                                "(killed or crashed)"))
             elif now - updated > max_age_s:
-                stale.append((job_id, f"worker stopped responding (no heartbeat for {now - updated:.0f} s; "
-                                      f"process {pid} on {host})"))
+                stale.append((job_id, "failed", f"worker stopped responding (no heartbeat for "
+                                                f"{now - updated:.0f} s; process {pid} on {host})"))
         if not stale:
             return 0
         n = 0
         with self._transaction() as db:
-            for job_id, reason in stale:      # only if still running: a late finish_job wins
+            for job_id, status, reason in stale:      # only if still running: a late finish_job wins
                 n += db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
-                                .values(status="failed", reason=reason, updated=now, finished=now)).rowcount
+                                .values(status=status, reason=reason, updated=now, finished=now)).rowcount
         return n
 
 

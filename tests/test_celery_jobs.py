@@ -4,7 +4,9 @@ way dash-renderer drives them (`tests/dash_http.py`).
 
 A sweep runs on the worker and its result reaches the run history the page reads (and equals the
 same sweep computed here); a second, longer sweep is cancelled while it runs: nothing is saved, the
-cancelled job shows in the history with its reason; the worker then runs a third.
+cancelled job shows in the history with its reason; the worker then runs a third. Then, with the
+worker stopped, a queued sweep is cancelled (Celery's revoke reaches no one): the next worker to
+start takes it and records it cancelled, from the request the Cancel click left in the store.
 
 Bounded: every wait has a time limit, and every process started here is stopped in a finally.
 Skips (printing why) only when redis-server is not installed (`make test` installs it).
@@ -101,11 +103,14 @@ def stack(tmp_path_factory):
                 return False
         _wait("redis-server", redis_up, 20, [rproc], [rlog])
 
-        wproc, wlog = start([sys.executable, "-m", "patching", "worker", "--redis-url", redis_url,
-                             "--model", "default", "--data-dir", str(data), "--device", "cpu",
-                             "--concurrency", "1"], "worker.log")
-        _wait("the worker", lambda: " ready." in wlog.read_text() and "model default loaded" in wlog.read_text(),
-              120, [wproc], [wlog])
+        def start_worker(log_name="worker.log"):
+            wproc, wlog = start([sys.executable, "-m", "patching", "worker", "--redis-url", redis_url,
+                                 "--model", "default", "--data-dir", str(data), "--device", "cpu",
+                                 "--concurrency", "1"], log_name)
+            _wait("the worker", lambda: " ready." in wlog.read_text() and "model default loaded" in wlog.read_text(),
+                  120, [wproc], [wlog])
+            return wproc, wlog
+        wproc, wlog = start_worker()
 
         web_port = free_port()
         dproc, dlog = start([sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(web_port),
@@ -120,7 +125,7 @@ def stack(tmp_path_factory):
             except OSError:
                 return False
         _wait("the dashboard", web_up, 120, [dproc], [dlog])
-        yield url, data, wproc, wlog
+        yield url, data, wproc, wlog, start_worker
     finally:
         for proc in reversed(procs):          # dashboard, worker (and its pool), redis
             if proc.poll() is None:
@@ -160,7 +165,7 @@ def test_sweep_on_a_celery_worker_then_cancel(stack):
     from patching.models import load_model
     from patching.prompts import PromptSet
 
-    url, data, worker, wlog = stack
+    url, data, worker, wlog, start_worker = stack
     store = RunStore(data)
     page = Page(url)
 
@@ -212,3 +217,28 @@ def test_sweep_on_a_celery_worker_then_cancel(stack):
     assert run3.result.spec.kind == "resid_pre" and run3.result.values.isfinite().all()
     assert worker.poll() is None
     assert [j.status for j in store.jobs()][0::2] == ["done", "done"] and len(store.jobs()) == 3
+
+    # 4. no worker up: a Run waits on Redis; Cancel's revoke reaches no one (Celery keeps revokes in
+    # the workers' memory), but the click's request in the store does: the next worker to take the
+    # job records it as cancelled instead of running it
+    _stop(worker)
+    assert worker.poll() is not None
+    page_values = {**_form("resid_pre"), "run-button.n_clicks": 4, f"{ids.SESSION_ID}.data": "celery-page"}
+    queued = page.start("run-button.n_clicks", page_values)
+    time.sleep(1.0)
+    status, data = page.poll(queued)
+    assert status == 200 and "response" not in (data or {}), data          # still waiting for a worker
+    assert page.cancel(queued, "cancel-button.n_clicks") in (200, 204)
+    page.call("cancel-button.n_clicks", {"cancel-button.n_clicks": 2, "run-button.n_clicks": 4,
+                                         f"{ids.SESSION_ID}.data": "celery-page"}, output=f"{ids.RUN_STATUS}.children")
+    assert store.cancel_requested("celery-page:run-button:4")
+    jobs_before, runs_before = len(store.jobs()), len(store)
+    worker2, _ = start_worker("worker2.log")
+    deadline = time.monotonic() + 60
+    while len(store.jobs()) == jobs_before or store.jobs()[0].status == "running":
+        assert time.monotonic() < deadline, "the new worker never took the queued job"
+        time.sleep(0.3)
+    ended = store.jobs()[0]
+    assert (ended.status, ended.reason) == ("cancelled", "cancelled before it started: Cancel was pressed while it was queued")
+    assert len(store) == runs_before                                      # nothing computed or saved
+    assert worker2.poll() is None

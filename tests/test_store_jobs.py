@@ -198,6 +198,83 @@ def test_sigkill_mid_sweep_is_marked_failed_and_the_next_run_works(tmp_path, reg
     assert [j.status for j in store.jobs()] == ["done", "failed"]
 
 
+def _slow_run_with_token(registry, data_dir, form, started, token):
+    import torch
+    torch.set_num_threads(1)
+    store = RunStore(data_dir)
+
+    def report(p):
+        if p.total > 1:
+            started.set()
+            time.sleep(5)
+
+    handlers.execute_run(registry, store, form, data_dir, report=report, token=token)
+
+
+def test_a_killed_job_whose_cancel_was_pressed_is_listed_as_cancelled(tmp_path, registry, form):
+    """Dash kills a cancelled diskcache job outright; the Cancel click's request in the store is how
+    the history tells a cancel from a crash."""
+    store = RunStore(tmp_path)
+    token = job_status.job_token("page-1", "run-button", 1)
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    proc = ctx.Process(target=_slow_run_with_token, args=(registry, tmp_path, form, started, token))
+    proc.start()
+    try:
+        assert started.wait(40), "the sweep never started"
+        job = store.jobs()[0]
+        assert store.request_cancel(token) == job.id           # the click, as the page sends it
+        os.kill(proc.pid, signal.SIGKILL)                         # and Dash's kill
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    assert store.fail_stale(120) == 1
+    ended = store.job(job.id)
+    assert (ended.status, ended.reason) == ("cancelled", f"cancelled: Cancel was pressed and its process {proc.pid} stopped")
+    assert len(store) == 0
+
+
+def test_cancel_pressed_while_queued_stops_the_job_before_it_starts(tmp_path, registry, form):
+    """A Celery job whose revoke was lost (no worker up at the click) or a job queued behind another
+    run: the worker that picks it up finds the request and records a cancel instead of running."""
+    store = RunStore(tmp_path)
+    token = job_status.job_token("page-2", "run-button", 4)
+    assert not store.cancel_requested(token)
+    assert store.request_cancel(token) is None                # no job has started under this token yet
+    with pytest.raises(job_status.JobCancelled, match="Run cancelled; nothing was saved"):
+        handlers.execute_run(registry, store, form, tmp_path, token=token)
+    job = store.jobs()[0]
+    assert (job.status, job.reason) == ("cancelled", "cancelled before it started: Cancel was pressed while it was queued")
+    assert len(store) == 0
+    other = handlers.execute_run(registry, store, form, tmp_path, token=job_status.job_token("page-2", "run-button", 5))
+    assert store.jobs()[0].run_id == other                    # the next click is another job: it runs
+
+
+def test_cancel_pressed_while_it_runs_stops_it_at_the_next_progress_report(tmp_path, registry, form, monkeypatch):
+    monkeypatch.setattr(job_status, "CANCEL_CHECK_S", 0.0)
+    store = RunStore(tmp_path)
+    token = job_status.job_token("page-3", "run-button", 1)
+    reports = []
+
+    def report(p):                     # the click arrives once the sweep is under way
+        reports.append(p.label)
+        if p.total > 1 and not store.cancel_requested(token):
+            store.request_cancel(token)
+    with pytest.raises(job_status.JobCancelled):
+        handlers.execute_run(registry, store, form, tmp_path, report=report, token=token)
+    job = store.jobs()[0]
+    assert (job.status, job.reason) == ("cancelled", "cancelled: Cancel was pressed while it ran")
+    assert len(store) == 0 and not any(str(r).startswith("done") for r in reports)
+
+
+def test_job_tokens_need_a_session():
+    assert job_status.job_token(None, "run-button", 2) is None
+    assert job_status.job_token("s", "path-run-button", None) == "s:path-run-button:0"
+    with pytest.raises(ValueError, match="token"):
+        RunStore.request_cancel(object(), "")
+
+
 def test_store_reopened_keeps_runs_and_jobs(tmp_path, registry, form):
     store = RunStore(tmp_path)
     run_id = handlers.execute_run(registry, store, form, tmp_path)

@@ -276,6 +276,21 @@ def test_cancel_resets_the_bar_and_says_so(app):
     assert app.patchboard.cancelled(0) == (no_update,) * 4
 
 
+def test_cancel_is_recorded_for_the_page_s_job_and_a_queued_run_then_refuses(app, store, tiny_name):
+    """Cancel names the job the way the Run did (page session, button, click count): a run that only
+    starts afterwards (queued on Redis with no worker up) stops before computing anything."""
+    cb = app.patchboard
+    cb.cancelled(1, 2, "page-a")                       # Cancel after the second Run click of page-a
+    assert store.cancel_requested("page-a:run-button:2") and not store.cancel_requested("page-b:run-button:2")
+    (run_id, err, _, _), _ = _run(cb, tiny_name, n_clicks=2, session="page-a")
+    assert run_id is no_update and err == "Run cancelled; nothing was saved." and len(store) == 0
+    assert store.jobs()[0].status == "cancelled"
+    (run_id, err, _, _), _ = _run(cb, tiny_name, n_clicks=2, session="page-b")   # another page's job runs
+    assert err == "" and store.info(run_id)
+    cb.cancelled(1, 3, None)                           # no session id (its script did not run): nothing recorded
+    assert not store.cancel_requested("None:run-button:3")
+
+
 def test_run_is_a_background_callback_with_progress_and_cancel(app):
     run = next(cb for key, cb in app.callback_map.items() if f"{ids.CURRENT_RUN}.data" in key
                and cb.get("background"))

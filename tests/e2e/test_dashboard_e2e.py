@@ -218,10 +218,12 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
         f"document.querySelectorAll('#{ids.RUN_HISTORY} .run-item').length === {history_before + 1}")
     labels = page.locator(f"#{ids.RUN_HISTORY} .run-item .run-label").all_inner_texts()
     assert not any(label.startswith("neuron") for label in labels)       # nothing saved
-    # ... but the history says what happened to it (Dash kills a cancelled job's process, so
-    # the store can only tell that it exited early: "failed: ... (cancelled, killed or crashed)")
+    # ... but the history says what happened to it: Dash kills a cancelled job's process, and the
+    # click's request in the store (named by the page's session id) tells a cancel from a crash
     ended = page.locator(f"#{ids.RUN_HISTORY} .job-item")
-    assert ended.count() == 1 and "neuron" in ended.inner_text() and "cancelled" in ended.inner_text()
+    assert ended.count() == 1 and "neuron" in ended.inner_text()
+    assert "cancelled" in ended.inner_text() and "Cancel was pressed" in ended.inner_text(), ended.inner_text()
+    assert "crashed" not in ended.inner_text()
 
 
 def test_open_and_delete_from_history(page):
