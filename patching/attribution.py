@@ -41,6 +41,7 @@ from metrics import Metric, MetricInputs, get_metric
 
 from .engine import plan_coords
 from .kinds import KINDS
+from .memory_budget import memory_budget
 from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
@@ -171,8 +172,16 @@ class _Attribution:
     seconds: float
 
 
+def _rows_per_backward(model, n_pos: int, max_memory_mb: float | None, device) -> int:
+    """Rows (interpolation steps x pairs) one forward + backward may hold within the memory budget
+    of `device`: the backward keeps every layer's activations of every row (float32 bound)."""
+    a = model.arch
+    floats = a.n_layers * n_pos * (12 * a.d_model + 4 * a.d_mlp + 3 * a.n_heads * n_pos) + 2 * model.cfg.d_vocab
+    return max(1, int(memory_budget(device, max_memory_mb or None) // (4 * floats)))
+
+
 def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, steps: int,
-               edges: bool, max_rows: int = 256) -> _Attribution:
+               edges: bool, max_rows: int | None = None, max_memory_mb: float | None = None) -> _Attribution:
     start = time.perf_counter()
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
@@ -213,6 +222,8 @@ def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, s
             clean_logprobs = clean_logits.float().log_softmax(-1)
             x_base, x_donor = base.layers[0].resid_pre, donor.layers[0].resid_pre
             alphas = (torch.arange(steps, dtype=x_base.dtype, device=x_base.device) + 0.5) / steps
+            if max_rows is None:
+                max_rows = _rows_per_backward(model, prompts.n_pos, max_memory_mb, clean_tokens.device)
             per_chunk = max(1, max_rows // n_pairs)           # steps per batched forward/backward
             grads = None
             for lo in range(0, steps, per_chunk):
@@ -319,12 +330,14 @@ def attribution_kinds(model) -> tuple[str, ...]:
 def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[str] | None = None,
                     metric: Metric | Callable | str = "logit_diff", direction: str = "denoise",
                     method: str = "plain", steps: int = DEFAULT_STEPS, per_position: bool = False,
-                    positions: tuple[int, ...] | None = None) -> list[AttributionResult]:
+                    positions: tuple[int, ...] | None = None,
+                    max_memory_mb: float | None = None) -> list[AttributionResult]:
     """Gradient estimates of patching, one result per kind, from one backward (all kinds at once).
 
     kinds: names in KINDS (None = every kind the model has); per_position: head kinds per
     position too; positions: where neuron patches apply (None = all). method "ig" averages
-    gradients over `steps` interpolated runs (EAP-IG style).
+    gradients over `steps` interpolated runs (EAP-IG style), as many per batch as the memory
+    budget of the device allows (`max_memory_mb`, else `patching.memory_budget`).
 
     >>> [r.spec.kind for r in run_attribution(model, prompts, kinds=["resid_pre", "head_out"])]  # doctest: +SKIP
     ['resid_pre', 'head_out']
@@ -341,7 +354,7 @@ def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[
                          positions=positions if kind == "neuron" else None, model=model.name,
                          prepend_bos=prompts.prepend_bos)
         specs.append((spec, *plan_coords(model, prompts, spec)))
-    att = _attribute(model, prompts, metric, direction, method, steps, edges=False)
+    att = _attribute(model, prompts, metric, direction, method, steps, edges=False, max_memory_mb=max_memory_mb)
     mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=prompts.clean_tokens.device)
     mask[list(positions) if positions is not None else slice(None)] = True
     out = []
@@ -436,14 +449,14 @@ class EdgeScores:
 
 def edge_attribution(model, prompts: PromptSet, *, metric: Metric | Callable | str = "logit_diff",
                      direction: str = "denoise", method: str = "plain",
-                     steps: int = DEFAULT_STEPS) -> EdgeScores:
+                     steps: int = DEFAULT_STEPS, max_memory_mb: float | None = None) -> EdgeScores:
     """EAP (method="plain") or EAP-IG (method="ig") scores for every edge between the token
     embeddings, heads, MLPs and logits. Upstream heads are query heads; downstream k / v nodes
     are key/value heads.
 
     >>> edge_attribution(model, prompts).top(5)                  # doctest: +SKIP
     """
-    att = _attribute(model, prompts, metric, direction, method, steps, edges=True)
+    att = _attribute(model, prompts, metric, direction, method, steps, edges=True, max_memory_mb=max_memory_mb)
     a = model.arch
     n_layers, H, KV = a.n_layers, a.n_heads, a.n_kv_heads
     parallel = model.parallel_attn_mlp

@@ -199,12 +199,12 @@ def cmd_attribution(args) -> int:
         return EXIT_OK
     if args.edges:
         edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction,
-                                 method=args.method, steps=args.steps)
+                                 method=args.method, steps=args.steps, max_memory_mb=args.max_memory)
         _write(edges.to_csv(), args.out)
         return EXIT_OK
     results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
                               method=args.method, steps=args.steps, per_position=args.per_position,
-                              positions=parse_int_list(args.positions, "positions"))
+                              positions=parse_int_list(args.positions, "positions"), max_memory_mb=args.max_memory)
     if args.compare_exact or args.refine is not None:     # the report on stdout; the CSV only to a file
         from . import cli_cost
         if args.out != "-":

@@ -221,3 +221,24 @@ def test_path_patching_and_circuits_follow_the_budget_of_their_device(monkeypatc
             small = faithfulness(gpt2_model, ioi_prompts, CircuitSpec(components=("L0H0", "L1H1")))
             assert small.m_circuit == pytest.approx(full_circuit.m_circuit, abs=1e-5)
         assert seen and set(seen) == {(gpt2_model.device, None)}, module.__name__
+
+
+def test_integrated_gradients_batch_steps_by_the_budget_of_their_device(monkeypatch, gpt2_model, ioi_prompts):
+    from patching import attribution
+    full = attribution.run_attribution(gpt2_model, ioi_prompts, kinds=["head_out"], method="ig", steps=6)
+    seen, rows = [], []
+    real_forward = attribution._forward
+
+    def spy(device, max_memory_mb=None):
+        seen.append((torch.device(device), max_memory_mb))
+        return mb.memory_budget(device, 0.01)                     # tiny: one step per batch
+
+    def counting_forward(runner, x0, *args, **kwargs):
+        rows.append(x0.shape[0])
+        return real_forward(runner, x0, *args, **kwargs)
+    monkeypatch.setattr(attribution, "memory_budget", spy)
+    monkeypatch.setattr(attribution, "_forward", counting_forward)
+    small = attribution.run_attribution(gpt2_model, ioi_prompts, kinds=["head_out"], method="ig", steps=6)
+    assert seen == [(gpt2_model.device, None)]
+    assert rows == [ioi_prompts.n_pairs] * 6                       # one step (all pairs) per backward
+    assert torch.allclose(small[0].values, full[0].values, atol=1e-5)
