@@ -130,9 +130,10 @@ def execution_device(module: nn.Module, default: torch.device) -> torch.device:
     device(type='cpu')
     """
     hook = getattr(module, "_hf_hook", None)
-    dev = getattr(hook, "execution_device", None)
-    if dev is not None:
-        return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    for h in (hook, *getattr(hook, "hooks", ())):            # a SequentialHook chains several
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
     for t in (*module.parameters(), *module.buffers()):
         if t.device.type != "meta":
             return t.device

@@ -242,3 +242,17 @@ def test_integrated_gradients_batch_steps_by_the_budget_of_their_device(monkeypa
     assert seen == [(gpt2_model.device, None)]
     assert rows == [ioi_prompts.n_pairs] * 6                       # one step (all pairs) per backward
     assert torch.allclose(small[0].values, full[0].values, atol=1e-5)
+
+
+def test_execution_device_reads_accelerate_hooks_then_parameters():
+    from torch import nn
+    from patching.arch import execution_device
+    cpu = torch.device("cpu")
+    lin = nn.Linear(2, 2)
+    assert execution_device(lin, torch.device("meta")) == cpu                       # its parameters
+    lin._hf_hook = types.SimpleNamespace(execution_device=1)                         # accelerate: a GPU index
+    assert execution_device(lin, cpu) == torch.device("cuda", 1)
+    lin._hf_hook = types.SimpleNamespace(hooks=[types.SimpleNamespace(), types.SimpleNamespace(execution_device="cuda:0")])
+    assert execution_device(lin, cpu) == torch.device("cuda", 0)                    # a SequentialHook
+    on_meta = nn.Linear(2, 2, device="meta")                                         # offloaded, no hook
+    assert execution_device(on_meta, torch.device("cuda", 2)) == torch.device("cuda", 2)
