@@ -2,11 +2,13 @@
 
     python -m dashboard --host 127.0.0.1 --port 8050 --model default --data-dir .patchboard \\
         --jobs diskcache|celery --redis-url redis://... --store-url sqlite:///...|postgresql://... \\
-        --dtype float32|float16|bfloat16 --device-map auto --debug
+        --dtype float32|float16|bfloat16 --device-map auto --tokenizers-only --debug
 
 `--model` may be repeated (a name, a local directory or a cached hub name); the first is
 selected on load and preloaded. The page starts even when a model cannot be loaded and shows
-why next to the model select. Debug mode is off unless `--debug`.
+why next to the model select. Debug mode is off unless `--debug`. With `--jobs celery
+--tokenizers-only` the web host reads no weights: runs go to the workers, and the views that
+compute on the web host (attention on click, Inspect, Neurons, the cost preview) say so inline.
 """
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: runs.sqlite in --data-dir)")
     p.add_argument("--device-map", default=None,
                    help="'auto': spread a large model over the GPUs and CPU (accelerate)")
+    p.add_argument("--tokenizers-only", action="store_true",
+                   help="with --jobs celery: load each model's tokenizer and config, not its weights; every "
+                        "run goes to the workers and this host stays small (views that run the model here "
+                        "are refused inline)")
     p.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("PATCHBOARD_MAX_UPLOAD_MB", "16")),
                    help="largest request the server accepts, in MB (default 16); pairs CSVs may be 3/4 of it")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, reloader); off by default")
@@ -68,6 +74,10 @@ def main(argv=None) -> int:
     if not args.max_upload_mb > 0:
         print(f"error: --max-upload-mb must be a positive number, not {args.max_upload_mb:g}", file=sys.stderr)
         return 2
+    if args.tokenizers_only and args.jobs != "celery":
+        print("error: --tokenizers-only needs --jobs celery: with diskcache jobs the runs fork from this "
+              "process and need the weights here", file=sys.stderr)
+        return 2
     try:
         jobs = make_jobs(args.jobs, args.data_dir, args.redis_url)
     except ValueError as exc:
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
         return 2
     try:
         store = open_store(args.store_url, data_dir=args.data_dir) if args.store_url else RunStore(Path(args.data_dir))
-        registry = ModelRegistry(models, device=args.device, dtype=args.dtype,
+        registry = ModelRegistry(models, device=args.device, dtype=args.dtype, weights=not args.tokenizers_only,
                                  **({"device_map": args.device_map} if args.device_map else {}))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

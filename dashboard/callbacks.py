@@ -51,8 +51,9 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
             return dash.html.Span(str(exc), className="error-text")
         share.warm_provenance(m)            # weights hash for provenance, inherited by forked runs
         kv = f" ({m.n_kv_heads} key/value)" if m.n_kv_heads != m.n_heads else ""
+        where = m.device.type if registry.weights else "weights on the workers"
         return (f"{m.n_layers} layers · {m.n_heads} heads{kv} · d_model {m.cfg.d_model} · "
-                f"context {m.n_ctx} · {m.device.type}")
+                f"context {m.n_ctx} · {where}")
 
     app.callback(Output(ids.MODEL_STATUS, "children"), Input(ids.MODEL_SELECT, "value"))(model_status)
 

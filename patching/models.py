@@ -341,10 +341,11 @@ class ModelRegistry:
     """Loaded models by name, loaded on first use; passed to the dashboard and the workers."""
 
     def __init__(self, names: list[str] | None = None, device: str | None = "cpu", dtype: str = "float32",
-                 device_map=None):
+                 device_map=None, weights: bool = True):
         self._names = list(dict.fromkeys(names or ["default"]))
         pick_dtype(dtype)
         self._device, self._dtype, self._device_map = device, dtype, check_device_map(device_map, device)
+        self.weights = weights            # False: tokenizers and configs only (a web host for Celery workers)
         self._loaded: dict[str, Model] = {}
 
     def names(self) -> list[str]:
@@ -357,8 +358,13 @@ class ModelRegistry:
             self._loaded[name] = model
 
     def get(self, name: str) -> Model:
+        """The model `name`, loaded on first use (its tokenizer and config only without weights)."""
         if name not in self._loaded:
-            self._loaded[name] = load_model(name, self._device, self._dtype, device_map=self._device_map)
+            if self.weights:
+                self._loaded[name] = load_model(name, self._device, self._dtype, device_map=self._device_map)
+            else:
+                from .tokenizer_only import load_tokenizer_only
+                self._loaded[name] = load_tokenizer_only(name)
             self.add(name)
         return self._loaded[name]
 

@@ -2,8 +2,8 @@
 `python -m patching worker` and a real `python -m dashboard --jobs celery`, driven over HTTP the
 way dash-renderer drives them (`tests/dash_http.py`).
 
-A sweep runs on the worker and its result reaches the run history the page reads (and equals the
-same sweep computed here); a second, longer sweep is cancelled while it runs: nothing is saved, the
+The web host runs with `--tokenizers-only` (no weights on it). A sweep runs on the worker and its
+result reaches the run history the page reads (and equals the same sweep computed here); a second, longer sweep is cancelled while it runs: nothing is saved, the
 cancelled job shows in the history with its reason; the worker then runs a third. Then, with the
 worker stopped, a queued sweep is cancelled (Celery's revoke reaches no one): the next worker to
 start takes it and records it cancelled, from the request the Cancel click left in the store.
@@ -115,7 +115,7 @@ def stack(tmp_path_factory):
         web_port = free_port()
         dproc, dlog = start([sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(web_port),
                              "--model", "default", "--data-dir", str(data), "--device", "cpu",
-                             "--jobs", "celery", "--redis-url", redis_url], "server.log")
+                             "--jobs", "celery", "--redis-url", redis_url, "--tokenizers-only"], "server.log")
         url = f"http://127.0.0.1:{web_port}/"
 
         def web_up():
@@ -168,6 +168,9 @@ def test_sweep_on_a_celery_worker_then_cancel(stack):
     url, data, worker, wlog, start_worker = stack
     store = RunStore(data)
     page = Page(url)
+    # the web host runs with --tokenizers-only: it reads no weights, every run is the worker's
+    _, out = page.call("model-select.value", {"model-select.value": "default"}, output=f"{ids.MODEL_STATUS}.children")
+    assert "weights on the workers" in str(out["response"][ids.MODEL_STATUS]["children"]), out
 
     # 1. a sweep runs on the worker; its result is in the history the page reads
     job = page.start("run-button.n_clicks", _form("head_out"))
