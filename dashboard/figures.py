@@ -57,9 +57,17 @@ def _base_layout(fig: go.Figure, title: str | None = None, height: int | None = 
 
 
 def empty_figure(message: str = "Run a sweep to see results here.", height: int = 320) -> go.Figure:
-    """A blank figure with one centred message (no axes)."""
+    """A blank figure with one centred message (no axes), wrapped at 80 characters a line
+    (plotly does not wrap annotations: a long error would run off both sides).
+
+    >>> empty_figure("x " * 60).layout.annotations[0].text.count("<br>")
+    1
+    """
+    import html
+    import textwrap
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    text = "<br>".join(html.escape(line, quote=False) for line in textwrap.wrap(str(message), 80)) or str(message)
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=14, color="#6b7280"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
