@@ -132,8 +132,26 @@ def _looks_like_hub_id(name: str) -> bool:
     return name in {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
 
 
+class Tokenizing:
+    """Text <-> token ids through `self.tokenizer` (shared by `Model` and `TokenizerOnlyModel`)."""
+    tokenizer: object
+
+    @property
+    def bos_token_id(self) -> int | None:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text, without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def to_str_tokens(self, ids_or_text) -> list[str]:
+        ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else [int(i) for i in ids_or_text]
+        return [self.tokenizer.decode([i]) for i in ids]
+
+
 @dataclass(eq=False)
-class Model:
+class Model(Tokenizing):
     """A loaded model: the bridge, its tokenizer, and the engine's runner when supported."""
     name: str
     bridge: object                 # transformer_lens.model_bridge.TransformerBridge
@@ -175,18 +193,6 @@ class Model:
     def parallel_attn_mlp(self) -> bool:
         return bool(self.arch and self.arch.parallel) or bool(getattr(self.cfg, "parallel_attn_mlp", False))
 
-    @property
-    def bos_token_id(self) -> int | None:
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of text, without special tokens."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def to_str_tokens(self, ids_or_text) -> list[str]:
-        ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else [int(i) for i in ids_or_text]
-        return [self.tokenizer.decode([i]) for i in ids]
 
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import torch
 
+from .models import Tokenizing
+
 
 class NoWeightsError(AttributeError, ValueError):
     """A computation asked for weights on a host that loaded tokenizers only."""
@@ -29,7 +31,7 @@ def _no_weights(name: str, what: str) -> NoWeightsError:
 
 
 @dataclass(eq=False)
-class TokenizerOnlyModel:
+class TokenizerOnlyModel(Tokenizing):
     """The tokenizer and config of a model, with the `Model` attributes that need no weights."""
     name: str
     tokenizer: object
@@ -78,18 +80,6 @@ class TokenizerOnlyModel:
                                d_model=self.d_model, d_mlp=self.d_mlp, n_ctx=self.n_ctx,
                                d_vocab=int(self._get("vocab_size")), architecture=self.config.model_type)
 
-    @property
-    def bos_token_id(self) -> int | None:
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of text, without special tokens."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def to_str_tokens(self, ids_or_text) -> list[str]:
-        ids = self.encode(ids_or_text) if isinstance(ids_or_text, str) else [int(i) for i in ids_or_text]
-        return [self.tokenizer.decode([i]) for i in ids]
 
     # -- what needs the weights ----------------------------------------------------------------
     @property
