@@ -28,6 +28,7 @@ from patching import lens
 from patching.prompts import PromptSet
 from patching.results import write_csv
 
+from .tab_controls import field, number, radio, whole_number
 from . import figures, figures_lens, handlers, ids
 
 # -- ids of this tab (DESIGN: every id in one place; these are the Inspect tab's) ---------------
@@ -95,17 +96,6 @@ class InspectOptions:
             raise ValueError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
 
 
-def _int(value, what: str, default: int | None) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
-    if not f.is_integer():
-        raise ValueError(f"{what} must be a whole number, not {value!r}")
-    return int(f)
-
 
 @dataclass(frozen=True)
 class InspectResult:
@@ -146,9 +136,9 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions, memo: FrameMemo | N
     >>> r.frame.columns[:4].tolist(), r.table[1][0]["rank"]             # doctest: +SKIP
     (['run', 'pair', 'pos', 'token'], 1)
     """
-    pair = _int(opts.pair, "pair", 0)
-    pos = _int(opts.pos, "position", -1)
-    k = _int(opts.k, "k", 10)
+    pair = whole_number(opts.pair, "pair", 0)
+    pos = whole_number(opts.pos, "position", -1)
+    k = whole_number(opts.k, "k", 10)
     table = None
 
     def frame(compute, *key):
@@ -180,8 +170,8 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions, memo: FrameMemo | N
         summary = f"Top {k} next tokens after position {int(df.pos.iloc[0])} ({df.token.iloc[0]!r}), {opts.run} run."
         name = f"topk-{opts.run}-pair{pair}-pos{int(df.pos.iloc[0])}"
     elif opts.view == "attention":
-        layer = _int(opts.layer, "layer", 0)
-        head = _int(opts.head, "head", None)
+        layer = whole_number(opts.layer, "layer", 0)
+        head = whole_number(opts.head, "head", None)
         heads = None if head is None else [head]
         try:
             df = frame(lambda: lens.attention_patterns(model, prompts, layer=layer, run=opts.run, pair=pair,
@@ -214,47 +204,36 @@ def prompts_from_page(registry, model, clean, corrupt, answer, wrong, bos, pairs
 
 # -- layout ------------------------------------------------------------------------------------
 def _field(name: str, label: str, control) -> html.Div:
-    return html.Div([dbc.Label(label, html_for=getattr(control, "id", None), className="field-label"),
-                     control], id=CONTROL_IDS[name], className="inspect-field")
-
-
-def _radio(id_: str, options: dict, value: str) -> dbc.RadioItems:
-    return dbc.RadioItems(id=id_, value=value, inline=True,
-                          options=[{"label": v, "value": k} for k, v in options.items()])
-
-
-def _number(id_: str, value, placeholder: str = "", min_=None) -> dbc.Input:
-    return dbc.Input(id=id_, type="number", value=value, step=1, min=min_, size="sm",
-                     placeholder=placeholder, debounce=True, className="inspect-number")
+    return field(CONTROL_IDS[name], label, control)
 
 
 def layout() -> html.Div:
     """The tab's content: view selector, the view's options, the figure, the top-k table, CSV."""
-    view = _radio(INSPECT_VIEW, VIEWS, "lens")
+    view = radio(INSPECT_VIEW, VIEWS, "lens")
     options = html.Div([
-        _field("run", "Run", _radio(INSPECT_RUN, {"clean": "clean", "corrupt": "corrupt"}, "clean")),
-        _field("pair", "Pair", _number(INSPECT_PAIR, 0, min_=0)),
-        _field("mode", "Lens", _radio(INSPECT_MODE, {"accumulated": "accumulated",
+        _field("run", "Run", radio(INSPECT_RUN, {"clean": "clean", "corrupt": "corrupt"}, "clean")),
+        _field("pair", "Pair", number(INSPECT_PAIR, 0, min_=0)),
+        _field("mode", "Lens", radio(INSPECT_MODE, {"accumulated": "accumulated",
                                                      "per_layer": "per component"}, "accumulated")),
         _field("value", "Colour", dcc.Dropdown(
             id=INSPECT_VALUE, value="top_prob", clearable=False, className="inspect-dropdown",
             options=[{"label": v, "value": k} for k, v in figures_lens.LENS_VALUES.items()])),
-        _field("components", "Rows", _radio(INSPECT_COMPONENTS, {"all": "all", "blocks": "blocks",
+        _field("components", "Rows", radio(INSPECT_COMPONENTS, {"all": "all", "blocks": "blocks",
                                                                  "heads": "heads"}, "all")),
-        _field("dla_by", "By", _radio(INSPECT_DLA_BY, {"layer": "layer", "head": "head"}, "layer")),
-        _field("layer", "Layer", _number(INSPECT_LAYER, 0)),
-        _field("head", "Head", _number(INSPECT_HEAD, None, "all", min_=0)),
-        _field("attention_view", "Show", _radio(INSPECT_ATTENTION_VIEW, {"grid": "all heads (dest × src)",
+        _field("dla_by", "By", radio(INSPECT_DLA_BY, {"layer": "layer", "head": "head"}, "layer")),
+        _field("layer", "Layer", number(INSPECT_LAYER, 0)),
+        _field("head", "Head", number(INSPECT_HEAD, None, "all", min_=0)),
+        _field("attention_view", "Show", radio(INSPECT_ATTENTION_VIEW, {"grid": "all heads (dest × src)",
                                                                          "token": "one token × heads"}, "grid")),
-        _field("pos", "Position", _number(INSPECT_POS, -1, "-1 = last")),
-        _field("k", "k", _number(INSPECT_K, 10, min_=1)),
+        _field("pos", "Position", number(INSPECT_POS, -1, "-1 = last")),
+        _field("k", "k", number(INSPECT_K, 10, min_=1)),
     ], className="inspect-options toolbar")
     return html.Div([
         html.Div([view], className="toolbar inspect-views"),
         options,
         html.Div([
             html.Div([html.Span("Image export", className="toolbar-label"),
-                      _radio(INSPECT_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
+                      radio(INSPECT_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
                      className="toolbar-group"),
             dbc.Button("Download CSV", id=INSPECT_DOWNLOAD_BUTTON, color="primary", outline=True,
                        size="sm", disabled=True, n_clicks=0),

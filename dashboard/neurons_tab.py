@@ -30,6 +30,7 @@ from patching import neurons as N
 from patching import weights as W
 from patching.results import write_csv
 
+from .tab_controls import field, number, radio, whole_number
 from . import figures, figures_neurons, handlers, ids
 from .lens_tab import FrameMemo, prompts_from_page
 
@@ -86,17 +87,6 @@ TASK = "factual"
 
 
 # -- pure: selector values -> what to show ---------------------------------------------------------
-def _int(value, what: str, default: int | None) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
-    if not f.is_integer():
-        raise ValueError(f"{what} must be a whole number, not {value!r}")
-    return int(f)
-
 
 @dataclass(frozen=True)
 class NeuronOptions:
@@ -142,12 +132,12 @@ def explore(model, page_prompts, opts: NeuronOptions, memo: FrameMemo | None = N
     >>> r.frame.columns[:4].tolist()                                                 # doctest: +SKIP
     ['layer', 'pos', 'rank', 'neuron']
     """
-    layer = _int(opts.layer, "layer", -1)
-    pos = _int(opts.pos, "position", None)
-    neuron = _int(opts.neuron, "neuron", 0)
-    k = _int(opts.k, "k", 20)
-    head = _int(opts.head, "head", 0)
-    n = _int(opts.task_n, "number of task prompts", 32)
+    layer = whole_number(opts.layer, "layer", -1)
+    pos = whole_number(opts.pos, "position", None)
+    neuron = whole_number(opts.neuron, "neuron", 0)
+    k = whole_number(opts.k, "k", 20)
+    head = whole_number(opts.head, "head", 0)
+    n = whole_number(opts.task_n, "number of task prompts", 32)
     if not 1 <= n <= 500:
         raise ValueError(f"number of task prompts must be from 1 to 500, not {n}")
 
@@ -253,7 +243,7 @@ def explore(model, page_prompts, opts: NeuronOptions, memo: FrameMemo | None = N
         name = f"rank-k-{df.label.iloc[0]}"
     else:
         p = pairs()
-        rank = _int(opts.rank, "rank", 1)
+        rank = whole_number(opts.rank, "rank", 1)
         df = W.rank_k_pattern(model, p, layer, head, rank, run=opts.run)
         fig = figures_neurons.rank_k_pattern_figure(df)
         summary = f"Pair 0's pattern of L{int(df.layer.iloc[0])}H{head}, original vs rank {rank}."
@@ -263,18 +253,7 @@ def explore(model, page_prompts, opts: NeuronOptions, memo: FrameMemo | None = N
 
 # -- layout ------------------------------------------------------------------------------------
 def _field(name: str, label: str, control) -> html.Div:
-    return html.Div([dbc.Label(label, html_for=getattr(control, "id", None), className="field-label"),
-                     control], id=CONTROL_IDS[name], className="inspect-field")
-
-
-def _radio(id_: str, options: dict, value: str) -> dbc.RadioItems:
-    return dbc.RadioItems(id=id_, value=value, inline=True,
-                          options=[{"label": v, "value": k} for k, v in options.items()])
-
-
-def _number(id_: str, value, placeholder: str = "", min_=None) -> dbc.Input:
-    return dbc.Input(id=id_, type="number", value=value, step=1, min=min_, size="sm",
-                     placeholder=placeholder, debounce=True, className="inspect-number")
+    return field(CONTROL_IDS[name], label, control)
 
 
 def layout() -> html.Div:
@@ -282,19 +261,19 @@ def layout() -> html.Div:
     view = dcc.Dropdown(id=NEURONS_VIEW, value="top", clearable=False, className="inspect-dropdown",
                         options=[{"label": v, "value": k} for k, v in VIEWS.items()])
     options = html.Div([
-        _field("source", "Prompts", _radio(NEURONS_SOURCE, {"task": "factual task", "page": "prompts panel"}, "task")),
-        _field("task_n", "Task prompts", _number(NEURONS_TASK_N, 32, min_=1)),
-        _field("run", "Run", _radio(NEURONS_RUN, {"clean": "clean", "corrupt": "corrupt"}, "clean")),
-        _field("layer", "Layer", _number(NEURONS_LAYER, -1, "-1 = last")),
-        _field("pos", "Position", _number(NEURONS_POS, -1, "empty = every token")),
-        _field("neuron", "Neuron", _number(NEURONS_NEURON, 0, min_=0)),
-        _field("k", "k", _number(NEURONS_K, 20, min_=1)),
-        _field("method", "Method", _radio(NEURONS_METHOD, {"pca": "PCA", "tsne": "t-SNE"}, "pca")),
-        _field("composition", "Composition", _radio(NEURONS_COMPOSITION, {"all": "Q, K, V", "q": "Q", "k": "K",
+        _field("source", "Prompts", radio(NEURONS_SOURCE, {"task": "factual task", "page": "prompts panel"}, "task")),
+        _field("task_n", "Task prompts", number(NEURONS_TASK_N, 32, min_=1)),
+        _field("run", "Run", radio(NEURONS_RUN, {"clean": "clean", "corrupt": "corrupt"}, "clean")),
+        _field("layer", "Layer", number(NEURONS_LAYER, -1, "-1 = last")),
+        _field("pos", "Position", number(NEURONS_POS, -1, "empty = every token")),
+        _field("neuron", "Neuron", number(NEURONS_NEURON, 0, min_=0)),
+        _field("k", "k", number(NEURONS_K, 20, min_=1)),
+        _field("method", "Method", radio(NEURONS_METHOD, {"pca": "PCA", "tsne": "t-SNE"}, "pca")),
+        _field("composition", "Composition", radio(NEURONS_COMPOSITION, {"all": "Q, K, V", "q": "Q", "k": "K",
                                                                           "v": "V"}, "all")),
-        _field("circuit", "Circuit", _radio(NEURONS_CIRCUIT, {"ov": "OV", "qk": "QK"}, "ov")),
-        _field("head", "Head", _number(NEURONS_HEAD, 0, min_=0)),
-        _field("rank", "Rank", _number(NEURONS_RANK, 1, min_=0)),
+        _field("circuit", "Circuit", radio(NEURONS_CIRCUIT, {"ov": "OV", "qk": "QK"}, "ov")),
+        _field("head", "Head", number(NEURONS_HEAD, 0, min_=0)),
+        _field("rank", "Rank", number(NEURONS_RANK, 1, min_=0)),
     ], className="inspect-options toolbar")
     return html.Div([
         html.Div([dbc.Label("View", html_for=NEURONS_VIEW, className="field-label"), view],
@@ -302,7 +281,7 @@ def layout() -> html.Div:
         options,
         html.Div([
             html.Div([html.Span("Image export", className="toolbar-label"),
-                      _radio(NEURONS_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
+                      radio(NEURONS_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
                      className="toolbar-group"),
             dbc.Button("Download CSV", id=NEURONS_DOWNLOAD_BUTTON, color="primary", outline=True,
                        size="sm", disabled=True, n_clicks=0),

@@ -460,7 +460,6 @@ def edge_attribution(model, prompts: PromptSet, *, metric: Metric | Callable | s
     a = model.arch
     n_layers, H, KV = a.n_layers, a.n_heads, a.n_kv_heads
     parallel = model.parallel_attn_mlp
-    b = prompts.n_pairs
     up_labels, up_deltas, up_slots = ["embed"], [att.donor.layers[0].resid_pre - att.base.layers[0].resid_pre], [0]
     for layer in range(n_layers):
         w_o = a.o_weight(layer).detach().view(H, a.d_head, a.d_model)
