@@ -171,15 +171,11 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
             return no_update, no_update, no_update, no_update
         form = _form(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                      per_position, layers, positions, heads)
-        try:
-            run_id = handlers.execute_run(registry, store, form, data_dir,
-                                          report=jobs.progress_reporter(set_progress),
-                                          token=job_token(session, ids.RUN_BUTTON, n_clicks))
-        except ValueError as exc:
-            return no_update, str(exc), no_update, ""
-        except Exception as exc:   # an internal error: say so, keep the page alive
-            log.exception("run failed")
-            return no_update, f"internal error: {type(exc).__name__}: {exc}", no_update, ""
+        run_id, error = _guarded("run", lambda: handlers.execute_run(
+            registry, store, form, data_dir, report=jobs.progress_reporter(set_progress),
+            token=job_token(session, ids.RUN_BUTTON, n_clicks)))
+        if error:
+            return no_update, error, no_update, ""
         info = store.info(run_id)
         status = [dash.html.Div(f"Run #{run_id} saved to history ({info.seconds:.2f} s)."),
                   dash.html.Div(handlers.baselines_text((info.clean_value, info.corrupt_value), info.metric),
@@ -198,17 +194,8 @@ def register(app: dash.Dash, registry, store, data_dir: str | Path) -> SimpleNam
         State(ids.PER_POSITION, "value"), State(ids.LAYERS_FILTER, "value"),
         State(ids.POSITIONS_FILTER, "value"), State(ids.HEADS_FILTER, "value"),
         State(ids.SESSION_ID, "data"),
-        background=True,
-        interval=400,
-        running=[(Output(ids.RUN_BUTTON, "disabled"), True, False),
-                 (Output(ids.RUN_BUTTON, "children"), "Running…", "Run"),
-                 (Output(ids.CANCEL_BUTTON, "disabled"), False, True)],
-        cancel=[Input(ids.CANCEL_BUTTON, "n_clicks")],
-        progress=[Output(ids.PROGRESS, "value"), Output(ids.PROGRESS, "max"),
-                  Output(ids.PROGRESS, "label"), Output(ids.PROGRESS_TEXT, "children"),
-                  Output(ids.BASELINES, "children")],
-        progress_default=[0, 1, "", "", ""],
-        prevent_initial_call=True)(run_sweep)
+        **_background(ids.RUN_BUTTON, "Run", ids.CANCEL_BUTTON, ids.PROGRESS, ids.PROGRESS_TEXT,
+                      ids.BASELINES))(run_sweep)
 
     cancelled = _register_cancel_notice(app, store, "Run", ids.CANCEL_BUTTON, ids.RUN_BUTTON, ids.RUN_STATUS,
                                         ids.PROGRESS, ids.PROGRESS_TEXT)
@@ -414,6 +401,34 @@ def _prompt_states() -> list[State]:
     return [State(i, "data" if i == ids.PAIRS_STORE else "value") for i in _PROMPT_STATES]
 
 
+def _background(run_button: str, idle_label: str, cancel_button: str, progress: str, progress_text: str,
+                baselines: str) -> dict:
+    """The keyword arguments every Run's background callback shares: the button disabled and
+    relabelled while it runs, Cancel enabled, progress bar / text / baselines as progress."""
+    return dict(
+        background=True, interval=400,
+        running=[(Output(run_button, "disabled"), True, False),
+                 (Output(run_button, "children"), "Running…", idle_label),
+                 (Output(cancel_button, "disabled"), False, True)],
+        cancel=[Input(cancel_button, "n_clicks")],
+        progress=[Output(progress, "value"), Output(progress, "max"), Output(progress, "label"),
+                  Output(progress_text, "children"), Output(baselines, "children")],
+        progress_default=[0, 1, "", "", ""],
+        prevent_initial_call=True)
+
+
+def _guarded(what: str, compute):
+    """(compute(), "") or (None, the message to show): a ValueError's own, or 'internal error: …'
+    (logged with its traceback) for anything else, so the page stays alive."""
+    try:
+        return compute(), ""
+    except ValueError as exc:
+        return None, str(exc) or f"{what} refused ({type(exc).__name__})"
+    except Exception as exc:
+        log.exception("%s failed", what)
+        return None, f"internal error: {type(exc).__name__}: {exc}"
+
+
 def _split_session(args: tuple) -> tuple[tuple, str | None]:
     """The shared prompt states and, when the callback was given it last, the page's session id."""
     n = len(_PROMPT_STATES)
@@ -439,15 +454,11 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         form = _prompt_form(*prompt)
         path = handlers.PathForm(receivers=receivers or "", senders=senders or "", sweep=sweep or "senders",
                                  mode=mode or "heads_frozen", per_position="per" in (per_position or []))
-        try:
-            run_id = handlers.execute_path(registry, store, form, path, data_dir,
-                                           report=jobs.progress_reporter(set_progress),
-                                           token=job_token(session, ids.PATH_RUN_BUTTON, n_clicks))
-        except ValueError as exc:
-            return no_update, str(exc), no_update, ""
-        except Exception as exc:
-            log.exception("path run failed")
-            return no_update, f"internal error: {type(exc).__name__}: {exc}", no_update, ""
+        run_id, error = _guarded("path run", lambda: handlers.execute_path(
+            registry, store, form, path, data_dir, report=jobs.progress_reporter(set_progress),
+            token=job_token(session, ids.PATH_RUN_BUTTON, n_clicks)))
+        if error:
+            return no_update, error, no_update, ""
         info = store.info(run_id)
         return run_id, "", time.time(), _done_status(
             f"Path run #{run_id} saved to history ({info.seconds:.2f} s).",
@@ -460,16 +471,8 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         State(ids.PATH_RECEIVERS, "value"), State(ids.PATH_SENDERS, "value"), State(ids.PATH_SWEEP, "value"),
         State(ids.PATH_MODE, "value"), State(ids.PATH_PER_POSITION, "value"), *_prompt_states(),
         State(ids.SESSION_ID, "data"),
-        background=True, interval=400,
-        running=[(Output(ids.PATH_RUN_BUTTON, "disabled"), True, False),
-                 (Output(ids.PATH_RUN_BUTTON, "children"), "Running…", "Run path patching"),
-                 (Output(ids.PATH_CANCEL_BUTTON, "disabled"), False, True)],
-        cancel=[Input(ids.PATH_CANCEL_BUTTON, "n_clicks")],
-        progress=[Output(ids.PATH_PROGRESS, "value"), Output(ids.PATH_PROGRESS, "max"),
-                  Output(ids.PATH_PROGRESS, "label"), Output(ids.PATH_PROGRESS_TEXT, "children"),
-                  Output(ids.PATH_BASELINES, "children")],
-        progress_default=[0, 1, "", "", ""],
-        prevent_initial_call=True)(run_path)
+        **_background(ids.PATH_RUN_BUTTON, "Run path patching", ids.PATH_CANCEL_BUTTON, ids.PATH_PROGRESS,
+                      ids.PATH_PROGRESS_TEXT, ids.PATH_BASELINES))(run_path)
 
     path_cancelled = _register_cancel_notice(app, store, "Path run", ids.PATH_CANCEL_BUTTON, ids.PATH_RUN_BUTTON,
                                              ids.PATH_STATUS, ids.PATH_PROGRESS, ids.PATH_PROGRESS_TEXT)
@@ -566,15 +569,11 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         attr = handlers.AttributionForm(kinds=tuple(kinds or ()), method=method or "plain", steps=steps,
                                         per_position="per" in (per_position or []),
                                         edges="edges" in (edges or []))
-        try:
-            att_id = handlers.execute_attribution(registry, store, form, attr, data_dir,
-                                                  report=jobs.progress_reporter(set_progress),
-                                                  token=job_token(session, ids.ATTR_RUN_BUTTON, n_clicks))
-        except ValueError as exc:
-            return no_update, str(exc), ""
-        except Exception as exc:
-            log.exception("attribution run failed")
-            return no_update, f"internal error: {type(exc).__name__}: {exc}", ""
+        att_id, error = _guarded("attribution run", lambda: handlers.execute_attribution(
+            registry, store, form, attr, data_dir, report=jobs.progress_reporter(set_progress),
+            token=job_token(session, ids.ATTR_RUN_BUTTON, n_clicks)))
+        if error:
+            return no_update, error, ""
         run = store.get_attribution(att_id)
         r = run.results[0]
         return att_id, "", _done_status(
@@ -588,16 +587,8 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         State(ids.ATTR_KINDS, "value"), State(ids.ATTR_METHOD, "value"), State(ids.ATTR_STEPS, "value"),
         State(ids.ATTR_PER_POSITION, "value"), State(ids.ATTR_EDGES, "value"), *_prompt_states(),
         State(ids.SESSION_ID, "data"),
-        background=True, interval=400,
-        running=[(Output(ids.ATTR_RUN_BUTTON, "disabled"), True, False),
-                 (Output(ids.ATTR_RUN_BUTTON, "children"), "Running…", "Run attribution"),
-                 (Output(ids.ATTR_CANCEL_BUTTON, "disabled"), False, True)],
-        cancel=[Input(ids.ATTR_CANCEL_BUTTON, "n_clicks")],
-        progress=[Output(ids.ATTR_PROGRESS, "value"), Output(ids.ATTR_PROGRESS, "max"),
-                  Output(ids.ATTR_PROGRESS, "label"), Output(ids.ATTR_PROGRESS_TEXT, "children"),
-                  Output(ids.ATTR_BASELINES, "children")],
-        progress_default=[0, 1, "", "", ""],
-        prevent_initial_call=True)(run_attribution)
+        **_background(ids.ATTR_RUN_BUTTON, "Run attribution", ids.ATTR_CANCEL_BUTTON, ids.ATTR_PROGRESS,
+                      ids.ATTR_PROGRESS_TEXT, ids.ATTR_BASELINES))(run_attribution)
 
     attribution_cancelled = _register_cancel_notice(app, store, "Attribution run", ids.ATTR_CANCEL_BUTTON,
                                                     ids.ATTR_RUN_BUTTON, ids.ATTR_STATUS, ids.ATTR_PROGRESS,
