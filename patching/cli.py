@@ -389,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_share.add_commands(sub, sys.modules[__name__])
     from . import cli_circuit
     cli_circuit.add_commands(sub, sys.modules[__name__])
-    from . import worker
+    from . import placement_check, worker
     worker.add_command(sub)
+    placement_check.add_command(sub)
     return parser
 
 

@@ -256,3 +256,20 @@ def test_execution_device_reads_accelerate_hooks_then_parameters():
     assert execution_device(lin, cpu) == torch.device("cuda", 0)                    # a SequentialHook
     on_meta = nn.Linear(2, 2, device="meta")                                         # offloaded, no hook
     assert execution_device(on_meta, torch.device("cuda", 2)) == torch.device("cuda", 2)
+
+
+def test_check_placement_command_compares_split_and_unsplit(capsys):
+    """`python -m patching check-placement`: the one command to run on new hardware (a GPU split
+    has not been run by this suite); here a CPU + disk split of the shipped model."""
+    from patching.cli import main
+    from patching.placement_check import parse_max_memory
+    assert main(["check-placement", "--max-memory", "cpu=3MiB"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.endswith("  ok") for line in out.splitlines()[1:]) == 7 and "DIFFERS" not in out, out
+    assert main(["check-placement", "--max-memory", "cpu=3MiB", "--atol", "-1"]) == 1   # it can fail
+    assert "DIFFERS" in capsys.readouterr().out
+    assert main(["check-placement", "--max-memory", "cpu=64GiB"]) == 2                 # nothing split
+    assert "nothing to compare" in capsys.readouterr().err
+    assert parse_max_memory("0=12GiB,cpu=48GiB") == {0: "12GiB", "cpu": "48GiB"}
+    with pytest.raises(ValueError, match="not DEVICE=SIZE"):
+        parse_max_memory("0:12GiB")
