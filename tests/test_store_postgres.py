@@ -109,6 +109,22 @@ def test_round_trip_jobs_and_reopen(pg_url, result, tmp_path):
     assert reopened.delete(run_id) and not reopened.delete(run_id)
 
 
+def test_cancel_requests_on_postgres(pg_url, tmp_path):
+    """The job-token upsert is dialect-specific (ON CONFLICT on both): a request before the job
+    starts, one after, and a killed job with a request listed as cancelled."""
+    store = open_store(pg_url, data_dir=tmp_path)
+    assert store.request_cancel("pg-page:run-button:1") is None           # queued: no job yet
+    early = store.begin_job("sweep", "queued then cancelled", "tiny", token="pg-page:run-button:1")
+    assert store.cancel_requested("pg-page:run-button:1")
+    late = store.begin_job("sweep", "killed after cancel", "tiny", pid=2**22 + 4322, token="pg-page:run-button:2")
+    assert not store.cancel_requested("pg-page:run-button:2")
+    assert store.request_cancel("pg-page:run-button:2") == late
+    store.finish_job(early, "cancelled", "cancelled before it started")
+    assert store.fail_stale(60) == 1
+    assert (store.job(late).status, store.job(late).reason) == (
+        "cancelled", f"cancelled: Cancel was pressed and its process {2**22 + 4322} stopped")
+
+
 def _writer(url, payload, n, q):
     from patching.results import PatchResult
     store = open_store(url, data_dir=tempfile.mkdtemp())
