@@ -40,11 +40,16 @@ class CostView:
 
 
 def cost_view(registry, calibrations: CalibrationCache, form: Form, slow_seconds: float = SLOW_SECONDS) -> CostView:
-    """The estimate for the form's sweep; an empty view when the form does not validate."""
+    """The estimate for the form's sweep; an empty view when the form does not validate, and a
+    line saying why when this web host has no weights to count with (--tokenizers-only)."""
+    from patching.tokenizer_only import NoWeightsError
     try:
         model = registry.get(check_model(registry, form.model))
         spec, prompts = parse_form(model, form)
         est = estimate_cost(model, prompts, spec, calibration=calibrations.get(model, prompts))
+    except NoWeightsError:
+        return CostView("No cost preview: this web host loads no weights (--tokenizers-only); the run "
+                        "itself goes to a worker.")
     except ValueError:
         return CostView()
     return CostView(est.text(), est.seconds, est.seconds > slow_seconds, spec.kind, spec.per_position)

@@ -61,6 +61,10 @@ def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp
     click = {"points": [{"customdata": fig.data[0].customdata[0][0]}]}
     _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")
     assert "--tokenizers-only" in status and cell is None and disabled   # inline, not a crash
+    from dashboard.cost_handlers import cost_view
+    from patching.cost import CalibrationCache
+    form = handlers.Form(model=name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, kind="head_out")
+    assert cost_view(registry, CalibrationCache(), form).text.startswith("No cost preview: this web host loads no weights")
     with pytest.raises(ValueError, match="tokenizers-only"):
         handlers.execute_run(registry, store, handlers.Form(model=name, clean=clean, corrupt=corrupt,
                                                             answer=answer, wrong=wrong, kind="head_out"), tmp_path)
