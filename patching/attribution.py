@@ -41,7 +41,7 @@ from metrics import Metric, MetricInputs, get_metric
 
 from .engine import plan_coords
 from .kinds import KINDS
-from .memory_budget import memory_budget
+from .memory_budget import memory_budget, placed_devices
 from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
@@ -177,7 +177,8 @@ def _rows_per_backward(model, n_pos: int, max_memory_mb: float | None, device) -
     of `device`: the backward keeps every layer's activations of every row (float32 bound)."""
     a = model.arch
     floats = a.n_layers * n_pos * (12 * a.d_model + 4 * a.d_mlp + 3 * a.n_heads * n_pos) + 2 * model.cfg.d_vocab
-    return max(1, int(memory_budget(device, max_memory_mb or None) // (4 * floats)))
+    budget = memory_budget(device, max_memory_mb or None, also=placed_devices(getattr(model, "device_map", None)))
+    return max(1, int(budget // (4 * floats)))
 
 
 def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, steps: int,

@@ -40,7 +40,7 @@ from torch import Tensor
 from metrics import Metric, MetricInputs, get_metric
 
 from . import hooks
-from .memory_budget import memory_budget
+from .memory_budget import memory_budget, placed_devices
 from .prompts import PromptSet
 from .results import PatchResult, write_csv
 
@@ -366,7 +366,8 @@ def _hook_forward(bridge, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Abla
 def _rows_per_forward(model, n_pos: int, max_memory_mb: float | None) -> int:
     d, d_mlp, H = model.cfg.d_model, model.d_mlp, model.n_heads
     floats = n_pos * (10 * d + 3 * d_mlp + 2 * H * n_pos) + model.cfg.d_vocab
-    budget = memory_budget(model.device, max_memory_mb or None)     # the device's free memory
+    budget = memory_budget(model.device, max_memory_mb or None,     # the devices' free memory
+                           also=placed_devices(getattr(model, "device_map", None)))
     return max(1, int(budget // (4 * floats)))
 
 

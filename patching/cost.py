@@ -40,7 +40,7 @@ import torch
 
 from .engine import _memory_per_row, batch_plan, pair_group, patch_context, plan_coords
 from .kinds import KINDS
-from .memory_budget import memory_budget
+from .memory_budget import memory_budget, placed_devices
 from .models import require_runner
 from .prompts import PromptSet
 from .spec import PatchSpec
@@ -305,7 +305,8 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
     axes, coords = plan_coords(model, prompts, spec)
     cells = check_cells(axes, coords, cells)
     cal = calibration or calibrate(model, prompts)
-    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # as `sweep` sets it
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # as `sweep` sets it
+                           also=placed_devices(getattr(model, "device_map", None)))
     n_layers, n_pos, n_pairs = model.n_layers, prompts.n_pos, prompts.n_pairs
     full = 2 * n_layers * n_pos
     n_cells = 1
@@ -413,7 +414,8 @@ def estimate_path_cost(model, prompts: PromptSet, spec, device=None, *, calibrat
             raise ValueError(f"{n.label!r}: layer {n.layer} out of range; this model has layers 0-{n_layers - 1}")
     cal = calibration or calibrate(model, prompts)
     full = 2 * n_layers * n_pos
-    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # as `run_path` sets it
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # as `run_path` sets it
+                           also=placed_devices(getattr(model, "device_map", None)))
     chunk = max(1, int(budget // path_row(model, n_pos)) // n_pairs)
     n_read = n_pos if spec.receiver_positions is None else len(spec.receiver_positions)
 

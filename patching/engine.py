@@ -28,7 +28,7 @@ from torch import Tensor
 from metrics import Metric, MetricInputs, get_metric
 
 from .kinds import KINDS, Kind, PatchContext, index_changes
-from .memory_budget import memory_budget
+from .memory_budget import memory_budget, placed_devices
 from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
@@ -162,7 +162,8 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
             require_runner(model, "a sweep over chosen cells")
         from .fallback import sweep_with_hooks
         return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
-    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # the device's free memory
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # the devices' free memory
+                           also=placed_devices(getattr(model, "device_map", None)))
     group = pair_group(model, prompts, budget)
     if prompts.n_pairs > group:     # the cached runs of many pairs would not fit: sweep in groups
         parts = []

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from metrics import Metric, MetricInputs, get_metric
 
-from .memory_budget import memory_budget
+from .memory_budget import memory_budget, placed_devices
 from .models import require_runner
 from .prompts import PromptSet
 from .provenance import recorded
@@ -572,7 +572,8 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
 
     per_pair = torch.full((*[len(coords[a]) for a in axes], n_pairs), float("nan"), dtype=torch.float64)
     flat = per_pair.view(-1, n_pairs)
-    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None)   # the device's free memory
+    budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # the devices' free memory
+                           also=placed_devices(getattr(model, "device_map", None)))
     chunk = max(1, int(budget // _memory_per_row(model, prompts.n_pos)) // n_pairs)
     done, last_report = 0, 0.0
 

@@ -184,20 +184,27 @@ def test_budget_explicit_cpu_and_cuda(monkeypatch):
     assert mb.memory_budget("cuda:1") == pytest.approx(0.6 * 40 * 2**30)
     assert asked == [torch.device("cuda:1")]
     assert mb.memory_budget("mps") == mb.FALLBACK_MB * 2**20
+    # a model split over two GPUs (and offloaded to the CPU): the smaller GPU's budget
+    free = {0: 40 * 2**30, 1: 10 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (free[torch.device(dev).index], 80 * 2**30))
+    split = mb.placed_devices({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "1", "lm_head": "cpu"})
+    assert split == (torch.device("cuda", 0), torch.device("cuda", 1))
+    assert mb.memory_budget("cuda:0", also=split) == pytest.approx(0.6 * 10 * 2**30)
+    assert mb.memory_budget("cuda:0", 256, also=split) == 256 * 2**20          # an explicit budget wins
 
 
 def test_sweep_batches_follow_the_budget_of_its_device(monkeypatch, gpt2_model, ioi_prompts):
     seen = []
     real = engine.memory_budget
 
-    def spy(device, max_memory_mb=None):
-        seen.append((torch.device(device), max_memory_mb))
+    def spy(device, max_memory_mb=None, also=()):
+        seen.append((torch.device(device), max_memory_mb, also))
         return real(device, 0.05 if max_memory_mb is None else max_memory_mb)   # tiny: many batches
 
     full = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out"))
     monkeypatch.setattr(engine, "memory_budget", spy)
     small = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out"))
-    assert seen == [(gpt2_model.device, None)]
+    assert seen == [(gpt2_model.device, None, ())]                  # one device: nothing else to ask
     assert torch.allclose(small.values, full.values, atol=1e-5)
 
 
@@ -210,7 +217,7 @@ def test_path_patching_and_circuits_follow_the_budget_of_their_device(monkeypatc
     for module in (path, circuit):
         seen = []
 
-        def spy(device, max_memory_mb=None, seen=seen):
+        def spy(device, max_memory_mb=None, also=(), seen=seen):
             seen.append((torch.device(device), max_memory_mb))
             return mb.memory_budget(device, 0.01)                 # tiny: one row per batch
         monkeypatch.setattr(module, "memory_budget", spy)
@@ -229,7 +236,7 @@ def test_integrated_gradients_batch_steps_by_the_budget_of_their_device(monkeypa
     seen, rows = [], []
     real_forward = attribution._forward
 
-    def spy(device, max_memory_mb=None):
+    def spy(device, max_memory_mb=None, also=()):
         seen.append((torch.device(device), max_memory_mb))
         return mb.memory_budget(device, 0.01)                     # tiny: one step per batch
 
