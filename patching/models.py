@@ -194,7 +194,6 @@ class Model(Tokenizing):
         return bool(self.arch and self.arch.parallel) or bool(getattr(self.cfg, "parallel_attn_mlp", False))
 
 
-
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
