@@ -80,7 +80,6 @@ class TokenizerOnlyModel(Tokenizing):
                                d_model=self.d_model, d_mlp=self.d_mlp, n_ctx=self.n_ctx,
                                d_vocab=int(self._get("vocab_size")), architecture=self.config.model_type)
 
-
     # -- what needs the weights ----------------------------------------------------------------
     @property
     def runner(self):
