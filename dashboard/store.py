@@ -95,7 +95,9 @@ JOB_TOKENS = sa.Table(            # a job's page-side name, so a Cancel click re
     "job_tokens", META,
     sa.Column("token", sa.Text, primary_key=True),           # "<page session>:<button>:<click>"
     sa.Column("job_id", sa.Integer),                         # set when the job starts
-    sa.Column("cancel_requested", sa.Float))                 # set by Cancel, before or after it starts
+    sa.Column("cancel_requested", sa.Float),                 # set by Cancel, before or after it starts
+    sa.Column("created", sa.Float, nullable=False))          # pruned after TOKEN_DAYS unless running
+TOKEN_DAYS = 7
 
 
 def result_from_json(d: dict) -> PatchResult:
@@ -398,6 +400,10 @@ class RunStore:
             job_id = int(db.execute(JOBS.insert().values(**row)).inserted_primary_key[0])
             if token:
                 self._upsert_token(db, str(token), job_id=job_id)
+            running = sa.select(JOBS.c.id).where(JOBS.c.status == "running")
+            db.execute(JOB_TOKENS.delete().where(                # old tokens of jobs no longer running
+                JOB_TOKENS.c.created < now - TOKEN_DAYS * 86400,
+                sa.or_(JOB_TOKENS.c.job_id.is_(None), JOB_TOKENS.c.job_id.not_in(running))))
             return job_id
 
     def _upsert_token(self, db, token: str, **values) -> None:
@@ -406,7 +412,7 @@ class RunStore:
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
-        stmt = insert(JOB_TOKENS).values(token=token, **values)
+        stmt = insert(JOB_TOKENS).values(token=token, created=time.time(), **values)
         db.execute(stmt.on_conflict_do_update(index_elements=[JOB_TOKENS.c.token], set_=values))
 
     def request_cancel(self, token: str) -> int | None:

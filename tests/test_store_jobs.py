@@ -268,6 +268,20 @@ def test_cancel_pressed_while_it_runs_stops_it_at_the_next_progress_report(tmp_p
     assert len(store) == 0 and not any(str(r).startswith("done") for r in reports)
 
 
+def test_old_job_tokens_are_pruned_when_a_job_begins(tmp_path):
+    import sqlalchemy as sa
+    from dashboard import store as store_mod
+    store = RunStore(tmp_path)
+    store.request_cancel("old:run-button:1")
+    kept = store.begin_job("sweep", "running", "m", token="old:run-button:2")      # still running: kept
+    with store._transaction() as db:                                                  # age both tokens
+        db.execute(store_mod.JOB_TOKENS.update().values(created=time.time() - 8 * 86400))
+    store.begin_job("sweep", "new", "m", token="new:run-button:1")
+    with store._read() as db:
+        tokens = sorted(r[0] for r in db.execute(sa.select(store_mod.JOB_TOKENS.c.token)))
+    assert tokens == ["new:run-button:1", "old:run-button:2"] and store.job(kept).status == "running"
+
+
 def test_job_tokens_need_a_session():
     assert job_status.job_token(None, "run-button", 2) is None
     assert job_status.job_token("s", "path-run-button", None) == "s:path-run-button:0"
