@@ -429,12 +429,6 @@ def _guarded(what: str, compute):
         return None, f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _split_session(args: tuple) -> tuple[tuple, str | None]:
-    """The shared prompt states and, when the callback was given it last, the page's session id."""
-    n = len(_PROMPT_STATES)
-    return (args[:n], args[n]) if len(args) > n else (args, None)
-
-
 def _prompt_form(model, clean, corrupt, answer, wrong, bos, pairs, metric, direction) -> handlers.Form:
     return _form(model, clean, corrupt, answer, wrong, bos, pairs, metric=metric, direction=direction)
 
@@ -450,7 +444,7 @@ def _register_path(app: dash.Dash, registry, store, data_dir: Path) -> SimpleNam
         """Run path patching: validate, queue, baselines, sweep with progress, save to history."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
-        prompt, session = _split_session(prompt_and_session)
+        *prompt, session = prompt_and_session
         form = _prompt_form(*prompt)
         path = handlers.PathForm(receivers=receivers or "", senders=senders or "", sweep=sweep or "senders",
                                  mode=mode or "heads_frozen", per_position="per" in (per_position or []))
@@ -564,7 +558,7 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         """Run attribution for the chosen kinds (and edges): validate, queue, baselines, estimate, save."""
         if not n_clicks:
             return no_update, no_update, no_update
-        prompt, session = _split_session(prompt_and_session)
+        *prompt, session = prompt_and_session
         form = _prompt_form(*prompt)
         attr = handlers.AttributionForm(kinds=tuple(kinds or ()), method=method or "plain", steps=steps,
                                         per_position="per" in (per_position or []),

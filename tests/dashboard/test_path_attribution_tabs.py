@@ -49,7 +49,7 @@ class Progress:
 def _prompt_args(tiny_name, **over):
     clean, corrupt, answer, wrong = IOI[0]
     args = dict(model=tiny_name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, bos=["bos"],
-                pairs=None, metric="logit_diff", direction="denoise")
+                pairs=None, metric="logit_diff", direction="denoise", session=None)
     args.update(over)
     return list(args.values())
 
