@@ -38,3 +38,14 @@ def gpt2_model(tiny_models):
 def ioi_prompts(gpt2_model):
     from patching import PromptSet
     return PromptSet.from_pairs(gpt2_model, IOI)
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_dirs, gpt2_model):
+    """A registry offering the tiny GPT-2 model (by its directory), already loaded
+    (tests/dashboard/conftest.py has its own, with the Llama model too)."""
+    from patching.models import ModelRegistry
+    name = str(tiny_dirs["gpt2"])
+    reg = ModelRegistry([name])
+    reg.add(name, gpt2_model)
+    return reg

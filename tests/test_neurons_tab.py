@@ -11,28 +11,10 @@ from dash import no_update
 
 from dashboard import ids, lens_tab, neurons_tab as T
 from tests.conftest import IOI
-
-
-def _walk(component):
-    yield component
-    children = getattr(component, "children", None)
-    if children is None:
-        return
-    for child in children if isinstance(children, (list, tuple)) else [children]:
-        if hasattr(child, "to_plotly_json"):
-            yield from _walk(child)
+from tests.dash_tree import walk
 
 
 TAB_IDS = [v for k, v in vars(T).items() if k.startswith("NEURONS_") and isinstance(v, str)]
-
-
-@pytest.fixture(scope="module")
-def registry(tiny_dirs, gpt2_model):
-    from patching.models import ModelRegistry
-    name = str(tiny_dirs["gpt2"])
-    reg = ModelRegistry([name])
-    reg.add(name, gpt2_model)
-    return reg
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +36,7 @@ def _show(cb, page, view="top", source="task", task_n=8, run="clean", layer=1, p
 
 
 def test_layout_has_every_tab_id_and_no_clash_with_the_page():
-    present = {getattr(c, "id", None) for c in _walk(T.layout())} - {None}
+    present = {getattr(c, "id", None) for c in walk(T.layout())} - {None}
     assert not [i for i in TAB_IDS if i not in present]
     assert set(T.CONTROL_IDS.values()) <= present
     others = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)}

@@ -22,15 +22,6 @@ def result(gpt2_model, ioi_prompts):
     return sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out", model="tiny"))
 
 
-@pytest.fixture(scope="module")
-def registry(tiny_dirs, gpt2_model):
-    from patching.models import ModelRegistry
-    name = str(tiny_dirs["gpt2"])
-    reg = ModelRegistry([name])
-    reg.add(name, gpt2_model)
-    return reg
-
-
 @pytest.fixture
 def form(tiny_dirs):
     clean, corrupt, answer, wrong = IOI[0]

@@ -13,20 +13,11 @@ from dashboard import circuit_tab
 from patching import PatchSpec, PromptSet, sweep
 from patching.circuit import CurveResult
 from tests.conftest import IOI
-
-
-def _walk(component):
-    yield component
-    children = getattr(component, "children", None)
-    if children is None:
-        return
-    for child in children if isinstance(children, (list, tuple)) else [children]:
-        if hasattr(child, "to_plotly_json"):
-            yield from _walk(child)
+from tests.dash_tree import walk
 
 
 def _text(component) -> str:
-    return " ".join(str(c.children) for c in _walk(component) if isinstance(getattr(c, "children", None), str))
+    return " ".join(str(c.children) for c in walk(component) if isinstance(getattr(c, "children", None), str))
 
 
 TAB_IDS = [v for k, v in vars(circuit_tab).items() if k.startswith("CIRCUIT_") and isinstance(v, str)]
@@ -53,7 +44,7 @@ def head_run(store, gpt2_model, tiny_name):
 
 
 def test_layout_has_every_id_once_with_the_prefix():
-    found = [c.id for c in _walk(circuit_tab.layout()) if getattr(c, "id", None)]
+    found = [c.id for c in walk(circuit_tab.layout()) if getattr(c, "id", None)]
     assert set(TAB_IDS) - {circuit_tab.TAB_CIRCUIT} <= set(found)
     assert len(found) == len(set(found))
     assert all(i.startswith("circuit-") for i in found)

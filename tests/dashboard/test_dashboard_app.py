@@ -13,25 +13,16 @@ from dashboard import create_app, ids, make_jobs
 from dashboard.__main__ import _is_loopback, parse_args
 from patching.results import CSV_COLUMNS
 from tests.conftest import IOI
-
-
-def _walk(component):
-    yield component
-    children = getattr(component, "children", None)
-    if children is None:
-        return
-    for child in children if isinstance(children, (list, tuple)) else [children]:
-        if hasattr(child, "to_plotly_json"):
-            yield from _walk(child)
+from tests.dash_tree import walk
 
 
 def _ids(component) -> set:
-    return {getattr(c, "id", None) for c in _walk(component)} - {None}
+    return {getattr(c, "id", None) for c in walk(component)} - {None}
 
 
 def _text(component) -> str:
     out = []
-    for c in _walk(component):
+    for c in walk(component):
         ch = getattr(c, "children", None)
         if isinstance(ch, str):
             out.append(ch)
@@ -159,7 +150,7 @@ def test_token_view_callback(app, tiny_name):
     cb = app.patchboard
     clean, corrupt, answer, wrong = IOI[0]
     view = cb.token_view(tiny_name, clean, corrupt, answer, wrong, ["bos"], None)
-    chips = [c for c in _walk(view) if getattr(c, "className", "") in ("tok", "tok tok-diff")]
+    chips = [c for c in walk(view) if getattr(c, "className", "") in ("tok", "tok tok-diff")]
     assert len(chips) == 30 and sum(c.className == "tok tok-diff" for c in chips) == 2
     bad = cb.token_view(tiny_name, clean, corrupt, " Maryland", wrong, ["bos"], None)
     assert "not a single token" in _text(bad)

@@ -10,16 +10,7 @@ from dash import no_update
 
 from dashboard import ids, lens_tab
 from tests.conftest import IOI
-
-
-def _walk(component):
-    yield component
-    children = getattr(component, "children", None)
-    if children is None:
-        return
-    for child in children if isinstance(children, (list, tuple)) else [children]:
-        if hasattr(child, "to_plotly_json"):
-            yield from _walk(child)
+from tests.dash_tree import walk
 
 
 TAB_IDS = [v for k, v in vars(lens_tab).items() if k.startswith("INSPECT_") and isinstance(v, str)]
@@ -45,7 +36,7 @@ def _show(cb, page, view="lens", run="clean", pair=0, mode="accumulated", value=
 
 
 def test_layout_has_every_tab_id_and_no_clash_with_the_page():
-    present = {getattr(c, "id", None) for c in _walk(lens_tab.layout())} - {None}
+    present = {getattr(c, "id", None) for c in walk(lens_tab.layout())} - {None}
     missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL]
     assert not missing and lens_tab.INSPECT_PANEL in present
     assert set(lens_tab.CONTROL_IDS.values()) <= present
