@@ -15,6 +15,7 @@ from dashboard import handlers, job_status, layout
 from dashboard.store import JobInfo, RunStore, open_store
 from patching import PatchSpec, sweep
 from tests.conftest import IOI
+from tests.forked import in_processes
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +126,7 @@ def _writer(path, payload, n, q):
 
 def test_concurrent_writers_keep_the_sqlite_store_consistent(tmp_path, result):
     RunStore(tmp_path)
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(tmp_path, result.to_json(), 6, q)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    got = [q.get(timeout=120) for _ in range(24)]
-    for p in procs:
-        p.join(60)
-    assert all(p.exitcode == 0 for p in procs)
+    got = in_processes(_writer, 4, results_each=6, args=(tmp_path, result.to_json(), 6))
     store = RunStore(tmp_path)
     assert len(store) == 24 and len({r for _, r in got}) == 24
     jobs = store.jobs(limit=100)

@@ -8,7 +8,6 @@ installed: the driver is optional and not pinned (docs/DEPLOY.md), so `make test
 from __future__ import annotations
 
 import glob
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 from dashboard.store import RunStore, open_store
 from patching import PatchSpec, sweep
 from tests.conftest import IOI
+from tests.forked import in_processes
 from tests.e2e.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -139,15 +139,7 @@ def _writer(url, payload, n, q):
 def test_concurrent_writers(pg_url, result, tmp_path):
     store = open_store(pg_url, data_dir=tmp_path)
     before = len(store)
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(pg_url, result.to_json(), 5, q)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    ids = [q.get(timeout=120) for _ in range(20)]
-    for p in procs:
-        p.join(60)
-    assert all(p.exitcode == 0 for p in procs)
+    ids = in_processes(_writer, 4, results_each=5, args=(pg_url, result.to_json(), 5))
     assert len(set(ids)) == 20 and len(store) == before + 20
     assert all(store.get(i).result.values.shape == result.values.shape for i in ids[::5])
     assert sum(1 for j in store.jobs(limit=200) if j.run_id in set(ids) and j.status == "done") == 20
