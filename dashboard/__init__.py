@@ -3,7 +3,7 @@
 Nothing module-level is mutable: the model registry, the run store and the background job
 manager are passed in, so tests build an app around a tiny model.
 
->>> from patching.models import ModelRegistry                      # doctest: +SKIP
+>>> from patching.model.loading import ModelRegistry                      # doctest: +SKIP
 >>> app = create_app(ModelRegistry(["default"]), RunStore(".patchboard"), None)   # doctest: +SKIP
 >>> app.run(host="127.0.0.1", port=8050)                           # doctest: +SKIP
 """
@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import dash
 
-from .store import RunStore
+from patching.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -24,7 +24,7 @@ JOB_KINDS = ("diskcache", "celery")
 
 def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", redis_url: str | None = None):
     """The background-callback manager: DiskcacheManager (embedded: jobs are processes forked from
-    the server) or CeleryManager (jobs queued on Redis for `python -m patching worker` processes).
+    the server) or CeleryManager (jobs queued on Redis for `python -m dashboard worker` processes).
 
     ValueError with what to do when celery is asked for but cannot be used.
 
@@ -34,13 +34,13 @@ def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", red
         import diskcache
         cache_dir = Path(data_dir) / "jobs-cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        from .fork_guard import GuardedCache   # no fork while a thread is inside SQLite
-        from .jobs import DiskcacheJobs
+        from dashboard.fork_guard import GuardedCache   # no fork while a thread is inside SQLite
+        from dashboard.jobs import DiskcacheJobs
         return DiskcacheJobs(GuardedCache(str(cache_dir)))
     if kind == "celery":
         if not redis_url:
             raise ValueError("--jobs celery needs --redis-url, e.g. redis://localhost:6379/0")
-        from patching.worker import celery_app     # the same app config as `python -m patching worker`
+        from dashboard.server.worker import celery_app     # the same app config as `python -m dashboard worker`
         return dash.CeleryManager(celery_app(redis_url))
     raise ValueError(f"unknown jobs backend {kind!r}; choose one of {', '.join(JOB_KINDS)}")
 
@@ -73,7 +73,7 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     whatever it is, its models/ subfolder is never served. `max_upload_mb` caps every request
     (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it.
     """
-    from . import callbacks, layout, upload_guard
+    from dashboard import callbacks, layout, upload_guard
 
     data_dir = Path(data_dir) if data_dir is not None else store.data_dir
     if jobs is None:
@@ -99,7 +99,7 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     names = registry.names()
     app.layout = layout.page(registry, model or (names[0] if names else "default"))
     app.patchboard = callbacks.register(app, registry, store, data_dir)
-    from . import circuit_tab, lens_tab, neurons_tab
+    from dashboard import circuit_tab, lens_tab, neurons_tab
     app.patchboard_inspect = lens_tab.register_callbacks(app, registry)
     app.patchboard_neurons = neurons_tab.register_callbacks(app, registry)
     app.patchboard_circuit = circuit_tab.register_callbacks(app, registry, store, data_dir)

@@ -1,4 +1,5 @@
-"""`python -m dashboard`: serve the Patchboard dashboard.
+"""`python -m dashboard [serve]`: serve the Patchboard dashboard; `python -m dashboard worker`: a
+Celery worker for its jobs (`dashboard/server/worker.py`).
 
     python -m dashboard --host 127.0.0.1 --port 8050 --model default --data-dir .patchboard \\
         --jobs diskcache|celery --redis-url redis://... --store-url sqlite:///...|postgresql://... \\
@@ -19,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import JOB_KINDS, ROOT, create_app, make_jobs
-from .store import RunStore, open_store
+from dashboard import JOB_KINDS, ROOT, create_app, make_jobs
+from patching.runs.store import RunStore, open_store
 
 
 def _is_loopback(host: str) -> bool:
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", default="diskcache", choices=JOB_KINDS,
                    help="background jobs: diskcache (embedded) or celery (needs --redis-url and workers)")
     p.add_argument("--redis-url", default=os.environ.get("PATCHBOARD_REDIS_URL"),
-                   help="redis://HOST:PORT/DB for --jobs celery (start `python -m patching worker` with the same)")
+                   help="redis://HOST:PORT/DB for --jobs celery (start `python -m dashboard worker` with the same)")
     p.add_argument("--store-url", default=os.environ.get("PATCHBOARD_STORE_URL"),
                    help="run history URL: sqlite:///path/runs.sqlite or postgresql://user:pw@host/db "
                         "(default: runs.sqlite in --data-dir)")
@@ -63,9 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        from dashboard.server import worker
+        return worker.main(argv[1:])
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from patching.models import ModelRegistry
+    from patching.model.loading import ModelRegistry
 
     models = args.model or [os.environ.get("PATCHBOARD_MODEL", "default")]
     if not _is_loopback(args.host):
@@ -91,7 +98,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.jobs == "diskcache":     # jobs fork from this process: no torch thread pool in it
-        from .fork_guard import single_threaded_server
+        from dashboard.fork_guard import single_threaded_server
         single_threaded_server()
     try:
         registry.get(models[0])   # preload: background runs fork from this process and inherit it

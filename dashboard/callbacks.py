@@ -14,10 +14,11 @@ import dash
 from dash import ALL, Input, Output, Patch, State, dcc, no_update
 
 from patching.kinds import KINDS
-from patching.results import write_csv
+from patching.core.results import write_csv
 
-from . import cost_refine, figures, handlers, ids, job_status, jobs, layout, share
-from .job_status import job_token
+from dashboard import cost_refine, figures, handlers, ids, jobs, layout, share
+from patching.runs import jobs as job_status
+from patching.runs.jobs import job_token
 
 log = logging.getLogger("dashboard")
 
@@ -623,7 +624,7 @@ def _register_attribution(app: dash.Dash, registry, store, data_dir: Path) -> Si
         """Every kind of the attribution run in one contract CSV (method and steps columns after)."""
         if not n_clicks or not att_id:
             return no_update
-        from patching.attribution import attribution_csv
+        from patching.methods.attribution import attribution_csv
         run = store.get_attribution(att_id)
         r = run.results[0]
         return dcc.send_string(attribution_csv(run.results),

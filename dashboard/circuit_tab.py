@@ -28,13 +28,13 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from patching.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects, edge_graph,
+from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects, edge_graph,
                               faithfulness,
                               faithfulness_curve, format_components, parse_components)
 from metrics import METRICS
-from patching.prompts import PromptSet
+from patching.core.prompts import PromptSet
 
-from . import figures, figures_circuit, handlers, ids, jobs
+from dashboard import figures, figures_circuit, handlers, ids, jobs
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def add_selected(text: str | None, selected_data: dict | None) -> str:
 def compute_edges(registry, store, page: tuple, data_dir) -> int:
     """EAP edges (plus head_out / mlp_out estimates) on the prompts panel's prompts, saved as an
     attribution run; returns its id."""
-    from patching.attribution import edge_attribution, run_attribution
+    from patching.methods.attribution import edge_attribution, run_attribution
     model, prompts = page_prompts(registry, *page)
     with handlers.run_slot(data_dir):
         edges = edge_attribution(model, prompts)

@@ -1,6 +1,6 @@
 """Handlers for the run card's cost preview (pure: the registry, a calibration cache, the form).
 
-The estimate counts the work of the sweep the Run button would start (`patching.cost`), with the
+The estimate counts the work of the sweep the Run button would start (`patching.methods.cost`), with the
 seconds calibrated once per model on this server (`CalibrationCache`, owned by the app). When it
 exceeds `SLOW_SECONDS`, the card suggests attribution patching first.
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from patching.cost import SLOW_SECONDS, CalibrationCache, estimate_cost
+from patching.methods.cost import SLOW_SECONDS, CalibrationCache, estimate_cost
 
-from .handlers import Form, check_model, parse_form
+from dashboard.handlers import Form, check_model, parse_form
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class CostView:
 def cost_view(registry, calibrations: CalibrationCache, form: Form, slow_seconds: float = SLOW_SECONDS) -> CostView:
     """The estimate for the form's sweep; an empty view when the form does not validate, and a
     line saying why when this web host has no weights to count with (--tokenizers-only)."""
-    from patching.tokenizer_only import NoWeightsError
+    from patching.model.tokenizer_only import NoWeightsError
     try:
         model = registry.get(check_model(registry, form.model))
         spec, prompts = parse_form(model, form)

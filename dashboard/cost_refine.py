@@ -24,10 +24,10 @@ from types import SimpleNamespace
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from patching.cost import SLOW_SECONDS, CalibrationCache
+from patching.methods.cost import SLOW_SECONDS, CalibrationCache
 
-from . import cost_handlers, figures, figures_compare, fork_guard, ids, refine_handlers
-from .handlers import Form
+from dashboard import cost_handlers, figures, figures_compare, fork_guard, ids, refine_handlers
+from dashboard.handlers import Form
 
 log = logging.getLogger("dashboard")
 PAUSED = "Cost estimate paused while a run is in progress; it updates on the next change of the form."
@@ -111,7 +111,7 @@ def register(app, registry, store, data_dir: str | Path, *, slow_seconds: float 
         """Form -> the estimate line, the suggestion text and whether the suggestion is hidden.
         While a run holds the run slot the estimate waits: its two forwards would compete with
         the run for the device's memory, and its timing would be skewed."""
-        from .handlers import run_busy
+        from dashboard.handlers import run_busy
         if run_busy(data_dir):
             return PAUSED, "", True
         form = Form.from_values(model=model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
@@ -163,7 +163,7 @@ def register(app, registry, store, data_dir: str | Path, *, slow_seconds: float 
 
     def refine_top(n_clicks, k, att_id, kind):
         """Refine top-k (queued like a run): exact patching of the k best attribution cells."""
-        from .handlers import run_slot
+        from dashboard.handlers import run_slot
         if not n_clicks:
             return no_update, no_update
         if not att_id or not kind:

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from patching.kinds import KINDS
-from patching.results import PatchResult
+from patching.core.results import PatchResult
 
 DIVERGING = "RdBu"
 SEQUENTIAL = "Blues"

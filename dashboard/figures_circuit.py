@@ -21,9 +21,9 @@ import math
 
 import plotly.graph_objects as go
 
-from patching.circuit import Component, CurveResult, EdgeGraph
+from patching.methods.circuit import Component, CurveResult, EdgeGraph
 
-from .figures import DIVERGING, _base_layout, empty_figure
+from dashboard.figures import DIVERGING, _base_layout, empty_figure
 
 KEPT = "#111827"
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"

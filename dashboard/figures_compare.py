@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from patching.compare import Agreement
+from patching.methods.compare import Agreement
 
-from .figures import _base_layout
+from dashboard.figures import _base_layout
 
 COLOURS = {"": "#9ca3af", "missed": "#dc2626", "invented": "#f59e0b"}
 NAMES = {"": "agree", "missed": "missed", "invented": "invented"}

@@ -1,4 +1,4 @@
-"""Pure plotly figures for the inspection views (the DataFrames of `patching.lens`).
+"""Pure plotly figures for the inspection views (the DataFrames of `patching.inspect.lens`).
 
 Same conventions as `figures.py`: layers run down the y axis (embedding at the top), positions
 are labelled ``"3: ' Mary'"``, probabilities use a sequential 0..1 scale, signed effects the
@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import DIVERGING, SEQUENTIAL, _base_layout, empty_figure, position_label
+from dashboard.figures import DIVERGING, SEQUENTIAL, _base_layout, empty_figure, position_label
 
 LENS_VALUES = {
     "top_prob": "top token's probability",

@@ -1,6 +1,6 @@
 """Pure plotly figures for the neuron explorer and the weight-based views.
 
-Each function takes a DataFrame of `patching.neurons` / `patching.weights` and returns a
+Each function takes a DataFrame of `patching.inspect.neurons` / `patching.inspect.weights` and returns a
 `go.Figure` (or, for tables, DataTable columns and records). Same conventions as `figures.py`:
 signed values on the diverging scale centred at 0, magnitudes on the sequential scale.
 
@@ -15,8 +15,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import DIVERGING, SEQUENTIAL, _base_layout, empty_figure
-from .figures_lens import token_text
+from dashboard.figures import DIVERGING, SEQUENTIAL, _base_layout, empty_figure
+from dashboard.figures_lens import token_text
 
 MAX_TEXT_CELLS = 40 * 40       # beyond this many cells, no cell text (hover keeps it)
 

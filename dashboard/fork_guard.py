@@ -22,32 +22,21 @@ gives every forked job the machine's thread count back.
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import contextmanager
 
 import diskcache
 
+from patching.runs.sqlite_lock import held
 
-class _Guard:
-    """The lock and its fork hooks (one per process; re-created in a forked child)."""
+
+class _ThreadsHook:
+    """Whether `single_threaded_server()` registered its fork hook in this process."""
 
     def __init__(self):
-        self.lock = threading.RLock()
-        self.threads_hook = False           # single_threaded_server() registered its hook
-
-    def before_fork(self):
-        self.lock.acquire()
-
-    def after_fork_in_parent(self):
-        self.lock.release()
-
-    def after_fork_in_child(self):
-        self.lock = threading.RLock()      # the child's only thread owns nothing yet
+        self.registered = False
 
 
-_GUARD = _Guard()
-os.register_at_fork(before=_GUARD.before_fork, after_in_parent=_GUARD.after_fork_in_parent,
-                    after_in_child=_GUARD.after_fork_in_child)
+_THREADS_HOOK = _ThreadsHook()
 
 
 JOB_THREADS_ENV = "PATCHBOARD_JOB_THREADS"     # inherited by forked jobs: their torch threads
@@ -72,18 +61,10 @@ def single_threaded_server(threads: int | None = None) -> int:
     n = int(threads or os.environ.get(JOB_THREADS_ENV) or torch.get_num_threads())
     os.environ[JOB_THREADS_ENV] = str(n)
     torch.set_num_threads(1)
-    if not _GUARD.threads_hook:
+    if not _THREADS_HOOK.registered:
         os.register_at_fork(after_in_child=_job_threads_in_child)
-        _GUARD.threads_hook = True
+        _THREADS_HOOK.registered = True
     return n
-
-
-@contextmanager
-def held():
-    """Hold the fork guard around SQLite work (re-entrant)."""
-    lock = _GUARD.lock
-    with lock:
-        yield
 
 
 class GuardedCache(diskcache.Cache):
@@ -151,9 +132,9 @@ def in_forked_process(fn, *args, timeout: float = 300.0):
 
 
 def job_like_calibration(model, prompts):
-    """`patching.cost.calibrate` timed with the jobs' thread count: in a forked child when this
+    """`patching.methods.cost.calibrate` timed with the jobs' thread count: in a forked child when this
     server runs torch single-threaded (`single_threaded_server`), else here."""
-    from patching.cost import calibrate
+    from patching.methods.cost import calibrate
 
     jobs = int(os.environ.get(JOB_THREADS_ENV) or 1)
     import torch

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
-import fcntl
-import os
 import re
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,14 +20,15 @@ from typing import Callable
 import torch
 
 from metrics import METRICS, get_metric
-from patching.engine import plan_coords, sweep
+from patching.methods.sweep import plan_coords, sweep
 from patching.kinds import KINDS
-from patching.models import require_runner
-from patching.prompts import PromptPair, PromptSet, read_pairs_csv
-from patching.results import PatchResult
-from patching.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
+from patching.model.loading import require_runner
+from patching.core.prompts import PromptPair, PromptSet, read_pairs_csv
+from patching.core.results import PatchResult
+from patching.core.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
 
-from .job_status import tracked
+from patching.runs.jobs import tracked
+from patching.runs.slot import run_busy, run_slot  # noqa: F401 - re-exported for the tabs
 
 DEFAULT_MAX_UPLOAD_MB = 16            # the request cap (`create_app(max_upload_mb=)`, --max-upload-mb)
 MAX_PRESET_PAIRS = 64
@@ -44,7 +40,7 @@ def model_options(registry) -> list[dict]:
     """The registry's models (command line first), then others found in assets/ or the HF cache."""
     names = list(registry.names())
     try:
-        from patching.models import available_models
+        from patching.model.loading import available_models
         found = [m["name"] for m in available_models() if m.get("safetensors")]
     except Exception:   # a broken cache never breaks the page
         found = []
@@ -82,7 +78,7 @@ def direction_options() -> list[dict]:
 
 def _tasks():
     try:
-        from patching import tasks
+        from patching.tasks import families as tasks
         return tasks
     except ImportError:
         return None
@@ -103,7 +99,7 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0) -> list[dict]:
     """
     tasks = _tasks()
     if tasks is None:
-        raise ValueError("presets need patching/tasks.py, which is not installed here")
+        raise ValueError("presets need patching/tasks/families.py, which is not installed here")
     if task not in tasks.TASKS:
         raise ValueError(f"unknown preset {task!r}; choose one of {', '.join(tasks.TASKS)}")
     try:
@@ -343,50 +339,6 @@ def baselines_text(values: tuple[float, float] | None, metric: str = "") -> str:
     return f"clean {metric} = {clean:.4f} · corrupt {metric} = {corrupt:.4f} · gap = {clean - corrupt:.4f}"
 
 
-@contextmanager
-def run_slot(data_dir: str | Path, on_wait: Callable[[float], None] | None = None, poll: float = 0.5):
-    """One sweep at a time per data dir: later runs queue here (an OS file lock, released when the
-    holder exits or is cancelled). `on_wait(seconds_waited)` is called while queued."""
-    path = Path(data_dir) / "run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    start = time.monotonic()
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if on_wait is not None:
-                    on_wait(time.monotonic() - start)
-                time.sleep(poll)
-        yield
-    finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
-def run_busy(data_dir: str | Path) -> bool:
-    """Whether some process holds the run slot right now."""
-    path = Path(data_dir) / "run.lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class Progress:
     """What the progress outputs show: (value, max, label, baselines text)."""
@@ -518,7 +470,7 @@ class AttentionView:
 def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionView:
     """Counterfactual attention of the clicked head of a stored run (pair `pair`).
 
-    Uses `patching.attention.counterfactual_attention` when installed (clean, corrupt and
+    Uses `patching.methods.attention.counterfactual_attention` when installed (clean, corrupt and
     patched patterns); otherwise the clean and corrupt patterns from the runner's cache.
     """
     result = run.result
@@ -538,7 +490,7 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
     where = f" at position {cell['pos']}" if cell.get("pos") is not None else ""
     title = f"Counterfactual attention · {heads_label}{where} · pair {pair}"
     try:
-        from patching.attention import counterfactual_attention
+        from patching.methods.attention import counterfactual_attention
     except ImportError:
         counterfactual_attention = None
     # k/v kinds index key/value heads: show the first query head of the group
@@ -556,7 +508,7 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
         raise ValueError(f"attention view needs the engine's runner; {model.name!r} has none")
     clean = model.runner.run(prompts.clean_tokens).layers[layer].pattern[pair, q_head]
     corrupt = model.runner.run(prompts.corrupt_tokens).layers[layer].pattern[pair, q_head]
-    note = "patched pattern: needs patching/attention.py"
+    note = "patched pattern: needs patching/methods/attention.py"
     return AttentionView(clean.float().cpu().numpy(), corrupt.float().cpu().numpy(), None,
                          list(prompts.str_tokens), title, note, None)
 
@@ -564,7 +516,7 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
 def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionView:
     """A path run's clicked sender cell -> the attention of its receiver head (the first q/k/v
     receiver): clean, corrupt and step 2's pattern (the receivers patched)."""
-    from patching.attention import counterfactual_attention
+    from patching.methods.attention import counterfactual_attention
     result, spec = run.result, run.result.spec
     receivers = [n for n in (spec.receiver_nodes or ()) if n.kind in ("q", "k", "v")]
     if cell is None or "head" not in result.axes or cell.get("head") is None:
@@ -630,7 +582,7 @@ def _df_without_ci(result: PatchResult):
 def attention_csv(view: AttentionView) -> str:
     """One row per (dest, src): tokens, clean, corrupt, patched (when known) and differences."""
     import pandas as pd
-    from patching.results import write_csv
+    from patching.core.results import write_csv
     rows = []
     n = len(view.clean)
     for d in range(n):
@@ -651,7 +603,7 @@ def compare_csv(run_a, run_b) -> str:
     """Both runs of the compare view in the contract format, stacked, with extra columns `run`
     (its id) and, when their axes match, `value_minus_other` / `normalized_minus_other`."""
     import pandas as pd
-    from patching.results import write_csv
+    from patching.core.results import write_csv
     frames = []
     same = _same_cells(run_a.result, run_b.result)
     for run, other in ((run_a, run_b), (run_b, run_a)):
@@ -712,7 +664,7 @@ def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", Prom
     >>> spec.receivers                                                          # doctest: +SKIP
     ('q:1.0',)
     """
-    from patching.path import PathSpec, _check_nodes
+    from patching.methods.path import PathSpec, _check_nodes
     _check_prompt_choices(form)
     require_runner(model, "path patching")
     prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
@@ -750,7 +702,7 @@ def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Pa
 
     Returns the saved run's id; ValueError with the message to show on bad input.
     """
-    from patching.path import run_path
+    from patching.methods.path import run_path
     model = registry.get(check_model(registry, form.model))
     spec, prompts = parse_path_form(model, form, path)
     label = f"{path_label(spec)} · {Path(form.model).name}"
@@ -785,7 +737,7 @@ class AttributionForm:
 
 def attribution_kind_options(model=None) -> list[dict]:
     """The kinds with an attribution estimate on this model (every kind when no model)."""
-    from patching.attribution import attribution_kinds
+    from patching.methods.attribution import attribution_kinds
     names = attribution_kinds(model) if model is not None else tuple(KINDS)
     return [{"label": name, "value": name} for name in names]
 
@@ -810,7 +762,7 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
     >>> kw["kinds"]                                                                       # doctest: +SKIP
     ('head_out',)
     """
-    from patching.attribution import METHODS, attribution_kinds
+    from patching.methods.attribution import METHODS, attribution_kinds
     _check_prompt_choices(form)
     require_runner(model, "attribution patching")
     known = attribution_kinds(model)
@@ -837,7 +789,7 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
 
     Returns the attribution run's id (RunStore.get_attribution); ValueError on bad input.
     """
-    from patching.attribution import edge_attribution, run_attribution
+    from patching.methods.attribution import edge_attribution, run_attribution
     model = registry.get(check_model(registry, form.model))
     kw, prompts = parse_attribution_form(model, form, attr)
 
@@ -875,7 +827,7 @@ def attribution_agreement(registry, run, kind: str, data_dir: str | Path | None 
     """Attribution of one kind vs the exact sweep of the same spec: Pearson r and top-10 overlap,
     plus the exact sweep's seconds (`refine_handlers.attribution_agreement`, which keeps the exact
     sweep in `data_dir` for the scatter and the flagged list)."""
-    from .refine_handlers import attribution_agreement as agree
+    from dashboard.refine_handlers import attribution_agreement as agree
     return agree(registry, run, kind, data_dir)
 
 

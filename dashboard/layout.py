@@ -12,8 +12,8 @@ from pathlib import Path
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 
-from . import circuit_tab, cost_refine, figures, handlers, ids, lens_tab, neurons_tab, share
-from .handlers import TokenView
+from dashboard import circuit_tab, cost_refine, figures, handlers, ids, lens_tab, neurons_tab, share
+from dashboard.handlers import TokenView
 
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
 SAMPLE = ("When Mary and John went to the store, John gave a drink to",

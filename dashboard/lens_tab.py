@@ -1,7 +1,7 @@
 """The Inspect tab: logit lens, direct logit attribution, top-k, attention and residual norms.
 
 Reads the prompts panel (model, clean / corrupt prompts, answer / wrong tokens, BOS, uploaded
-pairs) and draws one inspection view of `patching.lens` at a time, with the view's CSV for
+pairs) and draws one inspection view of `patching.inspect.lens` at a time, with the view's CSV for
 download and PNG/SVG export from plotly's modebar camera. Everything here is plain functions:
 `inspect(...)` turns selector values into (DataFrame, figure, table) and is what the callbacks
 call; `register_callbacks` returns the callbacks as a namespace so tests call them directly.
@@ -24,12 +24,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dash_table, dcc, html, no_update
 
-from patching import lens
-from patching.prompts import PromptSet
-from patching.results import write_csv
+from patching.inspect import lens
+from patching.core.prompts import PromptSet
+from patching.core.results import write_csv
 
-from .tab_controls import field, number, radio, whole_number
-from . import figures, figures_lens, handlers, ids
+from dashboard.tab_controls import field, number, radio, whole_number
+from dashboard import figures, figures_lens, handlers, ids
 
 # -- ids of this tab (DESIGN: every id in one place; these are the Inspect tab's) ---------------
 TAB_INSPECT = "tab-inspect"

@@ -26,13 +26,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dash_table, dcc, html, no_update
 
-from patching import neurons as N
-from patching import weights as W
-from patching.results import write_csv
+from patching.inspect import neurons as N
+from patching.inspect import weights as W
+from patching.core.results import write_csv
 
-from .tab_controls import field, number, radio, whole_number
-from . import figures, figures_neurons, handlers, ids
-from .lens_tab import FrameMemo, prompts_from_page
+from dashboard.tab_controls import field, number, radio, whole_number
+from dashboard import figures, figures_neurons, handlers, ids
+from dashboard.lens_tab import FrameMemo, prompts_from_page
 
 # -- ids of this tab (every id of the page lives in ids.py; these are this tab's own) -------------
 TAB_NEURONS = "tab-neurons"

@@ -15,11 +15,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from patching.compare import Agreement, cell_label, compare_cells
-from patching.engine import sweep
-from patching.prompts import PromptPair, PromptSet
-from patching.refine import refine, top_cells
-from patching.results import PatchResult
+from patching.methods.compare import Agreement, cell_label, compare_cells
+from patching.methods.sweep import sweep
+from patching.core.prompts import PromptPair, PromptSet
+from patching.methods.refine import refine, top_cells
+from patching.core.results import PatchResult
 
 MAX_REFINE_K = 200
 FLAGGED_ROWS = 20
@@ -27,7 +27,7 @@ FLAGGED_ROWS = 20
 
 def _prompts(registry, run, estimate: PatchResult):
     from metrics import METRICS
-    from .handlers import check_model
+    from dashboard.handlers import check_model
     model = registry.get(check_model(registry, estimate.spec.model))     # offered models only
     if estimate.spec.metric not in METRICS:     # a stored (or imported) 'pkg.mod:fn' would import code here
         raise ValueError(f"this run's metric {estimate.spec.metric!r} is not one the dashboard runs; choose "
@@ -130,9 +130,9 @@ def refine_run(registry, run, kind: str, k) -> tuple[PatchResult, list[dict]]:
 
 def attribution_agreement(registry, run, kind: str, data_dir: str | Path | None = None) -> dict:
     """Attribution of one kind vs the exact sweep of the same spec: Pearson r and top-10 overlap
-    (`patching.attribution.agreement`), plus the exact sweep's seconds. With a data dir the exact
+    (`patching.methods.attribution.agreement`), plus the exact sweep's seconds. With a data dir the exact
     sweep is kept there for the scatter and the flagged list (`compare_run`)."""
-    from patching.attribution import agreement
+    from patching.methods.attribution import agreement
     estimate = run.result(kind)
     if data_dir is not None:
         exact = exact_sweep(registry, run, kind, data_dir)

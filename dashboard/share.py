@@ -1,7 +1,7 @@
 """Shareable runs in the dashboard: export / import a run file, open a run by URL, provenance.
 
 - History tab: "Export run #N" downloads the run on screen as `run-N.patchboard.zip`
-  (`patching.bundle`), "Export attribution run #N" the Attribution tab's run (every kind, edges
+  (`patching.runs.bundle`), "Export attribution run #N" the Attribution tab's run (every kind, edges
   too); "Import run" takes such a file (dcc.Upload), stores it as a new run and opens it; errors
   and the weights warning appear inline under the buttons.
 - URLs: `/run/<id>` selects that run and shows its heatmap on the Results tab. The id must be an
@@ -30,10 +30,10 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from patching import bundle
-from patching.provenance import Provenance, fingerprint
+from patching.runs import bundle
+from patching.core.provenance import Provenance, fingerprint
 
-from . import ids
+from dashboard import ids
 
 RUN_PATH = re.compile(r"^run/(?P<id>[^/]*)/?$")
 RUN_ID = re.compile(r"^[0-9]{1,12}$")
@@ -121,7 +121,7 @@ def warm_provenance(model) -> None:
     """Hash the model's weights / tokenizer and read the versions now, in the server process:
     background runs are forked from it and inherit the cache (a hash computed inside a run
     would be lost with its process and recomputed by every run)."""
-    from patching.provenance import environment
+    from patching.core.provenance import environment
     fingerprint(model)
     environment(model)
 

@@ -16,8 +16,8 @@ import json
 
 from dash import Input, Output, State
 
-from . import ids
-from .handlers import size_text, too_large_message, upload_file_limit
+from dashboard import ids
+from dashboard.handlers import size_text, too_large_message, upload_file_limit
 
 # dcc.Upload contents are 'data:<type>;base64,<payload>'; the payload is 4/3 of the file.
 _CHECK = """

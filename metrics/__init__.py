@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import kl as _kl
-from . import logit_diff as _ld
-from . import probability as _p
-from .base import Metric, MetricInputs, load_user_metric
+from metrics import kl as _kl
+from metrics import logit_diff as _ld
+from metrics import probability as _p
+from metrics.base import Metric, MetricInputs, load_user_metric
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     _ld.METRIC, _p.PROB_DIFF, _p.LOGPROB, _p.ACCURACY, _kl.METRIC)}

@@ -2,7 +2,7 @@
 from jaxtyping import Float
 from torch import Tensor
 
-from .base import Metric, MetricInputs
+from metrics.base import Metric, MetricInputs
 
 
 def prob_diff(logits: Float[Tensor, "batch vocab"], inputs: MetricInputs) -> Float[Tensor, "batch"]:

@@ -6,17 +6,17 @@
 ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
 >>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe()  # doctest: +SKIP
 """
-from . import hooks
-from .attention import counterfactual_attention
-from .attribution import run_attribution
-from .circuit import CircuitSpec, faithfulness, faithfulness_curve, rank_components
-from .engine import sweep
-from .kinds import KINDS
-from .models import Model, ModelRegistry, load_model
-from .path import PathSpec, run_path
-from .prompts import PromptPair, PromptSet
-from .results import PatchResult
-from .spec import PatchSpec
+from patching.model import hooks
+from patching.methods.attention import counterfactual_attention
+from patching.methods.attribution import run_attribution
+from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, rank_components
+from patching.methods.sweep import sweep
+from patching.kinds import KINDS
+from patching.model.loading import Model, ModelRegistry, load_model
+from patching.methods.path import PathSpec, run_path
+from patching.core.prompts import PromptPair, PromptSet
+from patching.core.results import PatchResult
+from patching.core.spec import PatchSpec
 
 __all__ = ["sweep", "run_path", "PathSpec", "run_attribution", "counterfactual_attention", "KINDS", "Model", "ModelRegistry", "load_model", "PromptPair", "PromptSet",
            "PatchResult", "PatchSpec", "CircuitSpec", "faithfulness", "faithfulness_curve", "rank_components"]

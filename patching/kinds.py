@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import hooks
-from .runner import LayerCache, RunCache, Runner
+from patching.model import hooks
+from patching.model.runner import LayerCache, RunCache, Runner
 
 
 @dataclass

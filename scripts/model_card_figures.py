@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 from dashboard import figures                              # noqa: E402
 from patching import PatchSpec, PromptSet, load_model, sweep   # noqa: E402
-from patching.circuit import (Component, CircuitSpec, all_components, faithfulness,  # noqa: E402
+from patching.methods.circuit import (Component, CircuitSpec, all_components, faithfulness,  # noqa: E402
                               faithfulness_curve, rank_components)
-from patching.path import PathSpec, run_path               # noqa: E402
-from patching.tasks import make_pairs                      # noqa: E402
+from patching.methods.path import PathSpec, run_path               # noqa: E402
+from patching.tasks.families import make_pairs                      # noqa: E402
 
 
 def render(fig, path: Path, width=900, height=520) -> None:

@@ -17,7 +17,7 @@ Tokenizer: byte-level BPE (GPT-2 style, ``add_prefix_space=False``) trained on t
 ``<|endoftext|>`` as BOS/EOS. Digits are pre-split into pairs, as GPT-2 happens to split years
 (``" 1732"`` -> ``" 17"``, ``"32"``), so greater-than answers are single two-digit tokens.
 
-Training data: items from :func:`patching.tasks.training_examples`, one per row as
+Training data: items from :func:`patching.tasks.families.training_examples`, one per row as
 ``<BOS> item`` -- exactly the shape the engine and the eval feed the model -- with rows of
 similar length batched together. The loss is next-token cross-entropy on every token, weighted:
 each task item's answer token counts ``--answer-weight`` times, and the first (random, hence
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from patching import tasks  # noqa: E402
+from patching.tasks import families as tasks  # noqa: E402
 
 BOS = "<|endoftext|>"
 DEFAULT_OUT = ROOT / "assets" / "models" / "patchboard-tiny"
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "from scratch: a second training stage")
     p.add_argument("--mix", type=str, default=None,
                    help="item shares, e.g. 'ioi=0.4,factual=0.2,greater_than=0.1,induction=0.2,"
-                        "filler=0.1' (default: patching.tasks.TRAIN_MIX)")
+                        "filler=0.1' (default: patching.tasks.families.TRAIN_MIX)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate and save a checkpoint every N steps (0: only at the end)")
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
             save(model, tokenizer, out)
-            from patching.evaluate import evaluate
+            from patching.tasks.evaluate import evaluate
             log({"event": "eval", "step": step + 1, **evaluate(out, n=args.eval_n)})
             model.train()
 

@@ -44,7 +44,7 @@ def ioi_prompts(gpt2_model):
 def registry(tiny_dirs, gpt2_model):
     """A registry offering the tiny GPT-2 model (by its directory), already loaded
     (tests/dashboard/conftest.py has its own, with the Llama model too)."""
-    from patching.models import ModelRegistry
+    from patching.model.loading import ModelRegistry
     name = str(tiny_dirs["gpt2"])
     reg = ModelRegistry([name])
     reg.add(name, gpt2_model)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from patching import PatchSpec, PromptSet
-from patching import hooks
-from patching.attention import AttentionDiff, counterfactual_attention
+from patching.model import hooks
+from patching.methods.attention import AttentionDiff, counterfactual_attention
 from tests.conftest import IOI
 
 FAMILIES = ("gpt2", "llama", "neox")
@@ -176,7 +176,7 @@ PATH_CASES = [
 
 @pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: f"{c[0]}-{c[4]}")
 def test_path_patched_pattern_matches_naive_step_two(tiny_models, prompt_sets, case):
-    from patching.path import PathSpec, all_receivers, parse_node
+    from patching.methods.path import PathSpec, all_receivers, parse_node
     from tests.test_path import naive_path
     family, kw, index, (layer, head), sender, receivers = case
     model, ps = tiny_models[family], prompt_sets[family]
@@ -197,7 +197,7 @@ def test_path_patched_pattern_matches_naive_step_two(tiny_models, prompt_sets, c
 
 
 def test_path_pattern_before_the_receivers_is_unchanged(tiny_models, prompt_sets):
-    from patching.path import PathSpec
+    from patching.methods.path import PathSpec
     model, ps = tiny_models["gpt2"], prompt_sets["gpt2"]
     diff = counterfactual_attention(model, ps, 0, 1, spec=PathSpec(receivers=("q:1.0",)), index={"layer": 0, "head": 2})
     assert torch.equal(diff.patched, diff.corrupt) and "does not reach" in diff.patch_label

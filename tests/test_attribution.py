@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from metrics import MetricInputs, get_metric
-from patching import PatchSpec, PromptSet, hooks, sweep
-from patching.attribution import (EdgeScores, agreement, attribution_csv, attribution_kinds, edge_attribution,
+from patching import PatchSpec, PromptSet, sweep
+from patching.model import hooks
+from patching.methods.attribution import (EdgeScores, agreement, attribution_csv, attribution_kinds, edge_attribution,
                                   run_attribution)
-from patching.results import CSV_COLUMNS
+from patching.core.results import CSV_COLUMNS
 from tests.conftest import IOI
 
 FAMILIES = ("gpt2", "llama", "neox")
@@ -237,8 +238,8 @@ def test_agreement_on_the_shipped_model():
     """Attribution vs exact patching on the default model, held-out IOI pairs (the numbers the
     closing note reports; printed with -s)."""
     from patching import load_model
-    from patching.attribution import measure_agreement
-    from patching.tasks import make_pairs
+    from patching.methods.attribution import measure_agreement
+    from patching.tasks.families import make_pairs
     model = load_model("default")
     by_len = {}
     for p in make_pairs("ioi", 60, split="eval", seed=0):
@@ -260,7 +261,7 @@ def test_agreement_on_the_shipped_model():
 def test_eap_edges_agree_with_exact_direct_path_patching(tiny_models, prompt_sets, family, method):
     """EAP's score of u -> v estimates direct-mode path patching of sender u into receiver v
     (everything else frozen). Measured on the tiny models: r >= 0.98, top-10 overlap >= 0.8."""
-    from patching.path import PathSpec, run_path
+    from patching.methods.path import PathSpec, run_path
     model, ps = tiny_models[family], prompt_sets[family]
     edges = edge_attribution(model, ps, method=method, steps=16)
     est, exact = [], []
@@ -278,7 +279,7 @@ def test_eap_edges_agree_with_exact_direct_path_patching(tiny_models, prompt_set
 
 
 def test_ig_in_chunks_equals_one_batch(tiny_models, prompt_sets):
-    from patching.attribution import _attribute
+    from patching.methods.attribution import _attribute
     model, ps = tiny_models["llama"], prompt_sets["llama"]
     one = _attribute(model, ps, "logit_diff", "denoise", "ig", 5, edges=True, max_rows=1000)
     chunked = _attribute(model, ps, "logit_diff", "denoise", "ig", 5, edges=True, max_rows=4)   # 2 steps a chunk

@@ -4,7 +4,7 @@ import io
 import pytest
 
 from patching import PromptSet
-from patching.bench import bench_one, run_bench
+from patching.bench.sweeps import bench_one, run_bench
 from tests.conftest import IOI
 
 

@@ -4,7 +4,7 @@ computes the same values as run_path."""
 import math
 
 from patching import PromptSet
-from patching.bench_circuits import bench_path_and_attribution, format_rows
+from patching.bench.circuits import bench_path_and_attribution, format_rows
 from tests.conftest import IOI
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dashboard import figures
-from dashboard.store import RunStore
+from patching.runs.store import RunStore
 from patching import PatchSpec, sweep
-from patching import bundle as B
+from patching.runs import bundle as B
 from patching.cli import main
 from tests.conftest import IOI
 
@@ -57,7 +57,7 @@ def test_export_import_round_trip_gives_the_same_values_and_figures(head_result,
 
 
 def test_path_run_round_trip(gpt2_model, ioi_prompts, stores):
-    from patching.path import PathResult, PathSpec, run_path
+    from patching.methods.path import PathResult, PathSpec, run_path
     a, b = stores
     result = run_path(gpt2_model, ioi_prompts, PathSpec(receivers="logits"))
     new_id = B.import_bundle(b, B.read_bundle(B.export_run(a, a.save(result, IOI))))
@@ -66,7 +66,7 @@ def test_path_run_round_trip(gpt2_model, ioi_prompts, stores):
 
 
 def test_attribution_run_round_trip_with_edges(gpt2_model, ioi_prompts, stores):
-    from patching.attribution import edge_attribution, run_attribution
+    from patching.methods.attribution import edge_attribution, run_attribution
     a, b = stores
     results = run_attribution(gpt2_model, ioi_prompts, kinds=["resid_pre", "head_out"])
     edges = edge_attribution(gpt2_model, ioi_prompts)

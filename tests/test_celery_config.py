@@ -12,8 +12,9 @@ import dash
 import pytest
 
 from dashboard import make_jobs
+from dashboard.__main__ import main as dashboard_main
 from patching import cli
-from patching.worker import WorkerConfig, celery_app
+from dashboard.server.worker import WorkerConfig, celery_app
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "redis://127.0.0.1:1/0"          # nothing listens there; nothing here connects
@@ -39,8 +40,13 @@ def test_make_jobs_celery_uses_the_shared_celery_config():
 ])
 def test_worker_cli_bad_input_exits_2(argv, needle, capsys, monkeypatch):
     monkeypatch.delenv("PATCHBOARD_REDIS_URL", raising=False)
-    assert cli.main(argv) == 2
+    assert dashboard_main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_the_patching_worker_command_points_to_the_dashboard(capsys):
+    assert cli.main(["worker", "--redis-url", URL]) == 2
+    assert "python -m dashboard worker" in capsys.readouterr().err
 
 
 def test_worker_config_validates():
@@ -51,15 +57,15 @@ def test_worker_config_validates():
 WEB = """
 import json, sys
 from dashboard import create_app, make_jobs
-from dashboard.store import RunStore
-from patching.models import ModelRegistry
+from patching.runs.store import RunStore
+from patching.model.loading import ModelRegistry
 jobs = make_jobs("celery", redis_url=sys.argv[1])
 create_app(ModelRegistry(["default"]), RunStore(sys.argv[2]), jobs)
 print(json.dumps(sorted(n for n in jobs.handle.tasks if n.startswith("background_callback_"))))
 """
 WORKER = """
 import json, sys
-from patching.worker import WorkerConfig, build
+from dashboard.server.worker import WorkerConfig, build
 capp, _ = build(WorkerConfig(sys.argv[1], data_dir=sys.argv[2]))
 print(json.dumps(sorted(n for n in capp.tasks if n.startswith("background_callback_"))))
 """

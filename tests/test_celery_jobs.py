@@ -1,5 +1,5 @@
 """Celery jobs end to end: a real `redis-server` (127.0.0.1, free port, no persistence), a real
-`python -m patching worker` and a real `python -m dashboard --jobs celery`, driven over HTTP the
+`python -m dashboard worker` and a real `python -m dashboard --jobs celery`, driven over HTTP the
 way dash-renderer drives them (`tests/dash_http.py`).
 
 The web host runs with `--tokenizers-only` (no weights on it). A sweep runs on the worker and its
@@ -104,7 +104,7 @@ def stack(tmp_path_factory):
         _wait("redis-server", redis_up, 20, [rproc], [rlog])
 
         def start_worker(log_name="worker.log"):
-            wproc, wlog = start([sys.executable, "-m", "patching", "worker", "--redis-url", redis_url,
+            wproc, wlog = start([sys.executable, "-m", "dashboard", "worker", "--redis-url", redis_url,
                                  "--model", "default", "--data-dir", str(data), "--device", "cpu",
                                  "--concurrency", "1"], log_name)
             _wait("the worker", lambda: " ready." in wlog.read_text() and "model default loaded" in wlog.read_text(),
@@ -160,10 +160,10 @@ def _history(page: Page) -> str:
 
 
 def test_sweep_on_a_celery_worker_then_cancel(stack):
-    from dashboard.store import RunStore
+    from patching.runs.store import RunStore
     from patching import PatchSpec, sweep
-    from patching.models import load_model
-    from patching.prompts import PromptSet
+    from patching.model.loading import load_model
+    from patching.core.prompts import PromptSet
 
     url, data, worker, wlog, start_worker = stack
     store = RunStore(data)

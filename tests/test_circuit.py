@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from metrics import MetricInputs, get_metric
-from patching import PatchSpec, PromptSet, hooks, sweep
-from patching.attribution import edge_attribution
-from patching.circuit import (ABLATIONS, CircuitSpec, Component, CurveResult, all_components, component_effects,
+from patching import PatchSpec, PromptSet, sweep
+from patching.model import hooks
+from patching.methods.attribution import edge_attribution
+from patching.methods.circuit import (ABLATIONS, CircuitSpec, Component, CurveResult, all_components, component_effects,
                               edge_graph, faithfulness, faithfulness_curve, format_components, parse_components,
                               rank_components, top_components, _node_ids, _resample_sources)
 from tests.conftest import IOI
@@ -28,7 +29,7 @@ def prompt_sets(tiny_models):
 
 
 def _reference(model, prompts, circuit: set[str], ablation: str, seed: int = 0) -> torch.Tensor:
-    """Written independently of patching.circuit: one pair per forward, a TransformerLens hook per
+    """Written independently of patching.methods.circuit: one pair per forward, a TransformerLens hook per
     layer that overwrites z[:, :, h] (hook_z) of each head not in the circuit and hook_mlp_out of
     each MLP not in it, with the corrupt run's mean / another pair's value / zeros."""
     bridge = model.bridge

@@ -11,7 +11,8 @@ import sys
 import pandas as pd
 import pytest
 
-from patching import cli, cli_neurons
+from patching import cli
+from patching.cli import neurons as cli_neurons
 from tests.conftest import IOI
 
 

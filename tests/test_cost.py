@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from patching import PatchSpec, PromptSet, sweep
-from patching.attribution import run_attribution
-from patching.cost import (Calibration, CalibrationCache, CostEstimate, _row_units, calibrate,
+from patching.methods.attribution import run_attribution
+from patching.methods.cost import (Calibration, CalibrationCache, CostEstimate, _row_units, calibrate,
                            estimate_attribution_cost, estimate_cost, estimate_path_cost)
-from patching.path import PathSpec, run_path
+from patching.methods.path import PathSpec, run_path
 from tests.conftest import IOI
 
 UNIT = Calibration("test", "cpu", unit_seconds=1.0, step_seconds=0.0, forward_seconds=1.0, rows=1,
@@ -193,12 +193,12 @@ def cli_args(model_dir, command, *extra):
 
 def test_cli_dry_run_prints_the_estimate_and_runs_nothing(tiny_dirs, capsys, monkeypatch):
     import json
-    import patching.engine
+    import patching.methods.sweep
     from patching.cli import main
 
     def no_sweep(*a, **k):
         raise AssertionError("--dry-run must not run the sweep")
-    monkeypatch.setattr(patching.engine, "sweep", no_sweep)
+    monkeypatch.setattr(patching.methods.sweep, "sweep", no_sweep)
     assert main(cli_args(tiny_dirs["gpt2"], "sweep", "--kind", "resid_pre,head_out", "--dry-run")) == 0
     out = capsys.readouterr().out
     assert out.startswith("resid_pre: ≈ ") and "\nhead_out: ≈ " in out and "total: ≈ " in out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from patching.evaluate import evaluate, format_table
+from patching.tasks.evaluate import evaluate, format_table
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / "patchboard-tiny"
 N = 200          # items per task; the whole evaluation takes a few seconds

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from patching import PatchSpec, PromptSet, hooks, sweep
-from patching.engine import plan_coords
+from patching import PatchSpec, PromptSet, sweep
+from patching.model import hooks
+from patching.methods.sweep import plan_coords
 from tests.conftest import IOI
 
 

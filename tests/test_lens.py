@@ -1,4 +1,4 @@
-"""Inspection views (patching/lens.py), checked against TransformerLens' bridge and the model's modules.
+"""Inspection views (patching/inspect/lens.py), checked against TransformerLens' bridge and the model's modules.
 
 References: the bridge's `run_with_cache` (its logits, residual streams, patterns, and
 `ActivationCache.apply_ln_to_stack` / `decompose_resid` / `stack_head_results` for direct
@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from patching import PromptSet, hooks
-from patching.lens import (attention_patterns, direct_logit_attribution, logit_lens, residual_norms,
+from patching import PromptSet
+from patching.model import hooks
+from patching.inspect.lens import (attention_patterns, direct_logit_attribution, logit_lens, residual_norms,
                            top_k)
 from tests.conftest import IOI
 
@@ -284,7 +285,7 @@ def test_half_precision_models_work(tiny_dirs):
 
 def test_chunked_decoding_gives_the_same_lens(gpt2_model, ioi_prompts, monkeypatch):
     """Long prompts / big vocabularies are decoded a few rows at a time: same numbers."""
-    import patching.lens as lens_module
+    import patching.inspect.lens as lens_module
     whole = logit_lens(gpt2_model, ioi_prompts, mode="per_layer", k=2)
     monkeypatch.setattr(lens_module, "MAX_LOGITS", 7 * len(gpt2_model.tokenizer))   # 7 rows a chunk
     chunked = logit_lens(gpt2_model, ioi_prompts, mode="per_layer", k=2)

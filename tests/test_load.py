@@ -103,8 +103,8 @@ def client(url: str, i: int, pair, kind: str, cancel: bool, out: dict) -> None:
 
 
 def test_twenty_clients_start_poll_and_cancel(server, capsys):
-    from dashboard.store import RunStore
-    from patching import tasks
+    from patching.runs.store import RunStore
+    from patching.tasks import families as tasks
     url, proc, data = server
     store = RunStore(data)
     before = {r.id for r in store.list()}
@@ -182,7 +182,7 @@ BAD_OVER_HTTP = ("mismatched_token_lengths", "answer_equals_wrong", "prompt_100k
 
 
 def test_bad_input_over_http_inline_and_server_keeps_serving(server):
-    from dashboard.store import RunStore
+    from patching.runs.store import RunStore
     from tests.bad_inputs.cases import CASES
     url, proc, data = server
     store = RunStore(data)
@@ -223,7 +223,7 @@ def test_200mb_request_is_refused_with_413_and_server_keeps_serving(server):
     """200 MB to the callback endpoint: 413 before the body is read, a JSON message naming the
     cap, then the same server still runs a sweep."""
     import http.client
-    from patching import tasks
+    from patching.tasks import families as tasks
     url, proc, data = server
     conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")), timeout=60)
     size = 200 * 2**20
@@ -290,8 +290,8 @@ def _start_slow_sweep(page: Page, pair, timeout: float = 60):
 
 
 def test_killed_job_then_killed_server_history_intact(tmp_path):
-    from dashboard.store import RunStore
-    from patching import tasks
+    from patching.runs.store import RunStore
+    from patching.tasks import families as tasks
     pairs = tasks.make_pairs("ioi", 4, split="eval", seed=3)
     url, proc = start_dashboard(tmp_path)
     try:

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from patching import PatchSpec, sweep
-from patching import engine, memory_budget as mb
-from patching.models import ModelRegistry, check_device_map, is_split, load_model
-from patching.prompts import PromptSet
+from patching.methods import sweep as engine
+from patching.model import memory_budget as mb
+from patching.model.loading import ModelRegistry, check_device_map, is_split, load_model
+from patching.core.prompts import PromptSet
 from tests.conftest import IOI
 
 HALF_TOLERANCE = {"float16": 0.01, "bfloat16": 0.03}      # of max |value| of the float32 sweep
@@ -66,9 +67,9 @@ def test_what_needs_the_runner_runs_on_a_split_model(reference, split_model):
     """Path and attribution patching, chosen cells, the patched attention pattern, direct logit
     attribution and the weight views read offloaded weights through accelerate: same numbers."""
     from patching import counterfactual_attention, run_attribution
-    from patching.lens import direct_logit_attribution
-    from patching.path import PathSpec, run_path
-    from patching.weights import composition_scores
+    from patching.inspect.lens import direct_logit_attribution
+    from patching.methods.path import PathSpec, run_path
+    from patching.inspect.weights import composition_scores
     ref_model, _ = reference
     pairs = [(m, PromptSet.from_pairs(m, IOI)) for m in (ref_model, split_model)]
     close = lambda a, b: torch.allclose(a, b, atol=1e-4, equal_nan=True) and a.isfinite().any()
@@ -90,7 +91,7 @@ def test_what_needs_the_runner_runs_on_a_split_model(reference, split_model):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])     # llama: grouped-query attention
 def test_every_runner_family_runs_split_over_cpu_and_disk(tiny_dirs, tiny_models, family, tmp_path):
-    from patching.path import PathSpec, run_path
+    from patching.methods.path import PathSpec, run_path
     ref = tiny_models[family]
     split = load_model(str(tiny_dirs[family]), device_map="auto", max_memory={"cpu": "100KiB"},
                        offload_folder=tmp_path)
@@ -106,8 +107,8 @@ def test_a_gpu_and_offload_map_boots_for_runner_families_only(tiny_dirs, tiny_mo
     """TransformerLens 4.3 refuses GPU + CPU/disk maps in its bridge. A runner family still loads
     (the runner does every forward, through accelerate's offload hooks); there is no GPU here, so
     a CPU + disk map stands in for one, through the same refusal and the same admission."""
-    from patching import models
-    from patching.models import mixes_gpu_and_offload
+    from patching.model import loading as models
+    from patching.model.loading import mixes_gpu_and_offload
     assert mixes_gpu_and_offload({"a": "0", "b": "cpu"}) and mixes_gpu_and_offload({"a": "cuda:1", "b": "disk"})
     assert not mixes_gpu_and_offload({"a": "0", "b": "1"}) and not mixes_gpu_and_offload({"a": "cpu", "b": "disk"})
     monkeypatch.setattr(models, "mixes_gpu_and_offload", lambda placed: "disk" in placed.values())
@@ -126,7 +127,7 @@ def test_a_gpu_and_offload_map_boots_for_runner_families_only(tiny_dirs, tiny_mo
 
 
 def test_an_unsupported_family_is_named_when_the_runner_is_missing(gpt2_model):
-    from patching.models import require_runner
+    from patching.model.loading import require_runner
     assert require_runner(gpt2_model, "x") is gpt2_model.runner
     bare = types.SimpleNamespace(runner=None, device_map=None, name="tiny-bert",
                                  cfg=types.SimpleNamespace(architecture="BertForMaskedLM"))
@@ -209,9 +210,10 @@ def test_sweep_batches_follow_the_budget_of_its_device(monkeypatch, gpt2_model, 
 
 
 def test_path_patching_and_circuits_follow_the_budget_of_their_device(monkeypatch, gpt2_model, ioi_prompts):
-    from patching import circuit, path
-    from patching.circuit import CircuitSpec, faithfulness
-    from patching.path import PathSpec, run_path
+    from patching.methods import circuit
+    from patching.methods import path
+    from patching.methods.circuit import CircuitSpec, faithfulness
+    from patching.methods.path import PathSpec, run_path
     full_path = run_path(gpt2_model, ioi_prompts, PathSpec())
     full_circuit = faithfulness(gpt2_model, ioi_prompts, CircuitSpec(components=("L0H0", "L1H1")))
     for module in (path, circuit):
@@ -231,7 +233,7 @@ def test_path_patching_and_circuits_follow_the_budget_of_their_device(monkeypatc
 
 
 def test_integrated_gradients_batch_steps_by_the_budget_of_their_device(monkeypatch, gpt2_model, ioi_prompts):
-    from patching import attribution
+    from patching.methods import attribution
     full = attribution.run_attribution(gpt2_model, ioi_prompts, kinds=["head_out"], method="ig", steps=6)
     seen, rows = [], []
     real_forward = attribution._forward
@@ -253,7 +255,7 @@ def test_integrated_gradients_batch_steps_by_the_budget_of_their_device(monkeypa
 
 def test_execution_device_reads_accelerate_hooks_then_parameters():
     from torch import nn
-    from patching.arch import execution_device
+    from patching.model.arch import execution_device
     cpu = torch.device("cpu")
     lin = nn.Linear(2, 2)
     assert execution_device(lin, torch.device("meta")) == cpu                       # its parameters
@@ -269,7 +271,7 @@ def test_check_placement_command_compares_split_and_unsplit(capsys):
     """`python -m patching check-placement`: the one command to run on new hardware (a GPU split
     has not been run by this suite); here a CPU + disk split of the shipped model."""
     from patching.cli import main
-    from patching.placement_check import parse_max_memory
+    from patching.bench.placement import parse_max_memory
     assert main(["check-placement", "--max-memory", "cpu=3MiB"]) == 0
     out = capsys.readouterr().out
     assert sum(line.endswith("  ok") for line in out.splitlines()[1:]) == 7 and "DIFFERS" not in out, out

@@ -1,4 +1,4 @@
-"""patching/neurons.py: activations vs the bridge's hook_post, views vs direct computation,
+"""patching/inspect/neurons.py: activations vs the bridge's hook_post, views vs direct computation,
 PCA vs an SVD by hand, the shortlist vs the engine's exact neuron sweep."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from patching import PromptSet
-from patching import neurons as N
-from patching.engine import sweep
-from patching.spec import PatchSpec
+from patching.inspect import neurons as N
+from patching.methods.sweep import sweep
+from patching.core.spec import PatchSpec
 from tests.conftest import IOI
 
 TEXTS = ["Paris is a city in the country of", "When Mary and John went to the store",
@@ -102,7 +102,7 @@ def test_exact_neuron_patch_matches_the_sweep(gpt2_model, prompts):
 
 
 def test_shortlist_ranks_by_attribution_and_patches_exactly(gpt2_model, prompts):
-    from patching.attribution import run_attribution
+    from patching.methods.attribution import run_attribution
     pos = tuple(prompts.differing_positions())
     df = N.neuron_shortlist(gpt2_model, prompts, layers=[1], positions=pos, top=4)
     (att,) = run_attribution(gpt2_model, prompts, kinds=("neuron",), positions=pos)
@@ -115,7 +115,7 @@ def test_shortlist_ranks_by_attribution_and_patches_exactly(gpt2_model, prompts)
 
 
 def test_task_texts_label_the_country(gpt2_model):
-    from patching.tasks import make_pairs
+    from patching.tasks.families import make_pairs
     t = N.task_texts(gpt2_model, "factual", 3)
     assert list(t.labels) == [p.answer.strip() for p in make_pairs("factual", 3)]
 

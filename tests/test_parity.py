@@ -14,7 +14,8 @@ import torch
 from transformer_lens import patching as tlp
 
 from metrics import MetricInputs, get_metric
-from patching import PatchSpec, PromptSet, hooks, sweep
+from patching import PatchSpec, PromptSet, sweep
+from patching.model import hooks
 
 TOL = 1e-4
 REFERENCE = {

@@ -7,8 +7,9 @@ import torch
 from transformer_lens import patching as tlp
 
 from metrics import MetricInputs, get_metric
-from patching import PatchSpec, PromptSet, hooks, sweep
-from patching.path import Node, PathResult, PathSpec, all_receivers, parse_node, run_path
+from patching import PatchSpec, PromptSet, sweep
+from patching.model import hooks
+from patching.methods.path import Node, PathResult, PathSpec, all_receivers, parse_node, run_path
 from tests.conftest import IOI
 from tests.tiny_models import save_tiny_model
 

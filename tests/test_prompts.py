@@ -2,7 +2,7 @@
 import pytest
 
 from patching import PromptPair, PromptSet
-from patching.prompts import read_pairs_csv
+from patching.core.prompts import read_pairs_csv
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -100,7 +100,7 @@ def test_prompt_pair_rejects_empty_answer():
 def test_a_pairs_file_is_streamed_and_refused_before_its_end(tmp_path):
     # More than MAX_PAIRS rows, then bytes that are not UTF-8: a reader that loaded the whole file
     # would complain about the bytes; the streamed one stops at row MAX_PAIRS + 1.
-    from patching.prompts import MAX_PAIRS, read_pairs_csv
+    from patching.core.prompts import MAX_PAIRS, read_pairs_csv
     path = tmp_path / "huge.txt"                       # any suffix: the CLI passes a Path
     with open(path, "wb") as f:
         f.write(b"clean,corrupt,answer,wrong\n" + b"A B,A C, B, C\n" * (MAX_PAIRS + 5000) + b"\xff\xfe" * 1000)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from patching import PatchSpec, sweep
-from patching.provenance import (CACHE_ATTR, ENV_ATTR, Provenance, check_weights, describe_metric,
+from patching.core.provenance import (CACHE_ATTR, ENV_ATTR, Provenance, check_weights, describe_metric,
                                  environment, fingerprint, weights_hash)
-from patching.results import PatchResult
+from patching.core.results import PatchResult
 from tests.conftest import IOI
 
 
@@ -76,7 +76,7 @@ def test_fingerprint_is_cached_on_the_model_object(gpt2_model):
 def test_models_without_files_get_a_record_without_hashes(gpt2_model, ioi_prompts):
     """A model object built in memory (no directory): provenance still records, hashes are None."""
     from types import SimpleNamespace
-    from patching.provenance import record
+    from patching.core.provenance import record
     fake = SimpleNamespace(name="in-memory", device="cpu", tokenizer=gpt2_model.tokenizer, bridge=None)
     prov = record(fake, ioi_prompts, PatchSpec(kind="resid_pre"))
     assert prov.weights_sha256 is None and prov.model_name == "in-memory"
@@ -84,8 +84,8 @@ def test_models_without_files_get_a_record_without_hashes(gpt2_model, ioi_prompt
 
 
 def test_path_and_attribution_results_carry_provenance(gpt2_model, ioi_prompts):
-    from patching.attribution import run_attribution
-    from patching.path import PathSpec, run_path
+    from patching.methods.attribution import run_attribution
+    from patching.methods.path import PathSpec, run_path
     path = run_path(gpt2_model, ioi_prompts, PathSpec(receivers="logits"))
     assert path.provenance["spec"]["kind"] == "path"
     atts = run_attribution(gpt2_model, ioi_prompts, kinds=["resid_pre", "head_out"])
@@ -140,7 +140,7 @@ def test_summary_lines_name_the_model_and_hash(head_result):
 def test_provenance_is_enough_to_rerun_the_sweep(head_result, tiny_models):
     """Spec, pairs, BOS and metric from the record alone give the same values on the same weights."""
     from patching import PromptSet
-    from patching.models import load_model
+    from patching.model.loading import load_model
     prov = Provenance.from_dict(head_result.provenance)
     model = load_model(prov.model_name)                       # a fresh load, found by the recorded name
     assert fingerprint(model).weights_sha256 == prov.weights_sha256

@@ -5,10 +5,10 @@ import scipy.stats
 import torch
 
 from patching import PatchSpec, sweep
-from patching.attribution import agreement, run_attribution
-from patching.compare import Agreement, CellAgreement, cell_label, compare_cells, spearman
-from patching.refine import refine, top_cells
-from patching.results import PatchResult
+from patching.methods.attribution import agreement, run_attribution
+from patching.methods.compare import Agreement, CellAgreement, cell_label, compare_cells, spearman
+from patching.methods.refine import refine, top_cells
+from patching.core.results import PatchResult
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from patching import PatchResult, PatchSpec, sweep
-from patching.results import CSV_COLUMNS, safe_cell
+from patching.core.results import CSV_COLUMNS, safe_cell
 
 
 def test_csv_has_contract_columns_in_order(gpt2_model, ioi_prompts):

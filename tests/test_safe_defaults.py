@@ -26,15 +26,15 @@ IOI = ("When Mary and John went to the store, John gave a drink to",
 
 @pytest.fixture(scope="module")
 def default_model():
-    from patching.models import load_model
+    from patching.model.loading import load_model
     return load_model("default")
 
 
 @pytest.fixture
 def app(tmp_path, default_model):
     from dashboard import create_app, make_jobs
-    from dashboard.store import RunStore
-    from patching.models import ModelRegistry
+    from patching.runs.store import RunStore
+    from patching.model.loading import ModelRegistry
     registry = ModelRegistry(["default"])
     registry.add("default", default_model)
     store = RunStore(tmp_path / "data")
@@ -103,11 +103,11 @@ def test_trust_remote_code_is_never_on_in_the_source():
         for m in re.finditer(r"trust_remote_code\s*[=:]\s*([\w\"']+)", path.read_text()):
             values.setdefault(m.group(1), []).append(path.name)
     assert set(values) == {"False"}, values
-    assert "models.py" in values["False"]
+    assert "loading.py" in values["False"]
 
 
 def test_a_model_with_custom_code_is_refused_without_running_it(tmp_path, default_model):
-    from patching.models import load_model
+    from patching.model.loading import load_model
     marker = tmp_path / "remote-code-ran"
     d = tmp_path / "evil-model"
     d.mkdir()
@@ -140,7 +140,7 @@ class _Payload:
 
 
 def test_weights_come_from_safetensors_never_from_a_pickle(tmp_path, default_model):
-    from patching.models import load_model
+    from patching.model.loading import load_model
     marker = tmp_path / "pickle-ran"
     d = tmp_path / "both-formats"
     shutil.copytree(ROOT / "assets" / "models" / "patchboard-tiny", d,
@@ -195,7 +195,7 @@ def test_max_upload_mb_flag(monkeypatch, capsys, tmp_path):
 
 def test_million_row_csv_is_refused_fast_without_building_the_pairs(monkeypatch):
     from dashboard import handlers
-    from patching import prompts
+    from patching.core import prompts
     built = []
     real = prompts.PromptPair
 

@@ -1,7 +1,7 @@
 import pytest
 
 from patching import KINDS, PatchSpec
-from patching.spec import parse_heads, parse_int_list
+from patching.core.spec import parse_heads, parse_int_list
 
 
 def test_round_trip():

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from dashboard import handlers, job_status, layout
-from dashboard.store import JobInfo, RunStore, open_store
+from dashboard import handlers, layout
+from patching.runs import jobs as job_status
+from patching.runs.store import JobInfo, RunStore, open_store
 from patching import PatchSpec, sweep
 from tests.conftest import IOI
 from tests.forked import in_processes
@@ -112,7 +113,7 @@ def test_fail_stale_dead_pid_and_silent_remote_worker(tmp_path):
 
 def _writer(path, payload, n, q):
     """A separate process: n runs and n job records through its own store."""
-    from patching.results import PatchResult
+    from patching.core.results import PatchResult
     store = RunStore(path)
     result = PatchResult.from_json(payload)
     for i in range(n):
@@ -254,7 +255,7 @@ def test_cancel_pressed_while_it_runs_stops_it_at_the_next_progress_report(tmp_p
 
 def test_old_job_tokens_are_pruned_when_a_job_begins(tmp_path):
     import sqlalchemy as sa
-    from dashboard import store as store_mod
+    from patching.runs import store as store_mod
     store = RunStore(tmp_path)
     store.request_cancel("old:run-button:1")
     kept = store.begin_job("sweep", "running", "m", token="old:run-button:2")      # still running: kept

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from dashboard.store import RunStore, open_store
+from patching.runs.store import RunStore, open_store
 from patching import PatchSpec, sweep
 from tests.conftest import IOI
 from tests.forked import in_processes
@@ -126,7 +126,7 @@ def test_cancel_requests_on_postgres(pg_url, tmp_path):
 
 
 def _writer(url, payload, n, q):
-    from patching.results import PatchResult
+    from patching.core.results import PatchResult
     store = open_store(url, data_dir=tempfile.mkdtemp())
     result = PatchResult.from_json(payload)
     for _ in range(n):

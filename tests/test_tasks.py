@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from patching import tasks
-from patching.tasks import TASKS, TaskPair, make_pairs, training_items, training_text
+from patching.tasks import families as tasks
+from patching.tasks.families import TASKS, TaskPair, make_pairs, training_items, training_text
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / "patchboard-tiny"
 

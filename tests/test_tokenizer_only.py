@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patching.models import ModelRegistry
-from patching.prompts import PromptSet
-from patching.provenance import fingerprint
-from patching.tokenizer_only import NoWeightsError, load_tokenizer_only
+from patching.model.loading import ModelRegistry
+from patching.core.prompts import PromptSet
+from patching.core.provenance import fingerprint
+from patching.model.tokenizer_only import NoWeightsError, load_tokenizer_only
 from tests.conftest import IOI
 
 
@@ -42,7 +42,7 @@ def test_what_needs_weights_is_refused_with_a_message(tiny_dirs):
 
 def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp_path):
     from dashboard import create_app, handlers, make_jobs
-    from dashboard.store import RunStore
+    from patching.runs.store import RunStore
     name = str(tiny_dirs["gpt2"])
     registry = ModelRegistry([name], weights=False)
     store = RunStore(tmp_path)
@@ -53,7 +53,7 @@ def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp
     assert cb.validate(*args) == ""                                      # the form checks out here
     assert "layers" in cb.validate(*args[:11], "7", None, None)          # and bad filters are named
     from patching import PatchSpec, sweep
-    from patching.models import load_model
+    from patching.model.loading import load_model
     full = load_model(name)
     run_id = store.save(sweep(full, PromptSet.from_pairs(full, IOI[:1]), PatchSpec(kind="head_out")), IOI[:1])
     fig, _, summary, _ = cb.show_run(run_id, "raw", "png")               # stored results render
@@ -62,7 +62,7 @@ def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp
     _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")
     assert "--tokenizers-only" in status and cell is None and disabled   # inline, not a crash
     from dashboard.cost_handlers import cost_view
-    from patching.cost import CalibrationCache
+    from patching.methods.cost import CalibrationCache
     form = handlers.Form(model=name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, kind="head_out")
     assert cost_view(registry, CalibrationCache(), form).text.startswith("No cost preview: this web host loads no weights")
     with pytest.raises(ValueError, match="tokenizers-only"):

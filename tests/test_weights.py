@@ -1,4 +1,4 @@
-"""patching/weights.py: head weights, composition scores, OV/QK SVD, rank-k heads — checked against
+"""patching/inspect/weights.py: head weights, composition scores, OV/QK SVD, rank-k heads — checked against
 the bridge's stacked weights and dense computation by hand on the tiny models."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from patching import PromptSet
-from patching import weights as W
+from patching.inspect import weights as W
 from tests.conftest import IOI
 
 FAMILIES = ("gpt2", "llama", "neox")

@@ -37,7 +37,7 @@ FORMULA = ("=", "+", "-", "@")
 
 @pytest.fixture(scope="module")
 def default_model():
-    from patching.models import load_model
+    from patching.model.loading import load_model
     return load_model("default")
 
 
@@ -106,7 +106,7 @@ def ids(case):
 def cli_default_model(monkeypatch, default_model):
     """The CLI loads 'default' once per module (the load itself is the same function); every other
     name goes through the real `load_model`, so model errors are the real ones."""
-    import patching.models as models
+    import patching.model.loading as models
     real = models.load_model
     monkeypatch.setattr(models, "load_model",
                         lambda name="default", *a, **k: default_model if name == "default" else real(name, *a, **k))
@@ -188,7 +188,7 @@ def test_cli_subprocess(name, tmp_path):
 def run_api(case: Case, model_name: str, metric: str, default_model):
     """What a Python user writes: load, prompts, spec, sweep."""
     from patching import PatchSpec, PromptSet, load_model, sweep
-    from patching.spec import parse_heads, parse_int_list
+    from patching.core.spec import parse_heads, parse_int_list
     model = default_model if model_name == "default" else load_model(model_name)
     data = case.csv_bytes()
     if data is not None:
@@ -224,8 +224,8 @@ def test_api(case, specials, default_model):
 def dash_app(tmp_path_factory, default_model):
     """An app around the default model with one run already in its history."""
     from dashboard import create_app, make_jobs
-    from dashboard.store import RunStore
-    from patching.models import ModelRegistry
+    from patching.runs.store import RunStore
+    from patching.model.loading import ModelRegistry
     registry = ModelRegistry(["default"])
     registry.add("default", default_model)
     store = RunStore(tmp_path_factory.mktemp("bad-inputs-data"))

@@ -14,7 +14,7 @@ def tiny_name(tiny_dirs):
 @pytest.fixture(scope="session")
 def registry(tiny_name, gpt2_model, tiny_models, tiny_dirs):
     """A registry whose models are the already-loaded tiny models (names = their directories)."""
-    from patching.models import ModelRegistry
+    from patching.model.loading import ModelRegistry
     reg = ModelRegistry([tiny_name])
     reg.add(tiny_name, gpt2_model)
     reg.add(str(tiny_dirs["llama"]), tiny_models["llama"])
@@ -23,7 +23,7 @@ def registry(tiny_name, gpt2_model, tiny_models, tiny_dirs):
 
 @pytest.fixture
 def store(tmp_path):
-    from dashboard.store import RunStore
+    from patching.runs.store import RunStore
     return RunStore(tmp_path / "data")
 
 

@@ -11,7 +11,7 @@ from dash import no_update
 
 from dashboard import circuit_tab
 from patching import PatchSpec, PromptSet, sweep
-from patching.circuit import CurveResult
+from patching.methods.circuit import CurveResult
 from tests.conftest import IOI
 from tests.dash_tree import walk
 
@@ -167,7 +167,7 @@ def test_edges_graph_and_threshold(cb, page, store):
 # -- figures ---------------------------------------------------------------------------------------------
 def test_component_grid_places_heads_mlps_and_attn_layers():
     from dashboard.figures_circuit import component_grid
-    from patching.circuit import parse_components
+    from patching.methods.circuit import parse_components
     effects = {c: v for c, v in zip(parse_components("L0H1,MLP1,ATTN1"), (0.5, -0.25, 0.1))}
     fig = component_grid(effects, n_layers=2, n_heads=3, selected=parse_components("ATTN0,MLP1"))
     missing, heat, cells, kept = fig.data
@@ -180,8 +180,8 @@ def test_component_grid_places_heads_mlps_and_attn_layers():
 
 def test_curve_and_edge_figures(gpt2_model):
     from dashboard.figures_circuit import curve_figure, edge_graph_figure
-    from patching.attribution import edge_attribution
-    from patching.circuit import edge_graph, faithfulness_curve
+    from patching.methods.attribution import edge_attribution
+    from patching.methods.circuit import edge_graph, faithfulness_curve
     prompts = PromptSet.from_pairs(gpt2_model, IOI)
     assert "Run to see" in curve_figure(None).layout.annotations[0].text
     curve = faithfulness_curve(gpt2_model, prompts, ["L0H1", "MLP0"])

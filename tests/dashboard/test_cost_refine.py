@@ -9,8 +9,8 @@ from dash import no_update
 from dashboard import cost_handlers, cost_refine, figures_compare, ids, refine_handlers
 from dashboard.handlers import Form
 from patching import PatchSpec, PromptSet, sweep
-from patching.compare import compare_cells
-from patching.cost import CalibrationCache, estimate_cost
+from patching.methods.compare import compare_cells
+from patching.methods.cost import CalibrationCache, estimate_cost
 from tests.conftest import IOI
 from tests.dashboard.test_dashboard_app import _ids, _text
 from tests.dashboard.test_path_attribution_tabs import Progress, _prompt_args
@@ -101,7 +101,7 @@ def test_compare_scatter_flagged_and_refine(app, store, tiny_name, gpt2_model):
 
 
 def test_refine_rows_and_k(registry, store, tiny_name, gpt2_model):
-    from patching.attribution import run_attribution
+    from patching.methods.attribution import run_attribution
     prompts = PromptSet.from_pairs(gpt2_model, IOI)
     results = run_attribution(gpt2_model, prompts, kinds=["resid_pre"])
     att_id = store.save_attribution(results, IOI, "test")
@@ -116,7 +116,7 @@ def test_refine_rows_and_k(registry, store, tiny_name, gpt2_model):
 
 def test_agreement_scatter_colours_flags():
     import torch
-    from patching.results import PatchResult
+    from patching.core.results import PatchResult
     v = lambda vals: torch.tensor(vals, dtype=torch.float64)[..., None]    # noqa: E731
     coords = {"layer": (0, 1), "head": (0, 1)}
     base = dict(clean_baseline=v([1.0])[0], corrupt_baseline=v([0.0])[0])

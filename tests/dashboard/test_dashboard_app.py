@@ -11,7 +11,7 @@ from dash import html, no_update
 
 from dashboard import create_app, ids, make_jobs
 from dashboard.__main__ import _is_loopback, parse_args
-from patching.results import CSV_COLUMNS
+from patching.core.results import CSV_COLUMNS
 from tests.conftest import IOI
 from tests.dash_tree import walk
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from dashboard.store import RunStore
+from patching.runs.store import RunStore
 from patching import PatchSpec, sweep
 from tests.conftest import IOI
 
@@ -50,7 +50,7 @@ def test_history_survives_restart(tmp_path, result):
 
 def _writer(path, payload, n, put):
     """Save n runs from a fresh store (a fresh connection), reporting each id with put()."""
-    from patching.results import PatchResult
+    from patching.core.results import PatchResult
     store = RunStore(path)
     result = PatchResult.from_json(payload)
     for _ in range(n):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dashboard import figures_lens as fl
-from patching import lens
+from patching.inspect import lens
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from dash import html, no_update
 
 from dashboard import figures, handlers, ids
 from dashboard.handlers import AttributionForm, Form, PathForm
-from patching.attribution import AttributionResult, attribution_kinds, run_attribution
-from patching.path import PathResult, PathSpec, run_path
-from patching.prompts import PromptPair, PromptSet
-from patching.results import CSV_COLUMNS
+from patching.methods.attribution import AttributionResult, attribution_kinds, run_attribution
+from patching.methods.path import PathResult, PathSpec, run_path
+from patching.core.prompts import PromptPair, PromptSet
+from patching.core.results import CSV_COLUMNS
 from tests.conftest import IOI
 
 
@@ -171,7 +171,7 @@ def test_store_round_trips_path_and_attribution(store, gpt2_model, prompts):
     with pytest.raises(ValueError, match="attribution run 999 does not exist"):
         store.get_attribution(999)
     assert len(store) == 1                        # attribution runs are not in the patching history
-    from patching.attribution import edge_attribution
+    from patching.methods.attribution import edge_attribution
     edges = edge_attribution(gpt2_model, prompts)
     back = store.get_attribution(store.save_attribution(results, IOI, edges=edges)).edges
     assert back.to_csv() == edges.to_csv() and store.get_attribution(att_id).edges is None
@@ -179,7 +179,7 @@ def test_store_round_trips_path_and_attribution(store, gpt2_model, prompts):
 
 def test_store_adds_the_edges_column_to_an_older_store(tmp_path):
     import sqlite3
-    from dashboard.store import RunStore
+    from patching.runs.store import RunStore
     db = sqlite3.connect(tmp_path / "runs.sqlite")
     db.execute("CREATE TABLE attributions (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
                "label TEXT NOT NULL, model TEXT NOT NULL, method TEXT NOT NULL, steps INTEGER NOT NULL, "
@@ -315,7 +315,7 @@ def test_tabs_are_in_the_layout(app):
 
 
 def test_top_edges_rows(gpt2_model, prompts):
-    from patching.attribution import edge_attribution
+    from patching.methods.attribution import edge_attribution
     edges = edge_attribution(gpt2_model, prompts)
     rows = handlers.top_edges(edges, 5)
     assert len(rows) == 5 and list(rows[0]) == ["upstream", "downstream", "score", "normalized"]

@@ -11,7 +11,8 @@ import pytest
 from dash import no_update
 
 from dashboard import figures, ids, share
-from patching import PatchSpec, bundle, sweep
+from patching import PatchSpec, sweep
+from patching.runs import bundle
 from tests.conftest import IOI
 
 
@@ -161,7 +162,7 @@ def test_the_page_serves_run_urls_and_has_the_share_components(app):
 
 
 def test_attribution_run_export_and_import(cb, store, gpt2_model, ioi_prompts):
-    from patching.attribution import edge_attribution, run_attribution
+    from patching.methods.attribution import edge_attribution, run_attribution
     results = run_attribution(gpt2_model, ioi_prompts, kinds=["resid_pre", "head_out"])
     att_id = store.save_attribution(results, IOI, "attr", edges=edge_attribution(gpt2_model, ioi_prompts))
     assert cb.attribution_export_button(att_id) == (f"Export attribution run #{att_id}", False)
@@ -189,7 +190,7 @@ def test_oversized_upload_is_refused_before_decoding(registry, store, result):
 
 def test_model_status_hashes_the_weights_in_the_server_process(cb, registry, tiny_name):
     """Background runs are forked from the server: the hash must be cached before they start."""
-    from patching.provenance import CACHE_ATTR, ENV_ATTR
+    from patching.core.provenance import CACHE_ATTR, ENV_ATTR
     model = registry.get(tiny_name)
     for attr in (CACHE_ATTR, ENV_ATTR):
         if hasattr(model, attr):

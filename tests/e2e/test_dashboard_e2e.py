@@ -14,7 +14,7 @@ import csv
 import pytest
 
 from dashboard import ids
-from patching.results import CSV_COLUMNS
+from patching.core.results import CSV_COLUMNS
 from tests.e2e.support import open_page, run_dashboard, shot, skip_reason
 from tests.conftest import IOI
 

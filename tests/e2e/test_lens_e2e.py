@@ -52,8 +52,8 @@ def server(tiny_dirs, gpt2_model, tmp_path_factory):
     from werkzeug.serving import make_server
 
     from dashboard import create_app, make_jobs
-    from dashboard.store import RunStore
-    from patching.models import ModelRegistry
+    from patching.runs.store import RunStore
+    from patching.model.loading import ModelRegistry
     name = str(tiny_dirs["gpt2"])
     registry = ModelRegistry([name])
     registry.add(name, gpt2_model)

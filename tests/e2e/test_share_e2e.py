@@ -26,7 +26,7 @@ if skip_reason():
 @pytest.fixture(scope="module")
 def seeded(gpt2_model, ioi_prompts, tmp_path_factory):
     """A data dir holding one saved run (#1), and that result."""
-    from dashboard.store import RunStore
+    from patching.runs.store import RunStore
     from patching import PatchSpec, sweep
     data_dir = tmp_path_factory.mktemp("dashboard-data-share")
     result = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out", model=gpt2_model.name))

@@ -1,0 +1,1 @@
+"""The dashboard's server side: background jobs, fork guard, upload guard, the Celery worker."""

@@ -1,0 +1,1 @@
+"""Ours vs references, measured in one run."""

@@ -1,0 +1,164 @@
+"""`python -m patching circuit ...`: a circuit's faithfulness, and the faithfulness curve.
+
+Wired from `cli.build_parser` by one call, `cli_circuit.add_commands(sub, helpers)` (helpers =
+the cli module: `_model_args`, `_load`, `_write`, `BadInput`, `EXIT_OK`). Exit codes: 0 ok,
+2 bad input (one line), 1 internal error.
+
+    python -m patching circuit --task ioi --n 16 --components L0H0,MLP0 --ablation mean
+    python -m patching circuit --task ioi --curve-from head_out --top 10 --csv curve.csv --json
+    python -m patching circuit --pairs pairs.csv --curve-from head_out,mlp_out --rank-by attribution
+    python -m patching circuit --task ioi --edges 0.2 --csv edges.csv     # the EAP graph's edges
+
+Without --components, the circuit is the curve's top components (--top). The ranking sweep
+(--curve-from) is exact patching of those kinds (or attribution estimates, --rank-by
+attribution) in --direction, per-position results reduced by --reduce (sum or max).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+RANK_KINDS = ("head_out", "mlp_out", "attn_out")
+
+
+def _prompts(args, helpers):
+    """--pairs / --clean... through the CLI's loader, else the task's largest same-length group."""
+    from patching.model.loading import load_model
+    from patching.inspect.neurons import task_prompt_set
+    if args.pairs or any(getattr(args, k) for k in ("clean", "corrupt", "answer", "wrong")):
+        return helpers._load(args)
+    if args.n < 1:
+        raise helpers.BadInput(f"--n must be at least 1, not {args.n}")
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    prompts = task_prompt_set(model, args.task, args.n, seed=args.seed, prepend_bos=not args.no_bos)
+    print(f"{args.task}: {prompts.n_pairs} of {args.n} pairs have {prompts.n_pos} tokens; using those",
+          file=sys.stderr)
+    return model, prompts
+
+
+def _ranking(args, model, prompts, helpers):
+    """(component, effect) by |effect| from exact sweeps or attribution of --curve-from kinds."""
+    from patching.methods.attribution import run_attribution
+    from patching.methods.circuit import rank_components
+    from patching.methods.sweep import sweep
+    from patching.core.spec import PatchSpec
+    kinds = [k.strip() for k in args.curve_from.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in RANK_KINDS]
+    if bad or not kinds:
+        raise helpers.BadInput(f"--curve-from takes {', '.join(RANK_KINDS)} (comma-separated), not {args.curve_from!r}")
+    if args.rank_by == "attribution":
+        results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction)
+    else:
+        results = [sweep(model, prompts, PatchSpec(kind=k, direction=args.direction, metric=args.metric,
+                                                   model=model.name, prepend_bos=prompts.prepend_bos))
+                   for k in kinds]
+    return rank_components(*results, reduce=args.reduce)
+
+
+def cmd_edges(args, helpers) -> int:
+    """--edges SHARE: the EAP graph's edges with |score| >= SHARE x the largest, as CSV."""
+    from patching.methods.attribution import edge_attribution
+    from patching.methods.circuit import edge_graph
+    from patching.core.results import write_csv
+    if not 0 <= args.edges <= 1:
+        raise helpers.BadInput(f"--edges takes a share of the largest |score| from 0 to 1, not {args.edges}")
+    model, prompts = _prompts(args, helpers)
+    edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction)
+    biggest = float(edges.scores.abs().nan_to_num(0.0).max())
+    graph = edge_graph(edges, args.edges * biggest, n_heads=model.n_heads, n_kv_heads=model.n_kv_heads)
+    print(f"{len(graph.edges)} of {graph.n_edges_total} edges with |score| >= {graph.threshold:.4g}",
+          file=sys.stderr)
+    helpers._write(write_csv(graph.edges.drop(columns=["x0", "y0", "x1", "y1"])), args.csv or "-")
+    return helpers.EXIT_OK
+
+
+def cmd_circuit(args, helpers) -> int:
+    from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, parse_components
+    if args.edges is not None:
+        return cmd_edges(args, helpers)
+    if not args.components and not args.curve_from:
+        raise helpers.BadInput("give --components (e.g. L0H0,MLP0) and/or --curve-from head_out[,mlp_out]")
+    if args.top is not None and args.top < 0:
+        raise helpers.BadInput(f"--top must be >= 0, not {args.top}")
+    components = parse_components(args.components) if args.components else None
+    keep = parse_components(args.keep)
+    model, prompts = _prompts(args, helpers)
+    curve = ranked = None
+    if args.curve_from:
+        ranked = _ranking(args, model, prompts, helpers)
+        if args.top is not None:
+            ranked = ranked[:args.top]
+        curve = faithfulness_curve(model, prompts, ranked, ablation=args.ablation, seed=args.ablation_seed,
+                                   metric=args.metric, keep=keep)
+    if components is None:
+        components = keep + tuple(c for c, _ in ranked if c not in keep)
+    result = faithfulness(model, prompts, CircuitSpec(components, args.ablation, args.ablation_seed),
+                          metric=args.metric)
+    if args.csv:
+        frame = curve.to_dataframe() if curve is not None else None
+        if frame is None:
+            import pandas as pd
+            frame = pd.DataFrame([result.to_dict()])
+        from patching.core.results import write_csv
+        helpers._write(write_csv(frame), args.csv)
+    if args.json:
+        out = {"circuit": result.to_dict()}
+        if curve is not None:
+            out["curve"] = curve.to_dataframe().drop(columns=["m_full", "m_empty", "ablation", "seed", "metric"]) \
+                .astype(object).where(lambda d: d.notna(), None).to_dict(orient="records")
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return helpers.EXIT_OK
+    r = result
+    lines = [f"circuit: {len(r.spec.components)} components ({r.spec.to_dict()['components'] or 'none'})",
+             f"faithfulness {r.faithfulness:.4f}  ({r.metric}: circuit {r.m_circuit:.4f}, full {r.m_full:.4f}, "
+             f"all ablated {r.m_empty:.4f}; {r.spec.ablation} ablation, {r.per_pair.numel()} pairs)"]
+    if curve is not None:
+        lines.append(f"curve ({args.curve_from}, {args.rank_by}, by |effect|"
+                     + (f", always keeping {len(keep)}" if keep else "") + "):")
+        lines += [f"  k={row.k:<3d} {row.added:<8s} faithfulness {row.faithfulness:8.4f}"
+                  for row in curve.to_dataframe().itertuples()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return helpers.EXIT_OK
+
+
+def add_commands(sub, helpers) -> None:
+    """Register `circuit` on the CLI's subparsers.
+
+    >>> add_commands(sub, sys.modules["patching.cli"])         # doctest: +SKIP
+    """
+    from patching.methods.circuit import ABLATIONS, REDUCTIONS
+    p = sub.add_parser("circuit", help="faithfulness of a circuit (kept components, the rest ablated) "
+                                       "and the faithfulness curve by effect")
+    helpers._model_args(p)
+    p.add_argument("--clean", help="the clean prompt")
+    p.add_argument("--corrupt", help="the corrupted prompt (same token length)")
+    p.add_argument("--answer", help="the clean answer token, e.g. ' Mary'")
+    p.add_argument("--wrong", help="the corrupt answer token")
+    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong")
+    p.add_argument("--task", default="ioi", help="prompts from a task (ioi, factual, greater_than, induction) "
+                                                 "when no prompts are given (default: ioi)")
+    p.add_argument("--n", type=int, default=32, help="how many task prompts (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="task prompts' seed (default 0)")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
+    p.add_argument("--components", help="kept components: L<layer>H<head>, MLP<layer>, ATTN<layer>, "
+                                        "comma-separated (default: the curve's top --top)")
+    p.add_argument("--ablation", default="mean", choices=ABLATIONS,
+                   help="what other components' outputs become: mean over the corrupt prompts (default), "
+                        "another pair's corrupt value (resample), or zero")
+    p.add_argument("--ablation-seed", type=int, default=0, help="resample ablation's seed (default 0)")
+    p.add_argument("--metric", default="logit_diff", help="metric (default logit_diff)")
+    p.add_argument("--curve-from", help="rank components by these sweeps' effects and draw the curve: "
+                                        "head_out, mlp_out, attn_out (comma-separated)")
+    p.add_argument("--rank-by", default="exact", choices=["exact", "attribution"],
+                   help="ranking sweep: exact patching (default) or attribution estimates")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="ranking sweep's direction")
+    p.add_argument("--reduce", default="sum", choices=REDUCTIONS,
+                   help="per-position effects (mlp_out) over positions: sum (default) or max |effect|")
+    p.add_argument("--top", type=int, help="the curve's first N components (default: all)")
+    p.add_argument("--keep", help="components in every circuit of the curve, e.g. MLP0,MLP1")
+    p.add_argument("--csv", help="write the curve (or the circuit's row) as CSV to this path (- = stdout)")
+    p.add_argument("--json", action="store_true", help="print the circuit (and curve) as JSON")
+    p.add_argument("--edges", type=float, metavar="SHARE",
+                   help="instead of a circuit: the EAP edge graph's edges with |score| >= SHARE x the "
+                        "largest (0-1), as CSV (upstream, downstream, via, score, ...) to --csv or stdout")
+    p.set_defaults(func=lambda args: cmd_circuit(args, helpers))

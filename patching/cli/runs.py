@@ -1,0 +1,136 @@
+"""CLI commands for run files (`patching/runs/bundle.py`): export, import, show, and `sweep --save-run`.
+
+Wired from `cli.build_parser` by one call, `cli_share.add_commands(sub, helpers)`.
+
+    python -m patching export --data-dir D --run ID -o run-ID.patchboard.zip
+    python -m patching export --data-dir D --attribution ID -o attribution-ID.patchboard.zip
+    python -m patching import run-ID.patchboard.zip --data-dir D      # prints the new id
+    python -m patching show run-ID.patchboard.zip                      # provenance + summary
+    python -m patching sweep ... --save-run run.patchboard.zip
+
+Bad files exit 2 with one line naming the problem (`bundle.read_bundle`'s ValueError).
+
+>>> main(["show", "run-3.patchboard.zip"])     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from patching.runs import bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_data_dir() -> str:
+    """The dashboard's default data dir (PATCHBOARD_DATA_DIR, else .patchboard in the checkout)."""
+    return os.environ.get("PATCHBOARD_DATA_DIR", str(ROOT / ".patchboard"))
+
+
+def _store(args):
+    """The run store the dashboard would use: --store-url (or PATCHBOARD_STORE_URL) when given,
+    else the SQLite file in --data-dir."""
+    from patching.runs import store
+    url = getattr(args, "store_url", None)
+    if url:
+        if not hasattr(store, "open_store"):
+            raise ValueError("--store-url is not supported by this run store; use --data-dir")
+        return store.open_store(url, data_dir=args.data_dir)
+    return store.RunStore(Path(args.data_dir))
+
+
+def _store_args(p) -> None:
+    p.add_argument("--data-dir", default=default_data_dir(), help="the run store's folder (default: the dashboard's)")
+    p.add_argument("--store-url", default=os.environ.get("PATCHBOARD_STORE_URL"),
+                   help="a run store URL instead (sqlite:///..., postgresql://...), as the dashboard's --store-url")
+
+
+def cmd_export(args) -> int:
+    if (args.run is None) == (args.attribution is None):
+        raise ValueError("give exactly one of --run ID or --attribution ID")
+    store = _store(args)
+    if args.run is not None:
+        data, name = bundle.export_run(store, args.run), bundle.file_name(args.run)
+    else:
+        data, name = bundle.export_attribution(store, args.attribution), bundle.file_name(args.attribution, "attribution")
+    out = Path(args.out or name)
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise ValueError(f"cannot write {str(out)!r}: {exc.strerror}") from None
+    print(f"wrote {out} ({len(data) / 1024:.1f} KiB)", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    b = bundle.read_bundle(args.file)
+    warning = bundle.weights_warning(b, bundle.local_weights_sha256(b.provenance["model_name"])
+                                     if b.provenance else None)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    new_id = bundle.import_bundle(_store(args), b)
+    what = "attribution run" if b.type == "attribution" else "run"
+    print(f"imported {args.file} as {what} #{new_id} in {args.store_url or args.data_dir}", file=sys.stderr)
+    print(new_id)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from patching.core.provenance import Provenance
+    b = bundle.read_bundle(args.file)
+    print(f"{args.file}")
+    for line in bundle.summary_lines(b):
+        print("  " + line)
+    if b.provenance is None:
+        print("  provenance   none (saved before Patchboard recorded it)")
+    else:
+        print("provenance")
+        for line in Provenance.from_dict(b.provenance).summary_lines():
+            print("  " + line)
+        code = b.provenance.get("metric", {}).get("code")
+        if code:
+            print("metric source")
+            for line in code.rstrip().splitlines():
+                print("  | " + line)
+    return 0
+
+
+def save_run(path: str, results, prompts, label: str = "") -> Path:
+    """`sweep --save-run FILE`: the sweep's result as a run file (one kind per file)."""
+    if len(results) != 1:
+        raise ValueError(f"--save-run writes one run; this sweep has {len(results)} kinds "
+                         f"({', '.join(r.spec.kind for r in results)}); run one kind at a time")
+    r = results[0]
+    try:
+        out = bundle.write_bundle(path, results, prompts.pairs,
+                                  label or f"{r.spec.kind}{' per position' if r.spec.per_position else ''}, "
+                                           f"{r.spec.direction}")
+    except OSError as exc:
+        raise ValueError(f"cannot write {path!r}: {exc.strerror}") from None
+    print(f"saved run to {out}", file=sys.stderr)
+    return out
+
+
+def add_save_run(p) -> None:
+    p.add_argument("--save-run", metavar="FILE",
+                   help="also save the run (result, prompts, provenance) as a run file, e.g. run.patchboard.zip")
+
+
+def add_commands(sub, helpers) -> None:
+    """Register `export`, `import` and `show` on the CLI's subparsers."""
+    p = sub.add_parser("export", help="write a stored run as one file (run-ID.patchboard.zip)")
+    _store_args(p)
+    p.add_argument("--run", type=int, help="the run's id (History tab, `#ID`)")
+    p.add_argument("--attribution", type=int, help="an attribution run's id instead")
+    p.add_argument("-o", "--out", help="output file (default: run-ID.patchboard.zip)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="store a run file as a new run; prints its id")
+    p.add_argument("file", help="a .patchboard.zip run file")
+    _store_args(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("show", help="print a run file's provenance and a summary")
+    p.add_argument("file", help="a .patchboard.zip run file")
+    p.set_defaults(func=cmd_show)

@@ -1,0 +1,1 @@
+"""The shared vocabulary: specs, prompt sets, results, provenance."""

@@ -1,0 +1,168 @@
+"""PatchResult: per-pair values on the sweep's axes, baselines, statistics, DataFrame and CSV.
+
+>>> result.values.shape           # doctest: +SKIP   (mean over pairs)
+torch.Size([4, 15])
+>>> result.to_csv("out.csv")      # doctest: +SKIP   (the contract columns)
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from patching.core.spec import PatchSpec
+
+CSV_COLUMNS = ("kind", "direction", "metric", "layer", "pos", "head", "token", "value", "normalized")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value):
+    """Neutralise spreadsheet formulas in text cells: '=cmd()' -> \"'=cmd()\".
+
+    >>> safe_cell("=1+2"), safe_cell(" Mary"), safe_cell(-1.5)
+    ("'=1+2", ' Mary', -1.5)
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class PatchResult:
+    spec: PatchSpec
+    axes: tuple[str, ...]                  # e.g. ("layer", "pos", "head")
+    coords: dict[str, tuple[int, ...]]     # the layer / pos / head numbers along each axis
+    per_pair: Tensor = field(repr=False)   # [*axis sizes, n_pairs]; NaN where not computed
+    clean_baseline: Tensor = field(repr=False)     # [n_pairs] metric on the clean run
+    corrupt_baseline: Tensor = field(repr=False)   # [n_pairs] metric on the corrupt run
+    str_tokens: tuple[str, ...] = ()
+    metric_clean_is: str = "higher"
+    seconds: float = 0.0
+    model_name: str = ""
+    # where the run came from (patching.core.provenance.Provenance.to_dict()); keyword-only so the
+    # subclasses' positional fields keep their places; None for runs saved before it existed
+    provenance: dict | None = field(default=None, kw_only=True, repr=False)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.per_pair.shape[-1]
+
+    @property
+    def values(self) -> Tensor:
+        """Mean over pairs, [*axis sizes]."""
+        return self.per_pair.mean(-1)
+
+    @property
+    def clean_value(self) -> float:
+        return float(self.clean_baseline.mean())
+
+    @property
+    def corrupt_value(self) -> float:
+        return float(self.corrupt_baseline.mean())
+
+    @property
+    def normalized(self) -> Tensor:
+        """(patched - corrupt) / (clean - corrupt): 1 = as clean, 0 = as corrupt (both directions)."""
+        gap = self.clean_value - self.corrupt_value
+        if abs(gap) < 1e-12:
+            return torch.full_like(self.values, float("nan"))
+        return (self.values - self.corrupt_value) / gap
+
+    @property
+    def stderr(self) -> Tensor:
+        if self.n_pairs < 2:
+            return torch.full_like(self.values, float("nan"))
+        return self.per_pair.std(-1, unbiased=True) / self.n_pairs ** 0.5
+
+    def bootstrap_ci(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """Percentile bootstrap interval of the mean over pairs, resampling pairs (seeded)."""
+        if self.n_pairs < 2:
+            nan = torch.full_like(self.values, float("nan"))
+            return nan, nan
+        g = torch.Generator().manual_seed(seed)
+        picks = torch.randint(self.n_pairs, (n_boot, self.n_pairs), generator=g)
+        weights = torch.zeros(n_boot, self.n_pairs, dtype=self.per_pair.dtype)
+        weights.scatter_add_(1, picks, torch.ones_like(picks, dtype=weights.dtype))
+        flat = self.per_pair.reshape(-1, self.n_pairs)
+        means = flat @ weights.T / self.n_pairs                      # [cells, n_boot]
+        lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2],
+                                                    dtype=means.dtype), dim=1)
+        return lo.reshape(self.values.shape), hi.reshape(self.values.shape)
+
+    def to_json(self) -> dict:
+        """A JSON-able dict (for the run store); `PatchResult.from_json` restores it exactly."""
+        return {"spec": self.spec.to_dict(), "axes": list(self.axes),
+                "coords": {k: list(v) for k, v in self.coords.items()},
+                "per_pair": self.per_pair.tolist(), "shape": list(self.per_pair.shape),
+                "clean_baseline": self.clean_baseline.tolist(),
+                "corrupt_baseline": self.corrupt_baseline.tolist(),
+                "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
+                "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PatchResult":
+        per_pair = torch.tensor(d["per_pair"], dtype=torch.float64).reshape(d["shape"])
+        return cls(PatchSpec.from_dict(d["spec"]), tuple(d["axes"]),
+                   {k: tuple(v) for k, v in d["coords"].items()}, per_pair,
+                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
+                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
+                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"],
+                   provenance=d.get("provenance"))
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
+        values = self.values
+        grids = torch.meshgrid(*[torch.arange(values.shape[i]) for i in range(values.dim())], indexing="ij")
+        flat_idx = [g.reshape(-1) for g in grids]
+        columns = {name: [None] * values.numel() for name in ("layer", "pos", "head")}
+        for axis, idx in zip(self.axes, flat_idx):
+            name = "head" if axis == "neuron" else axis
+            columns[name] = [self.coords[axis][i] for i in idx.tolist()]
+        tokens = [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None
+                  for p in columns["pos"]]
+        df = pd.DataFrame({
+            "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
+            "layer": columns["layer"], "pos": columns["pos"], "head": columns["head"],
+            "token": tokens, "value": values.reshape(-1).tolist(),
+            "normalized": self.normalized.reshape(-1).tolist(),
+        })
+        if self.n_pairs > 1:
+            lo, hi = self.bootstrap_ci()
+            df["stderr"] = self.stderr.reshape(-1).tolist()
+            df["ci_low"] = lo.reshape(-1).tolist()
+            df["ci_high"] = hi.reshape(-1).tolist()
+        if "neuron" in self.axes:
+            df["neuron"] = df["head"]
+            df["head"] = None
+        df["n_pairs"] = self.n_pairs
+        df = df[~df["value"].isna()].reset_index(drop=True)
+        for col in ("layer", "pos", "head"):
+            df[col] = df[col].astype("Int64")
+        return df
+
+    def to_csv(self, path_or_buf=None) -> str | None:
+        """Write the contract CSV (formula-neutralised); returns the text when no path is given."""
+        return write_csv(self.to_dataframe(), path_or_buf)
+
+
+def write_csv(df: pd.DataFrame, path_or_buf=None) -> str | None:
+    """Contract CSV from a result DataFrame; text cells starting with = + - @ are neutralised."""
+    df = df.copy()
+    for col in df.columns:
+        if df[col].dtype == object or str(df[col].dtype).startswith(("string", "str")):
+            df[col] = df[col].map(safe_cell)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    text = buf.getvalue()
+    if path_or_buf is None:
+        return text
+    if hasattr(path_or_buf, "write"):
+        path_or_buf.write(text)
+    else:
+        with open(path_or_buf, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return None

@@ -1,0 +1,122 @@
+"""PatchSpec: what to patch, as a frozen value that checks itself and round-trips through JSON.
+
+>>> spec = PatchSpec(kind="head_out", per_position=True, layers=(0, 1))
+>>> PatchSpec.from_dict(spec.to_dict()) == spec
+True
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+DIRECTIONS = ("denoise", "noise")
+
+
+def _ints(values, what: str) -> tuple[int, ...] | None:
+    if values is None:
+        return None
+    out = tuple(int(v) for v in values)
+    if not out:
+        raise ValueError(f"{what} is empty; leave it out to use all {what}")
+    if any(v < 0 for v in out):
+        raise ValueError(f"{what} must be >= 0, got {list(out)}")
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    kind: str                                   # a name in patching.kinds.KINDS
+    direction: str = "denoise"                  # denoise: corrupt run, clean activations in
+    metric: str = "logit_diff"                  # a name in metrics.METRICS or "pkg.mod:fn"
+    per_position: bool = False                  # head kinds: one cell per position too
+    layers: tuple[int, ...] | None = None       # None = every layer
+    positions: tuple[int, ...] | None = None    # None = every position
+    heads: tuple[tuple[int, int], ...] | None = None   # (layer, head) pairs; None = every head
+    model: str = "default"
+    prepend_bos: bool = True
+
+    def __post_init__(self):
+        from patching.kinds import KINDS
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'denoise' or 'noise', not {self.direction!r}")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"metric must be a metric name, not {self.metric!r}")
+        object.__setattr__(self, "layers", _ints(self.layers, "layers"))
+        object.__setattr__(self, "positions", _ints(self.positions, "positions"))
+        if self.heads is not None:
+            heads = tuple(sorted({(int(l), int(h)) for l, h in self.heads}))
+            if not heads:
+                raise ValueError("heads is empty; leave it out to use all heads")
+            object.__setattr__(self, "heads", heads)
+        if self.per_position and not KINDS[self.kind].has_per_position:
+            raise ValueError(f"kind {self.kind!r} is already indexed by position; "
+                             "per_position applies to head kinds only")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("layers", "positions"):
+            d[key] = list(d[key]) if d[key] is not None else None
+        d["heads"] = [list(h) for h in self.heads] if self.heads is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PatchSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PatchSpec fields {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        for key in ("layers", "positions"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        if d.get("heads") is not None:
+            d["heads"] = tuple(tuple(h) for h in d["heads"])
+        return cls(**d)
+
+
+def parse_int_list(text: str | None, what: str) -> tuple[int, ...] | None:
+    """'0-5,8' -> (0, 1, 2, 3, 4, 5, 8); '' or None -> None.
+
+    >>> parse_int_list("0-2,7", "layers")
+    (0, 1, 2, 7)
+    """
+    if text is None or not str(text).strip():
+        return None
+    out: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(f"bad {what} {part!r} in {text!r}; write numbers and ranges like '0-5,8'") from None
+    return tuple(out)
+
+
+def parse_heads(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """'1.4,9.9' -> ((1, 4), (9, 9)); a bare layer '3' is not a head.
+
+    >>> parse_heads("1.4, 9.9")
+    ((1, 4), (9, 9))
+    """
+    if text is None or not str(text).strip():
+        return None
+    heads = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        bits = part.split(".")
+        try:
+            if len(bits) != 2:
+                raise ValueError
+            heads.append((int(bits[0]), int(bits[1])))
+        except ValueError:
+            raise ValueError(f"bad head {part!r} in {text!r}; write LAYER.HEAD pairs like '1.4,9.9'") from None
+    return tuple(heads)

@@ -1,0 +1,1 @@
+"""Views that patch nothing: logit lens, neurons, weights."""

@@ -1,0 +1,224 @@
+"""Counterfactual attention: one head's pattern in the clean, corrupt and patched runs.
+
+For a head (layer, head) and one prompt pair, `counterfactual_attention` returns the head's
+attention pattern [dest, src] in the clean run, the corrupt run and the run of a chosen patch
+(a `PatchSpec` plus one cell of its sweep, e.g. the heatmap cell a user clicked), with the
+differences clean - corrupt and patched - corrupt. Data only: figures live in the dashboard.
+
+"patched" is the run that spec + index describe, in spec.direction: denoise patches the clean
+activation into the corrupt run, noise the corrupt activation into the clean run. Without a
+spec it is the unpatched corrupt run (denoise's base). A patch at a later layer than the head,
+or one that cannot reach the pattern (e.g. head_v, attn_out of the same layer), leaves it as in
+the base run.
+
+>>> diff = counterfactual_attention(model, prompts, layer=2, head=1,
+...     spec=PatchSpec(kind="head_out", per_position=True), index={"layer": 1, "pos": 5, "head": 2})  # doctest: +SKIP
+>>> diff.patched_minus_corrupt.shape                                              # doctest: +SKIP
+torch.Size([15, 15])
+>>> diff.to_csv("attention.csv")                                                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from patching.kinds import KINDS, PatchContext
+from patching.model.loading import require_runner
+from patching.methods.path import PathSpec, path_patched_pattern
+from patching.core.prompts import PromptSet
+from patching.core.results import write_csv
+from patching.model.runner import RunCache
+from patching.core.spec import PatchSpec
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionDiff:
+    """One head's attention pattern in three runs of one prompt pair; tensors are [dest, src]."""
+    layer: int
+    head: int
+    str_tokens: tuple[str, ...]          # the clean prompt's tokens (axis labels)
+    clean: Tensor = field(repr=False)    # [dest, src]
+    corrupt: Tensor = field(repr=False)  # [dest, src]
+    patched: Tensor = field(repr=False)  # [dest, src]
+    patch_label: str = "no patch"        # what was patched, in words
+    pair: int = 0
+    direction: str = "denoise"
+    corrupt_str_tokens: tuple[str, ...] = ()
+
+    @property
+    def clean_minus_corrupt(self) -> Tensor:
+        return self.clean - self.corrupt
+
+    @property
+    def patched_minus_corrupt(self) -> Tensor:
+        return self.patched - self.corrupt
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Long format, one row per causal (dest, src) entry (src <= dest).
+
+        Columns: layer, head, dest, src, dest_token, src_token, clean, corrupt, patched,
+        clean_minus_corrupt, patched_minus_corrupt, patch.
+        """
+        n = self.clean.shape[0]
+        dest, src = torch.tril_indices(n, n)
+        pick = lambda t: t.detach().double().cpu()[dest, src].tolist()   # noqa: E731
+        tokens = list(self.str_tokens)
+        return pd.DataFrame({
+            "layer": self.layer, "head": self.head,
+            "dest": dest.tolist(), "src": src.tolist(),
+            "dest_token": [tokens[i] if i < len(tokens) else None for i in dest.tolist()],
+            "src_token": [tokens[i] if i < len(tokens) else None for i in src.tolist()],
+            "clean": pick(self.clean), "corrupt": pick(self.corrupt), "patched": pick(self.patched),
+            "clean_minus_corrupt": pick(self.clean_minus_corrupt),
+            "patched_minus_corrupt": pick(self.patched_minus_corrupt),
+            "patch": self.patch_label,
+        })
+
+    def to_csv(self, path_or_buf=None) -> str | None:
+        """CSV of `to_dataframe()` (text cells formula-neutralised); the text when no path."""
+        return write_csv(self.to_dataframe(), path_or_buf)
+
+
+def _check_range(value, size: int, what: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
+    if not 0 <= value < size:
+        raise ValueError(f"{what} {value!r} out of range; this model/prompt has {what} 0-{size - 1}")
+    return value
+
+
+def _index_tensor(model, prompts: PromptSet, spec: PatchSpec, index: dict | None) -> tuple[Tensor, tuple[str, ...]]:
+    """index {"layer": .., "pos": .., "head": ..} -> ([1, len(index axes)] tensor, axes)."""
+    kind = KINDS[spec.kind]
+    per_position = spec.per_position or (kind.has_per_position and index is not None and "pos" in index)
+    axes = kind.axes(per_position)
+    if index is None:
+        raise ValueError(f"a {spec.kind!r} patch needs an index with {', '.join(axes)}")
+    missing, extra = [a for a in axes if a not in index], sorted(set(index) - set(axes))
+    if missing or extra:
+        raise ValueError(f"index {index!r} does not fit kind {spec.kind!r}: it needs exactly "
+                         f"{', '.join(axes)}" + (f" (missing {', '.join(missing)})" if missing else "")
+                         + (f" (unexpected {', '.join(extra)})" if extra else ""))
+    sizes = {"layer": model.n_layers, "pos": prompts.n_pos,
+             "head": model.n_kv_heads if kind.kv_heads else model.n_heads, "neuron": model.d_mlp}
+    index = {a: _check_range(index[a], sizes[a], a if a != "head" or not kind.kv_heads else "key/value head")
+             for a in axes}
+    return torch.tensor([[index[a] for a in axes[1:]]], dtype=torch.long,
+                        device=prompts.clean_tokens.device), axes
+
+
+def _describe(spec: PatchSpec, index: dict) -> str:
+    where = ", ".join(f"{k}={v}" for k, v in index.items())
+    if spec.kind == "neuron":
+        where += ", positions=" + ("all" if spec.positions is None else ",".join(map(str, spec.positions)))
+    donor, base = ("clean", "corrupt") if spec.direction == "denoise" else ("corrupt", "clean")
+    return f"{spec.kind}[{where}]: {donor} activation patched into the {base} run ({spec.direction})"
+
+
+def _same_layer_pattern(runner, base: RunCache, donor: RunCache, kind: str, layer: int, head: int,
+                        idx: Tensor) -> Tensor | None:
+    """The head's new pattern [dest, src] when a patch at its own layer changes it, else None."""
+    a = runner.arch
+    n_rep = a.n_heads // a.n_kv_heads
+    b, d = base.layers[layer], donor.layers[layer]
+    target = int(idx[0, -1])
+    pos = int(idx[0, 0]) if idx.shape[1] == 2 else None
+    rows = slice(None) if pos is None else slice(pos, pos + 1)
+    if kind == "head_pattern" and target == head:
+        pattern = b.pattern[0, head].clone()
+        pattern[rows] = d.pattern[0, head, rows]
+        return pattern
+    if kind == "head_q" and target == head:
+        q = b.q_rot[:, :, head:head + 1].clone()
+        q[:, rows] = d.q_rot[:, rows, head:head + 1]
+        return runner.attend(layer, q, b.k_rot, b.v, 0, torch.tensor([head], device=q.device))[0][0, 0]
+    if kind == "head_k" and target == head // n_rep:
+        k = b.k_rot.clone()
+        k[:, rows, target] = d.k_rot[:, rows, target]
+        return runner.attend(layer, b.q_rot[:, :, head:head + 1], k, b.v, 0, torch.tensor([head], device=k.device))[0][0, 0]
+    return None
+
+
+@torch.inference_mode()
+def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *,
+                             spec: PatchSpec | PathSpec | None = None, index: dict | None = None,
+                             pair: int = 0) -> AttentionDiff:
+    """Head (layer, head)'s pattern [dest, src] in the clean, corrupt and patched runs of a pair.
+
+    index names one cell of spec's sweep by its axes, e.g. {"layer": 1, "pos": 5, "head": 2}
+    for head_out per position, {"layer": 0, "pos": 3} for resid_pre, {"layer": 1, "neuron": 7}
+    for neuron (at spec.positions). With a `PathSpec`, "patched" is step 2 of that cell's path
+    patching (the receivers patched), e.g. {"layer": 0, "head": 1} for an every-head sweep.
+
+    >>> counterfactual_attention(model, prompts, 1, 0, spec=PatchSpec(kind="resid_pre"),
+    ...                          index={"layer": 0, "pos": 4}).patched.shape    # doctest: +SKIP
+    torch.Size([15, 15])
+    """
+    layer = _check_range(layer, model.n_layers, "layer")
+    head = _check_range(head, model.n_heads, "head")
+    pair = _check_range(pair, prompts.n_pairs, "pair")
+    if spec is None and index is not None:
+        raise ValueError("index given without spec; pass the PatchSpec whose cell it names")
+    clean_ids = prompts.clean_tokens[pair:pair + 1]
+    corrupt_ids = prompts.corrupt_tokens[pair:pair + 1]
+    direction = spec.direction if spec is not None else "denoise"
+    common = dict(layer=layer, head=head, pair=pair, direction=direction,
+                  str_tokens=tuple(model.to_str_tokens(clean_ids[0].tolist())),
+                  corrupt_str_tokens=tuple(model.to_str_tokens(corrupt_ids[0].tolist())))
+    runner = model.runner
+    if runner is None:        # unsupported family: read patterns through the bridge's hooks
+        if spec is not None:
+            require_runner(model, "patched attention", "; call without spec for the clean and corrupt patterns")
+        from patching.model import hooks
+        name = hooks.pattern(layer)
+        pats = [model.bridge.run_with_cache(t, names_filter=name)[1][name][0, head].float()
+                for t in (clean_ids, corrupt_ids)]
+        return AttentionDiff(clean=pats[0], corrupt=pats[1], patched=pats[1].clone(),
+                             patch_label="no patch: the corrupt run", **common)
+
+    clean, corrupt = runner.run(clean_ids), runner.run(corrupt_ids)
+    base, donor = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    clean_p, corrupt_p = clean.layers[layer].pattern[0, head], corrupt.layers[layer].pattern[0, head]
+    base_p = base.layers[layer].pattern[0, head]
+    if spec is None:
+        return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=corrupt_p.clone(),
+                             patch_label="no patch: the corrupt run", **common)
+
+    if isinstance(spec, PathSpec):
+        if index is None:
+            raise ValueError("a path-patching spec needs an index naming its cell, e.g. {'layer': 0, 'head': 1}")
+        _, patched, label = path_patched_pattern(model, prompts, spec, index, layer, head, pair)
+        return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=patched, patch_label=label, **common)
+    idx, axes = _index_tensor(model, prompts, spec, index)
+    if KINDS[spec.kind].needs_resid_mid and model.parallel_attn_mlp:
+        raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r} (parallel attention and MLP)")
+    index = {a: int(index[a]) for a in axes}
+    label = _describe(spec, index)
+    patch_layer = index["layer"]
+    patched = None
+    if patch_layer == layer and spec.kind != "resid_pre":
+        patched = _same_layer_pattern(runner, base, donor, spec.kind, layer, head, idx)
+    elif patch_layer < layer or spec.kind == "resid_pre" and patch_layer == layer:
+        mask = None
+        if spec.kind == "neuron":
+            mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=idx.device)
+            mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
+        ctx = PatchContext(runner, base, donor, mask)
+        rows = torch.zeros(1, dtype=torch.long, device=idx.device)
+        p = KINDS[spec.kind].patch(ctx, index["layer"], idx)
+        x = runner.resume_until(base, rows, index["layer"], p.stage, p.resid, p.p0, until=layer)
+        new = runner.attention_pattern(base, rows, layer, x, p.p0, torch.tensor([head], device=x.device))[0, 0]
+        patched = base_p.clone()
+        patched[p.p0:] = new
+    if patched is None:
+        patched = base_p.clone()
+        label += " (does not reach this head's pattern)"
+    return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=patched, patch_label=label, **common)

@@ -1,0 +1,550 @@
+"""Attribution patching: every kind's patching effect from gradients, and edge scores (EAP).
+
+The first-order estimate of patching activation A (Nanda 2023; Syed et al. 2023):
+
+    metric(patched) ~= metric(base) + (A_donor - A_base) . dmetric/dA  (at the base run)
+
+so one donor forward, one base forward and one backward give every kind at once: residual
+streams, attn_out, mlp_out, head_out / q / k / v / pattern (per head, or per head and position)
+and neurons. Directions as in exact patching: denoise = corrupt run with clean activations
+(gradient at the corrupt run), noise = the reverse. Values are reported as the *estimated
+patched metric*, so results read like `engine.sweep`'s (`value`, `normalized`).
+
+Edge attribution (EAP, Syed et al. 2023): upstream nodes (token embeddings, each head's output,
+each MLP's output) write into the residual stream; downstream nodes (each head's q, k and v
+input, each MLP's input, the logits) read their own copy of it. The score of an edge u -> v is
+(u_donor - u_base) . dmetric/d(input of v), all edges from one backward (a head's own input
+gradient is its q/k/v gradient taken back through its slice of the projection and ln1).
+
+EAP-IG (`method="ig"`, Hanna et al. 2024; Marks et al. 2024): gradients averaged over `steps`
+runs whose token embeddings are interpolated from the base run's to the donor's (midpoints
+(k + 0.5) / steps), one batched forward and backward for all steps.
+
+The backward asks only for activation gradients (`torch.autograd.grad`), never weight gradients.
+
+>>> results = run_attribution(model, prompts)                 # every kind       # doctest: +SKIP
+>>> attribution_csv(results, "attribution.csv")                                   # doctest: +SKIP
+>>> edges = edge_attribution(model, prompts, method="ig", steps=8)                # doctest: +SKIP
+>>> edges.to_dataframe().nlargest(10, "abs_score")                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from metrics import Metric, MetricInputs, get_metric
+
+from patching.methods.sweep import plan_coords
+from patching.kinds import KINDS
+from patching.model.memory_budget import memory_budget, placed_devices
+from patching.model.loading import require_runner
+from patching.core.prompts import PromptSet
+from patching.core.provenance import recorded
+from patching.core.results import PatchResult, write_csv
+from patching.model.runner import RunCache
+from patching.core.spec import DIRECTIONS, PatchSpec
+
+METHODS = ("plain", "ig")
+DEFAULT_STEPS = 16
+
+
+# -- a differentiable forward that keeps every activation --------------------------------------
+@dataclass
+class _Acts:
+    """Activations of one differentiable forward, per layer lists (shapes as in LayerCache)."""
+    resid_pre: list = field(default_factory=list)
+    q: list = field(default_factory=list)
+    k: list = field(default_factory=list)
+    v: list = field(default_factory=list)
+    pattern: list = field(default_factory=list)
+    z: list = field(default_factory=list)
+    attn_out: list = field(default_factory=list)
+    resid_mid: list = field(default_factory=list)
+    mlp_post: list = field(default_factory=list)
+    mlp_out: list = field(default_factory=list)
+    resid_post: list = field(default_factory=list)
+    qkv_in: list = field(default_factory=list)    # edges: per layer [b, T, H + 2 KV, d] input grads (filled later)
+    mlp_in: list = field(default_factory=list)    # edges: per layer [b, T, d] zeros, the MLP's input
+    final_in: Tensor | None = None                # edges: [b, d] zeros, the unembedding's input
+    logits: Tensor | None = None                  # [b, vocab] at the last position
+
+
+def _forward(runner, x0: Tensor, rope, edges: bool) -> _Acts:
+    """The engine's forward with autograd on: x0 [b, T, d] = token embeddings (resid_pre 0).
+
+    With `edges`, each MLP's input and the unembedding's input are their own copy of the
+    residual stream plus a zero tensor, so the backward gives the gradient at those inputs; the
+    heads' q / k / v inputs get theirs afterwards from the q / k / v gradients (`_qkv_input_grads`).
+    """
+    a = runner.arch
+    acts = _Acts()
+    x = x0
+    b, T, d = x.shape
+    for layer in range(a.n_layers):
+        acts.resid_pre.append(x)
+        q, k, v = a.qkv(layer, a.ln1(layer, x))
+        acts.q.append(q), acts.k.append(k), acts.v.append(v)
+        q_rot, k_rot = runner._rope(rope, q, k, 0)
+        pattern, z = runner.attend(layer, q_rot, k_rot, v, 0)
+        acts.pattern.append(pattern), acts.z.append(z)
+        attn_out = a.o_proj(layer, z)
+        acts.attn_out.append(attn_out)
+        if a.parallel:
+            mid, mlp_resid = None, x
+        else:
+            mid = x + attn_out
+            mlp_resid = mid
+        acts.resid_mid.append(mid)
+        if edges:
+            e = x.new_zeros(b, T, d, requires_grad=True)
+            mlp_resid = mlp_resid + e
+            acts.mlp_in.append(e)
+        post = a.mlp_act(layer, a.mlp_pre(layer, a.ln2(layer, mlp_resid)))
+        mlp_out = a.mlp_out(layer, post)
+        acts.mlp_post.append(post), acts.mlp_out.append(mlp_out)
+        x = x + attn_out + mlp_out if a.parallel else mid + mlp_out
+        acts.resid_post.append(x)
+    final = x[:, -1]
+    if edges:
+        acts.final_in = final.new_zeros(final.shape, requires_grad=True)
+        final = final + acts.final_in
+    acts.logits = a.unembed(a.ln_final(final))
+    return acts
+
+
+_GRAD_NAMES = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid", "mlp_post",
+               "mlp_out", "resid_post")
+
+
+def _gradients(runner, acts: _Acts, objective: Tensor, edges: bool) -> dict[str, list]:
+    """d objective / d every activation (and every node input with edges), one backward."""
+    names = [n for n in _GRAD_NAMES if getattr(acts, n)[0] is not None]
+    inputs = [t for n in names for t in getattr(acts, n)]
+    if edges:
+        inputs += acts.mlp_in + [acts.final_in]
+    grads = torch.autograd.grad(objective, inputs, allow_unused=True)
+    grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, inputs)]
+    out, i = {}, 0
+    n_layers = len(acts.resid_pre)
+    for n in names + (["mlp_in"] if edges else []):
+        out[n], i = list(grads[i:i + n_layers]), i + n_layers
+    if edges:
+        out["final_in"] = grads[i]
+        out["qkv_in"] = [_qkv_input_grads(runner, layer, acts.resid_pre[layer].detach(), out["q"][layer],
+                                          out["k"][layer], out["v"][layer]) for layer in range(n_layers)]
+    return out
+
+
+def _qkv_input_grads(runner, layer: int, x: Tensor, g_q: Tensor, g_k: Tensor, g_v: Tensor) -> Tensor:
+    """The gradient at each head's own q / k / v input (its copy of resid_pre x [b, T, d]), from
+    the gradients at q [b, T, H, dh] and k, v [b, T, KV, dh]: back through that head's slice of
+    the projection, then through ln1 once per copy. Returns [b, T, H + 2 KV, d]."""
+    a = runner.arch
+    d = x.shape[-1]
+    with torch.no_grad():         # the projections are affine: weights = qkv(I) - qkv(0)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        zero = eye.new_zeros(1, d)
+        w = [full - bias for full, bias in zip(a.qkv(layer, eye), a.qkv(layer, zero))]   # [d, heads, dh]
+        cot = torch.cat([torch.einsum("bthe,dhe->bthd", g, wi) for g, wi in zip((g_q, g_k, g_v), w)], dim=2)
+    with torch.enable_grad():
+        copies = x[:, :, None].expand(*x.shape[:2], cot.shape[2], d).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(a.ln1(layer, copies), copies, cot)
+    return grad
+
+
+@dataclass
+class _Attribution:
+    """What every estimate needs: both runs' caches, gradients (averaged for IG), baselines."""
+    base: RunCache
+    donor: RunCache
+    grads: dict
+    clean_baseline: Tensor
+    corrupt_baseline: Tensor
+    base_metric: Tensor          # [n_pairs], float64
+    metric: Metric
+    method: str
+    steps: int
+    seconds: float
+
+
+def _rows_per_backward(model, n_pos: int, max_memory_mb: float | None, device) -> int:
+    """Rows (interpolation steps x pairs) one forward + backward may hold within the memory budget
+    of `device`: the backward keeps every layer's activations of every row (float32 bound)."""
+    a = model.arch
+    floats = a.n_layers * n_pos * (12 * a.d_model + 4 * a.d_mlp + 3 * a.n_heads * n_pos) + 2 * model.cfg.d_vocab
+    budget = memory_budget(device, max_memory_mb or None, also=placed_devices(getattr(model, "device_map", None)))
+    return max(1, int(budget // (4 * floats)))
+
+
+def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, steps: int,
+               edges: bool, max_rows: int | None = None, max_memory_mb: float | None = None) -> _Attribution:
+    start = time.perf_counter()
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method == "ig" and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1024):
+        raise ValueError(f"steps must be a whole number from 1 to 1024, not {steps!r}")
+    require_runner(model, "attribution patching")
+    metric = get_metric(metric)
+    runner = model.runner
+    clean_tokens, corrupt_tokens = prompts.clean_tokens, prompts.corrupt_tokens
+    base_tokens, donor_tokens = ((corrupt_tokens, clean_tokens) if direction == "denoise"
+                                 else (clean_tokens, corrupt_tokens))
+    n_pairs = prompts.n_pairs
+    pairs = torch.arange(n_pairs, device=clean_tokens.device)
+    donor = runner.run(donor_tokens)
+    rope = runner.rope_for(base_tokens)
+    positions = torch.arange(base_tokens.shape[1], device=base_tokens.device)
+
+    def objective(logits: Tensor, pair: Tensor, clean_logprobs: Tensor) -> Tensor:
+        return metric(logits.float(), MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair],
+                                                   clean_logprobs[pair]))
+
+    with torch.enable_grad():
+        if method == "plain":
+            x0 = runner.arch.embed(base_tokens, positions).detach()
+            acts = _forward(runner, x0.requires_grad_(True), rope, edges)
+            base_logits = acts.logits.detach()
+            clean_logits = donor.logits if direction == "denoise" else base_logits
+            clean_logprobs = clean_logits.float().log_softmax(-1)
+            values = objective(acts.logits, pairs, clean_logprobs)
+            grads = _gradients(runner, acts, values.sum(), edges)
+            base = _cache_from(acts, base_tokens, rope)
+        else:
+            base = runner.run(base_tokens)
+            base_logits = base.logits
+            clean_logits = donor.logits if direction == "denoise" else base_logits
+            clean_logprobs = clean_logits.float().log_softmax(-1)
+            x_base, x_donor = base.layers[0].resid_pre, donor.layers[0].resid_pre
+            alphas = (torch.arange(steps, dtype=x_base.dtype, device=x_base.device) + 0.5) / steps
+            if max_rows is None:
+                max_rows = _rows_per_backward(model, prompts.n_pos, max_memory_mb, clean_tokens.device)
+            per_chunk = max(1, max_rows // n_pairs)           # steps per batched forward/backward
+            grads = None
+            for lo in range(0, steps, per_chunk):
+                a_ = alphas[lo:lo + per_chunk]
+                x0 = (x_base[None] + a_[:, None, None, None] * (x_donor - x_base)[None]).flatten(0, 1)
+                acts = _forward(runner, x0.detach().requires_grad_(True), rope, edges)   # rows: step-major x pairs
+                rows = pairs.repeat(len(a_))
+                g = _gradients(runner, acts, objective(acts.logits, rows, clean_logprobs).sum(), edges)
+                g = {k: ([t.view(len(a_), n_pairs, *t.shape[1:]).sum(0) for t in v] if isinstance(v, list)
+                         else v.view(len(a_), n_pairs, *v.shape[1:]).sum(0)) for k, v in g.items()}
+                grads = g if grads is None else {
+                    k: ([x + y for x, y in zip(grads[k], v)] if isinstance(v, list) else grads[k] + v)
+                    for k, v in g.items()}
+                del acts
+            grads = {k: ([t / steps for t in v] if isinstance(v, list) else v / steps) for k, v in grads.items()}
+    with torch.inference_mode():
+        base_metric = objective(base_logits, pairs, clean_logprobs).double().cpu()
+        donor_metric = objective(donor.logits, pairs, clean_logprobs).double().cpu()
+    clean_b, corrupt_b = (donor_metric, base_metric) if direction == "denoise" else (base_metric, donor_metric)
+    return _Attribution(base, donor, grads, clean_b, corrupt_b, base_metric, metric, method,
+                        steps if method == "ig" else 0, time.perf_counter() - start)
+
+
+def _cache_from(acts: _Acts, tokens: Tensor, rope) -> RunCache:
+    """The activations of a differentiable forward as a detached RunCache (for deltas)."""
+    from patching.model.runner import LayerCache
+    det = lambda t: t.detach() if t is not None else None   # noqa: E731
+    layers = [LayerCache(det(acts.resid_pre[l]), det(acts.q[l]), det(acts.k[l]), det(acts.v[l]),
+                         None, None, det(acts.pattern[l]), det(acts.z[l]), det(acts.attn_out[l]),
+                         det(acts.resid_mid[l]), None, det(acts.mlp_post[l]), det(acts.mlp_out[l]),
+                         det(acts.resid_post[l]))
+              for l in range(len(acts.resid_pre))]
+    return RunCache(tokens, layers, acts.logits.detach(), rope)
+
+
+# -- node attributions, per kind ------------------------------------------------------------------
+def _dot(attr: str, att: _Attribution, layer: int) -> Tensor:
+    """(donor - base) * grad for one activation of one layer, same shape as the activation."""
+    delta = getattr(att.donor.layers[layer], attr) - getattr(att.base.layers[layer], attr)
+    return delta * att.grads[attr][layer]
+
+
+def _full_estimate(model, att: _Attribution, kind: str, per_position: bool,
+                   position_mask: Tensor | None) -> Tensor:
+    """Attribution over the kind's full axes, [n_layers, *index axes, n_pairs] (pairs last)."""
+    out = []
+    for layer in range(model.n_layers):
+        if kind in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
+            v = _dot(kind, att, layer).sum(-1)                        # [b, T]
+        elif kind in ("head_out", "head_q", "head_k", "head_v"):
+            attr = {"head_out": "z", "head_q": "q", "head_k": "k", "head_v": "v"}[kind]
+            v = _dot(attr, att, layer).sum(-1)                        # [b, T, heads]
+            if not per_position:
+                v = v.sum(1)                                          # [b, heads]
+        elif kind == "head_pattern":
+            v = _dot("pattern", att, layer).sum(-1).transpose(1, 2)   # [b, T_dest, H]
+            if not per_position:
+                v = v.sum(1)
+        elif kind == "neuron":
+            v = _dot("mlp_post", att, layer)                          # [b, T, d_mlp]
+            v = (v * position_mask[None, :, None]).sum(1)             # [b, d_mlp]
+        else:
+            raise ValueError(f"kind {kind!r} has no attribution estimate")
+        out.append(v.movedim(0, -1))
+    return torch.stack(out).double().cpu()
+
+
+@dataclass(frozen=True, eq=False)
+class AttributionResult(PatchResult):
+    """A PatchResult whose values are gradient estimates of the patched metric. CSV rows carry
+    the contract columns, then `method` ("attribution" or "attribution_ig") and `steps`."""
+    method: str = "plain"
+    steps: int = 0
+
+    @property
+    def method_label(self) -> str:
+        return "attribution" if self.method == "plain" else "attribution_ig"
+
+    def to_dataframe(self) -> pd.DataFrame:
+        df = super().to_dataframe()
+        df["method"] = self.method_label
+        df["steps"] = self.steps if self.method == "ig" else pd.NA
+        return df
+
+    def to_json(self) -> dict:
+        d = super().to_json()
+        d["method"], d["steps"] = self.method, self.steps
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AttributionResult":
+        r = PatchResult.from_json(d)
+        return cls(r.spec, r.axes, r.coords, r.per_pair, r.clean_baseline, r.corrupt_baseline,
+                   r.str_tokens, r.metric_clean_is, r.seconds, r.model_name, d.get("method", "plain"),
+                   d.get("steps", 0), provenance=r.provenance)
+
+
+def attribution_kinds(model) -> tuple[str, ...]:
+    """Every kind with an attribution estimate on this model (resid_mid only on sequential blocks)."""
+    return tuple(k for k in KINDS if not (KINDS[k].needs_resid_mid and model.parallel_attn_mlp))
+
+
+@recorded
+def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[str] | None = None,
+                    metric: Metric | Callable | str = "logit_diff", direction: str = "denoise",
+                    method: str = "plain", steps: int = DEFAULT_STEPS, per_position: bool = False,
+                    positions: tuple[int, ...] | None = None,
+                    max_memory_mb: float | None = None) -> list[AttributionResult]:
+    """Gradient estimates of patching, one result per kind, from one backward (all kinds at once).
+
+    kinds: names in KINDS (None = every kind the model has); per_position: head kinds per
+    position too; positions: where neuron patches apply (None = all). method "ig" averages
+    gradients over `steps` interpolated runs (EAP-IG style), as many per batch as the memory
+    budget of the device allows (`max_memory_mb`, else `patching.model.memory_budget`).
+
+    >>> [r.spec.kind for r in run_attribution(model, prompts, kinds=["resid_pre", "head_out"])]  # doctest: +SKIP
+    ['resid_pre', 'head_out']
+    """
+    if isinstance(kinds, str):
+        kinds = [k for k in kinds.split(",") if k.strip()]
+    kinds = tuple(kinds) if kinds is not None else attribution_kinds(model)
+    metric_name = metric if isinstance(metric, str) else get_metric(metric).name
+    specs = []
+    for kind in kinds:
+        kind = kind.strip()
+        spec = PatchSpec(kind=kind, direction=direction, metric=metric_name,
+                         per_position=per_position and KINDS[kind].has_per_position if kind in KINDS else False,
+                         positions=positions if kind == "neuron" else None, model=model.name,
+                         prepend_bos=prompts.prepend_bos)
+        specs.append((spec, *plan_coords(model, prompts, spec)))
+    att = _attribute(model, prompts, metric, direction, method, steps, edges=False, max_memory_mb=max_memory_mb)
+    mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=prompts.clean_tokens.device)
+    mask[list(positions) if positions is not None else slice(None)] = True
+    out = []
+    for spec, axes, coords in specs:
+        full = _full_estimate(model, att, spec.kind, spec.per_position, mask)
+        sel = full
+        for dim, a in enumerate(axes):
+            sel = sel.index_select(dim, torch.tensor(coords[a], dtype=torch.long))
+        per_pair = att.base_metric + sel
+        out.append(AttributionResult(spec, axes, coords, per_pair, att.clean_baseline, att.corrupt_baseline,
+                                     prompts.str_tokens, att.metric.clean_is, att.seconds, model.name,
+                                     method, att.steps))
+    return out
+
+
+def attribution_dataframe(results: list[PatchResult]) -> pd.DataFrame:
+    """Every kind's rows in one contract-column DataFrame."""
+    return pd.concat([r.to_dataframe() for r in results], ignore_index=True)
+
+
+def attribution_csv(results: list[PatchResult], path_or_buf=None) -> str | None:
+    """The contract CSV for all kinds at once (formula-neutralised); the text when no path."""
+    return write_csv(attribution_dataframe(results), path_or_buf)
+
+
+# -- edges (EAP) ----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EdgeScores:
+    """EAP scores of edges upstream -> downstream, per pair: per_pair [U, V, n_pairs]; NaN where
+    no edge exists (the upstream node writes after the downstream node reads)."""
+    upstream: tuple[str, ...]           # 'embed', 'head:L.H', 'mlp:L'
+    downstream: tuple[str, ...]         # 'q:L.H', 'k:L.G', 'v:L.G', 'mlp:L', 'logits'
+    per_pair: Tensor = field(repr=False)
+    clean_baseline: Tensor = field(repr=False)
+    corrupt_baseline: Tensor = field(repr=False)
+    direction: str = "denoise"
+    metric: str = "logit_diff"
+    method: str = "plain"
+    steps: int = 0
+    seconds: float = 0.0
+    model_name: str = ""
+
+    @property
+    def scores(self) -> Tensor:
+        """Mean over pairs, [U, V]."""
+        return self.per_pair.mean(-1)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per existing edge: upstream, downstream, score, abs_score, normalized (score
+        over the clean - corrupt gap; signed so that 1 = the whole gap towards clean), method."""
+        s = self.scores
+        u, v = torch.nonzero(~torch.isnan(s), as_tuple=True)
+        gap = float(self.clean_baseline.mean() - self.corrupt_baseline.mean())
+        sign = 1.0 if self.direction == "denoise" else -1.0
+        vals = s[u, v]
+        df = pd.DataFrame({
+            "upstream": [self.upstream[i] for i in u.tolist()],
+            "downstream": [self.downstream[i] for i in v.tolist()],
+            "score": vals.tolist(), "abs_score": vals.abs().tolist(),
+            "normalized": (sign * vals / gap).tolist() if abs(gap) > 1e-12 else float("nan"),
+            "direction": self.direction, "metric": self.metric,
+            "method": "eap" if self.method == "plain" else "eap_ig",
+            "steps": self.steps if self.method == "ig" else pd.NA,
+        })
+        return df
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The k edges with the largest |score|."""
+        return self.to_dataframe().nlargest(k, "abs_score").reset_index(drop=True)
+
+    def to_csv(self, path_or_buf=None) -> str | None:
+        return write_csv(self.to_dataframe(), path_or_buf)
+
+    def to_json(self) -> dict:
+        """A JSON-able dict (NaN for missing edges becomes null); `EdgeScores.from_json` restores it."""
+        per_pair = [[[None if v != v else v for v in cell] for cell in row] for row in self.per_pair.tolist()]
+        return {"kind": "edges", "upstream": list(self.upstream), "downstream": list(self.downstream),
+                "per_pair": per_pair, "clean_baseline": self.clean_baseline.tolist(),
+                "corrupt_baseline": self.corrupt_baseline.tolist(), "direction": self.direction,
+                "metric": self.metric, "method": self.method, "steps": self.steps, "seconds": self.seconds,
+                "model_name": self.model_name}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EdgeScores":
+        per_pair = torch.tensor([[[float("nan") if v is None else v for v in cell] for cell in row]
+                                 for row in d["per_pair"]], dtype=torch.float64)
+        return cls(tuple(d["upstream"]), tuple(d["downstream"]), per_pair,
+                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
+                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64), d["direction"], d["metric"],
+                   d["method"], d["steps"], d["seconds"], d["model_name"])
+
+
+def edge_attribution(model, prompts: PromptSet, *, metric: Metric | Callable | str = "logit_diff",
+                     direction: str = "denoise", method: str = "plain",
+                     steps: int = DEFAULT_STEPS, max_memory_mb: float | None = None) -> EdgeScores:
+    """EAP (method="plain") or EAP-IG (method="ig") scores for every edge between the token
+    embeddings, heads, MLPs and logits. Upstream heads are query heads; downstream k / v nodes
+    are key/value heads.
+
+    >>> edge_attribution(model, prompts).top(5)                  # doctest: +SKIP
+    """
+    att = _attribute(model, prompts, metric, direction, method, steps, edges=True, max_memory_mb=max_memory_mb)
+    a = model.arch
+    n_layers, H, KV = a.n_layers, a.n_heads, a.n_kv_heads
+    parallel = model.parallel_attn_mlp
+    up_labels, up_deltas, up_slots = ["embed"], [att.donor.layers[0].resid_pre - att.base.layers[0].resid_pre], [0]
+    for layer in range(n_layers):
+        w_o = a.o_weight(layer).detach().view(H, a.d_head, a.d_model)
+        dz = att.donor.layers[layer].z - att.base.layers[layer].z                    # [b, T, H, dh]
+        heads = torch.einsum("bthd,hdm->bhtm", dz, w_o)                              # [b, H, T, d]
+        for h in range(H):
+            up_labels.append(f"head:{layer}.{h}")
+            up_deltas.append(heads[:, h])
+            up_slots.append(2 * layer + 1)
+        up_labels.append(f"mlp:{layer}")
+        up_deltas.append(att.donor.layers[layer].mlp_out - att.base.layers[layer].mlp_out)
+        up_slots.append(2 * layer + 2)
+    down_labels, down_grads, down_slots = [], [], []
+    for layer in range(n_layers):
+        g = att.grads["qkv_in"][layer]                                               # [b, T, C, d]
+        for c, (kind, head) in enumerate([("q", h) for h in range(H)] + [("k", g_) for g_ in range(KV)]
+                                         + [("v", g_) for g_ in range(KV)]):
+            down_labels.append(f"{kind}:{layer}.{head}")
+            down_grads.append(g[:, :, c])
+            down_slots.append(2 * layer)
+        down_labels.append(f"mlp:{layer}")
+        down_grads.append(att.grads["mlp_in"][layer])
+        down_slots.append(2 * layer + (0 if parallel else 1))
+    final = torch.zeros_like(down_grads[0])
+    final[:, -1] = att.grads["final_in"]
+    down_labels.append("logits")
+    down_grads.append(final)
+    down_slots.append(2 * n_layers)
+    U = torch.stack(up_deltas, 1).flatten(2)          # [b, U, T*d]
+    V = torch.stack(down_grads, 1).flatten(2)         # [b, V, T*d]
+    scores = torch.einsum("bun,bvn->uvb", U, V).double().cpu()
+    exists = torch.tensor(up_slots)[:, None] <= torch.tensor(down_slots)[None, :]
+    scores[~exists] = float("nan")
+    metric_name = metric if isinstance(metric, str) else att.metric.name
+    return EdgeScores(tuple(up_labels), tuple(down_labels), scores, att.clean_baseline, att.corrupt_baseline,
+                      direction, metric_name, method, att.steps, att.seconds, model.name)
+
+
+# -- agreement with exact patching ----------------------------------------------------------------
+def agreement(estimate: PatchResult, exact: PatchResult, k: int = 10) -> dict:
+    """How well an estimate ranks cells like exact patching (same spec and axes).
+
+    pearson: correlation of the mean values over all cells; topk_overlap: the share of the
+    exact top-k cells by |effect| (effect = value - the base run's metric) that are also the
+    estimate's top-k, with k capped at the number of cells exact patching changes by more than
+    0.1% of its largest effect (float noise in unchanged cells must not decide the ranking).
+
+    >>> agreement(run_attribution(model, prompts, kinds=["head_out"])[0],
+    ...           sweep(model, prompts, PatchSpec(kind="head_out")))      # doctest: +SKIP
+    {'kind': 'head_out', 'pearson': 0.99, 'topk_overlap': 1.0, 'k': 10, 'cells': 48}
+    """
+    if estimate.values.shape != exact.values.shape:
+        raise ValueError(f"shapes differ: estimate {tuple(estimate.values.shape)}, exact {tuple(exact.values.shape)}")
+    a, b = estimate.values.flatten().double(), exact.values.flatten().double()
+    keep = ~(torch.isnan(a) | torch.isnan(b))
+    a, b = a[keep], b[keep]
+    base = exact.corrupt_value if exact.spec.direction == "denoise" else exact.clean_value
+    ea, eb = (a - base).abs(), (b - base).abs()
+    changed = int((eb > 1e-3 * max(float(eb.max()), 1e-12)).sum()) if len(eb) else 0
+    kk = max(1, min(k, changed))
+    ac, bc = a - a.mean(), b - b.mean()
+    denom = float(ac.norm() * bc.norm())
+    pearson = float((ac * bc).sum()) / denom if denom > 0 else float("nan")
+    overlap = len(set(ea.topk(kk).indices.tolist()) & set(eb.topk(kk).indices.tolist())) / kk
+    return {"kind": exact.spec.kind, "pearson": pearson, "topk_overlap": overlap, "k": kk, "cells": int(len(a))}
+
+
+def measure_agreement(model, prompts: PromptSet, *, kinds: tuple[str, ...] | None = None,
+                      methods: tuple[str, ...] = ("plain", "ig"), directions: tuple[str, ...] = ("denoise",),
+                      per_position: bool = False, steps: int = DEFAULT_STEPS, k: int = 10) -> pd.DataFrame:
+    """Per kind, method and direction: Pearson r and top-k overlap of attribution vs exact patching
+    (`engine.sweep` of the same spec). One exact sweep per kind and direction.
+
+    >>> measure_agreement(model, prompts, kinds=("head_out",))       # doctest: +SKIP
+    """
+    from patching.methods.sweep import sweep
+    rows = []
+    for direction in directions:
+        exact = {}
+        for method in methods:
+            for r in run_attribution(model, prompts, kinds=kinds, direction=direction, method=method,
+                                     steps=steps, per_position=per_position):
+                if r.spec.kind not in exact:
+                    exact[r.spec.kind] = sweep(model, prompts, r.spec)
+                rows.append({"method": r.method_label, "direction": direction, "steps": r.steps,
+                             "per_position": r.spec.per_position, **agreement(r, exact[r.spec.kind], k)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,650 @@
+"""Circuits from cells: keep a set of components, ablate every other one, measure faithfulness.
+
+Components are attention heads `L{l}H{h}`, MLPs `MLP{l}` and whole attention layers `ATTN{l}`
+(shorthand for every head of layer l). A circuit run is the **clean** prompt with every head
+and MLP *not* in the circuit ablated: its output replaced at every position by
+
+- `mean`: its mean activation over the corrupt prompts, per position;
+- `resample`: its activation on another pair's corrupt prompt (pair i reads pair
+  (i + s_i) mod n with s_i in 1..n-1 drawn from `seed`; one draw per pair, shared by all
+  ablated components; with a single pair, that pair's own corrupt prompt);
+- `zero`: zeros.
+
+Heads are ablated through their z (TransformerLens' `hook_z`, before W_O; the output bias b_O
+stays), MLPs through their output (`hook_mlp_out`). Kept components are recomputed from the
+changed residual stream. With m = the metric averaged over pairs:
+
+    faithfulness = (m_circuit - m_empty) / (m_full - m_empty)
+
+m_full: nothing ablated (the clean run); m_empty: everything ablated. A circuit's row is
+computed once per distinct kept set, so the full set is exactly 1 and the empty set exactly 0.
+Every circuit of a call (and every k of a curve) runs in batched forwards: rows = circuits x
+pairs, as many per forward as the memory budget allows.
+
+>>> spec = CircuitSpec(parse_components("L0H1,L1H0,MLP1"), ablation="mean")   # doctest: +SKIP
+>>> faithfulness(model, prompts, spec).faithfulness                          # doctest: +SKIP
+0.83
+>>> faithfulness_curve(model, prompts, rank_components(head_result)).to_dataframe()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from metrics import Metric, MetricInputs, get_metric
+
+from patching.model import hooks
+from patching.model.memory_budget import memory_budget, placed_devices
+from patching.core.prompts import PromptSet
+from patching.core.results import PatchResult, write_csv
+
+ABLATIONS = ("mean", "resample", "zero")
+REDUCTIONS = ("sum", "max")
+_PATTERN = re.compile(r"^\s*(?:L(\d+)H(\d+)|MLP(\d+)|ATTN(\d+))\s*$", re.IGNORECASE)
+
+
+# -- components -----------------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class Component:
+    """One node: kind 'head' (layer, head), 'mlp' (layer) or 'attn' (layer: every head)."""
+    layer: int
+    kind: str
+    head: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("head", "mlp", "attn"):
+            raise ValueError(f"component kind must be 'head', 'mlp' or 'attn', not {self.kind!r}")
+        if (self.head is None) != (self.kind != "head"):
+            raise ValueError(f"a {self.kind} component {'needs' if self.kind == 'head' else 'takes no'} head")
+
+    @property
+    def name(self) -> str:
+        """'L1H4', 'MLP2' or 'ATTN0' (what `parse_component` reads)."""
+        return {"head": f"L{self.layer}H{self.head}", "mlp": f"MLP{self.layer}",
+                "attn": f"ATTN{self.layer}"}[self.kind]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_component(text: str | Component) -> Component:
+    """'L1H4' -> a head, 'MLP2' -> an MLP, 'ATTN0' -> every head of layer 0 (case-insensitive).
+
+    >>> parse_component("L1H4"), parse_component("mlp2").name
+    (Component(layer=1, kind='head', head=4), 'MLP2')
+    """
+    if isinstance(text, Component):
+        return text
+    m = _PATTERN.match(str(text))
+    if not m:
+        raise ValueError(f"bad component {text!r}; write L<layer>H<head>, MLP<layer> or ATTN<layer>, "
+                         "e.g. L0H3,MLP1")
+    if m.group(1) is not None:
+        return Component(int(m.group(1)), "head", int(m.group(2)))
+    if m.group(3) is not None:
+        return Component(int(m.group(3)), "mlp")
+    return Component(int(m.group(4)), "attn")
+
+
+def parse_components(text: str | Iterable[str | Component] | None) -> tuple[Component, ...]:
+    """A comma / space separated list (or an iterable) -> components, duplicates dropped, in order.
+
+    >>> [c.name for c in parse_components("L0H1, MLP0 L0H1")]
+    ['L0H1', 'MLP0']
+    """
+    if text is None:
+        return ()
+    items = re.split(r"[,\s;]+", text.strip()) if isinstance(text, str) else list(text)
+    out: list[Component] = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        c = parse_component(item)
+        if c not in out:
+            out.append(c)
+    return tuple(out)
+
+
+def format_components(components: Iterable[Component]) -> str:
+    """Components -> 'L0H1,MLP0' (what `parse_components` reads back).
+
+    >>> format_components(parse_components("L0H1 MLP0"))
+    'L0H1,MLP0'
+    """
+    return ",".join(parse_component(c).name for c in components)
+
+
+def all_components(model) -> tuple[Component, ...]:
+    """Every head and MLP of the model, layer by layer (heads first)."""
+    return tuple(c for l in range(model.n_layers)
+                 for c in [Component(l, "head", h) for h in range(model.n_heads)] + [Component(l, "mlp")])
+
+
+def check_components(model, components: Iterable[Component]) -> None:
+    """ValueError naming the first component the model does not have and the valid range."""
+    L, H = model.n_layers, model.n_heads
+    for c in components:
+        if not 0 <= c.layer < L:
+            raise ValueError(f"component {c.name}: layer {c.layer} out of range; this model has layers 0-{L - 1}")
+        if c.kind == "head" and not 0 <= c.head < H:
+            raise ValueError(f"component {c.name}: head {c.head} out of range; this model has heads 0-{H - 1} "
+                             f"per layer")
+
+
+# -- the spec -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CircuitSpec:
+    """The kept components, how the others are ablated, and the resample seed."""
+    components: tuple[Component, ...] = ()
+    ablation: str = "mean"
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "components", parse_components(self.components))
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be a whole number, not {self.seed!r}")
+
+    def validate(self, model) -> "CircuitSpec":
+        check_components(model, self.components)
+        return self
+
+    def to_dict(self) -> dict:
+        return {"components": format_components(self.components), "ablation": self.ablation, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CircuitSpec":
+        return cls(parse_components(d.get("components", "")), d.get("ablation", "mean"), int(d.get("seed", 0)))
+
+
+def _node_ids(model, components: Iterable[Component]) -> frozenset[int]:
+    """Heads are nodes l * H + h, MLPs L * H + l; ATTN{l} is every head of layer l."""
+    L, H = model.n_layers, model.n_heads
+    ids: set[int] = set()
+    for c in components:
+        if c.kind == "head":
+            ids.add(c.layer * H + c.head)
+        elif c.kind == "attn":
+            ids.update(c.layer * H + h for h in range(H))
+        else:
+            ids.add(L * H + c.layer)
+    return frozenset(ids)
+
+
+# -- results --------------------------------------------------------------------------------------------
+def _faith(m: float, m_full: float, m_empty: float) -> float:
+    gap = m_full - m_empty
+    return (m - m_empty) / gap if abs(gap) > 1e-12 else float("nan")
+
+
+@dataclass(frozen=True, eq=False)
+class CircuitResult:
+    """One circuit's metric (per pair and mean) next to the full and empty (all-ablated) runs."""
+    spec: CircuitSpec
+    per_pair: Tensor = field(repr=False)        # [n_pairs] metric with the circuit only
+    full: Tensor = field(repr=False)            # [n_pairs] nothing ablated (the clean run)
+    empty: Tensor = field(repr=False)           # [n_pairs] everything ablated
+    metric: str = "logit_diff"
+    model_name: str = ""
+    seconds: float = 0.0
+
+    @property
+    def m_circuit(self) -> float:
+        return float(self.per_pair.mean())
+
+    @property
+    def m_full(self) -> float:
+        return float(self.full.mean())
+
+    @property
+    def m_empty(self) -> float:
+        return float(self.empty.mean())
+
+    @property
+    def faithfulness(self) -> float:
+        """(m_circuit - m_empty) / (m_full - m_empty); NaN when full and empty agree."""
+        return _faith(self.m_circuit, self.m_full, self.m_empty)
+
+    def to_dict(self) -> dict:
+        return {**self.spec.to_dict(), "n_components": len(self.spec.components), "metric": self.metric,
+                "m_circuit": self.m_circuit, "m_full": self.m_full, "m_empty": self.m_empty,
+                "faithfulness": self.faithfulness, "n_pairs": int(self.per_pair.numel()),
+                "model": self.model_name, "seconds": self.seconds}
+
+
+@dataclass(frozen=True, eq=False)
+class CurveResult:
+    """Faithfulness as components are added in order: k = 0 (empty) .. len(components)."""
+    components: tuple[Component, ...]
+    ks: tuple[int, ...]
+    per_pair: Tensor = field(repr=False)        # [len(ks), n_pairs]
+    full: Tensor = field(repr=False)            # [n_pairs]
+    empty: Tensor = field(repr=False)           # [n_pairs]
+    ablation: str = "mean"
+    seed: int = 0
+    metric: str = "logit_diff"
+    effects: tuple[float, ...] | None = None    # the ranking's effect of each component, when known
+    model_name: str = ""
+    seconds: float = 0.0
+    keep: tuple[Component, ...] = ()            # in every circuit of the curve
+
+    @property
+    def values(self) -> Tensor:
+        """Mean metric per k, [len(ks)]."""
+        return self.per_pair.mean(-1)
+
+    @property
+    def m_full(self) -> float:
+        return float(self.full.mean())
+
+    @property
+    def m_empty(self) -> float:
+        return float(self.empty.mean())
+
+    @property
+    def faithfulness(self) -> list[float]:
+        return [_faith(float(v), self.m_full, self.m_empty) for v in self.values]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per k: k, added (the k-th component), circuit (the first k), effect, metric,
+        faithfulness, then the run's m_full, m_empty, ablation, seed, metric name."""
+        rows = []
+        for i, (k, v, f) in enumerate(zip(self.ks, self.values.tolist(), self.faithfulness)):
+            rows.append({"k": k, "added": self.components[k - 1].name if k else "",
+                         "circuit": format_components(self.keep + self.components[:k]),
+                         "effect": (self.effects[k - 1] if self.effects and k else None),
+                         "value": v, "faithfulness": f, "m_full": self.m_full, "m_empty": self.m_empty,
+                         "ablation": self.ablation, "seed": self.seed, "metric": self.metric})
+        return pd.DataFrame(rows)
+
+    def to_csv(self, path_or_buf=None) -> str | None:
+        """The curve as CSV (formula-neutralised cells); the text when no path."""
+        return write_csv(self.to_dataframe(), path_or_buf)
+
+    def to_json(self) -> dict:
+        return {"components": format_components(self.components), "ks": list(self.ks),
+                "per_pair": self.per_pair.tolist(), "full": self.full.tolist(), "empty": self.empty.tolist(),
+                "ablation": self.ablation, "seed": self.seed, "metric": self.metric,
+                "effects": list(self.effects) if self.effects is not None else None,
+                "model_name": self.model_name, "seconds": self.seconds, "keep": format_components(self.keep)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CurveResult":
+        f64 = lambda x: torch.tensor(x, dtype=torch.float64)   # noqa: E731
+        return cls(parse_components(d["components"]), tuple(d["ks"]), f64(d["per_pair"]).reshape(len(d["ks"]), -1),
+                   f64(d["full"]), f64(d["empty"]), d["ablation"], d["seed"], d["metric"],
+                   tuple(d["effects"]) if d.get("effects") is not None else None, d.get("model_name", ""),
+                   d.get("seconds", 0.0), parse_components(d.get("keep", "")))
+
+
+# -- the ablated forward ---------------------------------------------------------------------------------
+@dataclass
+class _Ablation:
+    """Per layer, what an ablated head's z / MLP's output becomes: src_z[l][src[row]] and
+    src_mlp[l][src[row]] (src_z [S, T, H, dh], src_mlp [S, T, d]; S = 1 for mean and zero)."""
+    src_z: list
+    src_mlp: list
+    src: Tensor          # [n_pairs] which source row each pair reads
+
+
+def _resample_sources(n_pairs: int, seed: int, device) -> Tensor:
+    """Pair i reads pair (i + s_i) mod n, s_i in 1..n-1 (another pair), seeded; n = 1: itself."""
+    if n_pairs < 2:
+        return torch.zeros(n_pairs, dtype=torch.long, device=device)
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.randint(1, n_pairs, (n_pairs,), generator=g)
+    return ((torch.arange(n_pairs) + shift) % n_pairs).to(device)
+
+
+def _ablation_values(z: list, mlp: list, ablation: str, seed: int) -> _Ablation:
+    """From the corrupt run's z [P, T, H, dh] and mlp_out [P, T, d] per layer."""
+    n, device = z[0].shape[0], z[0].device
+    if ablation == "mean":
+        return _Ablation([t.mean(0, keepdim=True) for t in z], [t.mean(0, keepdim=True) for t in mlp],
+                         torch.zeros(n, dtype=torch.long, device=device))
+    if ablation == "zero":
+        return _Ablation([torch.zeros_like(t[:1]) for t in z], [torch.zeros_like(t[:1]) for t in mlp],
+                         torch.zeros(n, dtype=torch.long, device=device))
+    return _Ablation(list(z), list(mlp), _resample_sources(n, seed, device))
+
+
+def _runner_forward(runner, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Ablation, n_heads: int) -> Tensor:
+    """The clean forward with ablations. tokens [P, T]; pair [B]: each row's pair; keep [B, L*H + L]
+    bool (heads l*H+h, then MLPs). Returns the last position's logits [B, vocab]."""
+    a = runner.arch
+    x_tokens = tokens[pair]
+    positions = torch.arange(x_tokens.shape[1], device=x_tokens.device)
+    rope = runner.rope_for(x_tokens)
+    x = a.embed(x_tokens, positions)
+    src = abl.src[pair]
+    L = a.n_layers
+    for layer in range(L):
+        q, k, v = a.qkv(layer, a.ln1(layer, x))
+        q_rot, k_rot = runner._rope(rope, q, k, 0)
+        _, z = runner.attend(layer, q_rot, k_rot, v, 0)
+        keep_h = keep[:, layer * n_heads:(layer + 1) * n_heads]                # [B, H]
+        if not bool(keep_h.all()):
+            z = torch.where(keep_h[:, None, :, None], z, abl.src_z[layer][src].to(z.dtype))
+        attn_out = a.o_proj(layer, z)
+        mlp_in = x if a.parallel else x + attn_out
+        mlp_out = a.mlp_out(layer, a.mlp_act(layer, a.mlp_pre(layer, a.ln2(layer, mlp_in))))
+        keep_m = keep[:, L * n_heads + layer]                                    # [B]
+        if not bool(keep_m.all()):
+            mlp_out = torch.where(keep_m[:, None, None], mlp_out, abl.src_mlp[layer][src].to(mlp_out.dtype))
+        x = x + attn_out + mlp_out
+    return a.unembed(a.ln_final(x[:, -1]))
+
+
+def _hook_forward(bridge, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Ablation, n_layers: int,
+                  n_heads: int) -> Tensor:
+    """The same through TransformerLens hooks (hook_z, hook_mlp_out), for models without a runner."""
+    src = abl.src[pair]
+    fwd_hooks = []
+    for layer in range(n_layers):
+        keep_h = keep[:, layer * n_heads:(layer + 1) * n_heads]
+        keep_m = keep[:, n_layers * n_heads + layer]
+
+        def z_hook(act, hook, keep_h=keep_h, layer=layer):      # [B, T, H, dh]
+            return torch.where(keep_h[:, None, :, None].to(act.device), act, abl.src_z[layer][src].to(act))
+
+        def mlp_hook(act, hook, keep_m=keep_m, layer=layer):    # [B, T, d]
+            return torch.where(keep_m[:, None, None].to(act.device), act, abl.src_mlp[layer][src].to(act))
+        if not bool(keep_h.all()):
+            fwd_hooks.append((hooks.z(layer), z_hook))
+        if not bool(keep_m.all()):
+            fwd_hooks.append((hooks.mlp_out(layer), mlp_hook))
+    return bridge.run_with_hooks(tokens[pair], fwd_hooks=fwd_hooks)[:, -1]
+
+
+def _rows_per_forward(model, n_pos: int, max_memory_mb: float | None) -> int:
+    d, d_mlp, H = model.cfg.d_model, model.d_mlp, model.n_heads
+    floats = n_pos * (10 * d + 3 * d_mlp + 2 * H * n_pos) + model.cfg.d_vocab
+    budget = memory_budget(model.device, max_memory_mb or None,     # the devices' free memory
+                           also=placed_devices(getattr(model, "device_map", None)))
+    return max(1, int(budget // (4 * floats)))
+
+
+@dataclass
+class _Context:
+    model: object
+    prompts: PromptSet
+    metric: Metric
+    abl: _Ablation
+    clean_logprobs: Tensor
+    max_memory_mb: float | None
+
+    def measure(self, masks: list[frozenset[int]]) -> list[Tensor]:
+        """Metric per pair [n_pairs] for each kept node set, batched (rows = masks x pairs)."""
+        model, prompts = self.model, self.prompts
+        L, H, P = model.n_layers, model.n_heads, prompts.n_pairs
+        n_nodes = L * H + L
+        device = prompts.clean_tokens.device
+        per = max(1, _rows_per_forward(model, prompts.n_pos, self.max_memory_mb) // P)
+        out: list[Tensor] = []
+        for lo in range(0, len(masks), per):
+            part = masks[lo:lo + per]
+            keep = torch.zeros(len(part), n_nodes, dtype=torch.bool, device=device)
+            for i, m in enumerate(part):
+                if m:
+                    keep[i, list(m)] = True
+            keep = keep.repeat_interleave(P, 0)                                  # [B, nodes], mask-major
+            pair = torch.arange(P, device=device).repeat(len(part))
+            with torch.inference_mode():
+                if model.runner is not None:
+                    logits = _runner_forward(model.runner, prompts.clean_tokens, pair, keep, self.abl, H)
+                else:
+                    logits = _hook_forward(model.bridge, prompts.clean_tokens, pair, keep, self.abl, L, H)
+                inputs = MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair], self.clean_logprobs[pair])
+                values = self.metric(logits.float(), inputs).double().cpu().view(len(part), P)
+            out.extend(values)
+        return out
+
+
+def _context(model, prompts: PromptSet, ablation: str, seed: int, metric, max_memory_mb) -> _Context:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    metric = get_metric(metric)
+    L = model.n_layers
+    with torch.inference_mode():
+        if model.runner is not None:
+            clean, corrupt = model.runner.run(prompts.clean_tokens), model.runner.run(prompts.corrupt_tokens)
+            z = [c.z for c in corrupt.layers]
+            mlp = [c.mlp_out for c in corrupt.layers]
+            clean_logits = clean.logits
+        else:
+            names = {hooks.z(l) for l in range(L)} | {hooks.mlp_out(l) for l in range(L)}
+            clean_logits = model.bridge(prompts.clean_tokens)[:, -1]
+            _, cache = model.bridge.run_with_cache(prompts.corrupt_tokens, names_filter=lambda n: n in names)
+            z = [cache[hooks.z(l)] for l in range(L)]
+            mlp = [cache[hooks.mlp_out(l)] for l in range(L)]
+    return _Context(model, prompts, metric, _ablation_values(z, mlp, ablation, seed),
+                    clean_logits.float().log_softmax(-1), max_memory_mb)
+
+
+def _evaluate(ctx: _Context, circuits: list[frozenset[int]]) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Metric per pair for each circuit, and for the full and empty sets; each distinct node set
+    is computed once (the full set's row *is* m_full)."""
+    model = ctx.model
+    full = frozenset(range(model.n_layers * model.n_heads + model.n_layers))
+    empty: frozenset[int] = frozenset()
+    unique = list(dict.fromkeys([full, empty, *circuits]))
+    values = dict(zip(unique, ctx.measure(unique)))
+    return [values[c] for c in circuits], values[full], values[empty]
+
+
+def faithfulness(model, prompts: PromptSet, spec: CircuitSpec, metric: Metric | Callable | str = "logit_diff",
+                 *, max_memory_mb: float | None = None) -> CircuitResult:
+    """The circuit's metric with every other head and MLP ablated, relative to the full model.
+
+    >>> r = faithfulness(model, prompts, CircuitSpec(all_components(model)))   # doctest: +SKIP
+    >>> r.faithfulness                                                        # doctest: +SKIP
+    1.0
+    """
+    start = time.perf_counter()
+    spec.validate(model)
+    ctx = _context(model, prompts, spec.ablation, spec.seed, metric, max_memory_mb)
+    (values,), full, empty = _evaluate(ctx, [_node_ids(model, spec.components)])
+    return CircuitResult(spec, values, full, empty, ctx.metric.name, model.name, time.perf_counter() - start)
+
+
+def faithfulness_curve(model, prompts: PromptSet, ranked: Iterable[Component | str] | Iterable[tuple],
+                       *, ablation: str = "mean", seed: int = 0, metric: Metric | Callable | str = "logit_diff",
+                       ks: Iterable[int] | None = None, keep: Iterable[Component | str] = (),
+                       max_memory_mb: float | None = None) -> CurveResult:
+    """Faithfulness of the first k components of `ranked`, for k = 0..N (or the given ks).
+
+    `ranked`: components (or names), or (component, effect) pairs as `rank_components` returns;
+    `keep`: components in every circuit of the curve (e.g. every MLP, to rank heads alone);
+    k = 0 is then `keep` alone. All circuits run in shared batched forwards.
+
+    >>> curve = faithfulness_curve(model, prompts, ["L0H1", "MLP0"])   # doctest: +SKIP
+    >>> curve.faithfulness[0], curve.ks                               # doctest: +SKIP
+    (0.0, (0, 1, 2))
+    """
+    start = time.perf_counter()
+    items = list(ranked)
+    effects = None
+    if items and isinstance(items[0], tuple):
+        effects = tuple(float(e) for _, e in items)
+        items = [c for c, _ in items]
+    components = parse_components(items)
+    if len(components) != len(items):
+        raise ValueError("the ranked components contain duplicates; give each component once")
+    keep = parse_components(keep)
+    check_components(model, components + keep)
+    ks = tuple(range(len(components) + 1)) if ks is None else tuple(int(k) for k in ks)
+    bad = [k for k in ks if not 0 <= k <= len(components)]
+    if bad:
+        raise ValueError(f"k {bad} out of range; choose k from 0 to {len(components)}")
+    ctx = _context(model, prompts, ablation, seed, metric, max_memory_mb)
+    circuits = [_node_ids(model, keep + components[:k]) for k in ks]
+    values, full, empty = _evaluate(ctx, circuits)
+    return CurveResult(components, ks, torch.stack(values), full, empty, ablation, seed, ctx.metric.name,
+                       effects, model.name, time.perf_counter() - start, keep)
+
+
+# -- ranking components by a sweep's effect -----------------------------------------------------------
+def component_effects(result: PatchResult, reduce: str = "sum") -> dict[Component, float]:
+    """Each component's effect in a head_out / mlp_out (or attn_out) result: mean value minus the
+    base run's metric (the corrupt run when denoising, the clean run when noising).
+
+    Per-position results are reduced over positions: `sum` adds the signed effects (the first-
+    order effect of patching the component at every position), `max` keeps the one with the
+    largest |effect|. mlp_out is always per position; attn_out gives ATTN{l} components.
+
+    >>> component_effects(head_out_result)[Component(0, "head", 1)]      # doctest: +SKIP
+    0.42
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, not {reduce!r}")
+    kind = result.spec.kind
+    if kind not in ("head_out", "mlp_out", "attn_out"):
+        raise ValueError(f"rank components from a head_out, mlp_out or attn_out result, not {kind!r}")
+    base = result.corrupt_value if result.spec.direction == "denoise" else result.clean_value
+    effect = result.values - base
+    axes = list(result.axes)
+    if "pos" in axes:
+        d = axes.index("pos")
+        e = effect.nan_to_num(0.0)
+        if reduce == "sum":
+            effect = e.sum(d)
+        else:
+            idx = e.abs().argmax(d, keepdim=True)
+            effect = e.gather(d, idx).squeeze(d)
+        axes.pop(d)
+    out: dict[Component, float] = {}
+    for li, layer in enumerate(result.coords["layer"]):
+        if kind == "head_out":
+            for hi, head in enumerate(result.coords["head"]):
+                out[Component(layer, "head", head)] = float(effect[li, hi])
+        else:
+            out[Component(layer, "mlp" if kind == "mlp_out" else "attn")] = float(effect[li])
+    return out
+
+
+def rank_components(*results: PatchResult, reduce: str = "sum") -> list[tuple[Component, float]]:
+    """(component, effect) by |effect|, largest first, from one or more results (e.g. a head_out
+    and an mlp_out sweep, or attribution estimates of them); ties keep layer order.
+
+    >>> rank_components(heads, mlps)[:2]                                  # doctest: +SKIP
+    [(Component(layer=1, kind='head', head=0), 1.3), (Component(layer=0, kind='mlp', head=None), -0.9)]
+    """
+    merged: dict[Component, float] = {}
+    for r in results:
+        merged.update(component_effects(r, reduce))
+    return sorted(merged.items(), key=lambda ce: -abs(ce[1]) if ce[1] == ce[1] else 0.0)
+
+
+def top_components(*results: PatchResult, k: int = 10, reduce: str = "sum") -> tuple[Component, ...]:
+    """The k components with the largest |effect| (see `rank_components`)."""
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a whole number >= 0, not {k!r}")
+    return tuple(c for c, _ in rank_components(*results, reduce=reduce)[:k])
+
+
+# -- EAP edge graph ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EdgeGraph:
+    """Nodes and edges of an EAP score table above a threshold, with a layered layout.
+
+    nodes: node, layer, x, y, kind ('embed', 'head', 'kv', 'mlp', 'logits');
+    edges: upstream, downstream, via ('q', 'k', 'v', 'mlp' or 'logits': the input it enters),
+    score, abs_score, normalized, x0, y0, x1, y1.
+    Layout: x = layer (heads at x = l, MLPs at x = l + 0.5, the embedding at -1, the logits
+    at n_layers), y = head (MLPs and logits at y = n_heads, the embedding at y = -1).
+    """
+    nodes: pd.DataFrame
+    edges: pd.DataFrame
+    threshold: float
+    by: str
+    n_layers: int
+    n_heads: int
+    n_edges_total: int
+
+
+def _graph_node(label: str, n_heads: int, n_kv: int) -> tuple[str, str, str, int | None, int | None]:
+    """An EdgeScores label -> (node name, input it enters, node kind, layer, head)."""
+    if label in ("embed", "logits"):
+        return label, label, label, None, None
+    part, rest = label.split(":")
+    if part in ("head", "mlp"):
+        if part == "mlp":
+            return f"MLP{rest}", "mlp", "mlp", int(rest), None
+        layer, head = (int(x) for x in rest.split("."))
+        return f"L{layer}H{head}", "out", "head", layer, head
+    layer, head = (int(x) for x in rest.split("."))
+    if part in ("k", "v") and n_kv != n_heads:       # grouped-query: k / v belong to a key/value head
+        return f"L{layer}KV{head}", part, "kv", layer, head
+    return f"L{layer}H{head}", part, "head", layer, head
+
+
+def edge_graph(edges, threshold: float = 0.0, *, by: str = "abs", top: int | None = None,
+               n_heads: int | None = None, n_kv_heads: int | None = None) -> EdgeGraph:
+    """The edges of an `EdgeScores` whose |score| (by='abs') or |normalized| score (by='normalized':
+    the share of the clean - corrupt gap) is >= threshold, at most `top` of them (largest first),
+    and the nodes they touch, laid out by layer and head.
+
+    >>> g = edge_graph(edge_attribution(model, prompts), threshold=0.05)     # doctest: +SKIP
+    >>> g.edges[["upstream", "downstream", "score"]].head(3)               # doctest: +SKIP
+    """
+    if by not in ("abs", "normalized"):
+        raise ValueError(f"by must be 'abs' or 'normalized', not {by!r}")
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number, not {threshold!r}") from None
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be >= 0, not {threshold!r}")
+    df = edges.to_dataframe()
+    heads = [int(u.split(".")[1]) for u in edges.upstream if u.startswith("head:")]
+    layers = [int(u.split(":")[1].split(".")[0]) for u in edges.upstream if ":" in u]
+    H = n_heads or (max(heads) + 1 if heads else 1)
+    KV = n_kv_heads or len({d for d in edges.downstream if d.startswith("k:0.")}) or H
+    L = max(layers) + 1 if layers else 0
+    key = df["abs_score"] if by == "abs" else df["normalized"].abs()
+    total = len(df)
+    df = df.assign(_key=key.fillna(0))                  # before filtering: an empty frame would take key's index
+    df = df[df["_key"] >= threshold].sort_values("_key", ascending=False)
+    if top is not None:
+        df = df.head(int(top))
+
+    def place(kind, layer, head):
+        if kind == "embed":
+            return -1.0, -1.0
+        if kind == "logits":
+            return float(L), float(H)
+        if kind == "mlp":
+            return layer + 0.5, float(H)
+        if kind == "kv":
+            return float(layer), head * (H // KV) + (H // KV - 1) / 2
+        return float(layer), float(head)
+
+    nodes: dict[str, dict] = {}
+    rows = []
+    for r in df.itertuples(index=False):
+        u, _, ukind, ul, uh = _graph_node(r.upstream, H, KV)
+        v, via, vkind, vl, vh = _graph_node(r.downstream, H, KV)
+        for name, kind, layer, head in ((u, ukind, ul, uh), (v, vkind, vl, vh)):
+            if name not in nodes:
+                x, y = place(kind, layer, head)
+                nodes[name] = {"node": name, "kind": kind, "layer": layer, "head": head, "x": x, "y": y}
+        rows.append({"upstream": u, "downstream": v, "via": via, "score": r.score, "abs_score": r.abs_score,
+                     "normalized": r.normalized, "x0": nodes[u]["x"], "y0": nodes[u]["y"],
+                     "x1": nodes[v]["x"], "y1": nodes[v]["y"]})
+    node_df = pd.DataFrame(list(nodes.values()), columns=["node", "kind", "layer", "head", "x", "y"])
+    edge_df = pd.DataFrame(rows, columns=["upstream", "downstream", "via", "score", "abs_score", "normalized",
+                                          "x0", "y0", "x1", "y1"])
+    return EdgeGraph(node_df, edge_df, threshold, by, L, H, total)
+
+
+__all__ = ["ABLATIONS", "Component", "CircuitSpec", "CircuitResult", "CurveResult", "parse_component",
+           "parse_components", "format_components", "all_components", "check_components", "faithfulness",
+           "faithfulness_curve", "component_effects", "rank_components", "top_components", "EdgeGraph",
+           "edge_graph"]

@@ -1,0 +1,1 @@
+"""Models: loading, per-family architecture access, the editable forward, hook names, memory budget."""

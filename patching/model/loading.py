@@ -1,0 +1,302 @@
+"""Load a model by name: "default" (shipped in assets/models/), a local directory, or a hub name.
+
+Every model goes through the same path: Hugging Face weights from safetensors only, never
+`trust_remote_code`, wrapped in TransformerLens' `TransformerBridge` (hook names, reference
+patching) and, for supported families, in the engine's own runner (fast patching).
+
+>>> model = load_model("default")                    # doctest: +SKIP
+>>> model.n_layers, model.to_str_tokens(" Mary")     # doctest: +SKIP
+(4, [' Mary'])
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from patching.model.arch import Arch, arch_for, execution_device
+from patching.model.runner import Runner
+
+from patching.model.resolve import (  # noqa: F401 - re-exported: where models are found
+    DEFAULT_MODEL, MODELS_DIR, ROOT, Tokenizing, _has_safetensors, resolve_model,
+)
+
+log = logging.getLogger("patching.model.loading")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """'auto'/None -> CUDA, else MPS, else CPU; otherwise the named device.
+
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use cpu")
+    return dev
+
+
+def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass(eq=False)
+class Model(Tokenizing):
+    """A loaded model: the bridge, its tokenizer, and the engine's runner when supported."""
+    name: str
+    bridge: object                 # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: object
+    device: torch.device
+    arch: Arch | None = None
+    runner: Runner | None = field(default=None, repr=False)
+    device_map: dict[str, str] | None = field(default=None, repr=False)   # module -> device, when mapped
+
+    @property
+    def hf(self):
+        return self.bridge.original_model
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return self.cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.cfg.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return getattr(self.cfg, "n_key_value_heads", None) or self.cfg.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        return self.arch.d_mlp if self.arch else self.cfg.d_mlp
+
+    @property
+    def n_ctx(self) -> int:
+        return self.cfg.n_ctx
+
+    @property
+    def parallel_attn_mlp(self) -> bool:
+        return bool(self.arch and self.arch.parallel) or bool(getattr(self.cfg, "parallel_attn_mlp", False))
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map, device: str | None = None):
+    """None, one of DEVICE_MAPS, or a dict module -> device (accelerate's device_map); ValueError
+    otherwise, or when an explicit device is asked for too.
+
+    >>> check_device_map("auto"), check_device_map(None)
+    ('auto', None)
+    """
+    if device_map is None or isinstance(device_map, dict):
+        pass
+    elif device_map not in DEVICE_MAPS:
+        raise ValueError(f"unknown device map {device_map!r}; use {', '.join(DEVICE_MAPS)} (accelerate) "
+                         "or leave it out for one device")
+    if device_map is not None and device not in (None, "auto", "cpu"):   # cpu: the functions' default
+        raise ValueError(f"--device {device} and --device-map {device_map if isinstance(device_map, str) else '{...}'}"
+                         " both place the model; give one of them")
+    return device_map
+
+
+def placement(hf) -> dict[str, str]:
+    """Where a loaded model's modules are: accelerate's hf_device_map ({'': 'cpu'} when it is all
+    on one device without one). More than one distinct device, or 'disk', means the model is split.
+
+    >>> placement(hf_model)                       # doctest: +SKIP
+    {'transformer.wte': '0', 'transformer.h.0': '0', ..., 'lm_head': 'cpu'}
+    """
+    m = getattr(hf, "hf_device_map", None)
+    if m:
+        return {k: str(v) for k, v in m.items()}
+    return {"": str(next(hf.parameters()).device)}
+
+
+def require_runner(model, what: str, hint: str = ""):
+    """The model's runner, or a ValueError saying why `what` cannot run without it: an
+    architecture outside the runner's families (a split model keeps its runner).
+
+    >>> require_runner(model, "path patching")      # doctest: +SKIP
+    """
+    if model.runner is not None:
+        return model.runner
+    arch = getattr(model.cfg, "architecture", None) or "this architecture"
+    raise ValueError(f"{what} needs the engine's runner, but it does not support {model.name!r} ({arch}; "
+                     f"supported: GPT-2, Llama-style and GPT-NeoX families){hint}")
+
+
+def mixes_gpu_and_offload(device_map: dict[str, str]) -> bool:
+    """A map with a GPU and CPU or disk entries: accelerate then offloads the CPU / disk modules
+    (weights in RAM or on disk, loaded onto the GPU for each call).
+
+    >>> mixes_gpu_and_offload({"model.layers.0": "0", "model.layers.1": "cpu"})
+    True
+    """
+    values = {str(v).lower() for v in device_map.values()}
+    return bool(values & {"cpu", "disk"}) and any(v.isdigit() or v.startswith("cuda") for v in values)
+
+
+@contextmanager
+def _gpu_offload_admitted(hf, name: str):
+    """Boot the bridge on a GPU + CPU/disk map (TransformerLens 4.3 refuses one, since its own
+    component wrappers are unverified there) when the engine's runner will do every forward: the
+    runner calls each module through accelerate's offload hook (tested with disk offload). The
+    bridge then only provides the config; its forward is used by models without a runner, for
+    which the map stays refused."""
+    placed = getattr(hf, "hf_device_map", None)
+    if not placed or not mixes_gpu_and_offload({k: str(v) for k, v in placed.items()}):
+        yield
+        return
+    if arch_for(hf) is None:
+        raise ValueError(f"{name!r} mixes GPUs with CPU/disk offload in its device map, which only the "
+                         "engine's runner supports (GPT-2, Llama-style and GPT-NeoX families); place it on "
+                         "GPUs only (a map without 'cpu' or 'disk') or load it in a smaller --dtype")
+    del hf.hf_device_map
+    try:
+        yield
+    finally:
+        hf.hf_device_map = placed
+
+
+def is_split(device_map: dict[str, str]) -> bool:
+    return len(set(device_map.values())) > 1 or any(v in ("disk", "meta") for v in device_map.values())
+
+
+def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "float32",
+               device_map=None, max_memory: dict | None = None, offload_folder: str | None = None) -> Model:
+    """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
+
+    `device_map` ('auto', ... or a dict; needs accelerate) spreads a large model over the GPUs,
+    the CPU (and `offload_folder` on disk) within `max_memory` ({0: "20GiB", "cpu": "60GiB"}). The
+    runner works on a split model too: each module runs where accelerate placed it (offloaded ones
+    through accelerate's hook) and activations live on `Model.device`, the embedding's device.
+
+    >>> load_model("no-such-model")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model 'no-such-model': not shipped in assets/models, not a local directory and not in the Hugging Face cache; use 'default', a directory with config.json + model.safetensors, or a cached hub name (see `python -m patching models`)
+    """
+    where = resolve_model(name)
+    device_map = check_device_map(device_map, device)
+    dev, torch_dtype = (pick_device(device) if device_map is None else None), pick_dtype(dtype)
+    placed = {}
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise ValueError("--device-map needs the 'accelerate' package (pip install -r requirements.txt)") from None
+        placed = {"device_map": device_map, **({"max_memory": max_memory} if max_memory else {}),
+                  **({"offload_folder": str(offload_folder)} if offload_folder else {})}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from transformer_lens.model_bridge import TransformerBridge
+    hf_logging.disable_progress_bar()
+    local = not isinstance(where, str)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("transformers").setLevel(logging.ERROR)
+            tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False,
+                                                      local_files_only=local)
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(where), trust_remote_code=False, use_safetensors=True, dtype=torch_dtype,
+                attn_implementation="eager", local_files_only=local, **placed)
+            hf.eval()
+            where_placed = placement(hf)
+            if dev is None:               # device map: tokens go where the embedding computes
+                dev = execution_device(hf.get_input_embeddings(), torch.device("cpu"))
+            with _gpu_offload_admitted(hf, name):
+                bridge = TransformerBridge.boot_transformers(
+                    str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
+    except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
+        if "trust_remote_code" in str(exc):
+            raise ValueError(f"cannot load model {name!r}: it needs its own Python code (trust_remote_code), "
+                             "which Patchboard never runs; use a model transformers supports itself") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load model {name!r}: {first[:300]}") from None
+    bridge.eval()
+    split = is_split(where_placed)
+    arch = arch_for(bridge.original_model, home=dev if split else None)
+    if split:
+        log.info("model %s is split over %s: %s", name, ", ".join(sorted(set(where_placed.values()))),
+                 "the runner keeps activations on " + str(dev) if arch is not None
+                 else "its family has no runner, patching goes through TransformerLens' hooks")
+    return Model(name=name, bridge=bridge, tokenizer=tokenizer, device=dev, arch=arch,
+                 runner=Runner(arch) if arch is not None else None,
+                 device_map=where_placed if device_map is not None else None)
+
+
+class ModelRegistry:
+    """Loaded models by name, loaded on first use; passed to the dashboard and the workers."""
+
+    def __init__(self, names: list[str] | None = None, device: str | None = "cpu", dtype: str = "float32",
+                 device_map=None, weights: bool = True):
+        self._names = list(dict.fromkeys(names or ["default"]))
+        pick_dtype(dtype)
+        self._device, self._dtype, self._device_map = device, dtype, check_device_map(device_map, device)
+        self.weights = weights            # False: tokenizers and configs only (a web host for Celery workers)
+        self._loaded: dict[str, Model] = {}
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def add(self, name: str, model: Model | None = None) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        if model is not None:
+            self._loaded[name] = model
+
+    def get(self, name: str) -> Model:
+        """The model `name`, loaded on first use (its tokenizer and config only without weights)."""
+        if name not in self._loaded:
+            if self.weights:
+                self._loaded[name] = load_model(name, self._device, self._dtype, device_map=self._device_map)
+            else:
+                from patching.model.tokenizer_only import load_tokenizer_only
+                self._loaded[name] = load_tokenizer_only(name)
+            self.add(name)
+        return self._loaded[name]
+
+
+def available_models() -> list[dict]:
+    """What can be loaded here: shipped models, then hub models in the local cache."""
+    out = []
+    if MODELS_DIR.is_dir():
+        for d in sorted(MODELS_DIR.iterdir()):
+            if (d / "config.json").is_file():
+                out.append({"name": "default" if d.name == DEFAULT_MODEL else d.name,
+                            "source": "shipped", "path": str(d), "safetensors": _has_safetensors(d)})
+    try:
+        from huggingface_hub import scan_cache_dir
+        for repo in scan_cache_dir().repos:
+            if repo.repo_type == "model":
+                files = {f.file_name for rev in repo.revisions for f in rev.files}
+                out.append({"name": repo.repo_id, "source": "hf-cache", "path": str(repo.repo_path),
+                            "safetensors": any(f.endswith(".safetensors") for f in files)})
+    except Exception:
+        pass
+    return out

@@ -1,0 +1,1 @@
+"""Prompt families with role positions, and the evaluation of the shipped model."""
