@@ -2,6 +2,7 @@ import io
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from patching import PatchResult, PatchSpec, sweep
@@ -49,3 +50,22 @@ def test_normalized_is_zero_at_corrupt_and_one_at_clean(gpt2_model, ioi_prompts)
     assert abs(float(r.normalized[0, 0])) < 1e-9
     diff = ioi_prompts.differing_positions()[0]
     assert abs(float(r.normalized[0, diff]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("cell", ["a\rb", "a\nb", "a\r\nb", "\r", 'q"\r"', "=cmd\r", "tab\there", ",\r,"])
+def test_every_csv_row_parses_back_whole_whatever_a_cell_holds(cell):
+    """A carriage return (or any line break) in a token or prompt must not split the row."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    from patching.core.results import write_csv
+    df = pd.DataFrame({"kind": ["resid_pre", "resid_pre"], "token": [cell, "ok"], "value": [1.5, -2.0]})
+    text = write_csv(df)
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert [len(r) for r in rows] == [3, 3, 3]
+    back = rows[1][1]
+    assert back.lstrip("'") == cell                     # intact (formula cells keep their leading quote)
+    assert pd.read_csv(io.StringIO(text)).shape == (2, 3)
+    assert not text.endswith("\r\n") and text.count("\n") >= 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -149,15 +150,35 @@ class PatchResult:
         return write_csv(self.to_dataframe(), path_or_buf)
 
 
+_QUOTED_OR_ROW_END = re.compile(r'("(?:[^"]|"")*")|\r\n')     # a quoted cell is skipped whole
+
+
+def _rows_end_in_newline(text: str) -> str:
+    r"""CSV text with "\r\n" row ends -> "\n" row ends; line breaks inside quoted cells are kept.
+
+    >>> _rows_end_in_newline('a,b\r\n"x\r\ny",1\r\n')
+    'a,b\n"x\r\ny",1\n'
+    """
+    return _QUOTED_OR_ROW_END.sub(lambda m: m.group(1) or "\n", text)
+
+
 def write_csv(df: pd.DataFrame, path_or_buf=None) -> str | None:
-    """Contract CSV from a result DataFrame; text cells starting with = + - @ are neutralised."""
+    r"""Contract CSV from a result DataFrame: text cells starting with = + - @ are neutralised, and
+    a cell holding a line break ("\r" included) is quoted, so every row parses back whole.
+
+    >>> import pandas as pd
+    >>> write_csv(pd.DataFrame({"token": ["a\rb", "=1"], "value": [1.0, 2.0]})).split("\n")
+    ['token,value', '"a\rb",1', "'=1,2", '']
+    """
     df = df.copy()
     for col in df.columns:
         if df[col].dtype == object or str(df[col].dtype).startswith(("string", "str")):
             df[col] = df[col].map(safe_cell)
     buf = io.StringIO()
-    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
-    text = buf.getvalue()
+    # "\r\n" rows make the writer quote every cell that holds a "\r" (a "\n"-terminated writer
+    # leaves it bare and readers split the row); the rows then end in "\n" again
+    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g", lineterminator="\r\n")
+    text = _rows_end_in_newline(buf.getvalue())
     if path_or_buf is None:
         return text
     if hasattr(path_or_buf, "write"):
