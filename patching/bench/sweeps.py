@@ -1,7 +1,8 @@
-"""`python -m patching bench`: our sweeps vs TransformerLens' patching.py, same process, same inputs.
+"""`python -m patching bench`: our sweeps vs TransformerLens' patching.py and vs the same sweep
+written in nnsight, same process, same inputs.
 
-One line per sweep: kind, number of indices, reference seconds, our seconds, speed-up, max abs
-difference of the values. Sweeps: resid_pre (layer x pos) and head_out per position
+Two lines per sweep, one per reference: kind, number of indices, reference seconds, our seconds,
+speed-up, max abs difference of the values. Sweeps: resid_pre (layer x pos) and head_out per position
 (layer x pos x head) on the shipped default model and on a random-weight GPT-2-small-shaped
 model (12 layers, d_model 768, 12 heads, 20-token prompts). Wall-clock and CPU-time (process_time)
 ratios are both printed: CPU time is robust to other load on a shared machine. `--quick` times the reference on a
@@ -27,6 +28,7 @@ from patching.methods.sweep import sweep
 from patching.model.loading import load_model
 from patching.core.prompts import PromptPair, PromptSet
 from patching.core.spec import PatchSpec
+from patching.bench import nnsight_ref
 
 SWEEPS = (("resid_pre", False), ("head_out", True))
 
@@ -84,7 +86,9 @@ def _reference(model, prompts: PromptSet, kind: str, per_position: bool, sample:
             int(torch.tensor(sizes).prod()))
 
 
-def bench_one(model, prompts: PromptSet, kind: str, per_position: bool, sample: int | None) -> dict:
+def bench_one(model, prompts: PromptSet, kind: str, per_position: bool, sample: int | None,
+              nnsight: bool = True) -> dict:
+    """Our sweep timed against TransformerLens' (and nnsight's, on GPT-2 models) on the same indices."""
     sweep(model, prompts, PatchSpec(kind=kind, per_position=per_position, layers=(0,)))   # warm-up
     grid, ref_values, ref_s, ref_cpu, n_total = _reference(model, prompts, kind, per_position, sample)
     start, cpu = time.perf_counter(), time.process_time()
@@ -92,19 +96,37 @@ def bench_one(model, prompts: PromptSet, kind: str, per_position: bool, sample: 
     ours_s, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
     ours_at = ours.values[tuple(grid.T)]
     scale = n_total / len(grid)
-    return {"kind": kind + ("_per_pos" if per_position else ""), "indices": n_total,
-            "reference_s": ref_s * scale, "ours_s": ours_s, "speedup": ref_s * scale / ours_s,
-            "reference_cpu_s": ref_cpu * scale, "ours_cpu_s": ours_cpu,
-            "cpu_speedup": ref_cpu * scale / max(ours_cpu, 1e-9),
-            "max_abs_diff": float((ours_at - ref_values).abs().max()),
-            "reference_sampled": len(grid) < n_total, "sampled": len(grid)}
+    row = {"kind": kind + ("_per_pos" if per_position else ""), "indices": n_total,
+           "reference_s": ref_s * scale, "ours_s": ours_s, "speedup": ref_s * scale / ours_s,
+           "reference_cpu_s": ref_cpu * scale, "ours_cpu_s": ours_cpu,
+           "cpu_speedup": ref_cpu * scale / max(ours_cpu, 1e-9),
+           "max_abs_diff": float((ours_at - ref_values).abs().max()),
+           "reference_sampled": len(grid) < n_total, "sampled": len(grid)}
+    if nnsight and nnsight_ref.supports(model):
+        _, nn_values, nn_s, nn_cpu, _ = nnsight_ref.nnsight_reference(model, prompts, kind, per_position,
+                                                                      sample, grid=grid)
+        row.update({"nnsight_s": nn_s * scale, "nnsight_speedup": nn_s * scale / ours_s,
+                    "nnsight_cpu_speedup": nn_cpu * scale / max(ours_cpu, 1e-9),
+                    "nnsight_max_abs_diff": float((ours_at - nn_values).abs().max())})
+    return row
+
+
+def _sweep_lines(name: str, row: dict) -> str:
+    note = f"  (timed on {row['sampled']} indices, scaled)" if row["reference_sampled"] else ""
+    lines = [(row["reference_s"], row["speedup"], row["max_abs_diff"], row["cpu_speedup"], "TransformerLens")]
+    if "nnsight_s" in row:
+        lines.append((row["nnsight_s"], row["nnsight_speedup"], row["nnsight_max_abs_diff"],
+                      row["nnsight_cpu_speedup"], "nnsight"))
+    return "".join(f"{name:<20} {row['kind']:<18} {row['indices']:>8} {ref_s:>9.2f} {row['ours_s']:>8.3f} "
+                   f"{speedup:>8.1f}x {diff:>10.2e} {cpu:>17.1f}x  vs {ref}{note}\n"
+                   for ref_s, speedup, diff, cpu, ref in lines)
 
 
 def run_bench(quick: bool = False, models: list[str] | tuple[str, ...] = ("default", "gpt2-small-random"),
               out=sys.stdout, circuits: bool = True) -> list[dict]:
     rows = []
-    out.write(f"{'model':<20} {'sweep':<18} {'indices':>8} {'TL s':>9} {'ours s':>8} {'speed-up':>9} "
-              f"{'max|diff|':>10} {'CPU-time speed-up':>18}\n")
+    out.write(f"{'model':<20} {'sweep':<18} {'indices':>8} {'ref s':>9} {'ours s':>8} {'speed-up':>9} "
+              f"{'max|diff|':>10} {'CPU-time speed-up':>18}  reference\n")
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             if name == "gpt2-small-random":
@@ -123,10 +145,7 @@ def run_bench(quick: bool = False, models: list[str] | tuple[str, ...] = ("defau
                 sample = (48 if kind == "resid_pre" else 96) if quick else None
                 row = {"model": name, **bench_one(model, prompts, kind, per_position, sample)}
                 rows.append(row)
-                note = f"  (TL timed on {row['sampled']} indices, scaled)" if row["reference_sampled"] else ""
-                out.write(f"{name:<20} {row['kind']:<18} {row['indices']:>8} {row['reference_s']:>9.2f} "
-                          f"{row['ours_s']:>8.3f} {row['speedup']:>8.1f}x {row['max_abs_diff']:>10.2e} "
-                          f"{row['cpu_speedup']:>17.1f}x{note}\n")
+                out.write(_sweep_lines(name, row))
                 out.flush()
             if circuits and name != "gpt2-small-random":
                 _circuit_lines(model, prompts, name, rows, out)
