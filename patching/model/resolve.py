@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS_DIR = ROOT / "assets" / "models"
+from patching.paths import CHECKOUT as ROOT, models_dir
+
+MODELS_DIR = models_dir()        # assets/models in a checkout, the packaged copy when installed
 DEFAULT_MODEL = "patchboard-tiny"
 
 
