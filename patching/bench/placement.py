@@ -16,7 +16,6 @@ Exit code 1 when any row is not ok.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +60,6 @@ class PlacementRow:
     ok: bool
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
 def _analyses():
     """name -> a function of (model, prompts) returning one float tensor."""
     from patching import PatchSpec, run_attribution, sweep
@@ -88,6 +81,7 @@ def check_placement(name: str, device_map, *, max_memory: dict | None = None, of
 
     >>> rows = check_placement("default", "auto", max_memory={"cpu": "3MiB"})   # doctest: +SKIP
     """
+    from patching.bench.circuits import timed
     from patching.model.loading import is_split, load_model
     from patching.core.prompts import PromptSet
     reference = load_model(name, device=reference_device, dtype=dtype)
@@ -99,8 +93,8 @@ def check_placement(name: str, device_map, *, max_memory: dict | None = None, of
                              "nothing to compare: give --max-memory limits that split it")
         rows = []
         for label, fn in _analyses().items():
-            want, t_ref = _timed(lambda: fn(reference, PromptSet.from_pairs(reference, list(pairs))))
-            got, t_placed = _timed(lambda: fn(placed, PromptSet.from_pairs(placed, list(pairs))))
+            want, t_ref = timed(lambda: fn(reference, PromptSet.from_pairs(reference, list(pairs))))
+            got, t_placed = timed(lambda: fn(placed, PromptSet.from_pairs(placed, list(pairs))))
             want, got = want.double().cpu(), got.double().cpu()
             both = want.isfinite() & got.isfinite()
             same_nan = bool((want.isnan() == got.isnan()).all())

@@ -30,6 +30,13 @@ def _no_weights(name: str, what: str) -> NoWeightsError:
                           "workers — start the dashboard without --tokenizers-only for this view")
 
 
+def _needs_weights(what: str) -> property:
+    """A property of a tokenizer-only model that refuses, naming `what` needs the weights."""
+    def refuse(self):
+        raise _no_weights(self.name, what)
+    return property(refuse)
+
+
 @dataclass(eq=False)
 class TokenizerOnlyModel(Tokenizing):
     """The tokenizer and config of a model, with the `Model` attributes that need no weights."""
@@ -81,21 +88,8 @@ class TokenizerOnlyModel(Tokenizing):
                                d_vocab=int(self._get("vocab_size")), architecture=self.config.model_type)
 
     # -- what needs the weights ----------------------------------------------------------------
-    @property
-    def runner(self):
-        raise _no_weights(self.name, "the engine's runner")
-
-    @property
-    def bridge(self):
-        raise _no_weights(self.name, "the model")
-
-    @property
-    def arch(self):
-        raise _no_weights(self.name, "the model")
-
-    @property
-    def hf(self):
-        raise _no_weights(self.name, "the model")
+    runner = _needs_weights("the engine's runner")
+    bridge = arch = hf = _needs_weights("the model")
 
 
 def load_tokenizer_only(name: str = "default") -> TokenizerOnlyModel:
