@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from patching.cli import bench, circuit, inspect, models, neurons, runs, sweep
-from patching.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, BadInput, Parser
+from patching.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Parser
 
 WORKER_MOVED = "the Celery worker is the dashboard's own command now: python -m dashboard worker --redis-url ..."
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, BadInput) as exc:
+    except ValueError as exc:                 # BadInput included
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 prompt-pair flags, loading the model and prompts from them, and writing the output.
 
 Exit codes (contract): 0 ok, 2 bad input (one line on stderr naming the problem, no traceback),
-1 internal error (and `check-placement`'s "differs"). `main` in `patching/cli/__init__.py` maps `ValueError` (and so `BadInput`) to 2.
+1 internal error (and `check-placement`'s "differs"). `main` in `patching/cli/__init__.py` maps
+`ValueError` (and so `BadInput`) to 2.
 
 >>> p = Parser(prog="python -m patching sweep")
 >>> model_flags(p); pair_flags(p)
