@@ -53,7 +53,7 @@ def single_threaded_server(threads: int | None = None) -> int:
     """Run this process's torch ops on one thread and give forked jobs `threads` (default: the
     current torch thread count) back; idempotent. Returns the jobs' thread count.
 
-    >>> single_threaded_server()           # doctest: +SKIP   (in `python -m dashboard`)
+    >>> single_threaded_server()           # (in `python -m dashboard`)  # doctest: +SKIP
     2
     """
     import torch

@@ -1,7 +1,10 @@
 """The Metric protocol: a function of the last position's logits, one value per row.
 
->>> m = METRICS["logit_diff"]                                  # doctest: +SKIP
->>> m(logits, MetricInputs(answer, wrong, clean_logprobs))     # -> [batch]
+>>> import torch
+>>> from metrics import METRICS
+>>> m = METRICS["logit_diff"]
+>>> m(torch.tensor([[0., 2., 1.]]), MetricInputs(torch.tensor([1]), torch.tensor([2]), None))   # -> [batch]
+tensor([1.])
 """
 from __future__ import annotations
 

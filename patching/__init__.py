@@ -1,10 +1,11 @@
 """Patchboard's patching engine: load a model, build prompt pairs, sweep, read the result.
 
->>> from patching import load_model, PromptSet, PatchSpec, sweep      # doctest: +SKIP
->>> model = load_model("default")                                     # doctest: +SKIP
+>>> from patching import load_model, PromptSet, PatchSpec, sweep
+>>> model = load_model("default")
 >>> prompts = PromptSet.single(model, "When Mary and John went to the store, John gave a drink to",
-...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")  # doctest: +SKIP
->>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe()  # doctest: +SKIP
+...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+>>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe().shape    # one row per layer x head
+(16, 10)
 """
 from patching.model import hooks
 from patching.methods.attention import counterfactual_attention

@@ -131,17 +131,19 @@ def _head_delta(ctx: PatchContext, layer: int, heads: Tensor, z_new: Tensor, p0:
     return _add_at(ctx, stage, resid, delta, p0)
 
 
-def _head_columns(idx: Tensor) -> tuple[Tensor, Tensor | None, int]:
-    """(head per index, position per index or None, p0) from idx [n, 1 or 2]."""
+def _head_rows(ctx: PatchContext, idx: Tensor) -> tuple[Tensor, Tensor | None, int, Tensor, Tensor, Tensor]:
+    """A chunk of head indices idx [n, 1 or 2] laid out as patched rows (index-major):
+    (head per index, position per index or None, p0, index i per row, pair per row, arange(rows))."""
     if idx.shape[1] == 2:       # (pos, head)
-        return idx[:, 1], idx[:, 0], int(idx[:, 0].min())
-    return idx[:, 0], None, 0
+        head, pos, p0 = idx[:, 1], idx[:, 0], int(idx[:, 0].min())
+    else:
+        head, pos, p0 = idx[:, 0], None, 0
+    i, pair = ctx.rows(len(idx))
+    return head, pos, p0, i, pair, torch.arange(len(i))
 
 
 def _patch_head_out(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-    head, pos, p0 = _head_columns(idx)
-    i, pair = ctx.rows(len(idx))
-    rows = torch.arange(len(i))
+    head, pos, p0, i, pair, rows = _head_rows(ctx, idx)
     base_z = ctx.base.layers[layer].z[pair, p0:, head[i]]       # [rows, T-p0, dh]
     donor_z = ctx.donor.layers[layer].z[pair, p0:, head[i]]
     if pos is None:
@@ -153,9 +155,7 @@ def _patch_head_out(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
 
 
 def _patch_head_q(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-    head, pos, p0 = _head_columns(idx)
-    i, pair = ctx.rows(len(idx))
-    rows = torch.arange(len(i))
+    head, pos, p0, i, pair, rows = _head_rows(ctx, idx)
     b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
     q = b.q_rot[pair, p0:, head[i]].clone()                     # [rows, T-p0, dh]
     if pos is None:
@@ -169,9 +169,7 @@ def _patch_head_q(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
 
 def _kv_kind(which: str):
     def patch(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-        group, pos, p0 = _head_columns(idx)
-        i, pair = ctx.rows(len(idx))
-        rows = torch.arange(len(i))
+        group, pos, p0, i, pair, rows = _head_rows(ctx, idx)
         a = ctx.runner.arch
         b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
         k, v = b.k_rot[pair].clone(), b.v[pair].clone()         # [rows, T, kv, dh]
@@ -189,9 +187,7 @@ def _kv_kind(which: str):
 
 
 def _patch_head_pattern(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
-    head, pos, p0 = _head_columns(idx)
-    i, pair = ctx.rows(len(idx))
-    rows = torch.arange(len(i))
+    head, pos, p0, i, pair, rows = _head_rows(ctx, idx)
     a = ctx.runner.arch
     b, d = ctx.base.layers[layer], ctx.donor.layers[layer]
     pattern = b.pattern[pair, head[i], p0:].clone()             # [rows, T-p0, T]

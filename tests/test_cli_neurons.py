@@ -1,7 +1,7 @@
 """`python -m patching neurons|weights`: CSV out, exit 2 with one line on bad input.
 
 Drives the commands through a parser built like cli.build_parser's, with
-`cli_neurons.add_commands(sub, cli)` (the call cli.py makes), and cli.main once it is wired.
+`cli_neurons.add_commands(sub)` (the call build_parser makes), and cli.main once it is wired.
 """
 from __future__ import annotations
 
@@ -11,21 +11,21 @@ import sys
 import pandas as pd
 import pytest
 
-from patching import cli
+from patching.cli import common
 from patching.cli import neurons as cli_neurons
 from tests.conftest import IOI
 
 
 def run(argv: list[str]) -> int:
-    parser = cli._Parser(prog="python -m patching")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=cli._Parser)
-    cli_neurons.add_commands(sub, cli)
+    parser = common.Parser(prog="python -m patching")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=common.Parser)
+    cli_neurons.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ValueError as exc:            # cli.main's handling: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
+        return common.EXIT_BAD_INPUT
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,12 @@ from patching.core.prompts import PromptSet
 from patching.core.spec import PatchSpec
 
 
-def _timed(fn, repeat: int = 1):
+def timed(fn, repeat: int = 1):
+    """(fn's last result, its fastest wall-clock seconds over `repeat` calls).
+
+    >>> timed(lambda: 2 + 2)[0]
+    4
+    """
     best, out = float("inf"), None
     for _ in range(repeat):
         start = time.perf_counter()
@@ -44,7 +49,7 @@ def _timed(fn, repeat: int = 1):
 def forward_seconds(model, prompts: PromptSet, repeat: int = 5) -> float:
     """The fastest of `repeat` full forwards of the engine (Runner.run) on the corrupt prompts."""
     model.runner.run(prompts.corrupt_tokens)                      # warm-up
-    return _timed(lambda: model.runner.run(prompts.corrupt_tokens), repeat)[1]
+    return timed(lambda: model.runner.run(prompts.corrupt_tokens), repeat)[1]
 
 
 @torch.inference_mode()
@@ -132,7 +137,7 @@ def bench_path_and_attribution(model, prompts: PromptSet, *, receivers: tuple[st
     for mode in ("heads_frozen", "direct"):
         spec = PathSpec(receivers=receivers, mode=mode)
         run_path(model, prompts, PathSpec(senders=("head:0.0",), receivers=receivers, mode=mode))   # warm-up
-        result, ours = _timed(lambda: run_path(model, prompts, spec), repeat)
+        result, ours = timed(lambda: run_path(model, prompts, spec), repeat)
         senders = [Node("head", l, h) for l in range(model.n_layers) for h in range(model.n_heads)
                    if l < min(r.layer for r in rnodes)]
         g = torch.Generator().manual_seed(0)
@@ -151,9 +156,9 @@ def bench_path_and_attribution(model, prompts: PromptSet, *, receivers: tuple[st
     kinds = attribution_kinds(model)
     run_attribution(model, prompts, kinds=["attn_out"])                          # warm-up
     ref_kinds = [k for k in (reference_kinds or kinds) if k in kinds]
-    exact, exact_s = _timed(lambda: {k: sweep(model, prompts, PatchSpec(kind=k)) for k in ref_kinds})
+    exact, exact_s = timed(lambda: {k: sweep(model, prompts, PatchSpec(kind=k)) for k in ref_kinds})
     for method, steps in (("plain", 0), ("ig", ig_steps)):
-        res, ours = _timed(lambda: run_attribution(model, prompts, kinds=kinds, method=method,
+        res, ours = timed(lambda: run_attribution(model, prompts, kinds=kinds, method=method,
                                                     steps=steps or 1), repeat)
         note = f"exact sweeps of {len(ref_kinds)} of the {len(kinds)} kinds ({', '.join(ref_kinds)})"
         rs = [agreement(r, exact[r.spec.kind])["pearson"] for r in res if r.spec.kind in exact]
@@ -163,7 +168,7 @@ def bench_path_and_attribution(model, prompts: PromptSet, *, receivers: tuple[st
                      "seconds": ours, "reference_seconds": exact_s, "ratio": exact_s / ours,
                      "forward_equivalents": ours / fwd, "reference": note, "unit": "whole run",
                      "max_abs_diff": float("nan")})
-    edges, ours = _timed(lambda: edge_attribution(model, prompts), repeat)
+    edges, ours = timed(lambda: edge_attribution(model, prompts), repeat)
     rows.append({"name": f"eap_edges_{edges.per_pair.shape[0]}x{edges.per_pair.shape[1]}", "seconds": ours,
                  "reference_seconds": float("nan"), "ratio": float("nan"), "forward_equivalents": ours / fwd,
                  "reference": "none", "unit": "whole run", "max_abs_diff": float("nan")})

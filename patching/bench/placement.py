@@ -16,7 +16,6 @@ Exit code 1 when any row is not ok.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +60,6 @@ class PlacementRow:
     ok: bool
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
 def _analyses():
     """name -> a function of (model, prompts) returning one float tensor."""
     from patching import PatchSpec, run_attribution, sweep
@@ -88,6 +81,7 @@ def check_placement(name: str, device_map, *, max_memory: dict | None = None, of
 
     >>> rows = check_placement("default", "auto", max_memory={"cpu": "3MiB"})   # doctest: +SKIP
     """
+    from patching.bench.circuits import timed
     from patching.model.loading import is_split, load_model
     from patching.core.prompts import PromptSet
     reference = load_model(name, device=reference_device, dtype=dtype)
@@ -99,8 +93,8 @@ def check_placement(name: str, device_map, *, max_memory: dict | None = None, of
                              "nothing to compare: give --max-memory limits that split it")
         rows = []
         for label, fn in _analyses().items():
-            want, t_ref = _timed(lambda: fn(reference, PromptSet.from_pairs(reference, list(pairs))))
-            got, t_placed = _timed(lambda: fn(placed, PromptSet.from_pairs(placed, list(pairs))))
+            want, t_ref = timed(lambda: fn(reference, PromptSet.from_pairs(reference, list(pairs))))
+            got, t_placed = timed(lambda: fn(placed, PromptSet.from_pairs(placed, list(pairs))))
             want, got = want.double().cpu(), got.double().cpu()
             both = want.isfinite() & got.isfinite()
             same_nan = bool((want.isnan() == got.isnan()).all())
@@ -118,25 +112,3 @@ def format_rows(rows: list[PlacementRow]) -> str:
         lines.append(f"{r.analysis:34} {r.max_abs_diff:11.2e} {r.max_abs_value:11.3g} {r.seconds_reference:8.2f} "
                      f"{r.seconds_placed:9.2f}  {'ok' if r.ok else 'DIFFERS'}")
     return "\n".join(lines)
-
-
-def add_command(sub) -> None:
-    p = sub.add_parser("check-placement",
-                       help="compare a model split by --device-map with the same model on one device")
-    p.add_argument("--model", default="default", help="default | a hub name | a local directory")
-    p.add_argument("--device-map", default="auto", help="auto, balanced, balanced_low_0 or sequential")
-    p.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
-                   help="accelerate's limits per device, e.g. 0=12GiB,1=12GiB,cpu=48GiB (what makes it split)")
-    p.add_argument("--offload-folder", default=None, help="where disk-offloaded weights go (default: a temp dir)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--reference-device", default="cpu", help="where the unsplit reference runs (cpu, cuda:0, ...)")
-    p.add_argument("--atol", type=float, default=None, help="allowed max |difference| (default: see the module doc)")
-    p.set_defaults(func=cmd_check_placement)
-
-
-def cmd_check_placement(args) -> int:
-    rows = check_placement(args.model, args.device_map, max_memory=parse_max_memory(args.max_memory),
-                           offload_folder=args.offload_folder, dtype=args.dtype,
-                           reference_device=args.reference_device, atol=args.atol)
-    print(format_rows(rows))
-    return 0 if all(r.ok for r in rows) else 1

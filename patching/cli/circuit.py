@@ -1,8 +1,7 @@
 """`python -m patching circuit ...`: a circuit's faithfulness, and the faithfulness curve.
 
-Wired from `cli.build_parser` by one call, `cli_circuit.add_commands(sub, helpers)` (helpers =
-the cli module: `_model_args`, `_load`, `_write`, `BadInput`, `EXIT_OK`). Exit codes: 0 ok,
-2 bad input (one line), 1 internal error.
+Registered by `cli.build_parser` through `add_commands(sub)`; flags, loading and exit codes
+from `cli/common.py`: 0 ok, 2 bad input (one line), 1 internal error.
 
     python -m patching circuit --task ioi --n 16 --components L0H0,MLP0 --ablation mean
     python -m patching circuit --task ioi --curve-from head_out --top 10 --csv curve.csv --json
@@ -12,31 +11,31 @@ the cli module: `_model_args`, `_load`, `_write`, `BadInput`, `EXIT_OK`). Exit c
 Without --components, the circuit is the curve's top components (--top). The ranking sweep
 (--curve-from) is exact patching of those kinds (or attribution estimates, --rank-by
 attribution) in --direction, per-position results reduced by --reduce (sum or max).
+
+>>> from patching.cli import build_parser
+>>> build_parser().parse_args(["circuit", "--components", "L0H0,MLP0"]).ablation
+'mean'
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+from patching.cli.common import (EXIT_OK, BadInput, has_pairs, load_pairs_or_task, model_flags, pair_flags,
+                                 write)
 
 RANK_KINDS = ("head_out", "mlp_out", "attn_out")
 
 
-def _prompts(args, helpers):
+def _prompts(args: argparse.Namespace):
     """--pairs / --clean... through the CLI's loader, else the task's largest same-length group."""
-    from patching.model.loading import load_model
-    from patching.inspect.neurons import task_prompt_set
-    if args.pairs or any(getattr(args, k) for k in ("clean", "corrupt", "answer", "wrong")):
-        return helpers._load(args)
-    if args.n < 1:
-        raise helpers.BadInput(f"--n must be at least 1, not {args.n}")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    prompts = task_prompt_set(model, args.task, args.n, seed=args.seed, prepend_bos=not args.no_bos)
-    print(f"{args.task}: {prompts.n_pairs} of {args.n} pairs have {prompts.n_pos} tokens; using those",
-          file=sys.stderr)
-    return model, prompts
+    if not has_pairs(args) and args.n < 1:
+        raise BadInput(f"--n must be at least 1, not {args.n}")
+    return load_pairs_or_task(args)
 
 
-def _ranking(args, model, prompts, helpers):
+def _ranking(args: argparse.Namespace, model, prompts):
     """(component, effect) by |effect| from exact sweeps or attribution of --curve-from kinds."""
     from patching.methods.attribution import run_attribution
     from patching.methods.circuit import rank_components
@@ -45,7 +44,7 @@ def _ranking(args, model, prompts, helpers):
     kinds = [k.strip() for k in args.curve_from.split(",") if k.strip()]
     bad = [k for k in kinds if k not in RANK_KINDS]
     if bad or not kinds:
-        raise helpers.BadInput(f"--curve-from takes {', '.join(RANK_KINDS)} (comma-separated), not {args.curve_from!r}")
+        raise BadInput(f"--curve-from takes {', '.join(RANK_KINDS)} (comma-separated), not {args.curve_from!r}")
     if args.rank_by == "attribution":
         results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction)
     else:
@@ -55,37 +54,37 @@ def _ranking(args, model, prompts, helpers):
     return rank_components(*results, reduce=args.reduce)
 
 
-def cmd_edges(args, helpers) -> int:
+def cmd_edges(args: argparse.Namespace) -> int:
     """--edges SHARE: the EAP graph's edges with |score| >= SHARE x the largest, as CSV."""
     from patching.methods.attribution import edge_attribution
     from patching.methods.circuit import edge_graph
     from patching.core.results import write_csv
     if not 0 <= args.edges <= 1:
-        raise helpers.BadInput(f"--edges takes a share of the largest |score| from 0 to 1, not {args.edges}")
-    model, prompts = _prompts(args, helpers)
+        raise BadInput(f"--edges takes a share of the largest |score| from 0 to 1, not {args.edges}")
+    model, prompts = _prompts(args)
     edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction)
     biggest = float(edges.scores.abs().nan_to_num(0.0).max())
     graph = edge_graph(edges, args.edges * biggest, n_heads=model.n_heads, n_kv_heads=model.n_kv_heads)
     print(f"{len(graph.edges)} of {graph.n_edges_total} edges with |score| >= {graph.threshold:.4g}",
           file=sys.stderr)
-    helpers._write(write_csv(graph.edges.drop(columns=["x0", "y0", "x1", "y1"])), args.csv or "-")
-    return helpers.EXIT_OK
+    write(write_csv(graph.edges.drop(columns=["x0", "y0", "x1", "y1"])), args.csv or "-")
+    return EXIT_OK
 
 
-def cmd_circuit(args, helpers) -> int:
+def cmd_circuit(args: argparse.Namespace) -> int:
     from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, parse_components
     if args.edges is not None:
-        return cmd_edges(args, helpers)
+        return cmd_edges(args)
     if not args.components and not args.curve_from:
-        raise helpers.BadInput("give --components (e.g. L0H0,MLP0) and/or --curve-from head_out[,mlp_out]")
+        raise BadInput("give --components (e.g. L0H0,MLP0) and/or --curve-from head_out[,mlp_out]")
     if args.top is not None and args.top < 0:
-        raise helpers.BadInput(f"--top must be >= 0, not {args.top}")
+        raise BadInput(f"--top must be >= 0, not {args.top}")
     components = parse_components(args.components) if args.components else None
     keep = parse_components(args.keep)
-    model, prompts = _prompts(args, helpers)
+    model, prompts = _prompts(args)
     curve = ranked = None
     if args.curve_from:
-        ranked = _ranking(args, model, prompts, helpers)
+        ranked = _ranking(args, model, prompts)
         if args.top is not None:
             ranked = ranked[:args.top]
         curve = faithfulness_curve(model, prompts, ranked, ablation=args.ablation, seed=args.ablation_seed,
@@ -100,14 +99,14 @@ def cmd_circuit(args, helpers) -> int:
             import pandas as pd
             frame = pd.DataFrame([result.to_dict()])
         from patching.core.results import write_csv
-        helpers._write(write_csv(frame), args.csv)
+        write(write_csv(frame), args.csv)
     if args.json:
         out = {"circuit": result.to_dict()}
         if curve is not None:
             out["curve"] = curve.to_dataframe().drop(columns=["m_full", "m_empty", "ablation", "seed", "metric"]) \
                 .astype(object).where(lambda d: d.notna(), None).to_dict(orient="records")
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
-        return helpers.EXIT_OK
+        return EXIT_OK
     r = result
     lines = [f"circuit: {len(r.spec.components)} components ({r.spec.to_dict()['components'] or 'none'})",
              f"faithfulness {r.faithfulness:.4f}  ({r.metric}: circuit {r.m_circuit:.4f}, full {r.m_full:.4f}, "
@@ -118,28 +117,16 @@ def cmd_circuit(args, helpers) -> int:
         lines += [f"  k={row.k:<3d} {row.added:<8s} faithfulness {row.faithfulness:8.4f}"
                   for row in curve.to_dataframe().itertuples()]
     sys.stdout.write("\n".join(lines) + "\n")
-    return helpers.EXIT_OK
+    return EXIT_OK
 
 
-def add_commands(sub, helpers) -> None:
-    """Register `circuit` on the CLI's subparsers.
-
-    >>> add_commands(sub, sys.modules["patching.cli"])         # doctest: +SKIP
-    """
+def add_commands(sub) -> None:
+    """Register `circuit` on the CLI's subparsers (see the module's example)."""
     from patching.methods.circuit import ABLATIONS, REDUCTIONS
     p = sub.add_parser("circuit", help="faithfulness of a circuit (kept components, the rest ablated) "
                                        "and the faithfulness curve by effect")
-    helpers._model_args(p)
-    p.add_argument("--clean", help="the clean prompt")
-    p.add_argument("--corrupt", help="the corrupted prompt (same token length)")
-    p.add_argument("--answer", help="the clean answer token, e.g. ' Mary'")
-    p.add_argument("--wrong", help="the corrupt answer token")
-    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong")
-    p.add_argument("--task", default="ioi", help="prompts from a task (ioi, factual, greater_than, induction) "
-                                                 "when no prompts are given (default: ioi)")
-    p.add_argument("--n", type=int, default=32, help="how many task prompts (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="task prompts' seed (default 0)")
-    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
+    model_flags(p)
+    pair_flags(p, wrong_example=None, task="ioi")
     p.add_argument("--components", help="kept components: L<layer>H<head>, MLP<layer>, ATTN<layer>, "
                                         "comma-separated (default: the curve's top --top)")
     p.add_argument("--ablation", default="mean", choices=ABLATIONS,
@@ -161,4 +148,4 @@ def add_commands(sub, helpers) -> None:
     p.add_argument("--edges", type=float, metavar="SHARE",
                    help="instead of a circuit: the EAP edge graph's edges with |score| >= SHARE x the "
                         "largest (0-1), as CSV (upstream, downstream, via, score, ...) to --csv or stdout")
-    p.set_defaults(func=lambda args: cmd_circuit(args, helpers))
+    p.set_defaults(func=cmd_circuit)

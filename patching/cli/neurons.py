@@ -1,8 +1,7 @@
 """`python -m patching neurons|weights ...`: the neuron explorer and weight-based views as CSV.
 
-Wired from `cli.build_parser` by one call, `cli_neurons.add_commands(sub, helpers)`, where
-`helpers` is the cli module itself (its `_model_args`, `_load`, `_write`, `BadInput`,
-`EXIT_OK`). Exit codes as every command: 0 ok, 2 bad input (one line), 1 internal error.
+Registered by `cli.build_parser` through `add_commands(sub)`; flags, loading and exit codes from
+`cli/common.py`, as every command: 0 ok, 2 bad input (one line), 1 internal error.
 
     python -m patching neurons --view top --task factual --n 40 --layer 2 --pos -1 --k 20
     python -m patching neurons --view top-activating --texts prompts.txt --layer 2 --neuron 17
@@ -11,17 +10,28 @@ Wired from `cli.build_parser` by one call, `cli_neurons.add_commands(sub, helper
     python -m patching weights --view composition --composition k
     python -m patching weights --view svd-tokens --layer 1 --head 4 --circuit ov
     python -m patching weights --view rank-k --layer 1 --head 4 --ranks 1,2,4 --pairs pairs.csv
+
+>>> from patching.cli import build_parser
+>>> build_parser().parse_args(["neurons", "--view", "cluster"]).task
+'factual'
 """
 from __future__ import annotations
 
-import sys
+import argparse
+
+from patching.cli.common import (EXIT_OK, BadInput, has_pairs, load, load_model, load_pairs_or_task, model_flags,
+                                 out_flag, pair_flags, write)
 
 NEURON_VIEWS = ("top", "profile", "top-activating", "activations", "cluster", "shortlist")
 WEIGHT_VIEWS = ("composition", "svd", "svd-tokens", "rank-k", "rank-k-pattern")
 
 
-def _pos(value: str):
-    """'-1', '3' or 'all' (every token) -> int or None."""
+def _pos(value: str) -> int | None:
+    """'-1', '3' or 'all' (every token) -> int or None.
+
+    >>> _pos("all"), _pos("-1")
+    (None, -1)
+    """
     if str(value).strip().lower() == "all":
         return None
     try:
@@ -30,146 +40,110 @@ def _pos(value: str):
         raise ValueError(f"--pos must be an integer or 'all', not {value!r}") from None
 
 
-def _ints(text: str | None, flag: str):
-    if text is None or not str(text).strip():
-        return None
-    from patching.core.spec import parse_int_list
-    return parse_int_list(text, flag.lstrip("-"))
+def _prompt_flags(p: argparse.ArgumentParser) -> None:
+    """The prompt flags of `neurons` and `weights`: pairs, or a task's prompts (factual by default)."""
+    pair_flags(p, answer_example=" France", wrong_example=None, task="factual")
+    out_flag(p)
 
 
-def _prompt_flags(p, task_default: str | None = "factual"):
-    p.add_argument("--clean", help="the clean prompt")
-    p.add_argument("--corrupt", help="the corrupted prompt (same token length)")
-    p.add_argument("--answer", help="the clean answer token, e.g. ' France'")
-    p.add_argument("--wrong", help="the corrupt answer token")
-    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong")
-    p.add_argument("--task", default=task_default,
-                   help="prompts from a task (ioi, factual, greater_than, induction) when no prompts "
-                        "are given (default: factual)")
-    p.add_argument("--n", type=int, default=32, help="how many task prompts (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="task prompts' seed (default 0)")
-    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
-    p.add_argument("--out", default="-", help="output CSV path, or - for stdout (default)")
-
-
-def _has_pairs(args) -> bool:
-    return bool(args.pairs) or any(getattr(args, k) for k in ("clean", "corrupt", "answer", "wrong"))
-
-
-def _prompt_set(args, helpers):
-    """--pairs / --clean... through the CLI's own loader, else the task's largest same-length group."""
-    from patching.model.loading import load_model
-    from patching.inspect.neurons import task_prompt_set
-    if _has_pairs(args):
-        return helpers._load(args)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    prompts = task_prompt_set(model, args.task, args.n, seed=args.seed, prepend_bos=not args.no_bos)
-    print(f"{args.task}: {prompts.n_pairs} of {args.n} pairs have {prompts.n_pos} tokens; using those",
-          file=sys.stderr)
-    return model, prompts
-
-
-def _texts(args, helpers):
+def _texts(args: argparse.Namespace):
     """--texts FILE (one prompt per line, or a CSV with a text column and an optional label
     column), --pairs / --clean... (the clean prompts, labelled by their answers), else a task."""
-    from patching.model.loading import load_model
     from patching.inspect.neurons import encode_texts, task_texts, texts_from_prompts
     if args.texts:
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
-        texts, labels = _read_texts(args.texts, helpers)
+        model = load_model(args)
+        texts, labels = _read_texts(args.texts)
         return model, encode_texts(model, texts, labels, prepend_bos=not args.no_bos)
-    if _has_pairs(args):
-        model, prompts = helpers._load(args)
+    if has_pairs(args):
+        model, prompts = load(args)
         return model, texts_from_prompts(prompts, model, args.run)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args)
     return model, task_texts(model, args.task, args.n, seed=args.seed, prepend_bos=not args.no_bos)
 
 
-def _read_texts(path: str, helpers):
+def _read_texts(path: str) -> tuple[list[str], list[str] | None]:
     import csv
     import io
     try:
         with open(path, encoding="utf-8") as f:
             raw = f.read()
     except OSError as exc:
-        raise helpers.BadInput(f"cannot read texts file {path!r}: {exc.strerror}") from None
+        raise BadInput(f"cannot read texts file {path!r}: {exc.strerror}") from None
     if path.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(raw)))
         if not rows or "text" not in rows[0]:
-            raise helpers.BadInput(f"texts CSV {path!r} needs a 'text' column (and optionally 'label')")
+            raise BadInput(f"texts CSV {path!r} needs a 'text' column (and optionally 'label')")
         return [r["text"] for r in rows], [r.get("label") or "" for r in rows]
     lines = [line for line in raw.splitlines() if line.strip()]
     return lines, None
 
 
-def cmd_neurons(args, helpers) -> int:
+def cmd_neurons(args: argparse.Namespace) -> int:
     from patching.inspect import neurons as N
+    from patching.core.spec import parse_int_list
     from patching.core.results import write_csv
     if args.view == "shortlist":
-        model, prompts = _prompt_set(args, helpers)
-        df = N.neuron_shortlist(model, prompts, layers=_ints(args.layers, "--layers"),
-                                positions=_ints(args.positions, "--positions"), top=args.top,
+        model, prompts = load_pairs_or_task(args)
+        df = N.neuron_shortlist(model, prompts, layers=parse_int_list(args.layers, "layers"),
+                                positions=parse_int_list(args.positions, "positions"), top=args.top,
                                 metric=args.metric, direction=args.direction, exact=not args.no_exact)
     else:
-        model, texts = _texts(args, helpers)
+        model, texts = _texts(args)
         acts = N.collect_activations(model, texts)
         pos = _pos(args.pos)
         if args.view == "top":
             df = N.top_neurons(acts, args.layer, pos, k=args.k, by=args.by)
         elif args.view in ("profile", "top-activating"):
             if args.neuron is None:
-                raise helpers.BadInput(f"--view {args.view} needs --neuron N")
+                raise BadInput(f"--view {args.view} needs --neuron N")
             df = (N.neuron_profile(acts, args.layer, args.neuron) if args.view == "profile"
                   else N.top_activating(acts, args.layer, args.neuron, k=args.k, pos=pos))
         elif args.view == "activations":
             df = N.activations_frame(acts, args.layer, pos)
         else:
             if pos is None:
-                raise helpers.BadInput("--view cluster needs one position (e.g. --pos -1), not 'all'")
+                raise BadInput("--view cluster needs one position (e.g. --pos -1), not 'all'")
             df = N.cluster_prompts(acts, args.layer, pos, method=args.method, perplexity=args.perplexity,
                                    seed=args.seed)
-    helpers._write(write_csv(df), args.out)
-    return helpers.EXIT_OK
+    write(write_csv(df), args.out)
+    return EXIT_OK
 
 
-def cmd_weights(args, helpers) -> int:
+def cmd_weights(args: argparse.Namespace) -> int:
     from patching.inspect import weights as W
-    from patching.model.loading import load_model
+    from patching.core.spec import parse_int_list
     from patching.core.results import write_csv
     fold = not args.no_fold_ln
     if args.view in ("rank-k", "rank-k-pattern"):
         if args.head is None:
-            raise helpers.BadInput(f"--view {args.view} needs --head H (and --layer L)")
-        model, prompts = _prompt_set(args, helpers)
+            raise BadInput(f"--view {args.view} needs --head H (and --layer L)")
+        model, prompts = load_pairs_or_task(args)
         if args.view == "rank-k":
-            df = W.rank_k_head(model, prompts, args.layer, args.head, _ints(args.ranks, "--ranks"),
+            df = W.rank_k_head(model, prompts, args.layer, args.head, parse_int_list(args.ranks, "ranks"),
                                metric=args.metric, run=args.run, fold_ln=fold)
         else:
             df = W.rank_k_pattern(model, prompts, args.layer, args.head, args.rank, pair=args.pair,
                                   run=args.run, fold_ln=fold)
     else:
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        model = load_model(args)
         if args.view == "composition":
             df = W.composition_scores(model, args.composition, fold_ln=fold)
         elif args.view == "svd":
             df = W.singular_values(model, args.circuit, fold_ln=fold)
         else:
             if args.head is None:
-                raise helpers.BadInput("--view svd-tokens needs --head H (and --layer L)")
+                raise BadInput("--view svd-tokens needs --head H (and --layer L)")
             df = W.singular_tokens(model, args.layer, args.head, args.circuit, n_dirs=args.n_dirs, k=args.k,
                                    project=args.project, fold_ln=fold)
-    helpers._write(write_csv(df), args.out)
-    return helpers.EXIT_OK
+    write(write_csv(df), args.out)
+    return EXIT_OK
 
 
-def add_commands(sub, helpers) -> None:
-    """Register `neurons` and `weights` on the CLI's subparsers.
-
-    >>> add_commands(sub, sys.modules["patching.cli"])         # doctest: +SKIP
-    """
+def add_commands(sub) -> None:
+    """Register `neurons` and `weights` on the CLI's subparsers (see the module's example)."""
     p = sub.add_parser("neurons", help="neuron explorer: top neurons, a neuron's activations, top-activating "
                                        "tokens, PCA / t-SNE of prompts, attribution + exact shortlist")
-    helpers._model_args(p)
+    model_flags(p)
     _prompt_flags(p)
     p.add_argument("--view", default="top", choices=NEURON_VIEWS)
     p.add_argument("--texts", help="prompts of any length: a text file (one per line) or a CSV with "
@@ -191,10 +165,10 @@ def add_commands(sub, helpers) -> None:
     p.add_argument("--no-exact", action="store_true", help="shortlist: attribution scores only")
     p.add_argument("--metric", default="logit_diff", help="shortlist: metric (default logit_diff)")
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
-    p.set_defaults(func=lambda args: cmd_neurons(args, helpers))
+    p.set_defaults(func=cmd_neurons)
 
     p = sub.add_parser("weights", help="weight-based circuits: composition scores, OV/QK SVD, rank-k heads")
-    helpers._model_args(p)
+    model_flags(p)
     _prompt_flags(p)
     p.add_argument("--view", default="composition", choices=WEIGHT_VIEWS)
     p.add_argument("--composition", default="all", choices=["all", "q", "k", "v"])
@@ -212,4 +186,4 @@ def add_commands(sub, helpers) -> None:
     p.add_argument("--metric", default="logit_diff", help="rank-k: metric (default logit_diff)")
     p.add_argument("--no-fold-ln", action="store_true", help="use the raw weights (default: ln1's "
                                                              "weight folded into W_Q, W_K, W_V)")
-    p.set_defaults(func=lambda args: cmd_weights(args, helpers))
+    p.set_defaults(func=cmd_weights)

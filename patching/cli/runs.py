@@ -1,6 +1,7 @@
 """CLI commands for run files (`patching/runs/bundle.py`): export, import, show, and `sweep --save-run`.
 
-Wired from `cli.build_parser` by one call, `cli_share.add_commands(sub, helpers)`.
+Registered by `cli.build_parser` through `add_commands(sub)`; `sweep` adds `--save-run` with
+`add_save_run(p)`.
 
     python -m patching export --data-dir D --run ID -o run-ID.patchboard.zip
     python -m patching export --data-dir D --attribution ID -o attribution-ID.patchboard.zip
@@ -10,7 +11,9 @@ Wired from `cli.build_parser` by one call, `cli_share.add_commands(sub, helpers)
 
 Bad files exit 2 with one line naming the problem (`bundle.read_bundle`'s ValueError).
 
->>> main(["show", "run-3.patchboard.zip"])     # doctest: +SKIP
+>>> from patching.cli import build_parser
+>>> build_parser().parse_args(["export", "--run", "3"]).run
+3
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from patching.cli.common import EXIT_OK
 from patching.runs import bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +64,7 @@ def cmd_export(args) -> int:
     except OSError as exc:
         raise ValueError(f"cannot write {str(out)!r}: {exc.strerror}") from None
     print(f"wrote {out} ({len(data) / 1024:.1f} KiB)", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_import(args) -> int:
@@ -73,7 +77,7 @@ def cmd_import(args) -> int:
     what = "attribution run" if b.type == "attribution" else "run"
     print(f"imported {args.file} as {what} #{new_id} in {args.store_url or args.data_dir}", file=sys.stderr)
     print(new_id)
-    return 0
+    return EXIT_OK
 
 
 def cmd_show(args) -> int:
@@ -93,7 +97,7 @@ def cmd_show(args) -> int:
             print("metric source")
             for line in code.rstrip().splitlines():
                 print("  | " + line)
-    return 0
+    return EXIT_OK
 
 
 def save_run(path: str, results, prompts, label: str = "") -> Path:
@@ -117,7 +121,7 @@ def add_save_run(p) -> None:
                    help="also save the run (result, prompts, provenance) as a run file, e.g. run.patchboard.zip")
 
 
-def add_commands(sub, helpers) -> None:
+def add_commands(sub) -> None:
     """Register `export`, `import` and `show` on the CLI's subparsers."""
     p = sub.add_parser("export", help="write a stored run as one file (run-ID.patchboard.zip)")
     _store_args(p)

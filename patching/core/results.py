@@ -1,8 +1,8 @@
 """PatchResult: per-pair values on the sweep's axes, baselines, statistics, DataFrame and CSV.
 
->>> result.values.shape           # doctest: +SKIP   (mean over pairs)
+>>> result.values.shape           # (mean over pairs)  # doctest: +SKIP
 torch.Size([4, 15])
->>> result.to_csv("out.csv")      # doctest: +SKIP   (the contract columns)
+>>> result.to_csv("out.csv")      # (the contract columns)  # doctest: +SKIP
 """
 from __future__ import annotations
 

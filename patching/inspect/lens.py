@@ -20,8 +20,9 @@ Two ways to decode a vector, used on purpose:
   `ActivationCache.apply_ln_to_stack` does, so the contributions plus the norm's bias add up
   exactly to the model's logits.
 
->>> df = logit_lens(model, prompts)                              # doctest: +SKIP
->>> df.pivot(index="label", columns="pos", values="top_token")  # doctest: +SKIP
+>>> df = logit_lens(model, prompts)
+>>> df.pivot(index="label", columns="pos", values="top_token").shape    # [depth, pos]
+(5, 15)
 """
 from __future__ import annotations
 
@@ -295,8 +296,10 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
     top_id, top_token, top_logit, top_prob (softmax over the decoded logits); answer / wrong
     (the pair's tokens) with their _logit, _prob and _rank (1 = top) at that cell.
 
-    >>> df = logit_lens(model, prompts, mode="accumulated", k=1)          # doctest: +SKIP
-    >>> df[df.pos == df.pos.max()][["label", "top_token", "answer_rank"]]  # doctest: +SKIP
+    >>> df = logit_lens(model, prompts, mode="accumulated", k=1)
+    >>> df[df.pos == df.pos.max()][["label", "top_token", "answer_rank"]].tail(1)
+       label top_token  answer_rank
+    74    L3      Mary            1
     """
     _check_run(run)
     _check_mode(mode)
@@ -368,8 +371,9 @@ def direct_logit_attribution(model, prompts: PromptSet, *, run: str = "clean", p
     final_bias (the norm's bias and the unembedding's bias) sum to `total`, the model's own
     logit difference; a layer's head rows plus its attention output bias sum to its attn row.
 
-    >>> df = direct_logit_attribution(model, prompts)                       # doctest: +SKIP
-    >>> df[df.kind == "head"].nlargest(3, "value")[["label", "value"]]      # doctest: +SKIP
+    >>> df = direct_logit_attribution(model, prompts)
+    >>> df[df.kind == "head"].nlargest(3, "value").label.tolist()
+    ['L0H2', 'L3H1', 'L3H0']
     """
     _check_model(model, "direct logit attribution")
     _check_run(run)
@@ -426,7 +430,9 @@ def top_k(model, prompts: PromptSet, *, run: str = "clean", pos: int = -1, k: in
     Columns: run, pair, pos, token (the input token at pos), rank (1 = most likely), pred_id,
     pred_token, logit, logprob, prob.
 
-    >>> top_k(model, prompts, run="clean", pos=-1, k=5)[["pred_token", "prob"]]   # doctest: +SKIP
+    >>> top_k(model, prompts, run="clean", pos=-1, k=1)[["pred_token", "prob"]].round(2)
+      pred_token  prob
+    0       Mary   1.0
     """
     _check_run(run)
     pair = _check_pair(prompts, pair)
@@ -459,8 +465,9 @@ def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "cle
     value (the attention weight; each head's row for one dest sums to 1). On grouped-query
     models there is one pattern per query head.
 
-    >>> df = attention_patterns(model, prompts, layer=1, heads=[0, 3])               # doctest: +SKIP
-    >>> df[df.head == 0].pivot(index="dest", columns="src", values="value")       # doctest: +SKIP
+    >>> df = attention_patterns(model, prompts, layer=1, heads=[0, 3])
+    >>> df[df["head"] == 0].pivot(index="dest", columns="src", values="value").shape
+    (15, 15)
     """
     _check_run(run)
     pair = _check_pair(prompts, pair)
@@ -506,8 +513,9 @@ def residual_norms(model, prompts: PromptSet, *, pair: int | None = 0) -> pd.Dat
     Columns: run, pair, depth (0, 1, ...: the x axis), layer (empty for embed), stage, label
     ("embed", "L0 mid", "L0 post"), pos, token (that run's input token), norm.
 
-    >>> df = residual_norms(model, prompts)                                              # doctest: +SKIP
-    >>> df[df.pos == df.pos.max()].pivot(index="depth", columns="run", values="norm")   # doctest: +SKIP
+    >>> df = residual_norms(model, prompts)
+    >>> df[df.pos == df.pos.max()].pivot(index="depth", columns="run", values="norm").shape
+    (9, 2)
     """
     pair = _check_pair(prompts, pair, allow_all=True)
     decode = _Decoder(model)

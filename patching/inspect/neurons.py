@@ -15,10 +15,13 @@ One forward pass collects every layer's MLP post-activations (`collect_activatio
 `NeuronActs`, the tensor the views read); the views are pure functions returning long-format
 DataFrames:
 
->>> acts = collect_activations(model, task_texts(model, "factual", 40))     # doctest: +SKIP
->>> top_neurons(acts, layer=2, pos=-1, k=10)                                  # doctest: +SKIP
->>> top_activating(acts, layer=2, neuron=17, k=10)                            # doctest: +SKIP
->>> cluster_prompts(acts, layer=2, pos=-1, method="pca")                      # doctest: +SKIP
+>>> acts = collect_activations(model, task_texts(model, "factual", 8))
+>>> len(top_neurons(acts, layer=2, pos=-1, k=10))
+10
+>>> top_activating(acts, layer=2, neuron=17, k=10).columns[:4].tolist()
+['rank', 'layer', 'neuron', 'prompt']
+>>> cluster_prompts(acts, layer=2, pos=-1, method="pca")[["x", "y"]].shape
+(8, 2)
 
 "Activation" is what multiplies the MLP's output weights: the post-nonlinearity hidden unit
 (gated models: act(gate) * up), TransformerLens' ``blocks.L.mlp.hook_post``.
@@ -64,7 +67,7 @@ class Texts:
 def encode_texts(model, texts, labels=None, prepend_bos: bool = True) -> Texts:
     """Tokenise prompts (BOS prepended by default), right-padded; ValueError on empty input.
 
-    >>> encode_texts(model, ["Paris is a city in", "Rome is"], ["France", "Italy"]).lengths  # doctest: +SKIP
+    >>> encode_texts(model, ["Paris is a city in", "Rome is"], ["France", "Italy"]).lengths
     (6, 3)
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -112,8 +115,8 @@ def task_texts(model, task: str = "factual", n: int = 32, *, seed: int = 0, spli
                prepend_bos: bool = True) -> Texts:
     """The clean prompts of a task (patching/tasks/families.py), labelled by their answer (e.g. country).
 
-    >>> task_texts(model, "factual", 4).labels              # doctest: +SKIP
-    ('France', 'Japan', 'Brazil', 'Kenya')
+    >>> task_texts(model, "factual", 4).labels
+    ('Spain', 'Spain', 'Mexico', 'Italy')
     """
     from patching.tasks.families import make_pairs
     pairs = make_pairs(task, n, split=split, seed=seed)
@@ -128,8 +131,8 @@ def task_prompt_set(model, task: str = "factual", n: int = 32, *, seed: int = 0,
     pairs whose clean and corrupt prompts differ in length or whose answers are not single
     tokens are dropped, then the most common length is kept (ties: the shorter).
 
-    >>> task_prompt_set(model, "factual", 64).n_pairs          # doctest: +SKIP
-    23
+    >>> task_prompt_set(model, "factual", 64).n_pairs
+    28
     """
     from patching.tasks.families import make_pairs
     groups: dict[int, list] = {}
@@ -170,8 +173,8 @@ def collect_activations(model, texts: Texts, *, batch_size: int = 32) -> NeuronA
     Uses the engine's runner; models without one go through TransformerLens' hooks
     (``blocks.L.mlp.hook_post``).
 
-    >>> collect_activations(model, encode_texts(model, ["Paris is"])).acts.shape   # doctest: +SKIP
-    torch.Size([4, 1, 3, 1024])
+    >>> collect_activations(model, encode_texts(model, ["Paris is"])).acts.shape   # [layer, prompt, pos, neuron]
+    torch.Size([4, 1, 3, 512])
     """
     if not isinstance(texts, Texts):
         raise ValueError(f"texts must be a Texts (encode_texts / task_texts), not {type(texts).__name__}")
@@ -215,7 +218,7 @@ def _neuron(acts: NeuronActs, neuron) -> int:
 def positions(texts: Texts, pos) -> Tensor:
     """The absolute position [n] of `pos` in each prompt (negative: from each prompt's end).
 
-    >>> positions(encode_texts(model, ["a b c", "a"]), -1)      # doctest: +SKIP
+    >>> positions(encode_texts(model, ["a b c", "a"]), -1)
     tensor([3, 1])
     """
     pos = _int(pos, "pos")
@@ -257,7 +260,9 @@ def top_neurons(acts: NeuronActs, layer: int, pos: int | None = -1, *, k: int = 
     Columns: layer, pos (as given; empty for every token), rank (1 = top), neuron, mean,
     abs_mean, std, min, max, frac_active (share of rows > 0), n_rows.
 
-    >>> top_neurons(acts, layer=1, pos=-1, k=5)[["neuron", "mean"]]     # doctest: +SKIP
+    >>> acts = collect_activations(model, task_texts(model, "factual", 8))
+    >>> top_neurons(acts, layer=1, pos=-1, k=5)[["rank", "neuron"]].shape
+    (5, 2)
     """
     layer = _layer(acts, layer)
     if by not in BY:
@@ -287,7 +292,9 @@ def neuron_profile(acts: NeuronActs, layer: int, neuron: int) -> pd.DataFrame:
     Columns: layer, neuron, prompt (index), label, pos, pos_from_end (-1 = last), token,
     activation.
 
-    >>> neuron_profile(acts, 1, 7).pivot(index="prompt", columns="pos", values="activation")  # doctest: +SKIP
+    >>> acts = collect_activations(model, task_texts(model, "factual", 8))
+    >>> neuron_profile(acts, 1, 7).pivot(index="prompt", columns="pos", values="activation").shape[0]
+    8
     """
     layer, neuron = _layer(acts, layer), _neuron(acts, neuron)
     t = acts.texts
@@ -315,7 +322,9 @@ def top_activating(acts: NeuronActs, layer: int, neuron: int, *, k: int = 20, po
 
     Columns: rank, layer, neuron, prompt, label, pos, token, activation, left, right, text.
 
-    >>> top_activating(acts, 1, 7, k=3)[["token", "activation", "left"]]     # doctest: +SKIP
+    >>> acts = collect_activations(model, task_texts(model, "factual", 8))
+    >>> top_activating(acts, 1, 7, k=3)[["token", "activation", "left"]].shape
+    (3, 3)
     """
     layer, neuron = _layer(acts, layer), _neuron(acts, neuron)
     k = _int(k, "k")
@@ -407,7 +416,9 @@ def cluster_prompts(acts: NeuronActs, layer: int, pos: int = -1, *, method: str 
     Columns: method, layer, pos, prompt, label, token (at pos), text, x, y, explained_x,
     explained_y.
 
-    >>> cluster_prompts(acts, 2, -1).groupby("label")[["x", "y"]].mean()   # doctest: +SKIP
+    >>> acts = collect_activations(model, task_texts(model, "factual", 8))
+    >>> cluster_prompts(acts, 2, -1).groupby("label")[["x", "y"]].mean().shape[1]
+    2
     """
     layer = _layer(acts, layer)
     if method not in METHODS:
@@ -458,7 +469,10 @@ def exact_neuron_patch(model, prompts: PromptSet, neurons, *, positions=None, me
     Columns: layer, neuron, value (mean patched metric), normalized, clean_baseline,
     corrupt_baseline. Matches `sweep(PatchSpec(kind="neuron", ...))` cell for cell.
 
-    >>> exact_neuron_patch(model, prompts, [(1, 7), (2, 30)], positions=[5])   # doctest: +SKIP
+    >>> exact_neuron_patch(model, prompts, [(1, 7), (2, 30)], positions=[5])[["layer", "neuron"]]
+       layer  neuron
+    0      1       7
+    1      2      30
     """
     from metrics import MetricInputs, get_metric
     from patching.kinds import KINDS, PatchContext
@@ -527,7 +541,10 @@ def neuron_shortlist(model, prompts: PromptSet, *, layers=None, positions=None, 
     False), exact_normalized (1 = as clean, 0 = as corrupt), clean_baseline, corrupt_baseline,
     metric, direction, n_pairs. Rows: the top neurons, by attribution rank.
 
-    >>> neuron_shortlist(model, prompts, layers=[2, 3], positions=[4], top=10)   # doctest: +SKIP
+    >>> neuron_shortlist(model, prompts, layers=[3], positions=[4], top=2)[["attribution_rank", "layer"]]
+       attribution_rank  layer
+    0                 1      3
+    1                 2      3
     """
     from patching.methods.attribution import run_attribution
     top = _int(top, "top")

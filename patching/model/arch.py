@@ -14,8 +14,13 @@ A model accelerate split over devices (or offloaded in part to the CPU or disk) 
 piece then runs on its module's execution device and returns its output on `home` (`_call`), and
 weights read directly come through `param`, which loads offloaded ones.
 
->>> arch = arch_for(hf_model)            # doctest: +SKIP
->>> q, k, v = arch.qkv(0, arch.ln1(0, arch.embed(tokens)))   # [batch, pos, heads, d_head]  # doctest: +SKIP
+>>> from transformers import GPT2Config, GPT2LMHeadModel
+>>> hf_model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=8))
+>>> arch = arch_for(hf_model)
+>>> tokens = torch.tensor([[1, 2, 3]])
+>>> q, k, v = arch.qkv(0, arch.ln1(0, arch.embed(tokens, torch.arange(3))))
+>>> q.shape                              # [batch, pos, heads, d_head]
+torch.Size([1, 3, 2, 8])
 """
 from __future__ import annotations
 
@@ -287,7 +292,8 @@ def arch_for(model: nn.Module, home: torch.device | None = None) -> Arch | None:
     `home`: for a model that accelerate split over devices (or offloaded in part), the device
     where the engine keeps activations; each piece then runs where its module is placed.
 
-    >>> arch_for(GPT2LMHeadModel(GPT2Config(n_layer=2))).n_layers   # doctest: +SKIP
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> arch_for(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))).n_layers
     2
     """
     cfg = model.config

@@ -8,8 +8,8 @@ come from the cache of the run being patched. Only the last position's logits ar
 since every metric reads the next-token distribution.
 
 >>> runner = Runner(arch_for(hf_model))                                   # doctest: +SKIP
->>> cache = runner.run(tokens)                         # tokens [pairs, pos]
->>> runner.resume(cache, rows, layer=3, stage="pre", resid=x, p0=5)   # -> [rows, vocab]
+>>> cache = runner.run(tokens)                         # tokens [pairs, pos]  # doctest: +SKIP
+>>> runner.resume(cache, rows, layer=3, stage="pre", resid=x, p0=5)   # -> [rows, vocab]  # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ It tokenizes, validates prompts and filters, and names layers and heads exactly 
 `NoWeightsError`, a ValueError that the dashboard shows inline like any refusal (and an
 AttributeError, so `getattr(model, "runner", None)` reads None).
 
->>> m = load_tokenizer_only("default")                                # doctest: +SKIP
->>> m.n_layers, m.encode(" Mary")                                     # doctest: +SKIP
-(4, [1234])
+>>> m = load_tokenizer_only("default")
+>>> m.n_layers, m.encode(" Mary")
+(4, [555])
 """
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def _no_weights(name: str, what: str) -> NoWeightsError:
     return NoWeightsError(f"this web host loads no model weights (--tokenizers-only), so {what} of {name!r} "
                           "cannot run here; background runs (Run, Path, Attribution, Circuit) go to the "
                           "workers — start the dashboard without --tokenizers-only for this view")
+
+
+def _needs_weights(what: str) -> property:
+    """A property of a tokenizer-only model that refuses, naming `what` needs the weights."""
+    def refuse(self):
+        raise _no_weights(self.name, what)
+    return property(refuse)
 
 
 @dataclass(eq=False)
@@ -81,21 +88,8 @@ class TokenizerOnlyModel(Tokenizing):
                                d_vocab=int(self._get("vocab_size")), architecture=self.config.model_type)
 
     # -- what needs the weights ----------------------------------------------------------------
-    @property
-    def runner(self):
-        raise _no_weights(self.name, "the engine's runner")
-
-    @property
-    def bridge(self):
-        raise _no_weights(self.name, "the model")
-
-    @property
-    def arch(self):
-        raise _no_weights(self.name, "the model")
-
-    @property
-    def hf(self):
-        raise _no_weights(self.name, "the model")
+    runner = _needs_weights("the engine's runner")
+    bridge = arch = hf = _needs_weights("the model")
 
 
 def load_tokenizer_only(name: str = "default") -> TokenizerOnlyModel:

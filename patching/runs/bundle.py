@@ -18,9 +18,9 @@ stops at the cap whatever the header claims), the member names, the format name 
 and the result's structure; every refusal is a ValueError naming the problem. Nothing is ever
 extracted to disk.
 
->>> data = bundle_bytes([result], pairs, label="IOI head_out")      # doctest: +SKIP
->>> read_bundle(data).results[0].values.shape                        # doctest: +SKIP
-torch.Size([2, 4])
+>>> data = bundle_bytes([result], pairs, label="IOI head_out")
+>>> read_bundle(data).results[0].values.shape
+torch.Size([4, 4])
 """
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def bundle_bytes(results, pairs, label: str = "", *, type_: str = "run", edges=N
                  source_id: int | None = None) -> bytes:
     """The run file's bytes for `results` (one for a run, one per kind for an attribution run).
 
-    >>> Path("run-1.patchboard.zip").write_bytes(bundle_bytes([result], pairs))   # doctest: +SKIP
+    >>> (tmp_path / "run-1.patchboard.zip").write_bytes(bundle_bytes([result], pairs)) > 0
+    True
     """
     results = list(results)
     bundle = Bundle(type_, label, tuple(tuple(p) for p in _pairs(pairs)), tuple(results), edges, source_id,

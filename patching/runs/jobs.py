@@ -2,9 +2,12 @@
 done / failed / cancelled — and given up on by `RunStore.fail_stale` when its process dies
 (a cancelled Dash job is killed outright, so nothing in it can say so).
 
->>> with tracked(store, "sweep", "IOI · head_out", "default") as job:    # doctest: +SKIP
-...     run_id = store.save(sweep(model, prompts, spec, on_progress=job.beat), pairs)
+>>> from patching import PatchSpec, sweep
+>>> with tracked(store, "sweep", "IOI · head_out", "default") as job:
+...     run_id = store.save(sweep(model, prompts, PatchSpec(kind="resid_pre"), on_progress=job.beat), pairs)
 ...     job.done(run_id)
+>>> store.jobs(1)[0].status
+'done'
 """
 from __future__ import annotations
 
@@ -139,7 +142,9 @@ def unfinished_and_failed(store, limit: int = 20, stale_after: float = STALE_AFT
     """The jobs the history list shows beside the runs: running, failed and cancelled ones (newest
     first), after marking the stale ones failed. A store error gives an empty list, not a broken page.
 
-    >>> [j.status for j in unfinished_and_failed(store)]     # doctest: +SKIP
+    >>> job = store.begin_job("sweep", "IOI · head_out", "default")
+    >>> store.finish_job(job, "failed", "out of memory")
+    >>> [j.status for j in unfinished_and_failed(store)]
     ['failed']
     """
     try:

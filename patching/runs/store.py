@@ -11,11 +11,12 @@ One connection per operation (no pool: safe across the forked processes of backg
 every write in one transaction (`BEGIN IMMEDIATE` on SQLite, whose WAL journal and busy timeout
 make concurrent writers wait rather than fail).
 
->>> store = RunStore(tmp_path)                                  # doctest: +SKIP
->>> run_id = store.save(result, pairs, label="IOI, head_out")    # doctest: +SKIP
->>> store.get(run_id).result.values.shape                        # doctest: +SKIP
->>> job = store.begin_job("sweep", "IOI, head_out", "default")  # doctest: +SKIP
->>> store.finish_job(job, "done", run_id=run_id)                 # doctest: +SKIP
+>>> store = RunStore(tmp_path)
+>>> run_id = store.save(result, pairs, label="IOI, head_out")
+>>> store.get(run_id).result.values.shape
+torch.Size([4, 4])
+>>> job = store.begin_job("sweep", "IOI, head_out", "default")
+>>> store.finish_job(job, "done", run_id=run_id)
 """
 from __future__ import annotations
 
@@ -389,7 +390,9 @@ class RunStore:
         """Record a job as running in this process (or `pid`) on this host; returns its id.
         `token` names the job the way the page that started it does (see `request_cancel`).
 
-        >>> job = store.begin_job("sweep", "IOI · head_out", "default")   # doctest: +SKIP
+        >>> job = store.begin_job("sweep", "IOI · head_out", "default")
+        >>> store.jobs(1)[0].status
+        'running'
         """
         if not kind:
             raise ValueError("a job needs a kind (sweep, path or attribution), not an empty string")
@@ -421,7 +424,8 @@ class RunStore:
         A job checks this when it starts and at each heartbeat; `fail_stale` reports a killed job
         with a request as cancelled. Returns the job's id when it has started.
 
-        >>> store.request_cancel("5f0c…:run-button:3")          # doctest: +SKIP
+        >>> store.request_cancel("5f0c…:run-button:3") is None     # not started yet
+        True
         """
         if not token:
             raise ValueError("a cancel request needs the job's token, not an empty string")
@@ -521,8 +525,8 @@ def open_store(target: str | Path, data_dir: str | Path | None = None) -> RunSto
     `data_dir` is where host-local files go (job cache, run lock): by default the directory itself,
     or the SQLite file's folder, or `.patchboard` for a server database.
 
-    >>> open_store("sqlite:////tmp/pb/runs.sqlite").path         # doctest: +SKIP
-    PosixPath('/tmp/pb/runs.sqlite')
+    >>> open_store(f"sqlite:///{tmp_path}/runs.sqlite").path.name
+    'runs.sqlite'
     """
     text = str(target)
     if "://" not in text:

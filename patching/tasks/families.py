@@ -512,8 +512,8 @@ def make_pairs(task: str, n: int, *, split: str = "eval", seed: int = 0) -> list
     training, every template wording including the held-out ones, fresh induction sequences);
     ``split="train"`` from what training uses.
 
-    >>> make_pairs("greater_than", 1, seed=3)[0].corrupt.endswith("01 to the year 17")  # doctest: +SKIP
-    True
+    >>> make_pairs("greater_than", 1, seed=3)[0].corrupt
+    'The attack started in the year 1201 and ended in the year 12'
     """
     spec = _task(task)
     _check_split(split)

@@ -1,0 +1,122 @@
+"""`python -m patching lens|dla|topk|attention|norms ...`: inspection views (nothing is patched) as CSV.
+
+    python -m patching lens --pairs pairs.csv --mode per_layer --k 3
+    python -m patching dla --clean "..." --corrupt "..." --answer " Mary" --wrong " John"
+    python -m patching attention --pairs pairs.csv --layer -1 --heads 0,3
+
+>>> from patching.cli import build_parser
+>>> build_parser().parse_args(["dla", "--pairs", "pairs.csv"]).func.function
+'direct_logit_attribution'
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from patching.cli.common import EXIT_OK, BadInput, load, model_flags, out_flag, pair_flags, write
+
+
+def inspect_flags(p: argparse.ArgumentParser, run: bool = True, pair: bool = True) -> None:
+    """Prompt flags of the inspection commands (no metric / direction: nothing is patched).
+
+    >>> inspect_flags(p := argparse.ArgumentParser()); (p.parse_args([]).run, p.parse_args([]).pair)
+    ('clean', 0)
+    """
+    model_flags(p)
+    pair_flags(p)
+    if run:
+        p.add_argument("--run", default="clean", choices=["clean", "corrupt"], help="which prompt to run")
+    if pair:
+        p.add_argument("--pair", type=int, default=0, help="which prompt pair (default 0)")
+    out_flag(p)
+
+
+def _pair_or_all(value: str, flag: str = "--pair") -> int | None:
+    """'all' -> None (every pair), else the pair number.
+
+    >>> _pair_or_all("all"), _pair_or_all("2")
+    (None, 2)
+    """
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadInput(f"{flag} must be an integer or 'all', not {value!r}") from None
+
+
+def _heads(text: str | None) -> list[int] | None:
+    """--heads '0,3' -> [0, 3]; None when not given.
+
+    >>> _heads("0,3")
+    [0, 3]
+    """
+    if not text:
+        return None
+    try:
+        return [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise BadInput(f"--heads must be comma-separated head numbers, e.g. 0,3, not {text!r}") from None
+
+
+@dataclass(frozen=True)
+class View:
+    """One inspection command: a function of `patching.inspect.lens` and its options from the flags.
+
+    Called with the parsed flags, it loads the model and prompts, runs the view and writes its
+    DataFrame as CSV to --out.
+
+    >>> View("top_k", lambda a: {"k": a.k}).function
+    'top_k'
+    """
+    function: str                                        # a name in patching.inspect.lens
+    options: Callable[[argparse.Namespace], dict]        # flags -> the function's keyword arguments
+
+    def __post_init__(self):
+        if not self.function.isidentifier():
+            raise ValueError(f"View.function must be a function name in patching.inspect.lens, not {self.function!r}")
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        from patching.inspect import lens
+        from patching.core.results import write_csv
+        model, prompts = load(args)
+        df = getattr(lens, self.function)(model, prompts, **self.options(args))
+        write(write_csv(df), args.out)
+        return EXIT_OK
+
+
+def add_commands(sub) -> None:
+    """Register `lens`, `dla`, `topk`, `attention` and `norms` (see the module's example)."""
+    p = sub.add_parser("lens", help="logit lens: each layer's (or component's) prediction at every position")
+    inspect_flags(p)
+    p.add_argument("--mode", default="accumulated", choices=["accumulated", "per_layer"],
+                   help="accumulated: the residual stream after each layer; per_layer: each block's "
+                        "and head's direct contribution")
+    p.add_argument("--k", type=int, default=1, help="top tokens per cell (default 1)")
+    p.set_defaults(func=View("logit_lens", lambda a: dict(run=a.run, pair=a.pair, mode=a.mode, k=a.k)))
+
+    p = sub.add_parser("dla", help="direct logit attribution of answer - wrong per layer and head")
+    inspect_flags(p, pair=False)
+    p.add_argument("--pair", default="all", help="a pair number, or all (default: the mean over pairs)")
+    p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
+    p.set_defaults(func=View("direct_logit_attribution",
+                             lambda a: dict(run=a.run, pair=_pair_or_all(a.pair), pos=a.pos)))
+
+    p = sub.add_parser("topk", help="the k most likely next tokens at one position")
+    inspect_flags(p)
+    p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
+    p.add_argument("--k", type=int, default=10, help="how many tokens (default 10)")
+    p.set_defaults(func=View("top_k", lambda a: dict(run=a.run, pos=a.pos, k=a.k, pair=a.pair)))
+
+    p = sub.add_parser("attention", help="every head's attention pattern of one layer (dest x src)")
+    inspect_flags(p)
+    p.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
+    p.add_argument("--heads", help="comma-separated heads, e.g. 0,3 (default: all)")
+    p.set_defaults(func=View("attention_patterns",
+                             lambda a: dict(layer=a.layer, run=a.run, pair=a.pair, heads=_heads(a.heads))))
+
+    p = sub.add_parser("norms", help="residual stream L2 norms by layer and position, clean and corrupt")
+    inspect_flags(p, run=False, pair=False)
+    p.add_argument("--pair", default="0", help="a pair number (default 0), or all")
+    p.set_defaults(func=View("residual_norms", lambda a: dict(pair=_pair_or_all(a.pair))))

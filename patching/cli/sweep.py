@@ -1,0 +1,200 @@
+"""`python -m patching sweep|path|attribution ...`: the patching commands and their shared flags.
+
+    python -m patching sweep --clean "..." --corrupt "..." --answer " Mary" --wrong " John" --kind head_out
+    python -m patching path --pairs pairs.csv --receivers q:3.0,q:3.1 --mode heads_frozen
+    python -m patching attribution --pairs pairs.csv --method ig --steps 5
+
+`--dry-run`, `--compare-exact` and `--refine` come from `cli/cost.py`, `--save-run` from
+`cli/runs.py`.
+
+>>> from patching.cli import build_parser
+>>> build_parser().parse_args(["path", "--receivers", "q:3.0", "--dry-run"]).mode
+'heads_frozen'
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from patching.cli import cost as cli_cost
+from patching.cli import runs as cli_runs
+from patching.cli.common import EXIT_OK, load, model_flags, out_flag, pair_flags, write
+from patching.kinds import KINDS
+
+
+class ProgressBar:
+    """A progress bar on stderr, shown only once a sweep has run for more than a second.
+
+    >>> ProgressBar("sweep")(3, 10)         # within the first second: nothing
+    """
+
+    def __init__(self, label: str, stream=sys.stderr, quiet: bool = False):
+        self.label, self.stream, self.quiet = label, stream, quiet
+        self.start, self.shown = time.perf_counter(), False
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.quiet or (elapsed < 1.0 and not self.shown):
+            return
+        self.shown = True
+        width = 30
+        filled = int(width * done / max(total, 1))
+        eta = elapsed / max(done, 1) * (total - done)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                          f"{elapsed:5.1f}s eta {eta:4.1f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def patch_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every patching command: model, prompt pairs, metric, direction, memory, output.
+
+    >>> patch_flags(p := argparse.ArgumentParser()); p.parse_args([]).direction
+    'denoise'
+    """
+    model_flags(p)
+    pair_flags(p)
+    p.add_argument("--metric", default="logit_diff",
+                   help="logit_diff (default), prob_diff, logprob, kl, accuracy, or package.module:function")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
+    p.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                   help="memory budget for a batch of patched runs (default: a share of the memory "
+                        "free on the device)")
+    out_flag(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _kind_list(text: str) -> list[str]:
+    """'resid_pre, head_out' -> ['resid_pre', 'head_out'].
+
+    >>> _kind_list("resid_pre, head_out,")
+    ['resid_pre', 'head_out']
+    """
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from patching.methods.sweep import sweep
+    from patching.core.results import write_csv
+    from patching.core.spec import PatchSpec, parse_heads, parse_int_list
+    import pandas as pd
+    specs = [PatchSpec(kind=k, direction=args.direction, metric=args.metric,
+                       per_position=args.per_position and KINDS[k].has_per_position if k in KINDS else args.per_position,
+                       layers=parse_int_list(args.layers, "layers"),
+                       positions=parse_int_list(args.positions, "positions"),
+                       heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos)
+             for k in _kind_list(args.kind)]
+    model, prompts = load(args)
+    if args.dry_run:
+        cli_cost.dry_run_sweep(model, prompts, specs, args)
+        return EXIT_OK
+    frames, results = [], []
+    for spec in specs:
+        result = sweep(model, prompts, spec, on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet),
+                       max_memory_mb=args.max_memory)
+        frames.append(result.to_dataframe())
+        results.append(result)
+        if not args.quiet:
+            print(f"{spec.kind}: {result.values.numel()} cells in {result.seconds:.2f}s; clean "
+                  f"{result.clean_value:.4f}, corrupt {result.corrupt_value:.4f}", file=sys.stderr)
+    write(write_csv(pd.concat(frames, ignore_index=True)), args.out)
+    if args.save_run:
+        cli_runs.save_run(args.save_run, results, prompts)
+    return EXIT_OK
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    from patching.methods.path import PathSpec, run_path
+    from patching.core.spec import parse_int_list
+    spec = PathSpec(receivers=args.receivers, senders=args.senders, sweep=args.sweep, mode=args.mode,
+                    direction=args.direction, metric=args.metric, per_position=args.per_position,
+                    positions=parse_int_list(args.positions, "positions"),
+                    receiver_positions=parse_int_list(args.receiver_positions, "receiver positions"),
+                    model=args.model, prepend_bos=not args.no_bos)
+    model, prompts = load(args)
+    if args.dry_run:
+        cli_cost.dry_run_path(model, prompts, spec, args)
+        return EXIT_OK
+    result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet),
+                      max_memory_mb=args.max_memory)
+    write(result.to_csv(), args.out)
+    return EXIT_OK
+
+
+def cmd_attribution(args: argparse.Namespace) -> int:
+    from patching.methods.attribution import attribution_csv, edge_attribution, run_attribution
+    from patching.core.spec import parse_int_list
+    model, prompts = load(args)
+    kinds = tuple(_kind_list(args.kinds)) if args.kinds else None
+    if args.dry_run:
+        cli_cost.dry_run_attribution(model, prompts, kinds, args)
+        return EXIT_OK
+    if args.edges:
+        edges = edge_attribution(model, prompts, metric=args.metric, direction=args.direction,
+                                 method=args.method, steps=args.steps, max_memory_mb=args.max_memory)
+        write(edges.to_csv(), args.out)
+        return EXIT_OK
+    results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
+                              method=args.method, steps=args.steps, per_position=args.per_position,
+                              positions=parse_int_list(args.positions, "positions"), max_memory_mb=args.max_memory)
+    if args.compare_exact or args.refine is not None:     # the report on stdout; the CSV only to a file
+        if args.out != "-":
+            write(attribution_csv(results), args.out)
+        cli_cost.compare_and_refine(model, prompts, results, args)
+        return EXIT_OK
+    write(attribution_csv(results), args.out)
+    return EXIT_OK
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="exact activation patching over one or more kinds")
+    patch_flags(p)
+    p.add_argument("--kind", required=True, help=f"one or more of {', '.join(KINDS)} (comma-separated)")
+    p.add_argument("--per-position", action="store_true", help="head kinds: one cell per position too")
+    p.add_argument("--layers", help="e.g. 0-5,8 (default: all)")
+    p.add_argument("--positions", help="e.g. 3,7 (default: all)")
+    p.add_argument("--heads", help="LAYER.HEAD pairs, e.g. 1.4,9.9 (default: all)")
+    cli_cost.add_dry_run(p)
+    cli_runs.add_save_run(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def _add_path(sub) -> None:
+    p = sub.add_parser("path", help="path patching: sender -> receivers, everything else frozen")
+    patch_flags(p)
+    p.add_argument("--receivers", help="comma-separated receivers: q:L.H, k:L.H, v:L.H, mlp:L or logits "
+                   "(default: logits for a senders sweep, everything downstream for a receivers sweep)")
+    p.add_argument("--senders", help="comma-separated senders: L.H, head:L.H@POS, mlp:L, resid:L@POS "
+                   "(default: every head)")
+    p.add_argument("--sweep", default="senders", choices=["senders", "receivers"],
+                   help="senders: each sender into the receiver set; receivers: one sender through each receiver")
+    p.add_argument("--mode", default="heads_frozen", choices=["heads_frozen", "direct"])
+    p.add_argument("--per-position", action="store_true", help="every head x position as senders")
+    p.add_argument("--positions", help="sender positions with --per-position, e.g. 3,7 (default: all)")
+    p.add_argument("--receiver-positions", help="positions where receivers are patched (default: all)")
+    cli_cost.add_dry_run(p)
+    p.set_defaults(func=cmd_path)
+
+
+def _add_attribution(sub) -> None:
+    p = sub.add_parser("attribution", help="attribution patching (gradients) for all kinds at once")
+    patch_flags(p)
+    p.add_argument("--kinds", help="comma-separated kinds (default: all supported)")
+    p.add_argument("--method", default="plain", choices=["plain", "ig"])
+    p.add_argument("--steps", type=int, default=16, help="integrated-gradients steps (--method ig)")
+    p.add_argument("--per-position", action="store_true", help="head kinds: one cell per position too")
+    p.add_argument("--positions", help="neuron kind: positions to attribute at (default: all)")
+    p.add_argument("--edges", action="store_true",
+                   help="write EAP edge scores (head/MLP -> head q/k/v, MLP, logits) instead of node scores")
+    cli_cost.add_dry_run(p)
+    cli_cost.add_compare(p)
+    p.set_defaults(func=cmd_attribution)
+
+
+def add_commands(sub) -> None:
+    """Register `sweep`, `path` and `attribution` on the CLI's subparsers (see the module's example)."""
+    _add_sweep(sub)
+    _add_path(sub)
+    _add_attribution(sub)
