@@ -76,3 +76,17 @@ def test_bad_specs_name_the_bad_value(kwargs, needle):
 def test_a_sequence_longer_than_the_context_is_refused(gpt2_model):
     with pytest.raises(ValueError, match="the model takes at most"):
         D.repeated_random_tokens(gpt2_model, 1, gpt2_model.n_ctx)
+
+
+def test_the_heads_command_writes_the_contract_csv(tmp_path, capsys):
+    import pandas as pd
+
+    from patching import cli
+    out = tmp_path / "heads.csv"
+    assert cli.main(["heads", "--detect", "induction,previous_token", "--n", "4", "--half-length", "6",
+                     "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["layer", "head", "detector", "score"]
+    assert set(df.detector) == {"induction", "previous_token"} and df.score.between(0, 1).all()
+    assert cli.main(["heads", "--detect", "copying"]) == 2
+    assert "unknown detector 'copying'; choose from previous_token" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""`python -m patching lens|dla|topk|attention|norms ...`: inspection views (nothing is patched) as CSV.
+"""`python -m patching lens|dla|topk|attention|norms|heads ...`: inspection views (nothing is patched) as CSV.
 
     python -m patching lens --pairs pairs.csv --mode per_layer --k 3
+    python -m patching heads --detect previous_token,induction --out heads.csv
     python -m patching dla --clean "..." --corrupt "..." --answer " Mary" --wrong " John"
     python -m patching attention --pairs pairs.csv --layer -1 --heads 0,3
 
@@ -14,7 +15,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from patching.cli.common import EXIT_OK, BadInput, load, model_flags, out_flag, pair_flags, write
+from patching.cli.common import EXIT_OK, BadInput, load, load_model, model_flags, out_flag, pair_flags, write
+from patching.inspect.detectors import DETECTORS
 
 
 def inspect_flags(p: argparse.ArgumentParser, run: bool = True, pair: bool = True) -> None:
@@ -86,8 +88,26 @@ class View:
         return EXIT_OK
 
 
+def detector_names(text: str) -> tuple[str, ...]:
+    """--detect 'previous_token, induction' -> ('previous_token', 'induction').
+
+    >>> detector_names("previous_token, induction")
+    ('previous_token', 'induction')
+    """
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    from patching.core.results import write_csv
+    from patching.inspect.detectors import DetectorSpec, head_scores
+    spec = DetectorSpec(detector_names(args.detect), n_sequences=args.n, half_length=args.half_length,
+                        seed=args.seed)                        # a bad value: ValueError -> exit 2
+    write(write_csv(head_scores(load_model(args), spec)), args.out)
+    return EXIT_OK
+
+
 def add_commands(sub) -> None:
-    """Register `lens`, `dla`, `topk`, `attention` and `norms` (see the module's example)."""
+    """Register `lens`, `dla`, `topk`, `attention`, `norms` and `heads` (see the module's example)."""
     p = sub.add_parser("lens", help="logit lens: each layer's (or component's) prediction at every position")
     inspect_flags(p)
     p.add_argument("--mode", default="accumulated", choices=["accumulated", "per_layer"],
@@ -120,3 +140,15 @@ def add_commands(sub) -> None:
     inspect_flags(p, run=False, pair=False)
     p.add_argument("--pair", default="0", help="a pair number (default 0), or all")
     p.set_defaults(func=View("residual_norms", lambda a: dict(pair=_pair_or_all(a.pair))))
+
+    p = sub.add_parser("heads", help="head detectors: previous-token, duplicate-token and induction scores "
+                                     "(columns layer,head,detector,score)")
+    model_flags(p)
+    p.add_argument("--detect", default=",".join(DETECTORS),
+                   help=f"comma-separated detectors (default: all of {', '.join(DETECTORS)})")
+    p.add_argument("--n", type=int, default=32, help="random sequences (default 32)")
+    p.add_argument("--half-length", type=int, default=20,
+                   help="tokens in each sequence's half; the sequence is BOS + the half twice (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="the sequences' seed (default 0)")
+    out_flag(p)
+    p.set_defaults(func=cmd_heads)
