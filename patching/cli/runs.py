@@ -24,12 +24,13 @@ from pathlib import Path
 from patching.cli.common import EXIT_OK
 from patching.runs import bundle
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_data_dir() -> str:
-    """The dashboard's default data dir (PATCHBOARD_DATA_DIR, else .patchboard in the checkout)."""
-    return os.environ.get("PATCHBOARD_DATA_DIR", str(ROOT / ".patchboard"))
+    """The dashboard's default data dir (patching.paths: $PATCHBOARD_DATA_DIR, else .patchboard in
+    the checkout, else ~/.patchboard for an installed copy)."""
+    from patching.paths import default_data_dir as data_dir
+    return str(data_dir())
 
 
 def _store(args):

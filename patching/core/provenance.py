@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from patching.paths import CHECKOUT as ROOT   # the git commit is read from here, when a checkout
+
 PROVENANCE_VERSION = 1
 PACKAGES = ("torch", "transformer_lens", "transformers")
-ROOT = Path(__file__).resolve().parents[2]
 CACHE_ATTR = "_patchboard_fingerprint"       # where a model's fingerprint is cached (on the model)
 ENV_ATTR = "_patchboard_environment"         # versions / platform, read once per loaded model
 CHUNK = 2**20
