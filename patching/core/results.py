@@ -65,6 +65,11 @@ class PatchResult:
         return float(self.corrupt_baseline.mean())
 
     @property
+    def base_value(self) -> float:
+        """The unpatched run's metric (mean over pairs): corrupt when denoising, clean when noising."""
+        return self.corrupt_value if self.spec.direction == "denoise" else self.clean_value
+
+    @property
     def normalized(self) -> Tensor:
         """(patched - corrupt) / (clean - corrupt): 1 = as clean, 0 = as corrupt (both directions)."""
         gap = self.clean_value - self.corrupt_value
@@ -103,15 +108,17 @@ class PatchResult:
                 "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
                 "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance}
 
+    @staticmethod
+    def json_fields(d: dict) -> tuple:
+        """The positional fields after `spec`, read from `to_json`'s dict (subclasses share it)."""
+        f64 = lambda x: torch.tensor(x, dtype=torch.float64)   # noqa: E731
+        return (tuple(d["axes"]), {k: tuple(v) for k, v in d["coords"].items()},
+                f64(d["per_pair"]).reshape(d["shape"]), f64(d["clean_baseline"]), f64(d["corrupt_baseline"]),
+                tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"])
+
     @classmethod
     def from_json(cls, d: dict) -> "PatchResult":
-        per_pair = torch.tensor(d["per_pair"], dtype=torch.float64).reshape(d["shape"])
-        return cls(PatchSpec.from_dict(d["spec"]), tuple(d["axes"]),
-                   {k: tuple(v) for k, v in d["coords"].items()}, per_pair,
-                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
-                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
-                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"],
-                   provenance=d.get("provenance"))
+        return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"))
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
