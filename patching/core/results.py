@@ -120,6 +120,22 @@ class PatchResult:
     def from_json(cls, d: dict) -> "PatchResult":
         return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"))
 
+    def contract_frame(self, layer: list, pos: list, head: list) -> pd.DataFrame:
+        """The contract columns of every cell (values' flattened order) with these layer / pos /
+        head cells, then stderr / ci_low / ci_high when there are several pairs."""
+        df = pd.DataFrame({
+            "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
+            "layer": layer, "pos": pos, "head": head,
+            "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
+            "value": self.values.reshape(-1).tolist(), "normalized": self.normalized.reshape(-1).tolist(),
+        })
+        if self.n_pairs > 1:
+            lo, hi = self.bootstrap_ci()
+            df["stderr"] = self.stderr.reshape(-1).tolist()
+            df["ci_low"] = lo.reshape(-1).tolist()
+            df["ci_high"] = hi.reshape(-1).tolist()
+        return df
+
     def to_dataframe(self) -> pd.DataFrame:
         """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
         values = self.values
@@ -129,19 +145,7 @@ class PatchResult:
         for axis, idx in zip(self.axes, flat_idx):
             name = "head" if axis == "neuron" else axis
             columns[name] = [self.coords[axis][i] for i in idx.tolist()]
-        tokens = [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None
-                  for p in columns["pos"]]
-        df = pd.DataFrame({
-            "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
-            "layer": columns["layer"], "pos": columns["pos"], "head": columns["head"],
-            "token": tokens, "value": values.reshape(-1).tolist(),
-            "normalized": self.normalized.reshape(-1).tolist(),
-        })
-        if self.n_pairs > 1:
-            lo, hi = self.bootstrap_ci()
-            df["stderr"] = self.stderr.reshape(-1).tolist()
-            df["ci_low"] = lo.reshape(-1).tolist()
-            df["ci_high"] = hi.reshape(-1).tolist()
+        df = self.contract_frame(columns["layer"], columns["pos"], columns["head"])
         if "neuron" in self.axes:
             df["neuron"] = df["head"]
             df["head"] = None

@@ -202,19 +202,7 @@ class PathResult(PatchResult):
         cells = self._cells()
         senders = [c["sender"] for c in cells]
         rnodes = [parse_node(c["receiver"], "receiver") if "+" not in c["receiver"] else None for c in cells]
-        pos = [s.pos for s in senders]
-        df = pd.DataFrame({
-            "kind": "path", "direction": spec.direction, "metric": spec.metric,
-            "layer": [s.layer for s in senders], "pos": pos, "head": [s.head for s in senders],
-            "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
-            "value": self.values.reshape(-1).tolist(),
-            "normalized": self.normalized.reshape(-1).tolist(),
-        })
-        if self.n_pairs > 1:
-            lo, hi = self.bootstrap_ci()
-            df["stderr"] = self.stderr.reshape(-1).tolist()
-            df["ci_low"] = lo.reshape(-1).tolist()
-            df["ci_high"] = hi.reshape(-1).tolist()
+        df = self.contract_frame([s.layer for s in senders], [s.pos for s in senders], [s.head for s in senders])
         df["n_pairs"] = self.n_pairs
         df["sender"] = [s.label for s in senders]
         df["receiver"] = [c["receiver"] for c in cells]
