@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import torch  # noqa: F401  (the doctests)
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -22,6 +23,23 @@ class MetricInputs:
     answer: Int[Tensor, "batch"]                 # the clean answer token
     wrong: Int[Tensor, "batch"]                  # the corrupt (wrong) answer token
     clean_logprobs: Float[Tensor, "batch vocab"]  # the clean run's next-token log-probabilities
+
+    @classmethod
+    def of(cls, prompts, clean_logprobs: Float[Tensor, "pairs vocab"] | None,
+           rows: Int[Tensor, "batch"] | None = None) -> "MetricInputs":
+        """The inputs of rows of a prompt set (anything with `answer_ids` and `wrong_ids`
+        [pairs]); rows [batch] picks each row's pair, None = every pair once. The one place
+        metric inputs are built.
+
+        >>> from types import SimpleNamespace as P
+        >>> MetricInputs.of(P(answer_ids=torch.tensor([5, 6]), wrong_ids=torch.tensor([7, 8])), None,
+        ...                 torch.tensor([1, 1])).answer
+        tensor([6, 6])
+        """
+        if rows is None:
+            return cls(prompts.answer_ids, prompts.wrong_ids, clean_logprobs)
+        return cls(prompts.answer_ids[rows], prompts.wrong_ids[rows],
+                   clean_logprobs[rows] if clean_logprobs is not None else None)
 
 
 class MetricFn(Protocol):

@@ -129,7 +129,7 @@ def bench_path_and_attribution(model, prompts: PromptSet, *, receivers: tuple[st
     receivers = receivers or tuple(f"q:{last}.{h}" for h in range(model.n_heads))
     rnodes = [parse_node(r, "receiver") for r in receivers]
     metric = get_metric("logit_diff")
-    inputs = MetricInputs(prompts.answer_ids, prompts.wrong_ids, None)
+    inputs = MetricInputs.of(prompts, None)
     rows = []
     bridge = model.bridge
     base_cache = bridge.run_with_cache(prompts.corrupt_tokens)[1]

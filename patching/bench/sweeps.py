@@ -75,7 +75,7 @@ def _reference(model, prompts: PromptSet, kind: str, per_position: bool, sample:
     if sample is not None and sample < len(grid):
         grid = grid[torch.randperm(len(grid), generator=torch.Generator().manual_seed(0))[:sample]]
     ld = get_metric("logit_diff")
-    inputs = MetricInputs(prompts.answer_ids, prompts.wrong_ids, None)
+    inputs = MetricInputs.of(prompts, None)
     metric = lambda logits: ld(logits[:, -1], inputs).mean()   # noqa: E731
     _, clean_cache = model.bridge.run_with_cache(prompts.clean_tokens)
     start, cpu = time.perf_counter(), time.process_time()

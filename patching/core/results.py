@@ -66,6 +66,11 @@ class PatchResult:
         return float(self.corrupt_baseline.mean())
 
     @property
+    def base_value(self) -> float:
+        """The unpatched run's metric (mean over pairs): corrupt when denoising, clean when noising."""
+        return self.corrupt_value if self.spec.direction == "denoise" else self.clean_value
+
+    @property
     def normalized(self) -> Tensor:
         """(patched - corrupt) / (clean - corrupt): 1 = as clean, 0 = as corrupt (both directions)."""
         gap = self.clean_value - self.corrupt_value
@@ -104,15 +109,33 @@ class PatchResult:
                 "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
                 "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance}
 
+    @staticmethod
+    def json_fields(d: dict) -> tuple:
+        """The positional fields after `spec`, read from `to_json`'s dict (subclasses share it)."""
+        f64 = lambda x: torch.tensor(x, dtype=torch.float64)   # noqa: E731
+        return (tuple(d["axes"]), {k: tuple(v) for k, v in d["coords"].items()},
+                f64(d["per_pair"]).reshape(d["shape"]), f64(d["clean_baseline"]), f64(d["corrupt_baseline"]),
+                tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"])
+
     @classmethod
     def from_json(cls, d: dict) -> "PatchResult":
-        per_pair = torch.tensor(d["per_pair"], dtype=torch.float64).reshape(d["shape"])
-        return cls(PatchSpec.from_dict(d["spec"]), tuple(d["axes"]),
-                   {k: tuple(v) for k, v in d["coords"].items()}, per_pair,
-                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
-                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
-                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"],
-                   provenance=d.get("provenance"))
+        return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"))
+
+    def contract_frame(self, layer: list, pos: list, head: list) -> pd.DataFrame:
+        """The contract columns of every cell (values' flattened order) with these layer / pos /
+        head cells, then stderr / ci_low / ci_high when there are several pairs."""
+        df = pd.DataFrame({
+            "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
+            "layer": layer, "pos": pos, "head": head,
+            "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
+            "value": self.values.reshape(-1).tolist(), "normalized": self.normalized.reshape(-1).tolist(),
+        })
+        if self.n_pairs > 1:
+            lo, hi = self.bootstrap_ci()
+            df["stderr"] = self.stderr.reshape(-1).tolist()
+            df["ci_low"] = lo.reshape(-1).tolist()
+            df["ci_high"] = hi.reshape(-1).tolist()
+        return df
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
@@ -123,19 +146,7 @@ class PatchResult:
         for axis, idx in zip(self.axes, flat_idx):
             name = "head" if axis == "neuron" else axis
             columns[name] = [self.coords[axis][i] for i in idx.tolist()]
-        tokens = [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None
-                  for p in columns["pos"]]
-        df = pd.DataFrame({
-            "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
-            "layer": columns["layer"], "pos": columns["pos"], "head": columns["head"],
-            "token": tokens, "value": values.reshape(-1).tolist(),
-            "normalized": self.normalized.reshape(-1).tolist(),
-        })
-        if self.n_pairs > 1:
-            lo, hi = self.bootstrap_ci()
-            df["stderr"] = self.stderr.reshape(-1).tolist()
-            df["ci_low"] = lo.reshape(-1).tolist()
-            df["ci_high"] = hi.reshape(-1).tolist()
+        df = self.contract_frame(columns["layer"], columns["pos"], columns["head"])
         if "neuron" in self.axes:
             df["neuron"] = df["head"]
             df["head"] = None

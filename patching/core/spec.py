@@ -6,9 +6,67 @@ True
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, fields
 
 DIRECTIONS = ("denoise", "noise")
+
+
+def check_direction(direction: str) -> str:
+    """The direction, or a ValueError naming it and the accepted ones (the one direction check).
+
+    >>> check_direction("noise")
+    'noise'
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
+    return direction
+
+
+def check_whole(value, what: str, lo: int | None = None, hi: int | None = None) -> int:
+    """value as an int (bools refused), within [lo, hi] when given; else a ValueError naming it
+    and the accepted range (the one whole-number check).
+
+    >>> check_whole(3, "k", 1)
+    3
+    >>> check_whole(0, "steps", 1, 1024)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be a whole number from 1 to 1024, not 0
+    """
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or (lo is not None and number < lo) or (hi is not None and number > hi):
+        span = (f" from {lo} to {hi}" if lo is not None and hi is not None
+                else f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+        raise ValueError(f"{what} must be a whole number{span}, not {value!r}")
+    return number
+
+
+def check_index(value, size: int, what: str, context: str) -> int:
+    """An index into an axis of `size`; negative counts from the end (-1 = last). ValueError
+    naming the value, the axis and its range (the inspection views' index check).
+
+    >>> check_index(-1, 4, "layer", "the model has 4 layers")
+    3
+    >>> check_index(5, 2, "layer", "the model has 2 layers")
+    Traceback (most recent call last):
+    ...
+    ValueError: layer 5 is out of range: the model has 2 layers (0..1, or -1 for the last)
+    """
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, not {value!r}") from None
+    if not -size <= number < size:
+        raise ValueError(f"{what} {value} is out of range: {context} (0..{size - 1}, or -1 for the last)")
+    return number % size
 
 
 def _ints(values, what: str) -> tuple[int, ...] | None:
@@ -38,8 +96,7 @@ class PatchSpec:
         from patching.kinds import KINDS
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be 'denoise' or 'noise', not {self.direction!r}")
+        check_direction(self.direction)
         if not isinstance(self.metric, str) or not self.metric:
             raise ValueError(f"metric must be a metric name, not {self.metric!r}")
         object.__setattr__(self, "layers", _ints(self.layers, "layers"))

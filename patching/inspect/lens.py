@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from patching.model import hooks
+from patching.core.nodes import head_label
+from patching.core.spec import check_index
 from patching.core.prompts import PromptSet
 from patching.model.runner import RunCache
 
@@ -71,19 +73,7 @@ def _check_pair(prompts: PromptSet, pair: int | None, allow_all: bool = False) -
     return int(pair)
 
 
-def _check_index(value, size: int, what: str, context: str) -> int:
-    """An index into an axis of `size`; negative counts from the end (-1 = last).
-
-    >>> _check_index(5, 2, "layer", "the model has 2 layers")
-    Traceback (most recent call last):
-    ...
-    ValueError: layer 5 is out of range: the model has 2 layers (0..1, or -1 for the last)
-    """
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, not {value!r}")
-    if not -size <= value < size:
-        raise ValueError(f"{what} {value} is out of range: {context} (0..{size - 1}, or -1 for the last)")
-    return int(value) % size
+_check_index = check_index        # an index into an axis; negative counts from the end (-1 = last)
 
 
 def _check_k(k, vocab: int) -> int:
@@ -220,7 +210,7 @@ def _labels(comp: str, layer: int | None, head: int | None) -> str:
     if comp == "resid_post":
         return f"L{layer}"
     if comp == "head":
-        return f"L{layer}H{head}"
+        return head_label(layer, head)
     return f"L{layer} {comp}"
 
 

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from patching.model import hooks
 from patching.core.prompts import PromptSet
+from patching.core.spec import check_direction
 
 BY = ("mean", "abs_mean", "max")
 METHODS = ("pca", "tsne")
@@ -474,14 +475,14 @@ def exact_neuron_patch(model, prompts: PromptSet, neurons, *, positions=None, me
     0      1       7
     1      2      30
     """
-    from metrics import MetricInputs, get_metric
+    from metrics import get_metric
     from patching.kinds import KINDS, PatchContext
+    from patching.methods.pair import CachedPair
     if getattr(model, "runner", None) is None:
         raise ValueError(f"exact neuron patching of chosen neurons needs the engine's runner, which model "
                          f"{model.name!r} does not have; use sweep(PatchSpec(kind='neuron', layers=...))")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
-    m = get_metric(metric)
+    check_direction(direction)
+    metric = get_metric(metric)
     a = model.arch
     neurons = [(int(l), int(n)) for l, n in neurons]
     for l, n in neurons:
@@ -489,33 +490,25 @@ def exact_neuron_patch(model, prompts: PromptSet, neurons, *, positions=None, me
             raise ValueError(f"neuron ({l}, {n}) is out of range: the model has {a.n_layers} layers of "
                              f"{a.d_mlp} neurons")
     runner = model.runner
-    clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
-    base, donor = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
-    clean_lp = clean.logits.float().log_softmax(-1)
-
-    def measure(logits, pair):
-        return m(logits.float(), MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair],
-                                              clean_lp[pair])).double().cpu()
-
-    all_pairs = torch.arange(prompts.n_pairs, device=prompts.clean_tokens.device)
-    cb, xb = measure(clean.logits, all_pairs).mean().item(), measure(corrupt.logits, all_pairs).mean().item()
-    mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=all_pairs.device)
+    runs = CachedPair.run(runner, prompts, metric, direction)
+    cb, xb = runs.clean_baseline.mean().item(), runs.corrupt_baseline.mean().item()
+    mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=runs.pairs.device)
     if positions is not None:
         bad = [p for p in positions if not 0 <= int(p) < prompts.n_pos]
         if bad:
             raise ValueError(f"positions {bad} out of range; the prompts have {prompts.n_pos} tokens")
     mask[list(positions) if positions is not None else slice(None)] = True
-    ctx = PatchContext(runner, base, donor, mask)
+    ctx = PatchContext(runner, runs.base, runs.donor, mask)
     kind = KINDS["neuron"]
     values = {}
     for layer in sorted({l for l, _ in neurons}):
         ns = [n for l, n in neurons if l == layer]
         for lo in range(0, len(ns), 16):
-            idx = torch.tensor(ns[lo:lo + 16], dtype=torch.long, device=all_pairs.device)[:, None]
+            idx = torch.tensor(ns[lo:lo + 16], dtype=torch.long, device=runs.pairs.device)[:, None]
             patched = kind.patch(ctx, layer, idx)
             _, pair = ctx.rows(len(idx))
-            logits = runner.resume(base, pair, layer, patched.stage, patched.resid, patched.p0)
-            v = measure(logits, pair).view(len(idx), prompts.n_pairs).mean(1)
+            logits = runner.resume(runs.base, pair, layer, patched.stage, patched.resid, patched.p0)
+            v = runs.measure(logits, pair).view(len(idx), prompts.n_pairs).mean(1)
             for n, val in zip(ns[lo:lo + 16], v.tolist()):
                 values[(layer, n)] = val
     gap = cb - xb
@@ -564,7 +557,7 @@ def neuron_shortlist(model, prompts: PromptSet, *, layers=None, positions=None, 
         keep = [layer_coords.index(l) for l in layers]
     else:
         keep = list(range(len(layer_coords)))
-    base_value = res.corrupt_value if direction == "denoise" else res.clean_value
+    base_value = res.base_value
     sub = vals[keep]
     effect = (sub - base_value).abs().reshape(-1)
     top = min(top, effect.numel())

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 
 from patching.model.arch import apply_rotary
+from patching.core.nodes import head_label
+from patching.core.spec import check_index
 from patching.core.prompts import PromptSet
 
 COMPOSITIONS = ("q", "k", "v")
@@ -54,13 +56,7 @@ def _check_model(model, what: str) -> None:
                          f"families: {SUPPORTED}")
 
 
-def _check_int(value, size: int, what: str, context: str) -> int:
-    """An index into an axis of `size`; negative counts from the end."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, not {value!r}")
-    if not -size <= value < size:
-        raise ValueError(f"{what} {value} is out of range: {context} (0..{size - 1}, or -1 for the last)")
-    return int(value) % size
+_check_int = check_index          # an index into an axis; negative counts from the end
 
 
 def _check_choice(value, choices, what: str) -> str:
@@ -70,7 +66,7 @@ def _check_choice(value, choices, what: str) -> str:
 
 
 def _label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
+    return head_label(layer, head)
 
 
 # -- the weights ----------------------------------------------------------------------------------
@@ -421,7 +417,8 @@ def rank_k_head(model, prompts: PromptSet, layer: int, head: int, ranks=None, *,
     >>> rank_k_head(model, prompts, 1, 0, ranks=[1, 32])["rank"].tolist()
     [1, 32]
     """
-    from metrics import MetricInputs, get_metric
+    from metrics import get_metric
+    from patching.methods.pair import CachedPair
     _check_model(model, "the rank-k approximation of a head")
     _check_choice(run, ("clean", "corrupt"), "run")
     a = model.arch
@@ -431,10 +428,9 @@ def rank_k_head(model, prompts: PromptSet, layer: int, head: int, ranks=None, *,
     m = get_metric(metric)
     w = head_weights(model, fold_ln)
     runner = model.runner
-    clean = runner.run(prompts.clean_tokens)
-    cache = clean if run == "clean" else runner.run(prompts.corrupt_tokens)
-    inputs = MetricInputs(prompts.answer_ids, prompts.wrong_ids, clean.logits.float().log_softmax(-1))
-    base_value = m(cache.logits.float(), inputs).double()
+    runs = CachedPair.run(runner, prompts, m)
+    cache = runs.clean if run == "clean" else runs.corrupt
+    base_value = runs.score(cache.logits).double()
     lc = cache.layers[layer]
     z_base = lc.z[:, :, head]
     w_o = a.o_weight(layer).reshape(a.n_heads, a.d_head, a.d_model)[head]
@@ -450,7 +446,7 @@ def rank_k_head(model, prompts: PromptSet, layer: int, head: int, ranks=None, *,
             logits = runner.resume(cache, rows_idx, layer, "post", lc.resid_post + delta, 0)
         else:
             logits = runner.resume(cache, rows_idx, layer, "mid", lc.resid_mid + delta, 0)
-        value = m(logits.float(), inputs).double()
+        value = runs.score(logits).double()
         diff = (pattern.float() - lc.pattern[:, head].float()).abs()        # [b, T, T]
         rows.append((run, layer, head, _label(layer, head), r, a.d_head, m.name, float(value.mean()),
                      float(base_value.mean()), float((value - base_value).mean()),

@@ -19,7 +19,6 @@ torch.Size([15, 15])
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -32,7 +31,8 @@ from patching.methods.path import PathSpec, path_patched_pattern
 from patching.core.prompts import PromptSet
 from patching.core.results import write_csv
 from patching.model.runner import RunCache
-from patching.core.spec import PatchSpec
+from patching.core.spec import PatchSpec, check_whole
+from patching.methods.pair import CachedPair
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,12 +84,7 @@ class AttentionDiff:
 
 
 def _check_range(value, size: int, what: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
+    value = check_whole(value, what)
     if not 0 <= value < size:
         raise ValueError(f"{what} {value!r} out of range; this model/prompt has {what} 0-{size - 1}")
     return value
@@ -184,8 +179,8 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
         return AttentionDiff(clean=pats[0], corrupt=pats[1], patched=pats[1].clone(),
                              patch_label="no patch: the corrupt run", **common)
 
-    clean, corrupt = runner.run(clean_ids), runner.run(corrupt_ids)
-    base, donor = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    runs = CachedPair.run(runner, prompts.subset([pair]), None, direction)
+    clean, corrupt, base, donor = runs.clean, runs.corrupt, runs.base, runs.donor
     clean_p, corrupt_p = clean.layers[layer].pattern[0, head], corrupt.layers[layer].pattern[0, head]
     base_p = base.layers[layer].pattern[0, head]
     if spec is None:

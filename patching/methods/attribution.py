@@ -37,84 +37,56 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from metrics import Metric, MetricInputs, get_metric
+from metrics import Metric, get_metric
 
 from patching.methods.sweep import plan_coords
 from patching.kinds import KINDS
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
+from patching.core.nodes import Node
 from patching.core.prompts import PromptSet
 from patching.core.provenance import recorded
 from patching.core.results import PatchResult, write_csv
-from patching.model.runner import RunCache
-from patching.core.spec import DIRECTIONS, PatchSpec
+from patching.model.runner import Edit, RunCache
+from patching.core.spec import PatchSpec, check_direction, check_whole
+from patching.methods.pair import CachedPair
 
 METHODS = ("plain", "ig")
 DEFAULT_STEPS = 16
 
 
 # -- a differentiable forward that keeps every activation --------------------------------------
+class _EdgeInputs(Edit):
+    """Each MLP's input and the unembedding's input become their own copy of the residual stream
+    plus a zero tensor, so the backward gives the gradient at those inputs; the heads' q / k / v
+    inputs get theirs afterwards from the q / k / v gradients (`_qkv_input_grads`)."""
+
+    def __init__(self):
+        self.mlp_inputs: list[Tensor] = []         # per layer [b, T, d] zeros
+        self.final_input: Tensor | None = None     # [b, d] zeros
+
+    def mlp_in(self, layer, x):
+        e = x.new_zeros(x.shape, requires_grad=True)
+        self.mlp_inputs.append(e)
+        return x + e
+
+    def final(self, x):
+        self.final_input = x.new_zeros(x.shape, requires_grad=True)
+        return x + self.final_input
+
+
 @dataclass
 class _Acts:
-    """Activations of one differentiable forward, per layer lists (shapes as in LayerCache)."""
-    resid_pre: list = field(default_factory=list)
-    q: list = field(default_factory=list)
-    k: list = field(default_factory=list)
-    v: list = field(default_factory=list)
-    pattern: list = field(default_factory=list)
-    z: list = field(default_factory=list)
-    attn_out: list = field(default_factory=list)
-    resid_mid: list = field(default_factory=list)
-    mlp_post: list = field(default_factory=list)
-    mlp_out: list = field(default_factory=list)
-    resid_post: list = field(default_factory=list)
-    qkv_in: list = field(default_factory=list)    # edges: per layer [b, T, H + 2 KV, d] input grads (filled later)
-    mlp_in: list = field(default_factory=list)    # edges: per layer [b, T, d] zeros, the MLP's input
-    final_in: Tensor | None = None                # edges: [b, d] zeros, the unembedding's input
-    logits: Tensor | None = None                  # [b, vocab] at the last position
+    """One differentiable forward: every activation (a grad-enabled RunCache) and, for edges,
+    the zero inputs whose gradients are the node inputs' gradients."""
+    cache: RunCache
+    edges: _EdgeInputs | None
 
 
 def _forward(runner, x0: Tensor, rope, edges: bool) -> _Acts:
-    """The engine's forward with autograd on: x0 [b, T, d] = token embeddings (resid_pre 0).
-
-    With `edges`, each MLP's input and the unembedding's input are their own copy of the
-    residual stream plus a zero tensor, so the backward gives the gradient at those inputs; the
-    heads' q / k / v inputs get theirs afterwards from the q / k / v gradients (`_qkv_input_grads`).
-    """
-    a = runner.arch
-    acts = _Acts()
-    x = x0
-    b, T, d = x.shape
-    for layer in range(a.n_layers):
-        acts.resid_pre.append(x)
-        q, k, v = a.qkv(layer, a.ln1(layer, x))
-        acts.q.append(q), acts.k.append(k), acts.v.append(v)
-        q_rot, k_rot = runner._rope(rope, q, k, 0)
-        pattern, z = runner.attend(layer, q_rot, k_rot, v, 0)
-        acts.pattern.append(pattern), acts.z.append(z)
-        attn_out = a.o_proj(layer, z)
-        acts.attn_out.append(attn_out)
-        if a.parallel:
-            mid, mlp_resid = None, x
-        else:
-            mid = x + attn_out
-            mlp_resid = mid
-        acts.resid_mid.append(mid)
-        if edges:
-            e = x.new_zeros(b, T, d, requires_grad=True)
-            mlp_resid = mlp_resid + e
-            acts.mlp_in.append(e)
-        post = a.mlp_act(layer, a.mlp_pre(layer, a.ln2(layer, mlp_resid)))
-        mlp_out = a.mlp_out(layer, post)
-        acts.mlp_post.append(post), acts.mlp_out.append(mlp_out)
-        x = x + attn_out + mlp_out if a.parallel else mid + mlp_out
-        acts.resid_post.append(x)
-    final = x[:, -1]
-    if edges:
-        acts.final_in = final.new_zeros(final.shape, requires_grad=True)
-        final = final + acts.final_in
-    acts.logits = a.unembed(a.ln_final(final))
-    return acts
+    """The runner's forward with autograd on: x0 [b, T, d] = token embeddings (resid_pre 0)."""
+    edit = _EdgeInputs() if edges else None
+    return _Acts(runner.forward(x0, rope=rope, edit=edit, keep=True), edit)
 
 
 _GRAD_NAMES = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid", "mlp_post",
@@ -123,19 +95,20 @@ _GRAD_NAMES = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mi
 
 def _gradients(runner, acts: _Acts, objective: Tensor, edges: bool) -> dict[str, list]:
     """d objective / d every activation (and every node input with edges), one backward."""
-    names = [n for n in _GRAD_NAMES if getattr(acts, n)[0] is not None]
-    inputs = [t for n in names for t in getattr(acts, n)]
+    layers = acts.cache.layers
+    names = [n for n in _GRAD_NAMES if getattr(layers[0], n) is not None]
+    inputs = [getattr(c, n) for n in names for c in layers]
     if edges:
-        inputs += acts.mlp_in + [acts.final_in]
+        inputs += acts.edges.mlp_inputs + [acts.edges.final_input]
     grads = torch.autograd.grad(objective, inputs, allow_unused=True)
     grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, inputs)]
     out, i = {}, 0
-    n_layers = len(acts.resid_pre)
+    n_layers = len(layers)
     for n in names + (["mlp_in"] if edges else []):
         out[n], i = list(grads[i:i + n_layers]), i + n_layers
     if edges:
         out["final_in"] = grads[i]
-        out["qkv_in"] = [_qkv_input_grads(runner, layer, acts.resid_pre[layer].detach(), out["q"][layer],
+        out["qkv_in"] = [_qkv_input_grads(runner, layer, layers[layer].resid_pre.detach(), out["q"][layer],
                                           out["k"][layer], out["v"][layer]) for layer in range(n_layers)]
     return out
 
@@ -159,14 +132,10 @@ def _qkv_input_grads(runner, layer: int, x: Tensor, g_q: Tensor, g_k: Tensor, g_
 
 @dataclass
 class _Attribution:
-    """What every estimate needs: both runs' caches, gradients (averaged for IG), baselines."""
-    base: RunCache
-    donor: RunCache
+    """What every estimate needs: the cached pair (the base run from the gradient pass for
+    plain attribution), gradients at the base run (averaged over steps for IG)."""
+    pair: CachedPair
     grads: dict
-    clean_baseline: Tensor
-    corrupt_baseline: Tensor
-    base_metric: Tensor          # [n_pairs], float64
-    metric: Metric
     method: str
     steps: int
     seconds: float
@@ -181,89 +150,68 @@ def _rows_per_backward(model, n_pos: int, max_memory_mb: float | None, device) -
     return max(1, int(budget // (4 * floats)))
 
 
+def _ig_gradients(model, pair: CachedPair, rope, steps: int, edges: bool, max_rows: int | None,
+                  max_memory_mb: float | None) -> dict:
+    """Gradients averaged over `steps` runs whose embeddings go from the base run's to the
+    donor's (midpoints), as many steps per forward + backward as the memory budget allows."""
+    runner, n_pairs = model.runner, pair.n_pairs
+    x_base, x_donor = pair.base.layers[0].resid_pre, pair.donor.layers[0].resid_pre
+    alphas = (torch.arange(steps, dtype=x_base.dtype, device=x_base.device) + 0.5) / steps
+    if max_rows is None:
+        max_rows = _rows_per_backward(model, pair.prompts.n_pos, max_memory_mb, pair.prompts.clean_tokens.device)
+    per_chunk = max(1, max_rows // n_pairs)           # steps per batched forward/backward
+    grads = None
+    for lo in range(0, steps, per_chunk):
+        a_ = alphas[lo:lo + per_chunk]
+        x0 = (x_base[None] + a_[:, None, None, None] * (x_donor - x_base)[None]).flatten(0, 1)
+        acts = _forward(runner, x0.detach().requires_grad_(True), rope, edges)   # rows: step-major x pairs
+        rows = pair.pairs.repeat(len(a_))
+        g = _gradients(runner, acts, pair.score(acts.cache.logits, rows).sum(), edges)
+        g = {k: ([t.view(len(a_), n_pairs, *t.shape[1:]).sum(0) for t in v] if isinstance(v, list)
+                 else v.view(len(a_), n_pairs, *v.shape[1:]).sum(0)) for k, v in g.items()}
+        grads = g if grads is None else {
+            k: ([x + y for x, y in zip(grads[k], v)] if isinstance(v, list) else grads[k] + v)
+            for k, v in g.items()}
+        del acts
+    return {k: ([t / steps for t in v] if isinstance(v, list) else v / steps) for k, v in grads.items()}
+
+
 def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, steps: int,
                edges: bool, max_rows: int | None = None, max_memory_mb: float | None = None) -> _Attribution:
     start = time.perf_counter()
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
+    check_direction(direction)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if method == "ig" and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1024):
-        raise ValueError(f"steps must be a whole number from 1 to 1024, not {steps!r}")
+    if method == "ig":
+        check_whole(steps, "steps", 1, 1024)
     require_runner(model, "attribution patching")
     metric = get_metric(metric)
     runner = model.runner
-    clean_tokens, corrupt_tokens = prompts.clean_tokens, prompts.corrupt_tokens
-    base_tokens, donor_tokens = ((corrupt_tokens, clean_tokens) if direction == "denoise"
-                                 else (clean_tokens, corrupt_tokens))
-    n_pairs = prompts.n_pairs
-    pairs = torch.arange(n_pairs, device=clean_tokens.device)
+    base_tokens, donor_tokens = ((prompts.corrupt_tokens, prompts.clean_tokens) if direction == "denoise"
+                                 else (prompts.clean_tokens, prompts.corrupt_tokens))
     donor = runner.run(donor_tokens)
-    rope = runner.rope_for(base_tokens)
-    positions = torch.arange(base_tokens.shape[1], device=base_tokens.device)
-
-    def objective(logits: Tensor, pair: Tensor, clean_logprobs: Tensor) -> Tensor:
-        return metric(logits.float(), MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair],
-                                                   clean_logprobs[pair]))
-
+    rope = runner.rope_for(base_tokens)          # outside inference mode: autograd saves it
     with torch.enable_grad():
         if method == "plain":
+            positions = torch.arange(base_tokens.shape[1], device=base_tokens.device)
             x0 = runner.arch.embed(base_tokens, positions).detach()
             acts = _forward(runner, x0.requires_grad_(True), rope, edges)
-            base_logits = acts.logits.detach()
-            clean_logits = donor.logits if direction == "denoise" else base_logits
-            clean_logprobs = clean_logits.float().log_softmax(-1)
-            values = objective(acts.logits, pairs, clean_logprobs)
-            grads = _gradients(runner, acts, values.sum(), edges)
-            base = _cache_from(acts, base_tokens, rope)
+            base = acts.cache.detached()
+            base.tokens = base_tokens
+            pair = CachedPair.from_base(prompts, base, donor, metric, direction)
+            grads = _gradients(runner, acts, pair.score(acts.cache.logits, pair.pairs).sum(), edges)
         else:
-            base = runner.run(base_tokens)
-            base_logits = base.logits
-            clean_logits = donor.logits if direction == "denoise" else base_logits
-            clean_logprobs = clean_logits.float().log_softmax(-1)
-            x_base, x_donor = base.layers[0].resid_pre, donor.layers[0].resid_pre
-            alphas = (torch.arange(steps, dtype=x_base.dtype, device=x_base.device) + 0.5) / steps
-            if max_rows is None:
-                max_rows = _rows_per_backward(model, prompts.n_pos, max_memory_mb, clean_tokens.device)
-            per_chunk = max(1, max_rows // n_pairs)           # steps per batched forward/backward
-            grads = None
-            for lo in range(0, steps, per_chunk):
-                a_ = alphas[lo:lo + per_chunk]
-                x0 = (x_base[None] + a_[:, None, None, None] * (x_donor - x_base)[None]).flatten(0, 1)
-                acts = _forward(runner, x0.detach().requires_grad_(True), rope, edges)   # rows: step-major x pairs
-                rows = pairs.repeat(len(a_))
-                g = _gradients(runner, acts, objective(acts.logits, rows, clean_logprobs).sum(), edges)
-                g = {k: ([t.view(len(a_), n_pairs, *t.shape[1:]).sum(0) for t in v] if isinstance(v, list)
-                         else v.view(len(a_), n_pairs, *v.shape[1:]).sum(0)) for k, v in g.items()}
-                grads = g if grads is None else {
-                    k: ([x + y for x, y in zip(grads[k], v)] if isinstance(v, list) else grads[k] + v)
-                    for k, v in g.items()}
-                del acts
-            grads = {k: ([t / steps for t in v] if isinstance(v, list) else v / steps) for k, v in grads.items()}
+            pair = CachedPair.from_base(prompts, runner.run(base_tokens), donor, metric, direction)
+            grads = _ig_gradients(model, pair, rope, steps, edges, max_rows, max_memory_mb)
     with torch.inference_mode():
-        base_metric = objective(base_logits, pairs, clean_logprobs).double().cpu()
-        donor_metric = objective(donor.logits, pairs, clean_logprobs).double().cpu()
-    clean_b, corrupt_b = (donor_metric, base_metric) if direction == "denoise" else (base_metric, donor_metric)
-    return _Attribution(base, donor, grads, clean_b, corrupt_b, base_metric, metric, method,
-                        steps if method == "ig" else 0, time.perf_counter() - start)
-
-
-def _cache_from(acts: _Acts, tokens: Tensor, rope) -> RunCache:
-    """The activations of a differentiable forward as a detached RunCache (for deltas)."""
-    from patching.model.runner import LayerCache
-    det = lambda t: t.detach() if t is not None else None   # noqa: E731
-    layers = [LayerCache(det(acts.resid_pre[l]), det(acts.q[l]), det(acts.k[l]), det(acts.v[l]),
-                         None, None, det(acts.pattern[l]), det(acts.z[l]), det(acts.attn_out[l]),
-                         det(acts.resid_mid[l]), None, det(acts.mlp_post[l]), det(acts.mlp_out[l]),
-                         det(acts.resid_post[l]))
-              for l in range(len(acts.resid_pre))]
-    return RunCache(tokens, layers, acts.logits.detach(), rope)
+        pair.clean_baseline, pair.corrupt_baseline      # measured outside the gradient pass
+    return _Attribution(pair, grads, method, steps if method == "ig" else 0, time.perf_counter() - start)
 
 
 # -- node attributions, per kind ------------------------------------------------------------------
 def _dot(attr: str, att: _Attribution, layer: int) -> Tensor:
     """(donor - base) * grad for one activation of one layer, same shape as the activation."""
-    delta = getattr(att.donor.layers[layer], attr) - getattr(att.base.layers[layer], attr)
+    delta = getattr(att.pair.donor.layers[layer], attr) - getattr(att.pair.base.layers[layer], attr)
     return delta * att.grads[attr][layer]
 
 
@@ -364,9 +312,9 @@ def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[
         sel = full
         for dim, a in enumerate(axes):
             sel = sel.index_select(dim, torch.tensor(coords[a], dtype=torch.long))
-        per_pair = att.base_metric + sel
-        out.append(AttributionResult(spec, axes, coords, per_pair, att.clean_baseline, att.corrupt_baseline,
-                                     prompts.str_tokens, att.metric.clean_is, att.seconds, model.name,
+        per_pair = att.pair.base_baseline + sel
+        out.append(AttributionResult(spec, axes, coords, per_pair, att.pair.clean_baseline, att.pair.corrupt_baseline,
+                                     prompts.str_tokens, att.pair.metric.clean_is, att.seconds, model.name,
                                      method, att.steps))
     return out
 
@@ -461,27 +409,27 @@ def edge_attribution(model, prompts: PromptSet, *, metric: Metric | Callable | s
     a = model.arch
     n_layers, H, KV = a.n_layers, a.n_heads, a.n_kv_heads
     parallel = model.parallel_attn_mlp
-    up_labels, up_deltas, up_slots = ["embed"], [att.donor.layers[0].resid_pre - att.base.layers[0].resid_pre], [0]
+    up_labels, up_deltas, up_slots = ["embed"], [att.pair.donor.layers[0].resid_pre - att.pair.base.layers[0].resid_pre], [0]
     for layer in range(n_layers):
         w_o = a.o_weight(layer).detach().view(H, a.d_head, a.d_model)
-        dz = att.donor.layers[layer].z - att.base.layers[layer].z                    # [b, T, H, dh]
+        dz = att.pair.donor.layers[layer].z - att.pair.base.layers[layer].z                    # [b, T, H, dh]
         heads = torch.einsum("bthd,hdm->bhtm", dz, w_o)                              # [b, H, T, d]
         for h in range(H):
-            up_labels.append(f"head:{layer}.{h}")
+            up_labels.append(Node("head", layer, h).label)
             up_deltas.append(heads[:, h])
             up_slots.append(2 * layer + 1)
-        up_labels.append(f"mlp:{layer}")
-        up_deltas.append(att.donor.layers[layer].mlp_out - att.base.layers[layer].mlp_out)
+        up_labels.append(Node("mlp", layer).label)
+        up_deltas.append(att.pair.donor.layers[layer].mlp_out - att.pair.base.layers[layer].mlp_out)
         up_slots.append(2 * layer + 2)
     down_labels, down_grads, down_slots = [], [], []
     for layer in range(n_layers):
         g = att.grads["qkv_in"][layer]                                               # [b, T, C, d]
         for c, (kind, head) in enumerate([("q", h) for h in range(H)] + [("k", g_) for g_ in range(KV)]
                                          + [("v", g_) for g_ in range(KV)]):
-            down_labels.append(f"{kind}:{layer}.{head}")
+            down_labels.append(Node(kind, layer, head).label)
             down_grads.append(g[:, :, c])
             down_slots.append(2 * layer)
-        down_labels.append(f"mlp:{layer}")
+        down_labels.append(Node("mlp", layer).label)
         down_grads.append(att.grads["mlp_in"][layer])
         down_slots.append(2 * layer + (0 if parallel else 1))
     final = torch.zeros_like(down_grads[0])
@@ -494,8 +442,8 @@ def edge_attribution(model, prompts: PromptSet, *, metric: Metric | Callable | s
     scores = torch.einsum("bun,bvn->uvb", U, V).double().cpu()
     exists = torch.tensor(up_slots)[:, None] <= torch.tensor(down_slots)[None, :]
     scores[~exists] = float("nan")
-    metric_name = metric if isinstance(metric, str) else att.metric.name
-    return EdgeScores(tuple(up_labels), tuple(down_labels), scores, att.clean_baseline, att.corrupt_baseline,
+    metric_name = metric if isinstance(metric, str) else att.pair.metric.name
+    return EdgeScores(tuple(up_labels), tuple(down_labels), scores, att.pair.clean_baseline, att.pair.corrupt_baseline,
                       direction, metric_name, method, att.steps, att.seconds, model.name)
 
 
@@ -517,7 +465,7 @@ def agreement(estimate: PatchResult, exact: PatchResult, k: int = 10) -> dict:
     a, b = estimate.values.flatten().double(), exact.values.flatten().double()
     keep = ~(torch.isnan(a) | torch.isnan(b))
     a, b = a[keep], b[keep]
-    base = exact.corrupt_value if exact.spec.direction == "denoise" else exact.clean_value
+    base = exact.base_value
     ea, eb = (a - base).abs(), (b - base).abs()
     changed = int((eb > 1e-3 * max(float(eb.max()), 1e-12)).sum()) if len(eb) else 0
     kk = max(1, min(k, changed))

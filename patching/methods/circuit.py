@@ -37,62 +37,54 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from metrics import Metric, MetricInputs, get_metric
+from metrics import Metric, get_metric
 
 from patching.model import hooks
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.core.prompts import PromptSet
+from patching.core.nodes import ROLES, Node, head_label, parse_node
 from patching.core.results import PatchResult, write_csv
+from patching.methods.pair import CachedPair
+from patching.model.runner import Edit
+from patching.core.spec import check_whole
 
 ABLATIONS = ("mean", "resample", "zero")
 REDUCTIONS = ("sum", "max")
-_PATTERN = re.compile(r"^\s*(?:L(\d+)H(\d+)|MLP(\d+)|ATTN(\d+))\s*$", re.IGNORECASE)
 
 
 # -- components -----------------------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
-class Component:
-    """One node: kind 'head' (layer, head), 'mlp' (layer) or 'attn' (layer: every head)."""
-    layer: int
-    kind: str
-    head: int | None = None
-
-    def __post_init__(self):
-        if self.kind not in ("head", "mlp", "attn"):
-            raise ValueError(f"component kind must be 'head', 'mlp' or 'attn', not {self.kind!r}")
-        if (self.head is None) != (self.kind != "head"):
-            raise ValueError(f"a {self.kind} component {'needs' if self.kind == 'head' else 'takes no'} head")
-
-    @property
-    def name(self) -> str:
-        """'L1H4', 'MLP2' or 'ATTN0' (what `parse_component` reads)."""
-        return {"head": f"L{self.layer}H{self.head}", "mlp": f"MLP{self.layer}",
-                "attn": f"ATTN{self.layer}"}[self.kind]
-
-    def __str__(self) -> str:
-        return self.name
+COMPONENT_KINDS = ROLES["component"][0]
 
 
-def parse_component(text: str | Component) -> Component:
-    """'L1H4' -> a head, 'MLP2' -> an MLP, 'ATTN0' -> every head of layer 0 (case-insensitive).
+class Component(Node):
+    """A circuit component: a `Node` of kind 'head' (layer, head), 'mlp' (layer) or 'attn'
+    (layer: every head), built layer first. Equal to the same Node however it was spelled."""
+
+    def __init__(self, layer: int, kind: str, head: int | None = None):
+        if kind not in COMPONENT_KINDS:
+            raise ValueError(f"component kind must be 'head', 'mlp' or 'attn', not {kind!r}")
+        if (head is None) != (kind != "head"):
+            raise ValueError(f"a {kind} component {'needs' if kind == 'head' else 'takes no'} head")
+        super().__init__(kind, layer, head)
+
+    def __repr__(self) -> str:
+        return f"Component(layer={self.layer!r}, kind={self.kind!r}, head={self.head!r})"
+
+
+def parse_component(text: str | Node) -> Component:
+    """'L1H4' -> a head, 'MLP2' -> an MLP, 'ATTN0' -> every head of layer 0 (case-insensitive;
+    'head:1.4' and 'mlp:2' read too: `patching.core.nodes`).
 
     >>> parse_component("L1H4"), parse_component("mlp2").name
     (Component(layer=1, kind='head', head=4), 'MLP2')
     """
     if isinstance(text, Component):
         return text
-    m = _PATTERN.match(str(text))
-    if not m:
-        raise ValueError(f"bad component {text!r}; write L<layer>H<head>, MLP<layer> or ATTN<layer>, "
-                         "e.g. L0H3,MLP1")
-    if m.group(1) is not None:
-        return Component(int(m.group(1)), "head", int(m.group(2)))
-    if m.group(3) is not None:
-        return Component(int(m.group(3)), "mlp")
-    return Component(int(m.group(4)), "attn")
+    node = parse_node(text, "component")
+    return Component(node.layer, node.kind, node.head)
 
 
-def parse_components(text: str | Iterable[str | Component] | None) -> tuple[Component, ...]:
+def parse_components(text: str | Iterable[str | Node] | None) -> tuple[Component, ...]:
     """A comma / space separated list (or an iterable) -> components, duplicates dropped, in order.
 
     >>> [c.name for c in parse_components("L0H1, MLP0 L0H1")]
@@ -111,7 +103,7 @@ def parse_components(text: str | Iterable[str | Component] | None) -> tuple[Comp
     return tuple(out)
 
 
-def format_components(components: Iterable[Component]) -> str:
+def format_components(components: Iterable[Node]) -> str:
     """Components -> 'L0H1,MLP0' (what `parse_components` reads back).
 
     >>> format_components(parse_components("L0H1 MLP0"))
@@ -149,8 +141,7 @@ class CircuitSpec:
         object.__setattr__(self, "components", parse_components(self.components))
         if self.ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be a whole number, not {self.seed!r}")
+        check_whole(self.seed, "seed")
 
     def validate(self, model) -> "CircuitSpec":
         check_components(model, self.components)
@@ -184,8 +175,20 @@ def _faith(m: float, m_full: float, m_empty: float) -> float:
     return (m - m_empty) / gap if abs(gap) > 1e-12 else float("nan")
 
 
+class _FullAndEmpty:
+    """m_full / m_empty: the means of a result's `full` and `empty` per-pair tensors."""
+
+    @property
+    def m_full(self) -> float:
+        return float(self.full.mean())
+
+    @property
+    def m_empty(self) -> float:
+        return float(self.empty.mean())
+
+
 @dataclass(frozen=True, eq=False)
-class CircuitResult:
+class CircuitResult(_FullAndEmpty):
     """One circuit's metric (per pair and mean) next to the full and empty (all-ablated) runs."""
     spec: CircuitSpec
     per_pair: Tensor = field(repr=False)        # [n_pairs] metric with the circuit only
@@ -200,14 +203,6 @@ class CircuitResult:
         return float(self.per_pair.mean())
 
     @property
-    def m_full(self) -> float:
-        return float(self.full.mean())
-
-    @property
-    def m_empty(self) -> float:
-        return float(self.empty.mean())
-
-    @property
     def faithfulness(self) -> float:
         """(m_circuit - m_empty) / (m_full - m_empty); NaN when full and empty agree."""
         return _faith(self.m_circuit, self.m_full, self.m_empty)
@@ -220,7 +215,7 @@ class CircuitResult:
 
 
 @dataclass(frozen=True, eq=False)
-class CurveResult:
+class CurveResult(_FullAndEmpty):
     """Faithfulness as components are added in order: k = 0 (empty) .. len(components)."""
     components: tuple[Component, ...]
     ks: tuple[int, ...]
@@ -239,14 +234,6 @@ class CurveResult:
     def values(self) -> Tensor:
         """Mean metric per k, [len(ks)]."""
         return self.per_pair.mean(-1)
-
-    @property
-    def m_full(self) -> float:
-        return float(self.full.mean())
-
-    @property
-    def m_empty(self) -> float:
-        return float(self.empty.mean())
 
     @property
     def faithfulness(self) -> list[float]:
@@ -315,31 +302,33 @@ def _ablation_values(z: list, mlp: list, ablation: str, seed: int) -> _Ablation:
     return _Ablation(list(z), list(mlp), _resample_sources(n, seed, device))
 
 
+class _AblationEdit(Edit):
+    """The clean forward with ablations: per row, each head's z and each MLP's output replaced
+    where keep [B, L*H + L] (heads l*H+h, then MLPs) is False by its source activation."""
+
+    def __init__(self, keep: Tensor, abl: _Ablation, src: Tensor, n_layers: int, n_heads: int):
+        self.keep, self.abl, self.src, self.n_layers, self.n_heads = keep, abl, src, n_layers, n_heads
+
+    def z(self, layer, pattern, z):                                               # z [B, T, H, dh]
+        keep_h = self.keep[:, layer * self.n_heads:(layer + 1) * self.n_heads]   # [B, H]
+        if bool(keep_h.all()):
+            return z
+        return torch.where(keep_h[:, None, :, None], z, self.abl.src_z[layer][self.src].to(z.dtype))
+
+    def mlp_out(self, layer, out):                                                # out [B, T, d]
+        keep_m = self.keep[:, self.n_layers * self.n_heads + layer]               # [B]
+        if bool(keep_m.all()):
+            return out
+        return torch.where(keep_m[:, None, None], out, self.abl.src_mlp[layer][self.src].to(out.dtype))
+
+
 def _runner_forward(runner, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Ablation, n_heads: int) -> Tensor:
     """The clean forward with ablations. tokens [P, T]; pair [B]: each row's pair; keep [B, L*H + L]
     bool (heads l*H+h, then MLPs). Returns the last position's logits [B, vocab]."""
-    a = runner.arch
     x_tokens = tokens[pair]
     positions = torch.arange(x_tokens.shape[1], device=x_tokens.device)
-    rope = runner.rope_for(x_tokens)
-    x = a.embed(x_tokens, positions)
-    src = abl.src[pair]
-    L = a.n_layers
-    for layer in range(L):
-        q, k, v = a.qkv(layer, a.ln1(layer, x))
-        q_rot, k_rot = runner._rope(rope, q, k, 0)
-        _, z = runner.attend(layer, q_rot, k_rot, v, 0)
-        keep_h = keep[:, layer * n_heads:(layer + 1) * n_heads]                # [B, H]
-        if not bool(keep_h.all()):
-            z = torch.where(keep_h[:, None, :, None], z, abl.src_z[layer][src].to(z.dtype))
-        attn_out = a.o_proj(layer, z)
-        mlp_in = x if a.parallel else x + attn_out
-        mlp_out = a.mlp_out(layer, a.mlp_act(layer, a.mlp_pre(layer, a.ln2(layer, mlp_in))))
-        keep_m = keep[:, L * n_heads + layer]                                    # [B]
-        if not bool(keep_m.all()):
-            mlp_out = torch.where(keep_m[:, None, None], mlp_out, abl.src_mlp[layer][src].to(mlp_out.dtype))
-        x = x + attn_out + mlp_out
-    return a.unembed(a.ln_final(x[:, -1]))
+    edit = _AblationEdit(keep, abl, abl.src[pair], runner.arch.n_layers, n_heads)
+    return runner.forward(runner.arch.embed(x_tokens, positions), rope=runner.rope_for(x_tokens), edit=edit)
 
 
 def _hook_forward(bridge, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Ablation, n_layers: int,
@@ -374,15 +363,17 @@ def _rows_per_forward(model, n_pos: int, max_memory_mb: float | None) -> int:
 @dataclass
 class _Context:
     model: object
-    prompts: PromptSet
-    metric: Metric
+    pair: CachedPair             # the clean run (its log-probabilities) and the corrupt run's logits
     abl: _Ablation
-    clean_logprobs: Tensor
     max_memory_mb: float | None
+
+    @property
+    def metric(self) -> Metric:
+        return self.pair.metric
 
     def measure(self, masks: list[frozenset[int]]) -> list[Tensor]:
         """Metric per pair [n_pairs] for each kept node set, batched (rows = masks x pairs)."""
-        model, prompts = self.model, self.prompts
+        model, prompts = self.model, self.pair.prompts
         L, H, P = model.n_layers, model.n_heads, prompts.n_pairs
         n_nodes = L * H + L
         device = prompts.clean_tokens.device
@@ -401,8 +392,7 @@ class _Context:
                     logits = _runner_forward(model.runner, prompts.clean_tokens, pair, keep, self.abl, H)
                 else:
                     logits = _hook_forward(model.bridge, prompts.clean_tokens, pair, keep, self.abl, L, H)
-                inputs = MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair], self.clean_logprobs[pair])
-                values = self.metric(logits.float(), inputs).double().cpu().view(len(part), P)
+                values = self.pair.measure(logits, pair).view(len(part), P)
             out.extend(values)
         return out
 
@@ -414,18 +404,18 @@ def _context(model, prompts: PromptSet, ablation: str, seed: int, metric, max_me
     L = model.n_layers
     with torch.inference_mode():
         if model.runner is not None:
-            clean, corrupt = model.runner.run(prompts.clean_tokens), model.runner.run(prompts.corrupt_tokens)
-            z = [c.z for c in corrupt.layers]
-            mlp = [c.mlp_out for c in corrupt.layers]
-            clean_logits = clean.logits
+            pair = CachedPair.run(model.runner, prompts, metric)
+            z = [c.z for c in pair.corrupt.layers]
+            mlp = [c.mlp_out for c in pair.corrupt.layers]
         else:
             names = {hooks.z(l) for l in range(L)} | {hooks.mlp_out(l) for l in range(L)}
             clean_logits = model.bridge(prompts.clean_tokens)[:, -1]
-            _, cache = model.bridge.run_with_cache(prompts.corrupt_tokens, names_filter=lambda n: n in names)
+            corrupt_logits, cache = model.bridge.run_with_cache(prompts.corrupt_tokens,
+                                                                names_filter=lambda n: n in names)
+            pair = CachedPair.from_logits(prompts, clean_logits, corrupt_logits[:, -1], metric)
             z = [cache[hooks.z(l)] for l in range(L)]
             mlp = [cache[hooks.mlp_out(l)] for l in range(L)]
-    return _Context(model, prompts, metric, _ablation_values(z, mlp, ablation, seed),
-                    clean_logits.float().log_softmax(-1), max_memory_mb)
+    return _Context(model, pair, _ablation_values(z, mlp, ablation, seed), max_memory_mb)
 
 
 def _evaluate(ctx: _Context, circuits: list[frozenset[int]]) -> tuple[list[Tensor], Tensor, Tensor]:
@@ -507,7 +497,7 @@ def component_effects(result: PatchResult, reduce: str = "sum") -> dict[Componen
     kind = result.spec.kind
     if kind not in ("head_out", "mlp_out", "attn_out"):
         raise ValueError(f"rank components from a head_out, mlp_out or attn_out result, not {kind!r}")
-    base = result.corrupt_value if result.spec.direction == "denoise" else result.clean_value
+    base = result.base_value
     effect = result.values - base
     axes = list(result.axes)
     if "pos" in axes:
@@ -544,8 +534,7 @@ def rank_components(*results: PatchResult, reduce: str = "sum") -> list[tuple[Co
 
 def top_components(*results: PatchResult, k: int = 10, reduce: str = "sum") -> tuple[Component, ...]:
     """The k components with the largest |effect| (see `rank_components`)."""
-    if not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a whole number >= 0, not {k!r}")
+    k = check_whole(k, "k", 0)
     return tuple(c for c, _ in rank_components(*results, reduce=reduce)[:k])
 
 
@@ -571,18 +560,16 @@ class EdgeGraph:
 
 def _graph_node(label: str, n_heads: int, n_kv: int) -> tuple[str, str, str, int | None, int | None]:
     """An EdgeScores label -> (node name, input it enters, node kind, layer, head)."""
-    if label in ("embed", "logits"):
+    node = parse_node(label)
+    if node.kind in ("embed", "logits"):
         return label, label, label, None, None
-    part, rest = label.split(":")
-    if part in ("head", "mlp"):
-        if part == "mlp":
-            return f"MLP{rest}", "mlp", "mlp", int(rest), None
-        layer, head = (int(x) for x in rest.split("."))
-        return f"L{layer}H{head}", "out", "head", layer, head
-    layer, head = (int(x) for x in rest.split("."))
-    if part in ("k", "v") and n_kv != n_heads:       # grouped-query: k / v belong to a key/value head
-        return f"L{layer}KV{head}", part, "kv", layer, head
-    return f"L{layer}H{head}", part, "head", layer, head
+    if node.kind == "mlp":
+        return node.name, "mlp", "mlp", node.layer, None
+    if node.kind == "head":
+        return node.name, "out", "head", node.layer, node.head
+    if node.kind in ("k", "v") and n_kv != n_heads:     # grouped-query: k / v belong to a key/value head
+        return f"L{node.layer}KV{node.head}", node.kind, "kv", node.layer, node.head
+    return head_label(node.layer, node.head), node.kind, "head", node.layer, node.head
 
 
 def edge_graph(edges, threshold: float = 0.0, *, by: str = "abs", top: int | None = None,

@@ -137,7 +137,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _base(result: PatchResult) -> float:
-    return result.corrupt_value if result.spec.direction == "denoise" else result.clean_value
+    return result.base_value
 
 
 def compare_cells(exact: PatchResult, approx: PatchResult, *, k: int = 10, large: float = LARGE,

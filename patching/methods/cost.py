@@ -43,7 +43,8 @@ from patching.kinds import KINDS
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
 from patching.core.prompts import PromptSet
-from patching.core.spec import PatchSpec
+from patching.core.spec import PatchSpec, check_whole
+from patching.methods.pair import CachedPair
 
 ANALYSES = ("sweep", "path", "attribution")
 CALIBRATION_ROWS = 64
@@ -177,9 +178,7 @@ class CostEstimate:
             raise ValueError(f"analysis must be one of {', '.join(ANALYSES)}, not {self.analysis!r}")
         for name in ("n_pairs", "cells", "patched_rows", "skipped_cells", "batches", "reference_forwards",
                      "cache_bytes", "batch_bytes", "weights_bytes"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a whole number >= 0, not {v!r}")
+            check_whole(getattr(self, name), name, 0)
         if not self.forward_equivalents >= 0 or not self.seconds >= 0:
             raise ValueError(f"forward_equivalents and seconds must be >= 0, not "
                              f"{self.forward_equivalents!r}, {self.seconds!r}")
@@ -332,10 +331,9 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
     with torch.inference_mode():
         for lo in range(0, n_pairs, group):
             part = prompts.subset(range(lo, min(lo + group, n_pairs))) if n_pairs > group else prompts
-            clean, corrupt = model.runner.run(part.clean_tokens), model.runner.run(part.corrupt_tokens)
-            cache_bytes = max(cache_bytes, _tensor_bytes(clean) + _tensor_bytes(corrupt))
-            base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
-            ctx = patch_context(model.runner, part, spec, base, donor)
+            runs = CachedPair.run(model.runner, part, None, spec.direction)
+            cache_bytes = max(cache_bytes, _tensor_bytes(runs.clean) + _tensor_bytes(runs.corrupt))
+            ctx = patch_context(model.runner, part, spec, runs.base, runs.donor)
             plan = batch_plan(model, part, spec, kind, axes, coords, ctx, budget, cells)
             for step in plan:
                 if lo == 0:

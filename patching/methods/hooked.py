@@ -13,10 +13,9 @@ import time
 
 import torch
 
-from metrics import MetricInputs
-
 from patching.kinds import KINDS
 from patching.core.results import PatchResult
+from patching.methods.pair import CachedPair
 
 ROWS_PER_FORWARD = 64
 
@@ -62,12 +61,7 @@ def sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, st
         donor_cache = clean_cache if spec.direction == "denoise" else bridge.run_with_cache(
             donor_tokens, names_filter=lambda n: n in names)[1]
     n_pairs = prompts.n_pairs
-    clean_logprobs = clean_logits[:, -1].float().log_softmax(-1)
-
-    def measure(logits, pair):
-        inputs = MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair], clean_logprobs[pair])
-        return metric(logits.float(), inputs).double().cpu()
-
+    pair_runs = CachedPair.from_logits(prompts, clean_logits[:, -1], corrupt_logits[:, -1], metric, spec.direction)
     all_pairs = torch.arange(n_pairs)
     mask = torch.zeros(prompts.n_pos, dtype=torch.bool)
     mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
@@ -88,12 +82,12 @@ def sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, st
             with torch.inference_mode():
                 logits = bridge.run_with_hooks(base_tokens.repeat(len(part), 1),
                                                fwd_hooks=[(kind.hook(layer), _setter(spec.kind, i, pair, donor, mask))])
-            values = measure(logits[:, -1], pair).view(len(part), n_pairs)
+            values = pair_runs.measure(logits[:, -1], pair).view(len(part), n_pairs)
             for c, v in zip(part, values):
                 per_pair[(li, *c)] = v
             done += len(part)
             if on_progress is not None:
                 on_progress(done, total)
-    return PatchResult(spec, axes, coords, per_pair, measure(clean_logits[:, -1], all_pairs),
-                       measure(corrupt_logits[:, -1], all_pairs), prompts.str_tokens, metric.clean_is,
+    return PatchResult(spec, axes, coords, per_pair, pair_runs.clean_baseline,
+                       pair_runs.corrupt_baseline, prompts.str_tokens, metric.clean_is,
                        time.perf_counter() - start, model.name)

@@ -35,7 +35,6 @@ torch.Size([4, 4])
 from __future__ import annotations
 
 import itertools
-import re
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -44,74 +43,23 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from metrics import Metric, MetricInputs, get_metric
+from metrics import Metric, get_metric
 
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
+from patching.core.nodes import ROLES, Node, parse_node
 from patching.core.prompts import PromptSet
 from patching.core.provenance import recorded
 from patching.core.results import PatchResult, write_csv
-from patching.model.runner import RunCache, Runner
-from patching.core.spec import DIRECTIONS
+from patching.model.runner import Edit, Runner
+from patching.methods.pair import CachedPair
+from patching.core.spec import check_direction
 
 MODES = ("heads_frozen", "direct")
 SWEEPS = ("senders", "receivers")
-SENDER_KINDS = ("head", "mlp", "resid")
-RECEIVER_KINDS = ("q", "k", "v", "mlp", "logits")
+SENDER_KINDS = ROLES["sender"][0]
+RECEIVER_KINDS = ROLES["receiver"][0]
 Progress = Callable[[int, int], None]
-
-_NODE = re.compile(r"^(?:(?P<kind>[a-z]+):)?(?P<layer>\d+)(?:\.(?P<head>\d+))?(?:@(?P<pos>\d+))?$")
-
-
-# -- nodes: senders and receivers ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Node:
-    """One sender or receiver. kind: head / mlp / resid (senders), q / k / v / mlp / logits."""
-    kind: str
-    layer: int | None = None
-    head: int | None = None        # query head; key/value head for k and v receivers
-    pos: int | None = None         # senders only: None = every position
-
-    @property
-    def label(self) -> str:
-        """The spec syntax: 'head:1.2@5', 'mlp:0', 'q:2.1', 'logits'."""
-        if self.kind == "logits":
-            return "logits"
-        text = f"{self.kind}:{self.layer}" + (f".{self.head}" if self.head is not None else "")
-        return text + (f"@{self.pos}" if self.pos is not None else "")
-
-
-def parse_node(text: str, role: str) -> Node:
-    """'head:1.2@5' / '1.2' (a head) / 'mlp:0' / 'resid:0@3' (senders); 'q:2.1' / 'mlp:2' /
-    'logits' (receivers). ValueError naming the text and the accepted forms.
-
-    >>> parse_node("1.2@5", "sender")
-    Node(kind='head', layer=1, head=2, pos=5)
-    >>> parse_node("k:3.0", "receiver").label
-    'k:3.0'
-    """
-    forms = ("'head:L.H', 'L.H', 'head:L.H@POS', 'mlp:L', 'mlp:L@POS', 'resid:L@POS'" if role == "sender"
-             else "'q:L.H', 'k:L.H', 'v:L.H', 'mlp:L', 'logits'")
-    s = str(text).strip().replace(" ", "")
-    if role == "receiver" and s in ("logits", "resid_final"):
-        return Node("logits")
-    m = _NODE.match(s)
-    if m is None:
-        raise ValueError(f"bad {role} {text!r}; write one of {forms}")
-    kind = m["kind"] or ("head" if role == "sender" and m["head"] is not None else None)
-    layer, head = int(m["layer"]), (int(m["head"]) if m["head"] is not None else None)
-    pos = int(m["pos"]) if m["pos"] is not None else None
-    allowed = SENDER_KINDS if role == "sender" else RECEIVER_KINDS
-    if kind not in allowed:
-        raise ValueError(f"bad {role} {text!r}: kind {kind!r} is not a {role} kind "
-                         f"({', '.join(allowed)}); write one of {forms}")
-    needs_head = kind in ("head", "q", "k", "v")
-    if needs_head != (head is not None):
-        raise ValueError(f"bad {role} {text!r}: {kind} " + ("needs LAYER.HEAD" if needs_head else "takes a layer only")
-                         + f"; write one of {forms}")
-    if pos is not None and role == "receiver":
-        raise ValueError(f"bad receiver {text!r}: receivers take no @POS; set receiver_positions instead")
-    return Node(kind, layer, head, pos)
 
 
 # -- the spec -----------------------------------------------------------------------------------
@@ -160,8 +108,7 @@ class PathSpec:
             raise ValueError(f"sweep must be one of {', '.join(SWEEPS)}, not {self.sweep!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be 'denoise' or 'noise', not {self.direction!r}")
+        check_direction(self.direction)
         if not isinstance(self.metric, str) or not self.metric:
             raise ValueError(f"metric must be a metric name, not {self.metric!r}")
         for name, role in (("senders", "sender"), ("receivers", "receiver")):
@@ -255,19 +202,7 @@ class PathResult(PatchResult):
         cells = self._cells()
         senders = [c["sender"] for c in cells]
         rnodes = [parse_node(c["receiver"], "receiver") if "+" not in c["receiver"] else None for c in cells]
-        pos = [s.pos for s in senders]
-        df = pd.DataFrame({
-            "kind": "path", "direction": spec.direction, "metric": spec.metric,
-            "layer": [s.layer for s in senders], "pos": pos, "head": [s.head for s in senders],
-            "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
-            "value": self.values.reshape(-1).tolist(),
-            "normalized": self.normalized.reshape(-1).tolist(),
-        })
-        if self.n_pairs > 1:
-            lo, hi = self.bootstrap_ci()
-            df["stderr"] = self.stderr.reshape(-1).tolist()
-            df["ci_low"] = lo.reshape(-1).tolist()
-            df["ci_high"] = hi.reshape(-1).tolist()
+        df = self.contract_frame([s.layer for s in senders], [s.pos for s in senders], [s.head for s in senders])
         df["n_pairs"] = self.n_pairs
         df["sender"] = [s.label for s in senders]
         df["receiver"] = [c["receiver"] for c in cells]
@@ -289,12 +224,7 @@ class PathResult(PatchResult):
 
     @classmethod
     def from_json(cls, d: dict) -> "PathResult":
-        per_pair = torch.tensor(d["per_pair"], dtype=torch.float64).reshape(d["shape"])
-        return cls(PathSpec.from_dict(d["spec"]), tuple(d["axes"]),
-                   {k: tuple(v) for k, v in d["coords"].items()}, per_pair,
-                   torch.tensor(d["clean_baseline"], dtype=torch.float64),
-                   torch.tensor(d["corrupt_baseline"], dtype=torch.float64),
-                   tuple(d["str_tokens"]), d["metric_clean_is"], d["seconds"], d["model_name"],
+        return cls(PathSpec.from_dict(d["spec"]), *PatchResult.json_fields(d),
                    tuple(d.get("sender_labels", ())), tuple(d.get("receiver_labels", ())),
                    provenance=d.get("provenance"))
 
@@ -316,13 +246,13 @@ def _write_slot(node: Node) -> int:
     return {"head": 2 * node.layer + 1, "mlp": 2 * node.layer + 2, "resid": 2 * node.layer}[node.kind]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Plan:
+    """One step-1/step-2 setting: the cached pair, the mode, the receivers and where they read."""
     runner: Runner
-    base: RunCache
-    donor: RunCache
+    pair: CachedPair
     mode: str
-    receivers: list[Node]
+    receivers: tuple[Node, ...]
     read_positions: Tensor      # [P] positions the receivers are patched at (sorted)
     n_layers: int
     parallel: bool
@@ -335,9 +265,25 @@ class _Plan:
         return _read_slot(node, self.n_layers, self.parallel)
 
 
+def _plan_for(model, pair: CachedPair, spec: "PathSpec", receivers, sender_pos: int | None) -> _Plan:
+    """Receiver positions: the last position for logits; from the sender's position on."""
+    n_pos = pair.prompts.n_pos
+    rpos = spec.receiver_positions
+    if all(r.kind == "logits" for r in receivers):
+        pos = [n_pos - 1]
+    else:
+        pos = list(rpos) if rpos is not None else list(range(n_pos))
+        if any(r.kind == "logits" for r in receivers) and n_pos - 1 not in pos:
+            pos.append(n_pos - 1)
+    lo = sender_pos or 0
+    pos = sorted(p for p in pos if p >= lo) or [n_pos - 1]
+    return _Plan(model.runner, pair, spec.mode, tuple(receivers), torch.tensor(pos, device=pair.pairs.device),
+                 model.n_layers, model.parallel_attn_mlp)
+
+
 def _sender_delta(plan: _Plan, s: Node, pair: Tensor, positions: Tensor) -> Tensor:
     """The sender's change to the residual stream at `positions`: [rows, P, d_model]."""
-    b, d = plan.base.layers[s.layer], plan.donor.layers[s.layer]
+    b, d = plan.pair.base.layers[s.layer], plan.pair.donor.layers[s.layer]
     a = plan.arch
     if s.kind == "head":
         w_o = a.o_weight(s.layer).view(a.n_heads, a.d_head, a.d_model)[s.head]
@@ -359,7 +305,7 @@ def _capture(plan: _Plan, senders: list[Node], pair: Tensor, receivers: list[Nod
     """Step 1 for rows = senders (all writing at one slot) x pairs: what each receiver reads
     with the sender patched and every head frozen. Returns {receiver label: tensor} with
     resid [rows, P, d] for q/k/v, MLP output [rows, P, d] for mlp, logits [rows, vocab]."""
-    a, base, P = plan.arch, plan.base, plan.read_positions
+    a, base, P = plan.arch, plan.pair.base, plan.read_positions
     n = len(senders)
     rows_pair = pair.repeat(n)                                     # index-major
     start = _write_slot(senders[0])
@@ -398,63 +344,81 @@ def _capture(plan: _Plan, senders: list[Node], pair: Tensor, receivers: list[Nod
     return out
 
 
-def _apply(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node],
-           active: Tensor | None, record: tuple[int, int] | None = None) -> tuple[Tensor, Tensor | None]:
-    """Step 2: the base run with the receivers' inputs replaced by `captured` (rows aligned with
-    rows_pair), in rows where `active` [rows, n_receivers] says so (all when None).
-    Returns last-position logits [rows, vocab] and, when `record` = (layer, head) names a layer
-    at or after the first receiver's, that head's pattern at destinations p0.. [rows, T - p0, T]."""
-    runner, a, base = plan.runner, plan.arch, plan.base
-    P = plan.read_positions
-    p0 = int(P[0])
-    at = P - p0
-    layers = sorted({r.layer for r in receivers})
-    lo, hi = layers[0], layers[-1]
-    x = base.layers[lo].resid_pre[rows_pair][:, p0:]
-    pattern = None
+class _ReceiverEdit(Edit):
+    """Step 2 as an edit of the base run: at the receivers' layers, their q / k / v inputs
+    (from captured resid [rows, P, d]) and MLP outputs (captured [rows, P, d]) replace the base
+    run's at the receiver positions, in rows where `active` [rows, n_receivers] says so (all when
+    None); `record` = (layer, head) keeps that head's pattern [rows, T - p0, T]."""
 
-    def put(target: Tensor, value: Tensor, j: int, head: int | None):
+    def __init__(self, plan: _Plan, captured: dict, receivers: list[Node], active: Tensor | None,
+                 record: tuple[int, int] | None = None):
+        self.arch, self.captured, self.active, self.record = plan.arch, captured, active, record
+        self.p0 = int(plan.read_positions[0])
+        self.at = plan.read_positions - self.p0                     # [P] into positions p0..
+        self.by_layer: dict[int, list[tuple[int, Node]]] = {}
+        for j, r in enumerate(receivers):
+            self.by_layer.setdefault(r.layer, []).append((j, r))
+        self.lo, self.hi = min(self.by_layer), max(self.by_layer)
+        self.pattern: Tensor | None = None
+
+    def touches(self, layer: int) -> bool:
+        return self.lo <= layer <= self.hi
+
+    def _put(self, target: Tensor, value: Tensor, j: int, head: int | None) -> Tensor:
         """target [rows, T - p0, ...] <- value [rows, P, ...] at the receiver positions."""
-        sel = (slice(None), at) if head is None else (slice(None), at, head)
+        sel = (slice(None), self.at) if head is None else (slice(None), self.at, head)
         new = target[sel]
-        if active is not None:
-            m = active[:, j].view(-1, *([1] * (new.dim() - 1)))
+        if self.active is not None:
+            m = self.active[:, j].view(-1, *([1] * (new.dim() - 1)))
             value = torch.where(m, value, new)
         target = target.clone()
         target[sel] = value
         return target
 
-    for layer in range(lo, hi + 1):
-        mine = [(j, r) for j, r in enumerate(receivers) if r.layer == layer]
-        q, k, v = a.qkv(layer, a.ln1(layer, x))
-        heads_here = [(j, r) for j, r in mine if r.kind in ("q", "k", "v")]
-        if heads_here:
-            cq, ck, cv = a.qkv(layer, a.ln1(layer, captured[heads_here[0][1].label]))
-            for j, r in heads_here:
+    def qkv(self, layer, q, k, v):
+        heads = [(j, r) for j, r in self.by_layer.get(layer, ()) if r.kind in ("q", "k", "v")]
+        if heads:
+            a = self.arch
+            cq, ck, cv = a.qkv(layer, a.ln1(layer, self.captured[heads[0][1].label]))
+            for j, r in heads:
                 if r.kind == "q":
-                    q = put(q, cq[:, :, r.head], j, r.head)
+                    q = self._put(q, cq[:, :, r.head], j, r.head)
                 elif r.kind == "k":
-                    k = put(k, ck[:, :, r.head], j, r.head)
+                    k = self._put(k, ck[:, :, r.head], j, r.head)
                 else:
-                    v = put(v, cv[:, :, r.head], j, r.head)
-        q, k = runner._rope(base.rope, q, k, p0)
-        if p0 > 0:
-            k = torch.cat((base.layers[layer].k_rot[rows_pair, :p0], k), dim=1)
-            v = torch.cat((base.layers[layer].v[rows_pair, :p0], v), dim=1)
-        pat, z = runner.attend(layer, q, k, v, p0)
-        if record is not None and record[0] == layer:
-            pattern = pat[:, record[1]]
-        attn_out = a.o_proj(layer, z)
-        mid = x + attn_out
-        mlp_out = _mlp(a, layer, x if plan.parallel else mid)
-        for j, r in mine:
+                    v = self._put(v, cv[:, :, r.head], j, r.head)
+        return q, k, v
+
+    def z(self, layer, pattern, z):
+        if self.record is not None and self.record[0] == layer:
+            self.pattern = pattern[:, self.record[1]]
+        return z
+
+    def mlp_out(self, layer, out):
+        for j, r in self.by_layer.get(layer, ()):
             if r.kind == "mlp":
-                mlp_out = put(mlp_out, captured[r.label], j, None)
-        x = mid + mlp_out
-    if record is not None and record[0] > hi:
-        resid = runner.resume_until(base, rows_pair, hi, "post", x, p0, until=record[0])
-        pattern = runner.attention_pattern(base, rows_pair, record[0], resid, p0, torch.tensor([record[1]], device=resid.device))[:, 0]
-    return runner.resume(base, rows_pair, hi, "post", x, p0), pattern
+                out = self._put(out, self.captured[r.label], j, None)
+        return out
+
+
+def _apply(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node],
+           active: Tensor | None) -> Tensor:
+    """Step 2: the base run with the receivers' inputs replaced by `captured` (rows aligned with
+    rows_pair), resumed from the first receiver's layer at positions p0..; last-position logits
+    [rows, vocab]."""
+    edit = _ReceiverEdit(plan, captured, receivers, active)
+    x = plan.pair.base.layers[edit.lo].resid_pre[rows_pair][:, edit.p0:]
+    return plan.runner.forward(x, src=plan.pair.base, rows=rows_pair, layer=edit.lo, p0=edit.p0, edit=edit)
+
+
+def _apply_pattern(plan: _Plan, rows_pair: Tensor, captured: dict, receivers: list[Node],
+                   record: tuple[int, int]) -> Tensor:
+    """Step 2 up to layer record[0]: head record[1]'s pattern there [rows, T - p0, T]."""
+    edit = _ReceiverEdit(plan, captured, receivers, None, record)
+    x = plan.pair.base.layers[edit.lo].resid_pre[rows_pair][:, edit.p0:]
+    plan.runner.forward(x, src=plan.pair.base, rows=rows_pair, layer=edit.lo, p0=edit.p0, edit=edit,
+                        until=record[0] + 1)
+    return edit.pattern
 
 
 def _check_nodes(model, prompts: PromptSet, nodes, role: str):
@@ -501,6 +465,114 @@ def _memory_per_row(model, n_pos: int) -> int:
     return 4 * floats + 4 * model.cfg.d_vocab
 
 
+@dataclass
+class _Progress:
+    """Progress reports at most every 0.1 s (and at the end); `done` counts finished cells."""
+    on_progress: Progress | None
+    total: int = 0
+    done: int = 0
+    last: float = 0.0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.on_progress is not None and (now - self.last > 0.1 or self.done == self.total):
+            self.on_progress(self.done, self.total)
+            self.last = now
+
+
+def _check_positions(prompts: PromptSet, positions: tuple[int, ...] | None, name: str) -> None:
+    if positions is not None and positions[-1] >= prompts.n_pos:
+        raise ValueError(f"{name} {list(positions)} out of range; this prompt has positions 0-{prompts.n_pos - 1}")
+
+
+def path_nodes(model, prompts: PromptSet, spec: PathSpec):
+    """The run's senders and receivers (validated against the model and prompts) and the
+    result's axes and coordinates.
+
+    >>> senders, receivers, axes, coords = path_nodes(model, prompts, PathSpec())   # doctest: +SKIP
+    >>> axes
+    ('layer', 'head')
+    """
+    n_layers = model.n_layers
+    if spec.senders is None:
+        positions = spec.positions if spec.positions is not None else tuple(range(prompts.n_pos))
+        heads = tuple(range(model.n_heads))
+        if spec.per_position:
+            senders = [Node("head", l, h, p) for l in range(n_layers) for p in positions for h in heads]
+            axes, coords = ("layer", "pos", "head"), {"layer": tuple(range(n_layers)), "pos": positions, "head": heads}
+        else:
+            senders = [Node("head", l, h) for l in range(n_layers) for h in heads]
+            axes, coords = ("layer", "head"), {"layer": tuple(range(n_layers)), "head": heads}
+    else:
+        senders = list(spec.sender_nodes)
+        axes, coords = ("sender",), {"sender": tuple(range(len(senders)))}
+    _check_nodes(model, prompts, senders, "sender")
+    _check_positions(prompts, spec.positions, "positions")
+    if spec.sweep == "receivers":
+        receivers = list(spec.receiver_nodes) if spec.receivers is not None else all_receivers(model, senders[0])
+        axes, coords = ("receiver",), {"receiver": tuple(range(len(receivers)))}
+    else:
+        receivers = list(spec.receiver_nodes)
+    _check_nodes(model, prompts, receivers, "receiver")
+    _check_positions(prompts, spec.receiver_positions, "receiver_positions")
+    return senders, receivers, axes, coords
+
+
+def _sweep_senders(model, pair: CachedPair, spec: PathSpec, senders, receivers, flat: Tensor,
+                   chunk: int, progress: _Progress) -> None:
+    """Each sender into the whole receiver set; flat [senders, n_pairs] gets the values."""
+    n_layers, parallel, n_pairs = model.n_layers, model.parallel_attn_mlp, pair.n_pairs
+    reach = max(_read_slot(r, n_layers, parallel) for r in receivers)
+    live = [(i, s) for i, s in enumerate(senders) if _write_slot(s) <= reach]
+    groups: dict[tuple, list] = {}
+    for i, s in live:
+        groups.setdefault((_write_slot(s), s.pos), []).append((i, s))
+    progress.total = len(live)
+    for (_, pos), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
+        plan = _plan_for(model, pair, spec, receivers, pos)
+        for lo in range(0, len(members), chunk):
+            part = members[lo:lo + chunk]
+            captured = _capture(plan, [s for _, s in part], pair.pairs, receivers)
+            rows_pair = pair.pairs.repeat(len(part))
+            if receivers[0].kind == "logits":
+                logits = captured["logits"]
+            else:
+                logits = _apply(plan, rows_pair, captured, receivers, None)
+            for (i, _), v in zip(part, pair.measure(logits, rows_pair).view(len(part), n_pairs)):
+                flat[i] = v
+            progress.advance(len(part))
+
+
+def _sweep_receivers(model, pair: CachedPair, spec: PathSpec, sender: Node, receivers, flat: Tensor,
+                     chunk: int, progress: _Progress) -> None:
+    """One sender through each receiver alone; flat [receivers, n_pairs] gets the values."""
+    n_pairs, start = pair.n_pairs, _write_slot(sender)
+    live = [(j, r) for j, r in enumerate(receivers)
+            if _read_slot(r, model.n_layers, model.parallel_attn_mlp) >= start]
+    progress.total = len(live)
+    plan = _plan_for(model, pair, spec, [r for _, r in live], sender.pos) if live else None
+    captured = _capture(plan, [sender], pair.pairs, [r for _, r in live]) if live else {}
+    by_layer: dict[int, list] = {}
+    for j, r in live:
+        if r.kind == "logits":
+            flat[j] = pair.measure(captured["logits"], pair.pairs)
+            progress.done += 1
+        else:
+            by_layer.setdefault(r.layer, []).append((j, r))
+    progress.advance(0)
+    for layer, members in sorted(by_layer.items()):
+        for lo in range(0, len(members), chunk):
+            part = members[lo:lo + chunk]
+            rs = [r for _, r in part]
+            rows_pair = pair.pairs.repeat(len(part))
+            active = torch.eye(len(part), dtype=torch.bool, device=rows_pair.device).repeat_interleave(n_pairs, 0)
+            logits = _apply(plan, rows_pair, {r.label: captured[r.label][rows_pair] for r in rs}, rs, active)
+            for (j, _), v in zip(part, pair.measure(logits, rows_pair).view(len(part), n_pairs)):
+                flat[j] = v
+            progress.advance(len(part))
+
+
 @recorded
 def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Callable | str | None = None,
              on_progress: Progress | None = None, max_memory_mb: float | None = None) -> PathResult:
@@ -513,135 +585,49 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
     start_time = time.perf_counter()
     require_runner(model, "path patching")
     metric = get_metric(metric if metric is not None else spec.metric)
-    runner = model.runner
-    n_layers, parallel = model.n_layers, model.parallel_attn_mlp
-    device = prompts.clean_tokens.device
-
-    # senders and receivers, validated
-    if spec.senders is None:
-        positions = spec.positions if spec.positions is not None else tuple(range(prompts.n_pos))
-        if spec.per_position:
-            senders = [Node("head", l, h, p) for l in range(n_layers) for p in positions for h in range(model.n_heads)]
-            axes = ("layer", "pos", "head")
-            coords = {"layer": tuple(range(n_layers)), "pos": positions, "head": tuple(range(model.n_heads))}
-        else:
-            senders = [Node("head", l, h) for l in range(n_layers) for h in range(model.n_heads)]
-            axes, coords = ("layer", "head"), {"layer": tuple(range(n_layers)), "head": tuple(range(model.n_heads))}
-    else:
-        senders = list(spec.sender_nodes)
-        axes, coords = ("sender",), {"sender": tuple(range(len(senders)))}
-    _check_nodes(model, prompts, senders, "sender")
-    if spec.positions is not None and spec.positions[-1] >= prompts.n_pos:
-        raise ValueError(f"positions {list(spec.positions)} out of range; this prompt has positions "
-                         f"0-{prompts.n_pos - 1}")
-    if spec.sweep == "receivers":
-        receivers = list(spec.receiver_nodes) if spec.receivers is not None else all_receivers(model, senders[0])
-        axes, coords = ("receiver",), {"receiver": tuple(range(len(receivers)))}
-    else:
-        receivers = list(spec.receiver_nodes)
-    _check_nodes(model, prompts, receivers, "receiver")
-    rpos = spec.receiver_positions
-    if rpos is not None and rpos[-1] >= prompts.n_pos:
-        raise ValueError(f"receiver_positions {list(rpos)} out of range; this prompt has positions "
-                         f"0-{prompts.n_pos - 1}")
-
-    # the two runs
-    clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
-    base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
+    senders, receivers, axes, coords = path_nodes(model, prompts, spec)
+    pair = CachedPair.run(model.runner, prompts, metric, spec.direction)
     n_pairs = prompts.n_pairs
-    clean_logprobs = clean.logits.float().log_softmax(-1)
-
-    def measure(logits: Tensor, pair: Tensor) -> Tensor:
-        inputs = MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair], clean_logprobs[pair])
-        return metric(logits.float(), inputs).double().cpu()
-
-    all_pairs = torch.arange(n_pairs, device=device)
-    clean_base, corrupt_base = measure(clean.logits, all_pairs), measure(corrupt.logits, all_pairs)
-
-    def plan_for(rs: list[Node], sender_pos: int | None) -> _Plan:
-        """Receiver positions: the last position for logits; from the sender's position on."""
-        if all(r.kind == "logits" for r in rs):
-            pos = [prompts.n_pos - 1]
-        else:
-            pos = list(rpos) if rpos is not None else list(range(prompts.n_pos))
-            if any(r.kind == "logits" for r in rs) and prompts.n_pos - 1 not in pos:
-                pos.append(prompts.n_pos - 1)
-        lo = sender_pos or 0
-        pos = sorted(p for p in pos if p >= lo) or [prompts.n_pos - 1]
-        return _Plan(runner, base, donor, spec.mode, rs, torch.tensor(pos, device=device), n_layers, parallel)
-
     per_pair = torch.full((*[len(coords[a]) for a in axes], n_pairs), float("nan"), dtype=torch.float64)
-    flat = per_pair.view(-1, n_pairs)
     budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # the devices' free memory
                            also=placed_devices(getattr(model, "device_map", None)))
     chunk = max(1, int(budget // _memory_per_row(model, prompts.n_pos)) // n_pairs)
-    done, last_report = 0, 0.0
-
-    def report(total):
-        nonlocal last_report
-        now = time.perf_counter()
-        if on_progress is not None and (now - last_report > 0.1 or done == total):
-            on_progress(done, total)
-            last_report = now
-
+    progress = _Progress(on_progress)
     with torch.inference_mode():
         if spec.sweep == "senders":
-            reach = max(_read_slot(r, n_layers, parallel) for r in receivers)
-            live = [(i, s) for i, s in enumerate(senders) if _write_slot(s) <= reach]
-            groups: dict[tuple, list] = {}
-            for i, s in live:
-                groups.setdefault((_write_slot(s), s.pos), []).append((i, s))
-            total = len(live)
-            for (_, pos), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
-                plan = plan_for(receivers, pos)
-                for lo in range(0, len(members), chunk):
-                    part = members[lo:lo + chunk]
-                    nodes = [s for _, s in part]
-                    captured = _capture(plan, nodes, all_pairs, receivers)
-                    rows_pair = all_pairs.repeat(len(part))
-                    if receivers[0].kind == "logits":
-                        logits = captured["logits"]
-                    else:
-                        logits = _apply(plan, rows_pair, captured, receivers, None)[0]
-                    values = measure(logits, rows_pair).view(len(part), n_pairs)
-                    for (i, _), v in zip(part, values):
-                        flat[i] = v
-                    done += len(part)
-                    report(total)
+            _sweep_senders(model, pair, spec, senders, receivers, per_pair.view(-1, n_pairs), chunk, progress)
         else:
-            sender = senders[0]
-            live = [(j, r) for j, r in enumerate(receivers)
-                    if _read_slot(r, n_layers, parallel) >= _write_slot(sender)]
-            total = len(live)
-            plan = plan_for([r for _, r in live], sender.pos) if live else None
-            captured = _capture(plan, [sender], all_pairs, [r for _, r in live]) if live else {}
-            by_layer: dict[int, list] = {}
-            for j, r in live:
-                if r.kind == "logits":
-                    flat[j] = measure(captured["logits"], all_pairs)
-                    done += 1
-                else:
-                    by_layer.setdefault(r.layer, []).append((j, r))
-            report(total)
-            for layer, members in sorted(by_layer.items()):
-                for lo in range(0, len(members), chunk):
-                    part = members[lo:lo + chunk]
-                    rs = [r for _, r in part]
-                    rows_pair = all_pairs.repeat(len(part))
-                    active = torch.eye(len(part), dtype=torch.bool, device=device).repeat_interleave(n_pairs, 0)
-                    cap = {r.label: captured[r.label][rows_pair] for r in rs}
-                    logits = _apply(plan, rows_pair, cap, rs, active)[0]
-                    values = measure(logits, rows_pair).view(len(part), n_pairs)
-                    for (j, _), v in zip(part, values):
-                        flat[j] = v
-                    done += len(part)
-                    report(total)
-    if on_progress is not None and done == 0:
+            _sweep_receivers(model, pair, spec, senders[0], receivers, per_pair.view(-1, n_pairs), chunk, progress)
+    if on_progress is not None and progress.done == 0:
         on_progress(0, 0)
-    return PathResult(spec, axes, coords, per_pair, clean_base, corrupt_base, prompts.str_tokens,
+    return PathResult(spec, axes, coords, per_pair, pair.clean_baseline, pair.corrupt_baseline, prompts.str_tokens,
                       metric.clean_is, time.perf_counter() - start_time, model.name,
                       sender_labels=tuple(s.label for s in senders) if spec.senders is not None else (),
                       receiver_labels=tuple(r.label for r in receivers))
+
+
+def _cell_nodes(model, spec: PathSpec, index: dict) -> tuple[Node, list[Node]]:
+    """The sender and receivers of one cell of a path result, named by the result's axes."""
+    if spec.sweep == "receivers" or spec.senders is not None:
+        key = "receiver" if spec.sweep == "receivers" else "sender"
+        if set(index) != {key}:
+            raise ValueError(f"index {index!r} does not fit this path result: it needs exactly {key}")
+    elif set(index) != ({"layer", "pos", "head"} if spec.per_position else {"layer", "head"}):
+        raise ValueError(f"index {index!r} does not fit this path result: it needs exactly layer, "
+                         + ("pos, head" if spec.per_position else "head"))
+    if spec.sweep == "receivers":
+        sender = spec.sender_nodes[0]
+        options = list(spec.receiver_nodes) if spec.receivers is not None else all_receivers(model, sender)
+        if not 0 <= int(index["receiver"]) < len(options):
+            raise ValueError(f"receiver {index['receiver']} out of range; this run has receivers 0-{len(options) - 1}")
+        return sender, [options[int(index["receiver"])]]
+    if spec.senders is not None:
+        if not 0 <= int(index["sender"]) < len(spec.senders):
+            raise ValueError(f"sender {index['sender']} out of range; this run has senders "
+                             f"0-{len(spec.senders) - 1}")
+        return spec.sender_nodes[int(index["sender"])], list(spec.receiver_nodes)
+    return (Node("head", int(index["layer"]), int(index["head"]), int(index["pos"]) if spec.per_position else None),
+            list(spec.receiver_nodes))
 
 
 @torch.inference_mode()
@@ -659,49 +645,18 @@ def path_patched_pattern(model, prompts: PromptSet, spec: PathSpec, index: dict,
     ...                                             {"layer": 1, "head": 2}, layer=3, head=0)  # doctest: +SKIP
     """
     require_runner(model, "path patching")
-    if spec.sweep == "receivers" or spec.senders is not None:
-        key = "receiver" if spec.sweep == "receivers" else "sender"
-        if set(index) != {key}:
-            raise ValueError(f"index {index!r} does not fit this path result: it needs exactly {key}")
-    elif set(index) != ({"layer", "pos", "head"} if spec.per_position else {"layer", "head"}):
-        raise ValueError(f"index {index!r} does not fit this path result: it needs exactly layer, "
-                         + ("pos, head" if spec.per_position else "head"))
-    if spec.sweep == "receivers":
-        sender = spec.sender_nodes[0]
-        options = list(spec.receiver_nodes) if spec.receivers is not None else all_receivers(model, sender)
-        if not 0 <= int(index["receiver"]) < len(options):
-            raise ValueError(f"receiver {index['receiver']} out of range; this run has receivers 0-{len(options) - 1}")
-        receivers = [options[int(index["receiver"])]]
-    else:
-        receivers = list(spec.receiver_nodes)
-        if spec.senders is not None:
-            if not 0 <= int(index["sender"]) < len(spec.senders):
-                raise ValueError(f"sender {index['sender']} out of range; this run has senders "
-                                 f"0-{len(spec.senders) - 1}")
-            sender = spec.sender_nodes[int(index["sender"])]
-        else:
-            sender = Node("head", int(index["layer"]), int(index["head"]),
-                          int(index["pos"]) if spec.per_position else None)
+    sender, receivers = _cell_nodes(model, spec, index)
     _check_nodes(model, prompts, [sender], "sender")
     _check_nodes(model, prompts, receivers, "receiver")
-    runner = model.runner
-    clean = runner.run(prompts.clean_tokens[pair:pair + 1])
-    corrupt = runner.run(prompts.corrupt_tokens[pair:pair + 1])
-    base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
-    base_pattern = base.layers[layer].pattern[0, head]
+    runs = CachedPair.run(model.runner, prompts.subset([pair]), None, spec.direction)
+    base_pattern = runs.base.layers[layer].pattern[0, head]
     label = (f"path {sender.label} -> {'+'.join(r.label for r in receivers)} ({spec.mode}, {spec.direction})")
-    parallel = model.parallel_attn_mlp
-    reach = max(_read_slot(r, model.n_layers, parallel) for r in receivers)
+    reach = max(_read_slot(r, model.n_layers, model.parallel_attn_mlp) for r in receivers)
     if receivers[0].kind == "logits" or _write_slot(sender) > reach or layer < min(r.layer for r in receivers):
         return base_pattern, base_pattern.clone(), label + " (does not reach this head's pattern)"
-    rpos = spec.receiver_positions
-    pos = list(rpos) if rpos is not None else list(range(prompts.n_pos))
-    pos = sorted(p for p in pos if p >= (sender.pos or 0)) or [prompts.n_pos - 1]
-    plan = _Plan(runner, base, donor, spec.mode, receivers, torch.tensor(pos, device=prompts.clean_tokens.device),
-                 model.n_layers, parallel)
-    pairs = torch.zeros(1, dtype=torch.long, device=prompts.clean_tokens.device)
-    captured = _capture(plan, [sender], pairs, receivers)
-    _, pattern = _apply(plan, pairs, captured, receivers, None, record=(layer, head))
+    plan = _plan_for(model, runs, spec, receivers, sender.pos)
+    captured = _capture(plan, [sender], runs.pairs, receivers)
+    pattern = _apply_pattern(plan, runs.pairs, captured, receivers, record=(layer, head))
     patched = base_pattern.clone()
     patched[int(plan.read_positions[0]):] = pattern[0]
     return base_pattern, patched, label

@@ -22,12 +22,11 @@ from metrics import Metric
 from patching.methods.sweep import Progress, sweep
 from patching.core.prompts import PromptSet
 from patching.core.results import PatchResult
+from patching.core.spec import check_whole
 
 
 def _k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a whole number >= 1, not {k!r}")
-    return k
+    return check_whole(k, "k", 1)
 
 
 def top_cells(approx: PatchResult, k: int) -> list[tuple[int, ...]]:
@@ -38,7 +37,7 @@ def top_cells(approx: PatchResult, k: int) -> list[tuple[int, ...]]:
     [(3, 0), (2, 1), (0, 3)]
     """
     k = _k(k)
-    base = approx.corrupt_value if approx.spec.direction == "denoise" else approx.clean_value
+    base = approx.base_value
     effect = (approx.values.double() - base).abs()
     flat = effect.flatten()
     valid = (~torch.isnan(flat)).nonzero()[:, 0]

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from metrics import Metric, MetricInputs, get_metric
+from metrics import Metric, get_metric
 
 from patching.kinds import KINDS, Kind, PatchContext, index_changes
 from patching.model.memory_budget import memory_budget, placed_devices
@@ -34,6 +34,7 @@ from patching.core.prompts import PromptSet
 from patching.core.provenance import recorded
 from patching.core.results import PatchResult
 from patching.core.spec import PatchSpec
+from patching.methods.pair import CachedPair
 
 Progress = Callable[[int, int], None]
 MIN_BATCH_ROWS = 32      # patched runs a batch holds before a position gap may close it (see _chunks)
@@ -197,32 +198,22 @@ def _cache_bytes_per_pair(model, n_pos: int) -> int:
 def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kind: Kind, axes, coords,
                  on_progress: Progress | None, budget: float, cells=None) -> PatchResult:
     runner = model.runner
-    clean, corrupt = runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens)
-    base, donor = (corrupt, clean) if spec.direction == "denoise" else (clean, corrupt)
+    pair = CachedPair.run(runner, prompts, metric, spec.direction)
     n_pairs = prompts.n_pairs
-    clean_logprobs = clean.logits.float().log_softmax(-1)
-
-    def measure(logits: Tensor, pair: Tensor) -> Tensor:
-        inputs = MetricInputs(prompts.answer_ids[pair], prompts.wrong_ids[pair], clean_logprobs[pair])
-        return metric(logits.float(), inputs).double().cpu()
-
-    all_pairs = torch.arange(n_pairs, device=prompts.clean_tokens.device)
-    clean_base, corrupt_base = measure(clean.logits, all_pairs), measure(corrupt.logits, all_pairs)
-    ctx = patch_context(runner, prompts, spec, base, donor)
+    ctx = patch_context(runner, prompts, spec, pair.base, pair.donor)
     shape = [len(coords[a]) for a in axes]
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
     plan = batch_plan(model, prompts, spec, kind, axes, coords, ctx, budget, cells)
     total, done = sum(len(step.cells) for step in plan), 0
-    base_values = corrupt_base if spec.direction == "denoise" else clean_base
     last_report = 0.0
     for step in plan:
         for n in (~step.live).nonzero()[:, 0].tolist():       # nothing to patch: the base run's value
-            per_pair[(step.li, *step.cells[n])] = base_values
+            per_pair[(step.li, *step.cells[n])] = pair.base_baseline
         for part in step.parts:
             patched = kind.patch(ctx, step.layer, step.idx[part])
-            _, pair = ctx.rows(len(part))
-            logits = runner.resume(base, pair, step.layer, patched.stage, patched.resid, patched.p0)
-            values = measure(logits, pair).view(len(part), n_pairs)
+            _, rows = ctx.rows(len(part))
+            logits = runner.resume(pair.base, rows, step.layer, patched.stage, patched.resid, patched.p0)
+            values = pair.measure(logits, rows).view(len(part), n_pairs)
             for n, v in zip(part.tolist(), values):
                 per_pair[(step.li, *step.cells[n])] = v
             done += len(part)
@@ -232,8 +223,8 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
         done += int((~step.live).sum())
     if on_progress is not None:
         on_progress(total, total)
-    return PatchResult(spec, axes, coords, per_pair, clean_base, corrupt_base,
-                       prompts.str_tokens, metric.clean_is, 0.0, model.name)
+    return PatchResult(spec, axes, coords, per_pair, pair.clean_baseline, pair.corrupt_baseline,
+                       prompts.str_tokens, pair.metric.clean_is, 0.0, model.name)
 
 
 def patch_context(runner, prompts: PromptSet, spec: PatchSpec, base, donor) -> PatchContext:

@@ -1,11 +1,13 @@
-"""The engine's own forward pass: cache every activation once, then resume from any layer.
+"""The engine's own forward pass: one block loop, with edits, caching and resumption.
 
-`Runner.run` is one ordinary forward that keeps what patching needs (residual streams, q/k/v,
-patterns, z, block outputs, MLP activations). `Runner.resume` continues a batch of patched
-residual streams from a given layer and stage, computing only positions >= `p0`: positions
-before the earliest patched one cannot change under causal attention, so their keys and values
-come from the cache of the run being patched. Only the last position's logits are produced,
-since every metric reads the next-token distribution.
+`Runner.forward` is the one forward every method runs: from any layer and stage (`pre`, `mid`,
+`post`) of a cached run, over the positions >= `p0` only (positions before the earliest changed
+one cannot change under causal attention, so their keys and values come from the cached run),
+with an optional `Edit` that replaces or reads activations block by block (path patching's
+receivers, circuits' ablations, attribution's edge inputs). Unless asked otherwise it produces
+only the last position's logits, and computes only the last position at the last layer, since
+every metric reads the next-token distribution. `run`, `resume` and `resume_until` are its
+three common uses.
 
 >>> runner = Runner(arch_for(hf_model))                                   # doctest: +SKIP
 >>> cache = runner.run(tokens)                         # tokens [pairs, pos]  # doctest: +SKIP
@@ -13,6 +15,7 @@ since every metric reads the next-token distribution.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -52,14 +55,70 @@ class LayerCache:
 
 @dataclass
 class RunCache:
-    tokens: Tensor                     # [b, T]
+    tokens: Tensor | None              # [b, T]
     layers: list[LayerCache]
     logits: Tensor                     # [b, vocab] at the last position
     rope: tuple[Tensor, Tensor] | None = field(default=None, repr=False)   # cos, sin [1, T, rot]
 
+    def detached(self) -> "RunCache":
+        """The same activations without autograd history (a grad-enabled `forward(keep=True)`)."""
+        det = lambda t: t.detach() if isinstance(t, Tensor) else t   # noqa: E731
+        layers = [LayerCache(*(det(getattr(c, f.name)) for f in dataclasses.fields(LayerCache)))
+                  for c in self.layers]
+        return RunCache(self.tokens, layers, self.logits.detach(), self.rope)
+
+
+class Edit:
+    """Changes to a forward, block by block; every hook returns its input unchanged by default.
+
+    Tensors cover the positions the pass computes (p0.., rows = the batch B). A layer the edit
+    `touches` is computed at every position even when it is the last one; an untouched last
+    layer computes only the last position.
+
+    >>> class Zero(Edit):                                                    # doctest: +SKIP
+    ...     def mlp_out(self, layer, out):
+    ...         return out * 0 if layer == 1 else out
+    >>> runner.forward(x0, rope=rope, edit=Zero())      # -> logits [B, vocab]  # doctest: +SKIP
+    """
+
+    def touches(self, layer: int) -> bool:
+        return True
+
+    def qkv(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, T', H, dh], k and v [B, T', KV, dh], before rotary."""
+        return q, k, v
+
+    def z(self, layer: int, pattern: Tensor, z: Tensor) -> Tensor:
+        """pattern [B, H, T', T] (read only), z [B, T', H, dh] -> the z that W_O reads."""
+        return z
+
+    def mlp_in(self, layer: int, x: Tensor) -> Tensor:
+        """x [B, T', d_model]: the residual stream the MLP's norm reads."""
+        return x
+
+    def mlp_out(self, layer: int, out: Tensor) -> Tensor:
+        """out [B, T', d_model]: the MLP's output."""
+        return out
+
+    def final(self, x: Tensor) -> Tensor:
+        """x [B, d_model]: the last position's final residual stream, before the final norm."""
+        return x
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What stays fixed over one forward's blocks."""
+    src: RunCache | None           # keys/values before p0 (rows pick its prompts)
+    rows: Tensor | None            # [B]
+    p0: int
+    rope: tuple[Tensor, Tensor] | None
+    edit: Edit | None
+    last_only: int                 # the layer computed at the last position only (-1: none)
+    keep: list | None              # LayerCaches, appended per block when keeping
+
 
 class Runner:
-    """A functional forward over an `Arch`, with caching and resumption."""
+    """A functional forward over an `Arch`, with caching, resumption and edits."""
 
     def __init__(self, arch: Arch):
         self.arch = arch
@@ -114,36 +173,106 @@ class Runner:
     def dtype(self) -> torch.dtype:
         return next(self.arch.model.parameters()).dtype
 
-    # -- a full forward that keeps everything --------------------------------------------------
+    # -- the one forward ------------------------------------------------------------------------
+    def forward(self, resid: Tensor, *, src: RunCache | None = None, rows: Tensor | None = None,
+                layer: int = 0, stage: str = "pre", p0: int = 0, until: int | None = None,
+                edit: Edit | None = None, rope: tuple[Tensor, Tensor] | None = None,
+                keep: bool = False) -> Tensor | RunCache:
+        """Run the blocks from `layer`'s `stage` on resid [B, T - p0, d_model] (positions p0..).
+
+        src, rows [B]: the cached run whose prompts the rows continue (keys and values before
+        p0, rotary); rope: rotary tables when there is no src (a run from the embeddings).
+        Returns the last position's logits [B, vocab]; with `until`, the block input of layer
+        `until` [B, T - p0, d_model] (n_layers: the final stream); with `keep`, a RunCache of
+        every block's activations (a run from layer 0, stage pre). No autograd mode is set here:
+        `run` / `resume` run under inference mode, attribution with gradients.
+
+        >>> runner.forward(x, src=cache, rows=rows, layer=2, stage="mid", p0=4)   # doctest: +SKIP
+        """
+        a = self.arch
+        start = layer + (stage != "pre")
+        if until is not None and start > until:
+            raise ValueError(f"cannot stop at layer {until}'s input: the run resumes after it "
+                             f"(layer {layer}, stage {stage!r})")
+        last = a.n_layers - 1
+        cut = -1 if (until is not None or keep or (edit is not None and edit.touches(last))) else last
+        run = _Pass(src, rows, p0, src.rope if src is not None else rope, edit, cut, [] if keep else None)
+        x = resid
+        if stage == "mid":
+            x = self._mlp_half(layer, x if layer != cut else x[:, -1:], None, run)
+        for l in range(start, a.n_layers if until is None else until):
+            x = self._block(l, x, run)
+        if until is not None:
+            return x
+        final = x[:, -1] if edit is None else edit.final(x[:, -1])
+        logits = a.unembed(a.ln_final(final))
+        return RunCache(None, run.keep, logits, run.rope) if keep else logits
+
+    def _qkv(self, layer: int, x: Tensor, run: _Pass):
+        """q, k, v of block input x [B, T', d]; k_rot, v with the cached prefix before p0."""
+        a = self.arch
+        q, k, v = a.qkv(layer, a.ln1(layer, x))
+        if run.edit is not None:
+            q, k, v = run.edit.qkv(layer, q, k, v)
+        q_rot, k_rot = self._rope(run.rope, q, k, run.p0)
+        k_all, v_all = k_rot, v
+        if run.p0 > 0:
+            cache = run.src.layers[layer]
+            k_all = torch.cat((cache.k_rot[run.rows, :run.p0], k_rot), dim=1)
+            v_all = torch.cat((cache.v[run.rows, :run.p0], v), dim=1)
+        return q, k, v, q_rot, k_rot, k_all, v_all
+
+    def _block(self, layer: int, x: Tensor, run: _Pass) -> Tensor:
+        """One transformer block on x [B, T', d] (the whole block loop of the engine)."""
+        a, edit = self.arch, run.edit
+        resid_pre = x
+        q, k, v, q_rot, k_rot, k_all, v_all = self._qkv(layer, x, run)
+        q_in, offset = q_rot, run.p0
+        if layer == run.last_only:
+            q_in, x, offset = q_rot[:, -1:], x[:, -1:], run.p0 + q_rot.shape[1] - 1
+        pattern, z = self.attend(layer, q_in, k_all, v_all, offset)
+        if edit is not None:
+            z = edit.z(layer, pattern, z)
+        attn_out = a.o_proj(layer, z)
+        if run.keep is not None:
+            run.keep.append(LayerCache(resid_pre, q, k, v, q_rot, k_rot, pattern, z, attn_out,
+                                       *([None] * 5)))
+        return self._mlp_half(layer, x, attn_out, run)
+
+    def _mlp_half(self, layer: int, x: Tensor, attn_out: Tensor | None, run: _Pass) -> Tensor:
+        """The MLP half of a block: x the block input (attn_out given) or resid_mid (None)."""
+        a, edit = self.arch, run.edit
+        if attn_out is None:
+            mid, mlp_in = x, x
+        elif a.parallel:
+            mid, mlp_in = None, x
+        else:
+            mid = mlp_in = x + attn_out
+        if edit is not None:
+            mlp_in = edit.mlp_in(layer, mlp_in)
+        pre = a.mlp_pre(layer, a.ln2(layer, mlp_in))
+        post = a.mlp_act(layer, pre)
+        out = a.mlp_out(layer, post)
+        if edit is not None:
+            out = edit.mlp_out(layer, out)
+        x = (x + attn_out + out) if attn_out is not None and a.parallel else mid + out
+        if run.keep is not None:
+            c = run.keep[-1]
+            c.resid_mid, c.mlp_pre, c.mlp_post, c.mlp_out, c.resid_post = mid, pre, post, out, x
+        return x
+
+    # -- its common uses ------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, tokens: Tensor) -> RunCache:
-        """tokens [b, T] -> every layer's activations and the last position's logits."""
-        a = self.arch
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        rope = self.rope_for(tokens)
-        x = a.embed(tokens, positions)
-        layers = []
-        for layer in range(a.n_layers):
-            resid_pre = x
-            q, k, v = a.qkv(layer, a.ln1(layer, x))
-            q_rot, k_rot = self._rope(rope, q, k, 0)
-            pattern, z = self.attend(layer, q_rot, k_rot, v, 0)
-            attn_out = a.o_proj(layer, z)
-            if a.parallel:
-                resid_mid, mlp_in = None, a.ln2(layer, resid_pre)
-            else:
-                resid_mid = resid_pre + attn_out
-                mlp_in = a.ln2(layer, resid_mid)
-            mlp_pre = a.mlp_pre(layer, mlp_in)
-            mlp_post = a.mlp_act(layer, mlp_pre)
-            mlp_out = a.mlp_out(layer, mlp_post)
-            x = (resid_pre + attn_out + mlp_out) if a.parallel else resid_mid + mlp_out
-            layers.append(LayerCache(resid_pre, q, k, v, q_rot, k_rot, pattern, z, attn_out,
-                                     resid_mid, mlp_pre, mlp_post, mlp_out, x))
-        logits = a.unembed(a.ln_final(x[:, -1]))
-        return RunCache(tokens, layers, logits, rope)
+        """tokens [b, T] -> every layer's activations and the last position's logits.
 
-    # -- resuming a batch of patched residual streams ------------------------------------------
+        >>> runner.run(tokens).layers[0].z.shape          # [b, T, H, d_head]  # doctest: +SKIP
+        """
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        cache = self.forward(self.arch.embed(tokens, positions), rope=self.rope_for(tokens), keep=True)
+        cache.tokens = tokens
+        return cache
+
     @torch.inference_mode()
     def resume(self, src: RunCache, rows: Tensor, layer: int, stage: str, resid: Tensor,
                p0: int = 0) -> Tensor:
@@ -152,43 +281,11 @@ class Runner:
         rows [B]: which prompt of `src` each row patches (its unpatched prefix, keys and values).
         resid [B, T - p0, d_model]: the residual stream at positions p0.. at that stage.
         Returns the last position's logits [B, vocab].
+
+        >>> runner.resume(cache, rows, 3, "pre", x, p0=5)        # [B, vocab]   # doctest: +SKIP
         """
-        a = self.arch
-        last = a.n_layers - 1
-        x = resid
-        if stage == "mid":
-            x = self._mlp_step(layer, x, x, last_only=layer == last)
-            layer += 1
-        elif stage == "post":
-            layer += 1
-        for l in range(layer, a.n_layers):
-            x = self._block_step(src, rows, l, x, p0, last_only=l == last)
-        return a.unembed(a.ln_final(x[:, -1]))
+        return self.forward(resid, src=src, rows=rows, layer=layer, stage=stage, p0=p0)
 
-    def _mlp_step(self, layer, x_resid, x_mlp_in, last_only):
-        a = self.arch
-        if last_only:
-            x_resid, x_mlp_in = x_resid[:, -1:], x_mlp_in[:, -1:]
-        return x_resid + a.mlp_out(layer, a.mlp_act(layer, a.mlp_pre(layer, a.ln2(layer, x_mlp_in))))
-
-    def _block_step(self, src: RunCache, rows, layer, x, p0, last_only):
-        a = self.arch
-        cache = src.layers[layer]
-        q, k, v = a.qkv(layer, a.ln1(layer, x))
-        q, k = self._rope(src.rope, q, k, p0)
-        if p0 > 0:
-            k = torch.cat((cache.k_rot[rows, :p0], k), dim=1)
-            v = torch.cat((cache.v[rows, :p0], v), dim=1)
-        offset = p0
-        if last_only:
-            q, x, offset = q[:, -1:], x[:, -1:], p0 + q.shape[1] - 1
-        _, z = self.attend(layer, q, k, v, offset)
-        attn_out = a.o_proj(layer, z)
-        if a.parallel:
-            return self._mlp_step(layer, x + attn_out, x, last_only=False)
-        return self._mlp_step(layer, x + attn_out, x + attn_out, last_only=False)
-
-    # -- partial resumption, for views that read activations inside a patched run ---------------
     @torch.inference_mode()
     def resume_until(self, src: RunCache, rows: Tensor, layer: int, stage: str, resid: Tensor,
                      p0: int, until: int) -> Tensor:
@@ -199,16 +296,7 @@ class Runner:
 
         >>> x = runner.resume_until(cache, rows, 0, "post", resid, p0=3, until=2)  # doctest: +SKIP
         """
-        start = layer + (stage != "pre")
-        if start > until:
-            raise ValueError(f"cannot stop at layer {until}'s input: the run resumes after it "
-                             f"(layer {layer}, stage {stage!r})")
-        x = resid
-        if stage == "mid":
-            x = self._mlp_step(layer, x, x, last_only=False)
-        for l in range(start, until):
-            x = self._block_step(src, rows, l, x, p0, last_only=False)
-        return x
+        return self.forward(resid, src=src, rows=rows, layer=layer, stage=stage, p0=p0, until=until)
 
     @torch.inference_mode()
     def attention_pattern(self, src: RunCache, rows: Tensor, layer: int, resid: Tensor, p0: int,
@@ -217,14 +305,12 @@ class Runner:
 
         Keys and values before p0 come from `src`'s cache (rows [B] pick its prompts).
         Returns [B, H, T - p0, T] for the query heads `heads` (all when None).
+
+        >>> runner.attention_pattern(cache, rows, 2, x, p0=3)     # [B, H, T-3, T]  # doctest: +SKIP
         """
-        a = self.arch
-        q, k, v = a.qkv(layer, a.ln1(layer, resid))
-        q, k = self._rope(src.rope, q, k, p0)
-        if p0 > 0:
-            k = torch.cat((src.layers[layer].k_rot[rows, :p0], k), dim=1)
-            v = torch.cat((src.layers[layer].v[rows, :p0], v), dim=1)
+        run = _Pass(src, rows, p0, src.rope, None, -1, None)
+        _, _, _, q_rot, _, k_all, v_all = self._qkv(layer, resid, run)
         if heads is not None:
-            q = q[:, :, heads]
-        pattern, _ = self.attend(layer, q, k, v, p0, heads)
+            q_rot = q_rot[:, :, heads]
+        pattern, _ = self.attend(layer, q_rot, k_all, v_all, p0, heads)
         return pattern

@@ -185,18 +185,6 @@ def _check_result(d, n: int) -> None:
         raise ValueError(f"{where}: per_pair has {len(flat)} values, shape {shape} needs {expected}")
 
 
-def result_from_json(d: dict) -> PatchResult:
-    """The right result class for a result dict (as the run store does): PathResult for kind
-    'path', AttributionResult when it carries a method, else PatchResult."""
-    from patching.methods.attribution import AttributionResult
-    from patching.methods.path import PathResult
-    if d.get("spec", {}).get("kind") == "path":
-        return PathResult.from_json(d)
-    if "method" in d:
-        return AttributionResult.from_json(d)
-    return PatchResult.from_json(d)
-
-
 def read_bundle(data: bytes | str | Path) -> Bundle:
     """Validate and read a run file (bytes or a path); ValueError naming what is wrong.
 
@@ -248,6 +236,7 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
         raise ValueError("run.json pairs must be a non-empty list of [clean, corrupt, answer, wrong] strings")
     if not isinstance(results, list) or not results:
         raise ValueError("run.json results must be a non-empty list")
+    from patching.runs.results import result_from_json
     parsed = []
     for n, d in enumerate(results):
         _check_result(d, n)

@@ -33,9 +33,9 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from patching.methods.attribution import AttributionResult, EdgeScores
-from patching.methods.path import PathResult
 from patching.core.results import PatchResult
 
+from patching.runs.results import result_from_json
 from patching.runs.sqlite_lock import held
 
 DEFAULT_FILENAME = "runs.sqlite"
@@ -99,16 +99,6 @@ JOB_TOKENS = sa.Table(            # a job's page-side name, so a Cancel click re
     sa.Column("cancel_requested", sa.Float),                 # set by Cancel, before or after it starts
     sa.Column("created", sa.Float, nullable=False))          # pruned after TOKEN_DAYS unless running
 TOKEN_DAYS = 7
-
-
-def result_from_json(d: dict) -> PatchResult:
-    """The right result class for a stored result: PathResult for kind 'path', AttributionResult
-    when it carries a method, else PatchResult."""
-    if d.get("spec", {}).get("kind") == "path":
-        return PathResult.from_json(d)
-    if "method" in d:
-        return AttributionResult.from_json(d)
-    return PatchResult.from_json(d)
 
 
 @dataclass(frozen=True)
