@@ -490,7 +490,7 @@ def path_nodes(model, prompts: PromptSet, spec: PathSpec):
     """The run's senders and receivers (validated against the model and prompts) and the
     result's axes and coordinates.
 
-    >>> senders, receivers, axes, coords = path_nodes(model, prompts, PathSpec())   # doctest: +SKIP
+    >>> senders, receivers, axes, coords = path_nodes(model, prompts, PathSpec())
     >>> axes
     ('layer', 'head')
     """
