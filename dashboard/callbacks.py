@@ -16,7 +16,8 @@ from dash import ALL, Input, Output, Patch, State, dcc, no_update
 from patching.kinds import KINDS
 from patching.core.results import write_csv
 
-from dashboard import cost_refine, figures, handlers, ids, jobs, layout, share
+from dashboard import cost_refine, figures, handlers, ids, layout, share
+from dashboard.server import jobs
 from patching.runs import jobs as job_status
 from patching.runs.jobs import job_token
 

@@ -34,7 +34,9 @@ from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_c
 from metrics import METRICS
 from patching.core.prompts import PromptSet
 
-from dashboard import figures, figures_circuit, handlers, ids, jobs
+from dashboard import figures, handlers, ids
+from dashboard.figures import circuit as figures_circuit
+from dashboard.server import jobs
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,9 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from patching.methods.cost import SLOW_SECONDS, CalibrationCache
 
-from dashboard import cost_handlers, figures, figures_compare, fork_guard, ids, refine_handlers
+from dashboard import cost_handlers, figures, ids, refine_handlers
+from dashboard.figures import agreement as figures_compare
+from dashboard.server import fork_guard
 from dashboard.handlers import Form
 
 log = logging.getLogger("dashboard")

@@ -29,7 +29,8 @@ from patching.core.prompts import PromptSet
 from patching.core.results import write_csv
 
 from dashboard.tab_controls import field, number, radio, whole_number
-from dashboard import figures, figures_lens, handlers, ids
+from dashboard import figures, handlers, ids
+from dashboard.figures import lens as figures_lens
 
 # -- ids of this tab (DESIGN: every id in one place; these are the Inspect tab's) ---------------
 TAB_INSPECT = "tab-inspect"

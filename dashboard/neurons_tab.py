@@ -31,7 +31,8 @@ from patching.inspect import weights as W
 from patching.core.results import write_csv
 
 from dashboard.tab_controls import field, number, radio, whole_number
-from dashboard import figures, figures_neurons, handlers, ids
+from dashboard import figures, handlers, ids
+from dashboard.figures import neurons as figures_neurons
 from dashboard.lens_tab import FrameMemo, prompts_from_page
 
 # -- ids of this tab (every id of the page lives in ids.py; these are this tab's own) -------------

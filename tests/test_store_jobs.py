@@ -339,7 +339,7 @@ def test_dashboard_flags_bad_input_exit_2_before_serving(tmp_path, argv, needle,
 # -- forks of a threaded server (Dash's diskcache jobs) ------------------------------------------------
 def test_a_fork_waits_for_sqlite_work_in_another_thread():
     import threading
-    from dashboard import fork_guard
+    from dashboard.server import fork_guard
     inside, release = threading.Event(), threading.Event()
 
     def busy():

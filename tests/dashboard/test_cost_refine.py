@@ -6,7 +6,8 @@ import dash
 import pytest
 from dash import no_update
 
-from dashboard import cost_handlers, cost_refine, figures_compare, ids, refine_handlers
+from dashboard import cost_handlers, cost_refine, ids, refine_handlers
+from dashboard.figures import agreement as figures_compare
 from dashboard.handlers import Form
 from patching import PatchSpec, PromptSet, sweep
 from patching.methods.compare import compare_cells

@@ -10,7 +10,7 @@ import pytest
 
 from dashboard import make_jobs
 from dashboard.handlers import Progress
-from dashboard.jobs import DiskcacheJobs, progress_reporter
+from dashboard.server.jobs import DiskcacheJobs, progress_reporter
 
 
 def test_make_jobs_uses_the_tolerant_manager(tmp_path):
