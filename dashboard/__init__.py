@@ -50,7 +50,8 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     whatever it is, its models/ subfolder is never served. `max_upload_mb` caps every request
     (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it.
     """
-    from dashboard import callbacks, layout
+    from dashboard import page
+    from dashboard.context import Context
     from dashboard.server import upload_guard
 
     data_dir = Path(data_dir) if data_dir is not None else store.data_dir
@@ -75,12 +76,11 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
             abort(404)
 
     names = registry.names()
-    app.layout = layout.page(registry, model or (names[0] if names else "default"))
-    app.patchboard = callbacks.register(app, registry, store, data_dir)
-    from dashboard import circuit_tab, lens_tab, neurons_tab
-    app.patchboard_inspect = lens_tab.register_callbacks(app, registry)
-    app.patchboard_neurons = neurons_tab.register_callbacks(app, registry)
-    app.patchboard_circuit = circuit_tab.register_callbacks(app, registry, store, data_dir)
+    app.layout = page.page(registry, model or (names[0] if names else "default"))
+    namespaces = page.register(app, Context(registry, store, data_dir))
+    app.patchboard = namespaces.pop("")           # the callbacks as plain functions, for tests
+    for name, ns in namespaces.items():
+        setattr(app, f"patchboard_{name}", ns)
     return app
 
 

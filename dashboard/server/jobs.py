@@ -14,7 +14,7 @@
 in it.)
 
 >>> report = progress_reporter(set_progress)        # doctest: +SKIP
->>> handlers.execute_run(registry, store, form, data_dir, report=report)   # doctest: +SKIP
+>>> actions.execute_run(registry, store, form, data_dir, report=report)   # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class DiskcacheJobs(dash.DiskcacheManager):
 
 
 def progress_reporter(set_progress) -> Callable:
-    """A `report(Progress)` for the handlers that writes `Progress.as_tuple()` (or a plain value,
+    """A `report(Progress)` for the run actions (`dashboard.actions`) that writes `Progress.as_tuple()` (or a plain value,
     e.g. a status string) through Dash's `set_progress` and never raises (a failed write is
     logged once per job)."""
     warned = []

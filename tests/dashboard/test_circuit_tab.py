@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from dash import no_update
 
-from dashboard import circuit_tab
+from dashboard.context import Context
+from dashboard.tabs import circuit as circuit_tab
 from patching import PatchSpec, PromptSet, sweep
 from patching.methods.circuit import CurveResult
 from tests.conftest import IOI
@@ -26,7 +27,7 @@ TAB_IDS = [v for k, v in vars(circuit_tab).items() if k.startswith("CIRCUIT_") a
 @pytest.fixture
 def cb(registry, store):
     app = dash.Dash(__name__, suppress_callback_exceptions=True)
-    return circuit_tab.register_callbacks(app, registry, store)
+    return circuit_tab.register(app, Context(registry, store, store.data_dir))
 
 
 @pytest.fixture

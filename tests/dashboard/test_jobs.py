@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from dashboard import make_jobs
-from dashboard.handlers import Progress
+from dashboard.actions import Progress
 from dashboard.server.jobs import DiskcacheJobs, progress_reporter
 
 

@@ -14,7 +14,9 @@ import threading
 
 import pytest
 
-from dashboard import ids, lens_tab
+from dashboard import ids
+from dashboard.context import Context
+from dashboard.tabs import inspect as lens_tab
 from tests.e2e.support import free_port, open_page, shot, skip_reason
 
 TIMEOUT = 30_000   # ms
@@ -44,7 +46,7 @@ def _mount(app, registry) -> None:
     tabs = find(app.layout)
     tabs.children = list(tabs.children) + [dbc.Tab(lens_tab.layout(), label="Inspect",
                                                     tab_id=lens_tab.TAB_INSPECT)]
-    lens_tab.register_callbacks(app, registry)
+    lens_tab.register(app, Context(registry, None, None))
 
 
 @pytest.fixture(scope="module")
