@@ -84,4 +84,4 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     return app
 
 
-__all__ = ["create_app", "make_jobs", "RunStore"]
+__all__ = ["create_app", "make_jobs", "JOB_KINDS", "RunStore"]

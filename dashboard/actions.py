@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from patching.core.prompts import PromptSet
 from patching.methods.sweep import sweep
 from patching.runs.jobs import tracked
 from patching.runs.slot import run_busy, run_slot  # noqa: F401 - re-exported for the tabs
@@ -57,7 +58,7 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
     spec, prompts = parse_form(model, form)
     label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
             f"{spec.metric} · {Path(form.model).name}"
-    return _run_and_save(store, data_dir, report, "sweep", label, form.model, model, prompts, spec,
+    return _run_and_save(store, data_dir, report, "sweep", label, form.model, prompts, spec.metric,
                          lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patches",
                          token)
 
@@ -69,7 +70,7 @@ def _queued(report: Callable[[Progress], None]) -> Callable[[float], None]:
 
 
 def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind: str, label: str,
-                  model_name: str, model, prompts: PromptSet, spec, compute, unit: str,
+                  model_name: str, prompts: PromptSet, metric: str, compute, unit: str,
                   token: str | None = None) -> int:
     """What every Run does once its form is valid: a tracked job queued for the run slot,
     `compute(on_progress)`, the result saved to history; progress through `report`. The baselines
@@ -86,7 +87,7 @@ def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind:
         run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
         job.done(run_id)
     report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
-        (result.clean_value, result.corrupt_value), spec.metric)))
+        (result.clean_value, result.corrupt_value), metric)))
     return run_id
 
 
@@ -111,7 +112,7 @@ def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Pa
     model = registry.get(check_model(registry, form.model))
     spec, prompts = parse_path_form(model, form, path)
     label = f"{path_label(spec)} · {Path(form.model).name}"
-    return _run_and_save(store, data_dir, report, "path", label, form.model, model, prompts, spec,
+    return _run_and_save(store, data_dir, report, "path", label, form.model, prompts, spec.metric,
                          lambda on_progress: run_path(model, prompts, spec, on_progress=on_progress),
                          "path patches", token)
 
@@ -155,7 +156,7 @@ def guarded(what: str, compute) -> tuple[object, str]:
     (logged with its traceback) for anything else, so the page stays alive.
 
     >>> guarded("run", lambda: 1), guarded("run", lambda: int("x"))[1][:27]
-    ((1, ''), "invalid literal for int() w")
+    ((1, ''), 'invalid literal for int() w')
     """
     try:
         return compute(), ""

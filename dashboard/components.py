@@ -98,6 +98,23 @@ def done_status(text: str, baselines: str) -> list:
     return [html.Div(text), html.Div(baselines, className="baselines")]
 
 
+def saved_status(store, run_id: int, what: str) -> list:
+    """'<what> #N saved to history (1.20 s).' and the run's baselines, from its history entry."""
+    from dashboard.actions import baselines_text
+    info = store.info(run_id)
+    return done_status(f"{what} #{run_id} saved to history ({info.seconds:.2f} s).",
+                       baselines_text((info.clean_value, info.corrupt_value), info.metric))
+
+
+def send_run_csv(ctx, n_clicks, run_id, name):
+    """The stored run as the contract CSV named `name(run)`; nothing when not clicked, or when the
+    run is gone (deleted meanwhile) or the value is no run number."""
+    run = ctx.find_run(run_id) if n_clicks and run_id else None
+    if run is None:
+        return dash.no_update
+    return dcc.send_string(run.result.to_csv(), name(run))
+
+
 # -- run controls ---------------------------------------------------------------------------------
 def run_controls(run_id: str, cancel_id: str, progress_id: str, text_id: str, status_id: str,
                  baselines_id: str, label_text: str) -> html.Div:

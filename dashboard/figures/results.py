@@ -26,7 +26,7 @@ from plotly.subplots import make_subplots
 from patching.kinds import KINDS
 from patching.core.results import PatchResult
 
-from dashboard.figures.common import DIVERGING, FONT, MODES, SEQUENTIAL, base_layout, empty_figure, graph_config, position_label  # noqa: F401
+from dashboard.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, position_label
 
 @dataclass(frozen=True)
 class Grid:

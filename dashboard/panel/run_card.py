@@ -15,8 +15,8 @@ from patching.kinds import KINDS
 from patching.runs.jobs import job_token
 
 from dashboard import ids
-from dashboard.actions import baselines_text, execute_run, guarded
-from dashboard.components import background, done_status, label, page_inputs, register_cancel_notice
+from dashboard.actions import execute_run, guarded
+from dashboard.components import background, label, page_inputs, register_cancel_notice, saved_status
 from dashboard.forms import Form, direction_options, kind_options, metric_options, parse_form
 from dashboard.panel import cost
 from dashboard.server.jobs import progress_reporter
@@ -104,7 +104,7 @@ def register(app, ctx) -> SimpleNamespace:
     # -- run (background) --------------------------------------------------------------------------
     def run_sweep(set_progress, n_clicks, model, clean, corrupt, answer, wrong, bos, pairs, kind,
                   metric, direction, per_position, layers, positions, heads, session=None):
-        """The Run button: validate, queue, baselines, sweep (with progress), save to history."""
+        """The Run button: validate, queue, sweep (with progress), save to history."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
         form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
@@ -114,10 +114,7 @@ def register(app, ctx) -> SimpleNamespace:
             token=job_token(session, ids.RUN_BUTTON, n_clicks)))
         if error:
             return no_update, error, no_update, ""
-        info = store.info(run_id)
-        return run_id, "", time.time(), done_status(
-            f"Run #{run_id} saved to history ({info.seconds:.2f} s).",
-            baselines_text((info.clean_value, info.corrupt_value), info.metric))
+        return run_id, "", time.time(), saved_status(store, run_id, "Run")
 
     app.callback(
         Output(ids.CURRENT_RUN, "data"), Output(ids.ERROR_MESSAGE, "children"),

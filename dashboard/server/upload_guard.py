@@ -8,7 +8,9 @@ Two halves:
 - on the server, a 413 gets a short JSON body naming the cap (for scripts and the load test),
   never Flask's HTML page or a traceback.
 
->>> install(app, 16 * 2**20)         # doctest: +SKIP   (create_app does this)
+`create_app` installs both:
+
+>>> install(app, 16 * 2**20)         # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ IDLE = "Choose a view; it is computed for the prompts on the left (pair 0 unless
 # -- pure: selector values -> what to show ---------------------------------------------------------
 @dataclass(frozen=True)
 class InspectOptions:
-    """The tab's selectors, as typed (numbers may arrive as None or text from the page)."""
+    """The Inspect selectors as the page sends them (a number may arrive as None or as text)."""
     view: str = "lens"
     run: str = "clean"
     pair: int | None = 0

@@ -68,10 +68,9 @@ TASK = "factual"
 
 
 # -- pure: selector values -> what to show ---------------------------------------------------------
-
 @dataclass(frozen=True)
 class NeuronOptions:
-    """The tab's selectors, as typed (numbers may arrive as None or text from the page)."""
+    """The neuron and weight views' selectors, as typed; validated here, numbers read by `explore`."""
     view: str = "top"
     source: str = "task"
     task_n: int | None = 32

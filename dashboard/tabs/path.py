@@ -16,9 +16,9 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from patching.runs.jobs import job_token
 
 from dashboard import figures, ids
-from dashboard.actions import baselines_text, execute_path, guarded, path_label
-from dashboard.components import (PERSIST, background, done_status, graph, label, mode_toggle, prompt_states,
-                                  register_cancel_notice, run_controls, triggered_value)
+from dashboard.actions import execute_path, guarded, path_label
+from dashboard.components import (PERSIST, background, graph, label, mode_toggle, prompt_states,
+                                  register_cancel_notice, run_controls, saved_status, send_run_csv, triggered_value)
 from dashboard.forms import PATH_MODE_OPTIONS, PATH_SWEEP_OPTIONS, Form, PathForm, node_list
 from dashboard.server.jobs import progress_reporter
 from dashboard.views import attention_for_cell, clicked_cell, effective_mode
@@ -98,22 +98,19 @@ def _register_run(app, ctx) -> SimpleNamespace:
     registry, store, data_dir = ctx.registry, ctx.store, ctx.data_dir
 
     def run_path(set_progress, n_clicks, receivers, senders, sweep, mode, per_position, *prompt_and_session):
-        """Run path patching: validate, queue, baselines, sweep with progress, save to history."""
+        """Run path patching: validate, queue, sweep with progress, save to history."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
         *prompt, session = prompt_and_session
         form = Form.from_page(*prompt[:7], metric=prompt[7], direction=prompt[8])
         path = PathForm(receivers=receivers or "", senders=senders or "", sweep=sweep or "senders",
-                                 mode=mode or "heads_frozen", per_position="per" in (per_position or []))
+                        mode=mode or "heads_frozen", per_position="per" in (per_position or []))
         run_id, error = guarded("path run", lambda: execute_path(
             registry, store, form, path, data_dir, report=progress_reporter(set_progress),
             token=job_token(session, ids.PATH_RUN_BUTTON, n_clicks)))
         if error:
             return no_update, error, no_update, ""
-        info = store.info(run_id)
-        return run_id, "", time.time(), done_status(
-            f"Path run #{run_id} saved to history ({info.seconds:.2f} s).",
-            baselines_text((info.clean_value, info.corrupt_value), info.metric))
+        return run_id, "", time.time(), saved_status(store, run_id, "Path run")
 
     app.callback(
         Output(ids.PATH_RUN, "data"), Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
@@ -161,12 +158,9 @@ def _register_view(app, ctx) -> SimpleNamespace:
 
     def download_path(n_clicks, run_id):
         """The path run as the contract CSV, with sender / receiver / mode columns."""
-        run = ctx.find_run(run_id) if n_clicks and run_id else None
-        if run is None:             # deleted meanwhile, or not a run number: nothing to send
-            return no_update
-        spec = run.result.spec
-        return dcc.send_string(run.result.to_csv(),
-                               f"patchboard-run{run.info.id}-path-{spec.sweep}-{spec.mode}-{spec.direction}.csv")
+        return send_run_csv(ctx, n_clicks, run_id, lambda run: (
+            f"patchboard-run{run.info.id}-path-{run.result.spec.sweep}-{run.result.spec.mode}-"
+            f"{run.result.spec.direction}.csv"))
 
     app.callback(Output(ids.PATH_DOWNLOAD, "data"), Input(ids.PATH_DOWNLOAD_BUTTON, "n_clicks"),
                  State(ids.PATH_RUN, "data"), prevent_initial_call=True)(download_path)

@@ -18,7 +18,7 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from patching.core.results import PatchResult, write_csv
 
 from dashboard import figures, ids, share
-from dashboard.components import graph, mode_toggle, radio, triggered_value
+from dashboard.components import graph, mode_toggle, radio, send_run_csv, triggered_value
 from dashboard.forms import parse_pair
 from dashboard.views import attention_csv, attention_for_cell, clicked_cell, effective_mode
 
@@ -129,11 +129,8 @@ def _register_run(app, ctx) -> SimpleNamespace:
 
     def download_csv(n_clicks, run_id):
         """The current run in the contract CSV format."""
-        run = ctx.find_run(run_id) if n_clicks and run_id else None
-        if run is None:             # deleted meanwhile, or not a run number: nothing to send
-            return no_update
-        spec = run.result.spec
-        return dcc.send_string(run.result.to_csv(), f"patchboard-run{run.info.id}-{spec.kind}-{spec.direction}.csv")
+        return send_run_csv(ctx, n_clicks, run_id, lambda run: (
+            f"patchboard-run{run.info.id}-{run.result.spec.kind}-{run.result.spec.direction}.csv"))
 
     app.callback(Output(ids.DOWNLOAD_CSV, "data"), Input(ids.DOWNLOAD_CSV_BUTTON, "n_clicks"),
                  State(ids.CURRENT_RUN, "data"), prevent_initial_call=True)(download_csv)
