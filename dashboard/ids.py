@@ -221,6 +221,7 @@ CIRCUIT_CANCEL_BUTTON = "circuit-cancel-button"
 CIRCUIT_STATUS = "circuit-status"
 CIRCUIT_PROGRESS = "circuit-progress"            # text while a run is queued / running
 CIRCUIT_FAITHFULNESS = "circuit-faithfulness"    # the number, after a run
+CIRCUIT_FAITHFULNESS_VALUE = "circuit-faithfulness-value"   # the number itself (e2e reads it)
 CIRCUIT_CURVE = "circuit-curve"
 CIRCUIT_RESULT = "circuit-result"                # dcc.Store: the last run (circuit dict + curve JSON)
 CIRCUIT_DOWNLOAD_BUTTON = "circuit-download-button"

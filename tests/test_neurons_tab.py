@@ -1,4 +1,4 @@
-"""The Neurons & weights tab (dashboard/neurons_tab.py): layout ids, every view through the
+"""The Neurons & weights tab (dashboard/tabs/neurons.py): layout ids, every view through the
 callbacks called directly, errors, CSV download, click-to-pick."""
 from __future__ import annotations
 

@@ -174,7 +174,7 @@ def faithfulness_text(payload: dict | None):
     number = "undefined (full and ablated runs agree)" if f != f else f"{f:.3f}"
     return html.Div([
         html.Span("Faithfulness ", className="field-label"),
-        html.Span(number, className="circuit-number", id=f"{CIRCUIT_FAITHFULNESS}-value",
+        html.Span(number, className="circuit-number", id=ids.CIRCUIT_FAITHFULNESS_VALUE,
                   style={"fontSize": "26px", "fontWeight": 600, "marginLeft": "6px"}),
         html.Div(f"{c['n_components']} component{'s' if c['n_components'] != 1 else ''}, {c['ablation']} ablation, "
                  f"{c['n_pairs']} pair{'s' if c['n_pairs'] != 1 else ''} of "

@@ -1,4 +1,4 @@
-"""The Circuit tab (dashboard/circuit_tab.py): ids, the grid and its selection, Run, CSV, the EAP
+"""The Circuit tab (dashboard/tabs/circuit.py): ids, the grid and its selection, Run, CSV, the EAP
 graph; callbacks called directly."""
 from __future__ import annotations
 

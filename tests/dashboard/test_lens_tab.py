@@ -1,4 +1,4 @@
-"""The Inspect tab (dashboard/lens_tab.py): layout ids, callbacks called directly, CSV download."""
+"""The Inspect tab (dashboard/tabs/inspect.py): layout ids, callbacks called directly, CSV download."""
 from __future__ import annotations
 
 import io
