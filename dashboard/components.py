@@ -16,6 +16,7 @@ from dash import Input, Output, State, dash_table, dcc, html
 from patching.runs.jobs import job_token
 
 from dashboard import figures, ids
+from dashboard.actions import baselines_text
 
 log = logging.getLogger("dashboard")
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
@@ -94,13 +95,17 @@ def number(id_: str, value, placeholder: str = "", min_=None) -> dbc.Input:
                      placeholder=placeholder, debounce=True, className="inspect-number")
 
 
+def summary_line(title: str, text: str, note: str | None = None) -> list:
+    """'Run #12' then the run's summary, and a note (e.g. why raw values are shown) under it."""
+    return [html.Span(title, className="run-id"), text] + ([html.Div(note, className="error-text")] if note else [])
+
+
 def done_status(text: str, baselines: str) -> list:
     return [html.Div(text), html.Div(baselines, className="baselines")]
 
 
 def saved_status(store, run_id: int, what: str) -> list:
     """'<what> #N saved to history (1.20 s).' and the run's baselines, from its history entry."""
-    from dashboard.actions import baselines_text
     info = store.info(run_id)
     return done_status(f"{what} #{run_id} saved to history ({info.seconds:.2f} s).",
                        baselines_text((info.clean_value, info.corrupt_value), info.metric))

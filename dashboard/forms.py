@@ -243,10 +243,24 @@ class Form:
             prepend_bos="bos" in (bos or []), pairs=pairs, kind=kind, metric=metric, direction=direction,
             per_position="per" in (per_position or []), layers=layers, positions=positions, heads=heads)
 
+    @classmethod
+    def from_shared(cls, model, clean, corrupt, answer, wrong, bos, pairs, metric, direction) -> "Form":
+        """The left panel's prompts, metric and direction: what the Path and Attribution tabs read
+        (`components.prompt_states` lists them in this order)."""
+        return cls.from_page(model, clean, corrupt, answer, wrong, bos, pairs, metric=metric, direction=direction)
+
     def prompt_pairs(self) -> list[PromptPair]:
         if self.pairs:
             return [PromptPair(*p) for p in self.pairs]
         return [PromptPair(self.clean or "", self.corrupt or "", self.answer or "", self.wrong or "")]
+
+
+def _check_prompt_choices(form: Form) -> None:
+    """Registry metrics only, and a known direction (every Run's form)."""
+    if form.metric not in METRICS:   # no 'pkg.mod:fn' from a web form: that would import code
+        raise ValueError(f"unknown metric {form.metric!r}; choose one of {', '.join(METRICS)}")
+    if form.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {form.direction!r}")
 
 
 def parse_form(model, form: Form) -> tuple[PatchSpec, PromptSet]:
@@ -356,13 +370,6 @@ def node_list(text: str | None) -> tuple[str, ...] | None:
     """
     items = tuple(t for t in re.split(r"[,;\s]+", text or "") if t)
     return items or None
-
-
-def _check_prompt_choices(form: Form) -> None:
-    if form.metric not in METRICS:   # no 'pkg.mod:fn' from a web form: that would import code
-        raise ValueError(f"unknown metric {form.metric!r}; choose one of {', '.join(METRICS)}")
-    if form.direction not in DIRECTIONS:
-        raise ValueError(f"direction must be 'denoise' or 'noise', not {form.direction!r}")
 
 
 def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", PromptSet]:

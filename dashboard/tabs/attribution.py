@@ -17,7 +17,7 @@ from patching.runs.jobs import job_token
 from dashboard import figures, ids
 from dashboard.actions import baselines_text, execute_attribution, guarded
 from dashboard.components import (background, done_status, graph, label, mode_toggle, prompt_states,
-                                  register_cancel_notice, run_controls)
+                                  register_cancel_notice, run_controls, summary_line)
 from dashboard.forms import (ATTRIBUTION_METHOD_OPTIONS, MAX_IG_STEPS, AttributionForm, Form,
                              attribution_kind_options)
 from dashboard.server.jobs import progress_reporter
@@ -31,6 +31,19 @@ def attribution_summary(run) -> str:
     gap = r.clean_value - r.corrupt_value
     return (f"{run.label} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
             f"clean {r.clean_value:.4f} · corrupt {r.corrupt_value:.4f} · gap {gap:.4f} · {r.seconds:.2f} s")
+
+
+def attribution_view(run, kind: str | None, mode: str | None) -> tuple:
+    """A stored attribution run and the kind to show (head_out, else the first, when it has no such
+    kind) -> (heatmap, kind options, the kind shown, summary, top-edges table)."""
+    kinds = [r.spec.kind for r in run.results]
+    if kind not in kinds:
+        kind = "head_out" if "head_out" in kinds else kinds[0]
+    result = run.result(kind)
+    mode, note = effective_mode(result, mode or "normalized")
+    return (figures.result_figure(result, mode), [{"label": k, "value": k} for k in kinds], kind,
+            summary_line(f"Attribution #{run.id}", attribution_summary(run), note),
+            render_edges(top_edges(run.edges, 12), run.edges is not None))
 
 
 def top_edges(edges, n: int = 12) -> list[dict]:
@@ -137,7 +150,7 @@ def _register_run(app, ctx) -> SimpleNamespace:
         if not n_clicks:
             return no_update, no_update, no_update
         *prompt, session = prompt_and_session
-        form = Form.from_page(*prompt[:7], metric=prompt[7], direction=prompt[8])
+        form = Form.from_shared(*prompt)
         attr = AttributionForm(kinds=tuple(kinds or ()), method=method or "plain", steps=steps,
                                         per_position="per" in (per_position or []),
                                         edges="edges" in (edges or []))
@@ -184,17 +197,8 @@ def _register_view(app, ctx) -> SimpleNamespace:
             run = store.get_attribution(att_id)
         except ValueError as exc:
             return figures.empty_figure(str(exc)), [], None, "", True, True, "", no_edges, True
-        kinds = [r.spec.kind for r in run.results]
-        if kind not in kinds:
-            kind = "head_out" if "head_out" in kinds else kinds[0]
-        result = run.result(kind)
-        mode, note = effective_mode(result, mode or "normalized")
-        summary = [html.Span(f"Attribution #{run.id}", className="run-id"), attribution_summary(run)] \
-            + ([html.Div(note, className="error-text")] if note else [])
-        options = [{"label": k, "value": k} for k in kinds]
-        edges = render_edges(top_edges(run.edges, 12), run.edges is not None)
-        return (figures.result_figure(result, mode), options, kind, summary, False, False, "", edges,
-                run.edges is None)
+        fig, options, kind, summary, edges = attribution_view(run, kind, mode)
+        return fig, options, kind, summary, False, False, "", edges, run.edges is None
 
     app.callback(Output(ids.ATTR_FIGURE, "figure"), Output(ids.ATTR_SHOW_KIND, "options"),
                  Output(ids.ATTR_SHOW_KIND, "value"), Output(ids.ATTR_SUMMARY, "children"),

@@ -91,7 +91,7 @@ class InspectResult:
 
 class FrameMemo:
     """The last few views' DataFrames, so that a change of colour, rows or head does not rerun
-    the model. One per app (made in `register_callbacks`), never module-level."""
+    the model. One per app (made in `register`), never module-level."""
 
     def __init__(self, size: int = 8):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()

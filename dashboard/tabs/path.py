@@ -18,11 +18,13 @@ from patching.runs.jobs import job_token
 from dashboard import figures, ids
 from dashboard.actions import execute_path, guarded, path_label
 from dashboard.components import (PERSIST, background, graph, label, mode_toggle, prompt_states,
-                                  register_cancel_notice, run_controls, saved_status, send_run_csv, triggered_value)
+                                  register_cancel_notice, run_controls, saved_status, send_run_csv, summary_line,
+                                  triggered_value)
 from dashboard.forms import PATH_MODE_OPTIONS, PATH_SWEEP_OPTIONS, Form, PathForm, node_list
 from dashboard.server.jobs import progress_reporter
 from dashboard.views import attention_for_cell, clicked_cell, effective_mode
 
+IDLE = "Run path patching to see each sender's effect through the receivers."
 PATH_ATTENTION_HINT = ("Click a sender cell of an every-head sweep with a q, k or v receiver to see that "
                        "receiver head's attention: clean, corrupt, and with the receivers patched.")
 
@@ -33,6 +35,13 @@ def path_summary(result) -> str:
     return (f"{Path(result.model_name or s.model).name} · {path_label(s)} · {result.n_pairs} "
             f"pair{'s' if result.n_pairs != 1 else ''} · clean {result.clean_value:.4f} · "
             f"corrupt {result.corrupt_value:.4f} · gap {gap:.4f} · {result.seconds:.2f} s")
+
+
+def path_view(run, mode: str | None) -> tuple:
+    """A stored path run -> (figure, summary): a heatmap (every head) or bars (a receivers sweep)."""
+    mode, note = effective_mode(run.result, mode or "normalized")
+    return (figures.result_figure(run.result, mode),
+            summary_line(f"Run #{run.info.id}", path_summary(run.result), note))
 
 
 def layout() -> html.Div:
@@ -78,7 +87,7 @@ def layout() -> html.Div:
                        size="sm", disabled=True, n_clicks=0),
             dcc.Download(id=ids.PATH_DOWNLOAD),
         ], className="toolbar"),
-        graph(ids.PATH_FIGURE, "Run path patching to see each sender's effect through the receivers."),
+        graph(ids.PATH_FIGURE, IDLE),
         html.Div([
             html.H3("Receiver attention", className="section-title"),
             html.Div(PATH_ATTENTION_HINT, id=ids.PATH_ATTENTION_STATUS, className="hint"),
@@ -102,7 +111,7 @@ def _register_run(app, ctx) -> SimpleNamespace:
         if not n_clicks:
             return no_update, no_update, no_update, no_update
         *prompt, session = prompt_and_session
-        form = Form.from_page(*prompt[:7], metric=prompt[7], direction=prompt[8])
+        form = Form.from_shared(*prompt)
         path = PathForm(receivers=receivers or "", senders=senders or "", sweep=sweep or "senders",
                         mode=mode or "heads_frozen", per_position="per" in (per_position or []))
         run_id, error = guarded("path run", lambda: execute_path(
@@ -141,16 +150,12 @@ def _register_view(app, ctx) -> SimpleNamespace:
     def show_path(run_id, mode):
         """The path run on screen -> its figure (heatmap or bars), summary, CSV button."""
         if not run_id:
-            return figures.empty_figure("Run path patching to see each sender's effect through the "
-                                        "receivers."), "", True
+            return figures.empty_figure(IDLE), "", True
         try:
             run = ctx.run(run_id)
         except ValueError as exc:
             return figures.empty_figure(str(exc)), "", True
-        mode, note = effective_mode(run.result, mode or "normalized")
-        summary = [html.Span(f"Run #{run.info.id}", className="run-id"), path_summary(run.result)] \
-            + ([html.Div(note, className="error-text")] if note else [])
-        return figures.result_figure(run.result, mode), summary, False
+        return (*path_view(run, mode), False)
 
     app.callback(Output(ids.PATH_FIGURE, "figure"), Output(ids.PATH_SUMMARY, "children"),
                  Output(ids.PATH_DOWNLOAD_BUTTON, "disabled"),

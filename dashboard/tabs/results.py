@@ -18,7 +18,7 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from patching.core.results import PatchResult, write_csv
 
 from dashboard import figures, ids, share
-from dashboard.components import graph, mode_toggle, radio, send_run_csv, triggered_value
+from dashboard.components import graph, mode_toggle, radio, send_run_csv, summary_line, triggered_value
 from dashboard.forms import parse_pair
 from dashboard.views import attention_csv, attention_for_cell, clicked_cell, effective_mode
 
@@ -46,9 +46,7 @@ def run_view(run, error: str | None, mode: str | None, image_format: str | None,
     fig = figures.result_figure(run.result, mode)
     if outline:                                           # keep the clicked cell outlined
         fig.update_layout(shapes=figures.cell_outline(run.result, cell))
-    summary = [html.Span(f"Run #{run.info.id}", className="run-id"), result_summary(run.result)] + \
-        ([html.Div(note, className="error-text")] if note else [])
-    return fig, config, summary, False
+    return fig, config, summary_line(f"Run #{run.info.id}", result_summary(run.result), note), False
 
 
 def layout() -> html.Div:
