@@ -18,7 +18,6 @@ Plain functions do the work (`CircuitForm`, `run_circuit`, `compute_edges`, `edg
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -26,21 +25,19 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects, edge_graph,
-                              faithfulness,
-                              faithfulness_curve, format_components, parse_components)
 from metrics import METRICS
 from patching.core.prompts import PromptSet
+from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects,
+                                      edge_graph, faithfulness, faithfulness_curve, format_components,
+                                      parse_components)
 from patching.runs.slot import run_slot
 
 from dashboard import figures, ids
-from dashboard.components import error_text, page_inputs, PROMPT_IDS
+from dashboard.actions import guarded
+from dashboard.components import PROMPT_IDS, error_text, page_inputs
 from dashboard.figures import circuit as figures_circuit
 from dashboard.forms import check_model, prompts_from_page
-from dashboard.server import jobs
-
-log = logging.getLogger(__name__)
-
+from dashboard.server.jobs import progress_reporter
 from dashboard.ids import (CIRCUIT_ABLATION, CIRCUIT_CANCEL_BUTTON, CIRCUIT_CLEAR_BUTTON,  # noqa: F401
                            CIRCUIT_COMPONENTS, CIRCUIT_CURVE, CIRCUIT_CURVE_ALL, CIRCUIT_DOWNLOAD,
                            CIRCUIT_DOWNLOAD_BUTTON, CIRCUIT_EDGE_GRAPH, CIRCUIT_EDGES_BUTTON, CIRCUIT_EDGES_RUN,
@@ -400,17 +397,17 @@ def _register_run(app, ctx) -> SimpleNamespace:
             return no_update, no_update
         form = CircuitForm(components or "", ablation or "mean", seed, tuple(values or ()), reduce or "sum",
                            "all" in (curve_all or []))
-        try:
+
+        def compute():
             form.spec()
-            report = jobs.progress_reporter(set_progress)     # best-effort: a lost write never fails the run
+            report = progress_reporter(set_progress)     # best-effort: a lost write never fails the run
             with run_slot(data_dir, lambda s: report(f"queued behind another run ({s:.0f} s)…")):
                 report("running the circuit and its curve…")
-                payload = run_circuit(registry, store, form, page, metric)
-        except ValueError as exc:
-            return no_update, error_text(str(exc))
-        except Exception as exc:   # an internal error: say so, keep the page alive
-            log.exception("circuit run failed")
-            return no_update, html.Span(f"internal error: {type(exc).__name__}: {exc}", className="error-text")
+                return run_circuit(registry, store, form, page, metric)
+
+        payload, error = guarded("circuit run", compute)     # an internal error is said, the page lives
+        if error:
+            return no_update, error_text(error)
         seconds = payload["circuit"]["seconds"] + payload["curve"]["seconds"]
         return payload, f"Done in {seconds:.2f} s."
 
@@ -459,13 +456,9 @@ def _register_edges(app, ctx) -> SimpleNamespace:
         """Compute EAP edges on the prompts panel's prompts (background, queued)."""
         if not n_clicks:
             return no_update, no_update
-        try:
-            att_id = compute_edges(registry, store, page, data_dir)
-        except ValueError as exc:
-            return no_update, error_text(str(exc))
-        except Exception as exc:
-            log.exception("edge attribution failed")
-            return no_update, html.Span(f"internal error: {type(exc).__name__}: {exc}", className="error-text")
+        att_id, error = guarded("edge attribution", lambda: compute_edges(registry, store, page, data_dir))
+        if error:
+            return no_update, error_text(error)
         return att_id, f"Edges computed: attribution run #{att_id}."
 
     app.callback(Output(CIRCUIT_EDGES_RUN, "data"), Output(CIRCUIT_EDGES_STATUS, "children", allow_duplicate=True),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import dash_bootstrap_components as dbc
@@ -268,7 +267,7 @@ def register(app, ctx) -> SimpleNamespace:
             with run_slot(data_dir):
                 refined, rows = refine_run(registry, run, kind, k)
         except ValueError as exc:
-            return html.Span(str(exc), className="error-text"), html.Div()
+            return error_text(str(exc)), html.Div()
         cells = run.result(kind).values.numel()
         status = (f"Exact patching of the top {len(rows)} of {cells} {kind} cells by attribution: "
                   f"{refined.seconds:.2f} s.")
