@@ -15,34 +15,11 @@ from urllib.parse import unquote
 
 import dash
 
+from dashboard.server.jobs import JOB_KINDS, make_jobs
 from patching.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
-JOB_KINDS = ("diskcache", "celery")
-
-
-def make_jobs(kind: str = "diskcache", data_dir: str | Path = ".patchboard", redis_url: str | None = None):
-    """The background-callback manager: DiskcacheManager (embedded: jobs are processes forked from
-    the server) or CeleryManager (jobs queued on Redis for `python -m dashboard worker` processes).
-
-    ValueError with what to do when celery is asked for but cannot be used.
-
-    >>> make_jobs("celery", redis_url="redis://127.0.0.1:6379/0")     # doctest: +SKIP
-    """
-    if kind == "diskcache":
-        import diskcache
-        cache_dir = Path(data_dir) / "jobs-cache"
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        from dashboard.fork_guard import GuardedCache   # no fork while a thread is inside SQLite
-        from dashboard.jobs import DiskcacheJobs
-        return DiskcacheJobs(GuardedCache(str(cache_dir)))
-    if kind == "celery":
-        if not redis_url:
-            raise ValueError("--jobs celery needs --redis-url, e.g. redis://localhost:6379/0")
-        from dashboard.server.worker import celery_app     # the same app config as `python -m dashboard worker`
-        return dash.CeleryManager(celery_app(redis_url))
-    raise ValueError(f"unknown jobs backend {kind!r}; choose one of {', '.join(JOB_KINDS)}")
 
 
 def _is_model_asset(path: str, prefix: str) -> bool:
@@ -73,7 +50,9 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     whatever it is, its models/ subfolder is never served. `max_upload_mb` caps every request
     (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it.
     """
-    from dashboard import callbacks, layout, upload_guard
+    from dashboard import page
+    from dashboard.context import Context
+    from dashboard.server import upload_guard
 
     data_dir = Path(data_dir) if data_dir is not None else store.data_dir
     if jobs is None:
@@ -97,13 +76,12 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
             abort(404)
 
     names = registry.names()
-    app.layout = layout.page(registry, model or (names[0] if names else "default"))
-    app.patchboard = callbacks.register(app, registry, store, data_dir)
-    from dashboard import circuit_tab, lens_tab, neurons_tab
-    app.patchboard_inspect = lens_tab.register_callbacks(app, registry)
-    app.patchboard_neurons = neurons_tab.register_callbacks(app, registry)
-    app.patchboard_circuit = circuit_tab.register_callbacks(app, registry, store, data_dir)
+    app.layout = page.page(registry, model or (names[0] if names else "default"))
+    namespaces = page.register(app, Context(registry, store, data_dir))
+    app.patchboard = namespaces.pop("")           # the callbacks as plain functions, for tests
+    for name, ns in namespaces.items():
+        setattr(app, f"patchboard_{name}", ns)
     return app
 
 
-__all__ = ["create_app", "make_jobs", "RunStore"]
+__all__ = ["create_app", "make_jobs", "JOB_KINDS", "RunStore"]

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.jobs == "diskcache":     # jobs fork from this process: no torch thread pool in it
-        from dashboard.fork_guard import single_threaded_server
+        from dashboard.server.fork_guard import single_threaded_server
         single_threaded_server()
     try:
         registry.get(models[0])   # preload: background runs fork from this process and inherit it

@@ -1,12 +1,15 @@
-"""Every component id of the dashboard, in one place.
+"""Every component id of the dashboard, in one place (the tabs import theirs from here).
 
 The first block is the contract of DESIGN.md ("Dashboard (contract ids)"): other tools and the
-end-to-end tests drive the page by these names, so they never change. The rest are internal.
+end-to-end tests drive the page by these names, so they never change. The rest are internal;
+the view tabs' selector boxes are named by `control_id` and their bodies by `view_ids`.
 
 >>> RESULTS_HEATMAP
 'results-heatmap'
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 # -- contract ids (DESIGN.md) ------------------------------------------------------------------
 MODEL_SELECT = "model-select"
@@ -141,9 +144,10 @@ EXPORT_ATTR_DOWNLOAD = "export-attribution-download"
 IMPORT_RUN_UPLOAD = "import-run-upload"    # History tab: a run file -> a new run
 SHARE_STATUS = "share-status"              # export / import result, errors and the weights warning
 
-# -- cost preview and exact vs attribution (dashboard/cost_refine.py) -----------------------------
+# -- cost preview and exact vs attribution (dashboard/panel/cost.py, dashboard/tabs/exact.py) -----------------------------
 COST_ESTIMATE = "cost-estimate"            # run card: '≈ N patched forwards (…), ≈ T s on cpu, peak ≈ M MB'
 COST_SUGGESTION = "cost-suggestion"        # run card: shown when the estimate is slow
+COST_SUGGESTION_BOX = "cost-suggestion-box"   # hidden unless the estimate is slow
 COST_ATTRIBUTION_BUTTON = "cost-attribution-button"   # run attribution first (same kind)
 ATTR_COMPARE_FIGURE = "attribution-compare-scatter"   # exact vs attribution per cell, flags coloured
 ATTR_FLAGGED = "attribution-flagged"       # table of missed / invented cells
@@ -151,3 +155,109 @@ ATTR_REFINE_K = "attribution-refine-k"
 ATTR_REFINE_BUTTON = "attribution-refine-button"      # exact patching of the top-k attribution cells
 ATTR_REFINE_STATUS = "attribution-refine-status"
 ATTR_REFINE_TABLE = "attribution-refine-table"
+
+# -- Inspect tab (dashboard/tabs/inspect.py) ------------------------------------------------------
+TAB_INSPECT = "tab-inspect"
+INSPECT_PANEL = "inspect-panel"
+INSPECT_VIEW = "inspect-view"                # lens | dla | topk | attention | norms
+INSPECT_RUN = "inspect-run"                  # clean | corrupt
+INSPECT_PAIR = "inspect-pair"
+INSPECT_MODE = "inspect-mode"                # accumulated | per_layer
+INSPECT_VALUE = "inspect-value"              # lens colour: top_prob | answer_prob | answer_logit | answer_rank
+INSPECT_COMPONENTS = "inspect-components"    # per-layer lens rows: all | blocks | heads
+INSPECT_DLA_BY = "inspect-dla-by"            # layer | head
+INSPECT_LAYER = "inspect-layer"
+INSPECT_HEAD = "inspect-head"                # empty = every head
+INSPECT_ATTENTION_VIEW = "inspect-attention-view"   # grid | token
+INSPECT_POS = "inspect-pos"                  # top-k position, attention destination, norms position
+INSPECT_K = "inspect-k"
+INSPECT_IMAGE_FORMAT = "inspect-image-format"
+INSPECT_GRAPH = "inspect-graph"
+INSPECT_TABLE = "inspect-table"              # the top-k DataTable (sortable)
+INSPECT_TABLE_BOX = "inspect-table-box"
+INSPECT_STATUS = "inspect-status"
+INSPECT_DOWNLOAD_BUTTON = "inspect-download-button"
+INSPECT_DOWNLOAD = "inspect-download"
+
+# -- Neurons & weights tab (dashboard/tabs/neurons.py) ----------------------------------------------
+TAB_NEURONS = "tab-neurons"
+NEURONS_PANEL = "neurons-panel"
+NEURONS_VIEW = "neurons-view"
+NEURONS_SOURCE = "neurons-source"            # task | page
+NEURONS_TASK_N = "neurons-task-n"
+NEURONS_RUN = "neurons-run"                  # clean | corrupt (page prompts)
+NEURONS_LAYER = "neurons-layer"
+NEURONS_POS = "neurons-pos"                  # empty = every token
+NEURONS_NEURON = "neurons-neuron"
+NEURONS_K = "neurons-k"
+NEURONS_METHOD = "neurons-method"            # pca | tsne
+NEURONS_COMPOSITION = "neurons-composition"  # all | q | k | v
+NEURONS_CIRCUIT = "neurons-circuit"          # ov | qk
+NEURONS_HEAD = "neurons-head"
+NEURONS_RANK = "neurons-rank"
+NEURONS_IMAGE_FORMAT = "neurons-image-format"
+NEURONS_GRAPH = "neurons-graph"
+NEURONS_TABLE = "neurons-table"
+NEURONS_TABLE_BOX = "neurons-table-box"
+NEURONS_STATUS = "neurons-status"
+NEURONS_DOWNLOAD_BUTTON = "neurons-download-button"
+NEURONS_DOWNLOAD = "neurons-download"
+
+# -- Circuit tab (dashboard/tabs/circuit.py) ------------------------------------------------------
+TAB_CIRCUIT = "tab-circuit"
+CIRCUIT_PANEL = "circuit-panel"
+CIRCUIT_SOURCE = "circuit-source"                # dropdown (multi): runs whose effects rank components
+CIRCUIT_REDUCE = "circuit-reduce"                # per-position effects: sum | max
+CIRCUIT_GRID = "circuit-grid"                    # the component grid (click / box select)
+CIRCUIT_COMPONENTS = "circuit-components"        # text: kept components
+CIRCUIT_TOP_K = "circuit-top-k"
+CIRCUIT_TOP_BUTTON = "circuit-top-button"
+CIRCUIT_CLEAR_BUTTON = "circuit-clear-button"
+CIRCUIT_ABLATION = "circuit-ablation"            # mean | resample | zero
+CIRCUIT_SEED = "circuit-seed"
+CIRCUIT_CURVE_ALL = "circuit-curve-all"          # checklist: the curve over every component by |effect|
+CIRCUIT_RUN_BUTTON = "circuit-run-button"
+CIRCUIT_CANCEL_BUTTON = "circuit-cancel-button"
+CIRCUIT_STATUS = "circuit-status"
+CIRCUIT_PROGRESS = "circuit-progress"            # text while a run is queued / running
+CIRCUIT_FAITHFULNESS = "circuit-faithfulness"    # the number, after a run
+CIRCUIT_FAITHFULNESS_VALUE = "circuit-faithfulness-value"   # the number itself (e2e reads it)
+CIRCUIT_CURVE = "circuit-curve"
+CIRCUIT_RESULT = "circuit-result"                # dcc.Store: the last run (circuit dict + curve JSON)
+CIRCUIT_DOWNLOAD_BUTTON = "circuit-download-button"
+CIRCUIT_DOWNLOAD = "circuit-download"
+CIRCUIT_EDGES_BUTTON = "circuit-edges-button"    # compute EAP edges on the current prompts
+CIRCUIT_EDGES_RUN = "circuit-edges-run"          # dcc.Store: attribution run id whose edges are drawn
+CIRCUIT_THRESHOLD = "circuit-threshold"          # slider: share of the largest |score|
+CIRCUIT_EDGE_GRAPH = "circuit-edge-graph"
+CIRCUIT_EDGES_STATUS = "circuit-edges-status"
+
+
+def control_id(tab: str, name: str) -> str:
+    """The box of one selector of a view tab, shown or hidden per view.
+
+    >>> control_id("inspect", "attention_view")
+    'inspect-ctl-attention-view'
+    """
+    return f"{tab}-ctl-{name.replace('_', '-')}"
+
+
+class ViewIds(NamedTuple):
+    """A view tab's body: figure, status, sortable table (and its box), image format, CSV download."""
+    graph: str
+    status: str
+    table: str
+    table_box: str
+    image_format: str
+    download_button: str
+    download: str
+
+
+def view_ids(prefix: str) -> ViewIds:
+    """The body ids of the view tab `prefix` ("inspect", "neurons").
+
+    >>> view_ids("inspect").graph == INSPECT_GRAPH and view_ids("neurons").table_box == NEURONS_TABLE_BOX
+    True
+    """
+    return ViewIds(*(f"{prefix}-{part}" for part in ("graph", "status", "table", "table-box", "image-format",
+                                                      "download-button", "download")))

@@ -40,7 +40,7 @@ RUN_ID = re.compile(r"^[0-9]{1,12}$")
 IMPORT_HINT = "Drop a .patchboard.zip run file here or "
 
 
-# -- pure handlers ------------------------------------------------------------------------------
+# -- pure functions ------------------------------------------------------------------------------
 def parse_run_path(pathname: str | None, prefix: str = "/") -> int | None:
     """A page path -> the run id it names; None for the plain page; ValueError for anything else.
 
@@ -164,7 +164,7 @@ def render_link(href: str | None):
                       html.A(href, href=href, className="run-link mono")])
 
 
-# -- layout pieces (called from layout.py) -----------------------------------------------------------
+# -- layout pieces (placed by the Results and History tabs) -----------------------------------------------------------
 def location() -> dcc.Location:
     return dcc.Location(id=ids.URL, refresh=False)
 
@@ -201,7 +201,7 @@ def history_section() -> html.Div:
 
 
 # A run file larger than the server's request cap is refused by Flask (413) before any callback
-# runs; the browser measures it first and says so inline (as dashboard/upload_guard.py does for
+# runs; the browser measures it first and says so inline (as dashboard/server/upload_guard.py does for
 # pairs CSVs).
 _CHECK_SIZE = """
 function (contents, filename) {
@@ -240,19 +240,36 @@ def upload_limit(max_request_bytes: int | None) -> int:
     return min(max(cap * 3 // 4 - 2**16, 1), bundle.MAX_BUNDLE_BYTES)
 
 
-def register(app: dash.Dash, registry, store) -> SimpleNamespace:
-    prefix = app.config.requests_pathname_prefix or "/"
-    limit = upload_limit(app.server.config.get("MAX_CONTENT_LENGTH"))
-    message = (f"is larger than the {limit / 2**20:.1f} MB upload limit of this server; import it with "
-               "`python -m patching import FILE --data-dir ...`, or restart the server with a larger "
-               "--max-upload-mb")
-    app.clientside_callback(_CHECK_SIZE % {"limit": limit, "message": json.dumps(message)},
-                            Output(ids.SHARE_STATUS, "children", allow_duplicate=True),
-                            Input(ids.IMPORT_RUN_UPLOAD, "contents"), State(ids.IMPORT_RUN_UPLOAD, "filename"),
-                            prevent_initial_call=True)
+def run_href_for(app: dash.Dash):
+    """run id -> its page's address under the app's path prefix."""
+    return lambda run_id: app.get_relative_path(f"/run/{int(run_id)}")
 
-    def run_href(run_id: int) -> str:
-        return app.get_relative_path(f"/run/{int(run_id)}")
+
+def share_outputs() -> list[Output]:
+    """What `share_view` fills: the run's link, provenance and the Export button."""
+    return [Output(ids.RUN_LINK, "children"), Output(ids.PROVENANCE_BODY, "children"),
+            Output(ids.EXPORT_RUN_BUTTON, "children"), Output(ids.EXPORT_RUN_BUTTON, "disabled")]
+
+
+def share_view(run, chosen: bool, run_href) -> tuple:
+    """A stored run (None: none chosen, or unreadable when `chosen`) -> its link, provenance panel,
+    Export button label and whether the button is disabled."""
+    if run is None:
+        return None, (html.Div() if chosen else render_provenance(None)), "Export run", True
+    return (render_link(run_href(run.info.id)), render_provenance(run.result.provenance),
+            f"Export run #{run.info.id}", False)
+
+
+def register(app: dash.Dash, registry, store) -> SimpleNamespace:
+    """Wire routing, export and import; returns the plain functions so tests call them directly."""
+    return SimpleNamespace(**vars(_register_route(app, store)), **vars(_register_export(app, store)),
+                           **vars(_register_import(app, registry, store)))
+
+
+def _register_route(app: dash.Dash, store) -> SimpleNamespace:
+    """/run/<id> opens that run; the address bar follows the run on screen."""
+    prefix = app.config.requests_pathname_prefix or "/"
+    run_href = run_href_for(app)
 
     app.clientside_callback(_FOLLOW_RUN % {"base": json.dumps(app.get_relative_path("/run/"))},
                             Output(ids.RUN_LINK, "title"), Input(ids.CURRENT_RUN, "data"),
@@ -278,19 +295,19 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
                  Input(ids.URL, "pathname"), prevent_initial_call="initial_duplicate")(route)
 
     def current(run_id):
-        """The run on screen -> its link, its provenance, and the Export button."""
-        if not run_id:
-            return None, render_provenance(None), "Export run", True
+        """The run on screen -> its link, its provenance, and the Export button (the page draws
+        these with the Results tab's heatmap, from one read: `tabs.results`)."""
         try:
-            run = store.get(int(run_id))
+            run = store.get(int(run_id)) if run_id else None
         except (ValueError, TypeError):
-            return None, html.Div(), "Export run", True
-        return (render_link(run_href(run.info.id)), render_provenance(run.result.provenance),
-                f"Export run #{run.info.id}", False)
+            run = None
+        return share_view(run, bool(run_id), run_href)
 
-    app.callback(Output(ids.RUN_LINK, "children"), Output(ids.PROVENANCE_BODY, "children"),
-                 Output(ids.EXPORT_RUN_BUTTON, "children"), Output(ids.EXPORT_RUN_BUTTON, "disabled"),
-                 Input(ids.CURRENT_RUN, "data"))(current)
+    return SimpleNamespace(route=route, current_run_share=current, run_href=run_href)
+
+
+def _register_export(app: dash.Dash, store) -> SimpleNamespace:
+    """Export the run on screen, or the Attribution tab's run, as a run file."""
 
     def export(n_clicks, run_id):
         """Export -> the run file download (or why not)."""
@@ -333,6 +350,21 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
                  Input(ids.EXPORT_ATTR_BUTTON, "n_clicks"), State(ids.ATTR_RUN, "data"),
                  prevent_initial_call=True)(export_attribution)
 
+    return SimpleNamespace(export_run=export, attribution_export_button=attribution_button,
+                           export_attribution=export_attribution)
+
+
+def _register_import(app: dash.Dash, registry, store) -> SimpleNamespace:
+    """Import a run file as a new run (said inline when the browser sees it is too large)."""
+    limit = upload_limit(app.server.config.get("MAX_CONTENT_LENGTH"))
+    message = (f"is larger than the {limit / 2**20:.1f} MB upload limit of this server; import it with "
+               "`python -m patching import FILE --data-dir ...`, or restart the server with a larger "
+               "--max-upload-mb")
+    app.clientside_callback(_CHECK_SIZE % {"limit": limit, "message": json.dumps(message)},
+                            Output(ids.SHARE_STATUS, "children", allow_duplicate=True),
+                            Input(ids.IMPORT_RUN_UPLOAD, "contents"), State(ids.IMPORT_RUN_UPLOAD, "filename"),
+                            prevent_initial_call=True)
+
     def import_run(contents, filename):
         """An uploaded run file -> a new run in the history, opened; errors / warnings inline."""
         if not contents:
@@ -358,6 +390,4 @@ def register(app: dash.Dash, registry, store) -> SimpleNamespace:
                  Input(ids.IMPORT_RUN_UPLOAD, "contents"), State(ids.IMPORT_RUN_UPLOAD, "filename"),
                  prevent_initial_call=True)(import_run)
 
-    return SimpleNamespace(route=route, current_run_share=current, export_run=export, import_run=import_run,
-                           run_href=run_href, attribution_export_button=attribution_button,
-                           export_attribution=export_attribution)
+    return SimpleNamespace(import_run=import_run)

@@ -14,7 +14,8 @@ import pytest
 from dashboard import make_jobs
 from dashboard.__main__ import main as dashboard_main
 from patching import cli
-from dashboard.server.worker import WorkerConfig, celery_app
+from dashboard.server.celery import celery_app
+from dashboard.server.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "redis://127.0.0.1:1/0"          # nothing listens there; nothing here connects

@@ -11,7 +11,7 @@ CHILD = textwrap.dedent("""
     import sys, time, torch, multiprocess as mp
     torch.set_num_threads(2)
     if sys.argv[1] == "guarded":
-        from dashboard.fork_guard import single_threaded_server
+        from dashboard.server.fork_guard import single_threaded_server
         assert single_threaded_server() == 2 and torch.get_num_threads() == 1
     a = torch.randn(512, 512); (a @ a).sum()          # the server's own multi-threaded work
 
@@ -42,7 +42,7 @@ def test_a_job_forked_from_the_guarded_server_runs_with_the_servers_threads():
 CALIBRATE = textwrap.dedent("""
     import torch
     torch.set_num_threads(2)
-    from dashboard.fork_guard import in_forked_process, job_like_calibration, single_threaded_server
+    from dashboard.server.fork_guard import in_forked_process, job_like_calibration, single_threaded_server
     from patching import PromptSet, load_model
     from tests.conftest import IOI
     single_threaded_server()                               # first, as `python -m dashboard` does

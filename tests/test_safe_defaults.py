@@ -160,14 +160,15 @@ def test_weights_come_from_safetensors_never_from_a_pickle(tmp_path, default_mod
 
 # -- the upload cap ---------------------------------------------------------------------------------------
 def test_upload_cap_is_configurable_and_answered(app):
-    from dashboard import create_app, handlers
+    from dashboard import actions, create_app, forms
+    from dashboard.tabs import exact as exact_tab
     assert app.server.config["MAX_CONTENT_LENGTH"] == 2**20
     client = app.server.test_client()
     resp = client.post("/_dash-update-component", data=b"x" * (2 * 2**20), content_type="application/json")
     assert resp.status_code == 413
     assert resp.json["message"].startswith("the request is larger than this server's 1 MB limit (--max-upload-mb)")
     assert client.get("/").status_code == 200                  # still serving
-    limit = handlers.upload_file_limit(2**20)                    # 3/4 of the cap less 64 kB
+    limit = forms.upload_file_limit(2**20)                    # 3/4 of the cap less 64 kB
     assert limit == 720896
     big = b"clean,corrupt,answer,wrong\n" + b"a,b,c,d\n" * (limit // 8 + 10)
     contents = "data:text/csv;base64," + base64.b64encode(big).decode()
@@ -194,7 +195,8 @@ def test_max_upload_mb_flag(monkeypatch, capsys, tmp_path):
 
 
 def test_million_row_csv_is_refused_fast_without_building_the_pairs(monkeypatch):
-    from dashboard import handlers
+    from dashboard import actions, forms
+    from dashboard.tabs import exact as exact_tab
     from patching.core import prompts
     built = []
     real = prompts.PromptPair
@@ -209,7 +211,7 @@ def test_million_row_csv_is_refused_fast_without_building_the_pairs(monkeypatch)
     contents = "data:text/csv;base64," + base64.b64encode(data).decode()
     start = time.perf_counter()
     with pytest.raises(ValueError, match=r"pairs.csv: pairs CSV has too many pairs: more than 10000"):
-        handlers.parse_upload(contents, "pairs.csv")
+        forms.parse_upload(contents, "pairs.csv")
     assert time.perf_counter() - start < 5
     assert len(built) == prompts.MAX_PAIRS
 
@@ -291,15 +293,16 @@ def test_a_stored_metric_is_not_imported_by_the_server(app, tmp_path, monkeypatc
     store or an imported run file): the exact-vs-attribution check refuses it by name without
     importing that module in the server."""
     import sys
-    from dashboard import handlers
+    from dashboard import actions, forms
+    from dashboard.tabs import exact as exact_tab
     marker = tmp_path / "imported"
     mods = tmp_path / "mods"
     mods.mkdir()
     (mods / "pb_stored_metric.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef fn(l, i):\n    return l[:, 0]\n")
     monkeypatch.syspath_prepend(str(mods))
-    form = handlers.Form(model="default", clean=IOI[0], corrupt=IOI[1], answer=IOI[2], wrong=IOI[3])
-    att_id = handlers.execute_attribution(app.test_registry, app.test_store, form,
-                                          handlers.AttributionForm(kinds=("head_out",)), app.test_store.data_dir)
+    form = forms.Form(model="default", clean=IOI[0], corrupt=IOI[1], answer=IOI[2], wrong=IOI[3])
+    att_id = actions.execute_attribution(app.test_registry, app.test_store, form,
+                                          forms.AttributionForm(kinds=("head_out",)), app.test_store.data_dir)
     con = sqlite3.connect(app.test_store.path)
     (results_json,) = con.execute("SELECT results_json FROM attributions WHERE id = ?", (att_id,)).fetchone()
     docs = json.loads(results_json)
@@ -310,5 +313,5 @@ def test_a_stored_metric_is_not_imported_by_the_server(app, tmp_path, monkeypatc
     con.close()
     run = app.test_store.get_attribution(att_id)
     with pytest.raises(ValueError, match=r"this run's metric 'pb_stored_metric:fn' is not one the dashboard runs"):
-        handlers.attribution_agreement(app.test_registry, run, "head_out", app.test_store.data_dir)
+        exact_tab.attribution_agreement(app.test_registry, run, "head_out", app.test_store.data_dir)
     assert not marker.exists() and "pb_stored_metric" not in sys.modules

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from dashboard import handlers, layout
+from dashboard import actions, forms
+from dashboard.tabs import history as history_tab
 from patching.runs import jobs as job_status
 from patching.runs.store import JobInfo, RunStore, open_store
 from patching import PatchSpec, sweep
@@ -27,7 +28,7 @@ def result(gpt2_model, ioi_prompts):
 @pytest.fixture
 def form(tiny_dirs):
     clean, corrupt, answer, wrong = IOI[0]
-    return handlers.Form(model=str(tiny_dirs["gpt2"]), clean=clean, corrupt=corrupt, answer=answer,
+    return forms.Form(model=str(tiny_dirs["gpt2"]), clean=clean, corrupt=corrupt, answer=answer,
                          wrong=wrong, kind="head_out")
 
 
@@ -147,7 +148,7 @@ def _slow_run(registry, data_dir, form, started):
             started.set()
             time.sleep(5)
 
-    handlers.execute_run(registry, store, form, data_dir, report=report)
+    actions.execute_run(registry, store, form, data_dir, report=report)
 
 
 def test_sigkill_mid_sweep_is_marked_failed_and_the_next_run_works(tmp_path, registry, form):
@@ -174,9 +175,9 @@ def test_sigkill_mid_sweep_is_marked_failed_and_the_next_run_works(tmp_path, reg
     failed = store.jobs()[0]
     assert failed.status == "failed" and f"worker process {proc.pid} exited" in failed.reason
     assert len(store) == 0 and _integrity(store.path) == "ok"   # no half-saved run
-    assert not handlers.run_busy(tmp_path)                # the run slot was released with the process
+    assert not actions.run_busy(tmp_path)                # the run slot was released with the process
 
-    run_id = handlers.execute_run(registry, store, form, tmp_path)
+    run_id = actions.execute_run(registry, store, form, tmp_path)
     assert store.get(run_id).result.values.shape == (2, 4)
     newest = store.jobs()[0]
     assert (newest.status, newest.run_id, newest.kind) == ("done", run_id, "sweep")
@@ -193,7 +194,7 @@ def _slow_run_with_token(registry, data_dir, form, started, token):
             started.set()
             time.sleep(5)
 
-    handlers.execute_run(registry, store, form, data_dir, report=report, token=token)
+    actions.execute_run(registry, store, form, data_dir, report=report, token=token)
 
 
 def test_a_killed_job_whose_cancel_was_pressed_is_listed_as_cancelled(tmp_path, registry, form):
@@ -228,11 +229,11 @@ def test_cancel_pressed_while_queued_stops_the_job_before_it_starts(tmp_path, re
     assert not store.cancel_requested(token)
     assert store.request_cancel(token) is None                # no job has started under this token yet
     with pytest.raises(job_status.JobCancelled, match="Run cancelled; nothing was saved"):
-        handlers.execute_run(registry, store, form, tmp_path, token=token)
+        actions.execute_run(registry, store, form, tmp_path, token=token)
     job = store.jobs()[0]
     assert (job.status, job.reason) == ("cancelled", "cancelled before it started: Cancel was pressed while it was queued")
     assert len(store) == 0
-    other = handlers.execute_run(registry, store, form, tmp_path, token=job_status.job_token("page-2", "run-button", 5))
+    other = actions.execute_run(registry, store, form, tmp_path, token=job_status.job_token("page-2", "run-button", 5))
     assert store.jobs()[0].run_id == other                    # the next click is another job: it runs
 
 
@@ -247,7 +248,7 @@ def test_cancel_pressed_while_it_runs_stops_it_at_the_next_progress_report(tmp_p
         if p.total > 1 and not store.cancel_requested(token):
             store.request_cancel(token)
     with pytest.raises(job_status.JobCancelled):
-        handlers.execute_run(registry, store, form, tmp_path, report=report, token=token)
+        actions.execute_run(registry, store, form, tmp_path, report=report, token=token)
     job = store.jobs()[0]
     assert (job.status, job.reason) == ("cancelled", "cancelled: Cancel was pressed while it ran")
     assert len(store) == 0 and not any(str(r).startswith("done") for r in reports)
@@ -276,9 +277,9 @@ def test_job_tokens_need_a_session():
 
 def test_store_reopened_keeps_runs_and_jobs(tmp_path, registry, form):
     store = RunStore(tmp_path)
-    run_id = handlers.execute_run(registry, store, form, tmp_path)
+    run_id = actions.execute_run(registry, store, form, tmp_path)
     with pytest.raises(ValueError, match="layers"):             # bad input: refused before a job begins
-        handlers.execute_run(registry, store, dataclasses.replace(form, layers="9"), tmp_path)
+        actions.execute_run(registry, store, dataclasses.replace(form, layers="9"), tmp_path)
     reopened = RunStore(tmp_path)
     assert [r.id for r in reopened.list()] == [run_id]
     assert [(j.status, j.run_id) for j in reopened.jobs()] == [("done", run_id)]
@@ -316,7 +317,7 @@ def test_history_lists_failed_jobs_with_their_reason(tmp_path, result):
     job = store.begin_job("sweep", "killed sweep", "tiny", pid=2**22 + 12345)   # no such process
     shown = job_status.unfinished_and_failed(store)
     assert [(j.id, j.status) for j in shown] == [(job, "failed")]
-    html = str(layout.render_history(store.list(), run_id, shown))
+    html = str(history_tab.render_history(store.list(), run_id, shown))
     assert "killed sweep" in html and "worker process" in html and "exited" in html
     assert "job-item job-failed" in html and html.count("run-item") == 1
 
@@ -339,7 +340,7 @@ def test_dashboard_flags_bad_input_exit_2_before_serving(tmp_path, argv, needle,
 # -- forks of a threaded server (Dash's diskcache jobs) ------------------------------------------------
 def test_a_fork_waits_for_sqlite_work_in_another_thread():
     import threading
-    from dashboard import fork_guard
+    from dashboard.server import fork_guard
     inside, release = threading.Event(), threading.Event()
 
     def busy():

@@ -41,7 +41,7 @@ def test_what_needs_weights_is_refused_with_a_message(tiny_dirs):
 
 
 def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp_path):
-    from dashboard import create_app, handlers, make_jobs
+    from dashboard import actions, create_app, forms, make_jobs
     from patching.runs.store import RunStore
     name = str(tiny_dirs["gpt2"])
     registry = ModelRegistry([name], weights=False)
@@ -61,12 +61,12 @@ def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp
     click = {"points": [{"customdata": fig.data[0].customdata[0][0]}]}
     _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")
     assert "--tokenizers-only" in status and cell is None and disabled   # inline, not a crash
-    from dashboard.cost_handlers import cost_view
+    from dashboard.panel.cost import cost_view
     from patching.methods.cost import CalibrationCache
-    form = handlers.Form(model=name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, kind="head_out")
+    form = forms.Form(model=name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, kind="head_out")
     assert cost_view(registry, CalibrationCache(), form).text.startswith("No cost preview: this web host loads no weights")
     with pytest.raises(ValueError, match="tokenizers-only"):
-        handlers.execute_run(registry, store, handlers.Form(model=name, clean=clean, corrupt=corrupt,
+        actions.execute_run(registry, store, forms.Form(model=name, clean=clean, corrupt=corrupt,
                                                             answer=answer, wrong=wrong, kind="head_out"), tmp_path)
 
 

@@ -260,8 +260,8 @@ def run_callbacks(cb, case: Case, model: str, metric: str, pairs):
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_dashboard(case, specials, dash_app, default_model):
-    from dashboard import handlers
-    from dashboard.handlers import Form
+    from dashboard import forms
+    from dashboard.forms import Form
     app, store, first_run = dash_app
     cb = app.patchboard
     model, metric = resolve(case, specials)
@@ -288,7 +288,7 @@ def test_dashboard(case, specials, dash_app, default_model):
     view = cb.token_view(model, case.clean, case.corrupt, case.answer, case.wrong, ["bos"], pairs)
     assert "Traceback" not in str(view)
     if model == "default":                   # the token view handler never raises, lists problems
-        tv = handlers.token_view(default_model, Form.from_values(
+        tv = forms.token_view(default_model, Form.from_values(
             model=model, clean=case.clean, corrupt=case.corrupt, answer=case.answer, wrong=case.wrong,
             pairs=pairs))
         assert all("Traceback" not in p for p in tv.problems)

@@ -36,7 +36,7 @@ def app(registry, store, tiny_name):
 @pytest.fixture
 def form(tiny_name):
     """A valid form: IOI pair 0 on the tiny model, head_out."""
-    from dashboard.handlers import Form
+    from dashboard.forms import Form
     clean, corrupt, answer, wrong = IOI[0]
     return Form(model=tiny_name, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
                 kind="head_out")

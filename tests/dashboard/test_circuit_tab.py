@@ -1,4 +1,4 @@
-"""The Circuit tab (dashboard/circuit_tab.py): ids, the grid and its selection, Run, CSV, the EAP
+"""The Circuit tab (dashboard/tabs/circuit.py): ids, the grid and its selection, Run, CSV, the EAP
 graph; callbacks called directly."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from dash import no_update
 
-from dashboard import circuit_tab
+from dashboard.context import Context
+from dashboard.tabs import circuit as circuit_tab
 from patching import PatchSpec, PromptSet, sweep
 from patching.methods.circuit import CurveResult
 from tests.conftest import IOI
@@ -26,7 +27,7 @@ TAB_IDS = [v for k, v in vars(circuit_tab).items() if k.startswith("CIRCUIT_") a
 @pytest.fixture
 def cb(registry, store):
     app = dash.Dash(__name__, suppress_callback_exceptions=True)
-    return circuit_tab.register_callbacks(app, registry, store)
+    return circuit_tab.register(app, Context(registry, store, store.data_dir))
 
 
 @pytest.fixture
@@ -166,7 +167,7 @@ def test_edges_graph_and_threshold(cb, page, store):
 
 # -- figures ---------------------------------------------------------------------------------------------
 def test_component_grid_places_heads_mlps_and_attn_layers():
-    from dashboard.figures_circuit import component_grid
+    from dashboard.figures.circuit import component_grid
     from patching.methods.circuit import parse_components
     effects = {c: v for c, v in zip(parse_components("L0H1,MLP1,ATTN1"), (0.5, -0.25, 0.1))}
     fig = component_grid(effects, n_layers=2, n_heads=3, selected=parse_components("ATTN0,MLP1"))
@@ -179,7 +180,7 @@ def test_component_grid_places_heads_mlps_and_attn_layers():
 
 
 def test_curve_and_edge_figures(gpt2_model):
-    from dashboard.figures_circuit import curve_figure, edge_graph_figure
+    from dashboard.figures.circuit import curve_figure, edge_graph_figure
     from patching.methods.attribution import edge_attribution
     from patching.methods.circuit import edge_graph, faithfulness_curve
     prompts = PromptSet.from_pairs(gpt2_model, IOI)

@@ -6,8 +6,12 @@ import dash
 import pytest
 from dash import no_update
 
-from dashboard import cost_handlers, cost_refine, figures_compare, ids, refine_handlers
-from dashboard.handlers import Form
+from dashboard import ids
+from dashboard.tabs import exact as exact_tab
+from dashboard.panel import cost as cost_panel
+from dashboard.figures import agreement as figures_compare
+from dashboard.context import Context
+from dashboard.forms import Form
 from patching import PatchSpec, PromptSet, sweep
 from patching.methods.compare import compare_cells
 from patching.methods.cost import CalibrationCache, estimate_cost
@@ -27,16 +31,16 @@ def _form_args(tiny_name, kind="head_out", per_position=(), layers="", **over):
 
 def test_cost_view_counts_the_forms_sweep(registry, form, gpt2_model):
     cal = CalibrationCache()
-    view = cost_handlers.cost_view(registry, cal, form)
+    view = cost_panel.cost_view(registry, cal, form)
     prompts = PromptSet.from_pairs(gpt2_model, [IOI[0]])
     est = estimate_cost(gpt2_model, prompts, PatchSpec(kind="head_out", model=form.model),
                         calibration=cal.get(gpt2_model, prompts))
     assert view.text.startswith(f"≈ {est.patched_rows} patched forwards") and "on cpu, peak ≈ " in view.text
     assert not view.slow and view.suggestion == ""
-    slow = cost_handlers.cost_view(registry, cal, form, slow_seconds=0.0)
+    slow = cost_panel.cost_view(registry, cal, form, slow_seconds=0.0)
     assert slow.slow and "Attribution patching estimates every cell" in slow.suggestion
     bad = Form(**{**form.__dict__, "layers": "9"})
-    assert cost_handlers.cost_view(registry, cal, bad) == cost_handlers.CostView()
+    assert cost_panel.cost_view(registry, cal, bad) == cost_panel.CostView()
 
 
 def test_cost_preview_callback_and_suggestion(app, registry, store, tiny_name):
@@ -46,11 +50,11 @@ def test_cost_preview_callback_and_suggestion(app, registry, store, tiny_name):
     per_pos, _, _ = cb.cost_preview(*_form_args(tiny_name, per_position=["per"]))
     assert per_pos != text                               # the kind's options change the estimate
     assert cb.cost_preview(*_form_args(tiny_name, layers="0-9")) == ("", "", True)
-    from dashboard.handlers import run_slot
+    from dashboard.actions import run_slot
     with run_slot(store.data_dir):                      # a run in progress: the estimate waits
-        assert cb.cost_preview(*_form_args(tiny_name)) == (cost_refine.PAUSED, "", True)
-    slow = cost_refine.register(dash.Dash(__name__, suppress_callback_exceptions=True), registry, store,
-                                store.data_dir, slow_seconds=0.0)
+        assert cb.cost_preview(*_form_args(tiny_name)) == (cost_panel.PAUSED, "", True)
+    slow = cost_panel.register(dash.Dash(__name__, suppress_callback_exceptions=True),
+                               Context(registry, store, store.data_dir), slow_seconds=0.0)
     text, suggestion, hidden = slow.cost_preview(*_form_args(tiny_name))
     assert not hidden and "run it first" in suggestion
     assert cb.attribution_first(1, "resid_pre", ["per"], 2) == (ids.TAB_ATTRIBUTION, ["resid_pre"], ["per"], 3)
@@ -76,11 +80,11 @@ def test_compare_scatter_flagged_and_refine(app, store, tiny_name, gpt2_model):
     run = store.get_attribution(att_id)
     prompts = PromptSet.from_pairs(gpt2_model, [IOI[0]])
     exact = sweep(gpt2_model, prompts, run.result("head_out").spec)
-    kept = refine_handlers.cached_exact(run, "head_out", store.data_dir)
+    kept = exact_tab.cached_exact(run, "head_out", store.data_dir)
     assert kept is not None and kept.values.allclose(exact.values, atol=1e-9)
     a = compare_cells(exact, run.result("head_out"))
-    assert refine_handlers.flagged_rows(a) == refine_handlers.flagged_rows(
-        refine_handlers.compare_run(None, run, "head_out", store.data_dir, compute=False))
+    assert exact_tab.flagged_rows(a) == exact_tab.flagged_rows(
+        exact_tab.compare_run(None, run, "head_out", store.data_dir, compute=False))
     # another kind shown: the line is cleared and so is the scatter
     assert cb.compare_view("", att_id, "resid_pre")[0].layout.annotations
     # refine top-3 of head_out: exact values on those cells
@@ -106,12 +110,12 @@ def test_refine_rows_and_k(registry, store, tiny_name, gpt2_model):
     results = run_attribution(gpt2_model, prompts, kinds=["resid_pre"])
     att_id = store.save_attribution(results, IOI, "test")
     run = store.get_attribution(att_id)
-    refined, rows = refine_handlers.refine_run(registry, run, "resid_pre", "4")
+    refined, rows = exact_tab.refine_run(registry, run, "resid_pre", "4")
     assert [r["rank"] for r in rows] == [1, 2, 3, 4] and int((~refined.values.isnan()).sum()) == 4
     assert rows[0]["label"].startswith("L") and "@" in rows[0]["label"]
     for bad in ("x", 2.5, 201, None):
         with pytest.raises(ValueError, match="k must be a whole number from 1 to 200"):
-            refine_handlers.parse_k(bad)
+            exact_tab.parse_k(bad)
 
 
 def test_agreement_scatter_colours_flags():

@@ -96,6 +96,13 @@ def test_cli_warns_when_not_loopback(monkeypatch, capsys, tmp_path):
     assert "model 'no-such-model' is not available yet" in err
 
 
+def test_every_id_in_ids_is_distinct():
+    """ids.py holds every component id (the tabs' too): no two names share a value."""
+    from dashboard import ids
+    values = [v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)]
+    assert len(values) == len(set(values)), sorted(v for v in values if values.count(v) > 1)
+
+
 # -- callbacks, called directly ------------------------------------------------------------------
 class Progress:
     def __init__(self):

@@ -9,8 +9,8 @@ import psutil
 import pytest
 
 from dashboard import make_jobs
-from dashboard.handlers import Progress
-from dashboard.jobs import DiskcacheJobs, progress_reporter
+from dashboard.actions import Progress
+from dashboard.server.jobs import DiskcacheJobs, progress_reporter
 
 
 def test_make_jobs_uses_the_tolerant_manager(tmp_path):

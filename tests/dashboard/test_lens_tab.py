@@ -1,4 +1,4 @@
-"""The Inspect tab (dashboard/lens_tab.py): layout ids, callbacks called directly, CSV download."""
+"""The Inspect tab (dashboard/tabs/inspect.py): layout ids, callbacks called directly, CSV download."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from dash import no_update
 
-from dashboard import ids, lens_tab
+from dashboard import ids
+from dashboard.context import Context
+from dashboard.tabs import inspect as lens_tab
 from tests.conftest import IOI
 from tests.dash_tree import walk
 
@@ -19,7 +21,7 @@ TAB_IDS = [v for k, v in vars(lens_tab).items() if k.startswith("INSPECT_") and 
 @pytest.fixture(scope="module")
 def cb(registry):
     app = dash.Dash(__name__, suppress_callback_exceptions=True)
-    return lens_tab.register_callbacks(app, registry)
+    return lens_tab.register(app, Context(registry, None, None))
 
 
 @pytest.fixture
@@ -40,7 +42,8 @@ def test_layout_has_every_tab_id_and_no_clash_with_the_page():
     missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL]
     assert not missing and lens_tab.INSPECT_PANEL in present
     assert set(lens_tab.CONTROL_IDS.values()) <= present
-    page_ids = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)}
+    page_ids = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)
+                and not k.startswith("INSPECT_") and k != "TAB_INSPECT"}      # the tab's own live in ids.py too
     assert not (set(TAB_IDS) | {lens_tab.TAB_INSPECT} | set(lens_tab.CONTROL_IDS.values())) & page_ids
 
 
@@ -48,7 +51,7 @@ def test_registers_beside_the_dashboards_own_callbacks(app, registry):
     """What the mount does: create_app, then the tab's callbacks on the same app (once the mount
     is in create_app itself, they are already there)."""
     if not any(lens_tab.INSPECT_GRAPH in key for key in app.callback_map):
-        lens_tab.register_callbacks(app, registry)
+        lens_tab.register(app, Context(registry, None, None))
     outputs = " ".join(app.callback_map)
     assert lens_tab.INSPECT_GRAPH in outputs and lens_tab.INSPECT_DOWNLOAD in outputs
 
@@ -124,7 +127,7 @@ def test_download_is_the_views_csv(cb, page):
 
 
 def test_figure_only_changes_do_not_rerun_the_model(registry, page, monkeypatch):
-    cb = lens_tab.register_callbacks(dash.Dash(__name__, suppress_callback_exceptions=True), registry)
+    cb = lens_tab.register(dash.Dash(__name__, suppress_callback_exceptions=True), Context(registry, None, None))
     calls = []
     real = lens_tab.lens.logit_lens
     monkeypatch.setattr(lens_tab.lens, "logit_lens", lambda *a, **kw: calls.append(kw) or real(*a, **kw))

@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from dash import html, no_update
 
-from dashboard import figures, handlers, ids
-from dashboard.handlers import AttributionForm, Form, PathForm
+from dashboard import figures, forms, ids
+from dashboard.tabs import attribution as attribution_tab
+from dashboard.tabs import exact as exact_tab
+from dashboard.forms import AttributionForm, Form, PathForm
 from patching.methods.attribution import AttributionResult, attribution_kinds, run_attribution
 from patching.methods.path import PathResult, PathSpec, run_path
 from patching.core.prompts import PromptPair, PromptSet
@@ -56,17 +58,17 @@ def _prompt_args(tiny_name, **over):
 
 # -- handlers -----------------------------------------------------------------------------------
 def test_node_list():
-    assert handlers.node_list("q:1.0, q:1.1\nk:1.2") == ("q:1.0", "q:1.1", "k:1.2")
-    assert handlers.node_list("") is None and handlers.node_list(None) is None
+    assert forms.node_list("q:1.0, q:1.1\nk:1.2") == ("q:1.0", "q:1.1", "k:1.2")
+    assert forms.node_list("") is None and forms.node_list(None) is None
 
 
 def test_parse_path_form_defaults_and_values(gpt2_model, form):
-    spec, prompts = handlers.parse_path_form(gpt2_model, form, PathForm())
+    spec, prompts = forms.parse_path_form(gpt2_model, form, PathForm())
     assert spec.receivers == ("logits",) and spec.senders is None and spec.sweep == "senders"
-    spec, _ = handlers.parse_path_form(gpt2_model, form, PathForm(receivers="q:1.0,q:1.1", mode="direct",
+    spec, _ = forms.parse_path_form(gpt2_model, form, PathForm(receivers="q:1.0,q:1.1", mode="direct",
                                                                  per_position=True))
     assert spec.receivers == ("q:1.0", "q:1.1") and spec.mode == "direct" and spec.per_position
-    spec, _ = handlers.parse_path_form(gpt2_model, form, PathForm(senders="head:0.1", sweep="receivers"))
+    spec, _ = forms.parse_path_form(gpt2_model, form, PathForm(senders="head:0.1", sweep="receivers"))
     assert spec.receivers is None and spec.senders == ("head:0.1",)
     assert spec.direction == form.direction and spec.metric == form.metric and spec.model == form.model
 
@@ -85,22 +87,22 @@ def test_parse_path_form_defaults_and_values(gpt2_model, form):
 ])
 def test_parse_path_form_errors_name_the_bad_value(gpt2_model, form, path, needle):
     with pytest.raises(ValueError, match=None) as exc:
-        handlers.parse_path_form(gpt2_model, form, path)
+        forms.parse_path_form(gpt2_model, form, path)
     assert needle in str(exc.value)
 
 
 def test_parse_path_form_checks_the_prompts_and_metric(gpt2_model, form):
     from dataclasses import replace
     with pytest.raises(ValueError, match="unknown metric 'os:getcwd'"):
-        handlers.parse_path_form(gpt2_model, replace(form, metric="os:getcwd"), PathForm())
+        forms.parse_path_form(gpt2_model, replace(form, metric="os:getcwd"), PathForm())
     with pytest.raises(ValueError, match="same number of tokens"):
-        handlers.parse_path_form(gpt2_model, replace(form, corrupt=form.corrupt + " Mary"), PathForm())
+        forms.parse_path_form(gpt2_model, replace(form, corrupt=form.corrupt + " Mary"), PathForm())
 
 
 def test_parse_attribution_form(gpt2_model, form):
-    kw, _ = handlers.parse_attribution_form(gpt2_model, form, AttributionForm())
+    kw, _ = forms.parse_attribution_form(gpt2_model, form, AttributionForm())
     assert kw["kinds"] == attribution_kinds(gpt2_model) and kw["method"] == "plain" and "steps" not in kw
-    kw, _ = handlers.parse_attribution_form(gpt2_model, form, AttributionForm(kinds=("head_out",), method="ig",
+    kw, _ = forms.parse_attribution_form(gpt2_model, form, AttributionForm(kinds=("head_out",), method="ig",
                                                                              steps="4"))
     assert kw["kinds"] == ("head_out",) and kw["steps"] == 4
     for attr, needle in ((AttributionForm(kinds=("nope",)), "kind 'nope'"),
@@ -108,17 +110,17 @@ def test_parse_attribution_form(gpt2_model, form):
                          (AttributionForm(method="ig", steps="x"), "steps must be a whole number, not 'x'"),
                          (AttributionForm(method="magic"), "method must be one of plain, ig, not 'magic'")):
         with pytest.raises(ValueError) as exc:
-            handlers.parse_attribution_form(gpt2_model, form, attr)
+            forms.parse_attribution_form(gpt2_model, form, attr)
         assert needle in str(exc.value)
 
 
 def test_parallel_model_has_no_resid_mid_attribution(tiny_models):
-    names = [o["value"] for o in handlers.attribution_kind_options(tiny_models["neox"])]
+    names = [o["value"] for o in forms.attribution_kind_options(tiny_models["neox"])]
     assert "resid_mid" not in names and "head_out" in names
 
 
 def test_agreement_text():
-    text = handlers.agreement_text({"kind": "head_out", "pearson": 0.98765, "topk_overlap": 0.9, "k": 10,
+    text = exact_tab.agreement_text({"kind": "head_out", "pearson": 0.98765, "topk_overlap": 0.9, "k": 10,
                                     "cells": 48, "exact_seconds": 0.5})
     assert text == ("Agreement with exact patching · head_out: Pearson r = 0.988 · top-10 overlap 9/10 "
                     "(48 cells; exact sweep 0.50 s)")
@@ -317,7 +319,7 @@ def test_tabs_are_in_the_layout(app):
 def test_top_edges_rows(gpt2_model, prompts):
     from patching.methods.attribution import edge_attribution
     edges = edge_attribution(gpt2_model, prompts)
-    rows = handlers.top_edges(edges, 5)
+    rows = attribution_tab.top_edges(edges, 5)
     assert len(rows) == 5 and list(rows[0]) == ["upstream", "downstream", "score", "normalized"]
     assert abs(rows[0]["score"]) >= abs(rows[-1]["score"])
-    assert handlers.top_edges(None) == []
+    assert attribution_tab.top_edges(None) == []

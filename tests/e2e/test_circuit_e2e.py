@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from dashboard import circuit_tab as ct
+from dashboard.tabs import circuit as ct
 from dashboard import ids
 from tests.e2e.support import open_page, run_dashboard, shot, skip_reason
 

@@ -1,9 +1,9 @@
 """End-to-end: the Inspect tab in a real headless Chromium.
 
 The app is `create_app` around the tiny GPT-2 model, served in-process; the Inspect tab is
-mounted the way dashboard/layout.py mounts it (one more `dbc.Tab` in the main tabs) unless the
+mounted the way dashboard/page.py mounts it (one more `dbc.Tab` in the main tabs) unless the
 page already has it. Drives the logit lens, the attention view and the CSV download by the ids
-in dashboard/lens_tab.py.
+in dashboard/tabs/inspect.py.
 
 Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save screenshots of the views.
 """
@@ -14,7 +14,9 @@ import threading
 
 import pytest
 
-from dashboard import ids, lens_tab
+from dashboard import ids
+from dashboard.context import Context
+from dashboard.tabs import inspect as lens_tab
 from tests.e2e.support import free_port, open_page, shot, skip_reason
 
 TIMEOUT = 30_000   # ms
@@ -29,7 +31,7 @@ def _mounted(app) -> bool:
 
 
 def _mount(app, registry) -> None:
-    """What dashboard/layout.py + __init__.py do to mount the tab (when they don't yet)."""
+    """What dashboard/page.py does to mount the tab (when it does not yet)."""
     import dash_bootstrap_components as dbc
 
     def find(c):
@@ -44,7 +46,7 @@ def _mount(app, registry) -> None:
     tabs = find(app.layout)
     tabs.children = list(tabs.children) + [dbc.Tab(lens_tab.layout(), label="Inspect",
                                                     tab_id=lens_tab.TAB_INSPECT)]
-    lens_tab.register_callbacks(app, registry)
+    lens_tab.register(app, Context(registry, None, None))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 
 from patching.methods.circuit import Component, CurveResult, EdgeGraph
 
-from dashboard.figures import DIVERGING, _base_layout, empty_figure
+from dashboard.figures.common import DIVERGING, base_layout, empty_figure
 
 KEPT = "#111827"
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"
@@ -93,7 +93,7 @@ def component_grid(effects: dict, *, n_layers: int, n_heads: int, selected=(), t
     ky = [c.layer for c in kept if 0 <= c.layer < n_layers]
     fig.add_trace(go.Scatter(x=kx, y=ky, mode="markers", hoverinfo="skip", showlegend=False, name="kept",
                              marker=dict(symbol="square-open", size=26, color=KEPT, line=dict(width=3))))
-    _base_layout(fig, title, height=max(260, 60 + 46 * n_layers))
+    base_layout(fig, title, height=max(260, 60 + 46 * n_layers))
     fig.update_xaxes(tickvals=list(range(cols)), ticktext=x_labels, title_text="head", showgrid=False,
                      zeroline=False, range=[-0.5, cols - 0.5])
     fig.update_yaxes(tickvals=list(range(n_layers)), ticktext=[f"L{l}" for l in range(n_layers)],
@@ -117,7 +117,7 @@ def curve_figure(curve: CurveResult | None, *, title: str | None = None) -> go.F
         fig.add_hline(y=level, line=dict(color="#9ca3af", dash="dot", width=1),
                       annotation_text=name, annotation_position="bottom right")
     keep = f" (always kept: {len(curve.keep)})" if curve.keep else ""
-    _base_layout(fig, title or f"Faithfulness as components are added · {curve.ablation} ablation{keep}", height=340)
+    base_layout(fig, title or f"Faithfulness as components are added · {curve.ablation} ablation{keep}", height=340)
     many = len(curve.ks) > 24
     fig.update_xaxes(title_text="components kept (k)", tickvals=None if many else list(curve.ks),
                      ticktext=None if many else [str(k) if k == 0 else f"{k}<br>{lab}" for k, lab in zip(curve.ks, labels)],
@@ -156,7 +156,7 @@ def edge_graph_figure(graph: EdgeGraph | None, *, title: str | None = None) -> g
                     line=dict(color="white", width=1.5)),
         hovertemplate="%{text}<extra></extra>", showlegend=False, name="nodes", textfont=dict(size=11)))
     shown = len(graph.edges)
-    _base_layout(fig, title or f"EAP edges with |{'score' if graph.by == 'abs' else 'normalized score'}| ≥ "
+    base_layout(fig, title or f"EAP edges with |{'score' if graph.by == 'abs' else 'normalized score'}| ≥ "
                  f"{graph.threshold:.4g}: {shown} of {graph.n_edges_total}", height=max(360, 70 * (graph.n_heads + 2)))
     fig.update_xaxes(tickvals=[-1] + [x for l in range(graph.n_layers) for x in (l, l + 0.5)] + [graph.n_layers],
                      ticktext=["embed"] + [t for l in range(graph.n_layers) for t in (f"L{l}", f"MLP{l}")] + ["logits"],

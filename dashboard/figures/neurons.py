@@ -15,8 +15,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures import DIVERGING, SEQUENTIAL, _base_layout, empty_figure
-from dashboard.figures_lens import token_text
+from dashboard.figures.common import DIVERGING, SEQUENTIAL, base_layout, empty_figure
+from dashboard.figures.lens import token_text
 
 MAX_TEXT_CELLS = 40 * 40       # beyond this many cells, no cell text (hover keeps it)
 
@@ -51,7 +51,7 @@ def top_neurons_bars(df: pd.DataFrame, value: str = "mean") -> go.Figure:
     fig.update_yaxes(autorange="reversed", title=None)
     fig.update_xaxes(title=f"activation ({value.replace('_', ' ')} over {int(d.n_rows.iloc[0])} rows)",
                      zeroline=True, zerolinecolor="#9ca3af")
-    return _base_layout(fig, f"Top neurons · layer {layer} · {where}", height=max(320, 24 * len(d) + 140))
+    return base_layout(fig, f"Top neurons · layer {layer} · {where}", height=max(320, 24 * len(d) + 140))
 
 
 def neuron_profile_heatmap(df: pd.DataFrame) -> go.Figure:
@@ -77,7 +77,7 @@ def neuron_profile_heatmap(df: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title="prompt", type="category")
     fig.update_xaxes(title="position", dtick=1 if n_pos <= 40 else None)
     layer, neuron = int(df.layer.iloc[0]), int(df.neuron.iloc[0])
-    return _base_layout(fig, f"Neuron L{layer}N{neuron} on every token",
+    return base_layout(fig, f"Neuron L{layer}N{neuron} on every token",
                         height=int(min(1400, max(320, 26 * n_prompts + 160))))
 
 
@@ -117,7 +117,7 @@ def cluster_scatter(df: pd.DataFrame) -> go.Figure:
         fig.update_xaxes(title="t-SNE 1")
         fig.update_yaxes(title="t-SNE 2")
     pos = int(df["pos"].iloc[0])
-    return _base_layout(fig, f"{'PCA' if method == 'pca' else 't-SNE'} of {len(df)} prompts · layer "
+    return base_layout(fig, f"{'PCA' if method == 'pca' else 't-SNE'} of {len(df)} prompts · layer "
                              f"{int(df.layer.iloc[0])} neurons at position {pos}", height=520)
 
 
@@ -140,7 +140,7 @@ def shortlist_figure(df: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title="normalized (1 = as clean)" if norm else d.metric.iloc[0], zeroline=True,
                      zerolinecolor="#9ca3af")
     fig.update_xaxes(title="neuron (by attribution rank)", type="category")
-    return _base_layout(fig, f"Neuron shortlist · {d.direction.iloc[0]} · {d.metric.iloc[0]} · "
+    return base_layout(fig, f"Neuron shortlist · {d.direction.iloc[0]} · {d.metric.iloc[0]} · "
                              f"{int(d.n_pairs.iloc[0])} pairs", height=420)
 
 
@@ -166,7 +166,7 @@ def composition_heatmap(df: pd.DataFrame, composition: str = "all") -> go.Figure
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_yaxes(title="source head (writes)", row=1, col=1)
     fig.update_xaxes(type="category", title="destination head (reads)")
-    return _base_layout(fig, "Composition scores (Elhage et al. 2021)",
+    return base_layout(fig, "Composition scores (Elhage et al. 2021)",
                         height=int(min(1400, max(360, 16 * len(src) + 200))))
 
 
@@ -188,7 +188,7 @@ def singular_values_figure(df: pd.DataFrame, layer: int | None = None, head: int
     fig.update_yaxes(title="singular value", rangemode="tozero")
     circuit = df.circuit.iloc[0].upper()
     where = "every layer" if layer is None else f"layer {layer}"
-    return _base_layout(fig, f"{circuit} circuit singular values · {where}", height=420)
+    return base_layout(fig, f"{circuit} circuit singular values · {where}", height=420)
 
 
 def singular_tokens_table(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
@@ -219,7 +219,7 @@ def singular_tokens_figure(df: pd.DataFrame) -> go.Figure:
                       row=int(d) + 1, col=sides.index(s) + 1)
     fig.update_yaxes(autorange="reversed", type="category")
     label = df.label.iloc[0]
-    return _base_layout(fig, f"{label} {df.circuit.iloc[0].upper()} circuit: top tokens per singular direction",
+    return base_layout(fig, f"{label} {df.circuit.iloc[0].upper()} circuit: top tokens per singular direction",
                         height=max(360, 230 * len({k[0] for k in keys}) + 80))
 
 
@@ -239,7 +239,7 @@ def rank_k_figure(df: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title=f"Δ {d.metric.iloc[0]} (vs the model)", secondary_y=False, zeroline=True)
     fig.update_yaxes(title="pattern TV / energy kept", secondary_y=True, range=[0, 1.05])
     fig.update_layout(legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
-    return _base_layout(fig, f"{d.label.iloc[0]} with a rank-k QK circuit · {d.run.iloc[0]} prompts, "
+    return base_layout(fig, f"{d.label.iloc[0]} with a rank-k QK circuit · {d.run.iloc[0]} prompts, "
                              f"{int(d.n_pairs.iloc[0])} pairs", height=420)
 
 
@@ -269,7 +269,7 @@ def rank_k_pattern_figure(df: pd.DataFrame) -> go.Figure:
     fig.update_layout(coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1, colorbar=dict(title="attn")))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category", showticklabels=T <= 30)
-    return _base_layout(fig, f"L{int(df.layer.iloc[0])}H{int(df['head'].iloc[0])} pattern, pair "
+    return base_layout(fig, f"L{int(df.layer.iloc[0])}H{int(df['head'].iloc[0])} pattern, pair "
                              f"{int(df.pair.iloc[0])}: original vs rank {rank}", height=max(380, 18 * T + 160))
 
 

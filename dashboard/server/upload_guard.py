@@ -8,7 +8,9 @@ Two halves:
 - on the server, a 413 gets a short JSON body naming the cap (for scripts and the load test),
   never Flask's HTML page or a traceback.
 
->>> install(app, 16 * 2**20)         # (create_app does this)  # doctest: +SKIP
+`create_app` installs both:
+
+>>> install(app, 16 * 2**20)         # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import json
 from dash import Input, Output, State
 
 from dashboard import ids
-from dashboard.handlers import size_text, too_large_message, upload_file_limit
+from dashboard.forms import size_text, too_large_message, upload_file_limit
 
 # dcc.Upload contents are 'data:<type>;base64,<payload>'; the payload is 4/3 of the file.
 _CHECK = """
@@ -26,7 +28,7 @@ function (contents, filename) {
     var payload = contents.length - contents.indexOf(",") - 1;
     var bytes = Math.floor(payload * 3 / 4);
     if (bytes <= %(limit)d) { return window.dash_clientside.no_update; }
-    var big = bytes >= 1048576, x = big ? bytes / 1048576 : bytes / 1024;   // as handlers.size_text
+    var big = bytes >= 1048576, x = big ? bytes / 1048576 : bytes / 1024;   // as forms.size_text
     var size = (x < 100 ? x.toFixed(1).replace(/\.0$/, "") : x.toFixed(0)) + (big ? " MB" : " kB");
     return (filename || "upload") + " (" + size + ") " + %(message)s;
 }

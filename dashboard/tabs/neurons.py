@@ -7,14 +7,13 @@ they need prompt pairs (the panel's, or the task's largest same-length group). E
 its DataFrame as CSV and PNG/SVG export from plotly's modebar camera.
 
 Everything here is plain functions: `explore(...)` turns selector values into (DataFrame,
-figure, table) and is what the callbacks call; `register_callbacks` returns the callbacks as a
+figure, table) and is what the callbacks call; `register` returns the callbacks as a
 namespace so tests call them directly.
 
-Mounting (dashboard/layout.py and dashboard/__init__.py):
+Mounted by `dashboard.page.TABS`:
 
->>> from dashboard import neurons_tab                                                    # doctest: +SKIP
->>> dbc.Tab(neurons_tab.layout(), label="Neurons & weights", tab_id=neurons_tab.TAB_NEURONS)  # doctest: +SKIP
->>> neurons_tab.register_callbacks(app, registry)                                          # doctest: +SKIP
+>>> from dashboard.tabs import neurons                                                   # doctest: +SKIP
+>>> neurons.register(app, ctx).show(...)                                                  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -24,39 +23,21 @@ from types import SimpleNamespace
 import dash_bootstrap_components as dbc
 import pandas as pd
 import plotly.graph_objects as go
-from dash import Input, Output, State, dash_table, dcc, html, no_update
+from dash import Input, Output, State, dcc, html, no_update
 
 from patching.inspect import neurons as N
 from patching.inspect import weights as W
-from patching.core.results import write_csv
 
-from dashboard.tab_controls import field, number, radio, whole_number
-from dashboard import figures, figures_neurons, handlers, ids
-from dashboard.lens_tab import FrameMemo, prompts_from_page
+from dashboard.components import field, number, radio, register_view, view_body
+from dashboard.figures import neurons as figures_neurons
+from dashboard.forms import prompts_from_page, whole_number
+from dashboard.tabs.inspect import FrameMemo
 
-# -- ids of this tab (every id of the page lives in ids.py; these are this tab's own) -------------
-TAB_NEURONS = "tab-neurons"
-NEURONS_PANEL = "neurons-panel"
-NEURONS_VIEW = "neurons-view"
-NEURONS_SOURCE = "neurons-source"            # task | page
-NEURONS_TASK_N = "neurons-task-n"
-NEURONS_RUN = "neurons-run"                  # clean | corrupt (page prompts)
-NEURONS_LAYER = "neurons-layer"
-NEURONS_POS = "neurons-pos"                  # empty = every token
-NEURONS_NEURON = "neurons-neuron"
-NEURONS_K = "neurons-k"
-NEURONS_METHOD = "neurons-method"            # pca | tsne
-NEURONS_COMPOSITION = "neurons-composition"  # all | q | k | v
-NEURONS_CIRCUIT = "neurons-circuit"          # ov | qk
-NEURONS_HEAD = "neurons-head"
-NEURONS_RANK = "neurons-rank"
-NEURONS_IMAGE_FORMAT = "neurons-image-format"
-NEURONS_GRAPH = "neurons-graph"
-NEURONS_TABLE = "neurons-table"
-NEURONS_TABLE_BOX = "neurons-table-box"
-NEURONS_STATUS = "neurons-status"
-NEURONS_DOWNLOAD_BUTTON = "neurons-download-button"
-NEURONS_DOWNLOAD = "neurons-download"
+from dashboard.ids import (NEURONS_CIRCUIT, NEURONS_COMPOSITION, NEURONS_DOWNLOAD, NEURONS_DOWNLOAD_BUTTON,  # noqa: F401
+                           NEURONS_GRAPH, NEURONS_HEAD, NEURONS_IMAGE_FORMAT, NEURONS_K, NEURONS_LAYER,
+                           NEURONS_METHOD, NEURONS_NEURON, NEURONS_PANEL, NEURONS_POS, NEURONS_RANK, NEURONS_RUN,
+                           NEURONS_SOURCE, NEURONS_STATUS, NEURONS_TABLE, NEURONS_TABLE_BOX, NEURONS_TASK_N,
+                           NEURONS_VIEW, TAB_NEURONS, control_id)
 
 VIEWS = {
     "top": "Top neurons", "profile": "Neuron across prompts", "top_activating": "Top-activating tokens",
@@ -81,16 +62,15 @@ CONTROLS = {
     "head": ("svd", "svd_tokens", "rank_k", "rank_k_pattern"),
     "rank": ("rank_k_pattern",),
 }
-CONTROL_IDS = {name: f"neurons-ctl-{name.replace('_', '-')}" for name in CONTROLS}
+CONTROL_IDS = {name: control_id("neurons", name) for name in CONTROLS}
 IDLE = "Choose a view. Neuron views use the factual-recall prompts (cities → countries) unless you pick the prompts panel."
 TASK = "factual"
 
 
 # -- pure: selector values -> what to show ---------------------------------------------------------
-
 @dataclass(frozen=True)
 class NeuronOptions:
-    """The tab's selectors, as typed (numbers may arrive as None or text from the page)."""
+    """The neuron and weight views' selectors, as typed; validated here, numbers read by `explore`."""
     view: str = "top"
     source: str = "task"
     task_n: int | None = 32
@@ -168,87 +148,100 @@ def explore(model, page_prompts, opts: NeuronOptions, memo: FrameMemo | None = N
             return cached(lambda: N.task_prompt_set(model, TASK, n), "pairs", TASK, n)
         return page()
 
-    table = None
-    src = (f"{n} factual-recall prompts" if opts.source == "task"
-           else f"the prompts panel's {opts.run} prompts")
-    v = opts.view
+    x = SimpleNamespace(model=model, opts=opts, layer=layer, pos=pos, neuron=neuron, k=k, head=head,
+                        acts=acts, pairs=pairs, cached=cached, prompt_key=prompt_key,
+                        src=(f"{n} factual-recall prompts" if opts.source == "task"
+                             else f"the prompts panel's {opts.run} prompts"))
+    df, fig, table, summary, name = (_neuron_view if opts.view in NEURON_VIEWS else _weight_view)(x)
+    return NeuronResult(df, fig, table, summary, f"patchboard-{name}.csv")
+
+
+def _neuron_view(x) -> tuple:
+    """(frame, figure, table, summary, file stem) of a neuron view (`x`: explore's parsed inputs)."""
+    layer, pos, neuron, k, table, v = x.layer, x.pos, x.neuron, x.k, None, x.opts.view
     if v == "top":
-        a = acts()
-        df = N.top_neurons(a, layer, pos, k=k)
+        a = x.acts()
+        df = N.top_neurons(a, x.layer, pos, k=k)
         fig = figures_neurons.top_neurons_bars(df)
-        summary = f"The {len(df)} neurons of layer {int(df.layer.iloc[0])} most active on {src}; click a bar to pick it."
+        summary = f"The {len(df)} neurons of layer {int(df.layer.iloc[0])} most active on {x.src}; click a bar to pick it."
         name = f"top-neurons-L{int(df.layer.iloc[0])}"
     elif v == "profile":
-        a = acts()
-        df = N.neuron_profile(a, layer, neuron)
+        a = x.acts()
+        df = N.neuron_profile(a, x.layer, neuron)
         fig = figures_neurons.neuron_profile_heatmap(df)
-        summary = f"Neuron L{int(df.layer.iloc[0])}N{neuron} on every token of {src}."
+        summary = f"Neuron L{int(df.layer.iloc[0])}N{neuron} on every token of {x.src}."
         name = f"neuron-L{int(df.layer.iloc[0])}N{neuron}-profile"
     elif v == "top_activating":
-        a = acts()
-        df = N.top_activating(a, layer, neuron, k=k, pos=pos)
-        fig = figures_neurons.neuron_profile_heatmap(N.neuron_profile(a, layer, neuron))
+        a = x.acts()
+        df = N.top_activating(a, x.layer, neuron, k=k, pos=pos)
+        fig = figures_neurons.neuron_profile_heatmap(N.neuron_profile(a, x.layer, neuron))
         table = figures_neurons.top_activating_table(df)
-        summary = f"Where neuron L{int(df.layer.iloc[0])}N{neuron} fires most in {src} (token in bold)."
+        summary = f"Where neuron L{int(df.layer.iloc[0])}N{neuron} fires most in {x.src} (token in bold)."
         name = f"neuron-L{int(df.layer.iloc[0])}N{neuron}-top"
     elif v == "cluster":
-        a = acts()
+        a = x.acts()
         if pos is None:
             raise ValueError("clustering needs one position (e.g. -1, each prompt's last token)")
-        df = cached(lambda: N.cluster_prompts(a, layer, pos, method=opts.method), "cluster", *prompt_key(),
-                    opts.run, layer, pos, opts.method)
+        df = x.cached(lambda: N.cluster_prompts(a, x.layer, pos, method=x.opts.method), "cluster", *x.prompt_key(),
+                    x.opts.run, layer, pos, x.opts.method)
         fig = figures_neurons.cluster_scatter(df)
-        summary = f"{opts.method.upper() if opts.method == 'pca' else 't-SNE'} of {src} by layer {int(df.layer.iloc[0])}'s neurons, coloured by label."
-        name = f"clusters-{opts.method}-L{int(df.layer.iloc[0])}"
+        summary = f"{x.opts.method.upper() if x.opts.method == 'pca' else 't-SNE'} of {x.src} by layer {int(df.layer.iloc[0])}'s neurons, coloured by label."
+        name = f"clusters-{x.opts.method}-L{int(df.layer.iloc[0])}"
     elif v == "shortlist":
-        p = pairs()
+        p = x.pairs()
         if pos is not None and not -p.n_pos <= pos < p.n_pos:
             raise ValueError(f"position {pos} is out of range: the pairs have {p.n_pos} tokens "
                              f"(0..{p.n_pos - 1}, or -1 for the last); leave it empty for every position")
         positions = None if pos is None else [pos % p.n_pos]
-        df = cached(lambda: N.neuron_shortlist(model, p, layers=[layer], positions=positions, top=k),
-                    "shortlist", *prompt_key(), opts.layer, pos, k)
+        df = x.cached(lambda: N.neuron_shortlist(x.model, p, layers=[layer], positions=positions, top=k),
+                    "shortlist", *x.prompt_key(), x.opts.layer, pos, k)
         fig = figures_neurons.shortlist_figure(df)
         summary = (f"Attribution scores for every neuron, then exact patching (denoise, logit_diff) of the top "
                    f"{len(df)} on {p.n_pairs} pairs" + ("" if positions is None else f", at position {positions[0]}") + ".")
         name = "neuron-shortlist"
-    elif v == "composition":
-        df = cached(lambda: W.composition_scores(model), "composition")
-        fig = figures_neurons.composition_heatmap(df, opts.composition)
-        if opts.composition != "all":
-            df = df[df.composition == opts.composition]
+    return df, fig, table, summary, name
+
+
+def _weight_view(x) -> tuple:
+    """(frame, figure, table, summary, file stem) of a weight view (`x`: explore's parsed inputs)."""
+    layer, k, head, table, v = x.layer, x.k, x.head, None, x.opts.view
+    if v == "composition":
+        df = x.cached(lambda: W.composition_scores(x.model), "composition")
+        fig = figures_neurons.composition_heatmap(df, x.opts.composition)
+        if x.opts.composition != "all":
+            df = df[df.composition == x.opts.composition]
         summary = "Composition of each earlier head's output (OV) with each later head's query, key or value input."
-        name = f"composition-{opts.composition}"
+        name = f"composition-{x.opts.composition}"
     elif v == "svd":
-        df = cached(lambda: W.singular_values(model, opts.circuit), "svd", opts.circuit)
-        lay = W._check_int(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
+        df = x.cached(lambda: W.singular_values(x.model, x.opts.circuit), "svd", x.opts.circuit)
+        lay = W._check_int(layer, x.model.n_layers, "layer", f"the model has {x.model.n_layers} layers")
         fig = figures_neurons.singular_values_figure(df, lay, head)
-        summary = (f"Singular values of layer {lay}'s heads' {opts.circuit.upper()} circuits (head {head} "
+        summary = (f"Singular values of layer {lay}'s heads' {x.opts.circuit.upper()} circuits (head {head} "
                    "highlighted); the CSV has every layer.")
-        name = f"singular-values-{opts.circuit}"
+        name = f"singular-values-{x.opts.circuit}"
     elif v == "svd_tokens":
-        df = W.singular_tokens(model, layer, head, opts.circuit, n_dirs=min(3, model.arch.d_head if model.arch else 3),
+        df = W.singular_tokens(x.model, layer, head, x.opts.circuit, n_dirs=min(3, x.model.arch.d_head if x.model.arch else 3),
                                k=min(k, 30))
         fig = figures_neurons.singular_tokens_figure(df)
         table = figures_neurons.singular_tokens_table(df)
-        summary = (f"Top singular directions of {df.label.iloc[0]}'s {opts.circuit.upper()} circuit as tokens "
+        summary = (f"Top singular directions of {df.label.iloc[0]}'s {x.opts.circuit.upper()} circuit as tokens "
                    "(writing side through the unembedding, reading sides through the embedding).")
-        name = f"svd-tokens-{df.label.iloc[0]}-{opts.circuit}"
+        name = f"svd-tokens-{df.label.iloc[0]}-{x.opts.circuit}"
     elif v == "rank_k":
-        p = pairs()
-        df = cached(lambda: W.rank_k_head(model, p, layer, head, run=opts.run), "rank_k", *prompt_key(),
-                    layer, head, opts.run)
+        p = x.pairs()
+        df = x.cached(lambda: W.rank_k_head(x.model, p, layer, head, run=x.opts.run), "rank_k", *x.prompt_key(),
+                    layer, head, x.opts.run)
         fig = figures_neurons.rank_k_figure(df)
         summary = f"{df.label.iloc[0]} with its QK circuit truncated to rank k, on {p.n_pairs} pairs."
         name = f"rank-k-{df.label.iloc[0]}"
     else:
-        p = pairs()
-        rank = whole_number(opts.rank, "rank", 1)
-        df = W.rank_k_pattern(model, p, layer, head, rank, run=opts.run)
+        p = x.pairs()
+        rank = whole_number(x.opts.rank, "rank", 1)
+        df = W.rank_k_pattern(x.model, p, layer, head, rank, run=x.opts.run)
         fig = figures_neurons.rank_k_pattern_figure(df)
         summary = f"Pair 0's pattern of L{int(df.layer.iloc[0])}H{head}, original vs rank {rank}."
         name = f"rank-k-pattern-L{int(df.layer.iloc[0])}H{head}-r{rank}"
-    return NeuronResult(df, fig, table, summary, f"patchboard-{name}.csv")
+    return df, fig, table, summary, name
 
 
 # -- layout ------------------------------------------------------------------------------------
@@ -278,37 +271,17 @@ def layout() -> html.Div:
     return html.Div([
         html.Div([dbc.Label("View", html_for=NEURONS_VIEW, className="field-label"), view],
                  className="toolbar inspect-views"),
-        options,
-        html.Div([
-            html.Div([html.Span("Image export", className="toolbar-label"),
-                      radio(NEURONS_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
-                     className="toolbar-group"),
-            dbc.Button("Download CSV", id=NEURONS_DOWNLOAD_BUTTON, color="primary", outline=True,
-                       size="sm", disabled=True, n_clicks=0),
-            dcc.Download(id=NEURONS_DOWNLOAD),
-        ], className="toolbar"),
-        html.Div(IDLE, id=NEURONS_STATUS, className="hint", role="status"),
-        dcc.Loading(dcc.Graph(id=NEURONS_GRAPH, figure=figures.empty_figure(IDLE),
-                              config=figures.graph_config("png", "patchboard-neurons"), className="graph"),
-                    type="dot", delay_show=400),
-        html.Div(dash_table.DataTable(id=NEURONS_TABLE, columns=[], data=[], sort_action="native",
-                                      markdown_options={"html": False},
-                                      style_table={"overflowX": "auto"},
-                                      style_cell={"fontFamily": figures.FONT, "fontSize": 13,
-                                                  "padding": "4px 8px", "textAlign": "left"},
-                                      style_header={"fontWeight": 600}),
-                 id=NEURONS_TABLE_BOX, style={"display": "none"}),
+        options, *view_body("neurons", IDLE, text_left=True, loading=True),
     ], id=NEURONS_PANEL, className="inspect-panel")
 
 
 # -- callbacks -------------------------------------------------------------------------------------
-PAGE_STATES = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSWER_TOKEN, ids.WRONG_TOKEN)
-OPTION_INPUTS = (NEURONS_VIEW, NEURONS_SOURCE, NEURONS_TASK_N, NEURONS_RUN, NEURONS_LAYER, NEURONS_POS,
-                 NEURONS_NEURON, NEURONS_K, NEURONS_METHOD, NEURONS_COMPOSITION, NEURONS_CIRCUIT,
-                 NEURONS_HEAD, NEURONS_RANK)
+OPTION_IDS = (NEURONS_VIEW, NEURONS_SOURCE, NEURONS_TASK_N, NEURONS_RUN, NEURONS_LAYER, NEURONS_POS,
+              NEURONS_NEURON, NEURONS_K, NEURONS_METHOD, NEURONS_COMPOSITION, NEURONS_CIRCUIT,
+              NEURONS_HEAD, NEURONS_RANK)
 
 
-def register_callbacks(app, registry) -> SimpleNamespace:
+def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
 
     def controls(view):
@@ -318,41 +291,17 @@ def register_callbacks(app, registry) -> SimpleNamespace:
 
     memo = FrameMemo(size=16)
 
-    def _compute(options, page):
+    def compute(options, page):
         names = [f.name for f in fields(NeuronOptions)]          # view, source, ... in selector order
         opts = NeuronOptions(**{n: v for n, v in zip(names, options) if v is not None or n == "pos"})
-        model_name, clean, corrupt, answer, wrong, bos, pairs = page
-        model = registry.get(handlers.check_model(registry, model_name))
+        model = ctx.model(page[0])
 
         def page_prompts():
-            return prompts_from_page(registry, *page)[1]
+            return prompts_from_page(ctx.registry, *page)[1]
 
         return explore(model, page_prompts, opts, memo)
 
-    def show(view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head, rank,
-             image_format, active_tab, model, clean, corrupt, answer, wrong, bos, pairs):
-        """Selectors + prompts -> figure, config, status, table columns/data/visibility, CSV button."""
-        if active_tab not in (None, TAB_NEURONS):          # computed when the tab is open
-            return (no_update,) * 7
-        config = figures.graph_config(image_format or "png", f"patchboard-{view or 'neurons'}")
-        hidden = {"display": "none"}
-        try:
-            r = _compute((view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head,
-                          rank), (model, clean, corrupt, answer, wrong, bos, pairs))
-        except ValueError as exc:
-            return (figures.empty_figure(str(exc)), config, html.Span(str(exc), className="error-text"),
-                    [], [], hidden, True)
-        columns, data = r.table if r.table else ([], [])
-        return r.figure, config, r.summary, columns, data, ({} if r.table else hidden), False
-
-    app.callback(
-        Output(NEURONS_GRAPH, "figure"), Output(NEURONS_GRAPH, "config"), Output(NEURONS_STATUS, "children"),
-        Output(NEURONS_TABLE, "columns"), Output(NEURONS_TABLE, "data"), Output(NEURONS_TABLE_BOX, "style"),
-        Output(NEURONS_DOWNLOAD_BUTTON, "disabled"),
-        *[Input(i, "value") for i in OPTION_INPUTS], Input(NEURONS_IMAGE_FORMAT, "value"),
-        Input(ids.TABS, "active_tab"),
-        *[Input(i, "value") for i in PAGE_STATES], Input(ids.PREPEND_BOS, "value"),
-        Input(ids.PAIRS_STORE, "data"))(show)
+    show, download = register_view(app, "neurons", TAB_NEURONS, OPTION_IDS, compute)
 
     def pick_neuron(click, view):
         """A click on a top-neurons bar ('N17') picks that neuron."""
@@ -364,25 +313,7 @@ def register_callbacks(app, registry) -> SimpleNamespace:
     app.callback(Output(NEURONS_NEURON, "value"), Input(NEURONS_GRAPH, "clickData"),
                  State(NEURONS_VIEW, "value"), prevent_initial_call=True)(pick_neuron)
 
-    def download(n_clicks, view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit,
-                 head, rank, model, clean, corrupt, answer, wrong, bos, pairs):
-        """The view on screen as CSV (formula-neutralised cells)."""
-        if not n_clicks:
-            return no_update
-        try:
-            r = _compute((view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head,
-                          rank), (model, clean, corrupt, answer, wrong, bos, pairs))
-        except ValueError:
-            return no_update
-        return dcc.send_string(write_csv(r.frame), r.filename)
-
-    app.callback(
-        Output(NEURONS_DOWNLOAD, "data"), Input(NEURONS_DOWNLOAD_BUTTON, "n_clicks"),
-        *[State(i, "value") for i in OPTION_INPUTS],
-        *[State(i, "value") for i in PAGE_STATES], State(ids.PREPEND_BOS, "value"),
-        State(ids.PAIRS_STORE, "data"), prevent_initial_call=True)(download)
-
     return SimpleNamespace(controls=controls, show=show, download=download, pick_neuron=pick_neuron, memo=memo)
 
 
-__all__ = ["layout", "register_callbacks", "explore", "NeuronOptions", "NeuronResult", "TAB_NEURONS", "VIEWS"]
+__all__ = ["layout", "register", "explore", "NeuronOptions", "NeuronResult", "TAB_NEURONS", "VIEWS"]

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures import DIVERGING, SEQUENTIAL, _base_layout, empty_figure, position_label
+from dashboard.figures.common import DIVERGING, SEQUENTIAL, base_layout, empty_figure, position_label
 
 LENS_VALUES = {
     "top_prob": "top token's probability",
@@ -126,7 +126,7 @@ def lens_heatmap(df: pd.DataFrame, value: str = "top_prob", *, components: str =
     mode = "residual stream after each layer" if df["mode"].iloc[0] == "accumulated" else \
         "direct contribution of each component"
     title = title or f"Logit lens · {mode} · {df.run.iloc[0]} run · colour: {colour_title}"
-    return _base_layout(fig, title, _height(len(rows)))
+    return base_layout(fig, title, _height(len(rows)))
 
 
 def dla_figure(df: pd.DataFrame, by: str = "layer", *, title: str | None = None) -> go.Figure:
@@ -149,7 +149,7 @@ def dla_figure(df: pd.DataFrame, by: str = "layer", *, title: str | None = None)
                                hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"))
         fig.update_xaxes(type="category", title_text="component")
         fig.update_yaxes(title_text="logit difference", zeroline=True, zerolinecolor="#9ca3af")
-        return _base_layout(fig, title, 380)
+        return base_layout(fig, title, 380)
     heads = df[df.kind == "head"]
     z = heads.pivot(index="layer", columns="head", values="value").sort_index()
     m = float(np.nanmax(np.abs(z.to_numpy()))) or 1.0
@@ -160,7 +160,7 @@ def dla_figure(df: pd.DataFrame, by: str = "layer", *, title: str | None = None)
         colorbar=dict(title=dict(text="logit difference", side="right"), thickness=14, outlinewidth=0)))
     fig.update_yaxes(autorange="reversed", type="category", title_text="layer", showgrid=False)
     fig.update_xaxes(type="category", title_text="head", showgrid=False)
-    return _base_layout(fig, title, _height(len(z.index)))
+    return base_layout(fig, title, _height(len(z.index)))
 
 
 TOPK_TABLE_COLUMNS = ("rank", "pred_token", "pred_id", "logit", "logprob", "prob")
@@ -194,7 +194,7 @@ def topk_bars(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     fig.update_xaxes(title_text="probability", rangemode="tozero")
     pos, tok = int(df.pos.iloc[0]), df.token.iloc[0]
     title = title or f"Top {len(df)} next tokens after {pos}: {tok!r} · {df.run.iloc[0]} run"
-    return _base_layout(fig, title, int(max(260, 24 * len(df) + 120)))
+    return base_layout(fig, title, int(max(260, 24 * len(df) + 120)))
 
 
 def _matrix(df: pd.DataFrame, n_pos: int) -> np.ndarray:
@@ -236,7 +236,7 @@ def attention_grid(df: pd.DataFrame, *, heads: list[int] | None = None, cols: in
     layer = int(df.layer.iloc[0])
     title = title or f"Attention · layer {layer} · {df.run.iloc[0]} run (rows: destination, columns: source)"
     per_row = max(220, min(420, 18 * n_pos + 80))
-    fig = _base_layout(fig, title, int(min(2400, rows * per_row + 200)))
+    fig = base_layout(fig, title, int(min(2400, rows * per_row + 200)))
     fig.update_layout(margin=dict(l=110, r=30, t=70, b=110))
     return fig
 
@@ -267,7 +267,7 @@ def attention_token_view(df: pd.DataFrame, dest: int, *, title: str | None = Non
                      tickangle=-45 if dest > 8 else 0)
     layer = int(df.layer.iloc[0])
     title = title or f"Attention from {labels[dest]} · layer {layer} · {df.run.iloc[0]} run"
-    return _base_layout(fig, title, _height(len(heads)))
+    return base_layout(fig, title, _height(len(heads)))
 
 
 def norms_figure(df: pd.DataFrame, *, pos: int = -1, depth: int | None = None,
@@ -303,7 +303,7 @@ def norms_figure(df: pd.DataFrame, *, pos: int = -1, depth: int | None = None,
     fig.update_xaxes(type="category", tickangle=-45)
     fig.update_yaxes(title_text="L2 norm", rangemode="tozero", row=1, col=1)
     title = title or "Residual stream norm · clean vs corrupt"
-    return _base_layout(fig, title, 420)
+    return base_layout(fig, title, 420)
 
 
 __all__ = ["lens_heatmap", "dla_figure", "topk_table", "topk_bars", "attention_grid",

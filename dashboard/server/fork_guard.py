@@ -51,9 +51,10 @@ def _job_threads_in_child() -> None:
 
 def single_threaded_server(threads: int | None = None) -> int:
     """Run this process's torch ops on one thread and give forked jobs `threads` (default: the
-    current torch thread count) back; idempotent. Returns the jobs' thread count.
+    current torch thread count) back; idempotent. Returns the jobs' thread count. Called by
+    `python -m dashboard`:
 
-    >>> single_threaded_server()           # (in `python -m dashboard`)  # doctest: +SKIP
+    >>> single_threaded_server()           # doctest: +SKIP
     2
     """
     import torch

@@ -12,59 +12,38 @@
   here on the current prompts), thresholded by a slider (a share of the largest |score|).
 
 Plain functions do the work (`CircuitForm`, `run_circuit`, `compute_edges`, `edge_figure`, ...);
-`register_callbacks` returns the callbacks as a namespace so tests call them directly.
+`register` returns the callbacks as a namespace so tests call them directly.
 
->>> dbc.Tab(circuit_tab.layout(), label="Circuit", tab_id=circuit_tab.TAB_CIRCUIT)   # doctest: +SKIP
->>> circuit_tab.register_callbacks(app, registry, store, data_dir)                  # doctest: +SKIP
+>>> circuit.register(app, ctx).grid(...)                                            # doctest: +SKIP
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects, edge_graph,
-                              faithfulness,
-                              faithfulness_curve, format_components, parse_components)
 from metrics import METRICS
 from patching.core.prompts import PromptSet
+from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects,
+                                      edge_graph, faithfulness, faithfulness_curve, format_components,
+                                      parse_components)
+from patching.runs.slot import run_slot
 
-from dashboard import figures, figures_circuit, handlers, ids, jobs
-
-log = logging.getLogger(__name__)
-
-# -- ids of this tab (documented in docs/dashboard.md) -------------------------------------------
-TAB_CIRCUIT = "tab-circuit"
-CIRCUIT_PANEL = "circuit-panel"
-CIRCUIT_SOURCE = "circuit-source"                # dropdown (multi): runs whose effects rank components
-CIRCUIT_REDUCE = "circuit-reduce"                # per-position effects: sum | max
-CIRCUIT_GRID = "circuit-grid"                    # the component grid (click / box select)
-CIRCUIT_COMPONENTS = "circuit-components"        # text: kept components
-CIRCUIT_TOP_K = "circuit-top-k"
-CIRCUIT_TOP_BUTTON = "circuit-top-button"
-CIRCUIT_CLEAR_BUTTON = "circuit-clear-button"
-CIRCUIT_ABLATION = "circuit-ablation"            # mean | resample | zero
-CIRCUIT_SEED = "circuit-seed"
-CIRCUIT_CURVE_ALL = "circuit-curve-all"          # checklist: the curve over every component by |effect|
-CIRCUIT_RUN_BUTTON = "circuit-run-button"
-CIRCUIT_CANCEL_BUTTON = "circuit-cancel-button"
-CIRCUIT_STATUS = "circuit-status"
-CIRCUIT_PROGRESS = "circuit-progress"            # text while a run is queued / running
-CIRCUIT_FAITHFULNESS = "circuit-faithfulness"    # the number, after a run
-CIRCUIT_CURVE = "circuit-curve"
-CIRCUIT_RESULT = "circuit-result"                # dcc.Store: the last run (circuit dict + curve JSON)
-CIRCUIT_DOWNLOAD_BUTTON = "circuit-download-button"
-CIRCUIT_DOWNLOAD = "circuit-download"
-CIRCUIT_EDGES_BUTTON = "circuit-edges-button"    # compute EAP edges on the current prompts
-CIRCUIT_EDGES_RUN = "circuit-edges-run"          # dcc.Store: attribution run id whose edges are drawn
-CIRCUIT_THRESHOLD = "circuit-threshold"          # slider: share of the largest |score|
-CIRCUIT_EDGE_GRAPH = "circuit-edge-graph"
-CIRCUIT_EDGES_STATUS = "circuit-edges-status"
+from dashboard import figures, ids
+from dashboard.actions import guarded
+from dashboard.components import PROMPT_IDS, error_text, page_inputs
+from dashboard.figures import circuit as figures_circuit
+from dashboard.forms import check_model, prompts_from_page
+from dashboard.server.jobs import progress_reporter
+from dashboard.ids import (CIRCUIT_ABLATION, CIRCUIT_CANCEL_BUTTON, CIRCUIT_CLEAR_BUTTON,  # noqa: F401
+                           CIRCUIT_COMPONENTS, CIRCUIT_CURVE, CIRCUIT_CURVE_ALL, CIRCUIT_DOWNLOAD,
+                           CIRCUIT_DOWNLOAD_BUTTON, CIRCUIT_EDGE_GRAPH, CIRCUIT_EDGES_BUTTON, CIRCUIT_EDGES_RUN,
+                           CIRCUIT_EDGES_STATUS, CIRCUIT_FAITHFULNESS, CIRCUIT_GRID, CIRCUIT_PANEL, CIRCUIT_PROGRESS,
+                           CIRCUIT_REDUCE, CIRCUIT_RESULT, CIRCUIT_RUN_BUTTON, CIRCUIT_SEED, CIRCUIT_SOURCE,
+                           CIRCUIT_STATUS, CIRCUIT_THRESHOLD, CIRCUIT_TOP_BUTTON, CIRCUIT_TOP_K, TAB_CIRCUIT)
 
 RANK_KINDS = ("head_out", "mlp_out", "attn_out")
 IDLE = ("Choose runs whose effects colour the grid (or type components), click or box-select cells, "
@@ -145,21 +124,13 @@ def effects_of(results, reduce: str = "sum") -> dict:
     return out
 
 
-def page_prompts(registry, model, clean, corrupt, answer, wrong, bos, pairs):
-    """The prompts panel -> (Model, PromptSet); ValueError with the message to show."""
-    m = registry.get(handlers.check_model(registry, model))
-    form = handlers.Form.from_values(model=model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong,
-                                     prepend_bos="bos" in (bos or []), pairs=pairs)
-    return m, PromptSet.from_pairs(m, form.prompt_pairs(), prepend_bos=form.prepend_bos)
-
-
 def model_and_prompts(registry, sources: Sources, page: tuple):
     """The first source run's model and pairs (BOS as on the page), else the prompts panel's."""
     if sources.pairs:
-        m = registry.get(handlers.check_model(registry, sources.model))
+        m = registry.get(check_model(registry, sources.model))
         bos = "bos" in (page[5] or [])
         return m, PromptSet.from_pairs(m, list(sources.pairs), prepend_bos=bos), f"the prompts of {sources.label}"
-    m, prompts = page_prompts(registry, *page)
+    m, prompts = prompts_from_page(registry, *page)
     return m, prompts, "the prompts panel's prompts"
 
 
@@ -200,7 +171,7 @@ def faithfulness_text(payload: dict | None):
     number = "undefined (full and ablated runs agree)" if f != f else f"{f:.3f}"
     return html.Div([
         html.Span("Faithfulness ", className="field-label"),
-        html.Span(number, className="circuit-number", id=f"{CIRCUIT_FAITHFULNESS}-value",
+        html.Span(number, className="circuit-number", id=ids.CIRCUIT_FAITHFULNESS_VALUE,
                   style={"fontSize": "26px", "fontWeight": 600, "marginLeft": "6px"}),
         html.Div(f"{c['n_components']} component{'s' if c['n_components'] != 1 else ''}, {c['ablation']} ablation, "
                  f"{c['n_pairs']} pair{'s' if c['n_pairs'] != 1 else ''} of "
@@ -239,8 +210,8 @@ def compute_edges(registry, store, page: tuple, data_dir) -> int:
     """EAP edges (plus head_out / mlp_out estimates) on the prompts panel's prompts, saved as an
     attribution run; returns its id."""
     from patching.methods.attribution import edge_attribution, run_attribution
-    model, prompts = page_prompts(registry, *page)
-    with handlers.run_slot(data_dir):
+    model, prompts = prompts_from_page(registry, *page)
+    with run_slot(data_dir):
         edges = edge_attribution(model, prompts)
         results = run_attribution(model, prompts, kinds=["head_out", "mlp_out"])
     pairs = [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs]
@@ -330,12 +301,8 @@ def layout() -> html.Div:
 
 
 # -- callbacks -------------------------------------------------------------------------------------------
-PAGE_STATES = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSWER_TOKEN, ids.WRONG_TOKEN,
-               ids.PREPEND_BOS)
-
-
 def _page_states() -> list[State]:
-    return [State(i, "value") for i in PAGE_STATES] + [State(ids.PAIRS_STORE, "data")]
+    return page_inputs(PROMPT_IDS, State)
 
 
 def _triggered() -> str | None:
@@ -345,9 +312,15 @@ def _triggered() -> str | None:
         return None
 
 
-def register_callbacks(app, registry, store, data_dir: str | Path | None = None) -> SimpleNamespace:
+def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
-    data_dir = Path(data_dir) if data_dir is not None else store.data_dir
+    return SimpleNamespace(**vars(_register_components(app, ctx)), **vars(_register_run(app, ctx)),
+                           **vars(_register_edges(app, ctx)))
+
+
+def _register_components(app, ctx) -> SimpleNamespace:
+    """Effects from, the component grid and the kept-components box."""
+    registry, store = ctx.registry, ctx.store
 
     def sources(_version, _tab, att_id, edges_id):
         """The 'effects from' options: ranking runs of the history and attribution runs on screen."""
@@ -360,10 +333,10 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
         """The component grid: the sources' effects (or blank cells) with the kept ones outlined."""
         try:
             src = load_sources(store, values)
-            m = registry.get(handlers.check_model(registry, src.model or model))
+            m = registry.get(check_model(registry, src.model or model))
             kept = parse_components(components or "")
         except ValueError as exc:
-            return figures.empty_figure(str(exc), height=260), html.Span(str(exc), className="error-text")
+            return figures.empty_figure(str(exc), height=260), error_text(str(exc))
         effects = effects_of(src.results, reduce)
         title = f"Effects from {src.label} (click or box-select cells)" if effects else \
             "Components (click or box-select cells; choose runs above to colour them by effect)"
@@ -394,7 +367,7 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
             if selected is not None and selected.get("points"):
                 return add_selected(text, selected), ""
         except ValueError as exc:
-            return no_update, html.Span(str(exc), className="error-text")
+            return no_update, error_text(str(exc))
         return no_update, no_update
 
     def select_callback(click, selected, top, clear, text, k, values, reduce):
@@ -411,23 +384,30 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
                  State(CIRCUIT_COMPONENTS, "value"), State(CIRCUIT_TOP_K, "value"), State(CIRCUIT_SOURCE, "value"),
                  State(CIRCUIT_REDUCE, "value"), prevent_initial_call=True)(select_callback)
 
+    return SimpleNamespace(sources=sources, grid=grid, select=select)
+
+
+def _register_run(app, ctx) -> SimpleNamespace:
+    """Run (background, queued), the faithfulness number and curve, the curve's CSV."""
+    registry, store, data_dir = ctx.registry, ctx.store, ctx.data_dir
+
     def run(set_progress, n_clicks, components, ablation, seed, values, reduce, curve_all, metric, *page):
         """Run: faithfulness + curve (queued behind other runs), stored for the figure and the CSV."""
         if not n_clicks:
             return no_update, no_update
         form = CircuitForm(components or "", ablation or "mean", seed, tuple(values or ()), reduce or "sum",
                            "all" in (curve_all or []))
-        try:
+
+        def compute():
             form.spec()
-            report = jobs.progress_reporter(set_progress)     # best-effort: a lost write never fails the run
-            with handlers.run_slot(data_dir, lambda s: report(f"queued behind another run ({s:.0f} s)…")):
+            report = progress_reporter(set_progress)     # best-effort: a lost write never fails the run
+            with run_slot(data_dir, lambda s: report(f"queued behind another run ({s:.0f} s)…")):
                 report("running the circuit and its curve…")
-                payload = run_circuit(registry, store, form, page, metric)
-        except ValueError as exc:
-            return no_update, html.Span(str(exc), className="error-text")
-        except Exception as exc:   # an internal error: say so, keep the page alive
-            log.exception("circuit run failed")
-            return no_update, html.Span(f"internal error: {type(exc).__name__}: {exc}", className="error-text")
+                return run_circuit(registry, store, form, page, metric)
+
+        payload, error = guarded("circuit run", compute)     # an internal error is said, the page lives
+        if error:
+            return no_update, error_text(error)
         seconds = payload["circuit"]["seconds"] + payload["curve"]["seconds"]
         return payload, f"Done in {seconds:.2f} s."
 
@@ -465,17 +445,20 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
     app.callback(Output(CIRCUIT_DOWNLOAD, "data"), Input(CIRCUIT_DOWNLOAD_BUTTON, "n_clicks"),
                  State(CIRCUIT_RESULT, "data"), prevent_initial_call=True)(download)
 
+    return SimpleNamespace(run=run, show=show, download=download)
+
+
+def _register_edges(app, ctx) -> SimpleNamespace:
+    """The EAP edge graph: computed here or followed from the Attribution tab, thresholded."""
+    registry, store, data_dir = ctx.registry, ctx.store, ctx.data_dir
+
     def edges(n_clicks, *page):
         """Compute EAP edges on the prompts panel's prompts (background, queued)."""
         if not n_clicks:
             return no_update, no_update
-        try:
-            att_id = compute_edges(registry, store, page, data_dir)
-        except ValueError as exc:
-            return no_update, html.Span(str(exc), className="error-text")
-        except Exception as exc:
-            log.exception("edge attribution failed")
-            return no_update, html.Span(f"internal error: {type(exc).__name__}: {exc}", className="error-text")
+        att_id, error = guarded("edge attribution", lambda: compute_edges(registry, store, page, data_dir))
+        if error:
+            return no_update, error_text(error)
         return att_id, f"Edges computed: attribution run #{att_id}."
 
     app.callback(Output(CIRCUIT_EDGES_RUN, "data"), Output(CIRCUIT_EDGES_STATUS, "children", allow_duplicate=True),
@@ -494,15 +477,14 @@ def register_callbacks(app, registry, store, data_dir: str | Path | None = None)
         try:
             return edge_figure(store, att_id, share)
         except ValueError as exc:
-            return figures.empty_figure(str(exc)), html.Span(str(exc), className="error-text")
+            return figures.empty_figure(str(exc)), error_text(str(exc))
 
     app.callback(Output(CIRCUIT_EDGE_GRAPH, "figure"), Output(CIRCUIT_EDGES_STATUS, "children", allow_duplicate=True),
                  Input(CIRCUIT_EDGES_RUN, "data"), Input(CIRCUIT_THRESHOLD, "value"),
                  prevent_initial_call="initial_duplicate")(graph)
 
-    return SimpleNamespace(sources=sources, grid=grid, select=select, run=run, show=show, download=download,
-                           edges=edges, follow_attribution=follow_attribution, graph=graph)
+    return SimpleNamespace(edges=edges, follow_attribution=follow_attribution, graph=graph)
 
 
-__all__ = ["layout", "register_callbacks", "TAB_CIRCUIT", "CircuitForm", "run_circuit", "compute_edges",
+__all__ = ["layout", "register", "TAB_CIRCUIT", "CircuitForm", "run_circuit", "compute_edges",
            "edge_figure", "source_options", "load_sources", "effects_of", "top_k", "toggle", "add_selected"]

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from patching.methods.compare import Agreement
 
-from dashboard.figures import _base_layout
+from dashboard.figures.common import base_layout
 
 COLOURS = {"": "#9ca3af", "missed": "#dc2626", "invented": "#f59e0b"}
 NAMES = {"": "agree", "missed": "missed", "invented": "invented"}
@@ -47,7 +47,7 @@ def agreement_scatter(agreement: Agreement, *, height: int = 380) -> go.Figure:
             fig.add_shape(type="rect", fillcolor="rgba(107,114,128,0.08)", line_width=0, layer="below", **kw)
     title = (f"Exact vs attribution · {agreement.kind} · Pearson r {agreement.pearson:.3f}"
              if agreement.pearson == agreement.pearson else f"Exact vs attribution · {agreement.kind}")
-    _base_layout(fig, title, height)
+    base_layout(fig, title, height)
     fig.update_xaxes(title="exact patching effect", range=[lo, hi], zeroline=True, zerolinecolor="#d1d5db",
                      gridcolor="#f3f4f6")
     fig.update_yaxes(title="attribution estimate", range=[lo, hi], zeroline=True, zerolinecolor="#d1d5db",

@@ -4,13 +4,12 @@ Reads the prompts panel (model, clean / corrupt prompts, answer / wrong tokens, 
 pairs) and draws one inspection view of `patching.inspect.lens` at a time, with the view's CSV for
 download and PNG/SVG export from plotly's modebar camera. Everything here is plain functions:
 `inspect(...)` turns selector values into (DataFrame, figure, table) and is what the callbacks
-call; `register_callbacks` returns the callbacks as a namespace so tests call them directly.
+call; `register` returns the callbacks as a namespace so tests call them directly.
 
-Mounting (dashboard/layout.py and dashboard/__init__.py):
+Mounted by `dashboard.page.TABS`:
 
->>> from dashboard import lens_tab                                                # doctest: +SKIP
->>> dbc.Tab(lens_tab.layout(), label="Inspect", tab_id=lens_tab.TAB_INSPECT)     # doctest: +SKIP
->>> lens_tab.register_callbacks(app, registry)                                     # doctest: +SKIP
+>>> from dashboard.tabs import inspect as inspect_tab                               # doctest: +SKIP
+>>> inspect_tab.register(app, ctx).show(...)                                        # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -19,40 +18,22 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import dash_bootstrap_components as dbc
 import pandas as pd
 import plotly.graph_objects as go
-from dash import Input, Output, State, dash_table, dcc, html, no_update
+from dash import Input, Output, dcc, html
 
 from patching.inspect import lens
 from patching.core.prompts import PromptSet
-from patching.core.results import write_csv
 
-from dashboard.tab_controls import field, number, radio, whole_number
-from dashboard import figures, figures_lens, handlers, ids
+from dashboard.components import field, number, radio, register_view, view_body
+from dashboard.figures import lens as figures_lens
+from dashboard.forms import prompts_from_page, whole_number
 
-# -- ids of this tab (DESIGN: every id in one place; these are the Inspect tab's) ---------------
-TAB_INSPECT = "tab-inspect"
-INSPECT_PANEL = "inspect-panel"
-INSPECT_VIEW = "inspect-view"                # lens | dla | topk | attention | norms
-INSPECT_RUN = "inspect-run"                  # clean | corrupt
-INSPECT_PAIR = "inspect-pair"
-INSPECT_MODE = "inspect-mode"                # accumulated | per_layer
-INSPECT_VALUE = "inspect-value"              # lens colour: top_prob | answer_prob | answer_logit | answer_rank
-INSPECT_COMPONENTS = "inspect-components"    # per-layer lens rows: all | blocks | heads
-INSPECT_DLA_BY = "inspect-dla-by"            # layer | head
-INSPECT_LAYER = "inspect-layer"
-INSPECT_HEAD = "inspect-head"                # empty = every head
-INSPECT_ATTENTION_VIEW = "inspect-attention-view"   # grid | token
-INSPECT_POS = "inspect-pos"                  # top-k position, attention destination, norms position
-INSPECT_K = "inspect-k"
-INSPECT_IMAGE_FORMAT = "inspect-image-format"
-INSPECT_GRAPH = "inspect-graph"
-INSPECT_TABLE = "inspect-table"              # the top-k DataTable (sortable)
-INSPECT_TABLE_BOX = "inspect-table-box"
-INSPECT_STATUS = "inspect-status"
-INSPECT_DOWNLOAD_BUTTON = "inspect-download-button"
-INSPECT_DOWNLOAD = "inspect-download"
+from dashboard.ids import (INSPECT_ATTENTION_VIEW, INSPECT_COMPONENTS, INSPECT_DLA_BY, INSPECT_DOWNLOAD,  # noqa: F401
+                           INSPECT_DOWNLOAD_BUTTON, INSPECT_GRAPH, INSPECT_HEAD, INSPECT_IMAGE_FORMAT, INSPECT_K,
+                           INSPECT_LAYER, INSPECT_MODE, INSPECT_PAIR, INSPECT_PANEL, INSPECT_POS, INSPECT_RUN,
+                           INSPECT_STATUS, INSPECT_TABLE, INSPECT_TABLE_BOX, INSPECT_VALUE, INSPECT_VIEW, TAB_INSPECT,
+                           control_id)
 
 VIEWS = {"lens": "Logit lens", "dla": "Direct logit attribution", "topk": "Top-k tokens",
          "attention": "Attention", "norms": "Residual norms"}
@@ -70,14 +51,16 @@ CONTROLS = {
     "pos": ("topk", "attention", "norms"),
     "k": ("lens", "topk"),
 }
-CONTROL_IDS = {name: f"inspect-ctl-{name.replace('_', '-')}" for name in CONTROLS}
+CONTROL_IDS = {name: control_id("inspect", name) for name in CONTROLS}
+OPTION_IDS = (INSPECT_VIEW, INSPECT_RUN, INSPECT_PAIR, INSPECT_MODE, INSPECT_VALUE, INSPECT_COMPONENTS,
+              INSPECT_DLA_BY, INSPECT_LAYER, INSPECT_HEAD, INSPECT_ATTENTION_VIEW, INSPECT_POS, INSPECT_K)
 IDLE = "Choose a view; it is computed for the prompts on the left (pair 0 unless you pick another)."
 
 
 # -- pure: selector values -> what to show ---------------------------------------------------------
 @dataclass(frozen=True)
 class InspectOptions:
-    """The tab's selectors, as typed (numbers may arrive as None or text from the page)."""
+    """The Inspect selectors as the page sends them (a number may arrive as None or as text)."""
     view: str = "lens"
     run: str = "clean"
     pair: int | None = 0
@@ -108,7 +91,7 @@ class InspectResult:
 
 class FrameMemo:
     """The last few views' DataFrames, so that a change of colour, rows or head does not rerun
-    the model. One per app (made in `register_callbacks`), never module-level."""
+    the model. One per app (made in `register`), never module-level."""
 
     def __init__(self, size: int = 8):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
@@ -194,14 +177,6 @@ def inspect(model, prompts: PromptSet, opts: InspectOptions, memo: FrameMemo | N
     return InspectResult(df, fig, table, summary, f"patchboard-{name}.csv")
 
 
-def prompts_from_page(registry, model, clean, corrupt, answer, wrong, bos, pairs):
-    """The prompts panel's values -> (Model, PromptSet); ValueError with the message to show."""
-    m = registry.get(handlers.check_model(registry, model))
-    form = handlers.Form.from_values(model=model, clean=clean, corrupt=corrupt, answer=answer,
-                                     wrong=wrong, prepend_bos="bos" in (bos or []), pairs=pairs)
-    return m, PromptSet.from_pairs(m, form.prompt_pairs(), prepend_bos=form.prepend_bos)
-
-
 # -- layout ------------------------------------------------------------------------------------
 def _field(name: str, label: str, control) -> html.Div:
     return field(CONTROL_IDS[name], label, control)
@@ -228,38 +203,13 @@ def layout() -> html.Div:
         _field("pos", "Position", number(INSPECT_POS, -1, "-1 = last")),
         _field("k", "k", number(INSPECT_K, 10, min_=1)),
     ], className="inspect-options toolbar")
-    return html.Div([
-        html.Div([view], className="toolbar inspect-views"),
-        options,
-        html.Div([
-            html.Div([html.Span("Image export", className="toolbar-label"),
-                      radio(INSPECT_IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png")],
-                     className="toolbar-group"),
-            dbc.Button("Download CSV", id=INSPECT_DOWNLOAD_BUTTON, color="primary", outline=True,
-                       size="sm", disabled=True, n_clicks=0),
-            dcc.Download(id=INSPECT_DOWNLOAD),
-        ], className="toolbar"),
-        html.Div(IDLE, id=INSPECT_STATUS, className="hint", role="status"),
-        dcc.Graph(id=INSPECT_GRAPH, figure=figures.empty_figure(IDLE),
-                  config=figures.graph_config("png", "patchboard-inspect"), className="graph"),
-        html.Div(dash_table.DataTable(id=INSPECT_TABLE, columns=[], data=[], sort_action="native",
-                                      style_table={"overflowX": "auto"},
-                                      style_cell={"fontFamily": figures.FONT, "fontSize": 13,
-                                                  "padding": "4px 8px"},
-                                      style_header={"fontWeight": 600}),
-                 id=INSPECT_TABLE_BOX, style={"display": "none"}),
-    ], id=INSPECT_PANEL, className="inspect-panel")
+    return html.Div([html.Div([view], className="toolbar inspect-views"), options,
+                     *view_body("inspect", IDLE)], id=INSPECT_PANEL, className="inspect-panel")
 
 
 # -- callbacks -------------------------------------------------------------------------------------
-PAGE_STATES = (ids.MODEL_SELECT, ids.CLEAN_PROMPT, ids.CORRUPT_PROMPT, ids.ANSWER_TOKEN, ids.WRONG_TOKEN)
-
-
-def register_callbacks(app, registry) -> SimpleNamespace:
+def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
-    option_inputs = (INSPECT_VIEW, INSPECT_RUN, INSPECT_PAIR, INSPECT_MODE, INSPECT_VALUE,
-                     INSPECT_COMPONENTS, INSPECT_DLA_BY, INSPECT_LAYER, INSPECT_HEAD,
-                     INSPECT_ATTENTION_VIEW, INSPECT_POS, INSPECT_K)
 
     def controls(view, mode=None):
         """Show only the selectors the view uses (rows: only for the per-component lens)."""
@@ -271,57 +221,14 @@ def register_callbacks(app, registry) -> SimpleNamespace:
 
     memo = FrameMemo()
 
-    def _compute(options, page):
+    def compute(options, page):
         names = list(InspectOptions.__dataclass_fields__)      # view, run, pair, ... in selector order
         opts = InspectOptions(**{n: v for n, v in zip(names, options) if v is not None})
-        model, prompts = prompts_from_page(registry, *page)
+        model, prompts = prompts_from_page(ctx.registry, *page)
         return inspect(model, prompts, opts, memo)
 
-    def show(view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k,
-             image_format, active_tab, model, clean, corrupt, answer, wrong, bos, pairs):
-        """Selectors + prompts -> figure, config, status, table columns/data/visibility, CSV button."""
-        if active_tab not in (None, TAB_INSPECT):         # computed when the tab is open
-            return (no_update,) * 7
-        config = figures.graph_config(image_format or "png", f"patchboard-{view or 'inspect'}")
-        hidden = {"display": "none"}
-        try:
-            r = _compute((view, run, pair, mode, value, components, dla_by, layer, head, attention_view,
-                          pos, k), (model, clean, corrupt, answer, wrong, bos, pairs))
-        except ValueError as exc:
-            return (figures.empty_figure(str(exc)), config, html.Span(str(exc), className="error-text"),
-                    [], [], hidden, True)
-        columns, data = r.table if r.table else ([], [])
-        return r.figure, config, r.summary, columns, data, ({} if r.table else hidden), False
-
-    app.callback(
-        Output(INSPECT_GRAPH, "figure"), Output(INSPECT_GRAPH, "config"), Output(INSPECT_STATUS, "children"),
-        Output(INSPECT_TABLE, "columns"), Output(INSPECT_TABLE, "data"), Output(INSPECT_TABLE_BOX, "style"),
-        Output(INSPECT_DOWNLOAD_BUTTON, "disabled"),
-        *[Input(i, "value") for i in option_inputs], Input(INSPECT_IMAGE_FORMAT, "value"),
-        Input(ids.TABS, "active_tab"),
-        *[Input(i, "value") for i in PAGE_STATES], Input(ids.PREPEND_BOS, "value"),
-        Input(ids.PAIRS_STORE, "data"))(show)
-
-    def download(n_clicks, view, run, pair, mode, value, components, dla_by, layer, head, attention_view,
-                 pos, k, model, clean, corrupt, answer, wrong, bos, pairs):
-        """The view on screen as CSV (formula-neutralised cells)."""
-        if not n_clicks:
-            return no_update
-        try:
-            r = _compute((view, run, pair, mode, value, components, dla_by, layer, head, attention_view,
-                          pos, k), (model, clean, corrupt, answer, wrong, bos, pairs))
-        except ValueError:
-            return no_update
-        return dcc.send_string(write_csv(r.frame), r.filename)
-
-    app.callback(
-        Output(INSPECT_DOWNLOAD, "data"), Input(INSPECT_DOWNLOAD_BUTTON, "n_clicks"),
-        *[State(i, "value") for i in option_inputs],
-        *[State(i, "value") for i in PAGE_STATES], State(ids.PREPEND_BOS, "value"),
-        State(ids.PAIRS_STORE, "data"), prevent_initial_call=True)(download)
-
+    show, download = register_view(app, "inspect", TAB_INSPECT, OPTION_IDS, compute)
     return SimpleNamespace(controls=controls, show=show, download=download, memo=memo)
 
 
-__all__ = ["layout", "register_callbacks", "inspect", "InspectOptions", "InspectResult", "TAB_INSPECT",
-           "prompts_from_page"]
+__all__ = ["layout", "register", "inspect", "InspectOptions", "InspectResult", "TAB_INSPECT"]

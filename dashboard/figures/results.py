@@ -26,53 +26,7 @@ from plotly.subplots import make_subplots
 from patching.kinds import KINDS
 from patching.core.results import PatchResult
 
-DIVERGING = "RdBu"
-SEQUENTIAL = "Blues"
-FONT = "Inter, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
-MODES = ("raw", "normalized")
-
-
-def position_label(pos: int, str_tokens) -> str:
-    """'3: \\' Mary\\'' — index and token repr (spaces visible); the index keeps labels unique.
-
-    >>> position_label(3, ["<bos>", "When", " Mary", " and"])
-    "3: ' and'"
-    """
-    if str_tokens is not None and 0 <= pos < len(str_tokens):
-        return f"{pos}: {str_tokens[pos]!r}"
-    return str(pos)
-
-
-def _base_layout(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
-    fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
-        font=dict(family=FONT, size=12, color="#1f2937"),
-        paper_bgcolor="white", plot_bgcolor="white",
-        margin=dict(l=70, r=20, t=56 if title else 24, b=60),
-        hoverlabel=dict(font=dict(family=FONT, size=12), bgcolor="white"),
-    )
-    if height:
-        fig.update_layout(height=height)
-    return fig
-
-
-def empty_figure(message: str = "Run a sweep to see results here.", height: int = 320) -> go.Figure:
-    """A blank figure with one centred message (no axes), wrapped at 80 characters a line
-    (plotly does not wrap annotations: a long error would run off both sides).
-
-    >>> empty_figure("x " * 60).layout.annotations[0].text.count("<br>")
-    1
-    """
-    import html
-    import textwrap
-    fig = go.Figure()
-    text = "<br>".join(html.escape(line, quote=False) for line in textwrap.wrap(str(message), 80)) or str(message)
-    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=14, color="#6b7280"))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _base_layout(fig, height=height)
-
+from dashboard.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, position_label
 
 @dataclass(frozen=True)
 class Grid:
@@ -223,7 +177,7 @@ def heatmap(result: PatchResult, mode: str = "raw", *, zmax: float | None = None
     _axis_style(fig, n_cols=len(g.x_labels))
     fig.update_xaxes(title_text=g.x_title)
     fig.update_yaxes(title_text=g.y_title)
-    return _base_layout(fig, title or _title(result), _grid_height(len(g.y_labels)))
+    return base_layout(fig, title or _title(result), _grid_height(len(g.y_labels)))
 
 
 def same_layout(a: PatchResult, b: PatchResult) -> bool:
@@ -269,7 +223,7 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
             fig.update_yaxes(showticklabels=False, row=1, col=c)
     fig.update_annotations(font=dict(size=12))
     rows = max(len(ga.y_labels), len(gb.y_labels))
-    fig = _base_layout(fig, None, max(440, _grid_height(rows) + 20))
+    fig = base_layout(fig, None, max(440, _grid_height(rows) + 20))
     fig.update_layout(margin=dict(t=60, r=90))
     return fig
 
@@ -328,7 +282,7 @@ def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
                            xanchor="right", align="right", font=dict(size=12, color="#6b7280"))
     fig.update_annotations(font=dict(size=12))
     height = int(min(1500, max(620, 2 * (26 * n + 120))))
-    fig = _base_layout(fig, title, height)
+    fig = base_layout(fig, title, height)
     fig.update_layout(margin=dict(l=110, r=30, t=70, b=110))
     return fig
 
@@ -349,14 +303,6 @@ def cell_outline(result: PatchResult, cell: dict | None) -> list[dict]:
     i, j = (int(v) for v in hits[0])
     return [dict(type="rect", xref="x", yref="y", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                  line=dict(color="#111827", width=2.5), fillcolor="rgba(0,0,0,0)")]
-
-
-def graph_config(image_format: str = "png", filename: str = "patchboard") -> dict:
-    """dcc.Graph config: plotly's own camera button exports PNG or SVG."""
-    fmt = image_format if image_format in ("png", "svg") else "png"
-    return {"displaylogo": False, "responsive": True,
-            "toImageButtonOptions": {"format": fmt, "filename": filename, "scale": 2 if fmt == "png" else 1},
-            "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
 # -- path patching and attribution ------------------------------------------------------------
@@ -423,7 +369,7 @@ def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
                      title_text=result.axes[0])
     fig.update_xaxes(zeroline=True, zerolinecolor="#9ca3af", gridcolor="#eef0f3",
                      title_text="normalized" if mode == "normalized" else result.spec.metric)
-    fig = _base_layout(fig, title or path_title(result), int(min(1400, max(300, 22 * len(keep) + 150))))
+    fig = base_layout(fig, title or path_title(result), int(min(1400, max(300, 22 * len(keep) + 150))))
     if not keep:
         fig.add_annotation(text="no cell has a path (every sender writes after every receiver reads)",
                            x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)

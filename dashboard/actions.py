@@ -1,0 +1,167 @@
+"""Run actions: a valid form -> a tracked job, queued for the run slot, whose result is saved to
+the run history, with progress reported as `Progress` (sweep, path patching, attribution).
+
+Nothing here imports Dash; the tabs' callbacks call these with a `report` that writes Dash's
+progress outputs (`dashboard.server.jobs.progress_reporter`). The clean and corrupt forwards run
+once per Run, inside the engine; the baselines shown are the result's.
+
+>>> run_id = execute_run(registry, store, Form(kind="head_out"), data_dir)     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from patching.core.prompts import PromptSet
+from patching.methods.sweep import sweep
+from patching.runs.jobs import tracked
+from patching.runs.slot import run_busy, run_slot  # noqa: F401 - re-exported for the tabs
+
+from dashboard.forms import AttributionForm, Form, PathForm, check_model, parse_attribution_form, parse_form, \
+    parse_path_form
+
+log = logging.getLogger("dashboard")
+
+
+# -- running -----------------------------------------------------------------------------------
+def baselines_text(values: tuple[float, float] | None, metric: str = "") -> str:
+    if values is None:
+        return ""
+    clean, corrupt = values
+    return f"clean {metric} = {clean:.4f} · corrupt {metric} = {corrupt:.4f} · gap = {clean - corrupt:.4f}"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the progress outputs show: (value, max, label, baselines text)."""
+    value: int
+    total: int
+    label: str
+    baselines: str
+
+    def as_tuple(self):
+        """(bar value, bar max, bar label, status text, baselines text)."""
+        bar_label = f"{self.value} / {self.total}" if 0 < self.value < self.total else ""
+        return (self.value, self.total, bar_label, self.label, self.baselines)
+
+
+def execute_run(registry, store, form: Form, data_dir: str | Path,
+                report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
+    """The Run button's job: validate, queue for the run slot, sweep, save (baselines from the sweep).
+
+    Returns the saved run's id; ValueError with the message to show on bad input (JobCancelled
+    when Cancel was pressed for `token`, see `job_status.job_token`).
+    """
+    model = registry.get(check_model(registry, form.model))
+    spec, prompts = parse_form(model, form)
+    label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
+            f"{spec.metric} · {Path(form.model).name}"
+    return _run_and_save(store, data_dir, report, "sweep", label, form.model, prompts, spec.metric,
+                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patches",
+                         token)
+
+
+def _queued(report: Callable[[Progress], None]) -> Callable[[float], None]:
+    """run_slot's `on_wait`: say the run is queued behind another, and for how long."""
+    return lambda seconds: report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
+                                                 "it starts when that one ends", ""))
+
+
+def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind: str, label: str,
+                  model_name: str, prompts: PromptSet, metric: str, compute, unit: str,
+                  token: str | None = None) -> int:
+    """What every Run does once its form is valid: a tracked job queued for the run slot,
+    `compute(on_progress)`, the result saved to history; progress through `report`. The baselines
+    shown are the result's own (the engine's clean and corrupt runs): no extra forward."""
+    with tracked(store, job_kind, label, model_name, token=token) as job, run_slot(data_dir, _queued(report)):
+        job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
+        report(Progress(0, 1, "starting…", ""))
+
+        def on_progress(done: int, total: int):   # baselines come with the result: one clean + corrupt run
+            job.beat()
+            report(Progress(done, total, f"{done} / {total} {unit}", ""))
+
+        result = compute(on_progress)
+        run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
+        job.done(run_id)
+    report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
+        (result.clean_value, result.corrupt_value), metric)))
+    return run_id
+
+
+# -- path patching and attribution ----------------------------------------------------------
+def path_label(spec) -> str:
+    """A short history label: 'path · senders → q:1.0+q:1.1 · heads_frozen · denoise · logit_diff'."""
+    if spec.sweep == "senders":
+        what = f"{'every head' if spec.senders is None else '+'.join(spec.senders)}" \
+               f"{' per pos' if spec.per_position else ''} → {'+'.join(spec.receivers)}"
+    else:
+        what = f"{spec.senders[0]} → {'each of ' + str(len(spec.receivers)) if spec.receivers else 'each receiver'}"
+    return f"path · {what} · {spec.mode} · {spec.direction} · {spec.metric}"
+
+
+def execute_path(registry, store, form: Form, path: PathForm, data_dir: str | Path,
+                 report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
+    """The Path tab's Run: validate, queue for the run slot, path sweep, save to history.
+
+    Returns the saved run's id; ValueError with the message to show on bad input.
+    """
+    from patching.methods.path import run_path
+    model = registry.get(check_model(registry, form.model))
+    spec, prompts = parse_path_form(model, form, path)
+    label = f"{path_label(spec)} · {Path(form.model).name}"
+    return _run_and_save(store, data_dir, report, "path", label, form.model, prompts, spec.metric,
+                         lambda on_progress: run_path(model, prompts, spec, on_progress=on_progress),
+                         "path patches", token)
+
+
+def execute_attribution(registry, store, form: Form, attr: AttributionForm, data_dir: str | Path,
+                        report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
+    """The Attribution tab's Run: validate, queue, every kind's estimate (baselines from it), save.
+
+    Returns the attribution run's id (RunStore.get_attribution); ValueError on bad input.
+    """
+    from patching.methods.attribution import edge_attribution, run_attribution
+    model = registry.get(check_model(registry, form.model))
+    kw, prompts = parse_attribution_form(model, form, attr)
+
+    method = "plain" if kw["method"] == "plain" else f"ig, {kw['steps']} steps"
+    label = (f"attribution ({method}) · {len(kw['kinds'])} kinds · {form.direction} · {form.metric} · "
+             f"{Path(form.model).name}")
+    label += " · edges" if attr.edges else ""
+    with tracked(store, "attribution", label, form.model, token=token) as job, run_slot(data_dir, _queued(report)):
+        job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
+        what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
+        report(Progress(0, 1, f"attributing {len(kw['kinds'])} kinds ({what})…", ""))
+        results = run_attribution(model, prompts, **kw)
+        r = results[0]                           # every kind shares the clean and corrupt runs
+        text = baselines_text((r.clean_value, r.corrupt_value), form.metric)
+        edges = None
+        if attr.edges:
+            report(Progress(0, 1, "edge scores…", text))
+            edges = edge_attribution(model, prompts, metric=kw["metric"], direction=kw["direction"],
+                                     method=kw["method"], **({"steps": kw["steps"]} if "steps" in kw else {}))
+        att_id = store.save_attribution(results, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs],
+                                        label, edges)
+        job.done(att_id)
+    report(Progress(1, 1, f"done in {results[0].seconds:.2f} s", text))
+    return att_id
+
+
+
+def guarded(what: str, compute) -> tuple[object, str]:
+    """(compute(), "") or (None, the message to show): a ValueError's own, or 'internal error: …'
+    (logged with its traceback) for anything else, so the page stays alive.
+
+    >>> guarded("run", lambda: 1), guarded("run", lambda: int("x"))[1][:27]
+    ((1, ''), 'invalid literal for int() w')
+    """
+    try:
+        return compute(), ""
+    except ValueError as exc:
+        return None, str(exc) or f"{what} refused ({type(exc).__name__})"
+    except Exception as exc:
+        log.exception("%s failed", what)
+        return None, f"internal error: {type(exc).__name__}: {exc}"

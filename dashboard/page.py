@@ -1,0 +1,82 @@
+"""The page: the left panel (`dashboard.panel`) and the tabs (`TABS`, one module each under
+`dashboard/tabs/`), with the stores they share. Bootstrap's CSS is served from `assets/` (no CDN),
+and `assets/style.css` holds the few rules of our own.
+
+A new tab is one module with `layout()` and `register(app, ctx)` and one `Tab` row here.
+
+>>> [t.tab_id for t in TABS][:2]
+['tab-results', 'tab-history']
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType, SimpleNamespace
+
+import dash_bootstrap_components as dbc
+from dash import dcc, html
+
+from dashboard import ids, panel, share
+from dashboard.tabs import attribution, circuit, history, inspect, neurons, path, results
+
+
+@dataclass(frozen=True)
+class Tab:
+    label: str
+    tab_id: str
+    module: ModuleType                 # layout() and register(app, ctx)
+    namespace: str | None = None       # its callbacks on `app.patchboard_<namespace>`; None: on `app.patchboard`
+
+
+TABS = (
+    Tab("Results", ids.TAB_RESULTS, results),
+    Tab("History & compare", ids.TAB_HISTORY, history),
+    Tab("Path patching", ids.TAB_PATH, path),
+    Tab("Attribution", ids.TAB_ATTRIBUTION, attribution),
+    Tab("Inspect", ids.TAB_INSPECT, inspect, "inspect"),
+    Tab("Neurons & weights", ids.TAB_NEURONS, neurons, "neurons"),
+    Tab("Circuit", ids.TAB_CIRCUIT, circuit, "circuit"),
+)
+
+
+def page(registry, model: str) -> html.Div:
+    navbar = html.Header([
+        html.Div([html.Span("Patchboard", className="brand"),
+                  html.Span("activation patching", className="brand-sub")], className="brand-box"),
+    ], className="topbar")
+    return html.Div([
+        navbar,
+        share.location(),
+        dcc.Store(id=ids.SESSION_ID, data=None),          # set in the browser on load (panel/run_card.py)
+        dcc.Store(id=ids.CURRENT_RUN, storage_type="session"),
+        dcc.Store(id=ids.PAIRS_STORE, data=None, storage_type="session"),
+        dcc.Store(id=ids.HISTORY_VERSION, data=0),
+        dcc.Store(id=ids.ATTENTION_CELL, data=None),
+        dcc.Store(id=ids.PATH_RUN, storage_type="session"),
+        dcc.Store(id=ids.ATTR_RUN, storage_type="session"),
+        dbc.Container(dbc.Row([
+            dbc.Col(panel.layout(registry, model), lg=4, className="left-col"),
+            dbc.Col(dbc.Card(dbc.CardBody(dbc.Tabs(id=ids.TABS, active_tab=ids.TAB_RESULTS, children=[
+                dbc.Tab(t.module.layout(), label=t.label, tab_id=t.tab_id) for t in TABS
+            ])), className="panel-card results-card"), lg=8),
+        ]), fluid=True, className="main"),
+    ])
+
+
+def register(app, ctx) -> dict[str, SimpleNamespace]:
+    """Wire the panel, every tab and the share callbacks: {namespace: callbacks} ("" for the
+    panel, share and the tabs without a namespace of their own), so tests call them directly."""
+    main = [panel.register(app, ctx), share.register(app, ctx.registry, ctx.store)]
+    own = {}
+    for t in TABS:
+        ns = t.module.register(app, ctx)
+        if t.namespace:
+            own[t.namespace] = ns
+        else:
+            main.append(ns)
+    merged = {}
+    for ns in main:
+        for name, fn in vars(ns).items():
+            if name in merged:
+                raise RuntimeError(f"two callbacks named {name!r}: give one a namespace of its own")
+            merged[name] = fn
+    return {"": SimpleNamespace(**merged), **own}

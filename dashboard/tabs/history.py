@@ -1,0 +1,256 @@
+"""The History & compare tab: every saved run (and the jobs still running or failed), Open /
+Delete, run files (`dashboard.share`), and two runs on one colour scale with their top components
+and a stacked CSV.
+
+>>> history.register(app, ctx).compare([1, 2], "raw", "png")           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+import torch
+from dash import ALL, Input, Output, State, dcc, html, no_update
+
+from patching.core.results import PatchResult, write_csv
+from patching.runs import jobs as job_status
+
+from dashboard import figures, ids, share
+from dashboard.components import graph, triggered_value
+from dashboard.views import effective_mode
+
+
+# -- pure views ---------------------------------------------------------------------------------
+def top_components(result: PatchResult, n: int = 10, mode: str = "raw") -> list[dict]:
+    """The n cells with the largest |effect| (raw value, or normalized in 'normalized' mode),
+    as rows for a table.
+
+    >>> top_components(result, 3)[0].keys()        # doctest: +SKIP
+    dict_keys(['component', 'token', 'value', 'normalized'])
+    """
+    df = result.to_dataframe() if result.n_pairs == 1 else _df_without_ci(result)
+    if df.empty:
+        return []
+    key = "normalized" if mode == "normalized" and df["normalized"].notna().any() else "value"
+    order = df[key].abs().sort_values(ascending=False).index[:n]
+    rows = []
+    for _, r in df.loc[order].iterrows():
+        parts = []
+        if r["layer"] is not None and str(r["layer"]) != "<NA>":
+            parts.append(f"L{int(r['layer'])}")
+        if "head" in r and str(r["head"]) != "<NA>" and r["head"] is not None:
+            parts.append(f"H{int(r['head'])}")
+        if "neuron" in r and r.get("neuron") is not None and str(r.get("neuron")) not in ("<NA>", "nan"):
+            parts.append(f"N{int(r['neuron'])}")
+        if str(r["pos"]) != "<NA>" and r["pos"] is not None:
+            parts.append(f"pos {int(r['pos'])}")
+        norm = r["normalized"]
+        rows.append({"component": " ".join(parts), "token": r["token"] if isinstance(r["token"], str) else "",
+                     "value": round(float(r["value"]), 4),
+                     "normalized": None if norm != norm else round(float(norm), 3)})
+    return rows
+
+
+def _df_without_ci(result: PatchResult):
+    """to_dataframe without the bootstrap (the table needs only values)."""
+    single = PatchResult(result.spec, result.axes, result.coords, result.values[..., None],
+                         torch.tensor([result.clean_value], dtype=torch.float64),
+                         torch.tensor([result.corrupt_value], dtype=torch.float64),
+                         result.str_tokens, result.metric_clean_is, result.seconds, result.model_name)
+    return single.to_dataframe()
+
+
+def compare_csv(run_a, run_b) -> str:
+    """Both runs of the compare view in the contract format, stacked, with extra columns `run`
+    (its id) and, when their axes match, `value_minus_other` / `normalized_minus_other`."""
+    frames = []
+    same = _same_cells(run_a.result, run_b.result)
+    for run, other in ((run_a, run_b), (run_b, run_a)):
+        df = run.result.to_dataframe()
+        if same:
+            o = other.result.to_dataframe()
+            df["value_minus_other"] = df["value"].to_numpy() - o["value"].to_numpy()
+            df["normalized_minus_other"] = df["normalized"].to_numpy() - o["normalized"].to_numpy()
+        df["run"] = run.info.id
+        frames.append(df)
+    return write_csv(pd.concat(frames, ignore_index=True))
+
+
+def _same_cells(a: PatchResult, b: PatchResult) -> bool:
+    return (tuple(a.axes) == tuple(b.axes) and all(tuple(a.coords[k]) == tuple(b.coords[k]) for k in a.axes)
+            and bool((a.per_pair.isnan().all(-1) == b.per_pair.isnan().all(-1)).all()))
+
+
+def render_job(job):
+    """A running, failed or cancelled background job in the history list (no Open: nothing was saved)."""
+    when = time.strftime("%H:%M:%S", time.localtime(job.started))
+    model = Path(job.model).name or job.model
+    what = "running…" if job.status == "running" else f"{job.status}: {job.reason}" if job.reason else job.status
+    return dbc.ListGroupItem([
+        html.Div([html.Span(f"job {job.id}", className="run-id"), html.Span(job.label, className="run-label")]),
+        html.Div(f"{model} · {job.kind} · started {when}", className="run-meta"),
+        html.Div(what, className="job-reason" if job.status == "running" else "job-reason error-text"),
+    ], className=f"job-item job-{job.status}")
+
+
+def render_history(infos, current: int | None, jobs=()):
+    """The saved runs and, among them by start time, the jobs that are running or did not finish."""
+    if not infos and not jobs:
+        return html.Div("No runs yet. Runs are saved here and survive restarts.", className="hint")
+    items = []
+    for j in jobs:
+        items.append((j.started, render_job(j)))
+    for r in infos:
+        when = time.strftime("%H:%M:%S", time.localtime(r.created))
+        model = Path(r.model).name or r.model
+        meta = (f"{model} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
+                f"clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
+                if r.clean_value is not None else f"{model} · {when}")
+        items.append((r.created, dbc.ListGroupItem([
+            html.Div([html.Span(f"#{r.id}", className="run-id"), html.Span(r.label, className="run-label")]),
+            html.Div(meta, className="run-meta"),
+            html.Div([
+                dbc.Button("Open", id={"type": ids.HISTORY_OPEN, "run": r.id}, size="sm",
+                           color="primary", outline=True, n_clicks=0),
+                dbc.Button("Delete", id={"type": ids.HISTORY_DELETE, "run": r.id}, size="sm",
+                           color="danger", outline=True, n_clicks=0),
+            ], className="run-actions"),
+        ], active=(r.id == current), className="run-item")))
+    items.sort(key=lambda pair: -pair[0])
+    return dbc.ListGroup([item for _, item in items], flush=True)
+
+
+def render_top_tables(tables: list[tuple[str, list[dict]]]):
+    cols = []
+    for title, rows in tables:
+        header = html.Thead(html.Tr([html.Th(c) for c in ("component", "token", "value", "normalized")]))
+        body = html.Tbody([html.Tr([html.Td(r["component"]), html.Td(repr(r["token"]) if r["token"] else ""),
+                                    html.Td(f"{r['value']:.4f}"),
+                                    html.Td("" if r["normalized"] is None else f"{r['normalized']:.3f}")])
+                           for r in rows])
+        cols.append(dbc.Col([html.H4(title, className="table-title"),
+                             dbc.Table([header, body], size="sm", striped=True, className="top-table")], md=6))
+    return dbc.Row(cols)
+
+
+def layout() -> html.Div:
+    return html.Div([
+        html.H3("Run history", className="section-title"),
+        html.Div("Every run is saved with its spec, prompts, baselines and result; it survives restarts.",
+                 className="hint mb-2"),
+        html.Div(id=ids.RUN_HISTORY, className="run-history"),
+        share.history_section(),
+        html.H3("Compare two runs", className="section-title mt-3"),
+        html.Div([
+            html.Div(dcc.Dropdown(id=ids.COMPARE_SELECT, multi=True, options=[], value=[],
+                                  placeholder="Choose two runs…"), className="compare-select"),
+            dbc.Button("Download compare CSV", id=ids.COMPARE_DOWNLOAD_BUTTON, size="sm", color="primary",
+                       outline=True, disabled=True, n_clicks=0),
+            dcc.Download(id=ids.COMPARE_DOWNLOAD),
+        ], className="compare-row"),
+        html.Div(id=ids.COMPARE_STATUS, className="hint mt-1"),
+        graph(ids.COMPARE_HEATMAP, "Choose two runs to compare them on one colour scale."),
+        html.Div(id=ids.COMPARE_TABLE),
+    ])
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+def register(app, ctx) -> SimpleNamespace:
+    """Wire the tab to `app`; returns the plain functions so tests call them directly."""
+    return SimpleNamespace(**vars(_register_history(app, ctx)), **vars(_register_compare(app, ctx)))
+
+
+def _register_history(app, ctx) -> SimpleNamespace:
+    """The list of runs and jobs, Open and Delete."""
+    store = ctx.store
+
+    def history(_version, run_id, _tab=None):
+        """The history list and compare options; refreshed on save/delete and when the tab opens
+        (runs from other tabs or users appear then)."""
+        infos = store.list()
+        options = [{"label": r.title, "value": r.id} for r in infos]
+        jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
+        return render_history(infos, run_id, jobs), options
+
+    app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
+                 Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),
+                 Input(ids.TABS, "active_tab"))(history)
+
+    def open_run(clicks, trig=None):
+        """An Open button -> that run on the Results tab."""
+        trig, clicked = (trig, any(clicks or [])) if trig is not None else triggered_value()
+        if not trig or not clicked:      # buttons appearing (n_clicks 0) are not clicks
+            return no_update, no_update
+        return trig["run"], ids.TAB_RESULTS
+
+    app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True), Output(ids.TABS, "active_tab"),
+                 Input({"type": ids.HISTORY_OPEN, "run": ALL}, "n_clicks"),
+                 prevent_initial_call=True)(lambda clicks: open_run(clicks))
+
+    def delete_run(clicks, run_id, trig=None):
+        """A Delete button -> the run is gone; the screen clears if it was on it."""
+        trig, clicked = (trig, any(clicks or [])) if trig is not None else triggered_value()
+        if not trig or not clicked:
+            return no_update, no_update
+        store.delete(trig["run"])
+        return time.time(), (None if run_id == trig["run"] else no_update)
+
+    app.callback(Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
+                 Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
+                 Input({"type": ids.HISTORY_DELETE, "run": ALL}, "n_clicks"),
+                 State(ids.CURRENT_RUN, "data"),
+                 prevent_initial_call=True)(lambda clicks, run_id: delete_run(clicks, run_id))
+    return SimpleNamespace(history=history, open_run=open_run, delete_run=delete_run)
+
+
+def _register_compare(app, ctx) -> SimpleNamespace:
+    """Two runs on one colour scale, their top components, the stacked CSV."""
+
+    def compare(selected, mode, image_format):
+        config = figures.graph_config(image_format or "png", "patchboard-compare")
+        selected = [s for s in (selected or []) if s is not None]
+        if len(selected) != 2:
+            msg = "Choose two runs." if len(selected) < 2 else \
+                f"{len(selected)} runs chosen; compare takes exactly two (remove {len(selected) - 2})."
+            return (figures.empty_figure("Choose two runs to compare them on one colour scale."),
+                    config, None, msg)
+        try:
+            a, b = (ctx.run(s) for s in selected)
+        except ValueError as exc:
+            return figures.empty_figure(str(exc)), config, None, str(exc)
+        mode = mode or "normalized"
+        if mode == "normalized" and any(effective_mode(r.result, mode)[1] for r in (a, b)):
+            mode = "raw"
+        fig = figures.compare(a.result, b.result, mode, labels=(f"#{a.info.id}", f"#{b.info.id}"))
+        status = "" if figures.same_layout(a.result, b.result) else \
+            "These runs have different axes, so there is no cell-wise difference panel."
+        tables = render_top_tables([
+            (f"Top components · #{a.info.id}", top_components(a.result, 10, mode)),
+            (f"Top components · #{b.info.id}", top_components(b.result, 10, mode))])
+        return fig, config, tables, status
+
+    app.callback(Output(ids.COMPARE_HEATMAP, "figure"), Output(ids.COMPARE_HEATMAP, "config"),
+                 Output(ids.COMPARE_TABLE, "children"), Output(ids.COMPARE_STATUS, "children"),
+                 Input(ids.COMPARE_SELECT, "value"), Input(ids.VALUE_MODE, "value"),
+                 Input(ids.IMAGE_FORMAT, "value"))(compare)
+
+    def download_compare(n_clicks, selected):
+        selected = [s for s in (selected or []) if s is not None]
+        if not n_clicks or len(selected) != 2:
+            return no_update
+        try:
+            a, b = (ctx.run(s) for s in selected)
+        except ValueError:
+            return no_update
+        return dcc.send_string(compare_csv(a, b),
+                               f"patchboard-compare-run{a.info.id}-run{b.info.id}.csv")
+
+    app.callback(Output(ids.COMPARE_DOWNLOAD, "data"), Input(ids.COMPARE_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.COMPARE_SELECT, "value"), prevent_initial_call=True)(download_compare)
+
+    app.callback(Output(ids.COMPARE_DOWNLOAD_BUTTON, "disabled"), Input(ids.COMPARE_SELECT, "value"))(
+        lambda selected: len([s for s in (selected or []) if s is not None]) != 2)
+    return SimpleNamespace(compare=compare, download_compare=download_compare)

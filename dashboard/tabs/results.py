@@ -1,0 +1,181 @@
+"""The Results tab: the run on screen as a heatmap (raw / normalized, PNG / SVG), its summary, CSV,
+link and provenance, and the counterfactual attention of a clicked head cell.
+
+The run on screen is read from the store once per screen: one callback draws the heatmap and the
+share pieces (link, provenance, export button) from the same read. `register` returns the plain
+functions so the tests call them directly.
+
+>>> results.register(app, ctx).show_run(12, "raw", "png")               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, Patch, State, dcc, html, no_update
+
+from patching.core.results import PatchResult, write_csv
+
+from dashboard import figures, ids, share
+from dashboard.components import graph, mode_toggle, radio, send_run_csv, summary_line, triggered_value
+from dashboard.forms import parse_pair
+from dashboard.views import attention_csv, attention_for_cell, clicked_cell, effective_mode
+
+IDLE = "Run a sweep to see its heatmap here."
+ATTENTION_IDLE = "Click a head cell of the heatmap (head kinds) to see that head's attention patterns."
+
+
+# -- pure views ---------------------------------------------------------------------------------
+def result_summary(result: PatchResult) -> str:
+    s = result.spec
+    gap = result.clean_value - result.corrupt_value
+    return (f"{Path(result.model_name or s.model).name} · {s.kind}{' per position' if s.per_position else ''} · "
+            f"{s.direction} · {s.metric} · {result.n_pairs} pair{'s' if result.n_pairs != 1 else ''} · "
+            f"clean {result.clean_value:.4f} · corrupt {result.corrupt_value:.4f} · gap {gap:.4f} · "
+            f"{result.seconds:.2f} s")
+
+
+def run_view(run, error: str | None, mode: str | None, image_format: str | None, cell=None,
+             outline: bool = True) -> tuple:
+    """(heatmap, its config, summary, CSV button disabled) of a stored run (None: `error` or idle)."""
+    config = figures.graph_config(image_format or "png", "patchboard-heatmap")
+    if run is None:
+        return figures.empty_figure(error or IDLE), config, "", True
+    mode, note = effective_mode(run.result, mode or "normalized")
+    fig = figures.result_figure(run.result, mode)
+    if outline:                                           # keep the clicked cell outlined
+        fig.update_layout(shapes=figures.cell_outline(run.result, cell))
+    return fig, config, summary_line(f"Run #{run.info.id}", result_summary(run.result), note), False
+
+
+def layout() -> html.Div:
+    return html.Div([
+        share.results_header(),
+        html.Div(id=ids.RESULTS_SUMMARY, className="results-summary"),
+        html.Div([
+            mode_toggle(ids.VALUE_MODE, "btn-group-toggle"),
+            html.Div([
+                html.Span("Image export", className="toolbar-label"),
+                radio(ids.IMAGE_FORMAT, {"png": "PNG", "svg": "SVG"}, "png"),
+            ], className="toolbar-group"),
+            dbc.Button("Download CSV", id=ids.DOWNLOAD_CSV_BUTTON, color="primary", outline=True,
+                       size="sm", disabled=True, n_clicks=0),
+            dcc.Download(id=ids.DOWNLOAD_CSV),
+        ], className="toolbar"),
+        graph(ids.RESULTS_HEATMAP, IDLE),
+        share.provenance_panel(),
+        html.Div([
+            html.H3("Counterfactual attention", className="section-title"),
+            html.Div("Click a head cell of the heatmap (head kinds) to see that head's clean, corrupt "
+                     "and patched attention patterns and their differences.",
+                     id=ids.ATTENTION_STATUS, className="hint"),
+            html.Div([
+                html.Span("Pair", className="toolbar-label"),
+                dbc.Input(id=ids.ATTENTION_PAIR, type="number", min=0, step=1, value=0, size="sm",
+                          debounce=True, className="pair-input"),
+                dbc.Button("Download attention CSV", id=ids.ATTENTION_DOWNLOAD_BUTTON, size="sm",
+                           color="secondary", outline=True, disabled=True, n_clicks=0),
+            ], className="toolbar"),
+            dcc.Download(id=ids.ATTENTION_DOWNLOAD),
+            graph(ids.ATTENTION_DIFF, "No head selected yet.", height=260),
+        ], className="attention-section"),
+    ])
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+def register(app, ctx) -> SimpleNamespace:
+    """Wire the tab to `app`; returns the plain functions so tests call them directly."""
+    return SimpleNamespace(**vars(_register_run(app, ctx)), **vars(_register_attention(app, ctx)))
+
+
+def _read(ctx, run_id):
+    """(run, None), (None, the reason) or (None, None) when no run is chosen."""
+    if not run_id:
+        return None, None
+    try:
+        return ctx.run(run_id), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _register_run(app, ctx) -> SimpleNamespace:
+    """The run on screen (heatmap, summary, link, provenance, export button) and its CSV."""
+    href = share.run_href_for(app)
+
+    def show_run(run_id, mode, image_format, cell=None):
+        """current run + raw/normalized + image format -> heatmap, its config, summary, CSV button."""
+        run, error = _read(ctx, run_id)
+        return run_view(run, error, mode, image_format, cell, triggered_value()[0] != ids.CURRENT_RUN)
+
+    def show_screen(run_id, mode, image_format, cell=None):
+        """One read of the run on screen -> the heatmap outputs and (when the run changed) the
+        share outputs."""
+        run, error = _read(ctx, run_id)
+        trig = triggered_value()[0]
+        shown = run_view(run, error, mode, image_format, cell, trig != ids.CURRENT_RUN)
+        if trig in (ids.VALUE_MODE, ids.IMAGE_FORMAT):
+            return shown + (no_update,) * 4
+        return shown + share.share_view(run, bool(run_id), href)
+
+    app.callback(
+        Output(ids.RESULTS_HEATMAP, "figure"), Output(ids.RESULTS_HEATMAP, "config"),
+        Output(ids.RESULTS_SUMMARY, "children"), Output(ids.DOWNLOAD_CSV_BUTTON, "disabled"),
+        *share.share_outputs(),
+        Input(ids.CURRENT_RUN, "data"), Input(ids.VALUE_MODE, "value"),
+        Input(ids.IMAGE_FORMAT, "value"), State(ids.ATTENTION_CELL, "data"))(show_screen)
+
+    def download_csv(n_clicks, run_id):
+        """The current run in the contract CSV format."""
+        return send_run_csv(ctx, n_clicks, run_id, lambda run: (
+            f"patchboard-run{run.info.id}-{run.result.spec.kind}-{run.result.spec.direction}.csv"))
+
+    app.callback(Output(ids.DOWNLOAD_CSV, "data"), Input(ids.DOWNLOAD_CSV_BUTTON, "n_clicks"),
+                 State(ids.CURRENT_RUN, "data"), prevent_initial_call=True)(download_csv)
+    return SimpleNamespace(show_run=show_run, show_screen=show_screen, download_csv=download_csv)
+
+
+def _register_attention(app, ctx) -> SimpleNamespace:
+    """The counterfactual attention of a clicked head cell, and its CSV."""
+
+    def attention(click_data, run_id, image_format, pair=0):
+        """A click on a head cell (or a new pair number) -> its attention patterns and differences."""
+        config = figures.graph_config(image_format or "png", "patchboard-attention")
+        empty = figures.empty_figure("No head selected yet.", 260)
+        if triggered_value()[0] == ids.CURRENT_RUN or not click_data or not run_id:
+            return empty, config, ATTENTION_IDLE, None, True, no_update
+        cell = clicked_cell(click_data)
+        try:
+            pair = parse_pair(pair)
+            run = ctx.run(run_id)
+            view = attention_for_cell(ctx.registry, run, cell, pair)
+        except ValueError as exc:
+            return empty, config, str(exc), None, True, no_update
+        fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
+                                     title=view.title, note=view.note if view.patched is None else None)
+        outline = Patch()
+        outline["layout"]["shapes"] = figures.cell_outline(run.result, cell)
+        status = f"{view.title} — {view.note}" if view.note else view.title
+        return fig, config, status, {**cell, "pair": pair}, False, outline
+
+    app.callback(
+        Output(ids.ATTENTION_DIFF, "figure"), Output(ids.ATTENTION_DIFF, "config"),
+        Output(ids.ATTENTION_STATUS, "children"), Output(ids.ATTENTION_CELL, "data"),
+        Output(ids.ATTENTION_DOWNLOAD_BUTTON, "disabled"),
+        Output(ids.RESULTS_HEATMAP, "figure", allow_duplicate=True),
+        Input(ids.RESULTS_HEATMAP, "clickData"), Input(ids.CURRENT_RUN, "data"),
+        Input(ids.IMAGE_FORMAT, "value"), Input(ids.ATTENTION_PAIR, "value"),
+        prevent_initial_call=True)(attention)
+
+    def download_attention(n_clicks, cell, run_id):
+        run = ctx.find_run(run_id) if n_clicks and cell and run_id else None
+        if run is None:
+            return no_update
+        view = attention_for_cell(ctx.registry, run, cell, int(cell.get("pair") or 0))
+        text = write_csv(view.frame) if view.frame is not None else attention_csv(view)
+        return dcc.send_string(text, f"patchboard-run{run_id}-attention-L{cell['layer']}H{cell['head']}.csv")
+
+    app.callback(Output(ids.ATTENTION_DOWNLOAD, "data"), Input(ids.ATTENTION_DOWNLOAD_BUTTON, "n_clicks"),
+                 State(ids.ATTENTION_CELL, "data"), State(ids.CURRENT_RUN, "data"),
+                 prevent_initial_call=True)(download_attention)
+    return SimpleNamespace(attention=attention, download_attention=download_attention)

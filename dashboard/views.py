@@ -1,0 +1,164 @@
+"""Pure views the result tabs share: the value mode a result can show, the cell a click names, and
+the counterfactual attention of a clicked head (Results and Path tabs), with its CSV.
+
+Nothing here imports Dash.
+
+>>> clicked_cell({"points": [{"x": "H2", "y": "L1"}]})
+{'layer': 1, 'pos': None, 'head': 2}
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from patching.core.prompts import PromptPair, PromptSet
+from patching.core.results import PatchResult
+from patching.kinds import KINDS
+
+from dashboard.forms import check_model
+
+
+def effective_mode(result: PatchResult, mode: str) -> tuple[str, str | None]:
+    """'normalized' needs clean != corrupt; otherwise fall back to raw and say why."""
+    if mode == "normalized" and not torch.isfinite(result.normalized).any():
+        return "raw", ("normalized values are undefined: the clean and corrupt baselines are equal; "
+                       "showing raw values")
+    return mode, None
+
+
+def clicked_cell(click_data: dict | None) -> dict | None:
+    """plotly clickData on a results heatmap -> {'layer', 'pos', 'head'} (None where n/a).
+
+    Reads the cell's customdata when plotly sends it, else the axis labels the figures write
+    ('L1.H2' or 'L1' rows; '10: ...' position or 'H2' head columns).
+
+    >>> clicked_cell({"points": [{"x": "10: ' John'", "y": "L1.H2"}]})
+    {'layer': 1, 'pos': 10, 'head': 2}
+    """
+    if not click_data or not click_data.get("points"):
+        return None
+    point = click_data["points"][0]
+    cd = point.get("customdata")
+    if isinstance(cd, (list, tuple)) and len(cd) >= 3 and not isinstance(cd[0], (list, tuple)):
+        return {"layer": cd[0], "pos": cd[1], "head": cd[2]}
+    row = re.match(r"^L(\d+)(?:\.H(\d+))?$", str(point.get("y", "")))
+    if row is None:
+        return None
+    cell = {"layer": int(row.group(1)), "pos": None, "head": int(row.group(2)) if row.group(2) else None}
+    x = str(point.get("x", ""))
+    if (m := re.match(r"^H(\d+)$", x)) is not None:
+        cell["head"] = int(m.group(1))
+    elif (m := re.match(r"^(\d+):", x)) is not None:
+        cell["pos"] = int(m.group(1))
+    return cell
+
+
+def stored_prompts(registry, run) -> tuple:
+    """(Model, PromptSet) of a stored run: its model (offered ones only: a stored name never loads
+    an arbitrary path) and its pairs, BOS as the run had it."""
+    spec = run.result.spec
+    model = registry.get(check_model(registry, spec.model))
+    return model, PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)
+
+
+@dataclass(frozen=True)
+class AttentionView:
+    clean: object                 # [dest, src]
+    corrupt: object
+    patched: object | None
+    str_tokens: list[str]
+    title: str
+    note: str | None
+    frame: object | None = None   # a DataFrame for CSV download, when available
+
+
+def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionView:
+    """Counterfactual attention of the clicked head of a stored run (pair `pair`).
+
+    Uses `patching.methods.attention.counterfactual_attention` when installed (clean, corrupt and
+    patched patterns); otherwise the clean and corrupt patterns from the runner's cache.
+    """
+    result = run.result
+    if getattr(result.spec, "kind", None) == "path":
+        return _path_attention(registry, run, cell, pair)
+    if cell is None or cell.get("head") is None or "head" not in result.axes:
+        raise ValueError("click a cell of a head kind (head_out, head_q, head_k, head_v, head_pattern) "
+                         "to see that head's attention")
+    layer, head = int(cell["layer"]), int(cell["head"])
+    if not 0 <= pair < len(run.pairs):
+        raise ValueError(f"pair {pair} out of range; this run has pairs 0-{len(run.pairs) - 1}")
+    spec = result.spec
+    model, prompts = stored_prompts(registry, run)
+    kind = KINDS[spec.kind]
+    heads_label = f"L{layer}.H{head}" if not kind.kv_heads else f"L{layer} key/value head {head}"
+    where = f" at position {cell['pos']}" if cell.get("pos") is not None else ""
+    title = f"Counterfactual attention · {heads_label}{where} · pair {pair}"
+    try:
+        from patching.methods.attention import counterfactual_attention
+    except ImportError:
+        counterfactual_attention = None
+    # k/v kinds index key/value heads: show the first query head of the group
+    q_head = head if not kind.kv_heads else head * (model.n_heads // model.n_kv_heads)
+    if kind.kv_heads and q_head != head:
+        title += f" (query head {q_head})"
+    if counterfactual_attention is not None:
+        index = {k: v for k, v in cell.items() if v is not None and k in result.axes}
+        diff = counterfactual_attention(model, prompts, layer, q_head, spec=spec, index=index, pair=pair)
+        to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched),
+                             list(diff.str_tokens), title, f"patched: {diff.patch_label}",
+                             diff.to_dataframe())
+    if model.runner is None:
+        raise ValueError(f"attention view needs the engine's runner; {model.name!r} has none")
+    clean = model.runner.run(prompts.clean_tokens).layers[layer].pattern[pair, q_head]
+    corrupt = model.runner.run(prompts.corrupt_tokens).layers[layer].pattern[pair, q_head]
+    note = "patched pattern: needs patching/methods/attention.py"
+    return AttentionView(clean.float().cpu().numpy(), corrupt.float().cpu().numpy(), None,
+                         list(prompts.str_tokens), title, note, None)
+
+
+def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionView:
+    """A path run's clicked sender cell -> the attention of its receiver head (the first q/k/v
+    receiver): clean, corrupt and step 2's pattern (the receivers patched)."""
+    from patching.methods.attention import counterfactual_attention
+    result, spec = run.result, run.result.spec
+    receivers = [n for n in (spec.receiver_nodes or ()) if n.kind in ("q", "k", "v")]
+    if cell is None or "head" not in result.axes or cell.get("head") is None:
+        raise ValueError("click a sender head cell of an every-head path sweep to see its receiver's attention")
+    if not receivers:
+        raise ValueError("this path run has no q/k/v receiver head, so no attention pattern changes; "
+                         "choose q:L.H, k:L.H or v:L.H receivers to see one")
+    if not 0 <= pair < len(run.pairs):
+        raise ValueError(f"pair {pair} out of range; this run has pairs 0-{len(run.pairs) - 1}")
+    model, prompts = stored_prompts(registry, run)
+    r = receivers[0]
+    head = r.head if r.kind == "q" else r.head * (model.n_heads // model.n_kv_heads)
+    index = {k: v for k, v in cell.items() if v is not None and k in result.axes}
+    diff = counterfactual_attention(model, prompts, r.layer, head, spec=spec, index=index, pair=pair)
+    sender = f"L{cell['layer']}.H{cell['head']}" + (f"@{cell['pos']}" if cell.get("pos") is not None else "")
+    title = f"Receiver attention · L{r.layer}.H{head} ({r.label}) · sender {sender} · pair {pair}"
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched), list(diff.str_tokens),
+                         title, f"patched: {diff.patch_label}", diff.to_dataframe())
+
+
+def attention_csv(view: AttentionView) -> str:
+    """One row per (dest, src): tokens, clean, corrupt, patched (when known) and differences."""
+    import pandas as pd
+    from patching.core.results import write_csv
+    rows = []
+    n = len(view.clean)
+    for d in range(n):
+        for s in range(d + 1):
+            row = {"dest": d, "src": s, "dest_token": view.str_tokens[d] if d < len(view.str_tokens) else "",
+                   "src_token": view.str_tokens[s] if s < len(view.str_tokens) else "",
+                   "clean": float(view.clean[d][s]), "corrupt": float(view.corrupt[d][s])}
+            if view.patched is not None:
+                row["patched"] = float(view.patched[d][s])
+            row["clean_minus_corrupt"] = row["clean"] - row["corrupt"]
+            if view.patched is not None:
+                row["patched_minus_corrupt"] = row["patched"] - row["corrupt"]
+            rows.append(row)
+    return write_csv(pd.DataFrame(rows))
