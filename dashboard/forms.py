@@ -87,11 +87,12 @@ def preset_options() -> list[dict]:
     return [{"label": t.title, "value": name} for name, t in tasks.TASKS.items()]
 
 
-def preset_pairs(task: str, n: int = 1, seed: int = 0) -> list[dict]:
+def preset_pairs(task: str, n: int = 1, seed: int = 0, model=None) -> list[dict]:
     """n pairs of a task family as dicts (clean, corrupt, answer, wrong); ValueError on a bad name.
+    With the model, the first n pairs of one token length on its tokenizer (so the set runs).
 
-    >>> preset_pairs("ioi", 1)[0]["answer"].startswith(" ")      # doctest: +SKIP
-    True
+    >>> [len(model.encode(p["clean"])) for p in preset_pairs("ioi", 3, model=model)]
+    [14, 14, 14]
     """
     tasks = _tasks()
     if tasks is None:
@@ -104,8 +105,12 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0) -> list[dict]:
         raise ValueError(f"number of pairs must be a whole number, not {n!r}") from None
     if not 1 <= n <= MAX_PRESET_PAIRS:
         raise ValueError(f"number of pairs must be between 1 and {MAX_PRESET_PAIRS}, not {n}")
-    return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong}
-            for p in tasks.make_pairs(task, n, split="eval", seed=seed)]
+    if model is None:
+        drawn = tasks.make_pairs(task, n, split="eval", seed=seed)
+    else:
+        from patching.tasks.presets import runnable_pairs
+        drawn = runnable_pairs(model, task, n, seed=seed, split="eval")
+    return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in drawn]
 
 
 def preset_metric(task: str) -> str | None:
@@ -380,7 +385,7 @@ def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", Prom
     >>> spec.receivers                                                          # doctest: +SKIP
     ('q:1.0',)
     """
-    from patching.methods.path import PathSpec, _check_nodes
+    from patching.methods.path import PathSpec, path_nodes
     _check_prompt_choices(form)
     require_runner(model, "path patching")
     prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
@@ -395,10 +400,7 @@ def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", Prom
         raise ValueError("one cell per position applies to the every-head sweep; leave Senders empty, "
                          "or give senders with @POS (e.g. head:0.1@5)")
     get_metric(spec.metric)
-    if spec.sender_nodes is not None:
-        _check_nodes(model, prompts, spec.sender_nodes, "sender")
-    if spec.receiver_nodes is not None:
-        _check_nodes(model, prompts, spec.receiver_nodes, "receiver")
+    path_nodes(model, prompts, spec)          # senders, receivers and positions fit the model and prompts
     return spec, prompts
 
 

@@ -137,25 +137,33 @@ def register(app, ctx) -> SimpleNamespace:
     app.callback(Output(ids.MODEL_STATUS, "children"), Input(ids.MODEL_SELECT, "value"))(model_status)
 
     # -- presets and uploads ---------------------------------------------------------------------
-    def fill_preset(task, count):
-        """Preset -> the prompt fields (first pair) and, for several pairs, the pairs store."""
+    def fill_preset(task, count, model_name=None):
+        """Preset -> the prompt fields (first pair) and, for several pairs, the pairs store: pairs
+        of one token length on the chosen model, so that the set runs. Where the model's tokenizer
+        gives too few such pairs, the task's own pairs fill the form and the message says why."""
         if not task:
             return (no_update,) * 7
+        note = ""
         try:
-            pairs = preset_pairs(task, count)
+            try:
+                pairs = preset_pairs(task, count, model=ctx.model(model_name) if model_name else None)
+            except ValueError as exc:
+                if not model_name or "pairs of one token length" not in str(exc):
+                    raise
+                pairs, note = preset_pairs(task, count), str(exc)
         except ValueError as exc:
             return (no_update,) * 6 + (str(exc),)
         first = pairs[0]
         metric = preset_metric(task) or no_update
         return (first["clean"], first["corrupt"], first["answer"], first["wrong"],
-                pairs if len(pairs) > 1 else None, metric, "")
+                pairs if len(pairs) > 1 else None, metric, note)
 
     app.callback(
         Output(ids.CLEAN_PROMPT, "value"), Output(ids.CORRUPT_PROMPT, "value"),
         Output(ids.ANSWER_TOKEN, "value"), Output(ids.WRONG_TOKEN, "value"),
         Output(ids.PAIRS_STORE, "data"), Output(ids.METRIC_SELECT, "value"),
         Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
-        Input(ids.PRESET_SELECT, "value"), Input(ids.PRESET_COUNT, "value"),
+        Input(ids.PRESET_SELECT, "value"), Input(ids.PRESET_COUNT, "value"), State(ids.MODEL_SELECT, "value"),
         prevent_initial_call=True)(fill_preset)
 
     def upload_pairs(contents, filename):

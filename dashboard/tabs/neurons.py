@@ -25,6 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html, no_update
 
+from patching.core.spec import check_index
 from patching.inspect import neurons as N
 from patching.inspect import weights as W
 
@@ -214,7 +215,7 @@ def _weight_view(x) -> tuple:
         name = f"composition-{x.opts.composition}"
     elif v == "svd":
         df = x.cached(lambda: W.singular_values(x.model, x.opts.circuit), "svd", x.opts.circuit)
-        lay = W._check_int(layer, x.model.n_layers, "layer", f"the model has {x.model.n_layers} layers")
+        lay = check_index(layer, x.model.n_layers, "layer", f"the model has {x.model.n_layers} layers")
         fig = figures_neurons.singular_values_figure(df, lay, head)
         summary = (f"Singular values of layer {lay}'s heads' {x.opts.circuit.upper()} circuits (head {head} "
                    "highlighted); the CSV has every layer.")

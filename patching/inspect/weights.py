@@ -56,7 +56,6 @@ def _check_model(model, what: str) -> None:
                          f"families: {SUPPORTED}")
 
 
-_check_int = check_index          # an index into an axis; negative counts from the end
 
 
 def _check_choice(value, choices, what: str) -> str:
@@ -237,8 +236,8 @@ def head_svd(model, layer: int, head: int, circuit: str = "ov", *, fold_ln: bool
     """
     _check_model(model, "the SVD of a head")
     _check_choice(circuit, CIRCUITS, "circuit")
-    layer = _check_int(layer, model.arch.n_layers, "layer", f"the model has {model.arch.n_layers} layers")
-    head = _check_int(head, model.arch.n_heads, "head", f"each layer has {model.arch.n_heads} heads")
+    layer = check_index(layer, model.arch.n_layers, "layer", f"the model has {model.arch.n_layers} layers")
+    head = check_index(head, model.arch.n_heads, "head", f"each layer has {model.arch.n_heads} heads")
     w = weights if weights is not None else head_weights(model, fold_ln)
     return _svd_factored(*_factors(w, layer, head, circuit))
 
@@ -422,8 +421,8 @@ def rank_k_head(model, prompts: PromptSet, layer: int, head: int, ranks=None, *,
     _check_model(model, "the rank-k approximation of a head")
     _check_choice(run, ("clean", "corrupt"), "run")
     a = model.arch
-    layer = _check_int(layer, a.n_layers, "layer", f"the model has {a.n_layers} layers")
-    head = _check_int(head, a.n_heads, "head", f"each layer has {a.n_heads} heads")
+    layer = check_index(layer, a.n_layers, "layer", f"the model has {a.n_layers} layers")
+    head = check_index(head, a.n_heads, "head", f"each layer has {a.n_heads} heads")
     ranks = _check_ranks(ranks, a.d_head)
     m = get_metric(metric)
     w = head_weights(model, fold_ln)
@@ -473,10 +472,10 @@ def rank_k_pattern(model, prompts: PromptSet, layer: int, head: int, rank: int, 
     _check_model(model, "the rank-k approximation of a head")
     _check_choice(run, ("clean", "corrupt"), "run")
     a = model.arch
-    layer = _check_int(layer, a.n_layers, "layer", f"the model has {a.n_layers} layers")
-    head = _check_int(head, a.n_heads, "head", f"each layer has {a.n_heads} heads")
+    layer = check_index(layer, a.n_layers, "layer", f"the model has {a.n_layers} layers")
+    head = check_index(head, a.n_heads, "head", f"each layer has {a.n_heads} heads")
     (rank,) = _check_ranks(rank, a.d_head)
-    pair = _check_int(pair, prompts.n_pairs, "pair", f"the set has {prompts.n_pairs} pairs")
+    pair = check_index(pair, prompts.n_pairs, "pair", f"the set has {prompts.n_pairs} pairs")
     tokens = (prompts.clean_tokens if run == "clean" else prompts.corrupt_tokens)[pair:pair + 1]
     w = head_weights(model, fold_ln)
     cache = model.runner.run(tokens)

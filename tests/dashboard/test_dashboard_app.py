@@ -130,8 +130,12 @@ def test_model_status(app, tiny_name):
     assert "choose a model" in cb.model_status(None).children
 
 
-def test_preset_fills_the_form(app):
+def test_preset_fills_the_form(app, tiny_name):
     cb = app.patchboard
+    # the tiny test tokenizer splits the names: no IOI pair runs on it, so the form gets the task's
+    # own pairs and the message says why
+    out = cb.fill_preset("ioi", 4, tiny_name)
+    assert len(out[4]) == 4 and "'ioi' pairs of one token length" in out[-1]
     clean, corrupt, answer, wrong, pairs, metric, err = cb.fill_preset("ioi", 1)
     assert clean and corrupt and answer.startswith(" ") and pairs is None and err == ""
     out = cb.fill_preset("ioi", 4)

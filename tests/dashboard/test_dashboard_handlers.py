@@ -263,3 +263,14 @@ def test_attention_for_a_chosen_pair(registry, store, form):
     assert forms.parse_pair("") == 0 and forms.parse_pair(3) == 3
     with pytest.raises(ValueError, match="not 1.5"):
         forms.parse_pair(1.5)
+
+
+@pytest.mark.parametrize("task", ["ioi", "factual", "greater_than", "induction"])
+def test_presets_with_several_pairs_run_on_the_shipped_model(task):
+    """Every preset, any count the control allows: pairs of one token length, so the Run is not
+    refused ("pair 0 has 16 tokens, pair 1 has 15" before)."""
+    from patching import PromptSet, load_model
+    model = load_model("default")
+    for n in (2, 8, forms.MAX_PRESET_PAIRS):
+        pairs = forms.preset_pairs(task, n, model=model)
+        assert PromptSet.from_pairs(model, [tuple(p.values()) for p in pairs]).n_pairs == n
