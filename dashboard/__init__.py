@@ -15,11 +15,12 @@ from urllib.parse import unquote
 
 import dash
 
+from patching.paths import assets_dir
+
 from dashboard.server.jobs import JOB_KINDS, make_jobs
 from patching.runs.store import RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
+ASSETS = assets_dir()          # assets/ of the checkout, or the installed package data
 
 
 def _is_model_asset(path: str, prefix: str) -> bool:

@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from dashboard import JOB_KINDS, ROOT, create_app, make_jobs
+from dashboard import JOB_KINDS, create_app, make_jobs
+from patching.paths import default_data_dir
 from patching.runs.store import RunStore, open_store
 
 
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: 'default', or $PATCHBOARD_MODEL)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    p.add_argument("--data-dir", default=os.environ.get("PATCHBOARD_DATA_DIR", str(ROOT / ".patchboard")),
+    p.add_argument("--data-dir", default=str(default_data_dir()),
                    help="run history (SQLite) and job cache live here")
     p.add_argument("--jobs", default="diskcache", choices=JOB_KINDS,
                    help="background jobs: diskcache (embedded) or celery (needs --redis-url and workers)")

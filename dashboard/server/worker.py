@@ -131,8 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cmd_worker(args: argparse.Namespace) -> int:
     if not args.redis_url:
         raise ValueError("worker needs --redis-url (or $PATCHBOARD_REDIS_URL), e.g. redis://127.0.0.1:6379/0")
-    from patching.model.loading import ROOT
-    data_dir = args.data_dir or os.environ.get("PATCHBOARD_DATA_DIR") or str(ROOT / ".patchboard")
+    from patching.paths import default_data_dir
+    data_dir = args.data_dir or str(default_data_dir())
     cfg = WorkerConfig(redis_url=args.redis_url, models=tuple(args.model or ["default"]), data_dir=data_dir,
                        store_url=args.store_url if not args.data_dir else None, concurrency=args.concurrency,
                        device=args.device, dtype=args.dtype, device_map=args.device_map, loglevel=args.loglevel)

@@ -21,7 +21,7 @@ from patching.model.arch import Arch, arch_for, execution_device
 from patching.model.runner import Runner
 
 from patching.model.resolve import (  # noqa: F401 - re-exported: where models are found
-    DEFAULT_MODEL, MODELS_DIR, ROOT, Tokenizing, _has_safetensors, resolve_model,
+    DEFAULT_MODEL, MODELS_DIR, Tokenizing, _has_safetensors, resolve_model,
 )
 
 log = logging.getLogger("patching.model.loading")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from patching.paths import CHECKOUT as ROOT, models_dir
+from patching.paths import models_dir
 
 MODELS_DIR = models_dir()        # assets/models in a checkout, the packaged copy when installed
 DEFAULT_MODEL = "patchboard-tiny"
