@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from metrics import METRICS, get_metric
 from patching.core.prompts import PromptPair, PromptSet, read_pairs_csv
-from patching.core.spec import DIRECTIONS, PatchSpec, parse_heads, parse_int_list
+from patching.core.spec import DIRECTIONS, PatchSpec, check_whole, parse_heads, parse_int_list
 from patching.kinds import KINDS
 from patching.methods.sweep import plan_coords
 from patching.model.loading import require_runner
@@ -99,12 +99,7 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0, model=None) -> list[dict]
         raise ValueError("presets need patching/tasks/families.py, which is not installed here")
     if task not in tasks.TASKS:
         raise ValueError(f"unknown preset {task!r}; choose one of {', '.join(tasks.TASKS)}")
-    try:
-        n = 1 if n is None or n == "" else int(n)
-    except (TypeError, ValueError):
-        raise ValueError(f"number of pairs must be a whole number, not {n!r}") from None
-    if not 1 <= n <= MAX_PRESET_PAIRS:
-        raise ValueError(f"number of pairs must be between 1 and {MAX_PRESET_PAIRS}, not {n}")
+    n = whole_number(n, "number of pairs", 1, 1, MAX_PRESET_PAIRS)
     if model is None:
         drawn = tasks.make_pairs(task, n, split="eval", seed=seed)
     else:
@@ -428,16 +423,12 @@ def attribution_kind_options(model=None) -> list[dict]:
 
 
 def parse_steps(value) -> int:
-    """IG steps: a whole number in 1..MAX_IG_STEPS."""
-    if value is None or value == "":
-        return 16
-    try:
-        steps = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"steps must be a whole number, not {value!r}") from None
-    if steps != float(value) or not 1 <= steps <= MAX_IG_STEPS:
-        raise ValueError(f"steps must be a whole number between 1 and {MAX_IG_STEPS}, not {value!r}")
-    return steps
+    """IG steps: a whole number in 1..MAX_IG_STEPS (16 when empty).
+
+    >>> parse_steps(""), parse_steps("8")
+    (16, 8)
+    """
+    return whole_number(value, "steps", 16, 1, MAX_IG_STEPS)
 
 
 def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[dict, PromptSet]:
@@ -470,21 +461,22 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
 
 # -- whole numbers ---------------------------------------------------------------------------------
 def parse_pair(value) -> int:
-    """The attention panel's pair number: a whole number >= 0 (range checked against the run)."""
-    if value is None or value == "":
-        return 0
-    try:
-        pair = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"pair must be a whole number, not {value!r}") from None
-    if pair < 0 or pair != float(value):
-        raise ValueError(f"pair must be a whole number >= 0, not {value!r}")
-    return pair
+    """The attention panel's pair number: a whole number >= 0 (range checked against the run).
+
+    >>> parse_pair(""), parse_pair(3)
+    (0, 3)
+    """
+    return whole_number(value, "pair", 0, 0)
 
 
-def whole_number(value, what: str, default: int | None) -> int | None:
-    """An input's value as an int (`default` when empty); ValueError naming `what` otherwise.
+def whole_number(value, what: str, default: int | None, lo: int | None = None,
+                 hi: int | None = None) -> int | None:
+    """A page value (text, a number or empty) as an int within [lo, hi] (`default` when empty);
+    ValueError naming `what`, the value and the accepted range otherwise (the dashboard's one
+    whole-number reader, over `patching.core.spec.check_whole`).
 
+    >>> whole_number("12", "k", None, 1, 200), whole_number("", "pair", 0)
+    (12, 0)
     >>> whole_number(2.5, "pair", 0)
     Traceback (most recent call last):
     ...
@@ -492,10 +484,11 @@ def whole_number(value, what: str, default: int | None) -> int | None:
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
-    if not f.is_integer():
-        raise ValueError(f"{what} must be a whole number, not {value!r}")
-    return int(f)
+    number = value
+    if not isinstance(value, bool):
+        try:
+            f = float(value)
+            number = int(f) if f.is_integer() else value
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return check_whole(number, what, lo, hi)

@@ -33,7 +33,7 @@ from patching.runs.slot import run_slot
 from dashboard import figures, ids
 from dashboard.components import error_text
 from dashboard.figures import agreement as figures_agreement
-from dashboard.forms import check_model
+from dashboard.forms import check_model, whole_number
 
 MAX_REFINE_K = 200
 FLAGGED_ROWS = 20
@@ -110,13 +110,8 @@ def parse_k(value) -> int:
     >>> parse_k("5")
     5
     """
-    try:
-        k = int(value)
-        if k != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"k must be a whole number from 1 to {MAX_REFINE_K}, not {value!r}") from None
-    if not 1 <= k <= MAX_REFINE_K:
+    k = whole_number(value, "k", None, 1, MAX_REFINE_K)
+    if k is None:
         raise ValueError(f"k must be a whole number from 1 to {MAX_REFINE_K}, not {value!r}")
     return k
 

@@ -129,7 +129,7 @@ def test_presets_come_from_tasks():
 
 
 @pytest.mark.parametrize("task, n, needle", [("nope", 1, "unknown preset 'nope'"),
-                                             ("ioi", 0, "between 1 and"), ("ioi", "x", "'x'")])
+                                             ("ioi", 0, "from 1 to"), ("ioi", "x", "'x'")])
 def test_preset_errors(task, n, needle):
     with pytest.raises(ValueError, match=needle):
         forms.preset_pairs(task, n)

@@ -106,8 +106,8 @@ def test_parse_attribution_form(gpt2_model, form):
                                                                              steps="4"))
     assert kw["kinds"] == ("head_out",) and kw["steps"] == 4
     for attr, needle in ((AttributionForm(kinds=("nope",)), "kind 'nope'"),
-                         (AttributionForm(method="ig", steps=0), "between 1 and 128, not 0"),
-                         (AttributionForm(method="ig", steps="x"), "steps must be a whole number, not 'x'"),
+                         (AttributionForm(method="ig", steps=0), "from 1 to 128, not 0"),
+                         (AttributionForm(method="ig", steps="x"), "steps must be a whole number from 1 to 128, not 'x'"),
                          (AttributionForm(method="magic"), "method must be one of plain, ig, not 'magic'")):
         with pytest.raises(ValueError) as exc:
             forms.parse_attribution_form(gpt2_model, form, attr)
@@ -300,7 +300,7 @@ def test_attribution_tab_ig_and_errors(app, tiny_name):
     assert list(fig.data[0].y)[:2] == ["L0.H0", "L0.H1"]                     # per position: layer.head rows
     assert "integrated gradients, 2 steps" in fig.layout.title.text
     out = cb.run_attribution(Progress(), 1, [], "ig", 0, [], [], *_prompt_args(tiny_name))
-    assert out[0] is no_update and "steps must be a whole number between 1 and 128, not 0" in out[1]
+    assert out[0] is no_update and "steps must be a whole number from 1 to 128, not 0" in out[1]
     out = cb.run_attribution(Progress(), 1, [], "plain", 16, [], [], *_prompt_args(tiny_name, answer=" Maryland"))
     assert "answer ' Maryland'" in out[1]
     assert cb.attribution_cancelled(1)[0].startswith("Attribution run cancelled")
