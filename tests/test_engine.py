@@ -30,9 +30,24 @@ def test_multi_pair_keeps_per_pair_values_and_statistics(gpt2_model, ioi_prompts
     singles = [sweep(gpt2_model, PromptSet.from_pairs(gpt2_model, [p]), PatchSpec(kind="resid_pre")) for p in IOI]
     for k, s in enumerate(singles):
         assert torch.allclose(r.per_pair[..., k], s.values, atol=1e-6)
-    lo, hi = r.bootstrap_ci()
-    assert (lo <= r.values + 1e-9).all() and (r.values <= hi + 1e-9).all()
-    assert torch.allclose(r.stderr, r.per_pair.std(-1) / 2 ** 0.5)
+    lo, hi = r.bootstrap_ci()                             # intervals on the paired effect
+    assert (lo <= r.effect + 1e-9).all() and (r.effect <= hi + 1e-9).all()
+    effect = r.per_pair - r.corrupt_baseline                # denoise: patched - corrupt, pair by pair
+    assert torch.allclose(r.effect, effect.mean(-1)) and torch.allclose(r.effect, r.values - r.corrupt_value)
+    assert torch.allclose(r.stderr, effect.std(-1) / 2 ** 0.5)
+
+
+def test_a_cell_that_changes_nothing_has_no_interval_in_either_direction(gpt2_model, ioi_prompts):
+    """Positions before the first differing token change no pair: effect, stderr and the interval
+    are exactly 0, though the pairs' baselines differ (an interval on the metric would be wide)."""
+    assert ioi_prompts.differing_positions()[0] > 1
+    for direction in ("denoise", "noise"):
+        r = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="resid_pre", direction=direction))
+        assert r.per_pair[0, 1].std() > 0                              # the metric varies over pairs
+        lo, hi = r.bootstrap_ci()
+        assert r.effect[:, 1].abs().max() == 0 and r.stderr[:, 1].abs().max() == 0
+        assert lo[:, 1].abs().max() == 0 and hi[:, 1].abs().max() == 0
+        assert r.normalized_effect[:, 1].abs().max() == 0
 
 
 def test_batch_size_does_not_change_values(gpt2_model, ioi_prompts):

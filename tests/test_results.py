@@ -13,7 +13,7 @@ def test_csv_has_contract_columns_in_order(gpt2_model, ioi_prompts):
     r = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out", per_position=True))
     df = pd.read_csv(io.StringIO(r.to_csv()))
     assert tuple(df.columns[:9]) == CSV_COLUMNS
-    assert list(df.columns[9:]) == ["stderr", "ci_low", "ci_high", "n_pairs"]
+    assert list(df.columns[9:]) == ["effect", "stderr", "ci_low", "ci_high", "n_pairs"]
     assert len(df) == 2 * 15 * 4
     row = df[(df["layer"] == 1) & (df["pos"] == 10) & (df["head"] == 2)].iloc[0]
     assert row.token == " John" and row.kind == "head_out" and row.direction == "denoise"

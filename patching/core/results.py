@@ -79,13 +79,39 @@ class PatchResult:
         return (self.values - self.corrupt_value) / gap
 
     @property
+    def base_per_pair(self) -> Tensor:
+        """[n_pairs] the unpatched run's metric, pair by pair (corrupt when denoising, clean when noising)."""
+        return self.corrupt_baseline if self.spec.direction == "denoise" else self.clean_baseline
+
+    @property
+    def effect_per_pair(self) -> Tensor:
+        """[*axis sizes, n_pairs] patched - unpatched, pair by pair: 0 = patching changed nothing."""
+        return self.per_pair - self.base_per_pair.to(self.per_pair)
+
+    @property
+    def effect(self) -> Tensor:
+        """Mean over pairs of the paired effect, [*axis sizes] (= values - base_value)."""
+        return self.effect_per_pair.mean(-1)
+
+    @property
+    def normalized_effect(self) -> Tensor:
+        """effect / (clean - corrupt): 0 = no change, +1 = a full clean - corrupt gap towards clean,
+        -1 = towards corrupt; in both directions (= normalized - normalized of the unpatched run)."""
+        gap = self.clean_value - self.corrupt_value
+        if abs(gap) < 1e-12:
+            return torch.full_like(self.values, float("nan"))
+        return self.effect / gap
+
+    @property
     def stderr(self) -> Tensor:
+        """Standard error of the paired effect (a cell that changes no pair has 0)."""
         if self.n_pairs < 2:
             return torch.full_like(self.values, float("nan"))
-        return self.per_pair.std(-1, unbiased=True) / self.n_pairs ** 0.5
+        return self.effect_per_pair.std(-1, unbiased=True) / self.n_pairs ** 0.5
 
     def bootstrap_ci(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """Percentile bootstrap interval of the mean over pairs, resampling pairs (seeded)."""
+        """Percentile bootstrap interval of the mean paired effect (patched - unpatched), resampling
+        pairs (seeded): an interval that excludes 0 is an effect the pairs agree on."""
         if self.n_pairs < 2:
             nan = torch.full_like(self.values, float("nan"))
             return nan, nan
@@ -93,7 +119,7 @@ class PatchResult:
         picks = torch.randint(self.n_pairs, (n_boot, self.n_pairs), generator=g)
         weights = torch.zeros(n_boot, self.n_pairs, dtype=self.per_pair.dtype)
         weights.scatter_add_(1, picks, torch.ones_like(picks, dtype=weights.dtype))
-        flat = self.per_pair.reshape(-1, self.n_pairs)
+        flat = self.effect_per_pair.reshape(-1, self.n_pairs)
         means = flat @ weights.T / self.n_pairs                      # [cells, n_boot]
         lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2],
                                                     dtype=means.dtype), dim=1)
@@ -123,12 +149,14 @@ class PatchResult:
 
     def contract_frame(self, layer: list, pos: list, head: list) -> pd.DataFrame:
         """The contract columns of every cell (values' flattened order) with these layer / pos /
-        head cells, then stderr / ci_low / ci_high when there are several pairs."""
+        head cells, then `effect` (patched - unpatched) and, with several pairs, stderr / ci_low /
+        ci_high of that paired effect."""
         df = pd.DataFrame({
             "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
             "layer": layer, "pos": pos, "head": head,
             "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
             "value": self.values.reshape(-1).tolist(), "normalized": self.normalized.reshape(-1).tolist(),
+            "effect": self.effect.reshape(-1).tolist(),
         })
         if self.n_pairs > 1:
             lo, hi = self.bootstrap_ci()
@@ -138,7 +166,8 @@ class PatchResult:
         return df
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per cell, contract columns first, then stderr / ci_low / ci_high / n_pairs."""
+        """One row per cell, contract columns first, then effect, stderr / ci_low / ci_high (of the
+        paired effect) and n_pairs."""
         values = self.values
         grids = torch.meshgrid(*[torch.arange(values.shape[i]) for i in range(values.dim())], indexing="ij")
         flat_idx = [g.reshape(-1) for g in grids]
