@@ -17,7 +17,8 @@ DEFAULT_MODEL = "patchboard-tiny"
 
 
 def _has_safetensors(directory: Path) -> bool:
-    return any(directory.glob("*.safetensors"))
+    """Does the directory hold safetensors weights or a safetensors index (checked when loading)?"""
+    return any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json"))
 
 
 def _cached_hub_dir(name: str) -> Path | None:
