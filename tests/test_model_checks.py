@@ -297,3 +297,59 @@ def test_a_hub_style_gpt2_with_tied_lm_head_and_attn_bias_buffers_loads(bases, t
     assert model.hf.lm_head.weight.data_ptr() == model.hf.transformer.wte.weight.data_ptr()
     x = torch.tensor([[0] + reference.encode(" Mary")])
     assert torch.equal(model.hf(x).logits, reference.hf(x).logits)
+
+
+# -- a hub model not in the cache: fetched as safetensors only ----------------------------------------------
+class FakeHub:
+    """huggingface_hub's snapshot_download / hf_hub_download / list_repo_files over local
+    "remote" directories (repo id -> directory), with a cache of snapshots; records downloads."""
+
+    def __init__(self, remotes: dict[str, Path], cache: Path):
+        self.remotes, self.cache, self.downloaded = remotes, cache, []
+
+    def files(self, repo_id: str) -> list[str]:
+        root = self.remotes[repo_id]
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    def snapshot(self, repo_id: str) -> Path:
+        return self.cache / repo_id.replace("/", "--") / "snapshots" / "0123abcd"
+
+    def get(self, repo_id: str, name: str) -> str:
+        target = self.snapshot(repo_id) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.remotes[repo_id] / name, target)
+        self.downloaded.append(name)
+        return str(target)
+
+    def snapshot_download(self, repo_id: str, allow_patterns=None, **kw) -> str:
+        from fnmatch import fnmatch
+        for name in self.files(repo_id):
+            if allow_patterns is None or any(fnmatch(name, p) for p in allow_patterns):
+                self.get(repo_id, name)
+        return str(self.snapshot(repo_id))
+
+    def install(self, monkeypatch) -> None:
+        import huggingface_hub
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", self.snapshot_download)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, name, **kw: self.get(repo_id, name))
+        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda api, repo_id, **kw: self.files(repo_id))
+        monkeypatch.setattr("patching.model.loading.resolve_model", lambda name: name)   # not cached, hub reachable
+
+
+def test_a_hub_model_is_fetched_as_safetensors_only(bases, tmp_path, monkeypatch, no_torch_load):
+    good = variant(bases, tmp_path)
+    (good / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle beside the safetensors")
+    evil = Path(shutil.copytree(good, tmp_path / "evil"))
+    sd = tensors(evil)
+    (evil / "model.safetensors").unlink()
+    (evil / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "pytorch_model.bin" for k in sd}}))
+    hub = FakeHub({"someone/good": good, "someone/evil": evil}, tmp_path / "hf-cache")
+    hub.install(monkeypatch)
+    model = load_model("someone/good")
+    assert model.name == "someone/good" and model.n_layers == 4
+    assert "model.safetensors" in hub.downloaded and "pytorch_model.bin" not in hub.downloaded
+    hub.downloaded.clear()
+    with pytest.raises(ValueError, match=r"cannot load model 'someone/evil': model.safetensors.index.json names "
+                                         rf"'pytorch_model.bin', which is not a safetensors file .*; {ACCEPTED}"):
+        load_model("someone/evil")
+    assert hub.downloaded and not [f for f in hub.downloaded if not f.endswith(".json")], hub.downloaded

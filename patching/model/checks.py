@@ -24,7 +24,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -38,6 +38,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 SAMPLE_TEXT = "When Mary and John went to the store"
 LAYER_KEY = re.compile(r"^(.*?(?:^|\.)(?:h|layers|layer|blocks))\.(\d+)\.")
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+Present = Callable[[str], bool]          # does the model directory (or hub repo) hold this file?
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,14 @@ def _inside(directory: Path, relative: str) -> bool:
     return os.path.commonpath([base, os.path.normpath(os.path.join(base, relative))]) == base
 
 
-def _refuse_weight_name(relative: str, where: str, directory: Path) -> None:
+def _refuse_weight_name(relative: str, where: str, directory: Path, present: Present) -> None:
     """ValueError unless `relative` names a *.safetensors file inside the directory."""
     if not _inside(directory, relative):
         raise ValueError(f"{where} names {relative[:200]!r}, outside the model directory; {ACCEPTED}")
     if not relative.endswith(".safetensors"):
         raise ValueError(f"{where} names {relative[:200]!r}, which is not a safetensors file (a pickle "
                          f"would be unpickled); {ACCEPTED}")
-    if not (directory / relative).is_file():
+    if not present(relative):
         raise ValueError(f"{where} names {relative[:200]!r}, which is not in the model directory")
 
 
@@ -113,42 +114,55 @@ def read_index(path: Path) -> dict[str, str]:
     return weight_map
 
 
-def weight_files(directory: Path, config: dict) -> list[Path]:
-    """The safetensors files transformers would read from `directory` (its own order of choice:
-    config.json's `transformers_weights`, then model.safetensors, then the index), each checked
-    to be a *.safetensors file inside the directory; ValueError naming the file otherwise.
+def weight_names(directory: Path, config: dict, present: Present) -> list[str]:
+    """The safetensors files (relative names) transformers would read for the model in `directory`,
+    in its own order of choice: config.json's `transformers_weights`, then model.safetensors, then
+    the index (read from `directory`); each checked to be a *.safetensors file inside the directory
+    that `present` says exists; ValueError naming the file and what is accepted otherwise.
 
-    >>> weight_files(Path("assets/models/patchboard-tiny"), {})            # doctest: +SKIP
-    [PosixPath('assets/models/patchboard-tiny/model.safetensors')]
+    >>> weight_names(Path("assets/models/patchboard-tiny"), {}, lambda f: f == "model.safetensors")
+    ['model.safetensors']
     """
-    if (directory / "adapter_config.json").exists():
+    if present("adapter_config.json"):
         raise ValueError("adapter_config.json: adapters (PEFT) are not supported, since their weights may be "
                          "a pickle; merge the adapter into the model and save it with save_pretrained")
     explicit = config.get("transformers_weights")
     if explicit is not None:
         name = str(explicit)
         if not name.endswith(".safetensors.index.json"):
-            _refuse_weight_name(name, "config.json's transformers_weights", directory)
-            return [directory / name]
+            _refuse_weight_name(name, "config.json's transformers_weights", directory, present)
+            return [name]
         if not _inside(directory, name) or not (directory / name).is_file():
             raise ValueError(f"config.json's transformers_weights names {name[:200]!r}, which is not an index "
                              f"file in the model directory; {ACCEPTED}")
         index = directory / name
-    elif (directory / SAFE_WEIGHTS).is_file():
-        return [directory / SAFE_WEIGHTS]
-    elif (directory / SAFE_INDEX).is_file():
+    elif present(SAFE_WEIGHTS):
+        return [SAFE_WEIGHTS]
+    elif present(SAFE_INDEX) and (directory / SAFE_INDEX).is_file():
         index = directory / SAFE_INDEX
     else:
-        found = name_some(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt",
-                                                                                  ".safetensors"))
         raise ValueError(f"model directory {str(directory)!r} has no {SAFE_WEIGHTS} or {SAFE_INDEX}"
-                         f"{' (found ' + found + ')' if found else ''}; {ACCEPTED}")
+                         f"{_found_weights(directory)}; {ACCEPTED}")
     files = sorted(set(read_index(index).values()))
     if not files:
         raise ValueError(f"{index.name} names no weight files; {ACCEPTED}")
     for f in files:
-        _refuse_weight_name(f, index.name, directory)
-    return [directory / f for f in files]
+        _refuse_weight_name(f, index.name, directory, present)
+    return files
+
+
+def _found_weights(directory: Path) -> str:
+    found = name_some(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".safetensors"))
+    return f" (found {found})" if found else ""
+
+
+def weight_files(directory: Path, config: dict) -> list[Path]:
+    """The checked safetensors files of a local model directory (see `weight_names`).
+
+    >>> weight_files(Path("assets/models/patchboard-tiny"), {})            # doctest: +SKIP
+    [PosixPath('assets/models/patchboard-tiny/model.safetensors')]
+    """
+    return [directory / f for f in weight_names(directory, config, lambda f: (directory / f).is_file())]
 
 
 def read_headers(files: list[Path]) -> Headers:

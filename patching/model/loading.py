@@ -1,6 +1,8 @@
 """Load a model by name: "default" (shipped in assets/models/), a local directory, or a hub name.
 
-Every model goes through the same path: Hugging Face weights from safetensors only, never
+Every model goes through the same path: a local directory (a hub model is first fetched as a
+snapshot of safetensors only, `hub.py`), checked before and after loading (`checks.py`: weights
+only from safetensors, exactly the tensors config.json describes, all finite, a tokenizer), never
 `trust_remote_code`, wrapped in TransformerLens' `TransformerBridge` (hook names, reference
 patching) and, for supported families, in the engine's own runner (fast patching).
 
@@ -14,6 +16,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -207,27 +210,39 @@ def _load_error(name: str, exc: Exception) -> ValueError:
     return ValueError(f"cannot load model {name!r}: {first[:300]}")
 
 
-def _read_config(name: str, where, local: bool):
-    """transformers' config of the model (no code of the model's own is run)."""
-    from transformers import AutoConfig
+def _fetch(name: str, repo_id: str) -> Path:
+    """A hub model's local snapshot, safetensors only (`hub.fetch_hub_model`); ValueError otherwise."""
+    from patching.model.hub import fetch_hub_model
     try:
         with _quiet():
-            return AutoConfig.from_pretrained(str(where), trust_remote_code=False, local_files_only=local)
+            return fetch_hub_model(repo_id)
+    except ValueError as exc:
+        raise ValueError(f"cannot load model {name!r}: {str(exc)[:800]}") from None
     except Exception as exc:
         raise _load_error(name, exc) from None
 
 
-def _load_hf(name: str, where, config, local: bool, torch_dtype: torch.dtype, placed: dict):
+def _read_config(name: str, where: Path):
+    """transformers' config of a local model (no code of the model's own is run)."""
+    from transformers import AutoConfig
+    try:
+        with _quiet():
+            return AutoConfig.from_pretrained(str(where), trust_remote_code=False, local_files_only=True)
+    except Exception as exc:
+        raise _load_error(name, exc) from None
+
+
+def _load_hf(name: str, where: Path, config, torch_dtype: torch.dtype, placed: dict):
     """(tokenizer, Hugging Face model, its loading info: missing / unexpected / mismatched tensors),
     weights from safetensors only; mismatched shapes are reported in the info, not raised."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False,
-                                                      local_files_only=local)
+                                                      local_files_only=True)
             hf, info = AutoModelForCausalLM.from_pretrained(
                 str(where), config=config, trust_remote_code=False, use_safetensors=True, dtype=torch_dtype,
-                attn_implementation="eager", local_files_only=local, output_loading_info=True,
+                attn_implementation="eager", local_files_only=True, output_loading_info=True,
                 ignore_mismatched_sizes=True, **placed)
             hf.eval()
     except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
@@ -261,12 +276,12 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
         placed = {"device_map": device_map, **({"max_memory": max_memory} if max_memory else {}),
                   **({"offload_folder": str(offload_folder)} if offload_folder else {})}
     from transformer_lens.model_bridge import TransformerBridge
-    local = not isinstance(where, str)
-    config = _read_config(name, where, local)
-    if local:
-        with refusing(name):
-            check_model_dir(where, config)
-    tokenizer, hf, info = _load_hf(name, where, config, local, torch_dtype, placed)
+    if isinstance(where, str):           # a hub name not in the cache: fetched as safetensors only
+        where = _fetch(name, where)
+    config = _read_config(name, where)
+    with refusing(name):
+        check_model_dir(where, config)
+    tokenizer, hf, info = _load_hf(name, where, config, torch_dtype, placed)
     with refusing(name):
         check_loaded(hf, info, tokenizer)
     try:
