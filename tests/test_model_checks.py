@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -100,6 +101,25 @@ def test_an_index_naming_a_file_outside_the_directory_is_refused(bases, tmp_path
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: target for k in sd}}))
     with pytest.raises(ValueError, match=rf"names '{target}', outside the model directory; {ACCEPTED}"):
         load_model(str(d))
+
+
+
+def test_every_path_into_a_model_is_refused_a_pickle_index(bases, tmp_path, no_torch_load, capsys):
+    """The check sits in resolve_model, so `python -m patching eval` (which loads the directory with
+    transformers itself) and tokenizer-only hosts refuse the same directory as load_model."""
+    from patching.cli import main
+    from patching.model.tokenizer_only import load_tokenizer_only
+    d = variant(bases, tmp_path)
+    sd = tensors(d)
+    torch.save(sd, d / "pytorch_model.bin")                   # real weights, in a pickle
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "pytorch_model.bin" for k in sd}}))
+    expected = r"model.safetensors.index.json names 'pytorch_model.bin', which is not a safetensors file"
+    assert main(["eval", "--model", str(d), "--n", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(expected, err), err
+    with pytest.raises(ValueError, match=expected):
+        load_tokenizer_only(str(d))
 
 
 def test_config_transformers_weights_naming_a_pickle_is_refused(bases, tmp_path, no_torch_load):

@@ -68,6 +68,9 @@ def resolve_model(name: str) -> Path | str:
     if not _has_safetensors(path):
         raise ValueError(f"model directory {str(path)!r} has no *.safetensors weights; Patchboard "
                          "loads weights only from safetensors (convert .bin with save_pretrained)")
+    from patching.model.checks import read_config, refusing, weight_files
+    with refusing(name):              # every caller (load, tokenizer-only, eval) gets safetensors only
+        weight_files(path, read_config(path))
     return path
 
 
