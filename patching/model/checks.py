@@ -256,9 +256,17 @@ def layers_in_weights(keys: Iterable[str]) -> dict[str, set[int]]:
     return out
 
 
+def _numbered(numbers: set[int]) -> str:
+    """'0-3' for a contiguous run, else the first few numbers and the count."""
+    lo, hi = min(numbers), max(numbers)
+    return f"{lo}-{hi}" if numbers == set(range(lo, hi + 1)) else name_some(map(str, sorted(numbers)))
+
+
 def check_layers(config, raw: dict, headers: Headers) -> None:
-    """ValueError when the config's layer count differs from the layers in the weights (checked
-    when the weights hold one stack of numbered layers).
+    """ValueError when layers the config counts are absent from the weights (they would be random;
+    checked when the weights hold one stack of numbered layers). Layers beyond the count are left
+    to transformers' report of unexpected tensors, which knows each model's extra ones (such as
+    multi-token-prediction layers).
 
     >>> check_layers(GPT2Config(n_layer=6), {"n_layer": 6}, headers_of_4_layers)     # doctest: +SKIP
     Traceback (most recent call last):
@@ -271,13 +279,11 @@ def check_layers(config, raw: dict, headers: Headers) -> None:
     if len(stacks) != 1 or n is None:
         return
     (prefix, present), = stacks.items()
-    if present == set(range(n)):
+    if set(range(n)) <= present:
         return
     field = next((f for f in LAYER_FIELDS if f in raw), "num_hidden_layers")
-    numbered = f"{min(present)}-{max(present)}" if present == set(range(min(present), max(present) + 1)) \
-        else name_some(map(str, sorted(present)))
     raise ValueError(f"config.json says {field}={n} but the weights hold {len(present)} layers "
-                     f"({prefix}.{numbered}); fix {field} to match the weights")
+                     f"({prefix}.{_numbered(present)}); fix {field} to match the weights")
 
 
 def check_tokenizer_files(directory: Path) -> None:
@@ -335,8 +341,10 @@ def check_loading_info(info: dict) -> None:
         problems.append(f"{len(missing)} tensors missing from the weights (they would be random): "
                         f"{name_some(missing)}")
     if unexpected:
+        layers = "".join(f"; the weights hold layers {prefix}.{_numbered(numbers)} beyond config.json's layer count"
+                         for prefix, numbers in layers_in_weights(unexpected).items())
         problems.append(f"{len(unexpected)} unexpected tensors in the weights, which the model described by "
-                        f"config.json does not have: {name_some(unexpected)}")
+                        f"config.json does not have: {name_some(unexpected)}{layers}")
     if mismatched:
         shown = [f"{k} is {list(have)} in the weights but {list(want)} per config.json" for k, have, want in mismatched]
         problems.append(f"{len(mismatched)} tensors of the wrong shape: {name_some(shown, first=3)}")
