@@ -280,6 +280,17 @@ def test_a_tokenizer_that_makes_no_tokens_is_refused(bases, tmp_path):
         load_model(str(d))
 
 
+def test_a_tokenizer_larger_than_the_embedding_is_refused(bases, tmp_path):
+    d = variant(bases, tmp_path)
+    sd = tensors(d)
+    sd["transformer.wte.weight"] = sd["transformer.wte.weight"][:300]
+    write_tensors(d, sd)
+    edit_config(d, vocab_size=300)
+    with pytest.raises(ValueError, match=r"its tokenizer has 400 tokens but the model's embedding has 300 rows "
+                                         r"\(config.json's vocab_size\); use the tokenizer the model was trained with"):
+        load_model(str(d))
+
+
 @pytest.mark.parametrize("changes,what", [
     ({"n_layer": 100000}, "100000 layers of width 32"),
     ({"vocab_size": 10**12}, "vocabulary 1000000000000"),

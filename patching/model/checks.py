@@ -405,6 +405,19 @@ def check_tokenizer(tokenizer) -> None:
                          "are missing or empty (save them with tokenizer.save_pretrained)")
 
 
+def check_tokenizer_fits(tokenizer, hf: torch.nn.Module) -> None:
+    """ValueError when the tokenizer has more tokens than the model's embedding has rows (a prompt
+    with a later token would fail mid-run); fewer is common (padded embeddings) and fine.
+
+    >>> check_tokenizer_fits(model.tokenizer, model.hf)                      # doctest: +SKIP
+    """
+    embedding = hf.get_input_embeddings()
+    rows = getattr(embedding, "num_embeddings", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ValueError(f"its tokenizer has {len(tokenizer):,} tokens but the model's embedding has {rows:,} rows "
+                         "(config.json's vocab_size); use the tokenizer the model was trained with")
+
+
 def check_loaded(hf: torch.nn.Module, info: dict, tokenizer) -> None:
     """Everything checkable once loaded: the tensors, their values, the tokenizer.
 
@@ -413,3 +426,4 @@ def check_loaded(hf: torch.nn.Module, info: dict, tokenizer) -> None:
     check_loading_info(info)
     check_finite(hf)
     check_tokenizer(tokenizer)
+    check_tokenizer_fits(tokenizer, hf)
