@@ -172,7 +172,7 @@ def test_a_missing_tensor_is_refused_not_randomly_initialised(bases, tmp_path, f
     sd = tensors(d)
     del sd[drop]
     write_tensors(d, sd)
-    with pytest.raises(ValueError, match=rf"1 tensors missing from the weights \(they would be random\): {drop}$"):
+    with pytest.raises(ValueError, match=rf"1 tensor missing from the weights \(they would be random\): {drop}$"):
         load_model(str(d))
 
 
@@ -223,7 +223,7 @@ def test_llama_layer_count_is_named_by_its_own_field(bases, tmp_path):
 def test_an_unexpected_tensor_is_refused(bases, tmp_path):
     d = variant(bases, tmp_path)
     write_tensors(d, {**tensors(d), "transformer.extra.weight": torch.zeros(3)})
-    with pytest.raises(ValueError, match=r"1 unexpected tensors in the weights, which the model described by "
+    with pytest.raises(ValueError, match=r"1 unexpected tensor in the weights, which the model described by "
                                          r"config.json does not have: transformer.extra.weight"):
         load_model(str(d))
 
@@ -233,7 +233,7 @@ def test_a_tensor_of_the_wrong_shape_is_refused(bases, tmp_path):
     sd = tensors(d)
     sd["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(32, 64)
     write_tensors(d, sd)
-    with pytest.raises(ValueError, match=r"1 tensors of the wrong shape: transformer.h.0.mlp.c_fc.weight is "
+    with pytest.raises(ValueError, match=r"1 tensor of the wrong shape: transformer.h.0.mlp.c_fc.weight is "
                                          r"\[32, 64\] in the weights but \[32, 128\] per config.json"):
         load_model(str(d))
 

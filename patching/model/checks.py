@@ -59,6 +59,15 @@ def name_some(items: Iterable[str], first: int = 5) -> str:
     return shown + (f" and {len(items) - first} more" if len(items) > first else "")
 
 
+def counted(items, noun: str) -> str:
+    """'1 tensor', '3 tensors'.
+
+    >>> counted(["a", "b"], "unexpected tensor")
+    '2 unexpected tensors'
+    """
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 @contextmanager
 def refusing(name: str) -> Iterator[None]:
     """Re-raise a check's ValueError as "cannot load model NAME: ...", one bounded line.
@@ -332,25 +341,25 @@ def check_loading_info(info: dict) -> None:
     >>> check_loading_info({"missing_keys": {"lm_head.weight"}, "unexpected_keys": set(), "mismatched_keys": set()})
     Traceback (most recent call last):
     ...
-    ValueError: 1 tensors missing from the weights (they would be random): lm_head.weight
+    ValueError: 1 tensor missing from the weights (they would be random): lm_head.weight
     """
     problems = []
     missing, unexpected = info.get("missing_keys") or (), info.get("unexpected_keys") or ()
     mismatched = sorted(info.get("mismatched_keys") or ())
     if missing:
-        problems.append(f"{len(missing)} tensors missing from the weights (they would be random): "
+        problems.append(f"{counted(missing, 'tensor')} missing from the weights (they would be random): "
                         f"{name_some(missing)}")
     if unexpected:
         layers = "".join(f"; the weights hold layers {prefix}.{_numbered(numbers)} beyond config.json's layer count"
                          for prefix, numbers in layers_in_weights(unexpected).items())
-        problems.append(f"{len(unexpected)} unexpected tensors in the weights, which the model described by "
+        problems.append(f"{counted(unexpected, 'unexpected tensor')} in the weights, which the model described by "
                         f"config.json does not have: {name_some(unexpected)}{layers}")
     if mismatched:
         shown = [f"{k} is {list(have)} in the weights but {list(want)} per config.json" for k, have, want in mismatched]
-        problems.append(f"{len(mismatched)} tensors of the wrong shape: {name_some(shown, first=3)}")
+        problems.append(f"{counted(mismatched, 'tensor')} of the wrong shape: {name_some(shown, first=3)}")
     errors = [str(e) for e in info.get("error_msgs") or ()]
     if errors:
-        problems.append(f"{len(errors)} loading errors: {errors[0][:200]}")
+        problems.append(f"{counted(errors, 'loading error')}: {errors[0][:200]}")
     if problems:
         raise ValueError("; ".join(problems))
 
