@@ -19,6 +19,7 @@ ValueError: model directory '/tmp/pickle-only' has no *.safetensors weights; ...
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -38,14 +39,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 SAMPLE_TEXT = "When Mary and John went to the store"
 LAYER_KEY = re.compile(r"^(.*?(?:^|\.)(?:h|layers|layer|blocks))\.(\d+)\.")
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+PACKED = {"I32": 8, "U32": 8, "I16": 4, "U16": 4, "I8": 2, "U8": 2}   # 4-bit weights per stored value, at most
 Present = Callable[[str], bool]          # does the model directory (or hub repo) hold this file?
 
 
 @dataclass(frozen=True)
 class Headers:
-    """What the safetensors headers of a model say: tensor name -> shape, and the files' bytes."""
+    """What the safetensors headers of a model say: tensor name -> shape, the files' bytes, and
+    the most parameters the tensors can hold (`capacity`: values, times the weights a packed
+    integer dtype can carry, as in GPTQ or 4-bit checkpoints)."""
     shapes: dict[str, tuple[int, ...]]
     nbytes: int
+    capacity: int = 0
 
 
 def name_some(items: Iterable[str], first: int = 5) -> str:
@@ -183,18 +188,21 @@ def read_headers(files: list[Path]) -> Headers:
     """
     from safetensors import safe_open
     shapes: dict[str, tuple[int, ...]] = {}
+    capacity = 0
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
                     if key in shapes:
                         raise ValueError(f"tensor {key[:120]!r} is in more than one weight file ({path.name})")
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
+                    piece = f.get_slice(key)
+                    shapes[key] = tuple(piece.get_shape())
+                    capacity += math.prod(shapes[key]) * PACKED.get(piece.get_dtype(), 1)
         except ValueError:
             raise
         except Exception as exc:      # safetensors' own error types
             raise ValueError(f"{path.name} is not a readable safetensors file: {str(exc)[:200]}") from None
-    return Headers(shapes=shapes, nbytes=sum(p.stat().st_size for p in files))
+    return Headers(shapes=shapes, nbytes=sum(p.stat().st_size for p in files), capacity=capacity)
 
 
 # -- before allocating: does config.json describe the weights present ----------------------------------------
@@ -232,23 +240,24 @@ def _size(nbytes: int) -> str:
 
 
 def check_config_size(config, headers: Headers) -> None:
-    """ValueError when the config describes more parameters than the safetensors files could hold
-    even at 4 bits a weight (so a config claiming 100000 layers is refused before allocating).
+    """ValueError when the config describes more parameters than the safetensors files hold (a
+    lower bound against their capacity), so a config claiming 100000 layers, a huge width or
+    vocabulary is refused before anything is allocated.
 
-    >>> check_config_size(GPT2Config(n_layer=100000), Headers({}, 4_000_000))     # doctest: +SKIP
+    >>> from transformers import GPT2Config
+    >>> check_config_size(GPT2Config(n_layer=100000, n_embd=8, vocab_size=10), Headers({}, 4096, 1000))
     Traceback (most recent call last):
     ...
-    ValueError: config.json describes at least 7,116,441,600 parameters (...) but the safetensors files ...
+    ValueError: config.json describes at least 12,800,080 parameters (100000 layers of width 8, vocabulary 10) but the safetensors files hold 1,000 values in 4,096 bytes (4.0 kB); refused before allocating it: fix config.json to describe the weights present
     """
     implied = implied_parameters(config)
-    if implied is None or implied <= 2 * headers.nbytes:
+    if implied is None or implied <= headers.capacity:
         return
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     raise ValueError(f"config.json describes at least {implied:,} parameters ({text.num_hidden_layers} layers "
                      f"of width {text.hidden_size}, vocabulary {text.vocab_size}) but the safetensors files hold "
-                     f"{headers.nbytes:,} bytes ({_size(headers.nbytes)}, room for at most "
-                     f"{2 * headers.nbytes:,} parameters); refused before allocating it: fix config.json to "
-                     "describe the weights present")
+                     f"{headers.capacity:,} values in {headers.nbytes:,} bytes ({_size(headers.nbytes)}); refused "
+                     "before allocating it: fix config.json to describe the weights present")
 
 
 def layers_in_weights(keys: Iterable[str]) -> dict[str, set[int]]:
