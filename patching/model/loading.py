@@ -1,6 +1,8 @@
 """Load a model by name: "default" (shipped in assets/models/), a local directory, or a hub name.
 
-Every model goes through the same path: Hugging Face weights from safetensors only, never
+Every model goes through the same path: a local directory (a hub model is first fetched as a
+snapshot of safetensors only, `hub.py`), checked before and after loading (`checks.py`: weights
+only from safetensors, exactly the tensors config.json describes, all finite, a tokenizer), never
 `trust_remote_code`, wrapped in TransformerLens' `TransformerBridge` (hook names, reference
 patching) and, for supported families, in the engine's own runner (fast patching).
 
@@ -14,10 +16,12 @@ import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from patching.model.arch import Arch, arch_for, execution_device
+from patching.model.checks import check_loaded, check_model_dir, refusing
 from patching.model.runner import Runner
 
 from patching.model.resolve import (  # noqa: F401 - re-exported: where models are found
@@ -186,6 +190,66 @@ def is_split(device_map: dict[str, str]) -> bool:
     return len(set(device_map.values())) > 1 or any(v in ("disk", "meta") for v in device_map.values())
 
 
+@contextmanager
+def _quiet():
+    """transformers' warnings and progress bars off (its refusals still raise)."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        yield
+
+
+def _load_error(name: str, exc: Exception) -> ValueError:
+    """A transformers / hub / format error as one clear line naming the model."""
+    if "trust_remote_code" in str(exc):
+        return ValueError(f"cannot load model {name!r}: it needs its own Python code (trust_remote_code), "
+                          "which Patchboard never runs; use a model transformers supports itself")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ValueError(f"cannot load model {name!r}: {first[:300]}")
+
+
+def _fetch(name: str, repo_id: str) -> Path:
+    """A hub model's local snapshot, safetensors only (`hub.fetch_hub_model`); ValueError otherwise."""
+    from patching.model.hub import fetch_hub_model
+    try:
+        with _quiet():
+            return fetch_hub_model(repo_id)
+    except ValueError as exc:
+        raise ValueError(f"cannot load model {name!r}: {str(exc)[:800]}") from None
+    except Exception as exc:
+        raise _load_error(name, exc) from None
+
+
+def _read_config(name: str, where: Path):
+    """transformers' config of a local model (no code of the model's own is run)."""
+    from transformers import AutoConfig
+    try:
+        with _quiet():
+            return AutoConfig.from_pretrained(str(where), trust_remote_code=False, local_files_only=True)
+    except Exception as exc:
+        raise _load_error(name, exc) from None
+
+
+def _load_hf(name: str, where: Path, config, torch_dtype: torch.dtype, placed: dict):
+    """(tokenizer, Hugging Face model, its loading info: missing / unexpected / mismatched tensors),
+    weights from safetensors only; mismatched shapes are reported in the info, not raised."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False,
+                                                      local_files_only=True)
+            hf, info = AutoModelForCausalLM.from_pretrained(
+                str(where), config=config, trust_remote_code=False, use_safetensors=True, dtype=torch_dtype,
+                attn_implementation="eager", local_files_only=True, output_loading_info=True,
+                ignore_mismatched_sizes=True, **placed)
+            hf.eval()
+    except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
+        raise _load_error(name, exc) from None
+    return tokenizer, hf, info
+
+
 def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "float32",
                device_map=None, max_memory: dict | None = None, offload_folder: str | None = None) -> Model:
     """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
@@ -211,33 +275,25 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
             raise ValueError("--device-map needs the 'accelerate' package (pip install -r requirements.txt)") from None
         placed = {"device_map": device_map, **({"max_memory": max_memory} if max_memory else {}),
                   **({"offload_folder": str(offload_folder)} if offload_folder else {})}
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
     from transformer_lens.model_bridge import TransformerBridge
-    hf_logging.disable_progress_bar()
-    local = not isinstance(where, str)
+    if isinstance(where, str):           # a hub name not in the cache: fetched as safetensors only
+        where = _fetch(name, where)
+    config = _read_config(name, where)
+    with refusing(name):
+        check_model_dir(where, config)
+    tokenizer, hf, info = _load_hf(name, where, config, torch_dtype, placed)
+    with refusing(name):
+        check_loaded(hf, info, tokenizer)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.getLogger("transformers").setLevel(logging.ERROR)
-            tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False,
-                                                      local_files_only=local)
-            hf = AutoModelForCausalLM.from_pretrained(
-                str(where), trust_remote_code=False, use_safetensors=True, dtype=torch_dtype,
-                attn_implementation="eager", local_files_only=local, **placed)
-            hf.eval()
+        with _quiet():
             where_placed = placement(hf)
             if dev is None:               # device map: tokens go where the embedding computes
                 dev = execution_device(hf.get_input_embeddings(), torch.device("cpu"))
             with _gpu_offload_admitted(hf, name):
                 bridge = TransformerBridge.boot_transformers(
                     str(where), hf_model=hf, tokenizer=tokenizer, device=dev, dtype=torch_dtype)
-    except Exception as exc:   # hub / format errors (transformers' ValueErrors too) become one clear line
-        if "trust_remote_code" in str(exc):
-            raise ValueError(f"cannot load model {name!r}: it needs its own Python code (trust_remote_code), "
-                             "which Patchboard never runs; use a model transformers supports itself") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load model {name!r}: {first[:300]}") from None
+    except Exception as exc:
+        raise _load_error(name, exc) from None
     bridge.eval()
     split = is_split(where_placed)
     arch = arch_for(bridge.original_model, home=dev if split else None)

@@ -18,7 +18,8 @@ DEFAULT_MODEL = "patchboard-tiny"
 
 
 def _has_safetensors(directory: Path) -> bool:
-    return any(directory.glob("*.safetensors"))
+    """Does the directory hold safetensors weights or a safetensors index (checked when loading)?"""
+    return any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json"))
 
 
 def _cached_hub_dir(name: str) -> Path | None:
@@ -68,6 +69,9 @@ def resolve_model(name: str) -> Path | str:
     if not _has_safetensors(path):
         raise ValueError(f"model directory {str(path)!r} has no *.safetensors weights; Patchboard "
                          "loads weights only from safetensors (convert .bin with save_pretrained)")
+    from patching.model.checks import read_config, refusing, weight_files
+    with refusing(name):              # every caller (load, tokenizer-only, eval) gets safetensors only
+        weight_files(path, read_config(path))
     return path
 
 

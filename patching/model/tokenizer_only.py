@@ -100,14 +100,18 @@ def load_tokenizer_only(name: str = "default") -> TokenizerOnlyModel:
     ...
     ValueError: unknown model 'no-such-model': not shipped in assets/models, not a local directory and not in the Hugging Face cache; use 'default', a directory with config.json + model.safetensors, or a cached hub name (see `python -m patching models`)
     """
+    from patching.model.checks import check_tokenizer, check_tokenizer_files
     from patching.model.resolve import resolve_model
     where = resolve_model(name)
     from transformers import AutoConfig, AutoTokenizer
     local = not isinstance(where, str)
     try:
+        if local:
+            check_tokenizer_files(where)
         tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False, local_files_only=local)
         config = AutoConfig.from_pretrained(str(where), trust_remote_code=False, local_files_only=local)
+        check_tokenizer(tokenizer)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load the tokenizer of model {name!r}: {first[:300]}") from None
+        raise ValueError(f"cannot load the tokenizer of model {name!r}: {first[:400]}") from None
     return TokenizerOnlyModel(name, tokenizer, config)
