@@ -3,10 +3,13 @@
 Conventions shared by every figure here:
 - layers run down the y axis (layer 0 at the top), the position axis is labelled by tokens as
   ``"3: ' Mary'"`` (index, then the token's repr, so spaces show);
-- effects use a diverging scale centred at 0 ("RdBu": negative red, positive blue) with a
-  symmetric range, so white always means "no effect";
-- every cell's hover shows the raw value, the normalized value and, for multi-pair runs, the
-  95% bootstrap interval of the mean;
+- the colour is the **effect** — the change from the unpatched run (patched − corrupt when
+  denoising, patched − clean when noising), in the metric's units ("raw") or as a share of the
+  clean − corrupt gap ("normalized": +1 = a full gap towards clean) — on a diverging scale centred
+  at 0 ("RdBu": blue towards clean / positive, red the other way) with a symmetric range, so white
+  always means "patching this changed nothing", in both directions; the colour bar says so;
+- every cell's hover shows the patched value, the normalized value, the effect and, for
+  multi-pair runs, the 95% bootstrap interval of the paired effect;
 - each cell's ``customdata`` starts with (layer, pos, head) — ``None`` where an axis does not
   apply — so click handlers read what was clicked without re-deriving the layout.
 
@@ -31,10 +34,10 @@ from dashboard.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, 
 @dataclass(frozen=True)
 class Grid:
     """A result laid out as a 2-D grid: rows (y), columns (x), and per-cell data."""
-    z: np.ndarray            # [rows, cols] what is coloured (raw or normalized)
-    raw: np.ndarray          # [rows, cols]
+    z: np.ndarray            # [rows, cols] what is coloured: the effect (raw) or normalized effect
+    raw: np.ndarray          # [rows, cols] the patched metric
     normalized: np.ndarray   # [rows, cols]
-    lo: np.ndarray           # [rows, cols] interval (NaN for single-pair runs)
+    lo: np.ndarray           # [rows, cols] interval of the effect, metric units (NaN for one pair)
     hi: np.ndarray
     x_labels: list[str]
     y_labels: list[str]
@@ -54,6 +57,7 @@ def grid(result: PatchResult, mode: str = "raw", with_interval: bool = True) -> 
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     raw = result.values.double().numpy()
     norm = result.normalized.double().numpy()
+    effect = (result.effect if mode == "raw" else result.normalized_effect).double().numpy()
     if with_interval and result.n_pairs > 1:
         lo_t, hi_t = result.bootstrap_ci()
         lo, hi = lo_t.double().numpy(), hi_t.double().numpy()
@@ -61,7 +65,7 @@ def grid(result: PatchResult, mode: str = "raw", with_interval: bool = True) -> 
         lo = hi = np.full_like(raw, np.nan)
     axes, coords, toks = result.axes, result.coords, result.str_tokens
     layers = list(coords["layer"])
-    arrays = [raw, norm, lo, hi]
+    arrays = [raw, norm, lo, hi, effect]
     if len(axes) == 2:
         other = axes[1]
         cols = list(coords[other])
@@ -91,9 +95,8 @@ def grid(result: PatchResult, mode: str = "raw", with_interval: bool = True) -> 
             cells[i, :, 0], cells[i, :, 1], cells[i, :, 2] = l, positions, h
     else:
         raise ValueError(f"cannot lay out axes {axes} as a heatmap")
-    raw, norm, lo, hi = arrays
-    return Grid(raw if mode == "raw" else norm, raw, norm, lo, hi, x_labels, y_labels,
-                x_title, y_title, cells)
+    raw, norm, lo, hi, effect = arrays
+    return Grid(effect, raw, norm, lo, hi, x_labels, y_labels, x_title, y_title, cells)
 
 
 def _absmax(*arrays: np.ndarray) -> float:
@@ -107,33 +110,46 @@ def _nan_to_none(a: np.ndarray) -> list:
 
 
 def _customdata(g: Grid) -> list:
-    """[rows][cols] -> [layer, pos, head, raw, normalized, lo, hi] (None where missing)."""
+    """[rows][cols] -> [layer, pos, head, raw, normalized, lo, hi, effect] (None where missing)."""
     out = []
     for i in range(g.z.shape[0]):
         row = []
         for j in range(g.z.shape[1]):
             l, p, h = (int(v) if v >= 0 else None for v in g.cells[i, j])
-            vals = [g.raw[i, j], g.normalized[i, j], g.lo[i, j], g.hi[i, j]]
+            vals = [g.raw[i, j], g.normalized[i, j], g.lo[i, j], g.hi[i, j], g.z[i, j]]
             row.append([l, p, h] + [float(v) if math.isfinite(v) else None for v in vals])
         out.append(row)
     return out
 
 
-def _hovertemplate(g: Grid, multi_pair: bool) -> str:
+def _hovertemplate(g: Grid, multi_pair: bool, effect_label: str = "effect") -> str:
     lines = [f"{g.y_title} %{{y}}", f"{g.x_title} %{{x}}",
-             "raw %{customdata[3]:.4f}", "normalized %{customdata[4]:.3f}"]
+             "patched %{customdata[3]:.4f} (normalized %{customdata[4]:.3f})",
+             f"{effect_label} %{{customdata[7]:+.4f}}"]
     if multi_pair:
-        lines.append("95% CI [%{customdata[5]:.4f}, %{customdata[6]:.4f}]")
+        lines.append("95% CI of the effect [%{customdata[5]:.4f}, %{customdata[6]:.4f}]")
     return "<br>".join(lines) + "<extra></extra>"
 
 
+def effect_label(result: PatchResult, mode: str) -> str:
+    """What the colour is, for a colour bar: 'effect on logit_diff<br>(patched − corrupt run)'.
+
+    >>> effect_label(result, "normalized")
+    'effect, normalized<br>(+1 = the clean − corrupt gap,<br>towards clean)'
+    """
+    if mode == "normalized":
+        return "effect, normalized<br>(+1 = the clean − corrupt gap,<br>towards clean)"
+    base = "corrupt" if result.spec.direction == "denoise" else "clean"
+    return f"effect on {result.spec.metric}<br>(patched − {base} run)"
+
+
 def heatmap_trace(g: Grid, *, zmax: float, multi_pair: bool, coloraxis: str | None = None,
-                  colorbar_title: str = "") -> go.Heatmap:
+                  colorbar_title: str = "", hover_effect: str = "effect") -> go.Heatmap:
     kw = dict(coloraxis=coloraxis) if coloraxis else dict(
         colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
         colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=14, outlinewidth=0))
     return go.Heatmap(z=_nan_to_none(g.z), x=g.x_labels, y=g.y_labels, customdata=_customdata(g),
-                      hovertemplate=_hovertemplate(g, multi_pair), xgap=1, ygap=1,
+                      hovertemplate=_hovertemplate(g, multi_pair, hover_effect), xgap=1, ygap=1,
                       hoverongaps=False, **kw)
 
 
@@ -165,15 +181,15 @@ def _axis_style(fig: go.Figure, row=None, col=None, n_cols: int = 1) -> None:
 
 def heatmap(result: PatchResult, mode: str = "raw", *, zmax: float | None = None,
             title: str | None = None) -> go.Figure:
-    """One run as a heatmap, raw or normalized, on a symmetric diverging scale.
+    """One run as a heatmap of its effect (raw or normalized), on a symmetric diverging scale.
 
     >>> heatmap(result, "normalized").layout.title.text    # doctest: +SKIP
     'Attention head output (z) · denoise · logit_diff'
     """
     g = grid(result, mode)
     zmax = zmax if zmax is not None else _absmax(g.z)
-    label = "normalized" if mode == "normalized" else result.spec.metric
-    fig = go.Figure(heatmap_trace(g, zmax=zmax, multi_pair=result.n_pairs > 1, colorbar_title=label))
+    fig = go.Figure(heatmap_trace(g, zmax=zmax, multi_pair=result.n_pairs > 1,
+                                  colorbar_title=effect_label(result, mode)))
     _axis_style(fig, n_cols=len(g.x_labels))
     fig.update_xaxes(title_text=g.x_title)
     fig.update_yaxes(title_text=g.y_title)
@@ -202,7 +218,7 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.05)
     fig.add_trace(heatmap_trace(ga, zmax=shared, multi_pair=a.n_pairs > 1, coloraxis="coloraxis"), 1, 1)
     fig.add_trace(heatmap_trace(gb, zmax=shared, multi_pair=b.n_pairs > 1, coloraxis="coloraxis"), 1, 2)
-    scale_title = "normalized" if mode == "normalized" else a.spec.metric
+    scale_title = effect_label(a, mode)
     # colour bars stacked at the right: the shared one on top, the difference's below
     fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, cmin=-shared, cmax=shared,
                                      colorbar=dict(title=dict(text=scale_title), thickness=12, x=1.01,
@@ -212,7 +228,8 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
         gd = Grid(diff, ga.raw - gb.raw, ga.normalized - gb.normalized, np.full_like(diff, np.nan),
                   np.full_like(diff, np.nan), ga.x_labels, ga.y_labels, ga.x_title, ga.y_title, ga.cells)
         dmax = _absmax(diff)
-        fig.add_trace(heatmap_trace(gd, zmax=dmax, multi_pair=False, coloraxis="coloraxis2"), 1, 3)
+        fig.add_trace(heatmap_trace(gd, zmax=dmax, multi_pair=False, coloraxis="coloraxis2",
+                                    hover_effect=f"effect {labels[0]} − {labels[1]}"), 1, 3)
         fig.update_layout(coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
                                           colorbar=dict(title=dict(text=f"{labels[0]} − {labels[1]}"),
                                                         thickness=12, x=1.01, y=0.0, yanchor="bottom",
@@ -337,15 +354,16 @@ def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     raw = result.values.double().numpy()
     norm = result.normalized.double().numpy()
-    z = raw if mode == "raw" else norm
+    z = (result.effect if mode == "raw" else result.normalized_effect).double().numpy()
     labels = _bar_labels(result)
     keep = [i for i in range(len(labels)) if math.isfinite(raw[i])]
     if result.n_pairs > 1:
-        lo_t, hi_t = result.bootstrap_ci()
+        lo_t, hi_t = result.bootstrap_ci()                       # of the effect, metric units
         lo, hi = lo_t.double().numpy(), hi_t.double().numpy()
         if mode == "normalized":
             gap = result.clean_value - result.corrupt_value
-            lo, hi = (lo - result.corrupt_value) / gap, (hi - result.corrupt_value) / gap
+            lo, hi = lo / gap, hi / gap
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     else:
         lo = hi = np.full_like(raw, np.nan)
     zmax = _absmax(z[keep]) if keep else 1.0
@@ -353,9 +371,9 @@ def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
     custom = [[float(raw[i]), float(norm[i]) if math.isfinite(norm[i]) else None,
                float(lo[i]) if math.isfinite(lo[i]) else None, float(hi[i]) if math.isfinite(hi[i]) else None]
               for i in keep]
-    hover = "%{y}<br>raw %{customdata[0]:.4f}<br>normalized %{customdata[1]:.3f}"
+    hover = "%{y}<br>patched %{customdata[0]:.4f} (normalized %{customdata[1]:.3f})<br>effect %{x:+.4f}"
     if result.n_pairs > 1:
-        hover += "<br>95% CI [%{customdata[2]:.4f}, %{customdata[3]:.4f}]"
+        hover += "<br>95% CI of the effect [%{customdata[2]:.4f}, %{customdata[3]:.4f}]"
     error = None
     if result.n_pairs > 1:
         error = dict(type="data", symmetric=False, color="#6b7280", thickness=1,
@@ -368,7 +386,7 @@ def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", automargin=True,
                      title_text=result.axes[0])
     fig.update_xaxes(zeroline=True, zerolinecolor="#9ca3af", gridcolor="#eef0f3",
-                     title_text="normalized" if mode == "normalized" else result.spec.metric)
+                     title_text=effect_label(result, mode).replace("<br>", " "))
     fig = base_layout(fig, title or path_title(result), int(min(1400, max(300, 22 * len(keep) + 150))))
     if not keep:
         fig.add_annotation(text="no cell has a path (every sender writes after every receiver reads)",

@@ -25,17 +25,17 @@ from dashboard.views import effective_mode
 
 # -- pure views ---------------------------------------------------------------------------------
 def top_components(result: PatchResult, n: int = 10, mode: str = "raw") -> list[dict]:
-    """The n cells with the largest |effect| (raw value, or normalized in 'normalized' mode),
-    as rows for a table.
+    """The n cells with the largest |effect| — the change from the unpatched run, so a noise
+    run's no-effect cells (normalized 1) rank last, as a denoise run's (normalized 0) do — as
+    rows for a table (the mode changes units, not the order).
 
-    >>> top_components(result, 3)[0].keys()        # doctest: +SKIP
-    dict_keys(['component', 'token', 'value', 'normalized'])
+    >>> top_components(result, 3)[0].keys()
+    dict_keys(['component', 'token', 'value', 'normalized', 'effect'])
     """
     df = result.to_dataframe() if result.n_pairs == 1 else _df_without_ci(result)
     if df.empty:
         return []
-    key = "normalized" if mode == "normalized" and df["normalized"].notna().any() else "value"
-    order = df[key].abs().sort_values(ascending=False).index[:n]
+    order = df["effect"].abs().sort_values(ascending=False, kind="stable").index[:n]
     rows = []
     for _, r in df.loc[order].iterrows():
         parts = []
@@ -50,13 +50,14 @@ def top_components(result: PatchResult, n: int = 10, mode: str = "raw") -> list[
         norm = r["normalized"]
         rows.append({"component": " ".join(parts), "token": r["token"] if isinstance(r["token"], str) else "",
                      "value": round(float(r["value"]), 4),
-                     "normalized": None if norm != norm else round(float(norm), 3)})
+                     "normalized": None if norm != norm else round(float(norm), 3),
+                     "effect": round(float(r["effect"]), 4)})
     return rows
 
 
 def _df_without_ci(result: PatchResult):
     """to_dataframe without the bootstrap (the table needs only values)."""
-    single = PatchResult(result.spec, result.axes, result.coords, result.values[..., None],
+    single = PatchResult(result.spec, result.axes, result.coords, result.values[..., None].double(),
                          torch.tensor([result.clean_value], dtype=torch.float64),
                          torch.tensor([result.corrupt_value], dtype=torch.float64),
                          result.str_tokens, result.metric_clean_is, result.seconds, result.model_name)
@@ -126,9 +127,9 @@ def render_history(infos, current: int | None, jobs=()):
 def render_top_tables(tables: list[tuple[str, list[dict]]]):
     cols = []
     for title, rows in tables:
-        header = html.Thead(html.Tr([html.Th(c) for c in ("component", "token", "value", "normalized")]))
+        header = html.Thead(html.Tr([html.Th(c) for c in ("component", "token", "effect", "value", "normalized")]))
         body = html.Tbody([html.Tr([html.Td(r["component"]), html.Td(repr(r["token"]) if r["token"] else ""),
-                                    html.Td(f"{r['value']:.4f}"),
+                                    html.Td(f"{r['effect']:+.4f}"), html.Td(f"{r['value']:.4f}"),
                                     html.Td("" if r["normalized"] is None else f"{r['normalized']:.3f}")])
                            for r in rows])
         cols.append(dbc.Col([html.H4(title, className="table-title"),

@@ -140,7 +140,7 @@ def test_preset_fills_the_form(app, tiny_name):
     assert clean and corrupt and answer.startswith(" ") and pairs is None and err == ""
     out = cb.fill_preset("ioi", 4)
     assert len(out[4]) == 4 and out[0] == out[4][0]["clean"]
-    assert cb.fill_preset("ioi", 999)[-1].startswith("number of pairs must be between")
+    assert cb.fill_preset("ioi", 999)[-1] == "number of pairs must be a whole number from 1 to 64, not 999"
     assert cb.fill_preset(None, 1) == (no_update,) * 7
 
 

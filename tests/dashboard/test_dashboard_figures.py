@@ -47,19 +47,22 @@ def test_layer_by_pos_heatmap(resid):
     assert list(hm.y) == ["L0", "L1"]
     assert hm.x[10] == "10: ' John'" and len(hm.x) == 15
     assert hm.zmid == 0 and hm.zmin == -hm.zmax
-    assert hm.zmax == pytest.approx(float(resid.values.abs().max()))
+    assert hm.zmax == pytest.approx(float(resid.effect.abs().max()))
     assert fig.layout.yaxis.autorange == "reversed"       # layer 0 at the top
-    assert np.allclose(np.array(hm.z, dtype=float), resid.values.numpy())
+    assert np.allclose(np.array(hm.z, dtype=float), resid.effect.numpy())     # the change, not the metric
+    assert hm.colorbar.title.text == "effect on logit_diff<br>(patched − corrupt run)"
 
 
 def test_hover_shows_raw_normalized_and_interval_for_multi_pair(resid):
     hm = figures.heatmap(resid).data[0]
-    assert "raw" in hm.hovertemplate and "normalized" in hm.hovertemplate and "95% CI" in hm.hovertemplate
-    layer, pos, head, raw, norm, lo, hi = hm.customdata[1][10]
+    assert "patched" in hm.hovertemplate and "normalized" in hm.hovertemplate
+    assert "95% CI of the effect" in hm.hovertemplate
+    layer, pos, head, raw, norm, lo, hi, effect = hm.customdata[1][10]
     assert (layer, pos, head) == (1, 10, None)
     assert raw == pytest.approx(float(resid.values[1, 10]))
     assert norm == pytest.approx(float(resid.normalized[1, 10]))
-    assert lo <= raw <= hi
+    assert effect == pytest.approx(float(resid.effect[1, 10]))
+    assert lo <= effect <= hi
 
 
 def test_single_pair_hover_has_no_interval(single):
@@ -70,8 +73,8 @@ def test_single_pair_hover_has_no_interval(single):
 
 def test_normalized_toggle(resid):
     hm = figures.heatmap(resid, "normalized").data[0]
-    assert np.allclose(np.array(hm.z, dtype=float), resid.normalized.numpy())
-    assert hm.colorbar.title.text == "normalized"
+    assert np.allclose(np.array(hm.z, dtype=float), resid.normalized_effect.numpy())
+    assert hm.colorbar.title.text.startswith("effect, normalized")
     with pytest.raises(ValueError, match="mode must be one of raw, normalized"):
         figures.heatmap(resid, "log")
 
@@ -88,7 +91,7 @@ def test_per_position_heads_become_rows(heads_pos):
     assert list(hm.y)[:5] == ["L0.H0", "L0.H1", "L0.H2", "L0.H3", "L1.H0"] and len(hm.y) == 8
     assert hm.x[10] == "10: ' John'"
     assert hm.customdata[5][10][:3] == [1, 10, 1]        # row L1.H1, position 10
-    assert hm.z[5][10] == pytest.approx(float(heads_pos.values[1, 10, 1]))
+    assert hm.z[5][10] == pytest.approx(float(heads_pos.effect[1, 10, 1]))
     assert fig.layout.height >= 340
 
 
@@ -103,11 +106,25 @@ def test_compare_shares_one_scale_and_shows_difference(heads, single):
     fig = figures.compare(heads, single, "raw", labels=("#1", "#2"))
     a, b, d = fig.data
     assert a.coloraxis == b.coloraxis == "coloraxis" and d.coloraxis == "coloraxis2"
-    shared = max(float(heads.values.abs().max()), float(single.values.abs().max()))
+    shared = max(float(heads.effect.abs().max()), float(single.effect.abs().max()))
     assert fig.layout.coloraxis.cmax == pytest.approx(shared) and fig.layout.coloraxis.cmid == 0
-    assert np.allclose(np.array(d.z, dtype=float), (heads.values - single.values).numpy())
+    assert np.allclose(np.array(d.z, dtype=float), (heads.effect - single.effect).numpy())
     titles = [a.text for a in fig.layout.annotations]
     assert titles[0].startswith("#1:") and titles[2] == "#1 − #2"
+
+
+@pytest.mark.parametrize("mode", ["raw", "normalized"])
+def test_a_noise_run_draws_no_effect_as_white_and_the_cell_that_matters_strongest(gpt2_model, ioi_prompts, mode):
+    """Noise: unpatched cells sit at normalized 1; drawn by the metric they were a saturated wall
+    and the cell that matters was white. Drawn by the effect, both directions read alike."""
+    noise = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="resid_pre", direction="noise"))
+    hm = figures.heatmap(noise, mode).data[0]
+    z = np.array(hm.z, dtype=float)
+    assert np.allclose(z[:, 1], 0)                                  # before the difference: no change
+    assert np.allclose(noise.normalized.numpy()[:, 1], 1)           # ... though normalized is 1 there
+    strongest = np.unravel_index(np.nanargmax(np.abs(z)), z.shape)
+    assert strongest == np.unravel_index(np.nanargmax(np.abs(noise.effect.numpy())), z.shape)
+    assert "clean run" in hm.colorbar.title.text or "normalized" in hm.colorbar.title.text
 
 
 def test_compare_different_axes_has_no_difference(heads, resid):

@@ -237,9 +237,19 @@ def test_top_components_ranked_by_magnitude(gpt2_model, ioi_prompts):
     from patching import PatchSpec, sweep
     result = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out"))
     rows = history_tab.top_components(result, 5, "raw")
-    mags = [abs(r["value"]) for r in rows]
+    mags = [abs(r["effect"]) for r in rows]
     assert len(rows) == 5 and mags == sorted(mags, reverse=True)
     assert rows[0]["component"].startswith("L") and " H" in rows[0]["component"]
+
+
+def test_top_components_of_a_noise_run_lead_with_the_cell_that_matters(gpt2_model, ioi_prompts):
+    """Ranked by the metric, a noise run listed its no-effect cells (normalized 1) first."""
+    from patching import PatchSpec, sweep
+    result = sweep(gpt2_model, ioi_prompts, PatchSpec(kind="resid_pre", direction="noise"))
+    for mode in ("raw", "normalized"):
+        rows = history_tab.top_components(result, 3, mode)
+        assert abs(rows[0]["effect"]) == pytest.approx(float(result.effect.abs().max()), abs=1e-4)
+        assert all(abs(r["effect"]) > 0 for r in rows)
 
 
 def test_effective_mode_falls_back_when_gap_is_zero(gpt2_model, form):

@@ -143,7 +143,7 @@ def test_path_receivers_sweep_is_bars(gpt2_model, prompts):
     assert bar.type == "bar" and bar.orientation == "h"
     assert "logits" in bar.y and "q:1.0" in bar.y and len(bar.y) == len(result.receiver_labels)
     assert bar.error_x.array is not None            # two pairs: 95% interval as error bars
-    assert fig.layout.xaxis.title.text == "normalized"
+    assert fig.layout.xaxis.title.text.startswith("effect, normalized")
     assert figures.cell_outline(result, {"layer": 0, "pos": None, "head": 1}) == []
 
 
