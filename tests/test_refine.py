@@ -36,7 +36,7 @@ def test_flags_follow_the_documented_thresholds():
     assert flags[(1, 0)] == "missed"        # large, opposite sign
     assert flags[(0, 2)] == "invented"      # approx 0.5 large, exact 0 small
     assert flags[(0, 0)] == flags[(1, 1)] == flags[(1, 3)] == flags[(0, 3)] == ""
-    assert a.counts() == {"missed": 2, "invented": 1}
+    assert a.counts() == {"missed": 2, "invented": 1, "underestimated": 0, "overestimated": 0}
     assert a.scale == 1.0
     assert [c.cell for c in a.flagged()] == [(1, 0), (0, 2), (0, 1)]     # largest |exact - approx| first
     assert [c.cell for c in a.flagged("invented")] == [(0, 2)]
@@ -44,7 +44,21 @@ def test_flags_follow_the_documented_thresholds():
     assert list(df.columns) == ["layer", "head", "label", "exact", "approx", "flag"]
     assert len(df) == 8 and set(df[df.flag == "missed"].label) == {"L0 H1", "L1 H0"}
     stricter = compare_cells(exact, approx, large=0.6, small=0.1)
-    assert stricter.counts() == {"missed": 0, "invented": 0}
+    assert stricter.counts() == {"missed": 0, "invented": 0, "underestimated": 0, "overestimated": 0}
+
+
+def test_a_dominant_cell_estimated_far_too_small_is_flagged_though_r_is_high():
+    """Issue 17: 'r = 0.986, no cell flagged' while the dominant cell was 8.9 for an exact 23.8."""
+    exact = fake([[23.8, 2.0, 1.0, 0.0], [0.5, 3.0, 0.2, 0.1]])
+    approx = fake([[8.9, 0.8, 0.4, 0.0], [0.2, 1.1, 0.1, 0.0]])
+    a = compare_cells(exact, approx)
+    assert a.pearson > 0.98
+    assert {c.cell: c.flag for c in a.cells}[(0, 0)] == "underestimated"
+    assert a.counts()["underestimated"] == 1 and "1 underestimated" in a.summary()
+    over = compare_cells(exact, fake([[40.0, 2.0, 1.0, 0.0], [0.5, 3.0, 0.2, 0.1]]))
+    assert over.flagged()[0].flag == "overestimated"
+    close = compare_cells(exact, fake([[20.0, 2.0, 1.0, 0.0], [0.5, 3.0, 0.2, 0.1]]))
+    assert close.flagged() == []                                    # off by 16%: within the default 50%
 
 
 def test_effects_are_measured_from_the_base_run_in_both_directions():
@@ -83,9 +97,9 @@ def test_compare_refuses_different_grids(head_out, gpt2_model, ioi_prompts):
         compare_cells(exact, other)
     with pytest.raises(ValueError, match=r"thresholds need 0 < small <= large, not small=0.5, large=0.2"):
         compare_cells(exact, exact, large=0.2, small=0.5)
-    with pytest.raises(ValueError, match="flag must be one of missed, invented, not 'lost'"):
+    with pytest.raises(ValueError, match="flag must be one of missed, invented, underestimated, overestimated, not 'lost'"):
         compare_cells(exact, exact).flagged("lost")
-    with pytest.raises(ValueError, match="flag must be '', 'missed' or 'invented', not 'x'"):
+    with pytest.raises(ValueError, match="flag must be '' or one of missed, invented, underestimated, overestimated, not 'x'"):
         CellAgreement((0,), "L0", 0.0, 0.0, "x")
     with pytest.raises(ValueError, match="thresholds need"):
         Agreement("k", ("layer",), (), 0, 0, 0, 1, 1.0, large=0.1, small=0.2)
@@ -169,7 +183,8 @@ def test_cli_compare_exact_prints_the_flagged_cells(tiny_dirs, gpt2_model, capsy
     assert out.read_text().startswith("kind,direction,metric,layer,pos,head,token,value,normalized")
     assert main(cli_args(tiny_dirs["gpt2"], "--compare-exact")) == 0
     text = capsys.readouterr().out
-    assert text.startswith("head_out: Pearson r = ") and "flags: missed = |exact effect| >= 0.3" in text
+    assert text.startswith("head_out: Pearson r = ") and "flags: missed = |exact| >= 0.3" in text
+    assert "under- / overestimated = such a cell's estimate off by >= 50% of it" in text
 
 
 def test_cli_refine_prints_k_cells(tiny_dirs, capsys):

@@ -2,30 +2,31 @@
 
 x = the exact patching effect, y = attribution's estimate (both minus the base run's metric, so
 0 = no effect); the diagonal is perfect agreement. Missed cells are red, invented ones orange,
-the rest grey; the hover names the cell. Shaded bands mark |effect| < small x scale (where a
+under- / overestimated ones (a cell that matters, off by half or more) purple / blue, the rest grey; the hover names the cell. Shaded bands mark |effect| < small x scale (where a
 cell counts as "no effect" for the flags).
 
 >>> fig = agreement_scatter(compare_cells(exact, approx))     # doctest: +SKIP
 >>> [t.name for t in fig.data]                                # doctest: +SKIP
-['agree', 'missed', 'invented', 'y = x']
+['agree', 'missed', 'invented', 'underestimated', 'overestimated', 'y = x']
 """
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from patching.methods.compare import Agreement
+from patching.methods.compare import FLAGS, Agreement
 
 from dashboard.figures.common import base_layout
 
-COLOURS = {"": "#9ca3af", "missed": "#dc2626", "invented": "#f59e0b"}
-NAMES = {"": "agree", "missed": "missed", "invented": "invented"}
+COLOURS = {"": "#9ca3af", "missed": "#dc2626", "invented": "#f59e0b", "underestimated": "#7c3aed",
+           "overestimated": "#2563eb"}
+NAMES = {"": "agree", **{flag: flag for flag in FLAGS}}
 
 
 def agreement_scatter(agreement: Agreement, *, height: int = 380) -> go.Figure:
     """Exact effect (x) vs estimated effect (y) per cell, flags coloured, hover = cell label."""
     fig = go.Figure()
     cells = agreement.cells
-    for flag in ("", "missed", "invented"):
+    for flag in ("",) + FLAGS:
         pts = [c for c in cells if c.flag == flag]
         fig.add_trace(go.Scatter(
             x=[c.exact for c in pts], y=[c.approx for c in pts], mode="markers", name=f"{NAMES[flag]} ({len(pts)})",

@@ -1,6 +1,6 @@
 """The Attribution tab's exact-vs-attribution section: "Compare with exact patching" (Pearson r and
 top-10 overlap), the scatter of each cell's exact effect against its estimate with missed /
-invented cells coloured, the flagged cells as a table, and "Refine top-k" (exact patching of the
+invented / under- or overestimated cells coloured, the flagged cells as a table, and "Refine top-k" (exact patching of the
 k highest attribution cells only). Pure functions of the registry, a stored attribution run and
 plain values first; `register(app, ctx)` wires the callbacks.
 
@@ -185,9 +185,7 @@ def render_flagged(agreement, rows: list[dict]):
     if agreement is None:
         return html.Div()
     head = html.Div([html.Span(agreement.summary()),
-                     html.Span(f" · flags: missed = |exact| ≥ {agreement.large:g} × {agreement.scale:.3g} (the largest "
-                               f"exact effect) while the estimate is < {agreement.small:g} × that or of the other sign; "
-                               f"invented = the reverse", className="field-hint")], className="hint")
+                     html.Span(" · " + agreement.flags_explained(), className="field-hint")], className="hint")
     if not rows:
         return html.Div([head, html.Div("No cell is flagged.", className="hint")])
     header = html.Thead(html.Tr([html.Th(c) for c in ("flag", "cell", "exact effect", "attribution")]))

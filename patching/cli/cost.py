@@ -8,7 +8,7 @@
 
 `--dry-run` prints the estimate and exits 0 without running anything but the two cached forwards
 the estimate needs. `--compare-exact` runs the exact sweep of each kind and prints each kind's
-agreement and its flagged cells (missed / invented); `--refine K` runs exact patching of each
+agreement and its flagged cells (missed / invented / under- or overestimated); `--refine K` runs exact patching of each
 kind's top-K attribution cells only and prints them next to their estimates. With either, the
 report goes to stdout and the attribution CSV is written only to an --out file.
 """
@@ -76,7 +76,8 @@ def compare_and_refine(model, prompts, results, args, out=None) -> None:
         if args.compare_exact:
             a = compare_cells(sweep(model, prompts, r.spec, max_memory_mb=args.max_memory), r)
             entry.update(summary=a.summary(), pearson=a.pearson, spearman=a.spearman, topk_overlap=a.topk_overlap,
-                         k=a.k, scale=a.scale, large=a.large, small=a.small, counts=a.counts(),
+                         k=a.k, scale=a.scale, large=a.large, small=a.small, relative=a.relative,
+                         counts=a.counts(), flags_explained=a.flags_explained(),
                          flagged=[{"label": c.label, "cell": list(c.cell), "flag": c.flag, "exact": c.exact,
                                    "approx": c.approx} for c in a.flagged()])
         if args.refine is not None:
@@ -95,10 +96,9 @@ def compare_and_refine(model, prompts, results, args, out=None) -> None:
     for e in report:
         if "summary" in e:
             out.write(f"{e['summary']}\n")
-            out.write(f"  flags: missed = |exact effect| >= {e['large']:g} x {e['scale']:.4g} (the largest) and "
-                      f"the estimate < {e['small']:g} x that or of the other sign; invented = the reverse\n")
+            out.write(f"  {e['flags_explained']}\n")
             for c in e["flagged"]:
-                out.write(f"  {c['flag']:<8} {c['label']:<24} exact {c['exact']:+.4f}  approx {c['approx']:+.4f}\n")
+                out.write(f"  {c['flag']:<14} {c['label']:<24} exact {c['exact']:+.4f}  approx {c['approx']:+.4f}\n")
         if "refined" in e:
             out.write(f"{e['kind']}: exact patching of the top {len(e['refined'])} attribution cells "
                       f"({e['refine_seconds']:.2f} s)\n")

@@ -8,10 +8,13 @@ noising), so 0 means "patching this does nothing". With `scale` = the largest |e
 - **missed**: |exact| >= `large` x scale, and the estimate is small (|approx| < `small` x scale)
   or has the opposite sign: a real effect the approximation would not show;
 - **invented**: |approx| >= `large` x scale and |exact| < `small` x scale: an effect the
-  approximation shows that exact patching does not have.
+  approximation shows that exact patching does not have;
+- **underestimated** / **overestimated**: a cell that matters (|exact| >= `large` x scale), of the
+  right sign, whose estimate is off by at least `relative` x |exact| (default 0.5: a dominant
+  cell estimated at 8.9 for an exact 23.8 is flagged, though Pearson's r can still read 0.99).
 
 Defaults: large = 0.3, small = 0.1 (both relative to the largest exact effect, so the flags do not
-depend on the metric's units). Cells NaN in either result (not computed) are left out.
+depend on the metric's units), relative = 0.5. Cells NaN in either result (not computed) are left out.
 
 Summary statistics: Pearson r and top-k overlap come from `attribution.agreement` (the same
 numbers the Attribution tab's "Compare with exact patching" line shows); Spearman's rank
@@ -31,8 +34,8 @@ import torch
 from patching.methods.attribution import agreement
 from patching.core.results import PatchResult
 
-FLAGS = ("missed", "invented")
-LARGE, SMALL = 0.3, 0.1
+FLAGS = ("missed", "invented", "underestimated", "overestimated")
+LARGE, SMALL, RELATIVE = 0.3, 0.1, 0.5
 
 
 def cell_label(result: PatchResult, cell: tuple[int, ...]) -> str:
@@ -63,11 +66,11 @@ class CellAgreement:
     label: str
     exact: float               # exact effect (value - the base run's metric)
     approx: float              # estimated effect
-    flag: str = ""             # "", "missed" or "invented"
+    flag: str = ""             # "" or one of FLAGS
 
     def __post_init__(self):
         if self.flag not in ("",) + FLAGS:
-            raise ValueError(f"flag must be '', 'missed' or 'invented', not {self.flag!r}")
+            raise ValueError(f"flag must be '' or one of {', '.join(FLAGS)}, not {self.flag!r}")
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,10 @@ class Agreement:
     scale: float               # the largest |exact effect|
     large: float = LARGE
     small: float = SMALL
+    relative: float = RELATIVE
 
     def __post_init__(self):
-        if not 0 < self.small <= self.large:
-            raise ValueError(f"thresholds need 0 < small <= large, not small={self.small!r}, large={self.large!r}")
+        _check_thresholds(self.large, self.small, self.relative)
 
     def flagged(self, flag: str | None = None) -> list[CellAgreement]:
         """Flagged cells (only `flag` when given), the largest |exact - approx| first."""
@@ -98,12 +101,24 @@ class Agreement:
         return {f: sum(c.flag == f for c in self.cells) for f in FLAGS}
 
     def summary(self) -> str:
-        """'head_out: Pearson r = 0.91 · Spearman 0.85 · top-5 overlap 4/5 · 1 missed, 0 invented (16 cells)'."""
+        """'head_out: Pearson r = 0.91 · Spearman 0.85 · top-5 overlap 4/5 · 1 missed, 0 invented,
+        1 underestimated (16 cells)' (under- / overestimated named only when there are any)."""
         fmt = lambda v: "n/a" if v != v else f"{v:.3f}"   # noqa: E731
         n = self.counts()
+        off = "".join(f", {n[f]} {f}" for f in ("underestimated", "overestimated") if n[f])
         return (f"{self.kind}: Pearson r = {fmt(self.pearson)} · Spearman {fmt(self.spearman)} · top-{self.k} "
                 f"overlap {round(self.topk_overlap * self.k)}/{self.k} · {n['missed']} missed, "
-                f"{n['invented']} invented ({len(self.cells)} cells)")
+                f"{n['invented']} invented{off} ({len(self.cells)} cells)")
+
+    def flags_explained(self) -> str:
+        """The flag rules with this comparison's numbers, one line (the CLI and the page show it).
+
+        >>> Agreement("head_out", ("layer", "head"), (), 1.0, 1.0, 1.0, 1, 2.0).flags_explained()[:44]
+        'flags: missed = |exact| >= 0.3 x 2 (the larg'
+        """
+        return (f"flags: missed = |exact| >= {self.large:g} x {self.scale:.3g} (the largest exact effect) while "
+                f"the estimate is < {self.small:g} x that or of the other sign; invented = the reverse; "
+                f"under- / overestimated = such a cell's estimate off by >= {self.relative:.0%} of it")
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per cell: the axes' coordinates, label, exact, approx, flag."""
@@ -136,12 +151,33 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum()) / denom if denom > 0 else float("nan")
 
 
-def _base(result: PatchResult) -> float:
-    return result.base_value
+def _check_thresholds(large: float, small: float, relative: float) -> None:
+    if not 0 < small <= large:
+        raise ValueError(f"thresholds need 0 < small <= large, not small={small!r}, large={large!r}")
+    if not 0 < relative:
+        raise ValueError(f"relative must be a positive fraction of the exact effect, not {relative!r}")
+
+
+def _flag(e: float, a: float, scale: float, large: float, small: float, relative: float) -> str:
+    """One cell's flag from its exact (e) and estimated (a) effects (module doc).
+
+    >>> _flag(23.8, 8.9, 23.8, 0.3, 0.1, 0.5), _flag(23.8, 22.0, 23.8, 0.3, 0.1, 0.5)
+    ('underestimated', '')
+    """
+    if scale <= 0:
+        return ""
+    if abs(e) >= large * scale:
+        if abs(a) < small * scale or a * e < 0:
+            return "missed"
+        if abs(a - e) >= relative * abs(e):
+            return "underestimated" if abs(a) < abs(e) else "overestimated"
+    elif abs(a) >= large * scale and abs(e) < small * scale:
+        return "invented"
+    return ""
 
 
 def compare_cells(exact: PatchResult, approx: PatchResult, *, k: int = 10, large: float = LARGE,
-                  small: float = SMALL) -> Agreement:
+                  small: float = SMALL, relative: float = RELATIVE) -> Agreement:
     """Cell by cell: exact and estimated effects, flags (module doc), Pearson r, Spearman, top-k overlap.
 
     >>> compare_cells(exact, approx).counts()          # doctest: +SKIP
@@ -152,24 +188,17 @@ def compare_cells(exact: PatchResult, approx: PatchResult, *, k: int = 10, large
                          f"{approx.axes}) are not the same grid; run both with the same spec")
     if exact.spec.direction != approx.spec.direction:
         raise ValueError(f"directions differ: exact {exact.spec.direction!r}, approx {approx.spec.direction!r}")
-    if not 0 < small <= large:
-        raise ValueError(f"thresholds need 0 < small <= large, not small={small!r}, large={large!r}")
+    _check_thresholds(large, small, relative)
     stats = agreement(approx, exact, k)
-    ex = exact.values.double() - _base(exact)
-    ap = approx.values.double() - _base(approx)
+    ex = exact.values.double() - exact.base_value
+    ap = approx.values.double() - approx.base_value
     keep = ~(torch.isnan(ex) | torch.isnan(ap))
     scale = float(ex[keep].abs().max()) if bool(keep.any()) else 0.0
     cells = []
     for idx in keep.nonzero().tolist():
         cell = tuple(exact.coords[a][i] for a, i in zip(exact.axes, idx))
         e, a = float(ex[tuple(idx)]), float(ap[tuple(idx)])
-        flag = ""
-        if scale > 0:
-            if abs(e) >= large * scale and (abs(a) < small * scale or a * e < 0):
-                flag = "missed"
-            elif abs(a) >= large * scale and abs(e) < small * scale:
-                flag = "invented"
-        cells.append(CellAgreement(cell, cell_label(exact, cell), e, a, flag))
+        cells.append(CellAgreement(cell, cell_label(exact, cell), e, a, _flag(e, a, scale, large, small, relative)))
     rho = spearman(ex[keep], ap[keep]) if int(keep.sum()) > 1 else float("nan")
     return Agreement(exact.spec.kind, exact.axes, tuple(cells), stats["pearson"], rho, stats["topk_overlap"],
-                     stats["k"], scale, large, small)
+                     stats["k"], scale, large, small, relative)

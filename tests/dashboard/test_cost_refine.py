@@ -73,8 +73,8 @@ def test_compare_scatter_flagged_and_refine(app, store, tiny_name, gpt2_model):
     fig, flagged = cb.compare_view(text, att_id, "head_out")
     names = [t.name for t in fig.data]
     assert names[0].startswith("agree (") and names[1].startswith("missed (") and names[2].startswith("invented (")
-    assert sum(len(t.x) for t in fig.data[:3]) == gpt2_model.n_layers * gpt2_model.n_heads
-    assert set(fig.data[0].text) | set(fig.data[1].text) | set(fig.data[2].text) >= {"L0 H0", "L1 H3"}
+    assert sum(len(t.x) for t in fig.data[:5]) == gpt2_model.n_layers * gpt2_model.n_heads
+    assert set().union(*(set(t.text) for t in fig.data[:5])) >= {"L0 H0", "L1 H3"}
     assert "Pearson r" in _text(flagged) and "flags: missed" in _text(flagged)
     # the scatter's values are the exact sweep's (kept on disk, not run again)
     run = store.get_attribution(att_id)
@@ -127,7 +127,7 @@ def test_agreement_scatter_colours_flags():
     exact = PatchResult(PatchSpec(kind="head_out"), ("layer", "head"), coords, v([[1.0, 0.5], [0.0, 0.1]]), **base)
     approx = PatchResult(PatchSpec(kind="head_out"), ("layer", "head"), coords, v([[0.9, 0.0], [0.6, 0.1]]), **base)
     fig = figures_compare.agreement_scatter(compare_cells(exact, approx))
-    agree, missed, invented, diag = fig.data
+    agree, missed, invented, under, over, diag = fig.data
     assert list(missed.text) == ["L0 H1"] and list(invented.text) == ["L1 H0"]
     assert missed.marker.color == figures_compare.COLOURS["missed"] and diag.mode == "lines"
     assert fig.layout.xaxis.title.text == "exact patching effect" and len(fig.layout.shapes) == 2
