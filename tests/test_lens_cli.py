@@ -86,5 +86,27 @@ def test_argparse_errors_exit_2(base, capsys, argv):
 
 
 def test_missing_prompt_flags(tiny_dirs, capsys):
-    assert main(["lens", "--model", str(tiny_dirs["gpt2"]), "--clean", "A"]) == 2
+    for view in ("dla", "norms"):                  # both read the pair (answer - wrong; clean and corrupt)
+        assert main([view, "--model", str(tiny_dirs["gpt2"]), "--clean", "A"]) == 2
+        assert "missing --corrupt, --answer, --wrong" in capsys.readouterr().err
+
+
+def test_one_prompt_is_enough_for_the_views_that_read_one_run(base, tiny_dirs, capsys):
+    """lens / topk / attention read one prompt: --clean alone runs (issue 17 item 9); the answer
+    columns are empty without --answer and equal the full pair's with it."""
+    model, clean, answer = ["--model", str(tiny_dirs["gpt2"])], IOI[0][0], IOI[0][2]
+    assert main(["lens", *model, "--clean", clean]) == 0
+    alone = _csv(capsys)
+    assert set(alone.answer) == {""} and set(alone.answer_rank) == {""} and len(alone) > 0
+    assert main(["lens", *model, "--clean", clean, "--answer", answer]) == 0
+    with_answer = _csv(capsys)
+    assert main(["lens", *base]) == 0
+    full = _csv(capsys)
+    assert with_answer.answer_rank.tolist() == full.answer_rank.tolist()
+    assert with_answer.top_token.tolist() == full.top_token.tolist() == alone.top_token.tolist()
+    for view in (["topk"], ["attention", "--layer", "0"]):
+        assert main([*view, *model, "--clean", clean]) == 0 and len(_csv(capsys)) > 0
+    assert main(["lens", *model, "--clean", clean, "--run", "corrupt"]) == 2
+    assert "--run corrupt needs a --corrupt prompt" in capsys.readouterr().err
+    assert main(["dla", *model, "--clean", clean]) == 2                    # dla reads answer - wrong
     assert "missing --corrupt, --answer, --wrong" in capsys.readouterr().err

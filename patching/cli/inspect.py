@@ -62,6 +62,27 @@ def _heads(text: str | None) -> list[int] | None:
         raise BadInput(f"--heads must be comma-separated head numbers, e.g. 0,3, not {text!r}") from None
 
 
+def _prompt_only(args: argparse.Namespace) -> bool:
+    """--clean given without --pairs and without --corrupt (a one-prompt view)."""
+    return bool(args.clean) and not args.pairs and args.corrupt is None
+
+
+def load_one_prompt(args: argparse.Namespace):
+    """(model, PromptSet) of the one prompt --clean, with --answer / --wrong when given.
+
+    >>> ns = argparse.Namespace(model="default", device="cpu", dtype="float32", device_map=None, pairs=None,
+    ...                         clean="When Mary and John went out, John gave it to", corrupt=None,
+    ...                         answer=" Mary", wrong=None, no_bos=False, run="clean")
+    >>> load_one_prompt(ns)[1].n_pairs
+    1
+    """
+    from patching.core.prompts import PromptSet
+    if getattr(args, "run", "clean") == "corrupt":
+        raise BadInput("--run corrupt needs a --corrupt prompt (or --pairs)")
+    model = load_model(args)
+    return model, PromptSet.prompt(model, args.clean, args.answer, args.wrong, prepend_bos=not args.no_bos)
+
+
 @dataclass(frozen=True)
 class View:
     """One inspection command: a function of `patching.inspect.lens` and its options from the flags.
@@ -74,6 +95,7 @@ class View:
     """
     function: str                                        # a name in patching.inspect.lens
     options: Callable[[argparse.Namespace], dict]        # flags -> the function's keyword arguments
+    one_prompt: bool = False                             # reads one run: --clean alone is enough
 
     def __post_init__(self):
         if not self.function.isidentifier():
@@ -82,7 +104,7 @@ class View:
     def __call__(self, args: argparse.Namespace) -> int:
         from patching.inspect import lens
         from patching.core.results import write_csv
-        model, prompts = load(args)
+        model, prompts = load_one_prompt(args) if self.one_prompt and _prompt_only(args) else load(args)
         df = getattr(lens, self.function)(model, prompts, **self.options(args))
         write(write_csv(df), args.out)
         return EXIT_OK
@@ -114,7 +136,8 @@ def add_commands(sub) -> None:
                    help="accumulated: the residual stream after each layer; per_layer: each block's "
                         "and head's direct contribution")
     p.add_argument("--k", type=int, default=1, help="top tokens per cell (default 1)")
-    p.set_defaults(func=View("logit_lens", lambda a: dict(run=a.run, pair=a.pair, mode=a.mode, k=a.k)))
+    p.set_defaults(func=View("logit_lens", lambda a: dict(run=a.run, pair=a.pair, mode=a.mode, k=a.k),
+                             one_prompt=True))
 
     p = sub.add_parser("dla", help="direct logit attribution of answer - wrong per layer and head")
     inspect_flags(p, pair=False)
@@ -127,14 +150,15 @@ def add_commands(sub) -> None:
     inspect_flags(p)
     p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
     p.add_argument("--k", type=int, default=10, help="how many tokens (default 10)")
-    p.set_defaults(func=View("top_k", lambda a: dict(run=a.run, pos=a.pos, k=a.k, pair=a.pair)))
+    p.set_defaults(func=View("top_k", lambda a: dict(run=a.run, pos=a.pos, k=a.k, pair=a.pair), one_prompt=True))
 
     p = sub.add_parser("attention", help="every head's attention pattern of one layer (dest x src)")
     inspect_flags(p)
     p.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
     p.add_argument("--heads", help="comma-separated heads, e.g. 0,3 (default: all)")
     p.set_defaults(func=View("attention_patterns",
-                             lambda a: dict(layer=a.layer, run=a.run, pair=a.pair, heads=_heads(a.heads))))
+                             lambda a: dict(layer=a.layer, run=a.run, pair=a.pair, heads=_heads(a.heads)),
+                             one_prompt=True))
 
     p = sub.add_parser("norms", help="residual stream L2 norms by layer and position, clean and corrupt")
     inspect_flags(p, run=False, pair=False)

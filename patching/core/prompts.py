@@ -64,6 +64,9 @@ def _show(tokens: list[str], around: int = 0, limit: int = 24) -> str:
     return "[" + ", ".join(head + [repr(t) for t in tokens[lo:hi]] + tail) + "]"
 
 
+NO_TOKEN = -1          # answer_ids / wrong_ids of a one-prompt set without that token (PromptSet.prompt)
+
+
 def _single_token(model, text: str, what: str, where: str) -> int:
     ids = model.encode(text)
     if len(ids) == 1:
@@ -161,6 +164,29 @@ class PromptSet:
     def single(cls, model, clean: str, corrupt: str, answer: str, wrong: str,
                prepend_bos: bool = True) -> "PromptSet":
         return cls.from_pairs(model, [PromptPair(clean, corrupt, answer, wrong)], prepend_bos)
+
+    @classmethod
+    def prompt(cls, model, text: str, answer: str | None = None, wrong: str | None = None,
+               prepend_bos: bool = True) -> "PromptSet":
+        """One prompt for the views that read one run (logit lens, top-k, attention): the corrupt
+        run is the same text, and a missing answer / wrong token is id -1 (`NO_TOKEN`: the views
+        leave its columns empty).
+
+        >>> ps = PromptSet.prompt(model, "When Mary and John went to the store, John gave a drink to")
+        >>> ps.n_pairs, int(ps.answer_ids[0]) == NO_TOKEN, bool((ps.clean_tokens == ps.corrupt_tokens).all())
+        (1, True, True)
+        """
+        pair = PromptPair(text, text, answer or " ", wrong or " ")          # validates the text
+        bos = [model.bos_token_id] if prepend_bos and model.bos_token_id is not None else []
+        ids = bos + model.encode(pair.clean)
+        if len(ids) > model.n_ctx:
+            raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of "
+                             f"{model.n_ctx} tokens; shorten it")
+        a = _single_token(model, answer, "answer", "") if answer else NO_TOKEN
+        w = _single_token(model, wrong, "wrong", "") if wrong else NO_TOKEN
+        tokens = torch.tensor([ids], device=model.device)
+        return cls((pair,), tokens, tokens.clone(), torch.tensor([a], device=model.device),
+                   torch.tensor([w], device=model.device), tuple(model.to_str_tokens(ids)), prepend_bos)
 
     @classmethod
     def from_csv(cls, model, source, prepend_bos: bool = True) -> "PromptSet":

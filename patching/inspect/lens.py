@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from patching.model import hooks
 from patching.core.nodes import head_label
 from patching.core.spec import check_index
-from patching.core.prompts import PromptSet
+from patching.core.prompts import NO_TOKEN, PromptSet
 from patching.model.runner import RunCache
 
 RUNS = ("clean", "corrupt")
@@ -302,7 +302,8 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
     decode = _Decoder(model)
     toks = decode(cache.tokens[0].cpu())
     n_pos = len(toks)
-    answer, wrong = prompts.answer_ids[pair], prompts.wrong_ids[pair]
+    given = {"answer": int(prompts.answer_ids[pair]) != NO_TOKEN, "wrong": int(prompts.wrong_ids[pair]) != NO_TOKEN}
+    answer, wrong = (prompts.answer_ids[pair].clamp(min=0), prompts.wrong_ids[pair].clamp(min=0))
     a_str, w_str = decode([int(answer)])[0], decode([int(wrong)])[0]
     final = cache.layers[-1].resid_post[0]                        # [pos, d_model]
     if mode == "per_layer":
@@ -339,7 +340,12 @@ def logit_lens(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
             "answer": a_str, "answer_logit": cell(a_l), "answer_prob": cell(a_p), "answer_rank": cell(a_r),
             "wrong": w_str, "wrong_logit": cell(w_l), "wrong_prob": cell(w_p), "wrong_rank": cell(w_r),
         }, index=range(rows)))
-    return pd.concat(frames, ignore_index=True)[list(LENS_COLUMNS)]
+    df = pd.concat(frames, ignore_index=True)[list(LENS_COLUMNS)]
+    for name, ok in given.items():                      # a one-prompt set without this token
+        if not ok:
+            df[name] = None
+            df[[f"{name}_logit", f"{name}_prob", f"{name}_rank"]] = np.nan
+    return df
 
 
 # -- direct logit attribution ---------------------------------------------------------------------
@@ -372,6 +378,8 @@ def direct_logit_attribution(model, prompts: PromptSet, *, run: str = "clean", p
     cache = _run(model, prompts, run, pair)
     sel = slice(None) if pair is None else slice(pair, pair + 1)
     answer, wrong = prompts.answer_ids[sel], prompts.wrong_ids[sel]      # [b]
+    if bool((answer == NO_TOKEN).any() | (wrong == NO_TOKEN).any()):
+        raise ValueError("direct logit attribution reads logit(answer) - logit(wrong): give both tokens")
     final = cache.layers[-1].resid_post[:, pos]                           # [b, d_model]
     norm = _final_norm(model, final)
     scale = norm.scale(final)                                             # [b, 1]
