@@ -68,10 +68,12 @@ class AttentionView:
     clean: object                 # [dest, src]
     corrupt: object
     patched: object | None
-    str_tokens: list[str]
+    str_tokens: list[str]         # the clean prompt's tokens
     title: str
     note: str | None
     frame: object | None = None   # a DataFrame for CSV download, when available
+    corrupt_tokens: list[str] | None = None    # the corrupt prompt's (None: as clean)
+    patched_tokens: list[str] | None = None    # the patched run's prompt (None: as corrupt)
 
 
 def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionView:
@@ -109,14 +111,15 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
         to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t  # noqa: E731
         return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched),
                              list(diff.str_tokens), title, f"patched: {diff.patch_label}",
-                             diff.to_dataframe())
+                             diff.to_dataframe(), list(diff.corrupt_str_tokens), list(diff.patched_str_tokens))
     if model.runner is None:
         raise ValueError(f"attention view needs the engine's runner; {model.name!r} has none")
     clean = model.runner.run(prompts.clean_tokens).layers[layer].pattern[pair, q_head]
     corrupt = model.runner.run(prompts.corrupt_tokens).layers[layer].pattern[pair, q_head]
     note = "patched pattern: needs patching/methods/attention.py"
     return AttentionView(clean.float().cpu().numpy(), corrupt.float().cpu().numpy(), None,
-                         list(prompts.str_tokens), title, note, None)
+                         list(prompts.str_tokens), title, note, None,
+                         model.to_str_tokens(prompts.corrupt_tokens[pair].tolist()))
 
 
 def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionView:
@@ -141,7 +144,8 @@ def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionVie
     title = f"Receiver attention · L{r.layer}.H{head} ({r.label}) · sender {sender} · pair {pair}"
     to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched), list(diff.str_tokens),
-                         title, f"patched: {diff.patch_label}", diff.to_dataframe())
+                         title, f"patched: {diff.patch_label}", diff.to_dataframe(),
+                         list(diff.corrupt_str_tokens), list(diff.patched_str_tokens))
 
 
 def attention_csv(view: AttentionView) -> str:
@@ -155,10 +159,13 @@ def attention_csv(view: AttentionView) -> str:
             row = {"dest": d, "src": s, "dest_token": view.str_tokens[d] if d < len(view.str_tokens) else "",
                    "src_token": view.str_tokens[s] if s < len(view.str_tokens) else "",
                    "clean": float(view.clean[d][s]), "corrupt": float(view.corrupt[d][s])}
+            corrupt = view.corrupt_tokens or view.str_tokens
             if view.patched is not None:
                 row["patched"] = float(view.patched[d][s])
             row["clean_minus_corrupt"] = row["clean"] - row["corrupt"]
             if view.patched is not None:
                 row["patched_minus_corrupt"] = row["patched"] - row["corrupt"]
+            row["corrupt_dest_token"] = corrupt[d] if d < len(corrupt) else ""
+            row["corrupt_src_token"] = corrupt[s] if s < len(corrupt) else ""
             rows.append(row)
     return write_csv(pd.DataFrame(rows))

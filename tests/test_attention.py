@@ -203,3 +203,20 @@ def test_path_pattern_before_the_receivers_is_unchanged(tiny_models, prompt_sets
     assert torch.equal(diff.patched, diff.corrupt) and "does not reach" in diff.patch_label
     with pytest.raises(ValueError, match="needs exactly layer, head"):
         counterfactual_attention(model, ps, 1, 0, spec=PathSpec(receivers=("q:1.0",)), index={"sender": 0})
+
+
+def test_the_corrupt_panel_and_csv_carry_the_corrupt_prompts_tokens(tiny_models, prompt_sets):
+    """Issue 17 item 3: the corrupt panel (and its CSV) showed the clean prompt's tokens."""
+    model, ps = tiny_models["gpt2"], prompt_sets["gpt2"]
+    diff = counterfactual_attention(model, ps, 1, 2, spec=PatchSpec(kind="resid_pre"), index={"layer": 0, "pos": 8})
+    (pos,) = [p for p in ps.differing_positions()][:1]
+    clean_tok = model.to_str_tokens(ps.clean_tokens[0].tolist())[pos]
+    corrupt_tok = model.to_str_tokens(ps.corrupt_tokens[0].tolist())[pos]
+    assert clean_tok != corrupt_tok and diff.corrupt_str_tokens[pos] == corrupt_tok
+    assert diff.patched_str_tokens == diff.corrupt_str_tokens            # denoise patches the corrupt run
+    df = diff.to_dataframe()
+    row = df[(df.dest == pos) & (df.src == pos)].iloc[0]
+    assert row.dest_token == clean_tok and row.corrupt_dest_token == corrupt_tok
+    noise = counterfactual_attention(model, ps, 1, 2, spec=PatchSpec(kind="resid_pre", direction="noise"),
+                                     index={"layer": 0, "pos": 8})
+    assert noise.patched_str_tokens == noise.str_tokens                  # noise patches the clean run

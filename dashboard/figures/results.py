@@ -246,17 +246,32 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
 
 
 def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
-                   note: str | None = None) -> go.Figure:
+                   note: str | None = None, corrupt_tokens=None, patched_tokens=None) -> go.Figure:
     """Counterfactual attention of one head: patterns (dest × src) and their differences.
 
     clean, corrupt, patched: [dest, src] arrays (patched may be None: shown as unavailable).
-    Top row: the three patterns on one 0..1 scale. Bottom row: clean − corrupt and
-    patched − corrupt on one symmetric diverging scale.
+    Top row: the three patterns on one 0..1 scale, each labelled (ticks and hover) by its own
+    run's tokens: `str_tokens` the clean prompt's, `corrupt_tokens` the corrupt prompt's,
+    `patched_tokens` the patched run's (default: the corrupt prompt's). Bottom row: clean −
+    corrupt and patched − corrupt on one symmetric diverging scale, labelled "clean/corrupt"
+    where the two prompts' tokens differ. Every position is ticked.
+
+    >>> import numpy as np
+    >>> m = np.eye(2)
+    >>> fig = attention_diff(m, m, m, ["<s>", " Mary"], corrupt_tokens=["<s>", " Amy"])
+    >>> list(fig.data[1].x)
+    ["0: '<s>'", "1: ' Amy'"]
     """
     clean, corrupt = np.asarray(clean, dtype=float), np.asarray(corrupt, dtype=float)
     patched = None if patched is None else np.asarray(patched, dtype=float)
     n = clean.shape[0]
+    corrupt_tokens = list(corrupt_tokens) if corrupt_tokens else list(str_tokens)
+    patched_tokens = list(patched_tokens) if patched_tokens else corrupt_tokens
     labels = [position_label(i, str_tokens) for i in range(n)]
+    panel_labels = [labels, [position_label(i, corrupt_tokens) for i in range(n)],
+                    [position_label(i, patched_tokens) for i in range(n)]]
+    both = [a if i >= len(corrupt_tokens) or i >= len(str_tokens) or str_tokens[i] == corrupt_tokens[i]
+            else f"{i}: {str_tokens[i]!r}/{corrupt_tokens[i]!r}" for i, a in enumerate(labels)]
     titles = ["clean", "corrupt", "patched" if patched is not None else "patched (not available)",
               "clean − corrupt", "patched − corrupt" if patched is not None else ""]
     fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.06,
@@ -271,24 +286,28 @@ def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
     for col, m in enumerate((clean, corrupt, patched), start=1):
         if m is None:
             continue
-        fig.add_trace(go.Heatmap(z=upper_masked(m), x=labels, y=labels, coloraxis="coloraxis",
+        axis = panel_labels[col - 1]
+        fig.add_trace(go.Heatmap(z=upper_masked(m), x=axis, y=axis, coloraxis="coloraxis",
                                  hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False), 1, col)
     diffs = [clean - corrupt] + ([patched - corrupt] if patched is not None else [])
     dmax = _absmax(*diffs)
     for col, d in enumerate(diffs, start=1):
-        fig.add_trace(go.Heatmap(z=upper_masked(d), x=labels, y=labels, coloraxis="coloraxis2",
+        fig.add_trace(go.Heatmap(z=upper_masked(d), x=both, y=both, coloraxis="coloraxis2",
                                  hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False), 2, col)
     fig.update_layout(
         coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1,
                        colorbar=dict(title=dict(text="attention"), thickness=12, len=0.42, y=0.79)),
         coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
                         colorbar=dict(title=dict(text="difference"), thickness=12, len=0.42, y=0.21)))
+    tick_font = dict(size=11 if n <= 24 else 9 if n <= 48 else 7)
     for r in (1, 2):
-        for c in (1, 2, 3):
+        for c in (1, 2, 3):          # every position ticked (plotly would thin a crowded axis)
             fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="",
-                             showticklabels=(c == 1), row=r, col=c)
+                             showticklabels=(c == 1 or r == 1), tickmode="linear", dtick=1,
+                             tickfont=tick_font, row=r, col=c)
             fig.update_xaxes(type="category", showgrid=False, ticks="", tickangle=-60,
-                             showticklabels=True, row=r, col=c)
+                             showticklabels=True, tickmode="linear", dtick=1, tickfont=tick_font,
+                             row=r, col=c)
     fig.update_xaxes(visible=False, row=2, col=3)
     fig.update_yaxes(visible=False, row=2, col=3)
     if patched is None:

@@ -182,7 +182,8 @@ def _register_view(app, ctx) -> SimpleNamespace:
             view = attention_for_cell(ctx.registry, run, cell, 0)
         except ValueError as exc:
             return empty, str(exc), no_update
-        fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens, title=view.title)
+        fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens, title=view.title,
+                                     corrupt_tokens=view.corrupt_tokens, patched_tokens=view.patched_tokens)
         outline = Patch()
         outline["layout"]["shapes"] = figures.cell_outline(run.result, cell)
         return fig, f"{view.title} — {view.note}", outline

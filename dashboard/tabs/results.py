@@ -152,7 +152,8 @@ def _register_attention(app, ctx) -> SimpleNamespace:
         except ValueError as exc:
             return empty, config, str(exc), None, True, no_update
         fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
-                                     title=view.title, note=view.note if view.patched is None else None)
+                                     title=view.title, note=view.note if view.patched is None else None,
+                                     corrupt_tokens=view.corrupt_tokens, patched_tokens=view.patched_tokens)
         outline = Patch()
         outline["layout"]["shapes"] = figures.cell_outline(run.result, cell)
         status = f"{view.title} — {view.note}" if view.note else view.title

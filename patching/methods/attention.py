@@ -40,14 +40,20 @@ class AttentionDiff:
     """One head's attention pattern in three runs of one prompt pair; tensors are [dest, src]."""
     layer: int
     head: int
-    str_tokens: tuple[str, ...]          # the clean prompt's tokens (axis labels)
+    str_tokens: tuple[str, ...]          # the clean prompt's tokens (the clean panel's labels)
     clean: Tensor = field(repr=False)    # [dest, src]
     corrupt: Tensor = field(repr=False)  # [dest, src]
     patched: Tensor = field(repr=False)  # [dest, src]
     patch_label: str = "no patch"        # what was patched, in words
     pair: int = 0
     direction: str = "denoise"
-    corrupt_str_tokens: tuple[str, ...] = ()
+    corrupt_str_tokens: tuple[str, ...] = ()     # the corrupt prompt's tokens (the corrupt panel's)
+
+    @property
+    def patched_str_tokens(self) -> tuple[str, ...]:
+        """The patched run's tokens: the run that was patched (corrupt when denoising, clean when noising)."""
+        base = self.corrupt_str_tokens if self.direction == "denoise" else self.str_tokens
+        return base or self.str_tokens
 
     @property
     def clean_minus_corrupt(self) -> Tensor:
@@ -60,13 +66,14 @@ class AttentionDiff:
     def to_dataframe(self) -> pd.DataFrame:
         """Long format, one row per causal (dest, src) entry (src <= dest).
 
-        Columns: layer, head, dest, src, dest_token, src_token, clean, corrupt, patched,
-        clean_minus_corrupt, patched_minus_corrupt, patch.
+        Columns: layer, head, dest, src, dest_token, src_token (the clean prompt's), clean,
+        corrupt, patched, clean_minus_corrupt, patched_minus_corrupt, patch, corrupt_dest_token,
+        corrupt_src_token (the corrupt prompt's tokens at dest and src).
         """
         n = self.clean.shape[0]
         dest, src = torch.tril_indices(n, n)
         pick = lambda t: t.detach().double().cpu()[dest, src].tolist()   # noqa: E731
-        tokens = list(self.str_tokens)
+        tokens, corrupt = list(self.str_tokens), list(self.corrupt_str_tokens or self.str_tokens)
         return pd.DataFrame({
             "layer": self.layer, "head": self.head,
             "dest": dest.tolist(), "src": src.tolist(),
@@ -76,6 +83,8 @@ class AttentionDiff:
             "clean_minus_corrupt": pick(self.clean_minus_corrupt),
             "patched_minus_corrupt": pick(self.patched_minus_corrupt),
             "patch": self.patch_label,
+            "corrupt_dest_token": [corrupt[i] if i < len(corrupt) else None for i in dest.tolist()],
+            "corrupt_src_token": [corrupt[i] if i < len(corrupt) else None for i in src.tolist()],
         })
 
     def to_csv(self, path_or_buf=None) -> str | None:

@@ -165,3 +165,18 @@ def test_empty_figure_message():
     fig = figures.empty_figure("nothing yet")
     assert fig.layout.annotations[0].text == "nothing yet" and not fig.data
     assert math.isclose(fig.layout.annotations[0].x, 0.5)
+
+
+def test_attention_panels_are_labelled_by_their_own_runs_tokens_and_every_tick_shows():
+    n = 30
+    m = np.tril(np.ones((n, n))) / np.arange(1, n + 1)[:, None]
+    clean = ["<s>"] + [f" c{i}" for i in range(1, n)]
+    corrupt = list(clean)
+    corrupt[11] = " Amy"
+    fig = figures.attention_diff(m, m, m, clean, corrupt_tokens=corrupt)
+    clean_panel, corrupt_panel, patched_panel, diff_panel = fig.data[:4]
+    assert clean_panel.x[11] == "11: ' c11'" and corrupt_panel.x[11] == "11: ' Amy'"
+    assert patched_panel.x[11] == "11: ' Amy'"                   # denoise: the corrupt run, patched
+    assert diff_panel.x[11] == "11: ' c11'/' Amy'"
+    axes = [fig.layout[k] for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
+    assert axes and all(a.dtick == 1 and a.tickmode == "linear" for a in axes)
