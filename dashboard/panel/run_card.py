@@ -26,22 +26,25 @@ _SESSION_ID = """function(_) { return (window.crypto && crypto.randomUUID) ? cry
                  : Date.now().toString(36) + Math.random().toString(36).slice(2); }"""
 
 
+KEPT_ON_RELOAD = dict(persistence=True, persistence_type="local")   # the browser keeps the user's choice
+
+
 def layout() -> dbc.Card:
     return dbc.Card([
         dbc.CardHeader(html.H2("Patch", className="card-title-sm")),
         dbc.CardBody([
             label("Kind", ids.KIND_SELECT),
             dcc.Dropdown(id=ids.KIND_SELECT, options=kind_options(), value="head_out",
-                         clearable=False),
+                         clearable=False, **KEPT_ON_RELOAD),
             dbc.Checklist(id=ids.PER_POSITION, options=[{"label": "one cell per position (head kinds)",
                                                          "value": "per"}],
-                          value=[], switch=True, className="mt-1"),
+                          value=[], switch=True, className="mt-1", **KEPT_ON_RELOAD),
             label("Metric", ids.METRIC_SELECT),
             dcc.Dropdown(id=ids.METRIC_SELECT, options=metric_options(), value="logit_diff",
-                         clearable=False),
+                         clearable=False, **KEPT_ON_RELOAD),
             label("Direction", ids.DIRECTION_SELECT),
             dbc.RadioItems(id=ids.DIRECTION_SELECT, options=direction_options(),
-                           value="denoise", className="direction"),
+                           value="denoise", className="direction", **KEPT_ON_RELOAD),
             html.Details([
                 html.Summary("Filters (optional)"),
                 dbc.Row([

@@ -299,3 +299,11 @@ def test_run_is_a_background_callback_with_progress_and_cancel(app):
     bg = run["background"]
     assert [str(o) for o in bg["progress"]][:2] == [f"{ids.PROGRESS}.value", f"{ids.PROGRESS}.max"]
     assert bg["cancel"] == [{"id": ids.CANCEL_BUTTON, "property": "n_clicks"}]
+
+
+def test_kind_metric_and_direction_survive_a_reload(app):
+    """The browser keeps the user's choice of kind, per-position, metric and direction (Dash
+    persistence in localStorage), so a reload does not reset a researcher's setup."""
+    by_id = {getattr(c, "id", None): c for c in walk(app.layout)}
+    for id_ in (ids.KIND_SELECT, ids.PER_POSITION, ids.METRIC_SELECT, ids.DIRECTION_SELECT):
+        assert by_id[id_].persistence is True and by_id[id_].persistence_type == "local", id_
