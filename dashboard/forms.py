@@ -108,15 +108,6 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0, model=None) -> list[dict]
     return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in drawn]
 
 
-def preset_metric(task: str) -> str | None:
-    """The metric a preset suggests, when the registry has it."""
-    tasks = _tasks()
-    if tasks is None or task not in tasks.TASKS:
-        return None
-    metric = getattr(tasks.TASKS[task], "metric", None)
-    return metric if metric in METRICS else None
-
-
 # -- uploads --------------------------------------------------------------------------------------
 def upload_file_limit(max_request_bytes: int | None) -> int:
     """The largest pairs CSV a request of `max_request_bytes` carries: the browser sends the file

@@ -14,7 +14,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from dashboard import forms, ids
 from dashboard.components import PERSIST, PROMPT_IDS, error_text, label, page_inputs
 from dashboard.forms import (MAX_PRESET_PAIRS, PREVIEW_ROWS, Form, TokenView, model_options, parse_upload,
-                             preset_metric, preset_options, preset_pairs, upload_file_limit)
+                             preset_options, preset_pairs, upload_file_limit)
 from dashboard.share import warm_provenance
 
 SAMPLE = ("When Mary and John went to the store, John gave a drink to",
@@ -139,7 +139,8 @@ def register(app, ctx) -> SimpleNamespace:
     # -- presets and uploads ---------------------------------------------------------------------
     def fill_preset(task, count, model_name=None):
         """Preset -> the prompt fields (first pair) and, for several pairs, the pairs store: pairs
-        of one token length on the chosen model, so that the set runs. Where the model's tokenizer
+        of one token length on the chosen model, so that the set runs. The metric is left as the
+        user set it. Where the model's tokenizer
         gives too few such pairs, the task's own pairs fill the form and the message says why."""
         if not task:
             return (no_update,) * 7
@@ -154,9 +155,10 @@ def register(app, ctx) -> SimpleNamespace:
         except ValueError as exc:
             return (no_update,) * 6 + (str(exc),)
         first = pairs[0]
-        metric = preset_metric(task) or no_update
+        # the metric stays the user's: a preset that switched it (factual, induction -> a 0/1
+        # accuracy) left it switched for every later typed run, unannounced
         return (first["clean"], first["corrupt"], first["answer"], first["wrong"],
-                pairs if len(pairs) > 1 else None, metric, note)
+                pairs if len(pairs) > 1 else None, no_update, note)
 
     app.callback(
         Output(ids.CLEAN_PROMPT, "value"), Output(ids.CORRUPT_PROMPT, "value"),

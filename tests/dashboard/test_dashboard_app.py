@@ -142,6 +142,8 @@ def test_preset_fills_the_form(app, tiny_name):
     assert len(out[4]) == 4 and out[0] == out[4][0]["clean"]
     assert cb.fill_preset("ioi", 999)[-1] == "number of pairs must be a whole number from 1 to 64, not 999"
     assert cb.fill_preset(None, 1) == (no_update,) * 7
+    for task in ("factual", "induction", "greater_than", "ioi"):    # the metric stays the user's
+        assert cb.fill_preset(task, 1)[5] is no_update
 
 
 def test_upload_then_preview_then_clear(app):

@@ -125,7 +125,6 @@ def test_presets_come_from_tasks():
     assert {"ioi", "factual", "greater_than", "induction"} <= set(values)
     pairs = forms.preset_pairs("ioi", 3)
     assert len(pairs) == 3 and set(pairs[0]) == {"clean", "corrupt", "answer", "wrong"}
-    assert forms.preset_metric("ioi") == "logit_diff"
 
 
 @pytest.mark.parametrize("task, n, needle", [("nope", 1, "unknown preset 'nope'"),
