@@ -16,7 +16,7 @@ from patching.runs.jobs import job_token
 
 from dashboard import ids
 from dashboard.actions import execute_run, guarded
-from dashboard.components import PERSIST, background, label, page_inputs, register_cancel_notice, saved_status
+from dashboard.components import background, label, page_inputs, register_cancel_notice, saved_status
 from dashboard.forms import Form, direction_options, kind_options, metric_options, parse_form
 from dashboard.panel import cost
 from dashboard.server.jobs import progress_reporter
@@ -26,22 +26,27 @@ _SESSION_ID = """function(_) { return (window.crypto && crypto.randomUUID) ? cry
                  : Date.now().toString(36) + Math.random().toString(36).slice(2); }"""
 
 
+# kind, metric and direction survive a reload of this tab (sessionStorage); a second tab starts
+# from the defaults rather than from whatever the first tab chose last
+KEPT_ON_RELOAD = dict(persistence=True, persistence_type="session")
+
+
 def layout() -> dbc.Card:
     return dbc.Card([
         dbc.CardHeader(html.H2("Patch", className="card-title-sm")),
         dbc.CardBody([
             label("Kind", ids.KIND_SELECT),
             dcc.Dropdown(id=ids.KIND_SELECT, options=kind_options(), value="head_out",
-                         clearable=False, **PERSIST),
+                         clearable=False, **KEPT_ON_RELOAD),
             dbc.Checklist(id=ids.PER_POSITION, options=[{"label": "one cell per position (head kinds)",
                                                          "value": "per"}],
-                          value=[], switch=True, className="mt-1", **PERSIST),
+                          value=[], switch=True, className="mt-1", **KEPT_ON_RELOAD),
             label("Metric", ids.METRIC_SELECT),
             dcc.Dropdown(id=ids.METRIC_SELECT, options=metric_options(), value="logit_diff",
-                         clearable=False, **PERSIST),
+                         clearable=False, **KEPT_ON_RELOAD),
             label("Direction", ids.DIRECTION_SELECT),
             dbc.RadioItems(id=ids.DIRECTION_SELECT, options=direction_options(),
-                           value="denoise", className="direction", **PERSIST),
+                           value="denoise", className="direction", **KEPT_ON_RELOAD),
             html.Details([
                 html.Summary("Filters (optional)"),
                 dbc.Row([

@@ -305,7 +305,7 @@ def test_run_is_a_background_callback_with_progress_and_cancel(app):
 
 def test_kind_metric_and_direction_survive_a_reload(app):
     """The browser keeps the user's choice of kind, per-position, metric and direction (Dash
-    persistence in localStorage), so a reload does not reset a researcher's setup."""
+    persistence in the tab's sessionStorage), so a reload does not reset a researcher's setup."""
     by_id = {getattr(c, "id", None): c for c in walk(app.layout)}
     for id_ in (ids.KIND_SELECT, ids.PER_POSITION, ids.METRIC_SELECT, ids.DIRECTION_SELECT):
-        assert by_id[id_].persistence is True and by_id[id_].persistence_type == "local", id_
+        assert by_id[id_].persistence is True and by_id[id_].persistence_type == "session", id_
