@@ -118,6 +118,30 @@ def render_pairs_preview(pairs: list[dict] | None):
     ], className="pairs-preview")
 
 
+def preset_fields(ctx, task, count, model_name=None) -> tuple:
+    """Preset -> (clean, corrupt, answer, wrong, pairs store, metric, message): the first pair in
+    the fields and, for several, the pairs store — pairs of one token length on the chosen model,
+    so that the set runs. The metric is left as the user set it. Where the model's tokenizer gives
+    too few such pairs, the task's own pairs fill the form and the message says why."""
+    if not task:
+        return (no_update,) * 7
+    note = ""
+    try:
+        try:
+            pairs = preset_pairs(task, count, model=ctx.model(model_name) if model_name else None)
+        except ValueError as exc:
+            if not model_name or "pairs of one token length" not in str(exc):
+                raise
+            pairs, note = preset_pairs(task, count), str(exc)
+    except ValueError as exc:
+        return (no_update,) * 6 + (str(exc),)
+    first = pairs[0]
+    # the metric stays the user's: a preset that switched it (factual, induction -> a 0/1
+    # accuracy) left it switched for every later typed run, unannounced
+    return (first["clean"], first["corrupt"], first["answer"], first["wrong"],
+            pairs if len(pairs) > 1 else None, no_update, note)
+
+
 # -- callbacks ----------------------------------------------------------------------------------
 def register(app, ctx) -> SimpleNamespace:
     """Wire the card to `app`; returns the plain functions so tests call them directly."""
@@ -138,27 +162,7 @@ def register(app, ctx) -> SimpleNamespace:
 
     # -- presets and uploads ---------------------------------------------------------------------
     def fill_preset(task, count, model_name=None):
-        """Preset -> the prompt fields (first pair) and, for several pairs, the pairs store: pairs
-        of one token length on the chosen model, so that the set runs. The metric is left as the
-        user set it. Where the model's tokenizer
-        gives too few such pairs, the task's own pairs fill the form and the message says why."""
-        if not task:
-            return (no_update,) * 7
-        note = ""
-        try:
-            try:
-                pairs = preset_pairs(task, count, model=ctx.model(model_name) if model_name else None)
-            except ValueError as exc:
-                if not model_name or "pairs of one token length" not in str(exc):
-                    raise
-                pairs, note = preset_pairs(task, count), str(exc)
-        except ValueError as exc:
-            return (no_update,) * 6 + (str(exc),)
-        first = pairs[0]
-        # the metric stays the user's: a preset that switched it (factual, induction -> a 0/1
-        # accuracy) left it switched for every later typed run, unannounced
-        return (first["clean"], first["corrupt"], first["answer"], first["wrong"],
-                pairs if len(pairs) > 1 else None, no_update, note)
+        return preset_fields(ctx, task, count, model_name)
 
     app.callback(
         Output(ids.CLEAN_PROMPT, "value"), Output(ids.CORRUPT_PROMPT, "value"),
