@@ -10,6 +10,7 @@ import dash
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dashboard.context import Context
 from dashboard.figures import detectors as F
@@ -55,16 +56,28 @@ def test_three_maps_side_by_side_hold_head_scores_values(gpt2_model, scores):
         assert list(trace.y) == [f"L{l}" for l in range(gpt2_model.n_layers)]
         assert list(trace.x) == [f"H{h}" for h in range(gpt2_model.n_heads)]
         assert (trace.zmin, trace.zmax, trace.colorscale[0][1]) == (0, 1, "rgb(247,251,255)")   # Blues, 0..1
-        assert trace.colorbar.title.text == F.MEANINGS[trace.name]
+        assert trace.colorbar.title.text.replace("<br>", " ") == F.MEANINGS[trace.name]
     induction = fig.data[2]
     assert induction.text[1][2] == f"L1H2 · induction {float(induction.z[1][2]):.2f}"
     assert induction.hovertemplate == "%{text}<extra></extra>"
-    assert [a.text for a in fig.layout.annotations] == ["Previous-token", "Duplicate-token", "Induction"]
+    titles = [a.text for a in fig.layout.annotations]
+    for title, name, word in zip(titles, D.DETECTORS, ["Previous-token", "Duplicate-token", "Induction"]):
+        best = scores[scores.detector == name].sort_values("score").iloc[-1]
+        assert title == f"{word} · best L{best.layer}H{best['head']} {best.score:.2f}"
 
 
 def test_meanings_say_what_the_number_is():
     assert F.MEANINGS["previous_token"] == "mean attention to the previous token"
     assert set(F.MEANINGS) == set(D.DETECTORS)
+
+
+def test_uniform_score_is_what_an_even_head_scores():
+    half, n_pos = 5, 11
+    pattern = torch.tril(torch.ones(n_pos, n_pos))
+    pattern = (pattern / pattern.sum(-1, keepdim=True))[None, None].expand(2, 1, n_pos, n_pos)
+    for name in D.DETECTORS:
+        dest, src = D._detector_sources(name, n_pos, half)
+        assert float(pattern[..., dest, src].mean()) == pytest.approx(F.uniform_score(name, half))
 
 
 def test_firing_labels_threshold_and_order():
@@ -81,6 +94,7 @@ def test_view_through_the_callback_matches_head_scores(cb, page, scores):
     assert not disabled and "Head detectors · 4 repeated random sequences of 2 × 6 tokens · seed 3" in \
         fig.layout.title.text
     assert "previous token" in status and box == {"display": "none"}
+    assert "would score 0.18 / 0.10 / 0.10." in status         # half length 6: mean 1/(d+1), d = 1..12 / 7..12
     for trace in fig.data:
         want = scores[scores.detector == trace.name].sort_values(["layer", "head"]).score.to_numpy()
         np.testing.assert_array_equal(np.asarray(trace.z, dtype=float).ravel(), want)

@@ -58,18 +58,39 @@ def firing_labels(df: pd.DataFrame, threshold: float = FIRES) -> dict[tuple[int,
     return {key: " / ".join(names) for key, names in sorted(out.items())}
 
 
+def uniform_score(name: str, half_length: int) -> float:
+    """What a head attending evenly to every earlier position (BOS included) would score: the
+    mean of 1 / (dest + 1) over the detector's destinations — the floor to read a score against.
+
+    >>> round(uniform_score("previous_token", 20), 3), round(uniform_score("induction", 20), 3)
+    (0.083, 0.033)
+    """
+    dests = range(1, 2 * half_length + 1) if name == "previous_token" else range(half_length + 1, 2 * half_length + 1)
+    return sum(1 / (d + 1) for d in dests) / len(dests)
+
+
 def _matrix(d: pd.DataFrame, layers: list[int], heads: list[int]) -> np.ndarray:
     table = d.pivot_table(index="layer", columns="head", values="score", aggfunc="mean")
     return table.reindex(index=layers, columns=heads).to_numpy(dtype=float)
 
 
+GAP = 0.12                        # between panels: room for a colour bar and its two-line title
+
+
 def _colorbar(i: int, n: int, name: str) -> dict:
-    """A thin colour bar just right of subplot i (of n), titled with what the score means."""
-    gap = 0.08
-    width = (1 - gap * (n - 1)) / n
-    return dict(title=dict(text=MEANINGS.get(name, name), side="right", font=dict(size=11)),
-                x=i * (width + gap) + width + 0.008, xanchor="left", thickness=10, len=0.9,
-                outlinewidth=0, tickvals=[0, 0.5, 1], ticks="outside")
+    """A thin colour bar just right of subplot i (of n), titled with what the score means
+    (broken after 'attention to', so it fits beside a short map)."""
+    width = (1 - GAP * (n - 1)) / n
+    text = MEANINGS.get(name, name).replace("attention to ", "attention to<br>", 1)
+    return dict(title=dict(text=text, side="right", font=dict(size=11)),
+                x=i * (width + GAP) + width + 0.01, xanchor="left", thickness=10, len=1,
+                outlinewidth=0, tickvals=[0, 0.5, 1])
+
+
+def _panel_title(name: str, d: pd.DataFrame) -> str:
+    """'Induction · best L1H2 0.83' (the best head of one detector's scores)."""
+    best = d.loc[d.score.idxmax()]
+    return f"{TITLES.get(name, name)} · best {head_name(best.layer, best['head'])} {best.score:.2f}"
 
 
 def detector_heatmaps(df: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -85,8 +106,8 @@ def detector_heatmaps(df: pd.DataFrame, title: str | None = None) -> go.Figure:
         return empty_figure("No detector scores to show.")
     names = list(dict.fromkeys(df.detector))
     layers, heads = sorted(int(v) for v in df.layer.unique()), sorted(int(v) for v in df["head"].unique())
-    fig = make_subplots(rows=1, cols=len(names), horizontal_spacing=0.08,
-                        subplot_titles=[TITLES.get(n, n) for n in names])
+    fig = make_subplots(rows=1, cols=len(names), horizontal_spacing=GAP, shared_yaxes=True,
+                        subplot_titles=[_panel_title(n, df[df.detector == n]) for n in names])
     show_scores = len(layers) * len(heads) <= MAX_TEXT_CELLS
     for i, name in enumerate(names):
         z = _matrix(df[df.detector == name], layers, heads)
@@ -100,10 +121,11 @@ def detector_heatmaps(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="")
     fig.update_xaxes(type="category", showgrid=False, ticks="", title_text="head")
     fig.update_yaxes(title_text="layer", row=1, col=1)
-    height = int(min(900, max(360, 34 * len(layers) + 200)))
+    height = int(min(900, max(420, 34 * len(layers) + 200)))
     fig = base_layout(fig, title, height)
-    fig.update_layout(margin=dict(r=90))          # room for the last colour bar and its title
+    fig.update_layout(margin=dict(r=90))
+    fig.update_annotations(font=dict(size=13))          # room for the last colour bar and its title
     return fig
 
 
-__all__ = ["detector_heatmaps", "firing_labels", "head_name", "MEANINGS", "FIRES"]
+__all__ = ["detector_heatmaps", "firing_labels", "head_name", "uniform_score", "MEANINGS", "FIRES"]

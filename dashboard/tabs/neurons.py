@@ -242,8 +242,10 @@ def _weight_view(x) -> tuple:
         df = x.cached(lambda: D.head_scores(x.model, spec), "detectors", spec)
         fig = figures_detectors.detector_heatmaps(df, f"Head detectors · {spec.n_sequences} repeated random "
                                                       f"sequences of 2 × {spec.half_length} tokens · seed {spec.seed}")
+        floor = " / ".join(f"{figures_detectors.uniform_score(n, spec.half_length):.2f}" for n in spec.detectors)
         summary = ("Each head's mean attention (0..1) to the previous token, to the token's earlier copy and to "
-                   "the token after it (induction), on seeded repeated random token sequences.")
+                   "the token after it (induction), on seeded repeated random token sequences; a head attending "
+                   f"evenly to all earlier tokens would score {floor}.")
         name = f"head-detectors-n{spec.n_sequences}-half{spec.half_length}-seed{spec.seed}"
     elif v == "rank_k":
         p = x.pairs()
@@ -306,9 +308,10 @@ def layout() -> html.Div:
         _field("circuit", "Circuit", radio(NEURONS_CIRCUIT, {"ov": "OV", "qk": "QK"}, "ov")),
         _field("head", "Head", number(NEURONS_HEAD, 0, min_=0)),
         _field("rank", "Rank", number(NEURONS_RANK, 1, min_=0)),
-        _field("sequences", "Sequences", number(NEURONS_SEQUENCES, D.DetectorSpec.n_sequences, min_=1)),
-        _field("half_length", "Half length", number(NEURONS_HALF_LENGTH, D.DetectorSpec.half_length, min_=2)),
-        _field("seed", "Seed", number(NEURONS_SEED, D.DetectorSpec.seed, min_=0)),
+        # no browser min on the detector options: a bad value reaches `detector_spec`, which names it inline
+        _field("sequences", "Sequences", number(NEURONS_SEQUENCES, D.DetectorSpec.n_sequences)),
+        _field("half_length", "Half length", number(NEURONS_HALF_LENGTH, D.DetectorSpec.half_length)),
+        _field("seed", "Seed", number(NEURONS_SEED, D.DetectorSpec.seed)),
     ], className="inspect-options toolbar")
     return html.Div([
         html.Div([dbc.Label("View", html_for=NEURONS_VIEW, className="field-label"), view],
