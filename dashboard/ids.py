@@ -67,6 +67,7 @@ CURRENT_RUN = "current-run"                # dcc.Store: id of the run on screen
 VALUE_MODE = "value-mode"                  # raw / normalized toggle
 IMAGE_FORMAT = "image-format"              # png / svg for the modebar camera button
 RESULTS_SUMMARY = "results-summary"
+RESULTS_HEAD_LABELS = "results-head-labels"  # switch: name heads that fire on a head detector
 DOWNLOAD_CSV = "download-csv"              # dcc.Download of the run's CSV
 ATTENTION_STATUS = "attention-status"
 ATTENTION_DOWNLOAD_BUTTON = "attention-download-button"

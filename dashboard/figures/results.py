@@ -415,9 +415,10 @@ def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
     return fig
 
 
-def result_figure(result: PatchResult, mode: str = "raw") -> go.Figure:
+def result_figure(result: PatchResult, mode: str = "raw",
+                  head_labels: Mapping[tuple[int, int], str] | None = None) -> go.Figure:
     """The figure a result reads best as: bars for one-axis path results, else a heatmap (path
-    and attribution results titled as such)."""
+    and attribution results titled as such); `head_labels` as `heatmap`'s (sweeps only)."""
     if getattr(result.spec, "kind", None) == "path":
         if len(result.axes) == 1:
             return bars(result, mode)
@@ -429,7 +430,7 @@ def result_figure(result: PatchResult, mode: str = "raw") -> go.Figure:
         return fig
     if hasattr(result, "method_label"):
         return heatmap(result, mode, title=attribution_title(result))
-    return heatmap(result, mode)
+    return heatmap(result, mode, head_labels=head_labels)
 
 
 def attribution_title(result) -> str:

@@ -85,3 +85,16 @@ def test_download_csv_is_layer_head_detector_score(page):
     assert len(rows) == 1 + 4 * 4 * 3
     assert all(0 <= float(r[3]) <= 1 for r in rows[1:])
     assert not page.errors
+
+
+def test_results_switch_names_firing_heads_without_errors(page):
+    """A head_out run, then the Results tab's detector-label switch: the heatmap redraws (the
+    default model has no head >= 0.4, so no cell is labelled) and the page stays error-free."""
+    page.click("a.nav-link:text-is('Results')")
+    page.click("#run-button")
+    page.wait_for_selector("#results-heatmap g.hm")
+    page.click("label:has-text('name heads that fire on a head detector')")
+    page.wait_for_function("document.querySelector('#results-head-labels input').checked")
+    page.wait_for_timeout(1500)
+    assert page.locator("#results-heatmap g.hm").count() == 1
+    assert not page.errors
