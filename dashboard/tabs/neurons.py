@@ -40,7 +40,8 @@ from dashboard.tabs.inspect import FrameMemo
 from dashboard.ids import (NEURONS_CIRCUIT, NEURONS_COMPOSITION, NEURONS_DOWNLOAD, NEURONS_DOWNLOAD_BUTTON,  # noqa: F401
                            NEURONS_GRAPH, NEURONS_HEAD, NEURONS_IMAGE_FORMAT, NEURONS_K, NEURONS_LAYER,
                            NEURONS_HALF_LENGTH, NEURONS_METHOD, NEURONS_NEURON, NEURONS_PANEL, NEURONS_POS,
-                           NEURONS_RANK, NEURONS_RUN, NEURONS_SEED, NEURONS_SEQUENCES, NEURONS_SOURCE, NEURONS_STATUS, NEURONS_TABLE, NEURONS_TABLE_BOX, NEURONS_TASK_N,
+                           NEURONS_RANK, NEURONS_RUN, NEURONS_SEED, NEURONS_SEQUENCES, NEURONS_SOURCE, NEURONS_STATUS,
+                           NEURONS_TABLE, NEURONS_TABLE_BOX, NEURONS_TASK_N,
                            NEURONS_VIEW, TAB_NEURONS, control_id)
 
 VIEWS = {
@@ -241,7 +242,7 @@ def _weight_view(x) -> tuple:
         spec = detector_spec(x.opts.sequences, x.opts.half_length, x.opts.seed)
         df = x.cached(lambda: D.head_scores(x.model, spec), "detectors", spec)
         fig = figures_detectors.detector_heatmaps(df, f"Head detectors · {spec.n_sequences} repeated random "
-                                                      f"sequences of 2 × {spec.half_length} tokens · seed {spec.seed}")
+                                                  f"sequences of 2 × {spec.half_length} tokens · seed {spec.seed}")
         floor = " / ".join(f"{figures_detectors.uniform_score(n, spec.half_length):.2f}" for n in spec.detectors)
         summary = ("Each head's mean attention (0..1) to the previous token, to the token's earlier copy and to "
                    "the token after it (induction), on seeded repeated random token sequences; a head attending "
