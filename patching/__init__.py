@@ -5,7 +5,7 @@
 >>> prompts = PromptSet.single(model, "When Mary and John went to the store, John gave a drink to",
 ...     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
 >>> sweep(model, prompts, PatchSpec(kind="head_out")).to_dataframe().shape    # one row per layer x head
-(16, 10)
+(16, 11)
 """
 from patching.model import hooks
 from patching.methods.attention import counterfactual_attention

@@ -32,9 +32,10 @@ def page(tiny_dirs):
 
 
 def _show(cb, page, view="top", source="task", task_n=8, run="clean", layer=1, pos=-1, neuron=3, k=5,
-          method="pca", composition="all", circuit="ov", head=1, rank=2, image_format="png", tab=T.TAB_NEURONS):
+          method="pca", composition="all", circuit="ov", head=1, rank=2, sequences=4, half_length=6, seed=0,
+          image_format="png", tab=T.TAB_NEURONS):
     return cb.show(view, source, task_n, run, layer, pos, neuron, k, method, composition, circuit, head, rank,
-                   image_format, tab, *page)
+                   sequences, half_length, seed, image_format, tab, *page)
 
 
 def test_layout_has_every_tab_id_and_no_clash_with_the_page():
@@ -85,11 +86,11 @@ def test_other_tab_open_computes_nothing(cb, page):
 
 
 def test_download_is_the_views_frame(cb, page):
-    sent = cb.download(1, "top", "task", 8, "clean", 1, -1, 3, 5, "pca", "all", "ov", 1, 2, *page)
+    sent = cb.download(1, "top", "task", 8, "clean", 1, -1, 3, 5, "pca", "all", "ov", 1, 2, 4, 6, 0, *page)
     df = pd.read_csv(io.StringIO(sent["content"]))
     assert list(df.columns[:4]) == ["layer", "pos", "rank", "neuron"] and len(df) == 5
     assert sent["filename"] == "patchboard-top-neurons-L1.csv"
-    assert cb.download(0, "top", "task", 8, "clean", 1, -1, 3, 5, "pca", "all", "ov", 1, 2, *page) is no_update
+    assert cb.download(0, "top", "task", 8, "clean", 1, -1, 3, 5, "pca", "all", "ov", 1, 2, 4, 6, 0, *page) is no_update
 
 
 def test_clicking_a_bar_picks_the_neuron(cb):

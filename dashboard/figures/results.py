@@ -20,6 +20,7 @@ Conventions shared by every figure here:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,8 +181,12 @@ def _axis_style(fig: go.Figure, row=None, col=None, n_cols: int = 1) -> None:
 
 
 def heatmap(result: PatchResult, mode: str = "raw", *, zmax: float | None = None,
-            title: str | None = None) -> go.Figure:
+            title: str | None = None, head_labels: Mapping[tuple[int, int], str] | None = None) -> go.Figure:
     """One run as a heatmap of its effect (raw or normalized), on a symmetric diverging scale.
+
+    `head_labels` ((layer, head) -> e.g. 'induction', from `figures.detectors.firing_labels`;
+    default none) names the heads that fire: 'L1H2 · induction' in the cell of a layer × head
+    grid, or as the row label of a (layer.head) × position grid.
 
     >>> heatmap(result, "normalized").layout.title.text    # doctest: +SKIP
     'Attention head output (z) · denoise · logit_diff'
@@ -193,7 +198,23 @@ def heatmap(result: PatchResult, mode: str = "raw", *, zmax: float | None = None
     _axis_style(fig, n_cols=len(g.x_labels))
     fig.update_xaxes(title_text=g.x_title)
     fig.update_yaxes(title_text=g.y_title)
+    if head_labels and "head" in result.axes:
+        _label_heads(fig, g, head_labels, rows_are_heads=len(result.axes) == 3)
     return base_layout(fig, title or _title(result), _grid_height(len(g.y_labels)))
+
+
+def _label_heads(fig: go.Figure, g: Grid, head_labels: Mapping[tuple[int, int], str], rows_are_heads: bool) -> None:
+    """'L1H2 · induction' on the heads in `head_labels`: row labels when rows are heads, else cell text."""
+    def note(layer: int, head: int) -> str:
+        return f"L{layer}H{head} · {head_labels[(layer, head)]}" if (layer, head) in head_labels else ""
+
+    notes = [[note(int(l), int(h)) for l, _, h in row] for row in g.cells]
+    if rows_are_heads:
+        fig.update_yaxes(tickvals=g.y_labels, ticktext=[n or y for n, y in zip((r[0] for r in notes), g.y_labels)])
+        return
+    trace = fig.data[0]
+    trace.update(text=notes, texttemplate="%{text}", textfont=dict(size=10),
+                 hovertemplate=trace.hovertemplate.replace("<extra></extra>", "<br>%{text}<extra></extra>"))
 
 
 def same_layout(a: PatchResult, b: PatchResult) -> bool:
@@ -413,9 +434,10 @@ def bars(result, mode: str = "raw", *, title: str | None = None) -> go.Figure:
     return fig
 
 
-def result_figure(result: PatchResult, mode: str = "raw") -> go.Figure:
+def result_figure(result: PatchResult, mode: str = "raw",
+                  head_labels: Mapping[tuple[int, int], str] | None = None) -> go.Figure:
     """The figure a result reads best as: bars for one-axis path results, else a heatmap (path
-    and attribution results titled as such)."""
+    and attribution results titled as such); `head_labels` as `heatmap`'s (sweeps only)."""
     if getattr(result.spec, "kind", None) == "path":
         if len(result.axes) == 1:
             return bars(result, mode)
@@ -427,7 +449,7 @@ def result_figure(result: PatchResult, mode: str = "raw") -> go.Figure:
         return fig
     if hasattr(result, "method_label"):
         return heatmap(result, mode, title=attribution_title(result))
-    return heatmap(result, mode)
+    return heatmap(result, mode, head_labels=head_labels)
 
 
 def attribution_title(result) -> str:

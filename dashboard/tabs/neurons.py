@@ -2,7 +2,8 @@
 
 Neuron views read a set of prompts: the factual-recall task (cities -> countries, labelled by
 country; the default) or the prompts panel on the left (its clean or corrupt prompts, labelled
-by answer). Weight views read the model only; the rank-k view and the neuron shortlist patch, so
+by answer). Weight views and the head detectors (seeded repeated random token sequences) read
+the model only; the rank-k view and the neuron shortlist patch, so
 they need prompt pairs (the panel's, or the task's largest same-length group). Every view has
 its DataFrame as CSV and PNG/SVG export from plotly's modebar camera.
 
@@ -26,25 +27,28 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html, no_update
 
 from patching.core.spec import check_index
+from patching.inspect import detectors as D
 from patching.inspect import neurons as N
 from patching.inspect import weights as W
 
 from dashboard.components import field, number, radio, register_view, view_body
+from dashboard.figures import detectors as figures_detectors
 from dashboard.figures import neurons as figures_neurons
 from dashboard.forms import prompts_from_page, whole_number
 from dashboard.tabs.inspect import FrameMemo
 
 from dashboard.ids import (NEURONS_CIRCUIT, NEURONS_COMPOSITION, NEURONS_DOWNLOAD, NEURONS_DOWNLOAD_BUTTON,  # noqa: F401
                            NEURONS_GRAPH, NEURONS_HEAD, NEURONS_IMAGE_FORMAT, NEURONS_K, NEURONS_LAYER,
-                           NEURONS_METHOD, NEURONS_NEURON, NEURONS_PANEL, NEURONS_POS, NEURONS_RANK, NEURONS_RUN,
-                           NEURONS_SOURCE, NEURONS_STATUS, NEURONS_TABLE, NEURONS_TABLE_BOX, NEURONS_TASK_N,
+                           NEURONS_HALF_LENGTH, NEURONS_METHOD, NEURONS_NEURON, NEURONS_PANEL, NEURONS_POS,
+                           NEURONS_RANK, NEURONS_RUN, NEURONS_SEED, NEURONS_SEQUENCES, NEURONS_SOURCE, NEURONS_STATUS,
+                           NEURONS_TABLE, NEURONS_TABLE_BOX, NEURONS_TASK_N,
                            NEURONS_VIEW, TAB_NEURONS, control_id)
 
 VIEWS = {
     "top": "Top neurons", "profile": "Neuron across prompts", "top_activating": "Top-activating tokens",
     "cluster": "Prompt clusters", "shortlist": "Neuron shortlist (patching)",
     "composition": "Composition scores", "svd": "OV / QK singular values", "svd_tokens": "Singular directions → tokens",
-    "rank_k": "Rank-k head", "rank_k_pattern": "Rank-k pattern",
+    "rank_k": "Rank-k head", "rank_k_pattern": "Rank-k pattern", "detectors": "Head detectors",
 }
 NEURON_VIEWS = ("top", "profile", "top_activating", "cluster", "shortlist")
 # which selectors each view uses (the others are hidden)
@@ -62,6 +66,9 @@ CONTROLS = {
     "circuit": ("svd", "svd_tokens"),
     "head": ("svd", "svd_tokens", "rank_k", "rank_k_pattern"),
     "rank": ("rank_k_pattern",),
+    "sequences": ("detectors",),
+    "half_length": ("detectors",),
+    "seed": ("detectors",),
 }
 CONTROL_IDS = {name: control_id("neurons", name) for name in CONTROLS}
 IDLE = "Choose a view. Neuron views use the factual-recall prompts (cities → countries) unless you pick the prompts panel."
@@ -85,6 +92,9 @@ class NeuronOptions:
     circuit: str = "ov"
     head: int | None = 0
     rank: int | None = 1
+    sequences: int | None = D.DetectorSpec.n_sequences
+    half_length: int | None = D.DetectorSpec.half_length
+    seed: int | None = D.DetectorSpec.seed
 
     def __post_init__(self):
         if self.view not in VIEWS:
@@ -228,6 +238,16 @@ def _weight_view(x) -> tuple:
         summary = (f"Top singular directions of {df.label.iloc[0]}'s {x.opts.circuit.upper()} circuit as tokens "
                    "(writing side through the unembedding, reading sides through the embedding).")
         name = f"svd-tokens-{df.label.iloc[0]}-{x.opts.circuit}"
+    elif v == "detectors":
+        spec = detector_spec(x.opts.sequences, x.opts.half_length, x.opts.seed)
+        df = x.cached(lambda: D.head_scores(x.model, spec), "detectors", spec)
+        fig = figures_detectors.detector_heatmaps(df, f"Head detectors · {spec.n_sequences} repeated random "
+                                                  f"sequences of 2 × {spec.half_length} tokens · seed {spec.seed}")
+        floor = " / ".join(f"{figures_detectors.uniform_score(n, spec.half_length):.2f}" for n in spec.detectors)
+        summary = ("Each head's mean attention (0..1) to the previous token, to the token's earlier copy and to "
+                   "the token after it (induction), on seeded repeated random token sequences; a head attending "
+                   f"evenly to all earlier tokens would score {floor}.")
+        name = f"head-detectors-n{spec.n_sequences}-half{spec.half_length}-seed{spec.seed}"
     elif v == "rank_k":
         p = x.pairs()
         df = x.cached(lambda: W.rank_k_head(x.model, p, layer, head, run=x.opts.run), "rank_k", *x.prompt_key(),
@@ -243,6 +263,27 @@ def _weight_view(x) -> tuple:
         summary = f"Pair 0's pattern of L{int(df.layer.iloc[0])}H{head}, original vs rank {rank}."
         name = f"rank-k-pattern-L{int(df.layer.iloc[0])}H{head}-r{rank}"
     return df, fig, table, summary, name
+
+
+MAX_DETECTOR_SEQUENCES = 256       # the dashboard's bound (the engine's is higher): seconds, not minutes
+
+
+def detector_spec(sequences, half_length, seed) -> D.DetectorSpec:
+    """The head-detector selectors (text, numbers or empty = the default) as a DetectorSpec;
+    ValueError naming the selector and the accepted range.
+
+    >>> detector_spec("8", 10, None).n_sequences
+    8
+    >>> detector_spec(0, 10, 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: sequences must be a whole number from 1 to 256, not 0
+    """
+    default = D.DetectorSpec()
+    return D.DetectorSpec(
+        n_sequences=whole_number(sequences, "sequences", default.n_sequences, 1, MAX_DETECTOR_SEQUENCES),
+        half_length=whole_number(half_length, "half length", default.half_length, 2, 4096),
+        seed=whole_number(seed, "seed", default.seed, 0, 2**31 - 1))
 
 
 # -- layout ------------------------------------------------------------------------------------
@@ -268,6 +309,10 @@ def layout() -> html.Div:
         _field("circuit", "Circuit", radio(NEURONS_CIRCUIT, {"ov": "OV", "qk": "QK"}, "ov")),
         _field("head", "Head", number(NEURONS_HEAD, 0, min_=0)),
         _field("rank", "Rank", number(NEURONS_RANK, 1, min_=0)),
+        # no browser min on the detector options: a bad value reaches `detector_spec`, which names it inline
+        _field("sequences", "Sequences", number(NEURONS_SEQUENCES, D.DetectorSpec.n_sequences)),
+        _field("half_length", "Half length", number(NEURONS_HALF_LENGTH, D.DetectorSpec.half_length)),
+        _field("seed", "Seed", number(NEURONS_SEED, D.DetectorSpec.seed)),
     ], className="inspect-options toolbar")
     return html.Div([
         html.Div([dbc.Label("View", html_for=NEURONS_VIEW, className="field-label"), view],
@@ -279,7 +324,7 @@ def layout() -> html.Div:
 # -- callbacks -------------------------------------------------------------------------------------
 OPTION_IDS = (NEURONS_VIEW, NEURONS_SOURCE, NEURONS_TASK_N, NEURONS_RUN, NEURONS_LAYER, NEURONS_POS,
               NEURONS_NEURON, NEURONS_K, NEURONS_METHOD, NEURONS_COMPOSITION, NEURONS_CIRCUIT,
-              NEURONS_HEAD, NEURONS_RANK)
+              NEURONS_HEAD, NEURONS_RANK, NEURONS_SEQUENCES, NEURONS_HALF_LENGTH, NEURONS_SEED)
 
 
 def register(app, ctx) -> SimpleNamespace:

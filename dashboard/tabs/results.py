@@ -16,10 +16,13 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
 from patching.core.results import PatchResult, write_csv
+from patching.inspect.detectors import head_scores
 
 from dashboard import figures, ids, share
 from dashboard.components import graph, mode_toggle, radio, send_run_csv, summary_line, triggered_value
+from dashboard.figures.detectors import FIRES, firing_labels
 from dashboard.forms import parse_pair
+from dashboard.tabs.inspect import FrameMemo
 from dashboard.views import attention_csv, attention_for_cell, clicked_cell, effective_mode
 
 IDLE = "Run a sweep to see its heatmap here."
@@ -37,13 +40,14 @@ def result_summary(result: PatchResult) -> str:
 
 
 def run_view(run, error: str | None, mode: str | None, image_format: str | None, cell=None,
-             outline: bool = True) -> tuple:
-    """(heatmap, its config, summary, CSV button disabled) of a stored run (None: `error` or idle)."""
+             outline: bool = True, head_labels=None) -> tuple:
+    """(heatmap, its config, summary, CSV button disabled) of a stored run (None: `error` or idle);
+    `head_labels` ((layer, head) -> detector) names the heads that fire."""
     config = figures.graph_config(image_format or "png", "patchboard-heatmap")
     if run is None:
         return figures.empty_figure(error or IDLE), config, "", True
     mode, note = effective_mode(run.result, mode or "normalized")
-    fig = figures.result_figure(run.result, mode)
+    fig = figures.result_figure(run.result, mode, head_labels)
     if outline:                                           # keep the clicked cell outlined
         fig.update_layout(shapes=figures.cell_outline(run.result, cell))
     return fig, config, summary_line(f"Run #{run.info.id}", result_summary(run.result), note), False
@@ -62,6 +66,8 @@ def layout() -> html.Div:
             dbc.Button("Download CSV", id=ids.DOWNLOAD_CSV_BUTTON, color="primary", outline=True,
                        size="sm", disabled=True, n_clicks=0),
             dcc.Download(id=ids.DOWNLOAD_CSV),
+            dbc.Checklist(id=ids.RESULTS_HEAD_LABELS, switch=True, value=[], options=[
+                {"label": f"name heads that fire on a head detector (score ≥ {FIRES})", "value": "on"}]),
         ], className="toolbar"),
         graph(ids.RESULTS_HEATMAP, IDLE),
         share.provenance_panel(),
@@ -102,19 +108,32 @@ def _read(ctx, run_id):
 def _register_run(app, ctx) -> SimpleNamespace:
     """The run on screen (heatmap, summary, link, provenance, export button) and its CSV."""
     href = share.run_href_for(app)
+    memo = FrameMemo(size=4)
 
-    def show_run(run_id, mode, image_format, cell=None):
+    def head_labels(run, switch) -> dict | None:
+        """The run's heads that fire on a detector (default DetectorSpec, cached per model), when
+        the switch is on and the run has a head axis; None otherwise or when the model cannot run here."""
+        if not switch or run is None or "head" not in run.result.axes:
+            return None
+        try:
+            model = ctx.model(run.result.spec.model or run.result.model_name)
+        except ValueError:
+            return None
+        return firing_labels(memo.get((model.name, "detectors"), lambda: head_scores(model)))
+
+    def show_run(run_id, mode, image_format, cell=None, labels=None):
         """current run + raw/normalized + image format -> heatmap, its config, summary, CSV button."""
         run, error = _read(ctx, run_id)
-        return run_view(run, error, mode, image_format, cell, triggered_value()[0] != ids.CURRENT_RUN)
+        return run_view(run, error, mode, image_format, cell, triggered_value()[0] != ids.CURRENT_RUN,
+                        head_labels(run, labels))
 
-    def show_screen(run_id, mode, image_format, cell=None):
+    def show_screen(run_id, mode, image_format, cell=None, labels=None):
         """One read of the run on screen -> the heatmap outputs and (when the run changed) the
         share outputs."""
         run, error = _read(ctx, run_id)
         trig = triggered_value()[0]
-        shown = run_view(run, error, mode, image_format, cell, trig != ids.CURRENT_RUN)
-        if trig in (ids.VALUE_MODE, ids.IMAGE_FORMAT):
+        shown = run_view(run, error, mode, image_format, cell, trig != ids.CURRENT_RUN, head_labels(run, labels))
+        if trig in (ids.VALUE_MODE, ids.IMAGE_FORMAT, ids.RESULTS_HEAD_LABELS):
             return shown + (no_update,) * 4
         return shown + share.share_view(run, bool(run_id), href)
 
@@ -123,7 +142,8 @@ def _register_run(app, ctx) -> SimpleNamespace:
         Output(ids.RESULTS_SUMMARY, "children"), Output(ids.DOWNLOAD_CSV_BUTTON, "disabled"),
         *share.share_outputs(),
         Input(ids.CURRENT_RUN, "data"), Input(ids.VALUE_MODE, "value"),
-        Input(ids.IMAGE_FORMAT, "value"), State(ids.ATTENTION_CELL, "data"))(show_screen)
+        Input(ids.IMAGE_FORMAT, "value"), State(ids.ATTENTION_CELL, "data"),
+        Input(ids.RESULTS_HEAD_LABELS, "value"))(show_screen)
 
     def download_csv(n_clicks, run_id):
         """The current run in the contract CSV format."""
@@ -132,7 +152,8 @@ def _register_run(app, ctx) -> SimpleNamespace:
 
     app.callback(Output(ids.DOWNLOAD_CSV, "data"), Input(ids.DOWNLOAD_CSV_BUTTON, "n_clicks"),
                  State(ids.CURRENT_RUN, "data"), prevent_initial_call=True)(download_csv)
-    return SimpleNamespace(show_run=show_run, show_screen=show_screen, download_csv=download_csv)
+    return SimpleNamespace(show_run=show_run, show_screen=show_screen, download_csv=download_csv,
+                           head_labels=head_labels, detector_memo=memo)
 
 
 def _register_attention(app, ctx) -> SimpleNamespace:
