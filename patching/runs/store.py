@@ -212,6 +212,48 @@ def _make_engine(url: str) -> sa.Engine:
                          "store (sqlite:///path or a directory)") from None
 
 
+MAX_ID = 2**63 - 1              # SQLite and PostgreSQL BIGINT; a larger id names no row
+LIST_TEXT_CHARS = 1_000         # label / model as the history list reads them (the page clips further)
+
+
+def record_id(value: object, what: str = "run") -> int:
+    """A run / job id as the store takes it: an integer (or its digits) from 1 to MAX_ID;
+    ValueError naming the value otherwise (never an OverflowError from the database).
+
+    >>> record_id("12")
+    12
+    >>> record_id(10**20)
+    Traceback (most recent call last):
+    ...
+    ValueError: run id 100000000000000000000 is out of range: ids are 1 to 9223372036854775807
+    """
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 30:
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+        raise ValueError(f"{what} id {shown} is not a number; ids are integers from 1 to {MAX_ID}")
+    if not 1 <= value <= MAX_ID:
+        shown = str(value) if len(str(value)) <= 40 else str(value)[:40] + "…"
+        raise ValueError(f"{what} id {shown} is out of range: ids are 1 to {MAX_ID}")
+    return value
+
+
+def _make_dir(path: Path) -> None:
+    """Create the data dir; ValueError when it is a file or cannot be made."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"data dir {str(path)!r} is a file, not a directory; choose a folder") from None
+    except OSError as exc:
+        raise ValueError(f"cannot use data dir {str(path)!r}: {exc.strerror}") from None
+
+
+def _db_reason(exc: Exception) -> str:
+    """The database's own words, short (SQLite: 'file is not a database')."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).splitlines()[0][:200] if str(orig) else type(orig).__name__
+
+
 def _pid_alive(pid: int, since: float) -> bool:
     """Whether process `pid` on this host still runs and is the one that started at or before `since`
     (a reused pid belongs to a newer process)."""
@@ -237,7 +279,7 @@ class RunStore:
 
     def __init__(self, data_dir: str | Path, filename: str = DEFAULT_FILENAME, *, url: str | None = None):
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _make_dir(self.data_dir)
         if url is None:
             self.path: Path | None = self.data_dir / filename
             url = _sqlite_url(self.path)
@@ -253,6 +295,14 @@ class RunStore:
         self._engine = _make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._host = socket.gethostname()
+        try:
+            self._open()
+        except (sqlite3.DatabaseError, sa.exc.DatabaseError) as exc:
+            raise ValueError(f"{self.path or self.display_url} is not a usable Patchboard run store "
+                             f"({_db_reason(exc)}); move it away or choose another --data-dir") from None
+
+    def _open(self) -> None:
+        """WAL on an SQLite file, then the tables (created when missing, upgraded when old)."""
         if self._sqlite:                  # WAL is a property of the file; set outside any transaction
             with held():
                 raw = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -314,15 +364,17 @@ class RunStore:
 
     def list(self, limit: int = 200) -> list[RunInfo]:
         """Newest first."""
+        cols = [sa.func.substr(c, 1, LIST_TEXT_CHARS).label(c.name) if c.name in ("label", "model") else c
+                for c in self._info_cols()]           # a huge stored label never reaches the page whole
         with self._read() as db:
-            rows = db.execute(sa.select(*self._info_cols()).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
+            rows = db.execute(sa.select(*cols).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
         return [RunInfo(*r) for r in rows]
 
     def get(self, run_id: int) -> Run:
         """The run, or ValueError naming the id."""
         with self._read() as db:
             row = db.execute(sa.select(*self._info_cols(), RUNS.c.pairs_json, RUNS.c.result_json)
-                             .where(RUNS.c.id == int(run_id))).first()
+                             .where(RUNS.c.id == record_id(run_id))).first()
         if row is None:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         info = RunInfo(*row[:11])
@@ -331,7 +383,7 @@ class RunStore:
 
     def info(self, run_id: int) -> RunInfo:
         with self._read() as db:
-            row = db.execute(sa.select(*self._info_cols()).where(RUNS.c.id == int(run_id))).first()
+            row = db.execute(sa.select(*self._info_cols()).where(RUNS.c.id == record_id(run_id))).first()
         if row is None:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         return RunInfo(*row)
@@ -339,7 +391,7 @@ class RunStore:
     def delete(self, run_id: int) -> bool:
         """True when a run was deleted."""
         with self._transaction() as db:
-            return db.execute(RUNS.delete().where(RUNS.c.id == int(run_id))).rowcount > 0
+            return db.execute(RUNS.delete().where(RUNS.c.id == record_id(run_id))).rowcount > 0
 
     # -- attribution runs: every kind of one run_attribution call, kept together ---------------
     def save_attribution(self, results: list[AttributionResult], pairs, label: str = "",
@@ -363,7 +415,7 @@ class RunStore:
         a = ATTRIBUTIONS.c
         with self._read() as db:
             row = db.execute(sa.select(a.id, a.created, a.label, a.pairs_json, a.results_json, a.edges_json)
-                             .where(a.id == int(attribution_id))).first()
+                             .where(a.id == record_id(attribution_id, "attribution run"))).first()
         if row is None:
             raise ValueError(f"attribution run {attribution_id} does not exist; run attribution again")
         results = [AttributionResult.from_json(d) for d in json.loads(row[4])]
@@ -466,7 +518,7 @@ class RunStore:
 
     def job(self, job_id: int) -> JobInfo:
         with self._read() as db:
-            row = db.execute(sa.select(*JOBS.c).where(JOBS.c.id == int(job_id))).first()
+            row = db.execute(sa.select(*JOBS.c).where(JOBS.c.id == record_id(job_id, "job"))).first()
         if row is None:
             raise ValueError(f"job {job_id} does not exist")
         return JobInfo(*row)
