@@ -244,7 +244,9 @@ def _register_compare(app, ctx) -> SimpleNamespace:
 
     def compare(selected, mode, image_format):
         problem = (wrong_type(selected, "the runs to compare", list) or wrong_type(mode, "the value mode", str)
-                   or wrong_type(image_format, "the image format", str))
+                   or wrong_type(image_format, "the image format", str)
+                   or (f"the value mode must be raw or normalized, not {clip(mode, 40)!r}"
+                       if mode not in (None, "", "raw", "normalized") else None))
         if problem:
             return figures.empty_figure(problem), figures.graph_config("png", "patchboard-compare"), None, problem
         config = figures.graph_config(image_format or "png", "patchboard-compare")

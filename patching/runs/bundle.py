@@ -178,12 +178,12 @@ def _check_result(d, n: int) -> None:
         raise ValueError(f"{where}: {len(axes)} axes; the limit is {limits.MAX_AXES}")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape) or len(shape) != len(axes) + 1:
         raise ValueError(f"{where}: shape {shape} does not fit axes {axes} (one size per axis, then pairs)")
+    expected = limits.check_cells(shape, where)
     for a, size in zip(axes, shape):
         if len(d["coords"].get(a, ())) != size:
             raise ValueError(f"{where}: axis {a!r} has {len(d['coords'].get(a, ()))} coordinates, shape says {size}")
     if len(d["clean_baseline"]) != shape[-1] or len(d["corrupt_baseline"]) != shape[-1]:
         raise ValueError(f"{where}: baselines must have one value per pair ({shape[-1]})")
-    expected = limits.check_cells(shape, where)
     flat = d["per_pair"]
     for _ in shape[:-1]:
         if flat and isinstance(flat[0], list):

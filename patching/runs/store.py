@@ -269,6 +269,40 @@ def _pid_alive(pid: int, since: float) -> bool:
         return True
 
 
+STOPPED_AFTER_S = 30.0          # a stopped job's process with no heartbeat this long is failed and killed
+
+
+def _pid_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP / SIGTSTP, or held by a tracer).
+
+    >>> _pid_stopped(os.getpid())
+    False
+    """
+    import psutil
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+
+
+def _ours(pid: int) -> bool:
+    """Whether this process may end `pid`: another process of the same user (never itself)."""
+    import psutil
+    try:
+        return pid != os.getpid() and psutil.Process(pid).uids().real == os.getuid()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a stopped job's process (the kernel then frees its run-slot lock); gone already is fine."""
+    import signal
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class RunStore:
     """The run history and job records: an SQLite file `<data_dir>/runs.sqlite` by default, or any
     SQLAlchemy URL (`url=`); survives restarts.
@@ -523,16 +557,19 @@ class RunStore:
             raise ValueError(f"job {job_id} does not exist")
         return JobInfo(*row)
 
-    def fail_stale(self, max_age_s: float = 120.0) -> int:
+    def fail_stale(self, max_age_s: float = 120.0, stopped_after_s: float = STOPPED_AFTER_S) -> int:
         """Mark running jobs that can no longer finish as failed (or cancelled); returns how many.
 
         A job whose process (on this host) is gone: "worker process N exited" — or, when Cancel was
         pressed for it (`request_cancel`), cancelled: Dash kills a cancelled job's process, so
-        nothing in it can say so. A job on another host, or whose process hangs, with no heartbeat
-        for `max_age_s` seconds: "worker stopped responding".
+        nothing in it can say so. The watchdog: a job whose process on this host is stopped
+        (SIGSTOP, a debugger) with no heartbeat for `stopped_after_s` seconds is failed and, when
+        it is ours (same user, not this process), killed, which frees the run slot it holds. A job
+        on another host, or whose process hangs, with no heartbeat for `max_age_s` seconds: failed
+        ("worker stopped responding"), left running.
         """
-        if max_age_s <= 0:
-            raise ValueError(f"max_age_s must be positive, not {max_age_s!r}")
+        if max_age_s <= 0 or stopped_after_s <= 0:
+            raise ValueError(f"max_age_s and stopped_after_s must be positive, not {max_age_s!r}, {stopped_after_s!r}")
         now = time.time()
         with self._read() as db:
             running = db.execute(
@@ -540,24 +577,36 @@ class RunStore:
                           JOB_TOKENS.c.cancel_requested)
                 .select_from(JOBS.outerjoin(JOB_TOKENS, JOB_TOKENS.c.job_id == JOBS.c.id))
                 .where(JOBS.c.status == "running")).all()
-        stale: list[tuple[int, str, str]] = []
+        stale: list[tuple[int, str, str, int | None]] = []       # (job, status, reason, pid to kill)
         for job_id, pid, host, started, updated, cancel in running:
-            gone = host == self._host and pid is not None and not _pid_alive(pid, started)
+            local = host == self._host and pid is not None
+            gone = local and not _pid_alive(pid, started)
+            silent = now - updated
             if gone and cancel is not None:
-                stale.append((job_id, "cancelled", f"cancelled: Cancel was pressed and its process {pid} stopped"))
+                stale.append((job_id, "cancelled", f"cancelled: Cancel was pressed and its process {pid} stopped", None))
             elif gone:
                 stale.append((job_id, "failed", f"worker process {pid} exited before the run finished "
-                                                "(killed or crashed)"))
-            elif now - updated > max_age_s:
-                stale.append((job_id, "failed", f"worker stopped responding (no heartbeat for "
-                                                f"{now - updated:.0f} s; process {pid} on {host})"))
+                                                "(killed or crashed)", None))
+            elif local and silent > stopped_after_s and _pid_stopped(pid):
+                ours = _ours(pid)
+                stale.append((job_id, "failed", f"no heartbeat for {silent:.0f} s: the job's process {pid} "
+                                                f"stopped or hung (it is stopped{'; killed to free the run slot' if ours else ''})",
+                              pid if ours else None))
+            elif silent > max_age_s:
+                stale.append((job_id, "failed", f"worker stopped responding: no heartbeat for {silent:.0f} s: "
+                                                f"the job's process {pid} on {host} stopped or hung", None))
         if not stale:
             return 0
-        n = 0
+        n, kill = 0, []
         with self._transaction() as db:
-            for job_id, status, reason in stale:      # only if still running: a late finish_job wins
-                n += db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
-                                .values(status=status, reason=reason, updated=now, finished=now)).rowcount
+            for job_id, status, reason, pid in stale:      # only if still running: a late finish_job wins
+                changed = db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
+                                     .values(status=status, reason=reason, updated=now, finished=now)).rowcount
+                n += changed
+                if changed and pid is not None:
+                    kill.append(pid)
+        for pid in kill:
+            _kill(pid)
         return n
 
 
