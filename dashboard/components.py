@@ -137,7 +137,7 @@ PAGE_LISTS = ("bos", "pairs", "per_position")                        # checklist
 
 
 def _pair_error(n: int, pair: object) -> str | None:
-    values = list(pair.values()) if isinstance(pair, dict) else pair
+    values = [pair.get(k) for k in ("clean", "corrupt", "answer", "wrong")] if isinstance(pair, dict) else pair
     if not isinstance(values, (list, tuple)) or len(values) != 4 or not all(isinstance(v, str) for v in values):
         return f"pair {n} must be four strings (clean, corrupt, answer, wrong), not {type(pair).__name__}"
     return None

@@ -143,10 +143,10 @@ WATCH_EVERY_S = 5.0      # a job queued for the run slot runs the watchdog (`Run
 
 
 def watch_queue(store, on_wait: Callable[[float], None] | None = None, every_s: float = WATCH_EVERY_S,
-                stale_after: float = STALE_AFTER_S) -> Callable[[float], None]:
+                stale_after: float = STALE_AFTER_S, stopped_after: float | None = None) -> Callable[[float], None]:
     """run_slot's `on_wait` for a queued job: `on_wait` as before, and every `every_s` s the
     watchdog, so a job whose process was stopped (SIGSTOP) while holding the slot is failed and
-    killed and the queue moves on.
+    killed and the queue moves on (`stopped_after`: RunStore.fail_stale's `stopped_after_s`).
 
     >>> with run_slot(data_dir, watch_queue(store, report)):              # doctest: +SKIP
     ...     run()
@@ -159,7 +159,7 @@ def watch_queue(store, on_wait: Callable[[float], None] | None = None, every_s: 
         if seconds - last[0] >= every_s:
             last[0] = seconds
             try:
-                store.fail_stale(stale_after)
+                store.fail_stale(stale_after, **({} if stopped_after is None else {"stopped_after_s": stopped_after}))
             except Exception:
                 log.warning("the queue's watchdog could not check the running jobs", exc_info=True)
     return waited
