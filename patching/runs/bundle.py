@@ -248,9 +248,9 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(f"not a Patchboard run file: run.json format is {found!r}, expected {FORMAT!r}")
     version = doc.get("version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"run.json version {version!r} is not valid (expected an integer >= 1)")
-    if isinstance(version, bool) or version > BUNDLE_VERSION:
+    if version > BUNDLE_VERSION:
         raise ValueError(f"run file version {version} is newer than this Patchboard reads "
                          f"({BUNDLE_VERSION}); upgrade Patchboard to import it")
     limits.check_document(doc)

@@ -22,7 +22,7 @@ MAX_TOKEN_CHARS = 200          # one of a result's str_tokens
 MAX_CODE_CHARS = 64_000        # a user metric's source kept in the provenance
 MAX_TEXT_CHARS = 1_000         # any other string (spec fields, model names, versions, keys)
 MAX_PAIRS = 10_000             # pairs in a run (as `patching.core.prompts.MAX_PAIRS`)
-MAX_TOKENS = 8_192             # str_tokens of a result
+MAX_TOKENS = MAX_PROMPT_CHARS  # str_tokens of a result (a token is at least a character)
 MAX_ITEMS = 10_000             # any other list, and keys of any object
 MAX_RESULTS = 64               # results (kinds) in one run file
 MAX_CELLS = 20_000_000         # values in one result (cells x pairs), checked before reading them
@@ -41,6 +41,7 @@ _LIST_LIMITS = (
     (re.compile(r"^results$"), MAX_RESULTS),
     (re.compile(r"^results\[\]\.str_tokens$"), MAX_TOKENS),
     (re.compile(r"^results\[\]\.(axes|shape)$"), MAX_AXES + 1),
+    (re.compile(r"^results\[\]\.coords\.[^.]+$"), MAX_CELLS),     # all neurons of a large model: > 10,000
 )
 
 

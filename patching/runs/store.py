@@ -568,8 +568,10 @@ class RunStore:
         on another host, or whose process hangs, with no heartbeat for `max_age_s` seconds: failed
         ("worker stopped responding"), left running.
         """
-        if max_age_s <= 0 or stopped_after_s <= 0:
-            raise ValueError(f"max_age_s and stopped_after_s must be positive, not {max_age_s!r}, {stopped_after_s!r}")
+        if max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive, not {max_age_s!r}")
+        if stopped_after_s <= 0:
+            raise ValueError(f"stopped_after_s must be positive, not {stopped_after_s!r}")
         now = time.time()
         with self._read() as db:
             running = db.execute(
