@@ -16,7 +16,7 @@ from typing import Callable
 
 from patching.core.prompts import PromptSet
 from patching.methods.sweep import sweep
-from patching.runs.jobs import tracked
+from patching.runs.jobs import tracked, watch_queue
 from patching.runs.slot import run_busy, run_slot  # noqa: F401 - re-exported for the tabs
 
 from dashboard.forms import AttributionForm, Form, PathForm, check_model, parse_attribution_form, parse_form, \
@@ -75,7 +75,8 @@ def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind:
     """What every Run does once its form is valid: a tracked job queued for the run slot,
     `compute(on_progress)`, the result saved to history; progress through `report`. The baselines
     shown are the result's own (the engine's clean and corrupt runs): no extra forward."""
-    with tracked(store, job_kind, label, model_name, token=token) as job, run_slot(data_dir, _queued(report)):
+    with tracked(store, job_kind, label, model_name, token=token) as job, \
+            run_slot(data_dir, watch_queue(store, _queued(report))):
         job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
         report(Progress(0, 1, "starting…", ""))
 
@@ -131,7 +132,8 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
     label = (f"attribution ({method}) · {len(kw['kinds'])} kinds · {form.direction} · {form.metric} · "
              f"{Path(form.model).name}")
     label += " · edges" if attr.edges else ""
-    with tracked(store, "attribution", label, form.model, token=token) as job, run_slot(data_dir, _queued(report)):
+    with tracked(store, "attribution", label, form.model, token=token) as job, \
+            run_slot(data_dir, watch_queue(store, _queued(report))):
         job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
         what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
         report(Progress(0, 1, f"attributing {len(kw['kinds'])} kinds ({what})…", ""))

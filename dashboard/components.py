@@ -14,6 +14,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dash_table, dcc, html
 
 from patching.runs.jobs import job_token
+from patching.runs.limits import clip
 
 from dashboard import figures, ids
 from dashboard.actions import baselines_text
@@ -104,6 +105,59 @@ def done_status(text: str, baselines: str) -> list:
     return [html.Div(text), html.Div(baselines, className="baselines")]
 
 
+TITLE_CHARS = 1_000        # a clipped text's hover title: more of it, still bounded
+
+
+def clipped(text: object, limit: int = 80, className: str | None = None) -> html.Span:
+    """Stored text as the page shows it: at most `limit` characters with an ellipsis, the title
+    (hover) holding up to TITLE_CHARS, so a huge label cannot stall a visitor's browser.
+
+    >>> clipped("x" * 500, 10).children
+    'xxxxxxxxx…'
+    """
+    s = "" if text is None else text if isinstance(text, str) else str(text)
+    short = clip(s, limit)
+    return html.Span(short, className=className, title=clip(s, TITLE_CHARS) if short != s else None)
+
+
+def wrong_type(value: object, name: str, *types: type) -> str | None:
+    """The inline message for a callback value of the wrong type (a tampered request), or None.
+
+    >>> wrong_type({"a": 1}, "run id", int, str)
+    'run id must be int or str, not dict'
+    """
+    if value is None or (isinstance(value, types) and (bool in types or not isinstance(value, bool))):
+        return None
+    return f"{name} must be {' or '.join(t.__name__ for t in types)}, not {type(value).__name__}"
+
+
+PAGE_FIELDS = ("model", "clean", "corrupt", "answer", "wrong", "bos", "pairs", "kind", "metric", "direction",
+               "per_position", "layers", "positions", "heads")      # `page_inputs` order
+PAGE_LISTS = ("bos", "pairs", "per_position")                        # checklists and the pairs store
+
+
+def _pair_error(n: int, pair: object) -> str | None:
+    values = [pair.get(k) for k in ("clean", "corrupt", "answer", "wrong")] if isinstance(pair, dict) else pair
+    if not isinstance(values, (list, tuple)) or len(values) != 4 or not all(isinstance(v, str) for v in values):
+        return f"pair {n} must be four strings (clean, corrupt, answer, wrong), not {type(pair).__name__}"
+    return None
+
+
+def page_values_error(*values: object) -> str | None:
+    """The inline message when a left-panel value (in `page_inputs` order) has the wrong type —
+    a tampered request, never the page itself — or None.
+
+    >>> page_values_error("default", {"x": 1}, "b", " c", " d", [], None, "resid_pre")
+    'clean must be str, not dict'
+    """
+    for name, value in zip(PAGE_FIELDS, values):
+        problem = wrong_type(value, name.replace("_", " "), list if name in PAGE_LISTS else str)
+        if problem:
+            return problem
+    pairs = values[6] if len(values) > 6 and isinstance(values[6], list) else []
+    return next((e for n, p in enumerate(pairs) if (e := _pair_error(n, p))), None)
+
+
 def saved_status(store, run_id: int, what: str) -> list:
     """'<what> #N saved to history (1.20 s).' and the run's baselines, from its history entry."""
     info = store.info(run_id)
@@ -160,7 +214,8 @@ def register_cancel_notice(app, store, what: str, cancel_button: str, run_button
     def cancelled(n_clicks, run_clicks=None, session=None):
         if not n_clicks:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        token = job_token(session, run_button, run_clicks)
+        token = (job_token(session, run_button, run_clicks)
+                 if isinstance(session, str) and isinstance(run_clicks, (int, type(None))) else None)
         if token:
             try:
                 store.request_cancel(token)

@@ -33,11 +33,16 @@ from dash import Input, Output, State, dcc, html, no_update
 from patching.runs import bundle
 from patching.core.provenance import Provenance, fingerprint
 
+from patching.runs.limits import MAX_CODE_CHARS, clip
+from patching.runs.store import record_id
+
 from dashboard import ids
+from dashboard.components import clipped, wrong_type
 
 RUN_PATH = re.compile(r"^run/(?P<id>[^/]*)/?$")
 RUN_ID = re.compile(r"^[0-9]{1,12}$")
 IMPORT_HINT = "Drop a .patchboard.zip run file here or "
+PROV_CHARS = 300          # a provenance value in the panel (the title shows more)
 
 
 # -- pure functions ------------------------------------------------------------------------------
@@ -51,6 +56,8 @@ def parse_run_path(pathname: str | None, prefix: str = "/") -> int | None:
     """
     if not pathname:
         return None
+    if not isinstance(pathname, str):
+        raise ValueError(f"the page path must be text, not {type(pathname).__name__}")
     prefix = "/" + (prefix or "/").strip("/")
     path = pathname
     if prefix != "/" and path.startswith(prefix):
@@ -76,7 +83,9 @@ def decode_upload(contents: str | None, filename: str | None = None,
     >>> decode_upload("data:application/zip;base64,UEs=", "r.patchboard.zip")
     b'PK'
     """
-    name = filename or "upload"
+    if (problem := wrong_type(contents, "the upload", str) or wrong_type(filename, "the file name", str)):
+        raise ValueError(problem)
+    name = clip(filename or "upload", 100)
     if not contents:
         raise ValueError(f"{name}: the file is empty")
     if filename and not filename.lower().endswith(".zip"):
@@ -107,7 +116,7 @@ def import_upload(registry, store, contents: str | None, filename: str | None,
     try:
         b = bundle.read_bundle(data)
     except ValueError as exc:
-        raise ValueError(f"{filename or 'upload'}: {exc}") from None
+        raise ValueError(f"{clip(filename or 'upload', 100)}: {exc}") from None
     warning = None
     if b.provenance is not None:
         name = b.provenance.get("model_name", "")
@@ -133,8 +142,8 @@ def render_provenance(prov: dict | None):
         return html.Div("This run was saved before Patchboard recorded provenance.", className="hint")
     try:
         p = Provenance.from_dict(prov)
-    except ValueError as exc:
-        return html.Div(f"provenance unreadable: {exc}", className="error-text")
+    except (ValueError, TypeError) as exc:
+        return html.Div(f"provenance unreadable: {clip(str(exc), PROV_CHARS)}", className="error-text")
     v = p.versions
     rows = [("model", p.model_name + (f" @ {p.model_revision}" if p.model_revision else "")),
             ("weights sha256", p.weights_sha256 or "unknown"),
@@ -150,11 +159,12 @@ def render_provenance(prov: dict | None):
             ("patchboard commit", v.get("patchboard") or "unknown"),
             ("seeds", json.dumps(p.seeds, sort_keys=True)),
             ("platform", p.platform), ("created", p.created_iso)]
-    body = html.Tbody([html.Tr([html.Th(k, className="prov-key"), html.Td(val, className="prov-val mono")])
+    body = html.Tbody([html.Tr([html.Th(k, className="prov-key"),
+                                html.Td(clipped(val, PROV_CHARS), className="prov-val mono")])
                        for k, val in rows])
     code = p.metric.get("code")
     return html.Div([dbc.Table(body, size="sm", className="prov-table"),
-                     html.Pre(code, className="prov-code") if code else None])
+                     html.Pre(clip(code, MAX_CODE_CHARS), className="prov-code") if code else None])
 
 
 def render_link(href: str | None):
@@ -298,8 +308,8 @@ def _register_route(app: dash.Dash, store) -> SimpleNamespace:
         """The run on screen -> its link, its provenance, and the Export button (the page draws
         these with the Results tab's heatmap, from one read: `tabs.results`)."""
         try:
-            run = store.get(int(run_id)) if run_id else None
-        except (ValueError, TypeError):
+            run = store.get(record_id(run_id)) if run_id else None
+        except ValueError:
             run = None
         return share_view(run, bool(run_id), run_href)
 
@@ -314,10 +324,11 @@ def _register_export(app: dash.Dash, store) -> SimpleNamespace:
         if not n_clicks or not run_id:
             return no_update, no_update
         try:
-            data = bundle.export_run(store, int(run_id))
+            run_id = record_id(run_id)
+            data = bundle.export_run(store, run_id)
         except ValueError as exc:
             return no_update, html.Span(str(exc), className="error-text")
-        name = bundle.file_name(int(run_id))
+        name = bundle.file_name(run_id)
         return (dcc.send_bytes(data, name),
                 f"Exported run #{run_id} as {name} ({len(data) / 1024:.1f} KiB).")
 
@@ -327,9 +338,11 @@ def _register_export(app: dash.Dash, store) -> SimpleNamespace:
 
     def attribution_button(att_id):
         """The Attribution tab's run -> the Export attribution button."""
-        if not att_id:
+        try:
+            return (f"Export attribution run #{record_id(att_id, 'attribution run')}", False) if att_id \
+                else ("Export attribution run", True)
+        except ValueError:
             return "Export attribution run", True
-        return f"Export attribution run #{att_id}", False
 
     app.callback(Output(ids.EXPORT_ATTR_BUTTON, "children"), Output(ids.EXPORT_ATTR_BUTTON, "disabled"),
                  Input(ids.ATTR_RUN, "data"))(attribution_button)
@@ -339,10 +352,11 @@ def _register_export(app: dash.Dash, store) -> SimpleNamespace:
         if not n_clicks or not att_id:
             return no_update, no_update
         try:
-            data = bundle.export_attribution(store, int(att_id))
-        except (ValueError, TypeError) as exc:
+            att_id = record_id(att_id, "attribution run")
+            data = bundle.export_attribution(store, att_id)
+        except ValueError as exc:
             return no_update, html.Span(str(exc), className="error-text")
-        name = bundle.file_name(int(att_id), "attribution")
+        name = bundle.file_name(att_id, "attribution")
         return (dcc.send_bytes(data, name),
                 f"Exported attribution run #{att_id} as {name} ({len(data) / 1024:.1f} KiB).")
 
@@ -374,7 +388,7 @@ def _register_import(app: dash.Dash, registry, store) -> SimpleNamespace:
         except ValueError as exc:
             return html.Span(str(exc), className="error-text"), no_update, no_update, no_update, None
         what = "attribution run" if type_ == "attribution" else "run"
-        status = [html.Div(f"Imported {filename or 'the file'} as {what} #{new_id}"
+        status = [html.Div(f"Imported {clip(filename or 'the file', 100)} as {what} #{new_id}"
                            + (" (open it on the Attribution tab)." if type_ == "attribution" else "."))]
         if warning:
             status.append(html.Div(f"Warning: {warning}", className="warning-text"))

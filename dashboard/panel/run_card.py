@@ -16,7 +16,8 @@ from patching.runs.jobs import job_token
 
 from dashboard import ids
 from dashboard.actions import execute_run, guarded
-from dashboard.components import background, label, page_inputs, register_cancel_notice, saved_status
+from dashboard.components import (background, label, page_inputs, page_values_error, register_cancel_notice,
+                                  saved_status)
 from dashboard.forms import Form, direction_options, kind_options, metric_options, parse_form
 from dashboard.panel import cost
 from dashboard.server.jobs import progress_reporter
@@ -83,6 +84,10 @@ def register(app, ctx) -> SimpleNamespace:
     def validate(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                  per_position, layers, positions, heads):
         """Live validation: what a Run would refuse, shown in error-message as the form changes."""
+        problem = page_values_error(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
+                                    per_position, layers, positions, heads)
+        if problem:
+            return problem
         form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                               per_position, layers, positions, heads)
         try:
@@ -97,7 +102,7 @@ def register(app, ctx) -> SimpleNamespace:
 
     def kind_controls(kind):
         """Per-position applies to head kinds; a heads filter to kinds with a head axis."""
-        k = KINDS.get(kind)
+        k = KINDS.get(kind) if isinstance(kind, str) else None
         per_pos_ok = bool(k and k.has_per_position)
         heads_ok = bool(k and "head" in k.index_axes)
         options = [{"label": "one cell per position (head kinds)", "value": "per", "disabled": not per_pos_ok}]
@@ -112,6 +117,10 @@ def register(app, ctx) -> SimpleNamespace:
         """The Run button: validate, queue, sweep (with progress), save to history."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
+        problem = page_values_error(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
+                                    per_position, layers, positions, heads)
+        if problem or not isinstance(n_clicks, int) or not isinstance(session, (str, type(None))):
+            return no_update, problem or "the Run button's value is not a click count", no_update, ""
         form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                               per_position, layers, positions, heads)
         run_id, error = guarded("run", lambda: execute_run(

@@ -19,7 +19,8 @@ from patching.core.results import PatchResult, write_csv
 from patching.runs import jobs as job_status
 
 from dashboard import figures, ids, share
-from dashboard.components import graph, triggered_value
+from dashboard.components import clipped, graph, triggered_value, wrong_type
+from patching.runs.limits import clip
 from dashboard.views import effective_mode
 
 
@@ -85,15 +86,34 @@ def _same_cells(a: PatchResult, b: PatchResult) -> bool:
             and bool((a.per_pair.isnan().all(-1) == b.per_pair.isnan().all(-1)).all()))
 
 
+LABEL_CHARS = 80         # a label in the list (the title shows more)
+META_CHARS = 60          # a model name in the list
+REASON_CHARS = 300       # a failed job's reason
+MAX_LISTED = 200         # runs and jobs in the list at most (the store reads no more)
+OPTION_CHARS = 100       # a compare dropdown option
+TOKEN_CHARS = 40         # a token in the top-components table
+
+
+def _model_name(model: object) -> str:
+    text = clip(model, 1_000)
+    return Path(text).name or text
+
+
 def render_job(job):
-    """A running, failed or cancelled background job in the history list (no Open: nothing was saved)."""
+    """A running, failed or cancelled background job in the history list (no Open: nothing was
+    saved); stored text is clipped.
+
+    >>> render_job(job).className                                      # doctest: +SKIP
+    'job-item job-failed'
+    """
     when = time.strftime("%H:%M:%S", time.localtime(job.started))
-    model = Path(job.model).name or job.model
     what = "running…" if job.status == "running" else f"{job.status}: {job.reason}" if job.reason else job.status
     return dbc.ListGroupItem([
-        html.Div([html.Span(f"job {job.id}", className="run-id"), html.Span(job.label, className="run-label")]),
-        html.Div(f"{model} · {job.kind} · started {when}", className="run-meta"),
-        html.Div(what, className="job-reason" if job.status == "running" else "job-reason error-text"),
+        html.Div([html.Span(f"job {job.id}", className="run-id"), clipped(job.label, LABEL_CHARS, "run-label")]),
+        html.Div([clipped(_model_name(job.model), META_CHARS), f" · {clip(job.kind, 40)} · started {when}"],
+                 className="run-meta"),
+        html.Div(clipped(what, REASON_CHARS),
+                 className="job-reason" if job.status == "running" else "job-reason error-text"),
     ], className=f"job-item job-{job.status}")
 
 
@@ -102,17 +122,16 @@ def render_history(infos, current: int | None, jobs=()):
     if not infos and not jobs:
         return html.Div("No runs yet. Runs are saved here and survive restarts.", className="hint")
     items = []
-    for j in jobs:
+    for j in list(jobs)[:MAX_LISTED]:
         items.append((j.started, render_job(j)))
-    for r in infos:
+    for r in list(infos)[:MAX_LISTED]:
         when = time.strftime("%H:%M:%S", time.localtime(r.created))
-        model = Path(r.model).name or r.model
-        meta = (f"{model} · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
+        meta = (f" · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
                 f"clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
-                if r.clean_value is not None else f"{model} · {when}")
+                if r.clean_value is not None else f" · {when}")
         items.append((r.created, dbc.ListGroupItem([
-            html.Div([html.Span(f"#{r.id}", className="run-id"), html.Span(r.label, className="run-label")]),
-            html.Div(meta, className="run-meta"),
+            html.Div([html.Span(f"#{r.id}", className="run-id"), clipped(r.label, LABEL_CHARS, "run-label")]),
+            html.Div([clipped(_model_name(r.model), META_CHARS), meta], className="run-meta"),
             html.Div([
                 dbc.Button("Open", id={"type": ids.HISTORY_OPEN, "run": r.id}, size="sm",
                            color="primary", outline=True, n_clicks=0),
@@ -124,11 +143,21 @@ def render_history(infos, current: int | None, jobs=()):
     return dbc.ListGroup([item for _, item in items], flush=True)
 
 
+def _clicked(clicks: object) -> bool:
+    """Whether a pattern-matched button list (n_clicks of each) holds a click; False for junk.
+
+    >>> _clicked([0, 2]), _clicked({"a": 1}), _clicked(None)
+    (True, False, False)
+    """
+    return isinstance(clicks, list) and any(isinstance(c, int) and c > 0 for c in clicks)
+
+
 def render_top_tables(tables: list[tuple[str, list[dict]]]):
     cols = []
     for title, rows in tables:
         header = html.Thead(html.Tr([html.Th(c) for c in ("component", "token", "effect", "value", "normalized")]))
-        body = html.Tbody([html.Tr([html.Td(r["component"]), html.Td(repr(r["token"]) if r["token"] else ""),
+        body = html.Tbody([html.Tr([html.Td(r["component"]),
+                                    html.Td(clipped(repr(r["token"]), TOKEN_CHARS) if r["token"] else ""),
                                     html.Td(f"{r['effect']:+.4f}"), html.Td(f"{r['value']:.4f}"),
                                     html.Td("" if r["normalized"] is None else f"{r['normalized']:.3f}")])
                            for r in rows])
@@ -171,10 +200,10 @@ def _register_history(app, ctx) -> SimpleNamespace:
     def history(_version, run_id, _tab=None):
         """The history list and compare options; refreshed on save/delete and when the tab opens
         (runs from other tabs or users appear then)."""
-        infos = store.list()
-        options = [{"label": r.title, "value": r.id} for r in infos]
+        infos = store.list(MAX_LISTED)
+        options = [{"label": clip(r.title, OPTION_CHARS), "value": r.id} for r in infos]
         jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
-        return render_history(infos, run_id, jobs), options
+        return render_history(infos, run_id if isinstance(run_id, int) else None, jobs), options
 
     app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
                  Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),
@@ -182,10 +211,10 @@ def _register_history(app, ctx) -> SimpleNamespace:
 
     def open_run(clicks, trig=None):
         """An Open button -> that run on the Results tab."""
-        trig, clicked = (trig, any(clicks or [])) if trig is not None else triggered_value()
-        if not trig or not clicked:      # buttons appearing (n_clicks 0) are not clicks
+        trig, clicked = (trig, _clicked(clicks)) if trig is not None else triggered_value()
+        if not isinstance(trig, dict) or not clicked:      # buttons appearing (n_clicks 0) are not clicks
             return no_update, no_update
-        return trig["run"], ids.TAB_RESULTS
+        return trig.get("run"), ids.TAB_RESULTS
 
     app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True), Output(ids.TABS, "active_tab"),
                  Input({"type": ids.HISTORY_OPEN, "run": ALL}, "n_clicks"),
@@ -193,10 +222,13 @@ def _register_history(app, ctx) -> SimpleNamespace:
 
     def delete_run(clicks, run_id, trig=None):
         """A Delete button -> the run is gone; the screen clears if it was on it."""
-        trig, clicked = (trig, any(clicks or [])) if trig is not None else triggered_value()
-        if not trig or not clicked:
+        trig, clicked = (trig, _clicked(clicks)) if trig is not None else triggered_value()
+        if not isinstance(trig, dict) or not clicked:
             return no_update, no_update
-        store.delete(trig["run"])
+        try:
+            store.delete(trig.get("run"))
+        except ValueError:                       # a tampered button id: nothing to delete
+            return no_update, no_update
         return time.time(), (None if run_id == trig["run"] else no_update)
 
     app.callback(Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
@@ -211,6 +243,12 @@ def _register_compare(app, ctx) -> SimpleNamespace:
     """Two runs on one colour scale, their top components, the stacked CSV."""
 
     def compare(selected, mode, image_format):
+        problem = (wrong_type(selected, "the runs to compare", list) or wrong_type(mode, "the value mode", str)
+                   or wrong_type(image_format, "the image format", str)
+                   or (f"the value mode must be raw or normalized, not {clip(mode, 40)!r}"
+                       if mode not in (None, "", "raw", "normalized") else None))
+        if problem:
+            return figures.empty_figure(problem), figures.graph_config("png", "patchboard-compare"), None, problem
         config = figures.graph_config(image_format or "png", "patchboard-compare")
         selected = [s for s in (selected or []) if s is not None]
         if len(selected) != 2:
@@ -239,6 +277,8 @@ def _register_compare(app, ctx) -> SimpleNamespace:
                  Input(ids.IMAGE_FORMAT, "value"))(compare)
 
     def download_compare(n_clicks, selected):
+        if not isinstance(selected, list):
+            return no_update
         selected = [s for s in (selected or []) if s is not None]
         if not n_clicks or len(selected) != 2:
             return no_update
@@ -253,5 +293,5 @@ def _register_compare(app, ctx) -> SimpleNamespace:
                  State(ids.COMPARE_SELECT, "value"), prevent_initial_call=True)(download_compare)
 
     app.callback(Output(ids.COMPARE_DOWNLOAD_BUTTON, "disabled"), Input(ids.COMPARE_SELECT, "value"))(
-        lambda selected: len([s for s in (selected or []) if s is not None]) != 2)
+        lambda selected: not isinstance(selected, list) or len([s for s in selected if s is not None]) != 2)
     return SimpleNamespace(compare=compare, download_compare=download_compare)

@@ -82,22 +82,10 @@ def cmd_import(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from patching.core.provenance import Provenance
-    b = bundle.read_bundle(args.file)
+    b = bundle.read_bundle(args.file)              # the validator `import` uses
     print(f"{args.file}")
-    for line in bundle.summary_lines(b):
-        print("  " + line)
-    if b.provenance is None:
-        print("  provenance   none (saved before Patchboard recorded it)")
-    else:
-        print("provenance")
-        for line in Provenance.from_dict(b.provenance).summary_lines():
-            print("  " + line)
-        code = b.provenance.get("metric", {}).get("code")
-        if code:
-            print("metric source")
-            for line in code.rstrip().splitlines():
-                print("  | " + line)
+    for line in bundle.show_lines(b):
+        print(line)
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import stat
 import time
 import zipfile
 import zlib
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patching.core.results import CSV_COLUMNS, PatchResult, write_csv
+from patching.runs import limits
 
 FORMAT = "patchboard-run"
 BUNDLE_VERSION = 1
@@ -140,6 +142,9 @@ def _members(zf: zipfile.ZipFile) -> dict[str, bytes]:
                          f"{', '.join(MEMBERS)})")
     out = {}
     for info in infos:
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{info.filename} is encrypted (a password-protected zip); Patchboard reads "
+                             "unencrypted run files only: export the run again")
         if info.file_size > MAX_MEMBER_BYTES:
             raise ValueError(f"{info.filename} unpacks to {_mb(info.file_size)}; the limit is "
                              f"{_mb(MAX_MEMBER_BYTES)}")
@@ -169,20 +174,49 @@ def _check_result(d, n: int) -> None:
     for a, values in d["coords"].items():
         if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise ValueError(f"{where}: coordinates of axis {a!r} must be a list of integers")
-    if not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) != len(axes) + 1:
+    if len(axes) > limits.MAX_AXES:
+        raise ValueError(f"{where}: {len(axes)} axes; the limit is {limits.MAX_AXES}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape) or len(shape) != len(axes) + 1:
         raise ValueError(f"{where}: shape {shape} does not fit axes {axes} (one size per axis, then pairs)")
+    expected = limits.check_cells(shape, where)
     for a, size in zip(axes, shape):
         if len(d["coords"].get(a, ())) != size:
             raise ValueError(f"{where}: axis {a!r} has {len(d['coords'].get(a, ()))} coordinates, shape says {size}")
     if len(d["clean_baseline"]) != shape[-1] or len(d["corrupt_baseline"]) != shape[-1]:
         raise ValueError(f"{where}: baselines must have one value per pair ({shape[-1]})")
-    expected = math.prod(shape)
     flat = d["per_pair"]
     for _ in shape[:-1]:
         if flat and isinstance(flat[0], list):
             flat = [x for row in flat for x in row]
     if len(flat) != expected:
         raise ValueError(f"{where}: per_pair has {len(flat)} values, shape {shape} needs {expected}")
+
+
+def _read_file(path: Path) -> bytes:
+    """A run file's bytes: a regular file under the size cap (never a directory, device or pipe,
+    which would block or never end), read no further than the cap.
+
+    >>> _read_file(Path("/"))
+    Traceback (most recent call last):
+    ...
+    ValueError: '/' is a directory, not a run file (.patchboard.zip)
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ValueError(f"cannot read run file {limits.clip(str(path))!r}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{limits.clip(str(path))!r} is a directory, not a run file (.patchboard.zip)")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{limits.clip(str(path))!r} is not a regular file (a device, pipe or socket); "
+                         "give a run file (.patchboard.zip)")
+    if st.st_size > MAX_BUNDLE_BYTES:
+        raise ValueError(f"run file is {_mb(st.st_size)}; the limit is {_mb(MAX_BUNDLE_BYTES)}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read run file {limits.clip(str(path))!r}: {exc.strerror}") from None
 
 
 def read_bundle(data: bytes | str | Path) -> Bundle:
@@ -194,14 +228,7 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
     ValueError: not a Patchboard run file: not a zip archive (truncated or corrupt?)
     """
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise ValueError(f"cannot read run file {str(path)!r}: {exc.strerror}") from None
-        if size > MAX_BUNDLE_BYTES:
-            raise ValueError(f"run file is {_mb(size)}; the limit is {_mb(MAX_BUNDLE_BYTES)}")
-        data = path.read_bytes()
+        data = _read_file(Path(data))
     if len(data) > MAX_BUNDLE_BYTES:
         raise ValueError(f"run file is {_mb(len(data))}; the limit is {_mb(MAX_BUNDLE_BYTES)}")
     buf = io.BytesIO(data)
@@ -210,8 +237,9 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
     try:
         with zipfile.ZipFile(buf) as zf:
             members = _members(zf)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
-        raise ValueError(f"corrupt run file (truncated?): {exc}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, OSError,
+            RuntimeError) as exc:
+        raise ValueError(f"corrupt run file (truncated?): {limits.clip(str(exc), 200)}") from None
     try:
         doc = json.loads(members[RUN_JSON].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -220,11 +248,12 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(f"not a Patchboard run file: run.json format is {found!r}, expected {FORMAT!r}")
     version = doc.get("version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"run.json version {version!r} is not valid (expected an integer >= 1)")
     if version > BUNDLE_VERSION:
         raise ValueError(f"run file version {version} is newer than this Patchboard reads "
                          f"({BUNDLE_VERSION}); upgrade Patchboard to import it")
+    limits.check_document(doc)
     type_ = doc.get("type")
     if type_ not in TYPES:
         raise ValueError(f"run.json type {type_!r} is not one of {', '.join(TYPES)}")
@@ -234,6 +263,7 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
     if not isinstance(pairs, list) or not pairs or not all(
             isinstance(p, list) and len(p) == 4 and all(isinstance(s, str) for s in p) for p in pairs):
         raise ValueError("run.json pairs must be a non-empty list of [clean, corrupt, answer, wrong] strings")
+    limits.check_pairs(pairs)
     if not isinstance(results, list) or not results:
         raise ValueError("run.json results must be a non-empty list")
     from patching.runs.results import result_from_json
@@ -267,23 +297,38 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
     if not header.startswith(",".join(CSV_COLUMNS)):
         raise ValueError(f"result.csv does not start with the contract columns {','.join(CSV_COLUMNS)}")
     source_id = doc.get("source_id")
+    exported = doc.get("exported")
     try:
-        return Bundle(type_, label, tuple(tuple(p) for p in pairs), tuple(parsed), edges,
-                      source_id if isinstance(source_id, int) else None, float(doc.get("exported") or 0.0))
+        b = Bundle(type_, label, tuple(tuple(p) for p in pairs), tuple(parsed), edges,
+                   source_id if isinstance(source_id, int) and not isinstance(source_id, bool) else None,
+                   float(exported) if isinstance(exported, (int, float)) and math.isfinite(exported) else 0.0)
     except ValueError as exc:
         raise ValueError(f"run.json: {exc}") from None
+    _check_showable(b)
+    return b
+
+
+def _check_showable(b: Bundle) -> None:
+    """What `show` prints must come out of every file `import` accepts: one validator for both."""
+    try:
+        show_lines(b)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, OSError) as exc:
+        raise ValueError(f"run.json: the run cannot be summarised ({type(exc).__name__}: "
+                         f"{limits.clip(str(exc), 200)}); its fields have the wrong types") from None
 
 
 # -- the run store ---------------------------------------------------------------------------------
 def export_run(store, run_id: int) -> bytes:
     """A stored patching / path run as a run file's bytes (ValueError for an unknown id)."""
-    run = store.get(int(run_id))
+    from patching.runs.store import record_id
+    run = store.get(record_id(run_id))
     return bundle_bytes([run.result], run.pairs, run.info.label, type_="run", source_id=run.info.id)
 
 
 def export_attribution(store, attribution_id: int) -> bytes:
     """A stored attribution run (every kind, and its edges when kept) as a run file's bytes."""
-    run = store.get_attribution(int(attribution_id))
+    from patching.runs.store import record_id
+    run = store.get_attribution(record_id(attribution_id, "attribution run"))
     return bundle_bytes(run.results, run.pairs, run.label, type_="attribution", edges=run.edges,
                         source_id=run.id)
 
@@ -331,4 +376,24 @@ def summary_lines(bundle: Bundle) -> list[str]:
                      f"corrupt {r.corrupt_value:.4f}{extreme}")
     if bundle.edges is not None:
         lines.append("edges        kept")
+    return lines
+
+
+def show_lines(bundle: Bundle) -> list[str]:
+    """Everything `python -m patching show FILE` prints after the file's name (summary,
+    provenance, a user metric's source); `read_bundle` builds it once, so a file that imports
+    always shows.
+
+    >>> show_lines(read_bundle(data))[0]            # doctest: +SKIP
+    """
+    from patching.core.provenance import Provenance
+    lines = ["  " + line for line in summary_lines(bundle)]
+    if bundle.provenance is None:
+        return lines + ["  provenance   none (saved before Patchboard recorded it)"]
+    lines.append("provenance")
+    lines += ["  " + line for line in Provenance.from_dict(bundle.provenance).summary_lines()]
+    code = bundle.provenance.get("metric", {}).get("code")
+    if code:
+        lines.append("metric source")
+        lines += ["  | " + line for line in code.rstrip().splitlines()]
     return lines

@@ -16,6 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 log = logging.getLogger("dashboard")
 
@@ -136,6 +137,32 @@ def _finish(store, job_id: int, status: str, reason: str, run_id: int | None = N
         store.finish_job(job_id, status, reason, run_id)
     except Exception:
         log.warning("could not record the end of job %s", job_id, exc_info=True)
+
+
+WATCH_EVERY_S = 5.0      # a job queued for the run slot runs the watchdog (`RunStore.fail_stale`) this often
+
+
+def watch_queue(store, on_wait: Callable[[float], None] | None = None, every_s: float = WATCH_EVERY_S,
+                stale_after: float = STALE_AFTER_S, stopped_after: float | None = None) -> Callable[[float], None]:
+    """run_slot's `on_wait` for a queued job: `on_wait` as before, and every `every_s` s the
+    watchdog, so a job whose process was stopped (SIGSTOP) while holding the slot is failed and
+    killed and the queue moves on (`stopped_after`: RunStore.fail_stale's `stopped_after_s`).
+
+    >>> with run_slot(data_dir, watch_queue(store, report)):              # doctest: +SKIP
+    ...     run()
+    """
+    last = [float("-inf")]
+
+    def waited(seconds: float) -> None:
+        if on_wait is not None:
+            on_wait(seconds)
+        if seconds - last[0] >= every_s:
+            last[0] = seconds
+            try:
+                store.fail_stale(stale_after, **({} if stopped_after is None else {"stopped_after_s": stopped_after}))
+            except Exception:
+                log.warning("the queue's watchdog could not check the running jobs", exc_info=True)
+    return waited
 
 
 def unfinished_and_failed(store, limit: int = 20, stale_after: float = STALE_AFTER_S) -> list:

@@ -212,6 +212,48 @@ def _make_engine(url: str) -> sa.Engine:
                          "store (sqlite:///path or a directory)") from None
 
 
+MAX_ID = 2**63 - 1              # SQLite and PostgreSQL BIGINT; a larger id names no row
+LIST_TEXT_CHARS = 1_000         # label / model as the history list reads them (the page clips further)
+
+
+def record_id(value: object, what: str = "run") -> int:
+    """A run / job id as the store takes it: an integer (or its digits) from 1 to MAX_ID;
+    ValueError naming the value otherwise (never an OverflowError from the database).
+
+    >>> record_id("12")
+    12
+    >>> record_id(10**20)
+    Traceback (most recent call last):
+    ...
+    ValueError: run id 100000000000000000000 is out of range: ids are 1 to 9223372036854775807
+    """
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 30:
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+        raise ValueError(f"{what} id {shown} is not a number; ids are integers from 1 to {MAX_ID}")
+    if not 1 <= value <= MAX_ID:
+        shown = str(value) if len(str(value)) <= 40 else str(value)[:40] + "…"
+        raise ValueError(f"{what} id {shown} is out of range: ids are 1 to {MAX_ID}")
+    return value
+
+
+def _make_dir(path: Path) -> None:
+    """Create the data dir; ValueError when it is a file or cannot be made."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"data dir {str(path)!r} is a file, not a directory; choose a folder") from None
+    except OSError as exc:
+        raise ValueError(f"cannot use data dir {str(path)!r}: {exc.strerror}") from None
+
+
+def _db_reason(exc: Exception) -> str:
+    """The database's own words, short (SQLite: 'file is not a database')."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).splitlines()[0][:200] if str(orig) else type(orig).__name__
+
+
 def _pid_alive(pid: int, since: float) -> bool:
     """Whether process `pid` on this host still runs and is the one that started at or before `since`
     (a reused pid belongs to a newer process)."""
@@ -227,6 +269,40 @@ def _pid_alive(pid: int, since: float) -> bool:
         return True
 
 
+STOPPED_AFTER_S = 30.0          # a stopped job's process with no heartbeat this long is failed and killed
+
+
+def _pid_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP / SIGTSTP, or held by a tracer).
+
+    >>> _pid_stopped(os.getpid())
+    False
+    """
+    import psutil
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+
+
+def _ours(pid: int) -> bool:
+    """Whether this process may end `pid`: another process of the same user (never itself)."""
+    import psutil
+    try:
+        return pid != os.getpid() and psutil.Process(pid).uids().real == os.getuid()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a stopped job's process (the kernel then frees its run-slot lock); gone already is fine."""
+    import signal
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class RunStore:
     """The run history and job records: an SQLite file `<data_dir>/runs.sqlite` by default, or any
     SQLAlchemy URL (`url=`); survives restarts.
@@ -237,7 +313,7 @@ class RunStore:
 
     def __init__(self, data_dir: str | Path, filename: str = DEFAULT_FILENAME, *, url: str | None = None):
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _make_dir(self.data_dir)
         if url is None:
             self.path: Path | None = self.data_dir / filename
             url = _sqlite_url(self.path)
@@ -253,6 +329,14 @@ class RunStore:
         self._engine = _make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._host = socket.gethostname()
+        try:
+            self._open()
+        except (sqlite3.DatabaseError, sa.exc.DatabaseError) as exc:
+            raise ValueError(f"{self.path or self.display_url} is not a usable Patchboard run store "
+                             f"({_db_reason(exc)}); move it away or choose another --data-dir") from None
+
+    def _open(self) -> None:
+        """WAL on an SQLite file, then the tables (created when missing, upgraded when old)."""
         if self._sqlite:                  # WAL is a property of the file; set outside any transaction
             with held():
                 raw = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -314,15 +398,17 @@ class RunStore:
 
     def list(self, limit: int = 200) -> list[RunInfo]:
         """Newest first."""
+        cols = [sa.func.substr(c, 1, LIST_TEXT_CHARS).label(c.name) if c.name in ("label", "model") else c
+                for c in self._info_cols()]           # a huge stored label never reaches the page whole
         with self._read() as db:
-            rows = db.execute(sa.select(*self._info_cols()).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
+            rows = db.execute(sa.select(*cols).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
         return [RunInfo(*r) for r in rows]
 
     def get(self, run_id: int) -> Run:
         """The run, or ValueError naming the id."""
         with self._read() as db:
             row = db.execute(sa.select(*self._info_cols(), RUNS.c.pairs_json, RUNS.c.result_json)
-                             .where(RUNS.c.id == int(run_id))).first()
+                             .where(RUNS.c.id == record_id(run_id))).first()
         if row is None:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         info = RunInfo(*row[:11])
@@ -331,7 +417,7 @@ class RunStore:
 
     def info(self, run_id: int) -> RunInfo:
         with self._read() as db:
-            row = db.execute(sa.select(*self._info_cols()).where(RUNS.c.id == int(run_id))).first()
+            row = db.execute(sa.select(*self._info_cols()).where(RUNS.c.id == record_id(run_id))).first()
         if row is None:
             raise ValueError(f"run {run_id} does not exist (deleted?); pick one from the history")
         return RunInfo(*row)
@@ -339,7 +425,7 @@ class RunStore:
     def delete(self, run_id: int) -> bool:
         """True when a run was deleted."""
         with self._transaction() as db:
-            return db.execute(RUNS.delete().where(RUNS.c.id == int(run_id))).rowcount > 0
+            return db.execute(RUNS.delete().where(RUNS.c.id == record_id(run_id))).rowcount > 0
 
     # -- attribution runs: every kind of one run_attribution call, kept together ---------------
     def save_attribution(self, results: list[AttributionResult], pairs, label: str = "",
@@ -363,7 +449,7 @@ class RunStore:
         a = ATTRIBUTIONS.c
         with self._read() as db:
             row = db.execute(sa.select(a.id, a.created, a.label, a.pairs_json, a.results_json, a.edges_json)
-                             .where(a.id == int(attribution_id))).first()
+                             .where(a.id == record_id(attribution_id, "attribution run"))).first()
         if row is None:
             raise ValueError(f"attribution run {attribution_id} does not exist; run attribution again")
         results = [AttributionResult.from_json(d) for d in json.loads(row[4])]
@@ -466,21 +552,26 @@ class RunStore:
 
     def job(self, job_id: int) -> JobInfo:
         with self._read() as db:
-            row = db.execute(sa.select(*JOBS.c).where(JOBS.c.id == int(job_id))).first()
+            row = db.execute(sa.select(*JOBS.c).where(JOBS.c.id == record_id(job_id, "job"))).first()
         if row is None:
             raise ValueError(f"job {job_id} does not exist")
         return JobInfo(*row)
 
-    def fail_stale(self, max_age_s: float = 120.0) -> int:
+    def fail_stale(self, max_age_s: float = 120.0, stopped_after_s: float = STOPPED_AFTER_S) -> int:
         """Mark running jobs that can no longer finish as failed (or cancelled); returns how many.
 
         A job whose process (on this host) is gone: "worker process N exited" — or, when Cancel was
         pressed for it (`request_cancel`), cancelled: Dash kills a cancelled job's process, so
-        nothing in it can say so. A job on another host, or whose process hangs, with no heartbeat
-        for `max_age_s` seconds: "worker stopped responding".
+        nothing in it can say so. The watchdog: a job whose process on this host is stopped
+        (SIGSTOP, a debugger) with no heartbeat for `stopped_after_s` seconds is failed and, when
+        it is ours (same user, not this process), killed, which frees the run slot it holds. A job
+        on another host, or whose process hangs, with no heartbeat for `max_age_s` seconds: failed
+        ("worker stopped responding"), left running.
         """
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, not {max_age_s!r}")
+        if stopped_after_s <= 0:
+            raise ValueError(f"stopped_after_s must be positive, not {stopped_after_s!r}")
         now = time.time()
         with self._read() as db:
             running = db.execute(
@@ -488,24 +579,36 @@ class RunStore:
                           JOB_TOKENS.c.cancel_requested)
                 .select_from(JOBS.outerjoin(JOB_TOKENS, JOB_TOKENS.c.job_id == JOBS.c.id))
                 .where(JOBS.c.status == "running")).all()
-        stale: list[tuple[int, str, str]] = []
+        stale: list[tuple[int, str, str, int | None]] = []       # (job, status, reason, pid to kill)
         for job_id, pid, host, started, updated, cancel in running:
-            gone = host == self._host and pid is not None and not _pid_alive(pid, started)
+            local = host == self._host and pid is not None
+            gone = local and not _pid_alive(pid, started)
+            silent = now - updated
             if gone and cancel is not None:
-                stale.append((job_id, "cancelled", f"cancelled: Cancel was pressed and its process {pid} stopped"))
+                stale.append((job_id, "cancelled", f"cancelled: Cancel was pressed and its process {pid} stopped", None))
             elif gone:
                 stale.append((job_id, "failed", f"worker process {pid} exited before the run finished "
-                                                "(killed or crashed)"))
-            elif now - updated > max_age_s:
-                stale.append((job_id, "failed", f"worker stopped responding (no heartbeat for "
-                                                f"{now - updated:.0f} s; process {pid} on {host})"))
+                                                "(killed or crashed)", None))
+            elif local and silent > stopped_after_s and _pid_stopped(pid):
+                ours = _ours(pid)
+                stale.append((job_id, "failed", f"no heartbeat for {silent:.0f} s: the job's process {pid} "
+                                                f"stopped or hung (it is stopped{'; killed to free the run slot' if ours else ''})",
+                              pid if ours else None))
+            elif silent > max_age_s:
+                stale.append((job_id, "failed", f"worker stopped responding: no heartbeat for {silent:.0f} s: "
+                                                f"the job's process {pid} on {host} stopped or hung", None))
         if not stale:
             return 0
-        n = 0
+        n, kill = 0, []
         with self._transaction() as db:
-            for job_id, status, reason in stale:      # only if still running: a late finish_job wins
-                n += db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
-                                .values(status=status, reason=reason, updated=now, finished=now)).rowcount
+            for job_id, status, reason, pid in stale:      # only if still running: a late finish_job wins
+                changed = db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
+                                     .values(status=status, reason=reason, updated=now, finished=now)).rowcount
+                n += changed
+                if changed and pid is not None:
+                    kill.append(pid)
+        for pid in kill:
+            _kill(pid)
         return n
 
 
