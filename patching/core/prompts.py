@@ -22,6 +22,20 @@ from torch import Tensor
 
 CSV_COLUMNS = ("clean", "corrupt", "answer", "wrong")
 MAX_PAIRS = 10_000
+MAX_CSV_LINES = 4 * MAX_PAIRS     # rows read, blank ones included: a file of blank lines stops here too
+
+
+def _lone_surrogate(value: str) -> int | None:
+    """The index of the first lone surrogate in `value` (text no file or tokenizer can hold), or None.
+
+    >>> _lone_surrogate("ab" + chr(0xD800)), _lone_surrogate("ok")
+    (2, None)
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,10 @@ class PromptPair:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be text, not {type(value).__name__}")
+            at = _lone_surrogate(value)
+            if at is not None:
+                raise ValueError(f"the {name} text has a lone surrogate {value[at]!r} at character {at}, "
+                                 "which is not valid Unicode; give UTF-8 text")
             if name in ("clean", "corrupt") and not value.strip():
                 raise ValueError(f"the {name} prompt is empty; type the text the model should continue")
             if name in ("answer", "wrong") and value == "":
@@ -208,8 +226,11 @@ def _pairs_from_lines(lines) -> list[PromptPair]:
                              f"{','.join(first)[:200]!r}, expected clean,corrupt,answer,wrong")
         col = {c: header.index(c) for c in CSV_COLUMNS}
         pairs = []
-        for row in rows:
+        for count, row in enumerate(rows, start=2):
             line = rows.line_num
+            if count > MAX_CSV_LINES:
+                raise ValueError(f"pairs CSV has more than {MAX_CSV_LINES:,} rows (blank ones included); "
+                                 f"at most {MAX_PAIRS:,} pairs in one sweep; split it into several files")
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(header):
