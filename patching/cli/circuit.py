@@ -22,8 +22,8 @@ import argparse
 import json
 import sys
 
-from patching.cli.common import (EXIT_OK, BadInput, has_pairs, load_pairs_or_task, model_flags, pair_flags,
-                                 write)
+from patching.cli.common import (EXIT_OK, MAX_COUNT, MAX_SEED, BadInput, check_outputs, has_pairs,
+                                 load_pairs_or_task, model_flags, pair_flags, whole, write)
 
 RANK_KINDS = ("head_out", "mlp_out", "attn_out")
 
@@ -73,6 +73,7 @@ def cmd_edges(args: argparse.Namespace) -> int:
 
 def cmd_circuit(args: argparse.Namespace) -> int:
     from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, parse_components
+    check_outputs(args)
     if args.edges is not None:
         return cmd_edges(args)
     if not args.components and not args.curve_from:
@@ -132,7 +133,7 @@ def add_commands(sub) -> None:
     p.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what other components' outputs become: mean over the corrupt prompts (default), "
                         "another pair's corrupt value (resample), or zero")
-    p.add_argument("--ablation-seed", type=int, default=0, help="resample ablation's seed (default 0)")
+    p.add_argument("--ablation-seed", type=whole(0, MAX_SEED), default=0, help="resample ablation's seed (default 0)")
     p.add_argument("--metric", default="logit_diff", help="metric (default logit_diff)")
     p.add_argument("--curve-from", help="rank components by these sweeps' effects and draw the curve: "
                                         "head_out, mlp_out, attn_out (comma-separated)")
@@ -141,7 +142,7 @@ def add_commands(sub) -> None:
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="ranking sweep's direction")
     p.add_argument("--reduce", default="sum", choices=REDUCTIONS,
                    help="per-position effects (mlp_out) over positions: sum (default) or max |effect|")
-    p.add_argument("--top", type=int, help="the curve's first N components (default: all)")
+    p.add_argument("--top", type=whole(0, MAX_COUNT), help="the curve's first N components (default: all)")
     p.add_argument("--keep", help="components in every circuit of the curve, e.g. MLP0,MLP1")
     p.add_argument("--csv", help="write the curve (or the circuit's row) as CSV to this path (- = stdout)")
     p.add_argument("--json", action="store_true", help="print the circuit (and curve) as JSON")

@@ -91,9 +91,9 @@ def _single_token(model, text: str, what: str, where: str) -> int:
     hint = ""
     if not text.startswith(" ") and len(model.encode(" " + text)) == 1:
         hint = f"; did you mean {' ' + text!r} with a leading space?"
-    elif pieces and "\ufffd" in pieces[0]:
-        hint = "; the model has no single token for it (it splits into bytes)"
-    elif pieces:
+    elif any("\ufffd" in piece for piece in pieces):
+        hint = "; the model has no single token for it (it splits into bytes); choose a word the model has as one token"
+    elif pieces and pieces[0].strip():
         hint = f"; use a single token such as {pieces[0]!r}"
     shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
     raise ValueError(f"{where}{what} {shown} is {len(ids)} tokens {listed}, "
