@@ -14,6 +14,7 @@ Exit codes (contract): 0 ok, 2 bad input (one line on stderr naming the problem,
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -101,6 +102,16 @@ def megabytes(text: str) -> float:
 def _short(text, limit: int = 60) -> str:
     text = str(text)
     return repr(text) if len(text) <= limit else repr(text[:limit])[:-1] + "…'"
+
+
+def _short_path(path, limit: int = 60) -> str:
+    """A path as a repr keeping its end (the file name), cut to `limit` characters.
+
+    >>> _short_path("/very/long/" * 10 + "out.csv", limit=20)
+    "'…//very/long/out.csv'"
+    """
+    text = str(path)
+    return repr(text) if len(text) <= limit else "'…" + repr(text[-(limit - 1):])[1:]
 
 
 class BadInput(ValueError):
@@ -246,14 +257,15 @@ def check_outputs(args: argparse.Namespace, outputs: tuple[str, ...] = ("out", "
     for i, (flag, path) in enumerate(outs):
         for other, source in ins + outs[:i]:
             if same_file(path, source):
-                raise BadInput(f"{flag} {_short(path)} is the same file as {other}; "
+                raise BadInput(f"{flag} {_short_path(path)} is the same file as {other}; "
                                "write the results to another file (inputs are never overwritten)")
 
 
 def write(text: str, out: str) -> None:
-    """Write `text` to the file `out` atomically (a temporary file beside it, then renamed over
-    it), or to stdout for "-" (escaped when stdout is a terminal); an unwritable path or a full
-    device is bad input.
+    """Write `text` to the file `out`, or to stdout for "-" (escaped when stdout is a terminal); an
+    unwritable path or a full device is bad input. A regular file (or a new one) is written
+    atomically: a temporary file beside it (beside a symlink's target), then renamed over it, so a
+    failed write leaves the old file whole. A device or pipe (/dev/full, a FIFO) is written in place.
 
     >>> write("kind,value\\n", "-")
     kind,value
@@ -261,20 +273,31 @@ def write(text: str, out: str) -> None:
     if out == "-":
         _write_stdout(text)
         return
-    target = Path(out)
     try:
-        if target.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
+        if Path(out).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if Path(out).exists() and not Path(out).is_file():
+            _write_in_place(text, out)
+        else:
+            _write_atomic(text, Path(os.path.realpath(out)))
     except OSError as exc:
-        raise BadInput(f"cannot write {_short(out)}: {exc.strerror}") from None
+        raise BadInput(f"cannot write {_short_path(out)}: {exc.strerror or exc}") from None
+
+
+def _write_in_place(text: str, out: str) -> None:
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def _write_atomic(text: str, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise BadInput(f"cannot write {_short(out)}: {exc.strerror}") from None
+        raise
 
 
 def _write_stdout(text: str) -> None:
