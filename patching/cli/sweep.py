@@ -81,7 +81,7 @@ def _kind_list(text: str, flag: str = "--kind") -> list[str]:
                        "comma-separated")
     unknown = next((k for k in kinds if k not in KINDS), None)
     if unknown is not None:
-        raise BadInput(f"unknown kind {shorten(unknown)} in {flag}; choose one of {', '.join(KINDS)}")
+        raise BadInput(f"unknown kind {shorten(unknown)}; choose one of {', '.join(KINDS)} (in {flag})")
     return kinds
 
 
