@@ -23,6 +23,27 @@ from torch import Tensor
 CSV_COLUMNS = ("clean", "corrupt", "answer", "wrong")
 MAX_PAIRS = 10_000
 MAX_CSV_LINES = 4 * MAX_PAIRS     # rows read, blank ones included: a file of blank lines stops here too
+MAX_CSV_LINE_CHARS = 2**20        # one line (a file with no newline, e.g. /dev/zero, stops here)
+MAX_CSV_CHARS = 64 * 2**20        # the whole file
+
+
+def _bounded_lines(f, line_limit: int = MAX_CSV_LINE_CHARS, total_limit: int = MAX_CSV_CHARS):
+    """Lines of the text stream `f`, read at most `line_limit` characters at a time; ValueError once
+    a line or the whole stream is longer than its limit, before more is read.
+
+    >>> list(_bounded_lines(io.StringIO("a\\nb\\n")))
+    ['a\\n', 'b\\n']
+    """
+    total = 0
+    while line := f.readline(line_limit + 1):
+        total += len(line)
+        if len(line) > line_limit:
+            raise ValueError(f"pairs CSV has a line longer than {line_limit:,} characters; "
+                             "give one pair per line (clean,corrupt,answer,wrong)")
+        if total > total_limit:
+            raise ValueError(f"pairs CSV is larger than {total_limit // 2**20} MB; at most {MAX_PAIRS:,} "
+                             "pairs in one sweep; split it into several files")
+        yield line
 
 
 def _lone_surrogate(value: str) -> int | None:
@@ -194,7 +215,7 @@ def read_pairs_csv(source) -> list[PromptPair]:
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".csv")):
         try:    # streamed: a huge file is refused after MAX_PAIRS + 1 rows, without reading all of it
             with open(source, encoding="utf-8-sig", newline="") as f:
-                return _pairs_from_lines(f)
+                return _pairs_from_lines(_bounded_lines(f))
         except FileNotFoundError:
             raise ValueError(f"pairs file {str(source)!r} does not exist") from None
         except IsADirectoryError:
@@ -210,7 +231,7 @@ def read_pairs_csv(source) -> list[PromptPair]:
             raise ValueError("pairs CSV is not UTF-8 text; save it as UTF-8 CSV") from None
     else:
         text = str(source)
-    return _pairs_from_lines(io.StringIO(text.lstrip("\ufeff")))
+    return _pairs_from_lines(_bounded_lines(io.StringIO(text.lstrip("\ufeff"))))
 
 
 def _pairs_from_lines(lines) -> list[PromptPair]:

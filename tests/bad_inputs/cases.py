@@ -112,6 +112,8 @@ CASES: tuple[Case, ...] = (
     Case("csv_million_rows", r"too many pairs: more than 10000", csv=_million_rows, max_seconds=8),
     Case("csv_blank_lines_flood", r"pairs CSV has more than 40,000 rows \(blank ones included\); at most 10,000 pairs",
          csv=_blank_lines, max_seconds=5),
+    Case("csv_one_huge_line", r"pairs CSV has a line longer than 1,048,576 characters", csv=HEADER + b"x" * 2_000_000,
+         max_seconds=5),
     Case("csv_encoded_surrogate", r"not UTF-8",
          csv=HEADER + "a\\udcff,b, c, d\n".encode().replace(b"\\udcff", "\udcff".encode("utf-8", "surrogatepass"))),
     Case("csv_latin1_bytes", r"not UTF-8", csv=HEADER + "Zoë,Zoé, é, è\n".encode("latin-1")),

@@ -38,6 +38,8 @@ FLAG_CASES = (
      r"heads '0.1,0.1,.*…' names 100,001 entries"),
     ("layers_huge_number", ["sweep", *PAIR, "--kind", "resid_pre", "--layers", "1" + "0" * 5000],
      r"bad layers '1000.*…' in '1000.*…'; write numbers and ranges like '0-5,8'"),
+    ("pairs_dev_zero", ["sweep", "--kind", "resid_pre", "--device", "cpu", "--pairs", "/dev/zero"],
+     r"pairs CSV has a line longer than 1,048,576 characters; give one pair per line"),
     ("task_n_huge", ["neurons", "--device", "cpu", "--n", HUGE], r"argument --n: '9{30}' is not a whole number from 1 to 10000"),
     ("task_seed_huge", ["circuit", "--device", "cpu", "--components", "MLP0", "--seed", HUGE],
      r"argument --seed: '9{30}' is not a whole number from 0 to 4294967295"),
