@@ -35,6 +35,21 @@ def _prompts(args: argparse.Namespace):
     return load_pairs_or_task(args)
 
 
+def _components(text: str, flag: str):
+    """The components a flag names; BadInput when it is given but names none (e.g. ',,,').
+
+    >>> [c.name for c in _components("L0H1, MLP0", "--components")]
+    ['L0H1', 'MLP0']
+    """
+    from patching.methods.circuit import parse_components
+    from patching.core.spec import shorten
+    parsed = parse_components(text)
+    if not parsed:
+        raise BadInput(f"{flag} {shorten(text)} names no component; write L<layer>H<head>, MLP<layer> or "
+                       "ATTN<layer>, comma-separated, e.g. L0H1,MLP0")
+    return parsed
+
+
 def _ranking(args: argparse.Namespace, model, prompts):
     """(component, effect) by |effect| from exact sweeps or attribution of --curve-from kinds."""
     from patching.methods.attribution import run_attribution
@@ -80,8 +95,8 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         raise BadInput("give --components (e.g. L0H0,MLP0) and/or --curve-from head_out[,mlp_out]")
     if args.top is not None and args.top < 0:
         raise BadInput(f"--top must be >= 0, not {args.top}")
-    components = parse_components(args.components) if args.components else None
-    keep = parse_components(args.keep)
+    components = _components(args.components, "--components") if args.components else None
+    keep = _components(args.keep, "--keep") if args.keep else parse_components(args.keep)
     model, prompts = _prompts(args)
     curve = ranked = None
     if args.curve_from:

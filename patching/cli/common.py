@@ -252,13 +252,42 @@ def check_outputs(args: argparse.Namespace, outputs: tuple[str, ...] = ("out", "
     >>> check_outputs(argparse.Namespace(out="-", pairs="p.csv"))
     """
     given = [(f"--{k.replace('_', '-')}", getattr(args, k, None)) for k in outputs]
-    outs = [(flag, v) for flag, v in given if v and v != "-"]
+    outs = [(flag, v) for flag, v in given if v is not None and v != "-"]
+    for flag, path in outs:
+        _check_writable_path(flag, path)
     ins = [(f"--{k}", getattr(args, k, None)) for k in inputs if getattr(args, k, None)]
     for i, (flag, path) in enumerate(outs):
         for other, source in ins + outs[:i]:
             if same_file(path, source):
                 raise BadInput(f"{flag} {_short_path(path)} is the same file as {other}; "
                                "write the results to another file (inputs are never overwritten)")
+
+
+def _check_writable_path(flag: str, path: str) -> None:
+    """BadInput, before any work, for an output path that can never be written: empty, a
+    directory, or in a folder that does not exist."""
+    if not str(path).strip():
+        raise BadInput(f"{flag} is empty; give a file path, or - for stdout")
+    if Path(path).is_dir():
+        raise BadInput(f"{flag} {_short_path(path)} is a directory; give a file path inside it")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise BadInput(f"{flag} {_short_path(path)}: the folder {_short_path(parent)} does not exist")
+
+
+def positive(text: str) -> float:
+    """An argparse `type`: a finite number above 0.
+
+    >>> positive("2.5")
+    2.5
+    """
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number above 0")
+    return value
 
 
 def write(text: str, out: str) -> None:

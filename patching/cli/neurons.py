@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 from patching.cli.common import (EXIT_OK, MAX_COUNT, BadInput, check_outputs, has_pairs, load, load_model,
-                                 load_pairs_or_task, model_flags, out_flag, pair_flags, whole, write)
+                                 load_pairs_or_task, model_flags, out_flag, pair_flags, positive, whole, write)
 from patching.core.prompts import MAX_PAIRS
 
 MAX_TEXTS_BYTES = 16 * 2**20     # --texts: read at most this much
@@ -169,7 +169,7 @@ def add_commands(sub) -> None:
     p.add_argument("--by", default="mean", choices=["mean", "abs_mean", "max"], help="top: rank neurons by")
     p.add_argument("--method", default="pca", choices=["pca", "tsne"], help="cluster: pca or tsne "
                                                                            "(t-SNE needs scikit-learn)")
-    p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (n-1)/3))")
+    p.add_argument("--perplexity", type=positive, help="t-SNE perplexity (default min(30, (n-1)/3))")
     p.add_argument("--layers", help="shortlist: layers, e.g. 0-3 (default all)")
     p.add_argument("--positions", help="shortlist: positions the patches apply to (default all)")
     p.add_argument("--top", type=whole(1, MAX_COUNT), default=20, help="shortlist: neurons patched exactly (default 20)")
