@@ -86,9 +86,10 @@ def _kind_list(text: str, flag: str = "--kind") -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from patching.core.spec import shorten
     check_outputs(args)
     if args.save_run and len(_kind_list(args.kind)) > 1:      # refused before anything runs or is written
-        raise BadInput(f"--save-run writes one run; --kind {args.kind!r} names {len(_kind_list(args.kind))} "
+        raise BadInput(f"--save-run writes one run; --kind {shorten(args.kind)} names {len(_kind_list(args.kind))} "
                        "kinds; run one kind at a time")
     from patching.methods.sweep import sweep
     from patching.core.results import write_csv
