@@ -86,11 +86,11 @@ def _kind_list(text: str, flag: str = "--kind") -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from patching.core.spec import shorten
     check_outputs(args)
-    if args.save_run and len(_kind_list(args.kind)) > 1:      # refused before anything runs or is written
-        raise BadInput(f"--save-run writes one run; --kind {shorten(args.kind)} names {len(_kind_list(args.kind))} "
-                       "kinds; run one kind at a time")
+    kinds = _kind_list(args.kind)
+    if args.save_run and len(kinds) > 1:                     # refused before anything runs or is written
+        raise BadInput(f"--save-run writes one run; this sweep has {len(kinds)} kinds ({', '.join(kinds)}); "
+                       "run one kind at a time")
     from patching.methods.sweep import sweep
     from patching.core.results import write_csv
     from patching.core.spec import PatchSpec, parse_heads, parse_int_list
@@ -100,7 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        layers=parse_int_list(args.layers, "layers"),
                        positions=parse_int_list(args.positions, "positions"),
                        heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos)
-             for k in _kind_list(args.kind)]
+             for k in kinds]
     model, prompts = load(args)
     if args.dry_run:
         cli_cost.dry_run_sweep(model, prompts, specs, args)

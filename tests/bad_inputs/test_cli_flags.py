@@ -195,7 +195,7 @@ def test_refused_save_run_writes_no_csv(pairs_file, tmp_path, default_model_once
     out = tmp_path / "out.csv"
     rc, _o, err = run_cli(["sweep", "--kind", "resid_pre,attn_out", "--device", "cpu", "--quiet",
                            "--pairs", str(pairs_file), "--out", str(out), "--save-run", str(tmp_path / "r.zip")], capsys)
-    assert_one_error_line(rc, err, r"--save-run writes one run; --kind 'resid_pre,attn_out' names 2 kinds")
+    assert_one_error_line(rc, err, r"--save-run writes one run; this sweep has 2 kinds \(resid_pre, attn_out\); run one kind at a time")
     assert not out.exists() and not (tmp_path / "r.zip").exists()
 
 
