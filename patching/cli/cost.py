@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import sys
 
-from patching.cli.common import MAX_COUNT, whole
-
 
 def add_dry_run(p) -> None:
     p.add_argument("--dry-run", action="store_true",
@@ -30,7 +28,7 @@ def add_dry_run(p) -> None:
 def add_compare(p) -> None:
     p.add_argument("--compare-exact", action="store_true",
                    help="also run exact patching of each kind and print the cells attribution misses or invents")
-    p.add_argument("--refine", type=whole(1, MAX_COUNT), metavar="K",
+    p.add_argument("--refine", type=int, metavar="K",
                    help="also run exact patching of each kind's top-K attribution cells only and print them")
 
 

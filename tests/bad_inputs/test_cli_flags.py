@@ -53,7 +53,6 @@ FLAG_CASES = (
      r"the answer text has a lone surrogate '\\udfff' at character 0"),
     ("steps_huge", ["attribution", *PAIR, "--method", "ig", "--steps", HUGE],
      r"argument --steps: '9{30}' is not a whole number from 1 to 1024"),
-    ("refine_huge", ["attribution", *PAIR, "--refine", HUGE], r"argument --refine: '9{30}' is not a whole number"),
     ("neurons_layer_huge", ["neurons", "--device", "cpu", "--layer", HUGE],
      r"argument --layer: '9{30}' is not a whole number from -1000000 to 1000000"),
     ("neurons_neuron_huge", ["neurons", "--view", "profile", "--neuron", HUGE], r"argument --neuron: '9{30}'"),
