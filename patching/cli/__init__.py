@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from patching.cli import bench, circuit, inspect, models, neurons, runs, sweep
-from patching.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Parser
+from patching.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Parser, error_line
 
 WORKER_MOVED = "the Celery worker is the dashboard's own command now: python -m dashboard worker --redis-url ..."
 
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValueError as exc:                 # BadInput included
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"internal error: {type(exc).__name__}: {error_line(exc)}", file=sys.stderr)
         return EXIT_INTERNAL

@@ -22,8 +22,8 @@ import argparse
 import json
 import sys
 
-from patching.cli.common import (EXIT_OK, BadInput, has_pairs, load_pairs_or_task, model_flags, pair_flags,
-                                 write)
+from patching.cli.common import (EXIT_OK, MAX_COUNT, MAX_SEED, BadInput, check_outputs, has_pairs,
+                                 load_pairs_or_task, model_flags, pair_flags, whole, write)
 
 RANK_KINDS = ("head_out", "mlp_out", "attn_out")
 
@@ -33,6 +33,21 @@ def _prompts(args: argparse.Namespace):
     if not has_pairs(args) and args.n < 1:
         raise BadInput(f"--n must be at least 1, not {args.n}")
     return load_pairs_or_task(args)
+
+
+def _components(text: str, flag: str):
+    """The components a flag names; BadInput when it is given but names none (e.g. ',,,').
+
+    >>> [c.name for c in _components("L0H1, MLP0", "--components")]
+    ['L0H1', 'MLP0']
+    """
+    from patching.methods.circuit import parse_components
+    from patching.core.spec import shorten
+    parsed = parse_components(text)
+    if not parsed:
+        raise BadInput(f"{flag} {shorten(text)} names no component; write L<layer>H<head>, MLP<layer> or "
+                       "ATTN<layer>, comma-separated, e.g. L0H1,MLP0")
+    return parsed
 
 
 def _ranking(args: argparse.Namespace, model, prompts):
@@ -73,14 +88,15 @@ def cmd_edges(args: argparse.Namespace) -> int:
 
 def cmd_circuit(args: argparse.Namespace) -> int:
     from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, parse_components
+    check_outputs(args)
     if args.edges is not None:
         return cmd_edges(args)
     if not args.components and not args.curve_from:
         raise BadInput("give --components (e.g. L0H0,MLP0) and/or --curve-from head_out[,mlp_out]")
     if args.top is not None and args.top < 0:
         raise BadInput(f"--top must be >= 0, not {args.top}")
-    components = parse_components(args.components) if args.components else None
-    keep = parse_components(args.keep)
+    components = _components(args.components, "--components") if args.components else None
+    keep = _components(args.keep, "--keep") if args.keep else parse_components(args.keep)
     model, prompts = _prompts(args)
     curve = ranked = None
     if args.curve_from:
@@ -132,7 +148,7 @@ def add_commands(sub) -> None:
     p.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what other components' outputs become: mean over the corrupt prompts (default), "
                         "another pair's corrupt value (resample), or zero")
-    p.add_argument("--ablation-seed", type=int, default=0, help="resample ablation's seed (default 0)")
+    p.add_argument("--ablation-seed", type=whole(0, MAX_SEED), default=0, help="resample ablation's seed (default 0)")
     p.add_argument("--metric", default="logit_diff", help="metric (default logit_diff)")
     p.add_argument("--curve-from", help="rank components by these sweeps' effects and draw the curve: "
                                         "head_out, mlp_out, attn_out (comma-separated)")
@@ -141,7 +157,7 @@ def add_commands(sub) -> None:
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="ranking sweep's direction")
     p.add_argument("--reduce", default="sum", choices=REDUCTIONS,
                    help="per-position effects (mlp_out) over positions: sum (default) or max |effect|")
-    p.add_argument("--top", type=int, help="the curve's first N components (default: all)")
+    p.add_argument("--top", type=whole(0, MAX_COUNT), help="the curve's first N components (default: all)")
     p.add_argument("--keep", help="components in every circuit of the curve, e.g. MLP0,MLP1")
     p.add_argument("--csv", help="write the curve (or the circuit's row) as CSV to this path (- = stdout)")
     p.add_argument("--json", action="store_true", help="print the circuit (and curve) as JSON")

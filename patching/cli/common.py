@@ -14,13 +14,104 @@ Exit codes (contract): 0 ok, 2 bad input (one line on stderr naming the problem,
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+from patching.core.prompts import MAX_PAIRS
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CHECK_FAILED = 1        # check-placement: an analysis differs between placements
 EXIT_INTERRUPTED = 130       # Ctrl-C, as a shell reports SIGINT
 PAIR_FIELDS = ("clean", "corrupt", "answer", "wrong")
+MAX_MESSAGE = 1000           # characters of one error line; longer ones are cut with "…"
+MAX_COUNT = 1_000_000        # the largest count / index an integer flag takes (layers, neurons, k, ...)
+MAX_SEED = 2**32 - 1
+MAX_MB = 2**30               # --max-memory: 1 PiB, more than any machine has
+KEEP = "\n\t"               # control characters kept in multi-line output
+
+
+def terminal_safe(text: str, keep: str = KEEP) -> str:
+    """`text` with control characters (C0, DEL, C1; all but `keep`) and lone surrogates escaped,
+    so nothing printed can move the cursor, recolour or retitle the terminal.
+
+    >>> print(terminal_safe("a" + chr(27) + "[31mb" + chr(0x9B) + "c" + chr(0xD800)))
+    a\\x1b[31mb\\x9bc\\ud800
+    """
+    return "".join(ch if ch in keep or not _is_control(ch) else ascii(ch)[1:-1] for ch in text)
+
+
+def _is_control(ch: str) -> bool:
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
+
+
+def error_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """One error line: control characters and newlines escaped, cut to `limit` characters.
+
+    >>> print(error_line("bad" + chr(10) + "value" + "x" * 10, limit=12))
+    bad\\nvaluex…
+    """
+    line = terminal_safe(str(message), keep="")
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def whole(lo: int, hi: int):
+    """An argparse `type`: a whole number from lo to hi, else one line naming the value.
+
+    >>> whole(1, 10)("3")
+    3
+    >>> whole(1, 10)("99999999999999999999")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '99999999999999999999' is not a whole number from 1 to 10
+    """
+    def parse(text: str) -> int:
+        body = text.strip()
+        digits = body[1:] if body[:1] in "+-" else body
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19) or not lo <= int(body) <= hi:
+            raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number from {lo} to {hi}")
+        return int(body)
+    parse.__name__ = "whole number"
+    return parse
+
+
+def megabytes(text: str) -> float:
+    """An argparse `type` for --max-memory: a finite number of MB above 0 (at most 1 PiB).
+
+    >>> megabytes("512")
+    512.0
+    >>> megabytes("inf")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'inf' is not a memory budget; give megabytes as a number above 0 and at most 1073741824, e.g. 4096
+    """
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_MB):
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a memory budget; give megabytes as a number "
+                                         f"above 0 and at most {MAX_MB}, e.g. 4096")
+    return value
+
+
+def _short(text, limit: int = 60) -> str:
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit])[:-1] + "…'"
+
+
+def _short_path(path, limit: int = 60) -> str:
+    """A path as a repr keeping its end (the file name), cut to `limit` characters.
+
+    >>> _short_path("/very/long/" * 10 + "out.csv", limit=20)
+    "'…//very/long/out.csv'"
+    """
+    text = str(path)
+    return repr(text) if len(text) <= limit else "'…" + repr(text[-(limit - 1):])[1:]
 
 
 class BadInput(ValueError):
@@ -31,7 +122,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, with its own errors as one line and exit 2 (naming the command's --help)."""
 
     def error(self, message):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see `python -m patching {self.prog.split()[-1]} --help`)\n")
+        command = " ".join(self.prog.split()[3:4])            # 'python -m patching sweep' -> 'sweep'
+        where = f"python -m patching {command} --help" if command else "python -m patching --help"
+        self.exit(EXIT_BAD_INPUT, f"error: {error_line(message)} (see `{where}`)\n")
 
 
 def model_flags(p: argparse.ArgumentParser) -> None:
@@ -41,11 +134,25 @@ def model_flags(p: argparse.ArgumentParser) -> None:
     'float32'
     """
     p.add_argument("--model", default="default", help="default | a hub name | a local directory")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", type=device_name, help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device-map", default=None, metavar="auto",
                    help="spread a large model over the GPUs, the CPU and disk (accelerate); the engine "
                         "runs each module where it is placed")
+
+
+def device_name(text: str) -> str:
+    """An argparse `type` for --device: auto, cpu, cuda, cuda:N or mps (whether it is present is
+    checked when the model loads); anything else, e.g. meta, is one line naming it.
+
+    >>> device_name("cuda:1")
+    'cuda:1'
+    """
+    kind, _, index = text.partition(":")
+    if kind in ("auto", "cpu", "mps") and not _ or kind == "cuda" and (not _ or index.isascii() and index.isdigit()
+                                                                      and len(index) <= 4):
+        return text
+    raise argparse.ArgumentTypeError(f"unusable device {_short(text)}; use auto, cpu, cuda, cuda:N or mps")
 
 
 def pair_flags(p: argparse.ArgumentParser, answer_example: str = " Mary", wrong_example: str | None = " John",
@@ -65,8 +172,8 @@ def pair_flags(p: argparse.ArgumentParser, answer_example: str = " Mary", wrong_
     if task is not None:
         p.add_argument("--task", default=task, help="prompts from a task (ioi, factual, greater_than, induction) "
                                                     f"when no prompts are given (default: {task})")
-        p.add_argument("--n", type=int, default=32, help="how many task prompts (default 32)")
-        p.add_argument("--seed", type=int, default=0, help="task prompts' seed (default 0)")
+        p.add_argument("--n", type=whole(1, MAX_PAIRS), default=32, help="how many task prompts (default 32)")
+        p.add_argument("--seed", type=whole(0, MAX_SEED), default=0, help="task prompts' seed (default 0)")
     p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
 
 
@@ -125,17 +232,106 @@ def load_pairs_or_task(args: argparse.Namespace):
     return model, prompts
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (the same inode, or the same resolved path).
+
+    >>> same_file("x/../pairs.csv", "pairs.csv")
+    True
+    """
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_outputs(args: argparse.Namespace, outputs: tuple[str, ...] = ("out", "save_run", "csv"),
+                  inputs: tuple[str, ...] = ("pairs", "texts")) -> None:
+    """BadInput when an output flag names an input file (or two outputs one file): never overwrite
+    an input. '-' (stdout) is no file.
+
+    >>> check_outputs(argparse.Namespace(out="-", pairs="p.csv"))
+    """
+    given = [(f"--{k.replace('_', '-')}", getattr(args, k, None)) for k in outputs]
+    outs = [(flag, v) for flag, v in given if v is not None and v != "-"]
+    for flag, path in outs:
+        _check_writable_path(flag, path)
+    ins = [(f"--{k}", getattr(args, k, None)) for k in inputs if getattr(args, k, None)]
+    for i, (flag, path) in enumerate(outs):
+        for other, source in ins + outs[:i]:
+            if same_file(path, source):
+                raise BadInput(f"{flag} {_short_path(path)} is the same file as {other}; "
+                               "write the results to another file (inputs are never overwritten)")
+
+
+def _check_writable_path(flag: str, path: str) -> None:
+    """BadInput, before any work, for an output path that can never be written: empty, a
+    directory, or in a folder that does not exist."""
+    if not str(path).strip():
+        raise BadInput(f"{flag} is empty; give a file path, or - for stdout")
+    if Path(path).is_dir():
+        raise BadInput(f"{flag} {_short_path(path)} is a directory; give a file path inside it")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise BadInput(f"{flag} {_short_path(path)}: the folder {_short_path(parent)} does not exist")
+
+
+def positive(text: str) -> float:
+    """An argparse `type`: a finite number above 0.
+
+    >>> positive("2.5")
+    2.5
+    """
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number above 0")
+    return value
+
+
 def write(text: str, out: str) -> None:
-    """Write `text` to the file `out`, or to stdout for "-"; an unwritable path is bad input.
+    """Write `text` to the file `out`, or to stdout for "-" (escaped when stdout is a terminal); an
+    unwritable path or a full device is bad input. A regular file (or a new one) is written
+    atomically: a temporary file beside it (beside a symlink's target), then renamed over it, so a
+    failed write leaves the old file whole. A device or pipe (/dev/full, a FIFO) is written in place.
 
     >>> write("kind,value\\n", "-")
     kind,value
     """
     if out == "-":
-        sys.stdout.write(text)
+        _write_stdout(text)
         return
     try:
-        with open(out, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        if Path(out).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if Path(out).exists() and not Path(out).is_file():
+            _write_in_place(text, out)
+        else:
+            _write_atomic(text, Path(os.path.realpath(out)))
     except OSError as exc:
-        raise BadInput(f"cannot write {out!r}: {exc.strerror}") from None
+        raise BadInput(f"cannot write {_short_path(out)}: {exc.strerror or exc}") from None
+
+
+def _write_in_place(text: str, out: str) -> None:
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def _write_atomic(text: str, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(terminal_safe(text) if sys.stdout.isatty() else text)
+        sys.stdout.flush()
+    except OSError as exc:
+        raise BadInput(f"cannot write the output to stdout: {exc.strerror}") from None

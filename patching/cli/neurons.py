@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 
-from patching.cli.common import (EXIT_OK, BadInput, has_pairs, load, load_model, load_pairs_or_task, model_flags,
-                                 out_flag, pair_flags, write)
+from patching.cli.common import (EXIT_OK, MAX_COUNT, BadInput, check_outputs, has_pairs, load, load_model,
+                                 load_pairs_or_task, model_flags, out_flag, pair_flags, positive, whole, write)
+from patching.core.prompts import MAX_PAIRS
+
+MAX_TEXTS_BYTES = 16 * 2**20     # --texts: read at most this much
 
 NEURON_VIEWS = ("top", "profile", "top-activating", "activations", "cluster", "shortlist")
 WEIGHT_VIEWS = ("composition", "svd", "svd-tokens", "rank-k", "rank-k-pattern")
@@ -35,9 +38,10 @@ def _pos(value: str) -> int | None:
     if str(value).strip().lower() == "all":
         return None
     try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"--pos must be an integer or 'all', not {value!r}") from None
+        return whole(-MAX_COUNT, MAX_COUNT)(str(value))
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"--pos must be a whole number from {-MAX_COUNT} to {MAX_COUNT} or 'all', "
+                         f"not {str(value)[:60]!r}") from None
 
 
 def _prompt_flags(p: argparse.ArgumentParser) -> None:
@@ -66,9 +70,14 @@ def _read_texts(path: str) -> tuple[list[str], list[str] | None]:
     import io
     try:
         with open(path, encoding="utf-8") as f:
-            raw = f.read()
+            raw = f.read(MAX_TEXTS_BYTES + 1)
     except OSError as exc:
         raise BadInput(f"cannot read texts file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"texts file {path!r} is not UTF-8 text") from None
+    if len(raw) > MAX_TEXTS_BYTES:
+        raise BadInput(f"texts file {path!r} is larger than {MAX_TEXTS_BYTES // 2**20} MB; give at most "
+                       f"{MAX_PAIRS:,} prompts")
     if path.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(raw)))
         if not rows or "text" not in rows[0]:
@@ -79,6 +88,7 @@ def _read_texts(path: str) -> tuple[list[str], list[str] | None]:
 
 
 def cmd_neurons(args: argparse.Namespace) -> int:
+    check_outputs(args)
     from patching.inspect import neurons as N
     from patching.core.spec import parse_int_list
     from patching.core.results import write_csv
@@ -113,6 +123,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
     from patching.inspect import weights as W
     from patching.core.spec import parse_int_list
     from patching.core.results import write_csv
+    check_outputs(args)
     fold = not args.no_fold_ln
     if args.view in ("rank-k", "rank-k-pattern"):
         if args.head is None:
@@ -150,18 +161,18 @@ def add_commands(sub) -> None:
                                    "'text' and optional 'label' columns")
     p.add_argument("--run", default="clean", choices=["clean", "corrupt"],
                    help="with --pairs / --clean: which prompts' activations")
-    p.add_argument("--layer", type=int, default=-1, help="layer (default -1: the last)")
+    p.add_argument("--layer", type=whole(-MAX_COUNT, MAX_COUNT), default=-1, help="layer (default -1: the last)")
     p.add_argument("--pos", default="-1", help="position: -1 = each prompt's last token (default), "
                                                "N = absolute, 'all' = every token")
-    p.add_argument("--neuron", type=int, help="the neuron (profile, top-activating)")
-    p.add_argument("--k", type=int, default=20, help="how many rows (top, top-activating; default 20)")
+    p.add_argument("--neuron", type=whole(0, MAX_COUNT), help="the neuron (profile, top-activating)")
+    p.add_argument("--k", type=whole(1, MAX_COUNT), default=20, help="how many rows (top, top-activating; default 20)")
     p.add_argument("--by", default="mean", choices=["mean", "abs_mean", "max"], help="top: rank neurons by")
     p.add_argument("--method", default="pca", choices=["pca", "tsne"], help="cluster: pca or tsne "
                                                                            "(t-SNE needs scikit-learn)")
-    p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (n-1)/3))")
+    p.add_argument("--perplexity", type=positive, help="t-SNE perplexity (default min(30, (n-1)/3))")
     p.add_argument("--layers", help="shortlist: layers, e.g. 0-3 (default all)")
     p.add_argument("--positions", help="shortlist: positions the patches apply to (default all)")
-    p.add_argument("--top", type=int, default=20, help="shortlist: neurons patched exactly (default 20)")
+    p.add_argument("--top", type=whole(1, MAX_COUNT), default=20, help="shortlist: neurons patched exactly (default 20)")
     p.add_argument("--no-exact", action="store_true", help="shortlist: attribution scores only")
     p.add_argument("--metric", default="logit_diff", help="shortlist: metric (default logit_diff)")
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
@@ -173,15 +184,15 @@ def add_commands(sub) -> None:
     p.add_argument("--view", default="composition", choices=WEIGHT_VIEWS)
     p.add_argument("--composition", default="all", choices=["all", "q", "k", "v"])
     p.add_argument("--circuit", default="ov", choices=["ov", "qk"])
-    p.add_argument("--layer", type=int, default=0, help="the head's layer (svd-tokens, rank-k)")
-    p.add_argument("--head", type=int, help="the head (svd-tokens, rank-k)")
-    p.add_argument("--n-dirs", type=int, default=3, help="svd-tokens: singular directions (default 3)")
-    p.add_argument("--k", type=int, default=10, help="svd-tokens: tokens per direction (default 10)")
+    p.add_argument("--layer", type=whole(-MAX_COUNT, MAX_COUNT), default=0, help="the head's layer (svd-tokens, rank-k)")
+    p.add_argument("--head", type=whole(-MAX_COUNT, MAX_COUNT), help="the head (svd-tokens, rank-k)")
+    p.add_argument("--n-dirs", type=whole(1, MAX_COUNT), default=3, help="svd-tokens: singular directions (default 3)")
+    p.add_argument("--k", type=whole(1, MAX_COUNT), default=10, help="svd-tokens: tokens per direction (default 10)")
     p.add_argument("--project", default="auto", choices=["auto", "unembed", "embed"],
                    help="svd-tokens: auto = OV output through W_U, reading sides through W_E")
     p.add_argument("--ranks", help="rank-k: ranks, e.g. 1,2,4 (default 1, 2, 4, ... d_head)")
-    p.add_argument("--rank", type=int, default=1, help="rank-k-pattern: the rank (default 1)")
-    p.add_argument("--pair", type=int, default=0, help="rank-k-pattern: which pair (default 0)")
+    p.add_argument("--rank", type=whole(1, MAX_COUNT), default=1, help="rank-k-pattern: the rank (default 1)")
+    p.add_argument("--pair", type=whole(0, MAX_PAIRS), default=0, help="rank-k-pattern: which pair (default 0)")
     p.add_argument("--run", default="clean", choices=["clean", "corrupt"])
     p.add_argument("--metric", default="logit_diff", help="rank-k: metric (default logit_diff)")
     p.add_argument("--no-fold-ln", action="store_true", help="use the raw weights (default: ln1's "

@@ -19,7 +19,8 @@ import time
 
 from patching.cli import cost as cli_cost
 from patching.cli import runs as cli_runs
-from patching.cli.common import EXIT_OK, load, model_flags, out_flag, pair_flags, write
+from patching.cli.common import (EXIT_OK, BadInput, check_outputs, load, megabytes, model_flags,
+                                 out_flag, pair_flags, whole, write)
 from patching.kinds import KINDS
 
 
@@ -59,23 +60,37 @@ def patch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="logit_diff",
                    help="logit_diff (default), prob_diff, logprob, kl, accuracy, or package.module:function")
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
-    p.add_argument("--max-memory", type=float, default=None, metavar="MB",
+    p.add_argument("--max-memory", type=megabytes, default=None, metavar="MB",
                    help="memory budget for a batch of patched runs (default: a share of the memory "
                         "free on the device)")
     out_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _kind_list(text: str) -> list[str]:
-    """'resid_pre, head_out' -> ['resid_pre', 'head_out'].
+def _kind_list(text: str, flag: str = "--kind") -> list[str]:
+    """'resid_pre, head_out' -> ['resid_pre', 'head_out']; BadInput naming the flag when no kind
+    is named, or a kind is unknown.
 
     >>> _kind_list("resid_pre, head_out,")
     ['resid_pre', 'head_out']
     """
-    return [k.strip() for k in text.split(",") if k.strip()]
+    from patching.core.spec import shorten
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if not kinds:
+        raise BadInput(f"{flag} {shorten(text)} names no kind; give one or more of {', '.join(KINDS)}, "
+                       "comma-separated")
+    unknown = next((k for k in kinds if k not in KINDS), None)
+    if unknown is not None:
+        raise BadInput(f"unknown kind {shorten(unknown)}; choose one of {', '.join(KINDS)} (in {flag})")
+    return kinds
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    check_outputs(args)
+    kinds = _kind_list(args.kind)
+    if args.save_run and len(kinds) > 1:                     # refused before anything runs or is written
+        raise BadInput(f"--save-run writes one run; this sweep has {len(kinds)} kinds ({', '.join(kinds)}); "
+                       "run one kind at a time")
     from patching.methods.sweep import sweep
     from patching.core.results import write_csv
     from patching.core.spec import PatchSpec, parse_heads, parse_int_list
@@ -85,7 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        layers=parse_int_list(args.layers, "layers"),
                        positions=parse_int_list(args.positions, "positions"),
                        heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos)
-             for k in _kind_list(args.kind)]
+             for k in kinds]
     model, prompts = load(args)
     if args.dry_run:
         cli_cost.dry_run_sweep(model, prompts, specs, args)
@@ -99,13 +114,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{spec.kind}: {result.values.numel()} cells in {result.seconds:.2f}s; clean "
                   f"{result.clean_value:.4f}, corrupt {result.corrupt_value:.4f}", file=sys.stderr)
-    write(write_csv(pd.concat(frames, ignore_index=True)), args.out)
-    if args.save_run:
+    text = write_csv(pd.concat(frames, ignore_index=True))
+    if args.save_run:                        # the run file first: a refused one leaves no CSV behind
         cli_runs.save_run(args.save_run, results, prompts)
+    write(text, args.out)
     return EXIT_OK
 
 
 def cmd_path(args: argparse.Namespace) -> int:
+    check_outputs(args)
     from patching.methods.path import PathSpec, run_path
     from patching.core.spec import parse_int_list
     spec = PathSpec(receivers=args.receivers, senders=args.senders, sweep=args.sweep, mode=args.mode,
@@ -126,8 +143,9 @@ def cmd_path(args: argparse.Namespace) -> int:
 def cmd_attribution(args: argparse.Namespace) -> int:
     from patching.methods.attribution import attribution_csv, edge_attribution, run_attribution
     from patching.core.spec import parse_int_list
+    check_outputs(args)
+    kinds = tuple(_kind_list(args.kinds, "--kinds")) if args.kinds is not None else None
     model, prompts = load(args)
-    kinds = tuple(_kind_list(args.kinds)) if args.kinds else None
     if args.dry_run:
         cli_cost.dry_run_attribution(model, prompts, kinds, args)
         return EXIT_OK
@@ -183,7 +201,7 @@ def _add_attribution(sub) -> None:
     patch_flags(p)
     p.add_argument("--kinds", help="comma-separated kinds (default: all supported)")
     p.add_argument("--method", default="plain", choices=["plain", "ig"])
-    p.add_argument("--steps", type=int, default=16, help="integrated-gradients steps (--method ig)")
+    p.add_argument("--steps", type=whole(1, 1024), default=16, help="integrated-gradients steps (--method ig)")
     p.add_argument("--per-position", action="store_true", help="head kinds: one cell per position too")
     p.add_argument("--positions", help="neuron kind: positions to attribute at (default: all)")
     p.add_argument("--edges", action="store_true",

@@ -22,6 +22,41 @@ from torch import Tensor
 
 CSV_COLUMNS = ("clean", "corrupt", "answer", "wrong")
 MAX_PAIRS = 10_000
+MAX_CSV_LINES = 4 * MAX_PAIRS     # rows read, blank ones included: a file of blank lines stops here too
+MAX_CSV_LINE_CHARS = 2**20        # one line (a file with no newline, e.g. /dev/zero, stops here)
+MAX_CSV_CHARS = 64 * 2**20        # the whole file
+
+
+def _bounded_lines(f, line_limit: int = MAX_CSV_LINE_CHARS, total_limit: int = MAX_CSV_CHARS):
+    """Lines of the text stream `f`, read at most `line_limit` characters at a time; ValueError once
+    a line or the whole stream is longer than its limit, before more is read.
+
+    >>> list(_bounded_lines(io.StringIO("a\\nb\\n")))
+    ['a\\n', 'b\\n']
+    """
+    total = 0
+    while line := f.readline(line_limit + 1):
+        total += len(line)
+        if len(line) > line_limit:
+            raise ValueError(f"pairs CSV has a line longer than {line_limit:,} characters; "
+                             "give one pair per line (clean,corrupt,answer,wrong)")
+        if total > total_limit:
+            raise ValueError(f"pairs CSV is larger than {total_limit // 2**20} MB; at most {MAX_PAIRS:,} "
+                             "pairs in one sweep; split it into several files")
+        yield line
+
+
+def _lone_surrogate(value: str) -> int | None:
+    """The index of the first lone surrogate in `value` (text no file or tokenizer can hold), or None.
+
+    >>> _lone_surrogate("ab" + chr(0xD800)), _lone_surrogate("ok")
+    (2, None)
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,6 +71,10 @@ class PromptPair:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be text, not {type(value).__name__}")
+            at = _lone_surrogate(value)
+            if at is not None:
+                raise ValueError(f"the {name} text has a lone surrogate {value[at]!r} at character {at}, "
+                                 "which is not valid Unicode; give UTF-8 text")
             if name in ("clean", "corrupt") and not value.strip():
                 raise ValueError(f"the {name} prompt is empty; type the text the model should continue")
             if name in ("answer", "wrong") and value == "":
@@ -76,9 +115,9 @@ def _single_token(model, text: str, what: str, where: str) -> int:
     hint = ""
     if not text.startswith(" ") and len(model.encode(" " + text)) == 1:
         hint = f"; did you mean {' ' + text!r} with a leading space?"
-    elif pieces and "\ufffd" in pieces[0]:
-        hint = "; the model has no single token for it (it splits into bytes)"
-    elif pieces:
+    elif any("\ufffd" in piece for piece in pieces):
+        hint = "; the model has no single token for it (it splits into bytes); choose a word the model has as one token"
+    elif pieces and pieces[0].strip():
         hint = f"; use a single token such as {pieces[0]!r}"
     shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
     raise ValueError(f"{where}{what} {shown} is {len(ids)} tokens {listed}, "
@@ -202,7 +241,7 @@ def read_pairs_csv(source) -> list[PromptPair]:
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".csv")):
         try:    # streamed: a huge file is refused after MAX_PAIRS + 1 rows, without reading all of it
             with open(source, encoding="utf-8-sig", newline="") as f:
-                return _pairs_from_lines(f)
+                return _pairs_from_lines(_bounded_lines(f))
         except FileNotFoundError:
             raise ValueError(f"pairs file {str(source)!r} does not exist") from None
         except IsADirectoryError:
@@ -218,7 +257,7 @@ def read_pairs_csv(source) -> list[PromptPair]:
             raise ValueError("pairs CSV is not UTF-8 text; save it as UTF-8 CSV") from None
     else:
         text = str(source)
-    return _pairs_from_lines(io.StringIO(text.lstrip("\ufeff")))
+    return _pairs_from_lines(_bounded_lines(io.StringIO(text.lstrip("\ufeff"))))
 
 
 def _pairs_from_lines(lines) -> list[PromptPair]:
@@ -234,8 +273,11 @@ def _pairs_from_lines(lines) -> list[PromptPair]:
                              f"{','.join(first)[:200]!r}, expected clean,corrupt,answer,wrong")
         col = {c: header.index(c) for c in CSV_COLUMNS}
         pairs = []
-        for row in rows:
+        for count, row in enumerate(rows, start=2):
             line = rows.line_num
+            if count > MAX_CSV_LINES:
+                raise ValueError(f"pairs CSV has more than {MAX_CSV_LINES:,} rows (blank ones included); "
+                                 f"at most {MAX_PAIRS:,} pairs in one sweep; split it into several files")
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(header):

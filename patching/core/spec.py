@@ -132,33 +132,70 @@ class PatchSpec:
         return cls(**d)
 
 
+MAX_ENTRIES = 100_000        # more layers / positions / heads than any model has: refused before building
+SHOWN_CHARS = 60             # how much of a bad field an error message quotes
+
+
+def shorten(text, limit: int = SHOWN_CHARS) -> str:
+    """`text` as a repr, cut to `limit` characters with '…' (so a message stays short).
+
+    >>> shorten("0-" + "9" * 100)
+    "'0-9999999999999999999999999999999999999999999999999999999999…'"
+    """
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit])[:-1] + "…'"
+
+
+def _whole(bit: str) -> int:
+    """A non-negative decimal number of at most 18 digits; ValueError otherwise."""
+    if not bit.isdigit() or not bit.isascii() or len(bit) > 18:
+        raise ValueError
+    return int(bit)
+
+
+def _range(part: str) -> range:
+    """'3' -> range(3, 4); '0-5' -> range(0, 6); ValueError for anything else."""
+    lo, _, hi = part.partition("-")
+    first = _whole(lo)
+    last = _whole(hi) if _ else first
+    if last < first:
+        raise ValueError
+    return range(first, last + 1)
+
+
+def _too_many(what: str, n: int, text) -> ValueError:
+    return ValueError(f"{what} {shorten(text)} names {n:,} entries, more than any model has "
+                      f"(at most {MAX_ENTRIES:,}); leave it out to use all {what}")
+
+
 def parse_int_list(text: str | None, what: str) -> tuple[int, ...] | None:
-    """'0-5,8' -> (0, 1, 2, 3, 4, 5, 8); '' or None -> None.
+    """'0-5,8' -> (0, 1, 2, 3, 4, 5, 8); '' or None -> None. Sizes are checked before any list
+    is built: more than MAX_ENTRIES entries is refused, naming the field (cut to 60 characters).
 
     >>> parse_int_list("0-2,7", "layers")
     (0, 1, 2, 7)
     """
     if text is None or not str(text).strip():
         return None
-    out: list[int] = []
+    ranges, total = [], 0
     for part in str(text).replace(" ", "").split(","):
         if not part:
             continue
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
+            span = _range(part)
         except ValueError:
-            raise ValueError(f"bad {what} {part!r} in {text!r}; write numbers and ranges like '0-5,8'") from None
-    return tuple(out)
+            raise ValueError(f"bad {what} {shorten(part)} in {shorten(text)}; write numbers and ranges "
+                             "like '0-5,8'") from None
+        total += len(span)
+        if total > MAX_ENTRIES:
+            raise _too_many(what, total, text)
+        ranges.append(span)
+    return tuple(v for span in ranges for v in span)
 
 
 def parse_heads(text: str | None) -> tuple[tuple[int, int], ...] | None:
-    """'1.4,9.9' -> ((1, 4), (9, 9)); a bare layer '3' is not a head.
+    """'1.4,9.9' -> ((1, 4), (9, 9)); a bare layer '3' is not a head. More than MAX_ENTRIES
+    heads is refused.
 
     >>> parse_heads("1.4, 9.9")
     ((1, 4), (9, 9))
@@ -173,7 +210,10 @@ def parse_heads(text: str | None) -> tuple[tuple[int, int], ...] | None:
         try:
             if len(bits) != 2:
                 raise ValueError
-            heads.append((int(bits[0]), int(bits[1])))
+            heads.append((_whole(bits[0]), _whole(bits[1])))
         except ValueError:
-            raise ValueError(f"bad head {part!r} in {text!r}; write LAYER.HEAD pairs like '1.4,9.9'") from None
+            raise ValueError(f"bad head {shorten(part)} in {shorten(text)}; write LAYER.HEAD pairs "
+                             "like '1.4,9.9'") from None
+        if len(heads) > MAX_ENTRIES:
+            raise _too_many("heads", len(heads), text)
     return tuple(heads)

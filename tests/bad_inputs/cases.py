@@ -25,6 +25,10 @@ NOT_OFFERED = r"is not offered by this server; choose one of 'default'"
 NO_USER_METRICS = r"unknown metric .*; choose one of logit_diff, "
 
 
+def _blank_lines() -> bytes:
+    return HEADER + b"\n" * 5_000_000 + ROW                  # 5 MB of blank lines, then a row
+
+
 def _million_rows() -> bytes:
     return HEADER + b"a,b,c,d\n" * 1_000_000                 # 8 MB: under the upload cap
 
@@ -48,6 +52,7 @@ class Case:
     per_position: bool = False
     dashboard: str | None = field(default="same")   # the page's message when it differs
     max_seconds: float = 15.0               # per surface, on a quiet machine it is far less
+    dashboard_open: str = ""                # a known, still open dashboard bug: its test is a strict xfail
 
     def csv_bytes(self) -> bytes | None:
         return self.csv() if callable(self.csv) else self.csv
@@ -83,6 +88,13 @@ CASES: tuple[Case, ...] = (
          clean="When Mary\x00 and John\x07 went", corrupt="When John and Mary went"),
     Case("control_characters_valid", None, clean="When Mary\x07 and John went to the store,\x1b John gave a drink to",
          corrupt="When Mary\x07 and John went to the store,\x1b Mary gave a drink to"),
+    Case("clean_lone_surrogate", r"the clean text has a lone surrogate '\\ud800' at character 55, which is not "
+         r"valid Unicode; give UTF-8 text", clean=CLEAN[:-3] + "\ud800",
+         dashboard_open="token view: the tokenizer raises TypeError on a lone surrogate (issue 18 item 5, dashboard part)"),
+    Case("answer_lone_surrogate", r"the answer text has a lone surrogate '\\udc80' at character 1", answer=" \udc80",
+         dashboard_open="token view: the tokenizer raises TypeError on a lone surrogate (issue 18 item 5, dashboard part)"),
+    Case("answer_emoji_leading_space", r"answer ' 🦄' is 5 tokens .*not a single token; the model has no single "
+         r"token for it \(it splits into bytes\)", answer=" 🦄"),
     Case("mixed_unicode_valid", None, clean="Ünïcödé 日本語 עברית: Mary and John, John gave to",
          corrupt="Ünïcödé 日本語 עברית: Mary and John, Mary gave to"),
     # -- pairs CSV --------------------------------------------------------------------------------
@@ -98,6 +110,12 @@ CASES: tuple[Case, ...] = (
     Case("csv_bom_valid", None, csv=b"\xef\xbb\xbf" + HEADER + ROW),
     Case("csv_crlf_valid", None, csv=(HEADER + ROW + ROW).replace(b"\n", b"\r\n")),
     Case("csv_million_rows", r"too many pairs: more than 10000", csv=_million_rows, max_seconds=8),
+    Case("csv_blank_lines_flood", r"pairs CSV has more than 40,000 rows \(blank ones included\); at most 10,000 pairs",
+         csv=_blank_lines, max_seconds=5),
+    Case("csv_one_huge_line", r"pairs CSV has a line longer than 1,048,576 characters", csv=HEADER + b"x" * 2_000_000,
+         max_seconds=5),
+    Case("csv_encoded_surrogate", r"not UTF-8",
+         csv=HEADER + "a\\udcff,b, c, d\n".encode().replace(b"\\udcff", "\udcff".encode("utf-8", "surrogatepass"))),
     Case("csv_latin1_bytes", r"not UTF-8", csv=HEADER + "Zoë,Zoé, é, è\n".encode("latin-1")),
     Case("csv_binary_png", r"not UTF-8", csv=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"),
     Case("csv_empty_answer_cell", r"pairs CSV row 2: the answer token is empty", csv=HEADER + b"A B,A C,, C\n"),
@@ -133,6 +151,15 @@ CASES: tuple[Case, ...] = (
     Case("layer_out_of_range", r"layers \[9\] out of range; this model/prompt has layers 0-3", layers="9"),
     Case("negative_layer", r"bad layers '-1' in '-1'; write numbers and ranges like '0-5,8'", layers="-1"),
     Case("layers_not_numbers", r"bad layers 'a-b'", layers="a-b"),
+    Case("layers_billion_range", r"layers '0-1000000000' names 1,000,000,001 entries, more than any model has "
+         r"\(at most 100,000\); leave it out to use all layers", layers="0-1000000000", max_seconds=2),
+    Case("layers_ten_million_range", r"layers '0-10000000' names 10,000,001 entries", layers="0-10000000",
+         max_seconds=2),
+    Case("positions_many_ranges", r"positions '0-9,0-9,.*…' names 100,010 entries", positions="0-9," * 10_001,
+         max_seconds=2),
+    Case("heads_too_many", r"heads '0.1,0.1,.*…' names 100,001 entries", kind="head_out", heads="0.1," * 100_001,
+         max_seconds=2),
+    Case("layers_huge_number", r"bad layers '1000.*…' in '1000.*…'; write numbers", layers="1" + "0" * 5000),
     Case("head_out_of_range", r"heads \[7\] out of range; this model/prompt has heads 0-3", kind="head_out", heads="0.7"),
     Case("head_not_layer_dot_head", r"bad head '3' in '3'; write LAYER.HEAD pairs", kind="head_out", heads="3"),
     Case("heads_on_a_position_kind", r"heads apply to head kinds, not 'resid_pre'", heads="0.1"),
