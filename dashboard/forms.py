@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from metrics import METRICS, get_metric
-from patching.core.prompts import PromptPair, PromptSet, read_pairs_csv
+from patching.core.prompts import PromptPair, PromptSet, lone_surrogate, read_pairs_csv
 from patching.core.spec import DIRECTIONS, PatchSpec, check_whole, parse_heads, parse_int_list
 from patching.kinds import KINDS
 from patching.methods.sweep import plan_coords
@@ -310,9 +310,11 @@ def token_view(model, form: Form) -> TokenView:
 
     Never raises: problems are listed (the first is what a Run would refuse with).
     """
-    # the first pair as typed, unvalidated (an empty field is a problem listed below, not an error)
+    # the first pair as typed, unvalidated (an empty field is a problem listed below, not an
+    # error); text a tokenizer cannot take (a lone surrogate) shows no tokens, and the problem
+    # list names it (PromptPair's check)
     first = form.pairs[0] if form.pairs else (form.clean, form.corrupt, form.answer, form.wrong)
-    pair = SimpleNamespace(**{k: v if isinstance(v, str) else ""
+    pair = SimpleNamespace(**{k: v if isinstance(v, str) and lone_surrogate(v) is None else ""
                               for k, v in zip(("clean", "corrupt", "answer", "wrong"), first)})
     bos = [model.bos_token_id] if form.prepend_bos and model.bos_token_id is not None else []
     # at most the model's context is shown (a 100 kB paste is one problem, not 25,000 chips)

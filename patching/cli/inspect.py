@@ -15,8 +15,11 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from patching.cli.common import EXIT_OK, BadInput, load, load_model, model_flags, out_flag, pair_flags, write
-from patching.inspect.detectors import DETECTORS
+from patching.cli.common import (EXIT_OK, BadInput, load, load_model, model_flags, out_flag, pair_flags, whole,
+                                 write)
+
+INDEX = whole(-1_000_000, 1_000_000)     # a position / layer / pair; negative counts from the end
+from patching.inspect.detectors import DETECTORS, MAX_SEQUENCES
 
 
 def inspect_flags(p: argparse.ArgumentParser, run: bool = True, pair: bool = True) -> None:
@@ -30,7 +33,7 @@ def inspect_flags(p: argparse.ArgumentParser, run: bool = True, pair: bool = Tru
     if run:
         p.add_argument("--run", default="clean", choices=["clean", "corrupt"], help="which prompt to run")
     if pair:
-        p.add_argument("--pair", type=int, default=0, help="which prompt pair (default 0)")
+        p.add_argument("--pair", type=INDEX, default=0, help="which prompt pair (default 0)")
     out_flag(p)
 
 
@@ -142,19 +145,19 @@ def add_commands(sub) -> None:
     p = sub.add_parser("dla", help="direct logit attribution of answer - wrong per layer and head")
     inspect_flags(p, pair=False)
     p.add_argument("--pair", default="all", help="a pair number, or all (default: the mean over pairs)")
-    p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
+    p.add_argument("--pos", type=INDEX, default=-1, help="position (default -1: the last)")
     p.set_defaults(func=View("direct_logit_attribution",
                              lambda a: dict(run=a.run, pair=_pair_or_all(a.pair), pos=a.pos)))
 
     p = sub.add_parser("topk", help="the k most likely next tokens at one position")
     inspect_flags(p)
-    p.add_argument("--pos", type=int, default=-1, help="position (default -1: the last)")
+    p.add_argument("--pos", type=INDEX, default=-1, help="position (default -1: the last)")
     p.add_argument("--k", type=int, default=10, help="how many tokens (default 10)")
     p.set_defaults(func=View("top_k", lambda a: dict(run=a.run, pos=a.pos, k=a.k, pair=a.pair), one_prompt=True))
 
     p = sub.add_parser("attention", help="every head's attention pattern of one layer (dest x src)")
     inspect_flags(p)
-    p.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
+    p.add_argument("--layer", type=INDEX, required=True, help="the layer (negative counts from the end)")
     p.add_argument("--heads", help="comma-separated heads, e.g. 0,3 (default: all)")
     p.set_defaults(func=View("attention_patterns",
                              lambda a: dict(layer=a.layer, run=a.run, pair=a.pair, heads=_heads(a.heads)),
@@ -170,9 +173,9 @@ def add_commands(sub) -> None:
     model_flags(p)
     p.add_argument("--detect", default=",".join(DETECTORS),
                    help=f"comma-separated detectors (default: all of {', '.join(DETECTORS)})")
-    p.add_argument("--n", type=int, default=32, help="random sequences (default 32)")
-    p.add_argument("--half-length", type=int, default=20,
+    p.add_argument("--n", type=whole(1, MAX_SEQUENCES), default=32, help="random sequences (default 32)")
+    p.add_argument("--half-length", type=whole(2, 4096), default=20,
                    help="tokens in each sequence's half; the sequence is BOS + the half twice (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="the sequences' seed (default 0)")
+    p.add_argument("--seed", type=whole(0, 2**32 - 1), default=0, help="the sequences' seed (default 0)")
     out_flag(p)
     p.set_defaults(func=cmd_heads)

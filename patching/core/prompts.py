@@ -46,10 +46,10 @@ def _bounded_lines(f, line_limit: int = MAX_CSV_LINE_CHARS, total_limit: int = M
         yield line
 
 
-def _lone_surrogate(value: str) -> int | None:
+def lone_surrogate(value: str) -> int | None:
     """The index of the first lone surrogate in `value` (text no file or tokenizer can hold), or None.
 
-    >>> _lone_surrogate("ab" + chr(0xD800)), _lone_surrogate("ok")
+    >>> lone_surrogate("ab" + chr(0xD800)), lone_surrogate("ok")
     (2, None)
     """
     try:
@@ -71,7 +71,7 @@ class PromptPair:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be text, not {type(value).__name__}")
-            at = _lone_surrogate(value)
+            at = lone_surrogate(value)
             if at is not None:
                 raise ValueError(f"the {name} text has a lone surrogate {value[at]!r} at character {at}, "
                                  "which is not valid Unicode; give UTF-8 text")

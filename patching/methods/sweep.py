@@ -46,9 +46,18 @@ def axis_sizes(model, prompts: PromptSet, kind: Kind) -> dict[str, int]:
 
 
 def _check(values, size: int, what: str, valid: str):
+    """ValueError naming the out-of-range values (the first five and how many; a range of
+    100,000 bad layers must not make a 600 kB message).
+
+    >>> _check(range(4, 100000), 4, "layers", "0-3")
+    Traceback (most recent call last):
+    ...
+    ValueError: layers [4, 5, 6, 7, 8, ... and 99991 more] out of range; this model/prompt has layers 0-3
+    """
     bad = [v for v in values if v >= size]
     if bad:
-        raise ValueError(f"{what} {bad} out of range; this model/prompt has {what} {valid}")
+        shown = ", ".join(map(str, bad[:5])) + (f", ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{what} [{shown}] out of range; this model/prompt has {what} {valid}")
 
 
 def plan_coords(model, prompts: PromptSet, spec: PatchSpec) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]]]:

@@ -89,10 +89,8 @@ CASES: tuple[Case, ...] = (
     Case("control_characters_valid", None, clean="When Mary\x07 and John went to the store,\x1b John gave a drink to",
          corrupt="When Mary\x07 and John went to the store,\x1b Mary gave a drink to"),
     Case("clean_lone_surrogate", r"the clean text has a lone surrogate '\\ud800' at character 55, which is not "
-         r"valid Unicode; give UTF-8 text", clean=CLEAN[:-3] + "\ud800",
-         dashboard_open="token view: the tokenizer raises TypeError on a lone surrogate (issue 18 item 5, dashboard part)"),
-    Case("answer_lone_surrogate", r"the answer text has a lone surrogate '\\udc80' at character 1", answer=" \udc80",
-         dashboard_open="token view: the tokenizer raises TypeError on a lone surrogate (issue 18 item 5, dashboard part)"),
+         r"valid Unicode; give UTF-8 text", clean=CLEAN[:-3] + "\ud800"),
+    Case("answer_lone_surrogate", r"the answer text has a lone surrogate '\\udc80' at character 1", answer=" \udc80"),
     Case("answer_emoji_leading_space", r"answer ' 🦄' is 5 tokens .*not a single token; the model has no single "
          r"token for it \(it splits into bytes\)", answer=" 🦄"),
     Case("mixed_unicode_valid", None, clean="Ünïcödé 日本語 עברית: Mary and John, John gave to",
