@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from patching.cli.common import EXIT_OK
+from patching.cli.common import EXIT_OK, terminal_safe
 from patching.runs import bundle
 
 
@@ -73,19 +73,20 @@ def cmd_import(args) -> int:
     warning = bundle.weights_warning(b, bundle.local_weights_sha256(b.provenance["model_name"])
                                      if b.provenance else None)
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(terminal_safe(f"warning: {warning}"), file=sys.stderr)
     new_id = bundle.import_bundle(_store(args), b)
     what = "attribution run" if b.type == "attribution" else "run"
-    print(f"imported {args.file} as {what} #{new_id} in {args.store_url or args.data_dir}", file=sys.stderr)
+    print(terminal_safe(f"imported {args.file} as {what} #{new_id} in {args.store_url or args.data_dir}"),
+          file=sys.stderr)
     print(new_id)
     return EXIT_OK
 
 
 def cmd_show(args) -> int:
     b = bundle.read_bundle(args.file)              # the validator `import` uses
-    print(f"{args.file}")
-    for line in bundle.show_lines(b):
-        print(line)
+    print(terminal_safe(f"{args.file}"))
+    for line in bundle.show_lines(b):              # a label or prompt may hold ESC bytes: escaped
+        print(terminal_safe(line))
     return EXIT_OK
 
 

@@ -297,3 +297,13 @@ def test_wrong_typed_values_get_a_message_naming_the_value(app):
     assert "the page path must be text, not dict" in cb.route({"a": 1})[2]
     assert "the upload must be str, not list" in str(cb.import_run(["x"], "a.zip")[0].children)
     assert "is out of range" in str(cb.export_run(1, 10**20)[1].children)
+
+
+def test_show_escapes_control_characters_of_a_run_files_text(good, tmp_path, capsys):
+    """Class 8: a label with ESC / BEL bytes must not reach the terminal raw through `show`."""
+    path = tmp_path / "esc.patchboard.zip"
+    path.write_bytes(rezip(good, _set("label", "evil\x1b]0;pwned\x07\x1b[2J")))
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;pwned\\x07" in out
