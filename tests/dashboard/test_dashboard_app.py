@@ -179,7 +179,7 @@ def test_live_validation(app, tiny_name):
     assert "answer ' Maryland' is" in app.patchboard.validate(*bad)
     bad = list(args)
     bad[11] = "0-9"
-    assert "layers [2, 3, 4, 5, 6, 7, 8, 9] out of range" in app.patchboard.validate(*bad)
+    assert "layers [2, 3, 4, 5, 6, ... and 3 more] out of range" in app.patchboard.validate(*bad)
 
 
 def test_kind_controls(app):
