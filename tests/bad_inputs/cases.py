@@ -52,7 +52,6 @@ class Case:
     per_position: bool = False
     dashboard: str | None = field(default="same")   # the page's message when it differs
     max_seconds: float = 15.0               # per surface, on a quiet machine it is far less
-    dashboard_open: str = ""                # a known, still open dashboard bug: its test is a strict xfail
 
     def csv_bytes(self) -> bytes | None:
         return self.csv() if callable(self.csv) else self.csv

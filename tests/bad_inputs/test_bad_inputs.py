@@ -261,10 +261,8 @@ def run_callbacks(cb, case: Case, model: str, metric: str, pairs):
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_dashboard(case, specials, dash_app, default_model, request):
+def test_dashboard(case, specials, dash_app, default_model):
     from dashboard import forms
-    if case.dashboard_open:
-        request.applymarker(pytest.mark.xfail(reason=case.dashboard_open, strict=True))
     from dashboard.forms import Form
     app, store, first_run = dash_app
     cb = app.patchboard
