@@ -16,7 +16,8 @@ from dash import Input, Output, State, dash_table, dcc, html
 from patching.runs.jobs import job_token
 from patching.runs.limits import clip
 
-from dashboard import figures, ids
+from dashboard import ids
+from patching import figures
 from dashboard.actions import baselines_text
 
 log = logging.getLogger("dashboard")

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 import torch
 
-from dashboard import figures
+from patching import figures
 from patching.runs.store import RunStore
 from patching import PatchSpec, sweep
 from patching.runs import bundle as B

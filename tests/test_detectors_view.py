@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dashboard.context import Context
-from dashboard.figures import detectors as F
-from dashboard.figures import results as figures_results
+from patching.figures import detectors as F
+from patching.figures import results as figures_results
 from dashboard.tabs import neurons as T
 from patching.inspect import detectors as D
 from tests.conftest import IOI

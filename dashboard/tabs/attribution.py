@@ -14,7 +14,8 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from patching.runs.jobs import job_token
 
-from dashboard import figures, ids
+from dashboard import ids
+from patching import figures
 from dashboard.actions import baselines_text, execute_attribution, guarded
 from dashboard.components import (background, done_status, graph, label, mode_toggle, prompt_states,
                                   register_cancel_notice, run_controls, summary_line)

@@ -32,10 +32,11 @@ from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_c
                                       parse_components)
 from patching.runs.slot import run_slot
 
-from dashboard import figures, ids
+from dashboard import ids
+from patching import figures
 from dashboard.actions import guarded
 from dashboard.components import PROMPT_IDS, error_text, page_inputs
-from dashboard.figures import circuit as figures_circuit
+from patching.figures import circuit as figures_circuit
 from dashboard.forms import check_model, prompts_from_page
 from dashboard.server.jobs import progress_reporter
 from dashboard.ids import (CIRCUIT_ABLATION, CIRCUIT_CANCEL_BUTTON, CIRCUIT_CLEAR_BUTTON,  # noqa: F401

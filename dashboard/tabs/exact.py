@@ -30,9 +30,10 @@ from patching.methods.refine import refine, top_cells
 from patching.methods.sweep import sweep
 from patching.runs.slot import run_slot
 
-from dashboard import figures, ids
+from dashboard import ids
+from patching import figures
 from dashboard.components import error_text
-from dashboard.figures import agreement as figures_agreement
+from patching.figures import agreement as figures_agreement
 from dashboard.forms import check_model, whole_number
 
 MAX_REFINE_K = 200

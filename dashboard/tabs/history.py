@@ -18,7 +18,8 @@ from dash import ALL, Input, Output, State, dcc, html, no_update
 from patching.core.results import PatchResult, write_csv
 from patching.runs import jobs as job_status
 
-from dashboard import figures, ids, share
+from dashboard import ids, share
+from patching import figures
 from dashboard.components import clipped, graph, triggered_value, wrong_type
 from patching.runs.limits import clip
 from dashboard.views import effective_mode

@@ -26,7 +26,7 @@ from patching.inspect import lens
 from patching.core.prompts import PromptSet
 
 from dashboard.components import field, number, radio, register_view, view_body
-from dashboard.figures import lens as figures_lens
+from patching.figures import lens as figures_lens
 from dashboard.forms import prompts_from_page, whole_number
 
 from dashboard.ids import (INSPECT_ATTENTION_VIEW, INSPECT_COMPONENTS, INSPECT_DLA_BY, INSPECT_DOWNLOAD,  # noqa: F401

@@ -32,8 +32,8 @@ from patching.inspect import neurons as N
 from patching.inspect import weights as W
 
 from dashboard.components import field, number, radio, register_view, view_body
-from dashboard.figures import detectors as figures_detectors
-from dashboard.figures import neurons as figures_neurons
+from patching.figures import detectors as figures_detectors
+from patching.figures import neurons as figures_neurons
 from dashboard.forms import prompts_from_page, whole_number
 from dashboard.tabs.inspect import FrameMemo
 

@@ -15,7 +15,8 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 
 from patching.runs.jobs import job_token
 
-from dashboard import figures, ids
+from dashboard import ids
+from patching import figures
 from dashboard.actions import execute_path, guarded, path_label
 from dashboard.components import (PERSIST, background, graph, label, mode_toggle, prompt_states,
                                   register_cancel_notice, run_controls, saved_status, send_run_csv, summary_line,

@@ -18,9 +18,10 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from patching.core.results import PatchResult, write_csv
 from patching.inspect.detectors import head_scores
 
-from dashboard import figures, ids, share
+from dashboard import ids, share
+from patching import figures
 from dashboard.components import graph, mode_toggle, radio, send_run_csv, summary_line, triggered_value
-from dashboard.figures.detectors import FIRES, firing_labels
+from patching.figures.detectors import FIRES, firing_labels
 from dashboard.forms import parse_pair
 from dashboard.tabs.inspect import FrameMemo
 from dashboard.views import attention_csv, attention_for_cell, clicked_cell, effective_mode

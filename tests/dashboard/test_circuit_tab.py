@@ -167,7 +167,7 @@ def test_edges_graph_and_threshold(cb, page, store):
 
 # -- figures ---------------------------------------------------------------------------------------------
 def test_component_grid_places_heads_mlps_and_attn_layers():
-    from dashboard.figures.circuit import component_grid
+    from patching.figures.circuit import component_grid
     from patching.methods.circuit import parse_components
     effects = {c: v for c, v in zip(parse_components("L0H1,MLP1,ATTN1"), (0.5, -0.25, 0.1))}
     fig = component_grid(effects, n_layers=2, n_heads=3, selected=parse_components("ATTN0,MLP1"))
@@ -180,7 +180,7 @@ def test_component_grid_places_heads_mlps_and_attn_layers():
 
 
 def test_curve_and_edge_figures(gpt2_model):
-    from dashboard.figures.circuit import curve_figure, edge_graph_figure
+    from patching.figures.circuit import curve_figure, edge_graph_figure
     from patching.methods.attribution import edge_attribution
     from patching.methods.circuit import edge_graph, faithfulness_curve
     prompts = PromptSet.from_pairs(gpt2_model, IOI)

@@ -9,7 +9,7 @@ from dash import no_update
 from dashboard import ids
 from dashboard.tabs import exact as exact_tab
 from dashboard.panel import cost as cost_panel
-from dashboard.figures import agreement as figures_compare
+from patching.figures import agreement as figures_compare
 from dashboard.context import Context
 from dashboard.forms import Form
 from patching import PatchSpec, PromptSet, sweep

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dashboard import figures
+from patching import figures
 from patching import PatchSpec, sweep
 
 

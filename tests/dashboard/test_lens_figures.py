@@ -1,10 +1,10 @@
-"""Inspection figures (dashboard/figures/lens.py): pure functions of the lens DataFrames."""
+"""Inspection figures (patching/figures/lens.py): pure functions of the lens DataFrames."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dashboard.figures import lens as fl
+from patching.figures import lens as fl
 from patching.inspect import lens
 
 

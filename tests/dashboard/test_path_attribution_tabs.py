@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from dash import html, no_update
 
-from dashboard import figures, forms, ids
+from dashboard import forms, ids
+from patching import figures
 from dashboard.tabs import attribution as attribution_tab
 from dashboard.tabs import exact as exact_tab
 from dashboard.forms import AttributionForm, Form, PathForm

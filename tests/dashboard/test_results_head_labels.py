@@ -3,7 +3,7 @@ labels come from `head_scores` on the run's model (cached), and non-head runs ar
 from __future__ import annotations
 
 from dashboard import ids
-from dashboard.figures.detectors import firing_labels
+from patching.figures.detectors import firing_labels
 from dashboard.tabs import results as results_tab
 from patching import PatchSpec, sweep
 from patching.inspect.detectors import head_scores

@@ -10,7 +10,8 @@ import zipfile
 import pytest
 from dash import no_update
 
-from dashboard import figures, ids, share
+from dashboard import ids, share
+from patching import figures
 from patching import PatchSpec, sweep
 from patching.runs import bundle
 from tests.conftest import IOI

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 
 from patching.methods.circuit import Component, CurveResult, EdgeGraph
 
-from dashboard.figures.common import DIVERGING, base_layout, empty_figure
+from patching.figures.common import DIVERGING, base_layout, empty_figure
 
 KEPT = "#111827"
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"

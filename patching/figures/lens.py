@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.common import DIVERGING, SEQUENTIAL, base_layout, empty_figure, position_label
+from patching.figures.common import DIVERGING, SEQUENTIAL, base_layout, empty_figure, position_label
 
 LENS_VALUES = {
     "top_prob": "top token's probability",

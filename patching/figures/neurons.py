@@ -15,8 +15,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.common import DIVERGING, SEQUENTIAL, base_layout, empty_figure
-from dashboard.figures.lens import token_text
+from patching.figures.common import DIVERGING, SEQUENTIAL, base_layout, empty_figure
+from patching.figures.lens import token_text
 
 MAX_TEXT_CELLS = 40 * 40       # beyond this many cells, no cell text (hover keeps it)
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from patching.methods.compare import FLAGS, Agreement
 
-from dashboard.figures.common import base_layout
+from patching.figures.common import base_layout
 
 COLOURS = {"": "#9ca3af", "missed": "#dc2626", "invented": "#f59e0b", "underestimated": "#7c3aed",
            "overestimated": "#2563eb"}

@@ -30,7 +30,7 @@ from plotly.subplots import make_subplots
 from patching.kinds import KINDS
 from patching.core.results import PatchResult
 
-from dashboard.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, position_label
+from patching.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, position_label
 
 @dataclass(frozen=True)
 class Grid:

@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.common import SEQUENTIAL, base_layout, empty_figure
+from patching.figures.common import SEQUENTIAL, base_layout, empty_figure
 
 # what each detector's score is (the colour bar and the subplot title say it)
 MEANINGS = {
