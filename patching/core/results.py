@@ -189,6 +189,45 @@ class PatchResult:
         """Write the contract CSV (formula-neutralised); returns the text when no path is given."""
         return write_csv(self.to_dataframe(), path_or_buf)
 
+    # -- in a notebook (figures from patching.figures, imported when drawn: `import patching` stays light)
+    def display_mode(self, mode: str = "normalized") -> str:
+        """`mode`, or 'raw' when normalized values are undefined (equal clean and corrupt
+        baselines): how the dashboard opens a result.
+
+        >>> result.display_mode(), result.display_mode("raw")
+        ('normalized', 'raw')
+        """
+        if mode == "normalized" and not torch.isfinite(self.normalized).any():
+            return "raw"
+        return mode
+
+    def plot(self, mode: str = "normalized", **kwargs):
+        """The plotly figure the dashboard draws for this result (`patching.figures.result_figure`:
+        a heatmap of the effect, token-labelled positions, the diverging scale; bars for a one-axis
+        path result); `mode` 'normalized' (falls back to 'raw' as the dashboard does) or 'raw';
+        other keywords go to `result_figure` (e.g. head_labels).
+
+        >>> result.plot().data[0].type
+        'heatmap'
+        """
+        from patching.figures import result_figure
+        return result_figure(self, self.display_mode(mode), **kwargs)
+
+    def to_html(self, mode: str = "normalized", include_plotlyjs: bool | str = True) -> str:
+        """The summary, the top cells by |effect| and the figure as an HTML fragment (plotly.js
+        embedded by default: works offline; "cdn" for a light page where the network is there).
+
+        >>> "top cells" in result.to_html(include_plotlyjs=False)
+        True
+        """
+        from patching.core.display import result_html
+        from patching.figures import graph_config
+        return result_html(self, self.plot(mode), include_plotlyjs, graph_config())
+
+    def _repr_html_(self) -> str:
+        """What Jupyter shows for a result: `to_html()`."""
+        return self.to_html()
+
 
 _QUOTED_OR_ROW_END = re.compile(r'("(?:[^"]|"")*")|\r\n')     # a quoted cell is skipped whole
 
