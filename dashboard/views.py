@@ -22,7 +22,7 @@ from dashboard.forms import check_model
 
 def effective_mode(result: PatchResult, mode: str) -> tuple[str, str | None]:
     """'normalized' needs clean != corrupt; otherwise fall back to raw and say why."""
-    if mode == "normalized" and not torch.isfinite(result.normalized).any():
+    if result.display_mode(mode) != mode:
         return "raw", ("normalized values are undefined: the clean and corrupt baselines are equal; "
                        "showing raw values")
     return mode, None
