@@ -171,6 +171,14 @@ def test_bad_objects_are_refused_by_name(tiny_dirs):
         load_model("default", tokenizer=tok)
     with pytest.raises(ValueError, match=r"name must be a non-empty string, not ''"):
         from_model(hf, tok, name="")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    with torch.device("meta"):
+        empty = GPT2LMHeadModel(hf.config)
+    with pytest.raises(ValueError, match=r"its weights are on the meta device"):
+        from_model(empty, tok)
+    small = GPT2LMHeadModel(GPT2Config(vocab_size=10, n_embd=16, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match=r"its tokenizer has \d+ tokens but the model's embedding has 10 rows"):
+        from_model(small, tok)
     with torch.no_grad():
         hf.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"non-finite weights .*transformer.h.0.mlp.c_fc.weight"):
