@@ -260,7 +260,7 @@ def _load_hf(name: str, where: Path, config, torch_dtype: torch.dtype, placed: d
     return tokenizer, hf, info
 
 
-def load_model(name="default", device: str | None = "cpu", dtype: str = "float32",
+def load_model(name: str | object = "default", device: str | None = "cpu", dtype: str = "float32",
                device_map=None, max_memory: dict | None = None, offload_folder: str | None = None,
                *, tokenizer=None) -> Model:
     """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
