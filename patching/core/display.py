@@ -59,7 +59,11 @@ def _number(x: float) -> str:
 
 
 def result_rows(result) -> list[tuple[str, str]]:
-    """What a result was: model, kind, metric, direction, pairs, baselines, seconds."""
+    """What a result was: model, kind, metric, direction, pairs, baselines, seconds.
+
+    >>> [label for label, _ in result_rows(result)][:4]
+    ['model', 'kind', 'metric', 'direction']
+    """
     s = result.spec
     gap = result.clean_value - result.corrupt_value
     kind = s.kind + (" per position" if getattr(s, "per_position", False) else "")
@@ -76,7 +80,11 @@ def result_rows(result) -> list[tuple[str, str]]:
 
 
 def result_html(result, fig, include_plotlyjs: bool | str = PLOTLYJS, config: dict | None = None) -> str:
-    """Summary table, top cells by |effect|, then the figure."""
+    """Summary table, top cells by |effect|, then the figure.
+
+    >>> result_html(result, result.plot(), include_plotlyjs=False).count("<table")
+    2
+    """
     cells = top_cells(result)
     top = cells.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
                         classes="patchboard-top") if len(cells) else "<p>no cell was computed</p>"
@@ -85,7 +93,12 @@ def result_html(result, fig, include_plotlyjs: bool | str = PLOTLYJS, config: di
 
 
 def attention_html(diff, fig, include_plotlyjs: bool | str = PLOTLYJS, config: dict | None = None) -> str:
-    """Counterfactual attention: which head, pair and patch, the largest changes, then the figure."""
+    """Counterfactual attention: which head, pair and patch, the largest changes, then the figure.
+
+    >>> diff = counterfactual_attention(model, prompts, 1, 0)            # doctest: +SKIP
+    >>> "L1H0" in attention_html(diff, diff.plot(), include_plotlyjs=False)   # doctest: +SKIP
+    True
+    """
     moved = float((diff.patched - diff.corrupt).abs().max()) if diff.patched is not None else float("nan")
     rows = [("head", f"L{diff.layer}H{diff.head}"), ("pair", str(diff.pair)), ("patched", diff.patch_label),
             ("direction", diff.direction),
