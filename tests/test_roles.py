@@ -230,3 +230,15 @@ def test_aligned_ioi_pairs_of_the_shipped_model_run_by_role():
         assert at[4] == len(toks) - 1
     r = sweep(model, ps, PatchSpec(kind="resid_pre"))
     assert torch.isfinite(r.values).all() and r.roles == ROLES
+
+
+def test_cost_estimate_counts_every_length_group(gpt2_model, mixed):
+    from patching.methods.cost import estimate_cost
+    from patching.methods.sweep import length_groups
+    spec = PatchSpec(kind="resid_pre")
+    est = estimate_cost(gpt2_model, mixed, spec)
+    groups = [estimate_cost(gpt2_model, g, s) for _, g, s in length_groups(mixed, spec)]
+    assert est.cells == gpt2_model.n_layers * len(ROLES) and est.n_pairs == mixed.n_pairs
+    assert est.patched_rows == sum(g.patched_rows for g in groups) > 0
+    with pytest.raises(ValueError, match="positions \\[2\\] are token indices"):
+        estimate_cost(gpt2_model, mixed, PatchSpec(kind="resid_pre", positions=(2,)))

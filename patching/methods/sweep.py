@@ -63,6 +63,11 @@ def _check(values, size: int, what: str, valid: str):
 def plan_coords(model, prompts: PromptSet, spec: PatchSpec) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]]]:
     """The sweep's axes and the numbers along each, after the spec's filters (validated)."""
     kind = KINDS[spec.kind]
+    if prompts.is_mixed:                 # aligned by role: the position axis is the roles
+        axes, coords = plan_coords(model, length_groups(prompts, spec)[0][1], spec)
+        if "pos" in coords:
+            coords["pos"] = tuple(range(len(prompts.role_names)))
+        return axes, coords
     if kind.needs_resid_mid and model.parallel_attn_mlp:
         raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r}: attention and MLP "
                          "run in parallel on resid_pre; use resid_pre, attn_out or mlp_out")
@@ -210,19 +215,16 @@ def sweep_by_role(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, on
     if cells is not None:
         raise ValueError("cells are token positions of one length; a set of mixed lengths is aligned "
                          "by role: leave cells out, or sweep one length at a time")
-    if spec.positions is not None:
-        raise ValueError(f"positions {list(spec.positions)[:5]} are token indices, which differ between "
-                         f"pairs of different lengths; this set is aligned by its roles "
-                         f"({' '.join(prompts.role_names)}): leave positions out")
-    axes = KINDS[spec.kind].axes(spec.per_position)
+    axes, _ = plan_coords(model, prompts, spec)
     roles = prompts.role_names if "pos" in axes else None
     at = prompts.role_positions()
     per_pair = clean = corrupt = None
-    for done_pairs, (idx, group) in _groups_with_offsets(prompts.by_length()):
-        used = tuple(sorted({p for i in idx for p in at[i]}))
-        part = sweep(model, group, dataclasses.replace(spec, positions=used) if roles else spec, metric=metric,
+    done_pairs = 0
+    for idx, group, group_spec in length_groups(prompts, spec):
+        part = sweep(model, group, group_spec, metric=metric,
                      on_progress=_share(on_progress, done_pairs, len(idx), prompts.n_pairs),
                      max_memory_mb=max_memory_mb)
+        done_pairs += len(idx)
         values = part.per_pair                                     # [layer, pos?, head?, group pairs]
         if roles:
             values = _at_roles(values, part.coords["pos"], [at[i] for i in idx])   # [layer, role, head?, group]
@@ -238,12 +240,25 @@ def sweep_by_role(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, on
                        time.perf_counter() - start, model.name, roles=roles)
 
 
-def _groups_with_offsets(groups):
-    """(pairs before this group, (indices, set)) for each group."""
-    before = 0
-    for idx, group in groups:
-        yield before, (idx, group)
-        before += len(idx)
+def length_groups(prompts: PromptSet, spec: PatchSpec) -> list[tuple[list[int], PromptSet, PatchSpec]]:
+    """A set of mixed lengths as the sweeps it runs: (pair indices, that length's set, its spec);
+    a per-position kind's spec patches only the positions the group's roles name. The sweep runs
+    them and the cost estimate counts them.
+
+    >>> [(idx, s.positions) for idx, _, s in length_groups(mixed_prompts, PatchSpec(kind="resid_pre"))]  # doctest: +SKIP
+    [([0, 2], (2, 4, 5, 10, 14)), ([1], (2, 4, 5, 11, 15))]
+    """
+    if spec.positions is not None:
+        raise ValueError(f"positions {list(spec.positions)[:5]} are token indices, which differ between "
+                         f"pairs of different lengths; this set is aligned by its roles "
+                         f"({' '.join(prompts.role_names)}): leave positions out")
+    by_pos = "pos" in KINDS[spec.kind].axes(spec.per_position)
+    at = prompts.role_positions()
+    out = []
+    for idx, group in prompts.by_length():
+        used = tuple(sorted({p for i in idx for p in at[i]}))
+        out.append((idx, group, dataclasses.replace(spec, positions=used) if by_pos else spec))
+    return out
 
 
 def _share(on_progress: Progress | None, before: int, size: int, n_pairs: int) -> Progress | None:
