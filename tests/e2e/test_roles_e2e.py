@@ -54,7 +54,7 @@ def test_mixed_lengths_with_positions_run_by_role(page, gpt2_model, tmp_path):
     assert "5 pairs" in summary
     ticks = page.eval_on_selector_all(f"#{ids.RESULTS_HEATMAP} .xtick text", "els => els.map(e => e.textContent)")
     assert [t.split(": ")[-1].strip("'") for t in ticks] == list(ROLES), ticks
-    shot(page, "roles-01-mixed-lengths-by-role")
+    shot(page, "18-mixed-lengths-by-role")
     rows = download(page, ids.DOWNLOAD_CSV_BUTTON)
     header = rows[0]
     pos, tok = header.index("pos"), header.index("token")
