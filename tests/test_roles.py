@@ -242,3 +242,23 @@ def test_cost_estimate_counts_every_length_group(gpt2_model, mixed):
     assert est.patched_rows == sum(g.patched_rows for g in groups) > 0
     with pytest.raises(ValueError, match="positions \\[2\\] are token indices"):
         estimate_cost(gpt2_model, mixed, PatchSpec(kind="resid_pre", positions=(2,)))
+
+
+def test_dashboard_attention_of_a_role_cell_reads_the_pairs_own_index(gpt2_model, mixed, registry, tiny_dirs):
+    """A clicked (layer, role, head) cell of a mixed run shows the pair's attention patched at its
+    own token index of that role."""
+    from types import SimpleNamespace
+
+    from dashboard.views import attention_for_cell
+    from patching.methods.attention import counterfactual_attention
+    from patching.runs.store import RunStore
+    spec = PatchSpec(kind="head_out", per_position=True, model=str(tiny_dirs["gpt2"]))
+    result = sweep(gpt2_model, mixed, spec)
+    run = SimpleNamespace(result=result, pairs=[tuple(p) for p in RunStore._pairs(mixed.pairs)])
+    view = attention_for_cell(registry, run, {"layer": 0, "pos": 3, "head": 1}, pair=3)   # S2 of pair 3
+    s2 = mixed.role_positions()[3][3]
+    want = counterfactual_attention(gpt2_model, mixed.subset([3]), 0, 1, spec=spec,
+                                    index={"layer": 0, "pos": s2, "head": 1})
+    assert f"at S2 (position {s2})" in view.title and "pair 3" in view.title
+    assert torch.allclose(torch.as_tensor(view.patched), want.patched.float())
+    assert len(view.str_tokens) == mixed.lengths[3]            # that pair's tokens, no padding
