@@ -262,3 +262,41 @@ def test_dashboard_attention_of_a_role_cell_reads_the_pairs_own_index(gpt2_model
     assert f"at S2 (position {s2})" in view.title and "pair 3" in view.title
     assert torch.allclose(torch.as_tensor(view.patched), want.patched.float())
     assert len(view.str_tokens) == mixed.lengths[3]            # that pair's tokens, no padding
+
+
+def test_run_store_and_run_file_keep_each_pairs_roles(gpt2_model, mixed, tmp_path):
+    from patching.runs.bundle import bundle_bytes, read_bundle
+    from patching.runs.store import RunStore
+    result = sweep(gpt2_model, mixed, PatchSpec(kind="resid_pre"))
+    store = RunStore(tmp_path)
+    run = store.get(store.save(result, mixed.pairs))
+    back = read_bundle(bundle_bytes([result], mixed.pairs))
+    for pairs in (run.pairs, back.pairs):
+        again = PromptSet.from_pairs(gpt2_model, [PromptPair(*p) for p in pairs])
+        assert again.roles == mixed.roles and again.lengths == mixed.lengths
+    assert back.result.roles == ROLES and run.result.roles == ROLES
+
+
+def test_dashboard_presets_and_uploads_carry_roles_to_the_run_and_token_view():
+    import base64
+
+    from dashboard import forms
+    from patching import load_model
+    model = load_model("default")
+    preset = forms.preset_pairs("ioi", 3, model=model)
+    assert all(p["positions"].split()[0].startswith("IO:") for p in preset)
+    form = forms.Form.from_page("default", "", "", "", "", ["bos"], preset, kind="resid_pre")
+    _, prompts = forms.parse_form(model, form)
+    assert prompts.role_names == ROLES
+    assert forms.token_view(model, form).roles == prompts.roles[0]
+    from patching.tasks.presets import aligned_pairs
+    mixed_csv = "clean,corrupt,answer,wrong,positions\n" + "".join(
+        f'"{p.clean}","{p.corrupt}",{p.answer},{p.wrong},{" ".join(f"{n}:{i}" for n, i in p.positions)}\n'
+        for p in aligned_pairs(model, "ioi", 8))
+    uploaded = forms.parse_upload("data:text/csv;base64," + base64.b64encode(mixed_csv.encode()).decode(), "m.csv")
+    spec, prompts = forms.parse_form(model, forms.Form.from_page("default", "", "", "", "", ["bos"], uploaded,
+                                                                 kind="resid_pre"))
+    assert prompts.is_mixed and prompts.role_names == ROLES
+    with pytest.raises(ValueError, match="positions \\[3\\] are token indices"):
+        forms.parse_form(model, forms.Form.from_page("default", "", "", "", "", ["bos"], uploaded,
+                                                     kind="resid_pre", positions="3"))
