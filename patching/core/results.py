@@ -47,6 +47,9 @@ class PatchResult:
     # where the run came from (patching.core.provenance.Provenance.to_dict()); keyword-only so the
     # subclasses' positional fields keep their places; None for runs saved before it existed
     provenance: dict | None = field(default=None, kw_only=True, repr=False)
+    # a set of mixed lengths aligned by roles: the position axis is these roles (coords["pos"]
+    # indexes them, str_tokens repeats them as labels); the CSV's pos and token cells hold the name
+    roles: tuple[str, ...] | None = field(default=None, kw_only=True)
 
     @property
     def n_pairs(self) -> int:
@@ -133,7 +136,8 @@ class PatchResult:
                 "clean_baseline": self.clean_baseline.tolist(),
                 "corrupt_baseline": self.corrupt_baseline.tolist(),
                 "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
-                "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance}
+                "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance,
+                **({"roles": list(self.roles)} if self.roles else {})}
 
     @staticmethod
     def json_fields(d: dict) -> tuple:
@@ -145,7 +149,9 @@ class PatchResult:
 
     @classmethod
     def from_json(cls, d: dict) -> "PatchResult":
-        return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"))
+        roles = d.get("roles")
+        return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"),
+                   roles=tuple(str(r) for r in roles) if roles else None)
 
     def contract_frame(self, layer: list, pos: list, head: list) -> pd.DataFrame:
         """The contract columns of every cell (values' flattened order) with these layer / pos /
@@ -154,7 +160,8 @@ class PatchResult:
         df = pd.DataFrame({
             "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
             "layer": layer, "pos": pos, "head": head,
-            "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
+            "token": pos if self.roles else
+                     [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
             "value": self.values.reshape(-1).tolist(), "normalized": self.normalized.reshape(-1).tolist(),
             "effect": self.effect.reshape(-1).tolist(),
         })
@@ -175,13 +182,15 @@ class PatchResult:
         for axis, idx in zip(self.axes, flat_idx):
             name = "head" if axis == "neuron" else axis
             columns[name] = [self.coords[axis][i] for i in idx.tolist()]
+        if self.roles and "pos" in self.axes:          # the role's name, in pos and token alike
+            columns["pos"] = [self.roles[p] for p in columns["pos"]]
         df = self.contract_frame(columns["layer"], columns["pos"], columns["head"])
         if "neuron" in self.axes:
             df["neuron"] = df["head"]
             df["head"] = None
         df["n_pairs"] = self.n_pairs
         df = df[~df["value"].isna()].reset_index(drop=True)
-        for col in ("layer", "pos", "head"):
+        for col in ("layer", "head") + (() if self.roles else ("pos",)):
             df[col] = df[col].astype("Int64")
         return df
 
