@@ -3,6 +3,8 @@ one-worker sweep value for value and CSV byte for byte; the work is dealt evenly
 what is not one whole sweep."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -123,3 +125,97 @@ def test_a_bad_shard_names_the_value(kwargs, message):
 def test_plan_refuses_a_bad_count():
     with pytest.raises(ValueError, match="--shards must be a whole number from 1 to 256, not 0"):
         plan(PatchSpec(kind="resid_pre"), 0)
+
+
+def _shard_task(prompts, shard):
+    from patching.runs.sharded import payload
+    return payload(prompts, shard, "run-1")
+
+
+def test_a_worker_records_its_shard_as_a_job(gpt2_model, ioi_prompts, tmp_path):
+    from patching.runs.sharded import execute_shard
+    from patching.runs.store import RunStore
+    store = RunStore(tmp_path)                         # empty (falsy by len): still recorded
+    shard = plan(PatchSpec(kind="resid_pre", model="tiny"), 2, 64)[1]
+    reports = []
+    out = execute_shard(_shard_task(ioi_prompts, shard), lambda name: gpt2_model,
+                        lambda d, t: reports.append((d, t)), lambda: False, store, "w@h")
+    part = ShardPart.from_json(out)
+    assert part.worker == "w@h" and part.shard == shard and reports[-1][0] == reports[-1][1]
+    job = store.jobs(1)[0]
+    assert (job.kind, job.label, job.status, job.model) == ("sweep", "resid_pre · shard 2/2", "done", "tiny")
+
+
+def test_a_cancelled_shard_stops_and_is_recorded_cancelled(gpt2_model, ioi_prompts, tmp_path):
+    from patching.runs.jobs import JobCancelled
+    from patching.runs.sharded import execute_shard
+    from patching.runs.store import RunStore
+    store = RunStore(tmp_path)
+    shard = plan(PatchSpec(kind="head_out", per_position=True), 2, 64)[0]
+    with pytest.raises(JobCancelled, match="shard 1/2 cancelled"):
+        execute_shard(_shard_task(ioi_prompts, shard), lambda name: gpt2_model, lambda d, t: None,
+                      lambda: True, store)
+    assert store.jobs(1)[0].status == "cancelled"
+
+
+class _FakeTask:
+    def __init__(self, n):
+        self.id, self.revoked = f"t{n}", False
+
+    def revoke(self):
+        self.revoked = True
+
+
+class _FakeCelery:
+    """send_task only: what `_Run.retry` uses."""
+    def __init__(self):
+        self.sent = []
+
+    def send_task(self, name, args):
+        self.sent.append((name, args))
+        return _FakeTask(len(self.sent))
+
+
+def test_a_lost_shard_is_sent_again_then_the_run_fails_naming_why(ioi_prompts):
+    from patching.runs.sharded import SHARD_TASK, ShardFailed, _Run
+    capp = _FakeCelery()
+    run = _Run(capp, ioi_prompts, plan(PatchSpec(kind="resid_pre"), 2, 64), retries=2)
+    run.tasks = {0: _FakeTask(0), 1: _FakeTask(1)}
+    first = run.tasks[1]
+    run.retry(1, "its worker w2@h stopped answering (3 pings)")
+    assert first.revoked and capp.sent[-1][0] == SHARD_TASK and capp.sent[-1][1][0]["shard"]["index"] == 1
+    run.retry(1, "its process on w1@h died (WorkerLostError)")
+    assert run.progress.retried == 2 and "2 retried" in run.progress.line()
+    with pytest.raises(ShardFailed, match=r"shard 2/2 failed 3 times, so the sweep failed: its worker w2@h "
+                                          r"stopped answering \(3 pings\); its process on w1@h died .*; boom"):
+        run.retry(1, "boom")
+    assert len(capp.sent) == 2                        # no third resend
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shards", "2"], "--shards 2 needs --redis-url redis://HOST:PORT/DB"),
+    (["--redis-url", "redis://127.0.0.1:6379/0"], "--redis-url 'redis://127.0.0.1:6379/0' is only used with --shards N"),
+    (["--shards", "2", "--redis-url", "http://x"], "--redis-url must be a Redis URL like redis://HOST:6379/0, not 'http://x'"),
+    (["--shards", "0", "--redis-url", "redis://x"], "--shards: '0' is not a whole number from 1 to 256"),
+    (["--shards", "2", "--redis-url", "redis://x", "--dry-run"], "--dry-run estimates a one-worker run; leave out --shards"),
+])
+def test_cli_refuses_a_bad_shard_combination_with_exit_2(flags, message, capsys, monkeypatch):
+    from patching.cli import main
+    monkeypatch.delenv("PATCHBOARD_REDIS_URL", raising=False)
+    args = ["sweep", "--clean", "a b", "--corrupt", "a c", "--answer", " x", "--wrong", " y", "--kind", "resid_pre"]
+    with pytest.raises(SystemExit) if "whole number" in message else contextlib.nullcontext():
+        code = main(args + flags)
+        assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_says_when_redis_cannot_be_reached(capsys):
+    from patching.cli import main
+    from tests.e2e.support import free_port
+    code = main(["sweep", "--clean", "When Mary and John went to the store, John gave a drink to",
+                 "--corrupt", "When Mary and John went to the store, Mary gave a drink to", "--answer", " Mary",
+                 "--wrong", " John", "--kind", "resid_pre", "--device", "cpu", "--quiet",
+                 "--shards", "2", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"])
+    assert code == 2
+    assert "cannot reach Redis at redis://127.0.0.1:" in capsys.readouterr().err
+

@@ -219,6 +219,8 @@ def check_shards(args: argparse.Namespace) -> str | None:
                        "or $PATCHBOARD_REDIS_URL")
     if getattr(args, "dry_run", False):
         raise BadInput("--dry-run estimates a one-worker run; leave out --shards")
+    from patching.runs.celery_app import celery_app
+    celery_app(url)                  # a bad URL or missing package: refused before the model loads
     return url
 
 

@@ -102,8 +102,8 @@ def execute_shard(data: dict, get_model: Callable, report: Callable[[int, int], 
     shard = Shard.from_dict(data["shard"])
     model = get_model(shard.spec.model)
     prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in data["pairs"]], bool(data["prepend_bos"]))
-    job_id = store.begin_job("sweep", f"{shard.spec.kind} · {shard.label}", shard.spec.model) if store else None
-    job = Job(store, job_id) if store else None
+    job_id = store.begin_job("sweep", f"{shard.spec.kind} · {shard.label}", shard.spec.model) if store is not None else None
+    job = Job(store, job_id) if job_id is not None else None
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -215,7 +215,9 @@ class _Run:
         running = {k: w for k, w in self.progress.workers.items() if k not in self.parts}
         if not running:
             return
-        alive = {name for reply in (self.capp.control.ping(timeout=1.0) or []) for name in reply}
+        names = sorted(set(running.values()))            # returns as soon as they all answered
+        replies = self.capp.control.ping(destination=names, timeout=1.0, limit=len(names)) or []
+        alive = {name for reply in replies for name in reply}
         for k, worker in running.items():
             if worker in alive:
                 self.missed.pop(k, None)
@@ -249,7 +251,11 @@ def run_sharded(redis_url: str, prompts: PromptSet, shards: tuple[Shard, ...], *
     """
     from patching.runs.celery_app import celery_app
     capp = capp or celery_app(redis_url)
-    if not capp.control.ping(timeout=2.0):
+    try:
+        answered = capp.control.ping(timeout=2.0, limit=1)        # returns at the first answer
+    except Exception as exc:             # kombu's OperationalError: nothing listens there
+        raise ValueError(f"cannot reach Redis at {redis_url} ({exc}); start redis-server or fix --redis-url") from None
+    if not answered:
         raise ValueError(f"no worker answers on {redis_url}; start one or more with "
                          f"`python -m dashboard worker --redis-url {redis_url}`")
     run = _Run(capp, prompts, tuple(shards), retries)
