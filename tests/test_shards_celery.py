@@ -118,19 +118,23 @@ def _sweep_cmd(stack: Stack, pairs: Path, out: Path, max_memory: str = "64") -> 
             "--shards", "2", "--redis-url", stack.redis_url]
 
 
-def _one_worker_csv(pairs) -> str:
-    from patching import PatchSpec, PromptSet, load_model, sweep
-    model = load_model("default", device="cpu")
-    prompts = PromptSet.from_pairs(model, pairs)
-    return sweep(model, prompts, PatchSpec(kind="head_out", per_position=True), max_memory_mb=64).to_csv()
+PAIRS = IOI * 3            # long enough a sweep to kill a worker in the middle of it
 
 
-def test_two_workers_merge_to_the_one_worker_csv(stack, tmp_path):
+@pytest.fixture(scope="module")
+def one_worker_csv(doctest_model) -> str:
+    """The CSV the CLI writes for PAIRS without --shards (the same sweep in this process)."""
+    from patching import PatchSpec, PromptSet, sweep
+    prompts = PromptSet.from_pairs(doctest_model, PAIRS)
+    return sweep(doctest_model, prompts, PatchSpec(kind="head_out", per_position=True), max_memory_mb=64).to_csv()
+
+
+def test_two_workers_merge_to_the_one_worker_csv(stack, tmp_path, one_worker_csv):
     out = tmp_path / "sharded.csv"
-    run = subprocess.run(_sweep_cmd(stack, _pairs_csv(tmp_path, IOI), out), cwd=ROOT, env=ENV,
+    run = subprocess.run(_sweep_cmd(stack, _pairs_csv(tmp_path, PAIRS), out), cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr
-    assert out.read_text() == _one_worker_csv(IOI)
+    assert out.read_text() == one_worker_csv
     assert "2 of 2 shards done · 2 workers took shards" in run.stderr, run.stderr
     for name in ("w1", "w2"):
         assert "patchboard.sweep_shard[" in stack.log(name), f"{name} took no shard"
@@ -166,8 +170,8 @@ def test_ctrl_c_cancels_every_shard(stack, tmp_path):
     # the next test's sweep needs both workers again: a revoke-terminated pool process is replaced
 
 
-def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path):
-    pairs = IOI * 3
+def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path, one_worker_csv):
+    pairs = PAIRS
     out = tmp_path / "sharded.csv"
     seen = {n: stack.log(n).count("Task patchboard.sweep_shard[") for n in ("w1", "w2")}
     cli = subprocess.Popen(_sweep_cmd(stack, _pairs_csv(tmp_path, pairs), out), cwd=ROOT, env=ENV,
@@ -182,7 +186,7 @@ def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path):
             cli.kill()
     assert cli.returncode == 0, err
     assert "1 retried" in err and "stopped answering" in err, err
-    assert out.read_text() == _one_worker_csv(pairs)
+    assert out.read_text() == one_worker_csv
     received = stack.log("w1").count("Task patchboard.sweep_shard[") - seen["w1"]
     assert received >= 2 * 2, "w1 did not take the lost shard"        # 'received' and 'succeeded' lines
 
