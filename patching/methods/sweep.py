@@ -36,7 +36,7 @@ from patching.core.results import PatchResult
 from patching.core.spec import PatchSpec
 from patching.methods.pair import CachedPair
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]   # (patched forwards done, patched forwards in all): the cost estimate's unit
 MIN_BATCH_ROWS = 32      # patched runs a batch holds before a position gap may close it (see _chunks)
 
 
@@ -178,9 +178,11 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     if prompts.n_pairs > group:     # the cached runs of many pairs would not fit: sweep in groups
         parts = []
         for lo in range(0, prompts.n_pairs, group):
-            def progress(done, total, lo=lo):
+            def progress(done, total, lo=lo, size=min(group, prompts.n_pairs - lo)):
+                # earlier groups' forwards are counted as if each group had this one's per pair
                 if on_progress is not None:
-                    on_progress(lo * total + done * min(group, prompts.n_pairs - lo), prompts.n_pairs * total)
+                    per_pair = total / size
+                    on_progress(round(lo * per_pair) + done, round(prompts.n_pairs * per_pair))
             parts.append(_sweep_pairs(model, prompts.subset(range(lo, min(lo + group, prompts.n_pairs))),
                                       spec, metric, kind, axes, coords, progress, budget, cells))
         first = parts[0]
@@ -213,8 +215,12 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
     shape = [len(coords[a]) for a in axes]
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
     plan = batch_plan(model, prompts, spec, kind, axes, coords, ctx, budget, cells)
-    total, done = sum(len(step.cells) for step in plan), 0
-    last_report = 0.0
+    # progress counts patched forwards (live cells x pairs), what the cost estimate counts; the
+    # first report comes before the first batch, so a caller knows the total at once
+    total, done = sum(len(part) for step in plan for part in step.parts) * n_pairs, 0
+    if on_progress is not None:
+        on_progress(0, total)
+    last_report = time.perf_counter()
     for step in plan:
         for n in (~step.live).nonzero()[:, 0].tolist():       # nothing to patch: the base run's value
             per_pair[(step.li, *step.cells[n])] = pair.base_baseline
@@ -225,11 +231,10 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
             values = pair.measure(logits, rows).view(len(part), n_pairs)
             for n, v in zip(part.tolist(), values):
                 per_pair[(step.li, *step.cells[n])] = v
-            done += len(part)
+            done += len(rows)
             if on_progress is not None and time.perf_counter() - last_report > 0.1:
                 on_progress(done, total)
                 last_report = time.perf_counter()
-        done += int((~step.live).sum())
     if on_progress is not None:
         on_progress(total, total)
     return PatchResult(spec, axes, coords, per_pair, pair.clean_baseline, pair.corrupt_baseline,
