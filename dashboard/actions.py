@@ -104,8 +104,8 @@ def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind:
         with run_slot(data_dir, watch_queue(store, _queued(report, store, job))):
             job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
             text = f"running the clean and corrupt prompts ({2 * prompts.n_pairs} forwards)…"
-            report(Progress(0, 1, text, ""))
             job.progress(0, 0, text)
+            report(Progress(0, 1, text, ""))
             started: list[float] = []
 
             def on_progress(done: int, total: int):   # baselines come with the result: one clean + corrupt run
@@ -113,8 +113,8 @@ def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind:
                     started.append(time.time())
                 job.beat()
                 text = progress_text(done, total, unit, started[0])
+                job.progress(done, total, text)      # for other pages first: this page's report may block
                 report(Progress(done, total, text, ""))
-                job.progress(done, total, text)
 
             result = compute(on_progress)
             run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
