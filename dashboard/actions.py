@@ -112,9 +112,8 @@ def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind:
                 if not started:
                     started.append(time.time())
                 job.beat()
-                text = progress_text(done, total, unit, started[0])
-                job.progress(done, total, text)      # for other pages first: this page's report may block
-                report(Progress(done, total, text, ""))
+                job.progress(done, total, progress_text(done, total, unit, None))   # other pages add their ETA
+                report(Progress(done, total, progress_text(done, total, unit, started[0]), ""))
 
             result = compute(on_progress)
             run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
