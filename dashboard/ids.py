@@ -54,7 +54,7 @@ LAYERS_FILTER = "layers-filter"
 POSITIONS_FILTER = "positions-filter"
 HEADS_FILTER = "heads-filter"
 BASELINES = "baselines"                    # clean / corrupt baseline values
-PROGRESS_TEXT = "progress-text"            # "12 / 40 patches", "queued behind another run"
+PROGRESS_TEXT = "progress-text"            # "12 / 40 patched forwards · ≈ 3 s left", "queued behind job 3 …"
 RUN_STATUS = "run-status"                  # "done in 1.2 s", "queued", ...
 # a run started elsewhere (a reloaded page, another tab): shown and cancellable here (panel/run_card.py)
 JOBS_POLL = "jobs-poll"                    # dcc.Interval: look for running jobs
