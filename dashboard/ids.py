@@ -54,8 +54,14 @@ LAYERS_FILTER = "layers-filter"
 POSITIONS_FILTER = "positions-filter"
 HEADS_FILTER = "heads-filter"
 BASELINES = "baselines"                    # clean / corrupt baseline values
-PROGRESS_TEXT = "progress-text"            # "12 / 40 patches", "queued behind another run"
+PROGRESS_TEXT = "progress-text"            # "12 / 40 patched forwards · ≈ 3 s left", "queued behind job 3 …"
 RUN_STATUS = "run-status"                  # "done in 1.2 s", "queued", ...
+# a run started elsewhere (a reloaded page, another tab): shown and cancellable here (panel/run_card.py)
+JOBS_POLL = "jobs-poll"                    # dcc.Interval: look for running jobs
+ATTACHED_JOB = "attached-job"              # dcc.Store: the id of the job this page shows but did not start
+WAITING_FOR = "waiting-for"                # box: the job this page's queued run waits for
+WAITING_FOR_TEXT = "waiting-for-text"
+WAITING_FOR_CANCEL = "waiting-for-cancel"  # button: cancel that job
 
 # -- results -------------------------------------------------------------------------------
 TABS = "main-tabs"

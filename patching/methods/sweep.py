@@ -36,7 +36,7 @@ from patching.core.results import PatchResult
 from patching.core.spec import PatchSpec
 from patching.methods.pair import CachedPair
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]   # (patched forwards done, patched forwards in all): the cost estimate's unit
 Select = Callable[[list["LayerStep"]], list["LayerStep"]]    # a shard's share of a plan (methods/shards.py)
 MIN_BATCH_ROWS = 32      # patched runs a batch holds before a position gap may close it (see _chunks)
 
@@ -209,8 +209,10 @@ def sweep_groups(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, axe
         hi = min(lo + group, prompts.n_pairs)
 
         def progress(done, total, lo=lo, hi=hi):
+            # earlier groups' forwards are counted as if each group had this one's per pair
             if on_progress is not None:
-                on_progress(lo * total + done * (hi - lo), prompts.n_pairs * total)
+                per_pair = total / (hi - lo)
+                on_progress(round(lo * per_pair) + done, round(prompts.n_pairs * per_pair))
         whole = (lo, hi) == (0, prompts.n_pairs)
         parts.append(_sweep_pairs(model, prompts if whole else prompts.subset(range(lo, hi)), spec, metric,
                                   kind, axes, coords, on_progress if whole else progress, budget, cells,
@@ -332,8 +334,12 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
     plan = batch_plan(model, prompts, spec, kind, axes, coords, ctx, budget, cells)
     if select is not None:
         plan = select(plan)
-    total, done = sum(step.work for step in plan), 0
-    last_report = 0.0
+    # progress counts patched forwards (live cells x pairs), what the cost estimate counts; the
+    # first report comes before the first batch, so a caller knows the total at once
+    total, done = sum(len(part) for step in plan for part in step.parts) * n_pairs, 0
+    if on_progress is not None:
+        on_progress(0, total)
+    last_report = time.perf_counter()
     for step in plan:
         for n in (~step.live).nonzero()[:, 0].tolist() if step.fill else ():   # nothing to patch:
             per_pair[(step.li, *step.cells[n])] = pair.base_baseline            # the base run's value
@@ -344,11 +350,10 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
             values = pair.measure(logits, rows).view(len(part), n_pairs)
             for n, v in zip(part.tolist(), values):
                 per_pair[(step.li, *step.cells[n])] = v
-            done += len(part)
+            done += len(rows)
             if on_progress is not None and time.perf_counter() - last_report > 0.1:
                 on_progress(done, total)
                 last_report = time.perf_counter()
-        done += int((~step.live).sum()) if step.fill else 0
     if written is not None:
         written |= _cells_of(plan, per_pair.shape)
     if on_progress is not None:
@@ -378,11 +383,6 @@ class LayerStep:
     live: Tensor
     parts: list
     fill: bool = True        # this run writes the base value into the cells that change nothing
-
-    @property
-    def work(self) -> int:
-        """Cells this step sets: its batches' cells, and the unchanged ones when it fills them."""
-        return sum(len(p) for p in self.parts) + (int((~self.live).sum()) if self.fill else 0)
 
 
 def _cells_of(plan: list[LayerStep], shape) -> Tensor:

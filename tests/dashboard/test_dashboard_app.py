@@ -195,7 +195,7 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert err == "" and isinstance(run_id, int) and "saved" in _text(html.Div(status))
     assert "clean logit_diff" in _text(html.Div(status))
     assert any(c[4].startswith("clean logit_diff") for c in progress.calls)     # baselines early
-    assert any("patches" in c[3] for c in progress.calls)
+    assert any("patched forwards" in c[3] for c in progress.calls)
     assert progress.calls[-1][0] == progress.calls[-1][1]
 
     fig, config, summary, csv_disabled = cb.show_run(run_id, "raw", "svg")
