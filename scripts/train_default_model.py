@@ -2,6 +2,7 @@
 induction circuits, plus its tokenizer, from scratch on one CPU thread.
 
     python scripts/train_default_model.py --recipe shipped     # the shipped model, all stages
+    python scripts/train_default_model.py --recipe circuits    # patchboard-circuits, one stage
     python scripts/train_default_model.py                      # stage 1 only
     # (the stages and their flags: SHIPPED_STAGES below and assets/models/patchboard-tiny/MODEL_CARD.md)
     python scripts/train_default_model.py --steps 5 --d-model 32 --n-layer 1 --n-head 2 \\
@@ -21,7 +22,9 @@ Training data: items from :func:`patching.tasks.families.training_examples`, one
 ``<BOS> item`` -- exactly the shape the engine and the eval feed the model -- with rows of
 similar length batched together. The loss is next-token cross-entropy on every token, weighted:
 each task item's answer token counts ``--answer-weight`` times, and the first (random, hence
-unpredictable) pass of an induction sequence counts zero.
+unpredictable) pass of an induction sequence counts zero. ``--random-repeat`` adds sequences of
+random vocabulary tokens repeated twice (only the repeat is trained), ``--ioi-variants`` IOI
+sentences that counting names cannot solve; the ``circuits`` recipe uses both from the first step.
 """
 
 from __future__ import annotations
