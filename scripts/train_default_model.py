@@ -372,8 +372,9 @@ SHIPPED_STAGES: tuple[tuple[str, ...], ...] = (
 # patchboard-circuits: one stage from scratch, with repeated random tokens (induction heads) and
 # IOI sentences that counting names cannot solve in the mix from the first step.
 CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
-    ("--steps", "1500", "--warmup", "100", "--lr", "3e-3", "--seed", "0",
-     "--random-repeat", "0.15", "--ioi-variants", "0.1", "--tokenizer-corpus", "default"),
+    ("--steps", "1400", "--warmup", "100", "--lr", "3e-3", "--seed", "0", "--pos-init",
+     "sinusoidal", "--random-repeat", "0.4", "--ioi-variants", "0.05", "--tokenizer-corpus",
+     "default"),
 )
 RECIPES = {"shipped": SHIPPED_STAGES, "circuits": CIRCUITS_STAGES}
 

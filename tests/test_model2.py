@@ -45,11 +45,15 @@ def test_same_vocabulary_as_the_default_model():
     assert (MODEL_DIR / "tokenizer.json").read_bytes() == shipped.read_bytes()
 
 
-def test_listed_right_after_the_default():
-    from patching.model.loading import available_models
+def test_shipped_models_list_the_default_first(tmp_path, monkeypatch):
+    from patching.model import loading
 
-    shipped = [m["name"] for m in available_models() if m["source"] == "shipped"]
-    assert shipped[:2] == ["default", NAME]
+    for name in ("a-model", loading.DEFAULT_MODEL, "z-model"):      # "a-model" sorts first
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    monkeypatch.setattr(loading, "MODELS_DIR", tmp_path)
+    shipped = [m["name"] for m in loading.available_models() if m["source"] == "shipped"]
+    assert shipped == ["default", "a-model", "z-model"]
 
 
 def test_engine_detectors_find_previous_token_head_feeding_an_induction_head(model):
