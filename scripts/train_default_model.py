@@ -375,7 +375,12 @@ SHIPPED_STAGES: tuple[tuple[str, ...], ...] = (
 # positions, --random-repeat 0.15, --ioi-variants 0.1 (338 s CPU): factual 1.00, greater-than
 # 0.72, IOI 0.46 (logit diff -0.11), induction 0.03, best induction head 0.09, best
 # previous-token head 0.13 -- no induction head; the repeated random tokens stayed at chance loss
-# (~7.6). The flags below are the second try (sinusoidal positions, more repeats).
+# (~7.6). The flags below, the second try (sinusoidal positions, --random-repeat 0.4,
+# --ioi-variants 0.05, 1400 steps, 365 s CPU): factual 0.04, greater-than 0.71, IOI 0.47 (logit
+# diff -0.12), induction 0.01; best induction head 0.10, best previous-token head 0.16; the
+# random-repeat batches' loss only began to fall (7.6 -> 5.7) after step 1000. Both runs are far
+# from patchboard-tiny's stage 1 at the same step (IOI 1.0 at 1500): the repeats, batched apart by
+# length, take a share of the steps. Next: more steps (the CPU budget allows ~4,500).
 CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
     ("--steps", "1400", "--warmup", "100", "--lr", "3e-3", "--seed", "0", "--pos-init",
      "sinusoidal", "--random-repeat", "0.4", "--ioi-variants", "0.05", "--tokenizer-corpus",
