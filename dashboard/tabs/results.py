@@ -40,6 +40,17 @@ def result_summary(result: PatchResult) -> str:
             f"{result.seconds:.2f} s")
 
 
+def export_name(run, what: str = "") -> str:
+    """The image / file name of a stored run: 'patchboard-run12-head_out-denoise' (+ '-' + what).
+
+    >>> export_name(SimpleNamespace(info=SimpleNamespace(id=12), result=result), "attention")
+    'patchboard-run12-head_out-denoise-attention'
+    """
+    spec = run.result.spec
+    kind = getattr(spec, "kind", "run")
+    return f"patchboard-run{run.info.id}-{kind}-{spec.direction}" + (f"-{what}" if what else "")
+
+
 def run_view(run, error: str | None, mode: str | None, image_format: str | None, cell=None,
              outline: bool = True, head_labels=None) -> tuple:
     """(heatmap, its config, summary, CSV button disabled) of a stored run (None: `error` or idle);
@@ -47,6 +58,7 @@ def run_view(run, error: str | None, mode: str | None, image_format: str | None,
     config = figures.graph_config(image_format or "png", "patchboard-heatmap")
     if run is None:
         return figures.empty_figure(error or IDLE), config, "", True
+    config = figures.graph_config(image_format or "png", export_name(run))
     mode, note = effective_mode(run.result, mode or "normalized")
     fig = figures.result_figure(run.result, mode, head_labels)
     if outline:                                           # keep the clicked cell outlined
@@ -184,8 +196,7 @@ def _register_attention(app, ctx) -> SimpleNamespace:
     def attention(click_data, run_id, image_format, pair=0, receiver=None, trig=None):
         """A click on a head cell (a new pair, a receiver choice) -> its attention patterns and
         differences; a new click shows the receiver that changed most, other triggers keep the chosen one."""
-        config = figures.graph_config(image_format or "png", f"patchboard-run{run_id}-attention" if run_id
-                                      else "patchboard-attention")
+        config = figures.graph_config(image_format or "png", "patchboard-attention")
         empty = figures.empty_figure("No head selected yet.", 260)
         trig = trig or triggered_value()[0]
         if trig == ids.CURRENT_RUN or not click_data or not run_id:
@@ -199,6 +210,8 @@ def _register_attention(app, ctx) -> SimpleNamespace:
             view = attention_for_cell(ctx.registry, run, cell, pair, chosen)
         except ValueError as exc:
             return empty, config, str(exc), None, True, no_update, [], None
+        shown = f"L{view.receiver[0]}H{view.receiver[1]}" if view.receiver else f"L{cell['layer']}H{cell['head']}"
+        config = figures.graph_config(image_format or "png", export_name(run, f"attention-{shown}"))
         fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
                                      title=view.title, note=view.note if view.patched is None else None,
                                      corrupt_tokens=view.corrupt_tokens, patched_tokens=view.patched_tokens,

@@ -133,15 +133,19 @@ def _hovertemplate(g: Grid, multi_pair: bool, effect_label: str = "effect") -> s
 
 
 def effect_label(result: PatchResult, mode: str) -> str:
-    """What the colour is, for a colour bar: 'effect on logit_diff<br>(patched − corrupt run)'.
+    """What the colour is, for a colour bar. Raw: the scale is centred on the unpatched run's
+    value (white = no change from it), and the bar names that value.
 
     >>> effect_label(result, "normalized")
     'effect, normalized<br>(+1 = the clean − corrupt gap,<br>towards clean)'
+    >>> effect_label(result, "raw").split("<br>")[:2]
+    ['effect on logit_diff', '(patched − corrupt run)']
     """
     if mode == "normalized":
         return "effect, normalized<br>(+1 = the clean − corrupt gap,<br>towards clean)"
     base = "corrupt" if result.spec.direction == "denoise" else "clean"
-    return f"effect on {result.spec.metric}<br>(patched − {base} run)"
+    value = result.corrupt_value if base == "corrupt" else result.clean_value
+    return f"effect on {result.spec.metric}<br>(patched − {base} run)<br>white = the {base} run: {value:.3g}"
 
 
 def heatmap_trace(g: Grid, *, zmax: float, multi_pair: bool, coloraxis: str | None = None,
