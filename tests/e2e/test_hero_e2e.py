@@ -62,6 +62,12 @@ def test_ioi_head_out_click_shows_the_receiver_attention_change(page):
     summary = run_and_wait(page)
     assert "head_out per position" in summary
     rows, cols = figure_data(page, ids.RESULTS_HEATMAP, "[d[0].y.length, d[0].x.length]")
+    # one colour convention (#17 item 13): blue = towards clean, white = the unpatched run, named export
+    bar = page.eval_on_selector(f"#{ids.RESULTS_HEATMAP} .cbtitle", "e => e.textContent")
+    assert "towards clean" in bar or "white = the corrupt run" in bar
+    export = page.evaluate(f"document.getElementById('{ids.RESULTS_HEATMAP}').querySelector('.js-plotly-plot')"
+                           "._context.toImageButtonOptions.filename")
+    assert export == "patchboard-run1-head_out-denoise"
     drag = page.locator(f"#{ids.RESULTS_HEATMAP} .nsewdrag").first
     drag.scroll_into_view_if_needed()
     box = drag.bounding_box()
@@ -76,6 +82,9 @@ def test_ioi_head_out_click_shows_the_receiver_attention_change(page):
     shown = figure_data(page, ids.ATTENTION_DIFF,
                         "Math.max(...d[4].z.flat().filter(v => v !== null).map(Math.abs))")
     assert shown == pytest.approx(change, abs=1e-4) and change > 0.05
+    export = page.evaluate(f"document.getElementById('{ids.ATTENTION_DIFF}').querySelector('.js-plotly-plot')"
+                           "._context.toImageButtonOptions.filename")
+    assert export == f"patchboard-run1-head_out-denoise-attention-L{rl}H{rh}"
     titles = page.eval_on_selector_all(f"#{ids.ATTENTION_DIFF} .annotation-text", "e => e.map(x => x.textContent)")
     assert any(t.startswith("patched − corrupt") for t in titles)
     page.locator(f"#{ids.RESULTS_HEATMAP}").scroll_into_view_if_needed()
