@@ -237,9 +237,10 @@ def bridge_patterns(model, tokens, fwd_hooks=()):
 
 DOWNSTREAM = [
     (dict(kind="head_out"), {"layer": 0, "head": 1}, hooks.z(0), None, 1),
-    (dict(kind="head_out", per_position=True), {"layer": 0, "pos": 8, "head": 3}, hooks.z(0), 8, 3),
+    (dict(kind="head_out", per_position=True), {"layer": 0, "pos": 10, "head": 3}, hooks.z(0), 10, 3),
+    (dict(kind="head_out", per_position=True), {"layer": 0, "pos": 12, "head": 0}, hooks.z(0), 12, 0),
     (dict(kind="head_v"), {"layer": 0, "head": 1}, hooks.v(0), None, 1),
-    (dict(kind="resid_pre"), {"layer": 1, "pos": 5}, hooks.resid_pre(1), 5, None),
+    (dict(kind="resid_pre"), {"layer": 1, "pos": 10}, hooks.resid_pre(1), 10, None),
     (dict(kind="head_q"), {"layer": 0, "head": 2}, hooks.q(0), None, 2),
 ]
 
@@ -264,8 +265,19 @@ def test_downstream_attention_matches_naive_hooked_forward(tiny_models, prompt_s
         assert (d.base - base).abs().max() < 1e-5
         naive_change = (ref - base).abs().amax(dim=(-2, -1))
         assert (d.change - naive_change).abs().max() < 1e-5
+        assert d.most_changed() is not None and naive_change.max() > 1e-5
         layer, h = d.most_changed()
         assert naive_change[layer, h] == pytest.approx(float(naive_change.max()), abs=1e-6)
+
+
+def test_patch_where_the_prompts_agree_moves_no_receiver(tiny_models, prompt_sets):
+    """IOI pairs differ at position 10 only: clean and corrupt z agree at position 8, so patching
+    it changes nothing — no receiver is offered (float noise of the recomputed rows is not a change)."""
+    model, ps = tiny_models["gpt2"], prompt_sets["gpt2"]
+    d = downstream_attention(model, ps, PatchSpec(kind="head_out", per_position=True),
+                             {"layer": 0, "pos": 8, "head": 3})
+    assert d.ranked() == [] and d.most_changed() is None and float(d.change.max()) < 1e-6
+    assert "leaves this head's pattern unchanged" in d.head(1, 0).patch_label
 
 
 def test_head_out_sender_changes_receivers_not_itself(tiny_models, prompt_sets):
@@ -278,7 +290,7 @@ def test_head_out_sender_changes_receivers_not_itself(tiny_models, prompt_sets):
     ref = counterfactual_attention(model, ps, *d.most_changed(), spec=PatchSpec(kind="head_out"),
                                    index={"layer": 0, "head": 1})
     assert torch.allclose(one.patched, ref.patched, atol=1e-6) and torch.equal(one.corrupt, ref.corrupt)
-    assert "does not reach" in d.head(0, 1).patch_label
+    assert "leaves this head's pattern unchanged" in d.head(0, 1).patch_label
     assert reshapes_own_pattern("head_k") and not reshapes_own_pattern("head_v")
 
 

@@ -239,6 +239,7 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
 
 # -- every head under one patch: the receivers of a sender ---------------------------------------
 PATTERN_SOURCES = ("q_rot", "k_rot", "pattern")   # LayerCache fields a head's own pattern is made of
+CHANGE_TOL = 1e-6     # a pattern "changed" when some weight moved more than this (float32 noise is ~1e-8)
 
 
 def reshapes_own_pattern(kind: str) -> bool:
@@ -283,10 +284,11 @@ class DownstreamAttention:
         return (self.patched - self.base).abs().amax(dim=(-2, -1))
 
     def ranked(self) -> list[tuple[int, int, float]]:
-        """(layer, head, change) of every head whose pattern changed, largest change first."""
+        """(layer, head, change) of every head whose pattern changed (by more than CHANGE_TOL: a
+        recomputed pattern differs from the cached one by float noise), largest change first."""
         c = self.change.double().cpu()
         order = sorted(((float(c[l, h]), l, h) for l in range(c.shape[0]) for h in range(c.shape[1])
-                        if float(c[l, h]) > 0), key=lambda t: (-t[0], t[1], t[2]))
+                        if float(c[l, h]) > CHANGE_TOL), key=lambda t: (-t[0], t[1], t[2]))
         return [(l, h, v) for v, l, h in order]
 
     def most_changed(self) -> tuple[int, int] | None:
@@ -298,8 +300,8 @@ class DownstreamAttention:
         """One receiver's clean / corrupt / patched patterns as an `AttentionDiff`."""
         layer = _check_range(layer, self.clean.shape[0], "layer")
         head = _check_range(head, self.clean.shape[1], "head")
-        label = self.patch_label + ("" if layer > self.patch_layer or float(self.change[layer, head]) > 0
-                                    else " (does not reach this head's pattern)")
+        label = self.patch_label + ("" if float(self.change[layer, head]) > CHANGE_TOL
+                                    else " (leaves this head's pattern unchanged)")
         return AttentionDiff(layer=layer, head=head, str_tokens=self.str_tokens, clean=self.clean[layer, head],
                              corrupt=self.corrupt[layer, head], patched=self.patched[layer, head],
                              patch_label=label, pair=self.pair, direction=self.direction,
