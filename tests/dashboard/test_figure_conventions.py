@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import pytest
 
 from patching import PatchSpec, PromptSet, sweep
