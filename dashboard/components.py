@@ -273,7 +273,9 @@ def view_body(prefix: str, idle: str, *, text_left: bool = False, loading: bool 
             dcc.Download(id=v.download),
         ], className="toolbar"),
         html.Div(idle, id=v.status, className="hint", role="status"),
-        dcc.Loading(graph_, type="dot", delay_show=400) if loading else graph_,
+        # a long prompt's figure has a fixed width (figures.lens.sized_by_tokens): it scrolls here
+        html.Div(dcc.Loading(graph_, type="dot", delay_show=400) if loading else graph_,
+                 className="graph-scroll", style={"overflowX": "auto"}),
         html.Div(dash_table.DataTable(id=v.table, columns=[], data=[], sort_action="native",
                                       **({"markdown_options": {"html": False}} if text_left else {}),
                                       style_table={"overflowX": "auto"}, style_cell=cell,
@@ -301,6 +303,8 @@ def register_view(app, prefix: str, tab_id: str, option_ids: tuple[str, ...], co
             r = compute(options, page)
         except ValueError as exc:
             return figures.empty_figure(str(exc)), config, error_text(str(exc)), [], [], HIDDEN, True
+        # the image export is named like the view's CSV: patchboard-lens-accumulated-clean-pair0.png
+        config = figures.graph_config(image_format or "png", r.filename.rsplit(".", 1)[0])
         columns, data = r.table if r.table else ([], [])
         return r.figure, config, r.summary, columns, data, ({} if r.table else HIDDEN), False
 

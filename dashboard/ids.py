@@ -80,6 +80,7 @@ ATTENTION_DOWNLOAD_BUTTON = "attention-download-button"
 ATTENTION_DOWNLOAD = "attention-download"
 ATTENTION_CELL = "attention-cell"          # dcc.Store: the clicked (layer, pos, head) and pair
 ATTENTION_PAIR = "attention-pair"          # which prompt pair the attention panel shows
+ATTENTION_RECEIVER = "attention-receiver"  # the later head shown under a head_out / head_v patch
 
 # -- history & compare ---------------------------------------------------------------------
 HISTORY_VERSION = "history-version"        # dcc.Store bumped when runs are saved or deleted
