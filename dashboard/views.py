@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-import torch
 
 from patching.core.prompts import PromptPair, PromptSet
 from patching.core.results import PatchResult

@@ -22,13 +22,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from patching.kinds import KINDS
-from patching.core.results import PatchResult
+
+if TYPE_CHECKING:         # annotations only: core.results imports the figures lazily (result.plot())
+    from patching.core.results import PatchResult
 
 from patching.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, position_label
 
