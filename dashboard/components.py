@@ -177,13 +177,15 @@ def send_run_csv(ctx, n_clicks, run_id, name):
 
 # -- run controls ---------------------------------------------------------------------------------
 def run_controls(run_id: str, cancel_id: str, progress_id: str, text_id: str, status_id: str,
-                 baselines_id: str, label_text: str) -> html.Div:
-    """Run and Cancel, the progress bar, its text, the status and the baselines line."""
+                 baselines_id: str, label_text: str, error_id: str | None = None) -> html.Div:
+    """Run and Cancel, (a refused run's message, under the buttons), the progress bar, its text,
+    the status and the baselines line."""
     return html.Div([
         html.Div([
             dbc.Button(label_text, id=run_id, color="primary", className="run-button", n_clicks=0),
             dbc.Button("Cancel", id=cancel_id, color="secondary", outline=True, disabled=True, n_clicks=0),
         ], className="run-row"),
+        *([html.Div(id=error_id, role="alert", className="error-message")] if error_id else []),
         dbc.Progress(id=progress_id, value=0, max=1, label="", className="run-progress"),
         html.Div(id=text_id, className="progress-text"),
         html.Div(id=status_id, className="run-status"),
