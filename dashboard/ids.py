@@ -83,6 +83,7 @@ HISTORY_CONFIRM = "history-confirm"        # {"type": HISTORY_CONFIRM, "run": id
 HISTORY_CONFIRM_DELETE = "history-confirm-delete"   # its "Delete" (the run goes)
 HISTORY_KEEP = "history-keep"              # its "Keep" (the box closes)
 HISTORY_CANCEL_JOB = "history-cancel-job"  # {"type": HISTORY_CANCEL_JOB, "job": id}: Cancel of a running job
+HISTORY_POLL = "history-poll"              # dcc.Interval: the list refreshes while a job runs
 HISTORY_STATUS = "history-status"          # what the history's last action did (cancel requested, ...)
 COMPARE_TABLE = "compare-table"
 COMPARE_STATUS = "compare-status"
@@ -141,6 +142,7 @@ ATTR_EDGES_DOWNLOAD = "attribution-edges-download"
 
 # -- shareable runs (dashboard/share.py) --------------------------------------------------------
 URL = "url"                                # dcc.Location: /run/<id> opens that run
+PROVENANCE_PAIRS = "provenance-pairs"      # the provenance panel's table of prompt pairs
 RUN_URL_STATUS = "run-url-status"          # inline message for an unknown / malformed /run/<id>
 RUN_LINK = "run-link"                      # the current run's URL, on the Results tab
 PROVENANCE_PANEL = "provenance-panel"      # html.Details: where the run on screen came from

@@ -99,6 +99,7 @@ JOB_TOKENS = sa.Table(            # a job's page-side name, so a Cancel click re
     sa.Column("cancel_requested", sa.Float),                 # set by Cancel, before or after it starts
     sa.Column("created", sa.Float, nullable=False))          # pruned after TOKEN_DAYS unless running
 TOKEN_DAYS = 7
+PAIR_TEXT_CHARS = 20_000     # `first_pairs` reads at most this much of a run's stored pairs
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,30 @@ class RunStore:
             rows = db.execute(sa.select(*cols).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
         return [RunInfo(*r) for r in rows]
 
+    def first_pairs(self, run_ids) -> dict[int, tuple[tuple[str, str, str, str] | None, int]]:
+        """run id -> (its first prompt pair, or None when that pair is longer than the
+        PAIR_TEXT_CHARS read; its number of pairs), for the history list: only the start of each
+        run's stored pairs is read, however many it holds.
+
+        >>> store.first_pairs([store.save(result, [IOI[0]])])            # doctest: +SKIP
+        {1: (('When Mary and John ...', '...', ' Mary', ' John'), 1)}
+        """
+        ids = [record_id(i) for i in run_ids]
+        if not ids:
+            return {}
+        with self._read() as db:
+            rows = db.execute(sa.select(RUNS.c.id, sa.func.substr(RUNS.c.pairs_json, 1, PAIR_TEXT_CHARS),
+                                        RUNS.c.n_pairs).where(RUNS.c.id.in_(ids))).all()
+        out = {}
+        for run_id, text, n in rows:
+            try:
+                pair = json.JSONDecoder().raw_decode(text, 1)[0] if text.startswith("[[") else None
+                pair = tuple(pair) if isinstance(pair, list) and len(pair) == 4 else None
+            except ValueError:
+                pair = None
+            out[int(run_id)] = (pair, int(n))
+        return out
+
     def get(self, run_id: int) -> Run:
         """The run, or ValueError naming the id."""
         with self._read() as db:
@@ -508,6 +533,21 @@ class RunStore:
         with self._transaction() as db:
             self._upsert_token(db, str(token), cancel_requested=time.time())
             return db.execute(sa.select(JOB_TOKENS.c.job_id).where(JOB_TOKENS.c.token == str(token))).scalar()
+
+    def request_cancel_job(self, job_id: int) -> bool:
+        """`request_cancel` for a job named by its id (the history list's Cancel): True when the
+        job was started with a token, so that it will see the request at its next heartbeat;
+        False when it has none (nothing can reach it from here).
+
+        >>> store.request_cancel_job(store.begin_job("sweep", "IOI", "default", token="s:run-button:1"))
+        True
+        """
+        job_id = record_id(job_id, "job")
+        with self._transaction() as db:
+            tokens = db.execute(sa.select(JOB_TOKENS.c.token).where(JOB_TOKENS.c.job_id == job_id)).scalars().all()
+            for token in tokens:
+                self._upsert_token(db, token, cancel_requested=time.time())
+            return bool(tokens)
 
     def cancel_requested(self, token: str | None) -> bool:
         """Whether Cancel was pressed for the job named `token` (False for no token)."""
