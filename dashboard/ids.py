@@ -84,6 +84,7 @@ HISTORY_CONFIRM_DELETE = "history-confirm-delete"   # its "Delete" (the run goes
 HISTORY_KEEP = "history-keep"              # its "Keep" (the box closes)
 HISTORY_CANCEL_JOB = "history-cancel-job"  # {"type": HISTORY_CANCEL_JOB, "job": id}: Cancel of a running job
 HISTORY_POLL = "history-poll"              # dcc.Interval: the list refreshes while a job runs
+HISTORY_SHOWN = "history-shown"            # dcc.Store: what the list shows (runs, jobs' status), so an idle poll redraws nothing
 HISTORY_STATUS = "history-status"          # what the history's last action did (cancel requested, ...)
 COMPARE_TABLE = "compare-table"
 COMPARE_STATUS = "compare-status"

@@ -20,7 +20,7 @@ from patching.runs import jobs as job_status
 
 from dashboard import ids, share
 from patching import figures
-from dashboard.components import PAGE_FIELDS, clipped, graph, page_outputs, triggered_value, wrong_type
+from dashboard.components import PAGE_FIELDS, TITLE_CHARS, clipped, graph, page_outputs, triggered_value, wrong_type
 from dashboard.forms import restored_values
 from patching.runs.limits import clip
 from dashboard.views import effective_mode
@@ -139,10 +139,13 @@ def render_prompts(pair, n_pairs: int):
     if pair is None:
         return html.Div([count, html.Span(" prompts too long to list here; Open shows them",
                                           className="hint")], className="run-prompts")
+    def text(s: str) -> html.Span:                     # the whole text on hover, clipped or not
+        return html.Span(clip(repr(s), PROMPT_CHARS), title=clip(repr(s), TITLE_CHARS), className="mono")
+
     return html.Div([
         count,
-        html.Div([html.Span("clean", className="prompt-tag"), clipped(repr(pair[0]), PROMPT_CHARS, "mono")]),
-        html.Div([html.Span("corrupt", className="prompt-tag"), clipped(repr(pair[1]), PROMPT_CHARS, "mono")]),
+        html.Div([html.Span("clean", className="prompt-tag"), text(pair[0])]),
+        html.Div([html.Span("corrupt", className="prompt-tag"), text(pair[1])]),
     ], className="run-prompts")
 
 
@@ -218,6 +221,7 @@ def layout() -> html.Div:
         html.Div(id=ids.HISTORY_STATUS, role="status", className="hint"),
         html.Div(id=ids.RUN_HISTORY, className="run-history"),
         dcc.Interval(id=ids.HISTORY_POLL, interval=POLL_MS, disabled=True),
+        dcc.Store(id=ids.HISTORY_SHOWN, data=None),
         share.history_section(),
         html.H3("Compare two runs", className="section-title mt-3"),
         html.Div([
@@ -243,24 +247,31 @@ def _register_history(app, ctx) -> SimpleNamespace:
     """The list of runs and jobs, Open (the run and its form), Delete (confirmed), Cancel a job."""
     store = ctx.store
 
-    def history(_version, run_id, tab=None, _tick=None):
+    def history(_version, run_id, tab=None, _tick=None, running_here=None, shown=None):
         """The history list and compare options; refreshed on save/delete, when the tab opens
-        (runs from other tabs or users appear then) and, while a job runs, every POLL_MS."""
+        (runs from other tabs or users appear then) and, while the tab is open and a job runs
+        (or this page's Run is busy), every POLL_MS — a poll that finds nothing new leaves the
+        list as it is (an open "delete?" stays open)."""
         infos = store.list(MAX_LISTED)
-        options = [{"label": clip(r.title, OPTION_CHARS), "value": r.id} for r in infos]
         jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
+        current = run_id if isinstance(run_id, int) else None
+        poll_off = tab not in (None, ids.TAB_HISTORY) or not (running_here is True
+                                                              or any(j.status == "running" for j in jobs))
+        seen = [[r.id for r in infos], [[j.id, j.status] for j in jobs], current]
+        if triggered_value()[0] == ids.HISTORY_POLL and seen == shown:
+            return no_update, no_update, poll_off, no_update
         try:
             prompts = store.first_pairs([r.id for r in infos])
         except Exception:                   # a list without prompts rather than no list
             prompts = {}
-        poll_off = tab not in (None, ids.TAB_HISTORY) or not any(j.status == "running" for j in jobs)
-        return (render_history(infos, run_id if isinstance(run_id, int) else None, jobs, prompts), options,
-                poll_off)
+        options = [{"label": clip(r.title, OPTION_CHARS), "value": r.id} for r in infos]
+        return render_history(infos, current, jobs, prompts), options, poll_off, seen
 
     app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
-                 Output(ids.HISTORY_POLL, "disabled"),
+                 Output(ids.HISTORY_POLL, "disabled"), Output(ids.HISTORY_SHOWN, "data"),
                  Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),
-                 Input(ids.TABS, "active_tab"), Input(ids.HISTORY_POLL, "n_intervals"))(history)
+                 Input(ids.TABS, "active_tab"), Input(ids.HISTORY_POLL, "n_intervals"),
+                 State(ids.RUN_BUTTON, "disabled"), State(ids.HISTORY_SHOWN, "data"))(history)
 
     def open_run(clicks, trig=None):
         """An Open button -> that run on the Results tab and its form (prompts, kind, metric,

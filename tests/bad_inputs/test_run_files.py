@@ -176,7 +176,7 @@ def test_history_and_provenance_render_bounded_whatever_is_stored(app, result, c
     """The rendered History list, compare options and provenance panel stay the same small size
     whether the stored text is 10 kB or 5 MB: bounded by size, not by a clock."""
     run_id = _write_huge_run(app, result, chars)
-    listing, options, _ = app.patchboard.history(None, run_id, None)
+    listing, options, *_ = app.patchboard.history(None, run_id, None)
     assert _size(listing) < 10_000 and _size(options) < 400, (_size(listing), _size(options))
     assert "…" in json.dumps(listing, cls=PlotlyJSONEncoder, ensure_ascii=False)        # clipped, said so
     link, provenance, *_ = app.patchboard.current_run_share(run_id)
