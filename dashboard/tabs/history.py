@@ -247,31 +247,48 @@ def _register_history(app, ctx) -> SimpleNamespace:
     """The list of runs and jobs, Open (the run and its form), Delete (confirmed), Cancel a job."""
     store = ctx.store
 
-    def history(_version, run_id, tab=None, _tick=None, running_here=None, shown=None):
-        """The history list and compare options; refreshed on save/delete, when the tab opens
-        (runs from other tabs or users appear then) and, while the tab is open and a job runs
-        (or this page's Run is busy), every POLL_MS — a poll that finds nothing new leaves the
-        list as it is (an open "delete?" stays open)."""
+    def listing(current):
+        """(the list, the compare options, what it shows) read from the store now."""
         infos = store.list(MAX_LISTED)
         jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
-        current = run_id if isinstance(run_id, int) else None
-        poll_off = tab not in (None, ids.TAB_HISTORY) or not (running_here is True
-                                                              or any(j.status == "running" for j in jobs))
-        seen = [[r.id for r in infos], [[j.id, j.status] for j in jobs], current]
-        if triggered_value()[0] == ids.HISTORY_POLL and seen == shown:
-            return no_update, no_update, poll_off, no_update
         try:
             prompts = store.first_pairs([r.id for r in infos])
         except Exception:                   # a list without prompts rather than no list
             prompts = {}
         options = [{"label": clip(r.title, OPTION_CHARS), "value": r.id} for r in infos]
-        return render_history(infos, current, jobs, prompts), options, poll_off, seen
+        seen = [[r.id for r in infos], [[j.id, j.status] for j in jobs], current]
+        return render_history(infos, current, jobs, prompts), options, seen
+
+    def history(_version, run_id, _tab=None):
+        """The history list and compare options; refreshed on save/delete and when the tab opens
+        (runs from other tabs or users appear then)."""
+        return listing(run_id if isinstance(run_id, int) else None)
 
     app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
-                 Output(ids.HISTORY_POLL, "disabled"), Output(ids.HISTORY_SHOWN, "data"),
+                 Output(ids.HISTORY_SHOWN, "data"),
                  Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),
-                 Input(ids.TABS, "active_tab"), Input(ids.HISTORY_POLL, "n_intervals"),
-                 State(ids.RUN_BUTTON, "disabled"), State(ids.HISTORY_SHOWN, "data"))(history)
+                 Input(ids.TABS, "active_tab"))(history)
+
+    def poll(_tick, tab, running_here=None, shown=None):
+        """While the tab is open and a job runs (or this page's Run is busy), the list is re-read
+        every POLL_MS and redrawn only when its runs or jobs' statuses changed (an open "delete?"
+        stays open). Its inputs are none of a Run's outputs: Dash holds back a callback whose
+        inputs a running callback will write, and this one must go on while a run runs."""
+        if tab not in (None, ids.TAB_HISTORY):
+            return no_update, no_update, no_update, True
+        current = shown[2] if isinstance(shown, list) and len(shown) == 3 and isinstance(shown[2], int) else None
+        items, options, seen = listing(current)
+        poll_off = not (running_here is True or any(status == "running" for _, status in seen[1]))
+        if seen == shown:
+            return no_update, no_update, no_update, poll_off
+        return items, options, seen, poll_off
+
+    app.callback(Output(ids.RUN_HISTORY, "children", allow_duplicate=True),
+                 Output(ids.COMPARE_SELECT, "options", allow_duplicate=True),
+                 Output(ids.HISTORY_SHOWN, "data", allow_duplicate=True), Output(ids.HISTORY_POLL, "disabled"),
+                 Input(ids.HISTORY_POLL, "n_intervals"), Input(ids.TABS, "active_tab"),
+                 Input(ids.RUN_BUTTON, "disabled"), State(ids.HISTORY_SHOWN, "data"),
+                 prevent_initial_call=True)(poll)
 
     def open_run(clicks, trig=None):
         """An Open button -> that run on the Results tab and its form (prompts, kind, metric,
@@ -342,7 +359,7 @@ def _register_history(app, ctx) -> SimpleNamespace:
                  Output(ids.HISTORY_STATUS, "children", allow_duplicate=True),
                  Input({"type": ids.HISTORY_CANCEL_JOB, "job": ALL}, "n_clicks"),
                  prevent_initial_call=True)(lambda clicks: cancel_job(clicks))
-    return SimpleNamespace(history=history, open_run=open_run, ask_delete=ask_delete, delete_run=delete_run,
+    return SimpleNamespace(history=history, poll_history=poll, open_run=open_run, ask_delete=ask_delete, delete_run=delete_run,
                            cancel_job=cancel_job)
 
 

@@ -266,7 +266,7 @@ def test_callbacks_answer_wrong_typed_values_inline(app, result):
     cb = app.patchboard
     run_id = app.test_store.save(result, IOI, "ok")
     calls = {   # name: good arguments
-        "history": (None, run_id, None), "compare": ([run_id, run_id], "raw", "png"),
+        "history": (None, run_id, None), "poll_history": (1, "tab-history", True, None), "compare": ([run_id, run_id], "raw", "png"),
         "download_compare": (1, [run_id, run_id]), "route": (f"/run/{run_id}",), "current_run_share": (run_id,),
         "export_run": (1, run_id), "attribution_export_button": (1,), "export_attribution": (1, 1),
         "import_run": ("data:application/zip;base64,UEs=", "r.patchboard.zip"),

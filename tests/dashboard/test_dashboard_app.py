@@ -220,7 +220,7 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert att_csv["content"].splitlines()[0].startswith("layer,head,dest,src")
 
     (run2, err, _, _), _ = _run(cb, tiny_name, direction="noise")
-    items, options, _poll_off, _shown = cb.history(0, run2)
+    items, options, _shown = cb.history(0, run2)
     assert [o["value"] for o in options] == [run2, run_id]
     assert IOI[0][0][:40] in _text(items) and "1 pair" in _text(items)        # each run shows its prompts
     opened = cb.open_run([0, 1], trig={"type": ids.HISTORY_OPEN, "run": run2})
