@@ -240,7 +240,8 @@ def layout() -> html.Div:
 # -- callbacks ----------------------------------------------------------------------------------
 def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
-    return SimpleNamespace(**vars(_register_history(app, ctx)), **vars(_register_compare(app, ctx)))
+    return SimpleNamespace(**vars(_register_history(app, ctx)), **vars(_register_actions(app, ctx)),
+                           **vars(_register_compare(app, ctx)))
 
 
 def _register_history(app, ctx) -> SimpleNamespace:
@@ -309,6 +310,13 @@ def _register_history(app, ctx) -> SimpleNamespace:
                  Input({"type": ids.HISTORY_OPEN, "run": ALL}, "n_clicks"),
                  prevent_initial_call=True)(lambda clicks: open_run(clicks))
 
+    return SimpleNamespace(history=history, poll_history=poll, open_run=open_run)
+
+
+def _register_actions(app, ctx) -> SimpleNamespace:
+    """Delete (after the row's confirmation) and Cancel of a running job."""
+    store = ctx.store
+
     def ask_delete(_delete, _keep, trig=None):
         """Delete shows the row's "delete #N?" box; Keep hides it again."""
         trig = trig if trig is not None else triggered_value()[0]
@@ -359,8 +367,7 @@ def _register_history(app, ctx) -> SimpleNamespace:
                  Output(ids.HISTORY_STATUS, "children", allow_duplicate=True),
                  Input({"type": ids.HISTORY_CANCEL_JOB, "job": ALL}, "n_clicks"),
                  prevent_initial_call=True)(lambda clicks: cancel_job(clicks))
-    return SimpleNamespace(history=history, poll_history=poll, open_run=open_run, ask_delete=ask_delete, delete_run=delete_run,
-                           cancel_job=cancel_job)
+    return SimpleNamespace(ask_delete=ask_delete, delete_run=delete_run, cancel_job=cancel_job)
 
 
 def _register_compare(app, ctx) -> SimpleNamespace:
