@@ -19,6 +19,7 @@ from patching.runs.limits import clip
 from dashboard import ids
 from patching import figures
 from dashboard.actions import baselines_text
+from dashboard.forms import PAGE_VALUE_FIELDS
 
 log = logging.getLogger("dashboard")
 PERSIST = dict(persistence=True, persistence_type="local")   # typed text survives a reload
@@ -38,6 +39,12 @@ def _prop(id_: str) -> str:
 def page_inputs(id_list=FORM_IDS, kind=Input) -> list:
     """Inputs (or States) of left-panel components, each on its value (the pairs store: data)."""
     return [kind(i, _prop(i)) for i in id_list]
+
+
+def page_outputs(id_list=FORM_IDS) -> list[tuple[str, str]]:
+    """(id, property) of left-panel components, in `page_inputs` order: what a callback that
+    fills the panel (Open in the history) writes."""
+    return [(i, _prop(i)) for i in id_list]
 
 
 def prompt_states() -> list[State]:
@@ -132,8 +139,7 @@ def wrong_type(value: object, name: str, *types: type) -> str | None:
     return f"{name} must be {' or '.join(t.__name__ for t in types)}, not {type(value).__name__}"
 
 
-PAGE_FIELDS = ("model", "clean", "corrupt", "answer", "wrong", "bos", "pairs", "kind", "metric", "direction",
-               "per_position", "layers", "positions", "heads")      # `page_inputs` order
+PAGE_FIELDS = PAGE_VALUE_FIELDS                                      # `page_inputs` order
 PAGE_LISTS = ("bos", "pairs", "per_position")                        # checklists and the pairs store
 
 
@@ -177,13 +183,15 @@ def send_run_csv(ctx, n_clicks, run_id, name):
 
 # -- run controls ---------------------------------------------------------------------------------
 def run_controls(run_id: str, cancel_id: str, progress_id: str, text_id: str, status_id: str,
-                 baselines_id: str, label_text: str) -> html.Div:
-    """Run and Cancel, the progress bar, its text, the status and the baselines line."""
+                 baselines_id: str, label_text: str, error_id: str | None = None) -> html.Div:
+    """Run and Cancel, (a refused run's message, under the buttons), the progress bar, its text,
+    the status and the baselines line."""
     return html.Div([
         html.Div([
             dbc.Button(label_text, id=run_id, color="primary", className="run-button", n_clicks=0),
             dbc.Button("Cancel", id=cancel_id, color="secondary", outline=True, disabled=True, n_clicks=0),
         ], className="run-row"),
+        *([html.Div(id=error_id, role="alert", className="error-message")] if error_id else []),
         dbc.Progress(id=progress_id, value=0, max=1, label="", className="run-progress"),
         html.Div(id=text_id, className="progress-text"),
         html.Div(id=status_id, className="run-status"),

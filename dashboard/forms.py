@@ -259,6 +259,43 @@ class Form:
         return [PromptPair(self.clean or "", self.corrupt or "", self.answer or "", self.wrong or "")]
 
 
+PAGE_VALUE_FIELDS = ("model", "clean", "corrupt", "answer", "wrong", "bos", "pairs", "kind", "metric",
+                     "direction", "per_position", "layers", "positions", "heads")   # `components.page_inputs` order
+
+
+def restored_values(spec: dict, pairs, models=()) -> dict:
+    """What Open in the history puts back on the left panel, by `PAGE_VALUE_FIELDS` name, as the
+    page's components hold it (checklists as lists, a multi-pair set in the pairs store with its
+    first pair in the fields). A value this page cannot offer (a model it does not serve, a
+    `pkg.mod:fn` metric, a path run's kind) is left out, so the panel keeps what it has.
+
+    >>> v = restored_values({"kind": "head_out", "direction": "noise", "metric": "logit_diff",
+    ...                      "per_position": True, "layers": [0, 2], "heads": [[1, 3]], "model": "x"},
+    ...                     [("a b", "a c", " b", " c")], models=("default",))
+    >>> v["kind"], v["direction"], v["per_position"], v["layers"], v["heads"], v["pairs"], "model" in v
+    ('head_out', 'noise', ['per'], '0,2', '1.3', None, False)
+    """
+    def text(seq, fmt=str):
+        return ",".join(fmt(x) for x in seq) if seq else ""
+
+    first = tuple(pairs[0]) if pairs else ("", "", "", "")
+    values = dict(clean=first[0], corrupt=first[1], answer=first[2], wrong=first[3],
+                  bos=["bos"] if spec.get("prepend_bos", True) else [],
+                  pairs=[dict(zip(("clean", "corrupt", "answer", "wrong"), p)) for p in pairs]
+                  if len(pairs) > 1 else None)
+    if spec.get("model") in models:
+        values["model"] = spec["model"]
+    if spec.get("metric") in METRICS:
+        values["metric"] = spec["metric"]
+    if spec.get("direction") in DIRECTIONS:
+        values["direction"] = spec["direction"]
+    if spec.get("kind") in KINDS:
+        values.update(kind=spec["kind"], per_position=["per"] if spec.get("per_position") else [],
+                      layers=text(spec.get("layers")), positions=text(spec.get("positions")),
+                      heads=text(spec.get("heads"), lambda h: f"{h[0]}.{h[1]}"))
+    return values
+
+
 def _check_prompt_choices(form: Form) -> None:
     """Registry metrics only, and a known direction (every Run's form)."""
     if form.metric not in METRICS:   # no 'pkg.mod:fn' from a web form: that would import code

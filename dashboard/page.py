@@ -53,13 +53,16 @@ def page(registry, model: str) -> html.Div:
         dcc.Store(id=ids.ATTENTION_CELL, data=None),
         dcc.Store(id=ids.PATH_RUN, storage_type="session"),
         dcc.Store(id=ids.ATTR_RUN, storage_type="session"),
-        dbc.Container(dbc.Row([
-            dbc.Col(panel.layout(registry, model), lg=4, className="left-col"),
-            dbc.Col(dbc.Card(dbc.CardBody(dbc.Tabs(id=ids.TABS, active_tab=ids.TAB_RESULTS, children=[
+        # one screen at desktop sizes (assets/style.css): the left column scrolls its prompts
+        # while the run card stays at its foot, and the tab body scrolls inside its card, so the
+        # Run button, the result and the error of what was done are on screen together
+        html.Div([
+            html.Aside(panel.layout(registry, model), className="left-col"),
+            html.Main(dbc.Card(dbc.CardBody(dbc.Tabs(id=ids.TABS, active_tab=ids.TAB_RESULTS, children=[
                 dbc.Tab(t.module.layout(), label=t.label, tab_id=t.tab_id) for t in TABS
-            ])), className="panel-card results-card"), lg=8),
-        ]), fluid=True, className="main"),
-    ])
+            ])), className="panel-card results-card"), className="right-col"),
+        ], className="main"),
+    ], className="app")
 
 
 def register(app, ctx) -> dict[str, SimpleNamespace]:

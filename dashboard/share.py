@@ -31,7 +31,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
 from patching.runs import bundle
-from patching.core.provenance import Provenance, fingerprint
+from patching.core.provenance import PAIRS_LISTED, Provenance, fingerprint
 
 from patching.runs.limits import MAX_CODE_CHARS, clip
 from patching.runs.store import record_id
@@ -74,6 +74,16 @@ def parse_run_path(pathname: str | None, prefix: str = "/") -> int | None:
         shown = run_id if len(run_id) <= 40 else run_id[:40] + "…"
         raise ValueError(f"malformed run id {shown!r} in the URL: it must be a number, as in /run/12")
     return int(run_id)
+
+
+def stale_run_message(run_id: int) -> str:
+    """What /run/<id> says when the store has no such run (deleted, or from another server).
+
+    >>> stale_run_message(7)
+    'run 7 not found: it was deleted, or was saved on another server. Open a run from History & compare.'
+    """
+    return (f"run {run_id} not found: it was deleted, or was saved on another server. "
+            "Open a run from History & compare.")
 
 
 def decode_upload(contents: str | None, filename: str | None = None,
@@ -163,8 +173,26 @@ def render_provenance(prov: dict | None):
                                 html.Td(clipped(val, PROV_CHARS), className="prov-val mono")])
                        for k, val in rows])
     code = p.metric.get("code")
-    return html.Div([dbc.Table(body, size="sm", className="prov-table"),
+    return html.Div([dbc.Table(body, size="sm", className="prov-table"), render_pairs(p.pairs),
                      html.Pre(clip(code, MAX_CODE_CHARS), className="prov-code") if code else None])
+
+
+def render_pairs(pairs, limit: int = PAIRS_LISTED):
+    """The prompt pairs a run was made from, as a table (texts as literals, clipped, the full
+    text on hover); the first `limit` and how many more.
+
+    >>> len(render_pairs([("a b", "a c", " b", " c")] * 7, 5).children[0].children[1].children)
+    5
+    """
+    cols = ("clean", "corrupt", "answer", "wrong")
+    head = html.Thead(html.Tr([html.Th("#")] + [html.Th(c) for c in cols]))
+    body = html.Tbody([html.Tr([html.Td(n)] + [html.Td(clipped(repr(t), PROV_CHARS), className="mono")
+                                               for t in pair])
+                       for n, pair in enumerate(list(pairs)[:limit])])
+    more = len(pairs) - limit
+    return html.Div([dbc.Table([head, body], size="sm", striped=True, className="prov-pairs"),
+                     html.Div(f"… and {more} more pair{'s' if more != 1 else ''}" if more > 0 else "",
+                              className="hint")], id=ids.PROVENANCE_PAIRS)
 
 
 def render_link(href: str | None):
@@ -289,14 +317,14 @@ def _register_route(app: dash.Dash, store) -> SimpleNamespace:
         """/run/<id> -> that run on the Results tab; anything else malformed -> said inline."""
         try:
             run_id = parse_run_path(pathname, prefix)
-        except ValueError as exc:
-            return no_update, ids.TAB_RESULTS, str(exc)
+        except ValueError as exc:           # the screen is cleared: the address names no run on it
+            return None, ids.TAB_RESULTS, str(exc)
         if run_id is None:
             return no_update, no_update, ""
         try:
             store.info(run_id)
-        except ValueError as exc:
-            return no_update, ids.TAB_RESULTS, f"/run/{run_id}: {exc}"
+        except ValueError:                  # deleted, or never saved here: nothing of another run stays
+            return None, ids.TAB_RESULTS, stale_run_message(run_id)
         return run_id, ids.TAB_RESULTS, ""
 
     app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True),

@@ -67,7 +67,7 @@ def layout(registry, model: str) -> dbc.Card:
             html.Div(id=ids.PAIRS_PREVIEW),
             html.Div(id=ids.TOKEN_VIEW, className="token-view"),
         ]),
-    ], className="panel-card")
+    ], className="panel-card prompts-card")
 
 
 def _chip(i: int, tok: str, diff: bool, role: str = ""):

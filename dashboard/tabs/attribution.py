@@ -92,9 +92,9 @@ def layout() -> html.Div:
                                    options=[{"label": "head kinds per position", "value": "per"}]),
                      dbc.Checklist(id=ids.ATTR_EDGES, switch=True, value=[],
                                    options=[{"label": "edge scores (EAP)", "value": "edges"}])], md=3),
-        ], className="g-3"),
+        ], className="g-3 tab-options"),
         run_controls(ids.ATTR_RUN_BUTTON, ids.ATTR_CANCEL_BUTTON, ids.ATTR_PROGRESS, ids.ATTR_PROGRESS_TEXT,
-                      ids.ATTR_STATUS, ids.ATTR_BASELINES, "Run attribution"),
+                      ids.ATTR_STATUS, ids.ATTR_BASELINES, "Run attribution", ids.ATTR_ERROR),
         html.Div(id=ids.ATTR_SUMMARY, className="results-summary"),
         html.Div([
             html.Span("Show", className="toolbar-label"),
@@ -167,7 +167,7 @@ def _register_run(app, ctx) -> SimpleNamespace:
             baselines_text((r.clean_value, r.corrupt_value), r.spec.metric))
 
     app.callback(
-        Output(ids.ATTR_RUN, "data"), Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Output(ids.ATTR_RUN, "data"), Output(ids.ATTR_ERROR, "children"),
         Output(ids.ATTR_STATUS, "children"),
         Input(ids.ATTR_RUN_BUTTON, "n_clicks"),
         State(ids.ATTR_KINDS, "value"), State(ids.ATTR_METHOD, "value"), State(ids.ATTR_STEPS, "value"),

@@ -13,14 +13,15 @@ from types import SimpleNamespace
 import dash_bootstrap_components as dbc
 import pandas as pd
 import torch
-from dash import ALL, Input, Output, State, dcc, html, no_update
+from dash import ALL, MATCH, Input, Output, State, dcc, html, no_update
 
 from patching.core.results import PatchResult, write_csv
 from patching.runs import jobs as job_status
 
 from dashboard import ids, share
 from patching import figures
-from dashboard.components import clipped, graph, triggered_value, wrong_type
+from dashboard.components import PAGE_FIELDS, TITLE_CHARS, clipped, graph, page_outputs, triggered_value, wrong_type
+from dashboard.forms import restored_values
 from patching.runs.limits import clip
 from dashboard.views import effective_mode
 
@@ -93,6 +94,7 @@ REASON_CHARS = 300       # a failed job's reason
 MAX_LISTED = 200         # runs and jobs in the list at most (the store reads no more)
 OPTION_CHARS = 100       # a compare dropdown option
 TOKEN_CHARS = 40         # a token in the top-components table
+POLL_MS = 2_000          # the list refreshes this often while the tab is open and a job runs
 
 
 def _model_name(model: object) -> str:
@@ -108,38 +110,82 @@ def render_job(job):
     'job-item job-failed'
     """
     when = time.strftime("%H:%M:%S", time.localtime(job.started))
-    what = "running…" if job.status == "running" else f"{job.status}: {job.reason}" if job.reason else job.status
+    running = job.status == "running"
+    what = "running…" if running else f"{job.status}: {job.reason}" if job.reason else job.status
     return dbc.ListGroupItem([
         html.Div([html.Span(f"job {job.id}", className="run-id"), clipped(job.label, LABEL_CHARS, "run-label")]),
         html.Div([clipped(_model_name(job.model), META_CHARS), f" · {clip(job.kind, 40)} · started {when}"],
                  className="run-meta"),
-        html.Div(clipped(what, REASON_CHARS),
-                 className="job-reason" if job.status == "running" else "job-reason error-text"),
+        html.Div([html.Span(clipped(what, REASON_CHARS),
+                            className="job-reason" if running else "job-reason error-text"),
+                  dbc.Button("Cancel", id={"type": ids.HISTORY_CANCEL_JOB, "job": job.id}, size="sm",
+                             color="danger", outline=True, n_clicks=0) if running else None],
+                 className="job-row"),
     ], className=f"job-item job-{job.status}")
 
 
-def render_history(infos, current: int | None, jobs=()):
-    """The saved runs and, among them by start time, the jobs that are running or did not finish."""
+PROMPT_CHARS = 60        # a prompt in the list (the title shows it whole)
+
+
+def render_prompts(pair, n_pairs: int):
+    """A run's prompts in the history list: clean and corrupt of its first pair, clipped (the full
+    text on hover), and how many pairs it has.
+
+    >>> render_prompts(("When Mary and John", "When Mary and Mary", " John", " Mary"), 3).className
+    'run-prompts'
+    """
+    count = html.Span(f"{n_pairs} pair{'s' if n_pairs != 1 else ''}" + (" · first:" if n_pairs > 1 else ""),
+                      className="run-pairs")
+    if pair is None:
+        return html.Div([count, html.Span(" prompts too long to list here; Open shows them",
+                                          className="hint")], className="run-prompts")
+    def text(s: str) -> html.Span:                     # the whole text on hover, clipped or not
+        return html.Span(clip(repr(s), PROMPT_CHARS), title=clip(repr(s), TITLE_CHARS), className="mono")
+
+    return html.Div([
+        count,
+        html.Div([html.Span("clean", className="prompt-tag"), text(pair[0])]),
+        html.Div([html.Span("corrupt", className="prompt-tag"), text(pair[1])]),
+    ], className="run-prompts")
+
+
+def render_run(r, pair, active: bool):
+    """One saved run: id, label, model and baselines, its prompts, Open, and Delete behind an
+    inline "delete #N?" (Keep / Delete)."""
+    when = time.strftime("%H:%M:%S", time.localtime(r.created))
+    meta = (f" · clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
+            if r.clean_value is not None else f" · {when}")
+    return dbc.ListGroupItem([
+        html.Div([html.Span(f"#{r.id}", className="run-id"), clipped(r.label, LABEL_CHARS, "run-label")]),
+        html.Div([clipped(_model_name(r.model), META_CHARS), meta], className="run-meta"),
+        render_prompts(pair, r.n_pairs),
+        html.Div([
+            dbc.Button("Open", id={"type": ids.HISTORY_OPEN, "run": r.id}, size="sm",
+                       color="primary", outline=True, n_clicks=0,
+                       title="show this run and put its prompts, kind, metric and direction back on the left"),
+            dbc.Button("Delete", id={"type": ids.HISTORY_DELETE, "run": r.id}, size="sm",
+                       color="danger", outline=True, n_clicks=0),
+            html.Span([
+                html.Span(f"Delete run #{r.id}? This cannot be undone.", className="confirm-text"),
+                dbc.Button("Delete", id={"type": ids.HISTORY_CONFIRM_DELETE, "run": r.id}, size="sm",
+                           color="danger", n_clicks=0),
+                dbc.Button("Keep", id={"type": ids.HISTORY_KEEP, "run": r.id}, size="sm",
+                           color="secondary", outline=True, n_clicks=0),
+            ], id={"type": ids.HISTORY_CONFIRM, "run": r.id}, hidden=True, className="delete-confirm"),
+        ], className="run-actions"),
+    ], active=active, className="run-item")
+
+
+def render_history(infos, current: int | None, jobs=(), prompts=None):
+    """The saved runs (with their prompts: `RunStore.first_pairs`) and, among them by start
+    time, the jobs that are running or did not finish."""
     if not infos and not jobs:
         return html.Div("No runs yet. Runs are saved here and survive restarts.", className="hint")
-    items = []
-    for j in list(jobs)[:MAX_LISTED]:
-        items.append((j.started, render_job(j)))
+    prompts = prompts or {}
+    items = [(j.started, render_job(j)) for j in list(jobs)[:MAX_LISTED]]
     for r in list(infos)[:MAX_LISTED]:
-        when = time.strftime("%H:%M:%S", time.localtime(r.created))
-        meta = (f" · {r.n_pairs} pair{'s' if r.n_pairs != 1 else ''} · "
-                f"clean {r.clean_value:.3f} · corrupt {r.corrupt_value:.3f} · {when}"
-                if r.clean_value is not None else f" · {when}")
-        items.append((r.created, dbc.ListGroupItem([
-            html.Div([html.Span(f"#{r.id}", className="run-id"), clipped(r.label, LABEL_CHARS, "run-label")]),
-            html.Div([clipped(_model_name(r.model), META_CHARS), meta], className="run-meta"),
-            html.Div([
-                dbc.Button("Open", id={"type": ids.HISTORY_OPEN, "run": r.id}, size="sm",
-                           color="primary", outline=True, n_clicks=0),
-                dbc.Button("Delete", id={"type": ids.HISTORY_DELETE, "run": r.id}, size="sm",
-                           color="danger", outline=True, n_clicks=0),
-            ], className="run-actions"),
-        ], active=(r.id == current), className="run-item")))
+        pair, _ = prompts.get(r.id, (None, r.n_pairs))
+        items.append((r.created, render_run(r, pair, r.id == current)))
     items.sort(key=lambda pair: -pair[0])
     return dbc.ListGroup([item for _, item in items], flush=True)
 
@@ -172,7 +218,10 @@ def layout() -> html.Div:
         html.H3("Run history", className="section-title"),
         html.Div("Every run is saved with its spec, prompts, baselines and result; it survives restarts.",
                  className="hint mb-2"),
+        html.Div(id=ids.HISTORY_STATUS, role="status", className="hint"),
         html.Div(id=ids.RUN_HISTORY, className="run-history"),
+        dcc.Interval(id=ids.HISTORY_POLL, interval=POLL_MS, disabled=True),
+        dcc.Store(id=ids.HISTORY_SHOWN, data=None),
         share.history_section(),
         html.H3("Compare two runs", className="section-title mt-3"),
         html.Div([
@@ -191,53 +240,135 @@ def layout() -> html.Div:
 # -- callbacks ----------------------------------------------------------------------------------
 def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
-    return SimpleNamespace(**vars(_register_history(app, ctx)), **vars(_register_compare(app, ctx)))
+    return SimpleNamespace(**vars(_register_history(app, ctx)), **vars(_register_actions(app, ctx)),
+                           **vars(_register_compare(app, ctx)))
 
 
 def _register_history(app, ctx) -> SimpleNamespace:
-    """The list of runs and jobs, Open and Delete."""
+    """The list of runs and jobs, Open (the run and its form), Delete (confirmed), Cancel a job."""
     store = ctx.store
+
+    def listing(current):
+        """(the list, the compare options, what it shows) read from the store now."""
+        infos = store.list(MAX_LISTED)
+        jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
+        try:
+            prompts = store.first_pairs([r.id for r in infos])
+        except Exception:                   # a list without prompts rather than no list
+            prompts = {}
+        options = [{"label": clip(r.title, OPTION_CHARS), "value": r.id} for r in infos]
+        seen = [[r.id for r in infos], [[j.id, j.status] for j in jobs], current]
+        return render_history(infos, current, jobs, prompts), options, seen
 
     def history(_version, run_id, _tab=None):
         """The history list and compare options; refreshed on save/delete and when the tab opens
         (runs from other tabs or users appear then)."""
-        infos = store.list(MAX_LISTED)
-        options = [{"label": clip(r.title, OPTION_CHARS), "value": r.id} for r in infos]
-        jobs = job_status.unfinished_and_failed(store)     # killed / cancelled jobs are marked failed here
-        return render_history(infos, run_id if isinstance(run_id, int) else None, jobs), options
+        return listing(run_id if isinstance(run_id, int) else None)
 
     app.callback(Output(ids.RUN_HISTORY, "children"), Output(ids.COMPARE_SELECT, "options"),
+                 Output(ids.HISTORY_SHOWN, "data"),
                  Input(ids.HISTORY_VERSION, "data"), Input(ids.CURRENT_RUN, "data"),
                  Input(ids.TABS, "active_tab"))(history)
 
+    def poll(_tick, tab, running_here=None, shown=None):
+        """While the tab is open and a job runs (or this page's Run is busy), the list is re-read
+        every POLL_MS and redrawn only when its runs or jobs' statuses changed (an open "delete?"
+        stays open). Its inputs are none of a Run's outputs: Dash holds back a callback whose
+        inputs a running callback will write, and this one must go on while a run runs."""
+        if tab not in (None, ids.TAB_HISTORY):
+            return no_update, no_update, no_update, True
+        current = shown[2] if isinstance(shown, list) and len(shown) == 3 and isinstance(shown[2], int) else None
+        items, options, seen = listing(current)
+        poll_off = not (running_here is True or any(status == "running" for _, status in seen[1]))
+        if seen == shown:
+            return no_update, no_update, no_update, poll_off
+        return items, options, seen, poll_off
+
+    app.callback(Output(ids.RUN_HISTORY, "children", allow_duplicate=True),
+                 Output(ids.COMPARE_SELECT, "options", allow_duplicate=True),
+                 Output(ids.HISTORY_SHOWN, "data", allow_duplicate=True), Output(ids.HISTORY_POLL, "disabled"),
+                 Input(ids.HISTORY_POLL, "n_intervals"), Input(ids.TABS, "active_tab"),
+                 Input(ids.RUN_BUTTON, "disabled"), State(ids.HISTORY_SHOWN, "data"),
+                 prevent_initial_call=True)(poll)
+
     def open_run(clicks, trig=None):
-        """An Open button -> that run on the Results tab."""
+        """An Open button -> that run on the Results tab and its form (prompts, kind, metric,
+        direction, options) back on the left panel (`forms.restored_values`)."""
         trig, clicked = (trig, _clicked(clicks)) if trig is not None else triggered_value()
+        keep = (no_update,) * len(PAGE_FIELDS)
         if not isinstance(trig, dict) or not clicked:      # buttons appearing (n_clicks 0) are not clicks
-            return no_update, no_update
-        return trig.get("run"), ids.TAB_RESULTS
+            return (no_update, no_update) + keep
+        try:
+            run = ctx.run(trig.get("run"))
+        except ValueError:                                 # gone meanwhile: the Results tab says so
+            return (trig.get("run"), ids.TAB_RESULTS) + keep
+        values = restored_values(run.result.spec.to_dict(), run.pairs, ctx.registry.names())
+        return (run.info.id, ids.TAB_RESULTS) + tuple(values.get(f, no_update) for f in PAGE_FIELDS)
 
     app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True), Output(ids.TABS, "active_tab"),
+                 *[Output(i, p, allow_duplicate=True) for i, p in page_outputs()],
                  Input({"type": ids.HISTORY_OPEN, "run": ALL}, "n_clicks"),
                  prevent_initial_call=True)(lambda clicks: open_run(clicks))
 
+    return SimpleNamespace(history=history, poll_history=poll, open_run=open_run)
+
+
+def _register_actions(app, ctx) -> SimpleNamespace:
+    """Delete (after the row's confirmation) and Cancel of a running job."""
+    store = ctx.store
+
+    def ask_delete(_delete, _keep, trig=None):
+        """Delete shows the row's "delete #N?" box; Keep hides it again."""
+        trig = trig if trig is not None else triggered_value()[0]
+        if not isinstance(trig, dict):
+            return no_update
+        return trig.get("type") != ids.HISTORY_DELETE
+
+    app.callback(Output({"type": ids.HISTORY_CONFIRM, "run": MATCH}, "hidden"),
+                 Input({"type": ids.HISTORY_DELETE, "run": MATCH}, "n_clicks"),
+                 Input({"type": ids.HISTORY_KEEP, "run": MATCH}, "n_clicks"),
+                 prevent_initial_call=True)(lambda d, k: ask_delete(d, k))
+
     def delete_run(clicks, run_id, trig=None):
-        """A Delete button -> the run is gone; the screen clears if it was on it."""
+        """A confirmed Delete -> the run is gone; the screen clears if it was on it."""
+        trig, clicked = (trig, _clicked(clicks)) if trig is not None else triggered_value()
+        if not isinstance(trig, dict) or not clicked:
+            return no_update, no_update, no_update
+        try:
+            gone = store.delete(trig.get("run"))
+        except ValueError:                       # a tampered button id: nothing to delete
+            return no_update, no_update, no_update
+        said = f"Deleted run #{trig['run']}." if gone else f"Run #{trig['run']} was already deleted."
+        return time.time(), (None if run_id == trig["run"] else no_update), said
+
+    app.callback(Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
+                 Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
+                 Output(ids.HISTORY_STATUS, "children"),
+                 Input({"type": ids.HISTORY_CONFIRM_DELETE, "run": ALL}, "n_clicks"),
+                 State(ids.CURRENT_RUN, "data"),
+                 prevent_initial_call=True)(lambda clicks, run_id: delete_run(clicks, run_id))
+
+    def cancel_job(clicks, trig=None):
+        """A running job's Cancel -> the request recorded on its job record (`request_cancel_job`):
+        the job stops at its next progress report and is listed as cancelled."""
         trig, clicked = (trig, _clicked(clicks)) if trig is not None else triggered_value()
         if not isinstance(trig, dict) or not clicked:
             return no_update, no_update
         try:
-            store.delete(trig.get("run"))
-        except ValueError:                       # a tampered button id: nothing to delete
-            return no_update, no_update
-        return time.time(), (None if run_id == trig["run"] else no_update)
+            reached = store.request_cancel_job(trig.get("job"))
+        except ValueError as exc:
+            return no_update, html.Span(str(exc), className="error-text")
+        if not reached:
+            return no_update, html.Span(f"job {trig['job']} is not running any more (or was started without a "
+                                        "job token), so there is nothing to cancel from here.",
+                                        className="error-text")
+        return time.time(), f"Cancel requested for job {trig['job']}: it stops at its next progress report."
 
     app.callback(Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
-                 Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
-                 Input({"type": ids.HISTORY_DELETE, "run": ALL}, "n_clicks"),
-                 State(ids.CURRENT_RUN, "data"),
-                 prevent_initial_call=True)(lambda clicks, run_id: delete_run(clicks, run_id))
-    return SimpleNamespace(history=history, open_run=open_run, delete_run=delete_run)
+                 Output(ids.HISTORY_STATUS, "children", allow_duplicate=True),
+                 Input({"type": ids.HISTORY_CANCEL_JOB, "job": ALL}, "n_clicks"),
+                 prevent_initial_call=True)(lambda clicks: cancel_job(clicks))
+    return SimpleNamespace(ask_delete=ask_delete, delete_run=delete_run, cancel_job=cancel_job)
 
 
 def _register_compare(app, ctx) -> SimpleNamespace:

@@ -46,10 +46,10 @@ def path_view(run, mode: str | None) -> tuple:
 
 
 def layout() -> html.Div:
-    """Path patching: receivers / senders / sweep / mode, run, heatmap or bars, CSV."""
+    """Path patching: receivers / senders / sweep / mode, run (a refused run is said under its
+    button), heatmap or bars, CSV — compact, so the Run button and the figure fit one screen."""
     return html.Div([
-        html.Div("Uses the prompts, metric and direction on the left. Errors appear in the red box there.",
-                 className="hint mb-1"),
+        html.Div("Uses the prompts, metric and direction on the left.", className="hint mb-1"),
         dbc.Row([
             dbc.Col([
                 label("Receivers", ids.PATH_RECEIVERS, "comma-separated"),
@@ -78,9 +78,9 @@ def layout() -> html.Div:
                      dbc.Checklist(id=ids.PATH_PER_POSITION, switch=True, value=[],
                                    options=[{"label": "one cell per sender position", "value": "per"}])],
                     md=3),
-        ], className="g-3"),
+        ], className="g-3 tab-options"),
         run_controls(ids.PATH_RUN_BUTTON, ids.PATH_CANCEL_BUTTON, ids.PATH_PROGRESS, ids.PATH_PROGRESS_TEXT,
-                      ids.PATH_STATUS, ids.PATH_BASELINES, "Run path patching"),
+                      ids.PATH_STATUS, ids.PATH_BASELINES, "Run path patching", ids.PATH_ERROR),
         html.Div(id=ids.PATH_SUMMARY, className="results-summary"),
         html.Div([
             mode_toggle(ids.PATH_VALUE_MODE),
@@ -123,7 +123,7 @@ def _register_run(app, ctx) -> SimpleNamespace:
         return run_id, "", time.time(), saved_status(store, run_id, "Path run")
 
     app.callback(
-        Output(ids.PATH_RUN, "data"), Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
+        Output(ids.PATH_RUN, "data"), Output(ids.PATH_ERROR, "children"),
         Output(ids.HISTORY_VERSION, "data", allow_duplicate=True), Output(ids.PATH_STATUS, "children"),
         Input(ids.PATH_RUN_BUTTON, "n_clicks"),
         State(ids.PATH_RECEIVERS, "value"), State(ids.PATH_SENDERS, "value"), State(ids.PATH_SWEEP, "value"),

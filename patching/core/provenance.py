@@ -31,6 +31,7 @@ from typing import Callable
 from patching.paths import CHECKOUT as ROOT   # the git commit is read from here, when a checkout
 
 PROVENANCE_VERSION = 1
+PAIRS_LISTED = 5              # prompt pairs a summary lists (then "… and N more")
 PACKAGES = ("torch", "transformer_lens", "transformers")
 CACHE_ATTR = "_patchboard_fingerprint"       # where a model's fingerprint is cached (on the model)
 ENV_ATTR = "_patchboard_environment"         # versions / platform, read once per loaded model
@@ -307,6 +308,18 @@ class Provenance:
             raise ValueError("provenance weights_files and pairs must be lists of lists") from None
         return cls(**kw)
 
+    def pair_lines(self, limit: int = PAIRS_LISTED) -> list[str]:
+        """The prompt pairs, one line each (texts as Python literals, so spaces and newlines
+        show), the first `limit` and how many more.
+
+        >>> Provenance("m", pairs=(("a b", "a c", " b", " c"),) * 3).pair_lines(2)
+        ["pair 0: clean 'a b' · corrupt 'a c' · answer ' b' · wrong ' c'", "pair 1: clean 'a b' · corrupt 'a c' · answer ' b' · wrong ' c'", '… and 1 more pair']
+        """
+        lines = [f"pair {n}: clean {c!r} · corrupt {k!r} · answer {a!r} · wrong {w!r}"
+                 for n, (c, k, a, w) in enumerate(self.pairs[:limit])]
+        more = len(self.pairs) - limit
+        return lines + ([f"… and {more} more pair{'s' if more != 1 else ''}"] if more > 0 else [])
+
     def summary_lines(self) -> list[str]:
         """Human-readable lines (CLI `show`, the dashboard's provenance panel)."""
         v = self.versions
@@ -321,6 +334,7 @@ class Provenance:
             f"spec         {json.dumps(self.spec, sort_keys=True)}",
             f"prompts      {len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''}"
             + (", BOS prepended" if self.prepend_bos else ", no BOS"),
+            *(f"  {line}" for line in self.pair_lines()),
             f"device       {self.device} · {self.dtype}",
             "versions     " + ", ".join(f"{k} {v.get(k) or '?'}" for k in (*PACKAGES, "python")),
             f"commit       {v.get('patchboard') or 'unknown'}",

@@ -109,6 +109,7 @@ JOB_PROGRESS = sa.Table(          # where a running job is, so any page (a reloa
     sa.Column("queued", sa.Boolean, nullable=False),         # still waiting for the run slot
     sa.Column("work_started", sa.Float),                     # when the counted work began (for an ETA)
     sa.Column("updated", sa.Float, nullable=False))
+PAIR_TEXT_CHARS = 20_000     # `first_pairs` reads at most this much of a run's stored pairs
 
 
 @dataclass(frozen=True)
@@ -438,6 +439,30 @@ class RunStore:
         with self._read() as db:
             rows = db.execute(sa.select(*cols).order_by(RUNS.c.id.desc()).limit(int(limit))).all()
         return [RunInfo(*r) for r in rows]
+
+    def first_pairs(self, run_ids) -> dict[int, tuple[tuple[str, str, str, str] | None, int]]:
+        """run id -> (its first prompt pair, or None when that pair is longer than the
+        PAIR_TEXT_CHARS read; its number of pairs), for the history list: only the start of each
+        run's stored pairs is read, however many it holds.
+
+        >>> store.first_pairs([store.save(result, [IOI[0]])])            # doctest: +SKIP
+        {1: (('When Mary and John ...', '...', ' Mary', ' John'), 1)}
+        """
+        ids = [record_id(i) for i in run_ids]
+        if not ids:
+            return {}
+        with self._read() as db:
+            rows = db.execute(sa.select(RUNS.c.id, sa.func.substr(RUNS.c.pairs_json, 1, PAIR_TEXT_CHARS),
+                                        RUNS.c.n_pairs).where(RUNS.c.id.in_(ids))).all()
+        out = {}
+        for run_id, text, n in rows:
+            try:
+                pair = json.JSONDecoder().raw_decode(text, 1)[0] if text.startswith("[[") else None
+                pair = tuple(pair) if isinstance(pair, list) and len(pair) == 4 else None
+            except ValueError:
+                pair = None
+            out[int(run_id)] = (pair, int(n))
+        return out
 
     def get(self, run_id: int) -> Run:
         """The run, or ValueError naming the id."""

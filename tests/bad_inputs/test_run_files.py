@@ -176,7 +176,7 @@ def test_history_and_provenance_render_bounded_whatever_is_stored(app, result, c
     """The rendered History list, compare options and provenance panel stay the same small size
     whether the stored text is 10 kB or 5 MB: bounded by size, not by a clock."""
     run_id = _write_huge_run(app, result, chars)
-    listing, options = app.patchboard.history(None, run_id, None)
+    listing, options, *_ = app.patchboard.history(None, run_id, None)
     assert _size(listing) < 10_000 and _size(options) < 400, (_size(listing), _size(options))
     assert "…" in json.dumps(listing, cls=PlotlyJSONEncoder, ensure_ascii=False)        # clipped, said so
     link, provenance, *_ = app.patchboard.current_run_share(run_id)
@@ -266,7 +266,7 @@ def test_callbacks_answer_wrong_typed_values_inline(app, result):
     cb = app.patchboard
     run_id = app.test_store.save(result, IOI, "ok")
     calls = {   # name: good arguments
-        "history": (None, run_id, None), "compare": ([run_id, run_id], "raw", "png"),
+        "history": (None, run_id, None), "poll_history": (1, "tab-history", True, None), "compare": ([run_id, run_id], "raw", "png"),
         "download_compare": (1, [run_id, run_id]), "route": (f"/run/{run_id}",), "current_run_share": (run_id,),
         "export_run": (1, run_id), "attribution_export_button": (1,), "export_attribution": (1, 1),
         "import_run": ("data:application/zip;base64,UEs=", "r.patchboard.zip"),
@@ -274,7 +274,9 @@ def test_callbacks_answer_wrong_typed_values_inline(app, result):
         "kind_controls": ("resid_pre",), "cancelled": (1, 1, "session"),
     }
     clicks = {"open_run": ([1], {"type": "history-open", "run": run_id}),
-              "delete_run": ([1], None, {"type": "history-delete", "run": 10**6})}
+              "delete_run": ([1], None, {"type": "history-confirm-delete", "run": 10**6}),
+              "ask_delete": (1, 0, {"type": "history-delete", "run": run_id}),
+              "cancel_job": ([1], {"type": "history-cancel-job", "job": 10**6})}
     failures = []
     for name, good_args in {**calls, **clicks}.items():
         fn = getattr(cb, name)

@@ -220,10 +220,14 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert att_csv["content"].splitlines()[0].startswith("layer,head,dest,src")
 
     (run2, err, _, _), _ = _run(cb, tiny_name, direction="noise")
-    items, options = cb.history(0, run2)
+    items, options, _shown = cb.history(0, run2)
     assert [o["value"] for o in options] == [run2, run_id]
-    assert cb.open_run([0, 1], trig={"type": ids.HISTORY_OPEN, "run": run_id}) == (run_id, ids.TAB_RESULTS)
-    assert cb.open_run([0, 0], trig={"type": ids.HISTORY_OPEN, "run": run_id}) == (no_update, no_update)
+    assert IOI[0][0][:40] in _text(items) and "1 pair" in _text(items)        # each run shows its prompts
+    opened = cb.open_run([0, 1], trig={"type": ids.HISTORY_OPEN, "run": run2})
+    assert opened[:2] == (run2, ids.TAB_RESULTS)
+    # ... and its form goes back on the left panel (page_inputs order), the noise direction too
+    assert opened[2:] == (tiny_name, *IOI[0], ["bos"], None, "head_out", "logit_diff", "noise", [], "", "", "")
+    assert cb.open_run([0, 0], trig={"type": ids.HISTORY_OPEN, "run": run_id}) == (no_update,) * 16
 
     cfig, _, tables, cstatus = cb.compare([run_id, run2], "raw", "png")
     assert len(cfig.data) == 3 and cstatus == ""
@@ -237,8 +241,12 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert "Choose two runs" in cb.compare([run_id], "raw", "png")[3]
     assert "compare takes exactly two" in cb.compare([run_id, run2, run2], "raw", "png")[3]
 
-    version, current = cb.delete_run([1, 0], run2, trig={"type": ids.HISTORY_DELETE, "run": run2})
-    assert current is None and [r.id for r in store.list()] == [run_id]
+    # Delete only shows the row's confirmation; its own Delete deletes, Keep closes it
+    assert cb.ask_delete(1, 0, trig={"type": ids.HISTORY_DELETE, "run": run2}) is False
+    assert cb.ask_delete(1, 1, trig={"type": ids.HISTORY_KEEP, "run": run2}) is True
+    assert [r.id for r in store.list()] == [run2, run_id]
+    version, current, said = cb.delete_run([1, 0], run2, trig={"type": ids.HISTORY_CONFIRM_DELETE, "run": run2})
+    assert current is None and [r.id for r in store.list()] == [run_id] and said == f"Deleted run #{run2}."
     fig, _, _, disabled = cb.show_run(run2, "raw", "png")
     assert "does not exist" in fig.layout.annotations[0].text and disabled
 

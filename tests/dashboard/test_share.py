@@ -77,10 +77,22 @@ def test_route_opens_the_run_on_the_results_tab(cb, store, result):
 
 def test_route_unknown_and_malformed_ids_are_said_inline(cb, store, result):
     store.save(result, IOI)
-    current, tab, message = cb.route("/run/999")
-    assert current is no_update and tab == ids.TAB_RESULTS and "run 999 does not exist" in message
+    current, tab, message = cb.route("/run/999")     # the screen clears: no other run stays on it
+    assert current is None and tab == ids.TAB_RESULTS and message.startswith("run 999 not found")
     current, tab, message = cb.route("/run/abc")
-    assert current is no_update and "malformed run id 'abc'" in message
+    assert current is None and "malformed run id 'abc'" in message
+
+
+def test_provenance_lists_the_prompt_pairs(store, result):
+    """The panel names every pair (first five, then how many more), as literals: spaces show."""
+    from patching.core.provenance import Provenance
+    prov = Provenance.from_dict(result.provenance)
+    pairs = [(f"clean {n}", f"corrupt {n}", " Mary", " John") for n in range(7)]
+    text = str(share.render_provenance({**prov.to_dict(), "pairs": [list(p) for p in pairs]}))
+    assert "'clean 0'" in text and "'corrupt 4'" in text and "' Mary'" in text
+    assert "'clean 5'" not in text and "and 2 more pairs" in text
+    lines = Provenance.from_dict({**prov.to_dict(), "pairs": [list(p) for p in pairs[:1]]}).summary_lines()
+    assert "  pair 0: clean 'clean 0' · corrupt 'corrupt 0' · answer ' Mary' · wrong ' John'" in lines
 
 
 def test_route_uses_the_id_only_as_a_number(registry, tmp_path):

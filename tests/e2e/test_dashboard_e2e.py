@@ -237,6 +237,7 @@ def test_open_and_delete_from_history(page):
         f"/^Run {oldest}(?![0-9])/.test(document.getElementById('{ids.RESULTS_SUMMARY}').innerText)")
     assert page.locator(f"#{ids.RESULTS_HEATMAP}").is_visible()          # the Results tab is open
     page.click("a.nav-link:has-text('History & compare')")
-    items.first.locator("button:has-text('Delete')").click()
+    items.first.locator(".run-actions > button:has-text('Delete')").click()
+    items.first.locator(".delete-confirm button:has-text('Delete')").click()     # it asks first
     page.wait_for_function(
         f"document.querySelectorAll('#{ids.RUN_HISTORY} .run-item').length === {count - 1}")

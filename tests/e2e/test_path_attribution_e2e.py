@@ -2,7 +2,7 @@
 
 `python -m dashboard` in a subprocess around the tiny GPT-2 model the session fixtures save (its
 default prompts are the IOI pair, which that tokenizer splits into 15 tokens each); the page is
-driven by the ids in dashboard/ids.py: a bad receiver is refused in error-message, a path sweep
+driven by the ids in dashboard/ids.py: a bad receiver is refused under the tab's Run button, a path sweep
 draws its heatmap, downloads its CSV and shows a receiver head's attention for a clicked sender, a receivers sweep draws bars, an attribution run draws a
 heatmap per kind and its top edges, downloads every kind's CSV and the edges' CSV, and reports its
 agreement with exact patching.
@@ -60,12 +60,12 @@ def test_path_bad_receiver_then_sweep_then_csv(page):
     page.click("a.nav-link:has-text('Path patching')")
     fill(page, ids.PATH_RECEIVERS, "q:1.0, q:7.0")
     page.click(f"#{ids.PATH_RUN_BUTTON}")
-    wait_text(page, ids.ERROR_MESSAGE, "receiver 'q:7.0': layer 7 out of range")
+    wait_text(page, ids.PATH_ERROR, "receiver 'q:7.0': layer 7 out of range")
     fill(page, ids.PATH_RECEIVERS, "q:1.0, q:1.1")
     page.click(f"#{ids.PATH_RUN_BUTTON}")
     wait_text(page, ids.PATH_SUMMARY, "Run #")
     page.wait_for_selector(f"#{ids.PATH_FIGURE} g.hm")
-    assert page.inner_text(f"#{ids.ERROR_MESSAGE}") == ""
+    assert page.inner_text(f"#{ids.PATH_ERROR}") == ""
     assert "every head → q:1.0+q:1.1" in page.inner_text(f"#{ids.PATH_SUMMARY}")
     assert "clean logit_diff" in page.inner_text(f"#{ids.PATH_STATUS}")
     ticks = page.eval_on_selector_all(f"#{ids.PATH_FIGURE} .xtick text", "els => els.map(e => e.textContent)")

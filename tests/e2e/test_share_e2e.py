@@ -71,7 +71,7 @@ def test_run_url_opens_the_heatmap_with_link_and_provenance(browser_context, ser
 
 
 @pytest.mark.parametrize("path, message", [("run/abc", "malformed run id 'abc'"),
-                                           ("run/999", "run 999 does not exist")])
+                                           ("run/999", "run 999 not found")])
 def test_bad_run_urls_are_said_inline(browser_context, server, path, message):
     page = browser_context.new_page()
     page.goto(server + path)
