@@ -213,7 +213,7 @@ def test_path_tab_run_show_download(app, store, tiny_name):
     assert len(df) == 4 and set(df["receiver"]) == {"q:1.0+q:1.1"} and set(df["kind"]) == {"path"}
     assert "path" in sent["filename"]
     # the run is in the history and opens on the Results tab too
-    _, options = cb.history(0, None)
+    _, options, _shown = cb.history(0, None)
     assert options[0]["value"] == run_id and "path" in options[0]["label"]
     rfig = cb.show_run(run_id, "raw", "png")[0]
     assert rfig.layout.title.text.startswith("Path patching")

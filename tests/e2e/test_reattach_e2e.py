@@ -33,7 +33,9 @@ from tests.e2e.test_dashboard_e2e import choose
 pytestmark = pytest.mark.e2e
 TIMEOUT = 90_000
 READY_BOUND_S = 4.0            # target 2 s; x2 for the shared machine (see the module doc)
-FIRST_PROGRESS_BOUND_S = 4.5   # target 3 s; x1.5
+# Target 3 s (measured 1-1.5 s on an idle page). The bound is a regression guard, not the target:
+# the old page showed "starting..." for ~35 s, which this fails; a tighter bound flaked under load.
+FIRST_PROGRESS_BOUND_S = 12.0
 
 if skip_reason():
     pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=skip_reason())]
