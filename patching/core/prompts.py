@@ -16,9 +16,12 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
+
+from metrics import MULTI_TOKEN_METRICS
 
 CSV_COLUMNS = ("clean", "corrupt", "answer", "wrong")
 MAX_PAIRS = 10_000
@@ -121,7 +124,16 @@ def _single_token(model, text: str, what: str, where: str) -> int:
         hint = f"; use a single token such as {pieces[0]!r}"
     shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
     raise ValueError(f"{where}{what} {shown} is {len(ids)} tokens {listed}, "
-                     f"not a single token{hint}")
+                     f"not a single token{hint} (answers of several tokens need the metric "
+                     f"{' or '.join(MULTI_TOKEN_METRICS)})")
+
+
+def _answer_token(model, text: str, what: str, where: str, multi_token: bool) -> int:
+    """The token id of an answer / wrong; with `multi_token`, NO_TOKEN for one of several
+    tokens (its ids are the metric's to read: `metrics.sequence.token_seqs`)."""
+    if multi_token and len(model.encode(text)) != 1:
+        return NO_TOKEN
+    return _single_token(model, text, what, where)
 
 
 def _diff_view(model, clean: list[int], corrupt: list[int]) -> str:
@@ -145,6 +157,10 @@ class PromptSet:
     wrong_ids: Tensor = field(repr=False)        # [n_pairs]
     str_tokens: tuple[str, ...] = ()             # the first pair's clean tokens (axis labels)
     prepend_bos: bool = True
+    # the tokenizer it was built with (text -> ids), for metrics that read more tokens than
+    # answer / wrong (greater-than's years, multi-token answers); answer_ids / wrong_ids hold
+    # NO_TOKEN where a multi_token set's answer is several tokens
+    encode: Callable[[str], list[int]] | None = field(default=None, repr=False)
 
     @property
     def n_pairs(self) -> int:
@@ -158,15 +174,17 @@ class PromptSet:
         """The pairs at `indices`, as a PromptSet (labels from the first pair of the set)."""
         idx = list(indices)
         return PromptSet(tuple(self.pairs[i] for i in idx), self.clean_tokens[idx], self.corrupt_tokens[idx],
-                         self.answer_ids[idx], self.wrong_ids[idx], self.str_tokens, self.prepend_bos)
+                         self.answer_ids[idx], self.wrong_ids[idx], self.str_tokens, self.prepend_bos,
+                         encode=self.encode)
 
     def differing_positions(self) -> list[int]:
         """Positions where any pair's clean and corrupt tokens differ."""
         return (self.clean_tokens != self.corrupt_tokens).any(0).nonzero()[:, 0].tolist()
 
     @classmethod
-    def from_pairs(cls, model, pairs, prepend_bos: bool = True) -> "PromptSet":
-        """Tokenise and validate; ValueError naming the pair and showing the tokens."""
+    def from_pairs(cls, model, pairs, prepend_bos: bool = True, *, multi_token: bool = False) -> "PromptSet":
+        """Tokenise and validate; ValueError naming the pair and showing the tokens.
+        multi_token: answers and wrongs may be several tokens (for `seq_logprob_diff`)."""
         pairs = tuple(_as_pair(p) for p in pairs)
         if not pairs:
             raise ValueError("no prompt pairs given; give at least one clean/corrupt pair")
@@ -189,20 +207,21 @@ class PromptSet:
                                  f"{len(clean[0])} tokens, pair {n} has {len(c)}; split the set by length")
             clean.append(c)
             corrupt.append(k)
-            answer.append(_single_token(model, p.answer, "answer", where))
-            wrong.append(_single_token(model, p.wrong, "wrong", where))
-            if answer[-1] == wrong[-1]:
+            answer.append(_answer_token(model, p.answer, "answer", where, multi_token))
+            wrong.append(_answer_token(model, p.wrong, "wrong", where, multi_token))
+            if model.encode(p.answer) == model.encode(p.wrong):
                 raise ValueError(f"{where}answer and wrong are the same token {p.answer!r}; wrong must be "
                                  "a different token (the corrupt prompt's next token), e.g. ' John' for ' Mary'")
         device = model.device
         return cls(pairs, torch.tensor(clean, device=device), torch.tensor(corrupt, device=device),
                    torch.tensor(answer, device=device), torch.tensor(wrong, device=device),
-                   tuple(model.to_str_tokens(clean[0])), prepend_bos)
+                   tuple(model.to_str_tokens(clean[0])), prepend_bos, encode=model.encode)
 
     @classmethod
     def single(cls, model, clean: str, corrupt: str, answer: str, wrong: str,
-               prepend_bos: bool = True) -> "PromptSet":
-        return cls.from_pairs(model, [PromptPair(clean, corrupt, answer, wrong)], prepend_bos)
+               prepend_bos: bool = True, *, multi_token: bool = False) -> "PromptSet":
+        return cls.from_pairs(model, [PromptPair(clean, corrupt, answer, wrong)], prepend_bos,
+                              multi_token=multi_token)
 
     @classmethod
     def prompt(cls, model, text: str, answer: str | None = None, wrong: str | None = None,
@@ -225,11 +244,12 @@ class PromptSet:
         w = _single_token(model, wrong, "wrong", "") if wrong else NO_TOKEN
         tokens = torch.tensor([ids], device=model.device)
         return cls((pair,), tokens, tokens.clone(), torch.tensor([a], device=model.device),
-                   torch.tensor([w], device=model.device), tuple(model.to_str_tokens(ids)), prepend_bos)
+                   torch.tensor([w], device=model.device), tuple(model.to_str_tokens(ids)), prepend_bos,
+                   encode=model.encode)
 
     @classmethod
-    def from_csv(cls, model, source, prepend_bos: bool = True) -> "PromptSet":
-        return cls.from_pairs(model, read_pairs_csv(source), prepend_bos)
+    def from_csv(cls, model, source, prepend_bos: bool = True, *, multi_token: bool = False) -> "PromptSet":
+        return cls.from_pairs(model, read_pairs_csv(source), prepend_bos, multi_token=multi_token)
 
 
 def read_pairs_csv(source) -> list[PromptPair]:
