@@ -182,3 +182,21 @@ def test_the_metric_reads_the_branch_layout():
     assert get_metric("seq_logprob_diff")(logits, inp).item() == pytest.approx(want.item(), abs=1e-6)
     short = MetricInputs(None, None, None, answer_seq=torch.tensor([[1, -1, -1]]), wrong_seq=torch.tensor([[4, 5]]))
     assert get_metric("seq_logprob_diff")(logits, short).item() == pytest.approx((lp[0, 1] - lp[0, 4] - lp[3, 5]).item(), abs=1e-6)
+
+
+def test_cli_takes_multi_token_answers_with_seq_logprob_diff(tiny_dirs, gpt2_model, multi, tmp_path, capsys):
+    import io
+
+    import pandas as pd
+
+    from patching.cli import main
+    pairs = tmp_path / "pairs.csv"
+    pd.DataFrame(PAIRS, columns=["clean", "corrupt", "answer", "wrong"]).to_csv(pairs, index=False)
+    args = ["sweep", "--model", str(tiny_dirs["gpt2"]), "--pairs", str(pairs), "--kind", "mlp_out", "--quiet"]
+    assert main(args + ["--metric", "seq_logprob_diff"]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    want = sweep(gpt2_model, multi["gpt2"], PatchSpec(kind="mlp_out", metric="seq_logprob_diff"))
+    assert df["value"].to_numpy() == pytest.approx(want.values.flatten().numpy(), rel=1e-5)   # CSV: 6 digits
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pair 0: answer ' Maryanne Smith' is" in err and "need the metric seq_logprob_diff" in err, err
