@@ -67,6 +67,16 @@ def metric_options() -> list[dict]:
     return [{"label": f"{name} — {m.formula}", "value": name} for name, m in METRICS.items()]
 
 
+def multi_token_ok(metric: str | None) -> bool:
+    """Whether a registry metric takes answers of several tokens (a stored or typed
+    'pkg.mod:fn' is never imported here: False).
+
+    >>> multi_token_ok("seq_logprob_diff"), multi_token_ok("x.y:z")
+    (True, False)
+    """
+    return metric in METRICS and takes_multi_token(metric)
+
+
 def metric_suggestion(task: str | None, metric: str | None) -> str:
     """The note under the metric select when a preset's task is measured by another registry
     metric than the one chosen (the preset never switches it: the user does).
@@ -284,7 +294,7 @@ def parse_form(model, form: Form) -> tuple[PatchSpec, PromptSet]:
         raise ValueError(f"choose a patch kind; one of {', '.join(KINDS)}")
     _check_prompt_choices(form)
     prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos,
-                                   multi_token=takes_multi_token(form.metric))
+                                   multi_token=multi_token_ok(form.metric))
     spec = PatchSpec(kind=form.kind, direction=form.direction, metric=form.metric,
                      per_position=bool(form.per_position and KINDS[form.kind].has_per_position
                                        if form.kind in KINDS else form.per_position),
@@ -348,7 +358,7 @@ def token_view(model, form: Form) -> TokenView:
     corrupt = model.to_str_tokens((bos + model.encode(pair.corrupt))[:model.n_ctx + 1]) if pair.corrupt else []
     differing = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
     differing += list(range(min(len(clean), len(corrupt)), max(len(clean), len(corrupt))))
-    multi_token = form.metric in METRICS and takes_multi_token(form.metric)
+    multi_token = multi_token_ok(form.metric)
     answer_ok, answer_bad = _token_check(model, pair.answer, "answer", multi_token)
     wrong_ok, wrong_bad = _token_check(model, pair.wrong, "wrong", multi_token)
     problems = []
@@ -403,7 +413,8 @@ def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", Prom
     from patching.methods.path import PathSpec, path_nodes
     _check_prompt_choices(form)
     require_runner(model, "path patching")
-    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos,
+                                   multi_token=multi_token_ok(form.metric))
     senders = node_list(path.senders)
     if path.sweep == "receivers" and senders is None:
         raise ValueError("a receivers sweep follows one sender: type it under Senders, e.g. head:0.1 or mlp:0")
@@ -470,7 +481,8 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
     if attr.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {attr.method!r}")
     steps = parse_steps(attr.steps) if attr.method == "ig" else 0
-    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos,
+                                   multi_token=multi_token_ok(form.metric))
     get_metric(form.metric)
     kw = dict(kinds=kinds, metric=form.metric, direction=form.direction, method=attr.method,
               per_position=bool(attr.per_position))

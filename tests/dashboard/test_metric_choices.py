@@ -34,3 +34,20 @@ def test_token_view_accepts_multi_token_answers_under_seq_logprob_diff(gpt2_mode
     assert ok.problems == [] and "each one scored" in ok.answer
     bad = token_view(gpt2_model, Form(model=tiny_name, metric="logit_diff", **MULTI))
     assert "not a single token" in bad.answer and "seq_logprob_diff" in bad.problems[0]
+
+
+def test_a_stored_multi_token_run_reopens(registry, tiny_name):
+    """The attention view and refine rebuild a stored run's prompts: with its metric's rules."""
+    from types import SimpleNamespace
+
+    from dashboard.views import stored_prompts
+    from patching import PatchSpec
+    pairs = [(MULTI["clean"], MULTI["corrupt"], MULTI["answer"], MULTI["wrong"])]
+    run = SimpleNamespace(result=SimpleNamespace(spec=PatchSpec(kind="resid_pre", model=tiny_name,
+                                                                metric="seq_logprob_diff")), pairs=pairs)
+    _, prompts = stored_prompts(registry, run)
+    assert prompts.pairs[0].answer == " Maryanne Smith"
+    stored_user_metric = SimpleNamespace(result=SimpleNamespace(spec=PatchSpec(kind="resid_pre", model=tiny_name,
+                                                                               metric="no_such_pkg.mod:fn")), pairs=pairs)
+    with pytest.raises(ValueError, match="not a single token"):      # never imported to ask
+        stored_prompts(registry, stored_user_metric)
