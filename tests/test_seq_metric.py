@@ -200,3 +200,10 @@ def test_cli_takes_multi_token_answers_with_seq_logprob_diff(tiny_dirs, gpt2_mod
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "pair 0: answer ' Maryanne Smith' is" in err and "need the metric seq_logprob_diff" in err, err
+
+
+def test_the_same_multi_token_answer_and_wrong_are_refused(gpt2_model):
+    clean, corrupt = PAIRS[0][:2]
+    with pytest.raises(ValueError, match="answer and wrong are the same token ' Maryanne Smith'"):
+        PromptSet.from_pairs(gpt2_model, [(clean, corrupt, " Maryanne Smith", " Maryanne Smith")], multi_token=True)
+    assert PromptSet.from_pairs(gpt2_model, [(clean, corrupt, " Maryanne Smith", " Maryanne")], multi_token=True).n_pairs == 1

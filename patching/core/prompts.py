@@ -209,7 +209,7 @@ class PromptSet:
             corrupt.append(k)
             answer.append(_answer_token(model, p.answer, "answer", where, multi_token))
             wrong.append(_answer_token(model, p.wrong, "wrong", where, multi_token))
-            if model.encode(p.answer) == model.encode(p.wrong):
+            if answer[-1] == wrong[-1] and (answer[-1] != NO_TOKEN or model.encode(p.answer) == model.encode(p.wrong)):
                 raise ValueError(f"{where}answer and wrong are the same token {p.answer!r}; wrong must be "
                                  "a different token (the corrupt prompt's next token), e.g. ' John' for ' Mary'")
         device = model.device
