@@ -65,8 +65,9 @@ def seq_logprob_diff(logits: Float[Tensor, "batch readout vocab"], inputs: Metri
     if logits.shape[1] != 1 + n_answer + n_wrong:
         raise ValueError(f"seq_logprob_diff: answers of up to {n_answer + 1} and wrongs of up to {n_wrong + 1} "
                          f"tokens need the logits after each of their tokens ({1 + n_answer + n_wrong} "
-                         f"positions), got {logits.shape[1]}; exact sweeps (sweep, refine) compute them, "
-                         "other methods read the last position only: give single-token answers there")
+                         f"positions), got {logits.shape[1]}; exact sweeps (sweep, refine) on models with the engine's "
+                         "runner compute them, other methods read the last position only: give single-token "
+                         "answers there")
     logprobs = logits.log_softmax(-1)
     return (_sum_logprobs(logprobs, [0, *range(1, 1 + n_answer)], answer)
             - _sum_logprobs(logprobs, [0, *range(1 + n_answer, 1 + n_answer + n_wrong)], wrong))
