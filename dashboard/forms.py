@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from metrics import METRICS, get_metric
+from metrics import METRICS, MULTI_TOKEN_METRICS, get_metric, takes_multi_token
 from patching.core.prompts import PromptPair, PromptSet, lone_surrogate, parse_roles, read_pairs_csv, roles_text
 from patching.core.spec import DIRECTIONS, PatchSpec, check_whole, parse_heads, parse_int_list
 from patching.kinds import KINDS
@@ -65,6 +65,36 @@ def kind_options() -> list[dict]:
 
 def metric_options() -> list[dict]:
     return [{"label": f"{name} — {m.formula}", "value": name} for name, m in METRICS.items()]
+
+
+def multi_token_ok(metric: str | None) -> bool:
+    """Whether a registry metric takes answers of several tokens (a stored or typed
+    'pkg.mod:fn' is never imported here: False).
+
+    >>> multi_token_ok("seq_logprob_diff"), multi_token_ok("x.y:z")
+    (True, False)
+    """
+    return metric in METRICS and takes_multi_token(metric)
+
+
+def metric_suggestion(task: str | None, metric: str | None) -> str:
+    """The note under the metric select when a preset's task is measured by another registry
+    metric than the one chosen (the preset never switches it: the user does).
+
+    >>> metric_suggestion("greater_than", "logit_diff")[:52]
+    'The greater-than task is measured by greater_than_pr'
+    >>> metric_suggestion("greater_than", "greater_than_prob_diff"), metric_suggestion("ioi", "kl")
+    ('', '')
+    """
+    tasks = _tasks()
+    if not task or tasks is None or task not in tasks.TASKS:
+        return ""
+    suggested = tasks.TASKS[task].patch_metric
+    if suggested == metric or suggested == "logit_diff" or suggested not in METRICS:
+        return ""
+    title = tasks.TASKS[task].title.split(" (")[0].lower()
+    return (f"The {title} task is measured by {suggested} ({METRICS[suggested].formula}); "
+            f"choose it under Metric to use it. Still {metric}.")
 
 
 def direction_options() -> list[dict]:
@@ -313,7 +343,8 @@ def parse_form(model, form: Form) -> tuple[PatchSpec, PromptSet]:
     if not form.kind:
         raise ValueError(f"choose a patch kind; one of {', '.join(KINDS)}")
     _check_prompt_choices(form)
-    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos,
+                                   multi_token=multi_token_ok(form.metric))
     spec = PatchSpec(kind=form.kind, direction=form.direction, metric=form.metric,
                      per_position=bool(form.per_position and KINDS[form.kind].has_per_position
                                        if form.kind in KINDS else form.per_position),
@@ -345,7 +376,9 @@ class TokenView:
     roles: tuple = ()                    # the shown pair's role positions ((role, index), ...)
 
 
-def _token_check(model, text: str, what: str) -> tuple[str | None, str | None]:
+def _token_check(model, text: str, what: str, multi_token: bool = False) -> tuple[str | None, str | None]:
+    """(ok text, problem text) of an answer / wrong field; several tokens are ok for a metric
+    that reads them one by one."""
     if not text:
         return None, None
     ids = model.encode(text)
@@ -353,7 +386,10 @@ def _token_check(model, text: str, what: str) -> tuple[str | None, str | None]:
         return f"{what} {text!r} is one token (id {ids[0]})", None
     pieces = model.to_str_tokens(ids[:8]) + (["..."] if len(ids) > 8 else [])
     shown = repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
-    return None, f"{what} {shown} is {len(ids)} tokens {pieces}, not a single token"
+    if multi_token:
+        return f"{what} {shown} is {len(ids)} tokens {pieces}, each one scored", None
+    return None, (f"{what} {shown} is {len(ids)} tokens {pieces}, not a single token (answers of "
+                  f"several tokens need the metric {' or '.join(MULTI_TOKEN_METRICS)})")
 
 
 def token_view(model, form: Form) -> TokenView:
@@ -373,11 +409,12 @@ def token_view(model, form: Form) -> TokenView:
     corrupt = model.to_str_tokens((bos + model.encode(pair.corrupt))[:model.n_ctx + 1]) if pair.corrupt else []
     differing = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
     differing += list(range(min(len(clean), len(corrupt)), max(len(clean), len(corrupt))))
-    answer_ok, answer_bad = _token_check(model, pair.answer, "answer")
-    wrong_ok, wrong_bad = _token_check(model, pair.wrong, "wrong")
+    multi_token = multi_token_ok(form.metric)
+    answer_ok, answer_bad = _token_check(model, pair.answer, "answer", multi_token)
+    wrong_ok, wrong_bad = _token_check(model, pair.wrong, "wrong", multi_token)
     problems = []
     try:
-        PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+        PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos, multi_token=multi_token)
     except ValueError as exc:
         problems.append(str(exc))
     for bad in (answer_bad, wrong_bad):
@@ -431,7 +468,8 @@ def parse_path_form(model, form: Form, path: PathForm) -> tuple["PathSpec", Prom
     from patching.methods.path import PathSpec, path_nodes
     _check_prompt_choices(form)
     require_runner(model, "path patching")
-    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos,
+                                   multi_token=multi_token_ok(form.metric))
     senders = node_list(path.senders)
     if path.sweep == "receivers" and senders is None:
         raise ValueError("a receivers sweep follows one sender: type it under Senders, e.g. head:0.1 or mlp:0")
@@ -498,7 +536,8 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
     if attr.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {attr.method!r}")
     steps = parse_steps(attr.steps) if attr.method == "ig" else 0
-    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos)
+    prompts = PromptSet.from_pairs(model, form.prompt_pairs(), prepend_bos=form.prepend_bos,
+                                   multi_token=multi_token_ok(form.metric))
     get_metric(form.metric)
     kw = dict(kinds=kinds, metric=form.metric, direction=form.direction, method=attr.method,
               per_position=bool(attr.per_position))

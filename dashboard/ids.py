@@ -54,6 +54,7 @@ LAYERS_FILTER = "layers-filter"
 POSITIONS_FILTER = "positions-filter"
 HEADS_FILTER = "heads-filter"
 BASELINES = "baselines"                    # clean / corrupt baseline values
+METRIC_NOTE = "metric-note"                # under the metric select: the metric a chosen preset's task suggests
 PROGRESS_TEXT = "progress-text"            # "12 / 40 patched forwards · ≈ 3 s left", "queued behind job 3 …"
 RUN_STATUS = "run-status"                  # "done in 1.2 s", "queued", ...
 # a run started elsewhere (a reloaded page, another tab): shown and cancellable here (panel/run_card.py)

@@ -17,7 +17,7 @@ from patching.core.prompts import PromptPair, PromptSet
 from patching.core.results import PatchResult
 from patching.kinds import KINDS
 
-from dashboard.forms import check_model
+from dashboard.forms import check_model, multi_token_ok
 
 
 def effective_mode(result: PatchResult, mode: str) -> tuple[str, str | None]:
@@ -60,7 +60,8 @@ def stored_prompts(registry, run) -> tuple:
     an arbitrary path) and its pairs, BOS as the run had it."""
     spec = run.result.spec
     model = registry.get(check_model(registry, spec.model))
-    return model, PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos)
+    return model, PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=spec.prepend_bos,
+                                       multi_token=multi_token_ok(spec.metric))
 
 
 @dataclass(frozen=True)

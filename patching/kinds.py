@@ -163,7 +163,8 @@ def _patch_head_q(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
     else:
         q[rows, pos[i] - p0] = d.q_rot[pair, pos[i], head[i]]
     heads = head[i][:, None]
-    _, z_new = ctx.runner.attend_heads(layer, q[:, :, None], b.k_rot[pair], b.v[pair], p0, heads)
+    _, z_new = ctx.runner.attend_heads(layer, q[:, :, None], b.k_rot[pair], b.v[pair], p0, heads,
+                                         ctx.base.visible)
     return _head_delta(ctx, layer, heads, z_new, p0)
 
 
@@ -181,7 +182,7 @@ def _kv_kind(which: str):
         n_rep = a.n_heads // a.n_kv_heads
         heads = group[i][:, None] * n_rep + torch.arange(n_rep)[None]   # [rows, n_rep]
         q = b.q_rot[pair, p0:][rows[:, None], :, heads].transpose(1, 2)  # [rows, T-p0, n_rep, dh]
-        _, z_new = ctx.runner.attend_heads(layer, q, k, v, p0, heads)
+        _, z_new = ctx.runner.attend_heads(layer, q, k, v, p0, heads, ctx.base.visible)
         return _head_delta(ctx, layer, heads, z_new, p0)
     return patch
 

@@ -93,7 +93,7 @@ def render_token_view(view: TokenView | None, error: str | None = None):
     checks = []
     for text in (view.answer, view.wrong):
         if text:
-            ok = "is one token" in text
+            ok = "not a single token" not in text
             checks.append(html.Div(("✓ " if ok else "✗ ") + text,
                                    className="check-ok" if ok else "check-bad"))
     head = "Tokens" + (f" (pair 0 of {view.n_pairs} uploaded)" if view.n_pairs > 1 else "")
@@ -210,12 +210,12 @@ def register(app, ctx) -> SimpleNamespace:
     app.callback(Output(ids.PAIRS_PREVIEW, "children"), Input(ids.PAIRS_STORE, "data"))(pairs_preview)
 
     # -- live token view ---------------------------------------------------------------------------
-    def token_view(model, clean, corrupt, answer, wrong, bos, pairs):
+    def token_view(model, clean, corrupt, answer, wrong, bos, pairs, metric=None):
         try:
             m = ctx.model(model)
         except ValueError as exc:
             return render_token_view(None, f"model not available: {exc}")
-        form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs)
+        form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs, metric=metric)
         try:
             view = forms.token_view(m, form)
         except ValueError as exc:
@@ -224,7 +224,7 @@ def register(app, ctx) -> SimpleNamespace:
 
     app.callback(
         Output(ids.TOKEN_VIEW, "children"),
-        *page_inputs(PROMPT_IDS))(token_view)
+        *page_inputs(PROMPT_IDS), Input(ids.METRIC_SELECT, "value"))(token_view)    # several-token answers
 
     return SimpleNamespace(model_status=model_status, fill_preset=fill_preset, upload_pairs=upload_pairs,
                            clear_pairs=clear_pairs, pairs_preview=pairs_preview, token_view=token_view)

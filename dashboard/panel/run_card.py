@@ -19,7 +19,7 @@ from dashboard import ids
 from dashboard.actions import execute_run, guarded
 from dashboard.components import (background, label, page_inputs, page_values_error, register_cancel_notice,
                                   saved_status)
-from dashboard.forms import Form, direction_options, kind_options, metric_options, parse_form
+from dashboard.forms import Form, direction_options, kind_options, metric_options, metric_suggestion, parse_form
 from dashboard.panel import cost
 from dashboard.server.jobs import progress_reporter
 
@@ -91,6 +91,7 @@ def layout() -> dbc.Card:
             label("Metric", ids.METRIC_SELECT),
             dcc.Dropdown(id=ids.METRIC_SELECT, options=metric_options(), value="logit_diff",
                          clearable=False, **KEPT_ON_RELOAD),
+            html.Div(id=ids.METRIC_NOTE, className="field-hint block metric-note"),
             label("Direction", ids.DIRECTION_SELECT),
             dbc.RadioItems(id=ids.DIRECTION_SELECT, options=direction_options(),
                            value="denoise", className="direction", **KEPT_ON_RELOAD),
@@ -164,6 +165,13 @@ def register(app, ctx) -> SimpleNamespace:
     app.callback(Output(ids.PER_POSITION, "options"), Output(ids.HEADS_FILTER, "disabled"),
                  Input(ids.KIND_SELECT, "value"))(kind_controls)
 
+    def metric_note(task, metric):
+        """The chosen preset's task metric, suggested in words (the select stays the user's)."""
+        return metric_suggestion(task, metric)
+
+    app.callback(Output(ids.METRIC_NOTE, "children"),
+                 Input(ids.PRESET_SELECT, "value"), Input(ids.METRIC_SELECT, "value"))(metric_note)
+
     # -- run (background) --------------------------------------------------------------------------
     def run_sweep(set_progress, n_clicks, model, clean, corrupt, answer, wrong, bos, pairs, kind,
                   metric, direction, per_position, layers, positions, heads, session=None):
@@ -236,4 +244,4 @@ def register(app, ctx) -> SimpleNamespace:
 
     app.clientside_callback(_SESSION_ID, Output(ids.SESSION_ID, "data"), Input(ids.SESSION_ID, "id"))
     return SimpleNamespace(validate=validate, kind_controls=kind_controls, run_sweep=run_sweep, cancelled=cancelled,
-                           watch_jobs=watch_jobs, cancel_waited_for=cancel_waited_for)
+                           watch_jobs=watch_jobs, cancel_waited_for=cancel_waited_for, metric_note=metric_note)

@@ -34,7 +34,7 @@ from dashboard import ids
 from patching import figures
 from dashboard.components import error_text
 from patching.figures import agreement as figures_agreement
-from dashboard.forms import check_model, whole_number
+from dashboard.forms import check_model, multi_token_ok, whole_number
 
 MAX_REFINE_K = 200
 FLAGGED_ROWS = 20
@@ -47,7 +47,8 @@ def _prompts(registry, run, estimate: PatchResult):
     if estimate.spec.metric not in METRICS:     # a stored (or imported) 'pkg.mod:fn' would import code here
         raise ValueError(f"this run's metric {estimate.spec.metric!r} is not one the dashboard runs; choose "
                          f"one of {', '.join(METRICS)} (or compare it with the CLI)")
-    prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=estimate.spec.prepend_bos)
+    prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in run.pairs], prepend_bos=estimate.spec.prepend_bos,
+                                   multi_token=multi_token_ok(estimate.spec.metric))
     return model, prompts
 
 

@@ -240,21 +240,36 @@ def load_model(args: argparse.Namespace):
     return load(args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
 
 
+def metric_flag(p: argparse.ArgumentParser, help_prefix: str = "") -> None:
+    """--metric: a registry name (listed from the registry) or package.module:function.
+
+    >>> metric_flag(p := argparse.ArgumentParser()); p.parse_args([]).metric
+    'logit_diff'
+    """
+    from metrics import METRICS, MULTI_TOKEN_METRICS
+    p.add_argument("--metric", default="logit_diff",
+                   help=f"{help_prefix}{', '.join(METRICS)} (default logit_diff), or package.module:function; "
+                        f"answers of several tokens need {' or '.join(MULTI_TOKEN_METRICS)}")
+
+
 def load(args: argparse.Namespace):
-    """(model, PromptSet) from --pairs or from all four of --clean/--corrupt/--answer/--wrong."""
+    """(model, PromptSet) from --pairs or from all four of --clean/--corrupt/--answer/--wrong;
+    answers may be several tokens when --metric takes them (seq_logprob_diff)."""
+    from metrics import takes_multi_token
     from patching.core.prompts import PromptSet
+    multi_token = takes_multi_token(getattr(args, "metric", None))
     model = load_model(args)
     if args.pairs:
         if any(getattr(args, k) for k in PAIR_FIELDS):
             raise BadInput("give either --pairs or --clean/--corrupt/--answer/--wrong, not both")
         prompts = PromptSet.from_csv(model, Path(args.pairs),      # streamed, whatever its suffix
-                                     prepend_bos=not args.no_bos)
+                                     prepend_bos=not args.no_bos, multi_token=multi_token)
     else:
         missing = [f"--{k}" for k in PAIR_FIELDS if getattr(args, k) is None]
         if missing:
             raise BadInput(f"missing {', '.join(missing)}; give all four, or --pairs pairs.csv")
         prompts = PromptSet.single(model, args.clean, args.corrupt, args.answer, args.wrong,
-                                   prepend_bos=not args.no_bos)
+                                   prepend_bos=not args.no_bos, multi_token=multi_token)
     return model, prompts
 
 

@@ -20,8 +20,8 @@ import time
 
 from patching.cli import cost as cli_cost
 from patching.cli import runs as cli_runs
-from patching.cli.common import (EXIT_OK, BadInput, check_outputs, check_shards, load, megabytes, model_flags,
-                                 out_flag, pair_flags, shard_flags, whole, write)
+from patching.cli.common import (EXIT_OK, BadInput, check_outputs, check_shards, load, megabytes, metric_flag,
+                                 model_flags, out_flag, pair_flags, shard_flags, whole, write)
 from patching.kinds import KINDS
 
 
@@ -58,8 +58,7 @@ def patch_flags(p: argparse.ArgumentParser) -> None:
     """
     model_flags(p)
     pair_flags(p)
-    p.add_argument("--metric", default="logit_diff",
-                   help="logit_diff (default), prob_diff, logprob, kl, accuracy, or package.module:function")
+    metric_flag(p)
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
     p.add_argument("--max-memory", type=megabytes, default=None, metavar="MB",
                    help="memory budget for a batch of patched runs (default: a share of the memory "

@@ -20,9 +20,12 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
+
+from metrics import MULTI_TOKEN_METRICS
 
 CSV_COLUMNS = ("clean", "corrupt", "answer", "wrong")
 POSITIONS_COLUMN = "positions"    # optional: the pair's role positions, "ROLE:INDEX ..." (index with BOS)
@@ -182,7 +185,16 @@ def _single_token(model, text: str, what: str, where: str) -> int:
         hint = f"; use a single token such as {pieces[0]!r}"
     shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
     raise ValueError(f"{where}{what} {shown} is {len(ids)} tokens {listed}, "
-                     f"not a single token{hint}")
+                     f"not a single token{hint} (answers of several tokens need the metric "
+                     f"{' or '.join(MULTI_TOKEN_METRICS)})")
+
+
+def _answer_token(model, text: str, what: str, where: str, multi_token: bool) -> int:
+    """The token id of an answer / wrong; with `multi_token`, NO_TOKEN for one of several
+    tokens (its ids are the metric's to read: `metrics.sequence.token_seqs`)."""
+    if multi_token and len(model.encode(text)) != 1:
+        return NO_TOKEN
+    return _single_token(model, text, what, where)
 
 
 PAD_ID = 0      # what fills a shorter pair's token row in a set of mixed lengths (never run)
@@ -278,6 +290,11 @@ class PromptSet:
     # a mixed set's axis labels per length: the clean tokens of the first pair of that length
     labels_by_length: dict[int, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
+    # the tokenizer it was built with (text -> ids), for metrics that read more tokens than
+    # answer / wrong (greater-than's years, multi-token answers); answer_ids / wrong_ids hold
+    # NO_TOKEN where a multi_token set's answer is several tokens
+    encode: Callable[[str], list[int]] | None = field(default=None, repr=False)
+
     def __post_init__(self):
         if not self.lengths:
             object.__setattr__(self, "lengths", (int(self.clean_tokens.shape[1]),) * len(self.pairs))
@@ -342,7 +359,7 @@ class PromptSet:
                          self.corrupt_tokens[idx, :width], self.answer_ids[idx], self.wrong_ids[idx],
                          labels, self.prepend_bos,
                          tuple(self.roles[i] for i in idx) if self.roles is not None else None, lengths,
-                         {n: t for n, t in self.labels_by_length.items() if n in lengths})
+                         {n: t for n, t in self.labels_by_length.items() if n in lengths}, self.encode)
 
     def by_length(self) -> list[tuple[list[int], "PromptSet"]]:
         """The set split by token length: (pair indices, the ordinary set of those pairs), in the
@@ -361,8 +378,10 @@ class PromptSet:
         return (self.clean_tokens != self.corrupt_tokens).any(0).nonzero()[:, 0].tolist()
 
     @classmethod
-    def from_pairs(cls, model, pairs, prepend_bos: bool = True, roles=None) -> "PromptSet":
+    def from_pairs(cls, model, pairs, prepend_bos: bool = True, roles=None, *,
+                   multi_token: bool = False) -> "PromptSet":
         """Tokenise and validate; ValueError naming the pair and showing the tokens.
+        multi_token: answers and wrongs may be several tokens (for `seq_logprob_diff`).
 
         roles: per pair, its role positions ({"IO": 2, "S1": 4, ...}, "IO:2 S1:4" text or (role,
         index) pairs; token indices with BOS) in place of the pairs' own `positions`. Pairs of
@@ -392,9 +411,9 @@ class PromptSet:
                                  f"tokens: {_diff_view(model, c, k)}")
             clean.append(c)
             corrupt.append(k)
-            answer.append(_single_token(model, p.answer, "answer", where))
-            wrong.append(_single_token(model, p.wrong, "wrong", where))
-            if answer[-1] == wrong[-1]:
+            answer.append(_answer_token(model, p.answer, "answer", where, multi_token))
+            wrong.append(_answer_token(model, p.wrong, "wrong", where, multi_token))
+            if answer[-1] == wrong[-1] and (answer[-1] != NO_TOKEN or model.encode(p.answer) == model.encode(p.wrong)):
                 raise ValueError(f"{where}answer and wrong are the same token {p.answer!r}; wrong must be "
                                  "a different token (the corrupt prompt's next token), e.g. ' John' for ' Mary'")
         lengths = tuple(len(c) for c in clean)
@@ -405,12 +424,13 @@ class PromptSet:
         return cls(pairs, _padded(clean, width, device), _padded(corrupt, width, device),
                    torch.tensor(answer, device=device), torch.tensor(wrong, device=device),
                    labels[lengths[0]], prepend_bos, set_roles, lengths,
-                   labels if len(labels) > 1 else {})
+                   labels if len(labels) > 1 else {}, model.encode)
 
     @classmethod
     def single(cls, model, clean: str, corrupt: str, answer: str, wrong: str,
-               prepend_bos: bool = True) -> "PromptSet":
-        return cls.from_pairs(model, [PromptPair(clean, corrupt, answer, wrong)], prepend_bos)
+               prepend_bos: bool = True, *, multi_token: bool = False) -> "PromptSet":
+        return cls.from_pairs(model, [PromptPair(clean, corrupt, answer, wrong)], prepend_bos,
+                              multi_token=multi_token)
 
     @classmethod
     def prompt(cls, model, text: str, answer: str | None = None, wrong: str | None = None,
@@ -433,11 +453,12 @@ class PromptSet:
         w = _single_token(model, wrong, "wrong", "") if wrong else NO_TOKEN
         tokens = torch.tensor([ids], device=model.device)
         return cls((pair,), tokens, tokens.clone(), torch.tensor([a], device=model.device),
-                   torch.tensor([w], device=model.device), tuple(model.to_str_tokens(ids)), prepend_bos)
+                   torch.tensor([w], device=model.device), tuple(model.to_str_tokens(ids)), prepend_bos,
+                   encode=model.encode)
 
     @classmethod
-    def from_csv(cls, model, source, prepend_bos: bool = True) -> "PromptSet":
-        return cls.from_pairs(model, read_pairs_csv(source), prepend_bos)
+    def from_csv(cls, model, source, prepend_bos: bool = True, *, multi_token: bool = False) -> "PromptSet":
+        return cls.from_pairs(model, read_pairs_csv(source), prepend_bos, multi_token=multi_token)
 
 
 def read_pairs_csv(source) -> list[PromptPair]:

@@ -5,6 +5,13 @@ Every method starts here: the two runs (`Runner.run` each, once), which of them 
 activations (`donor`), the clean run's log-probabilities, the metric inputs of any rows, and the
 baselines.
 
+A metric's per-pair data (`Metric.prepare`: greater-than's year sets, multi-token answers' ids)
+is built here, once. For a metric that reads the continuation (`seq_logprob_diff`), `run(...,
+continuation=True)` runs each prompt with its answer and wrong continuations appended as two
+branches (`patching.model.branches`), so the logits are [pairs, readout, vocab]; the donor run's
+continuation slots then hold the base run's activations, so a patch (of any kind, at any
+position) reaches the prompt's positions only and the continuation is computed fresh after it.
+
 >>> pair = CachedPair.run(model, prompts, "logit_diff", "denoise")      # doctest: +SKIP
 >>> pair.base is pair.corrupt, pair.clean_baseline.shape               # doctest: +SKIP
 (True, torch.Size([n_pairs]))
@@ -20,10 +27,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from metrics import Metric, MetricInputs, get_metric
+from metrics import MULTI_TOKEN_METRICS, Metric, MetricInputs, get_metric
 
-from patching.core.prompts import PromptSet
+from patching.core.prompts import NO_TOKEN, PromptSet
 from patching.core.spec import check_direction
+from patching.model.branches import extend, graft
 from patching.model.runner import RunCache
 
 
@@ -36,6 +44,7 @@ class CachedPair:
     corrupt: RunCache
     metric: Metric | None              # None: a view that measures nothing (attention patterns)
     direction: str = "denoise"
+    metric_data: dict[str, Tensor] | None = field(default=None, repr=False)   # Metric.prepare's, [pairs, ...]
     clean_logprobs: Float[Tensor, "pairs vocab"] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -43,20 +52,37 @@ class CachedPair:
         self.prompts.require_one_length("this method (its clean and corrupt runs are one batch)")
         if self.metric is not None:
             object.__setattr__(self, "metric", get_metric(self.metric))
-        object.__setattr__(self, "clean_logprobs", self.clean.logits.float().log_softmax(-1))
+            if self.metric_data is None:
+                object.__setattr__(self, "metric_data", prepared(self.metric, self.prompts))
+        logits = self.clean.logits
+        object.__setattr__(self, "clean_logprobs", (logits[:, 0] if logits.dim() == 3 else logits).float()
+                           .log_softmax(-1))
 
     @classmethod
     def run(cls, model, prompts: PromptSet, metric: Metric | Callable | str | None,
-            direction: str = "denoise") -> "CachedPair":
+            direction: str = "denoise", *, continuation: bool = False) -> "CachedPair":
         """Both runs of `prompts` through the model's runner (under inference mode).
+        continuation: the caller reads continuation logits (exact sweeps): a metric that wants
+        them gets the two runs with the answer and wrong continuations appended.
 
         >>> CachedPair.run(model, prompts, "kl", "noise").base is not None      # doctest: +SKIP
         True
         """
         check_direction(direction)
         runner = model.runner if hasattr(model, "runner") else model
-        return cls(prompts, runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens),
-                   get_metric(metric) if metric is not None else None, direction)
+        metric = get_metric(metric) if metric is not None else None
+        data = prepared(metric, prompts) if metric is not None else None
+        if metric is None or not (continuation and metric.continuation):
+            return cls(prompts, runner.run(prompts.clean_tokens), runner.run(prompts.corrupt_tokens),
+                       metric, direction, data)
+        clean_tokens, branches = extend(prompts.clean_tokens, data["answer_seq"], data["wrong_seq"])
+        corrupt_tokens, _ = extend(prompts.corrupt_tokens, data["answer_seq"], data["wrong_seq"])
+        clean, corrupt = runner.run(clean_tokens, branches), runner.run(corrupt_tokens, branches)
+        if direction == "denoise":
+            clean = graft(clean, corrupt, prompts.n_pos)
+        else:
+            corrupt = graft(corrupt, clean, prompts.n_pos)
+        return cls(prompts, clean, corrupt, metric, direction, data)
 
     @classmethod
     def from_base(cls, prompts: PromptSet, base: RunCache, donor: RunCache, metric: Metric | Callable | str,
@@ -106,9 +132,9 @@ class CachedPair:
 
         >>> pair.inputs(pair.pairs.repeat(3)).answer.shape      # [3 * n_pairs]   # doctest: +SKIP
         """
-        return MetricInputs.of(self.prompts, self.clean_logprobs, rows)
+        return MetricInputs.of(self.prompts, self.clean_logprobs, rows, self.metric_data)
 
-    def score(self, logits: Float[Tensor, "batch vocab"], rows: Int[Tensor, "batch"] | None = None
+    def score(self, logits: Float[Tensor, "batch vocab"] | Float[Tensor, "batch readout vocab"], rows: Int[Tensor, "batch"] | None = None
               ) -> Float[Tensor, "batch"]:
         """The metric of last-position logits, as computed (keeps autograd; attribution).
 
@@ -118,7 +144,7 @@ class CachedPair:
             raise ValueError("this cached pair was built without a metric; pass one to measure")
         return self.metric(logits.float(), self.inputs(rows))
 
-    def measure(self, logits: Float[Tensor, "batch vocab"], rows: Int[Tensor, "batch"] | None = None
+    def measure(self, logits: Float[Tensor, "batch vocab"] | Float[Tensor, "batch readout vocab"], rows: Int[Tensor, "batch"] | None = None
                 ) -> Float[Tensor, "batch"]:
         """The metric of last-position logits, float64 on the CPU (what results store).
 
@@ -139,3 +165,21 @@ class CachedPair:
     def base_baseline(self) -> Float[Tensor, "pairs"]:
         """The unpatched value: the base run's metric."""
         return self.corrupt_baseline if self.direction == "denoise" else self.clean_baseline
+
+
+def prepared(metric: Metric, prompts: PromptSet) -> dict[str, Tensor]:
+    """The metric's per-pair data for `prompts` (Metric.prepare), after checking that a set
+    with answers of several tokens meets a metric that takes them.
+
+    >>> prepared(get_metric("logit_diff"), prompts)
+    {}
+    """
+    if not metric.continuation and prompts.encode is not None:
+        for what, ids in (("answer", prompts.answer_ids), ("wrong", prompts.wrong_ids)):
+            missing = (ids == NO_TOKEN).nonzero()[:, 0].tolist()     # NO_TOKEN: none given, or several
+            n = next((n for n in missing if len(prompts.encode(getattr(prompts.pairs[n], what))) > 1), None)
+            if n is not None:
+                raise ValueError(f"pair {n}: {what} {getattr(prompts.pairs[n], what)!r} is several tokens; "
+                                 f"metric {metric.name!r} reads one token: use "
+                                 f"{' or '.join(MULTI_TOKEN_METRICS)} for answers of several tokens")
+    return metric.prepare(prompts) if metric.prepare is not None else {}

@@ -326,7 +326,7 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
                  on_progress: Progress | None, budget: float, cells=None, select: Select | None = None,
                  written: Tensor | None = None) -> PatchResult:
     runner = model.runner
-    pair = CachedPair.run(runner, prompts, metric, spec.direction)
+    pair = CachedPair.run(runner, prompts, metric, spec.direction, continuation=True)
     n_pairs = prompts.n_pairs
     ctx = patch_context(runner, prompts, spec, pair.base, pair.donor)
     shape = [len(coords[a]) for a in axes]
@@ -366,7 +366,7 @@ def patch_context(runner, prompts: PromptSet, spec: PatchSpec, base, donor) -> P
     """The kinds' view of the two cached runs (with the neuron kind's position mask)."""
     position_mask = None
     if spec.kind == "neuron":
-        position_mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=prompts.clean_tokens.device)
+        position_mask = torch.zeros(base.tokens.shape[1], dtype=torch.bool, device=prompts.clean_tokens.device)
         position_mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
     return PatchContext(runner, base, donor, position_mask)
 

@@ -26,12 +26,16 @@ from patching.model.arch import Arch, apply_rotary
 STAGES = ("pre", "mid", "post")
 
 
-def _causal_softmax(scores: Tensor, q_offset: int) -> Tensor:
-    """Softmax over keys of scores [..., Tq, Tk], queries at positions q_offset.., keys at 0.."""
+def _causal_softmax(scores: Tensor, q_offset: int, visible: Tensor | None = None) -> Tensor:
+    """Softmax over keys of scores [..., Tq, Tk], queries at slots q_offset.., keys at 0..;
+    visible [slots, slots]: which key slot each query slot sees (branches), else causal."""
     tq, tk = scores.shape[-2:]
-    future = (torch.arange(tk, device=scores.device)[None, :]
-              > torch.arange(q_offset, q_offset + tq, device=scores.device)[:, None])
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    if visible is not None:
+        hidden = ~visible[q_offset:q_offset + tq, :tk]
+    else:
+        hidden = (torch.arange(tk, device=scores.device)[None, :]
+                  > torch.arange(q_offset, q_offset + tq, device=scores.device)[:, None])
+    return scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
 
 
 @dataclass
@@ -57,15 +61,21 @@ class LayerCache:
 class RunCache:
     tokens: Tensor | None              # [b, T]
     layers: list[LayerCache]
-    logits: Tensor                     # [b, vocab] at the last position
+    logits: Tensor                     # [b, vocab] at the last position ([b, readout, vocab] with branches)
     rope: tuple[Tensor, Tensor] | None = field(default=None, repr=False)   # cos, sin [1, T, rot]
+    branches: object | None = field(default=None, repr=False)   # patching.model.branches.Branches
+
+    @property
+    def visible(self) -> Tensor | None:
+        """[slots, slots] which slot sees which (a run with continuation branches), else None."""
+        return self.branches.visible if self.branches is not None else None
 
     def detached(self) -> "RunCache":
         """The same activations without autograd history (a grad-enabled `forward(keep=True)`)."""
         det = lambda t: t.detach() if isinstance(t, Tensor) else t   # noqa: E731
         layers = [LayerCache(*(det(getattr(c, f.name)) for f in dataclasses.fields(LayerCache)))
                   for c in self.layers]
-        return RunCache(self.tokens, layers, self.logits.detach(), self.rope)
+        return RunCache(self.tokens, layers, self.logits.detach(), self.rope, self.branches)
 
 
 class Edit:
@@ -115,6 +125,15 @@ class _Pass:
     edit: Edit | None
     last_only: int                 # the layer computed at the last position only (-1: none)
     keep: list | None              # LayerCaches, appended per block when keeping
+    branches: object | None = None  # continuation branches (Branches): the mask, `readout` slots at the end
+
+    @property
+    def readout(self) -> int:
+        return self.branches.readout if self.branches is not None else 1
+
+    @property
+    def visible(self) -> Tensor | None:
+        return self.branches.visible if self.branches is not None else None
 
 
 class Runner:
@@ -125,11 +144,12 @@ class Runner:
 
     # -- attention, written once for every family ------------------------------------------
     def attend(self, layer: int, q_rot: Tensor, k_rot: Tensor, v: Tensor, q_offset: int,
-               heads: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               heads: Tensor | None = None, visible: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Causal attention of queries at positions q_offset.. over keys at 0..
 
         q_rot [b, Tq, H, d_head] for the heads `heads` (all heads when None); k_rot, v
-        [b, Tk, n_kv_heads, d_head]. Returns pattern [b, H, Tq, Tk] and z [b, Tq, H, d_head].
+        [b, Tk, n_kv_heads, d_head]; visible: a run's branch mask (`RunCache.visible`).
+        Returns pattern [b, H, Tq, Tk] and z [b, Tq, H, d_head].
         """
         a = self.arch
         kv_of_head = torch.arange(a.n_heads, device=q_rot.device) // (a.n_heads // a.n_kv_heads)
@@ -138,11 +158,11 @@ class Runner:
         if a.n_kv_heads != a.n_heads or heads is not None:
             k_rot, v = k_rot[:, :, kv_of_head], v[:, :, kv_of_head]
         scores = torch.einsum("bqhd,bkhd->bhqk", q_rot, k_rot) * a.scaling(layer)
-        pattern = _causal_softmax(scores, q_offset).to(v.dtype)
+        pattern = _causal_softmax(scores, q_offset, visible).to(v.dtype)
         return pattern, torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
     def attend_heads(self, layer: int, q_rot: Tensor, k_rot: Tensor, v: Tensor, q_offset: int,
-                     heads: Tensor) -> tuple[Tensor, Tensor]:
+                     heads: Tensor, visible: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Like `attend`, with a different head set per row.
 
         q_rot [B, Tq, H, d_head]; k_rot, v [B, Tk, n_kv_heads, d_head]; heads [B, H] query heads.
@@ -153,7 +173,7 @@ class Runner:
         rows = torch.arange(kv.shape[0], device=kv.device)[:, None]
         k_sel, v_sel = k_rot[rows, :, kv], v[rows, :, kv]          # [B, H, Tk, d_head]
         scores = torch.einsum("bqhd,bhkd->bhqk", q_rot, k_sel) * a.scaling(layer)
-        pattern = _causal_softmax(scores, q_offset).to(v.dtype)
+        pattern = _causal_softmax(scores, q_offset, visible).to(v.dtype)
         return pattern, torch.einsum("bhqk,bhkd->bqhd", pattern, v_sel)
 
     def _rope(self, rope, q, k, start: int):
@@ -162,10 +182,12 @@ class Runner:
         cos, sin = rope[0][:, start:start + q.shape[1]], rope[1][:, start:start + q.shape[1]]
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-    def rope_for(self, tokens: Tensor) -> tuple[Tensor, Tensor] | None:
+    def rope_for(self, tokens: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """Rotary tables [1, T, rot] for the slots of `tokens` (positions: each slot's position id)."""
         if not self.arch.rotary:
             return None
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
         like = torch.zeros(1, dtype=self.dtype, device=tokens.device)
         return self.arch.rope(positions, like)
 
@@ -177,7 +199,7 @@ class Runner:
     def forward(self, resid: Tensor, *, src: RunCache | None = None, rows: Tensor | None = None,
                 layer: int = 0, stage: str = "pre", p0: int = 0, until: int | None = None,
                 edit: Edit | None = None, rope: tuple[Tensor, Tensor] | None = None,
-                keep: bool = False) -> Tensor | RunCache:
+                keep: bool = False, branches=None) -> Tensor | RunCache:
         """Run the blocks from `layer`'s `stage` on resid [B, T - p0, d_model] (positions p0..).
 
         src, rows [B]: the cached run whose prompts the rows continue (keys and values before
@@ -185,7 +207,9 @@ class Runner:
         Returns the last position's logits [B, vocab]; with `until`, the block input of layer
         `until` [B, T - p0, d_model] (n_layers: the final stream); with `keep`, a RunCache of
         every block's activations (a run from layer 0, stage pre). No autograd mode is set here:
-        `run` / `resume` run under inference mode, attribution with gradients.
+        `run` / `resume` run under inference mode, attribution with gradients. With continuation
+        `branches` (src's, or given for a run from the embeddings) attention follows their mask
+        and the logits are the last `readout` slots' [B, readout, vocab].
 
         >>> runner.forward(x, src=cache, rows=rows, layer=2, stage="mid", p0=4)   # doctest: +SKIP
         """
@@ -196,17 +220,24 @@ class Runner:
                              f"(layer {layer}, stage {stage!r})")
         last = a.n_layers - 1
         cut = -1 if (until is not None or keep or (edit is not None and edit.touches(last))) else last
-        run = _Pass(src, rows, p0, src.rope if src is not None else rope, edit, cut, [] if keep else None)
+        branches = src.branches if src is not None else branches
+        if branches is not None and edit is not None:
+            raise ValueError("a run with continuation branches takes no edit (exact sweeps only)")
+        run = _Pass(src, rows, p0, src.rope if src is not None else rope, edit, cut, [] if keep else None,
+                    branches)
         x = resid
         if stage == "mid":
-            x = self._mlp_half(layer, x if layer != cut else x[:, -1:], None, run)
+            x = self._mlp_half(layer, x if layer != cut else x[:, -run.readout:], None, run)
         for l in range(start, a.n_layers if until is None else until):
             x = self._block(l, x, run)
         if until is not None:
             return x
-        final = x[:, -1] if edit is None else edit.final(x[:, -1])
+        if branches is not None:
+            final = x[:, -run.readout:]                               # [B, readout, d_model]
+        else:
+            final = x[:, -1] if edit is None else edit.final(x[:, -1])
         logits = a.unembed(a.ln_final(final))
-        return RunCache(None, run.keep, logits, run.rope) if keep else logits
+        return RunCache(None, run.keep, logits, run.rope, branches) if keep else logits
 
     def _qkv(self, layer: int, x: Tensor, run: _Pass):
         """q, k, v of block input x [B, T', d]; k_rot, v with the cached prefix before p0."""
@@ -229,8 +260,9 @@ class Runner:
         q, k, v, q_rot, k_rot, k_all, v_all = self._qkv(layer, x, run)
         q_in, offset = q_rot, run.p0
         if layer == run.last_only:
-            q_in, x, offset = q_rot[:, -1:], x[:, -1:], run.p0 + q_rot.shape[1] - 1
-        pattern, z = self.attend(layer, q_in, k_all, v_all, offset)
+            k = run.readout
+            q_in, x, offset = q_rot[:, -k:], x[:, -k:], run.p0 + q_rot.shape[1] - k
+        pattern, z = self.attend(layer, q_in, k_all, v_all, offset, visible=run.visible)
         if edit is not None:
             z = edit.z(layer, pattern, z)
         attn_out = a.o_proj(layer, z)
@@ -263,13 +295,16 @@ class Runner:
 
     # -- its common uses ------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, tokens: Tensor) -> RunCache:
-        """tokens [b, T] -> every layer's activations and the last position's logits.
+    def run(self, tokens: Tensor, branches=None) -> RunCache:
+        """tokens [b, T] -> every layer's activations and the last position's logits; with
+        continuation `branches` (`patching.model.branches.extend`), the readout slots' logits.
 
         >>> runner.run(tokens).layers[0].z.shape          # [b, T, H, d_head]  # doctest: +SKIP
         """
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        cache = self.forward(self.arch.embed(tokens, positions), rope=self.rope_for(tokens), keep=True)
+        positions = (branches.positions if branches is not None
+                     else torch.arange(tokens.shape[1], device=tokens.device))
+        cache = self.forward(self.arch.embed(tokens, positions), rope=self.rope_for(tokens, positions), keep=True,
+                             branches=branches)
         cache.tokens = tokens
         return cache
 
@@ -308,9 +343,9 @@ class Runner:
 
         >>> runner.attention_pattern(cache, rows, 2, x, p0=3)     # [B, H, T-3, T]  # doctest: +SKIP
         """
-        run = _Pass(src, rows, p0, src.rope, None, -1, None)
+        run = _Pass(src, rows, p0, src.rope, None, -1, None, src.branches)
         _, _, _, q_rot, _, k_all, v_all = self._qkv(layer, resid, run)
         if heads is not None:
             q_rot = q_rot[:, :, heads]
-        pattern, _ = self.attend(layer, q_rot, k_all, v_all, p0, heads)
+        pattern, _ = self.attend(layer, q_rot, k_all, v_all, p0, heads, run.visible)
         return pattern

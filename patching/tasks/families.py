@@ -24,7 +24,8 @@ Tasks (keys of :data:`TASKS`):
     Hanna et al. 2023: ``"The war lasted from the year 1732 to the year 17"`` -> a two-digit end
     year greater than 32 (tokens ``"00"``..``"99"``, no leading space). Corrupt = the same
     prompt starting at ``"…01"``. ``answer`` is a year token above the start, ``wrong`` one below;
-    the task's real metric is the probability mass on years > start (``evaluate.py``).
+    the task's real metric is the probability mass on years > start (``evaluate.py``; in a
+    patching run, the registry metric ``greater_than_prob_diff``).
 ``induction``
     A random sequence of words repeated: ``" a b c d … a b"`` -> ``" c"``. Corrupt = the same
     second half after a different first half (so nothing can be copied). ``wrong`` is a word that
@@ -44,11 +45,12 @@ True
 from __future__ import annotations
 
 import random
-import re
 import zlib
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Callable
+
+from metrics.greater_than import greater_than_start   # the start year: the task's metric reads it too
 
 __all__ = [
     "TaskPair",
@@ -231,6 +233,7 @@ class Task:
     metric: str                                   # the metric the eval reports for this task
     pair: Callable[[random.Random, str], TaskPair]
     train_item: Callable[[random.Random], str]
+    patch_metric: str = "logit_diff"              # the registry metric that measures it in a patching run
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,18 +431,6 @@ def _gt_train_item(rng: random.Random) -> str:
     return _gt_fill(template, noun, xx, yy) + f"{end:02d}."
 
 
-def greater_than_start(prompt: str) -> int:
-    """The two-digit start year of a greater-than prompt (the ``YY`` of ``XXYY``).
-
-    >>> greater_than_start("The war lasted from the year 1732 to the year 17")
-    32
-    """
-    years = re.findall(r"\b\d{4}\b", prompt)
-    if not years:
-        raise ValueError(f"no four-digit start year in greater-than prompt {prompt!r}")
-    return int(years[-1][2:])
-
-
 # --------------------------------------------------------------------------------------------
 # Induction
 # --------------------------------------------------------------------------------------------
@@ -515,7 +506,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("greater_than", "Greater-than (years)",
          "The war lasted from the year 1732 to the year 17 → a year above 32; corrupt: starts "
          "at …01.",
-         "prob_mass", _gt_pair, _gt_train_item),
+         "prob_mass", _gt_pair, _gt_train_item, patch_metric="greater_than_prob_diff"),
     Task("induction", "Induction (repeated sequence)",
          "A random word sequence repeated: predict the word that followed last time; corrupt: "
          "a different first half.",
