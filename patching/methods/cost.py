@@ -333,7 +333,7 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
             part = prompts.subset(range(lo, min(lo + group, n_pairs))) if n_pairs > group else prompts
             runs = CachedPair.run(model.runner, part, None, spec.direction)
             cache_bytes = max(cache_bytes, _tensor_bytes(runs.clean) + _tensor_bytes(runs.corrupt))
-            ctx = patch_context(model.runner, part, spec, runs.base, runs.donor)
+            ctx = patch_context(model, part, spec, runs.base, runs.donor)
             plan = batch_plan(model, part, spec, kind, axes, coords, ctx, budget, cells)
             for step in plan:
                 if lo == 0:
