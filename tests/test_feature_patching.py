@@ -150,3 +150,19 @@ def test_feature_attribution_is_the_first_order_term_computed_by_hand(model, sae
 def test_attribution_over_all_kinds_leaves_features_out_unless_asked(model):
     from patching.methods.attribution import attribution_kinds
     assert "feature" not in attribution_kinds(model)
+
+
+def test_the_cli_writes_feature_rows_and_refuses_a_missing_sae_folder(sae_dir, tmp_path, capsys):
+    import pandas as pd
+    from patching.cli import main
+    clean, corrupt, answer, wrong = PAIRS[0]
+    common = ["--clean", clean, "--corrupt", corrupt, "--answer", answer, "--wrong", wrong, "--quiet"]
+    out = tmp_path / "f.csv"
+    assert main(["sweep", *common, "--kind", "feature", "--layers", "3", "--saes", str(sae_dir), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df["feature"]) == list(range(D_SAE + 1))
+    assert list(df["feature_label"])[-2:] == [f"F{D_SAE - 1}", "error"]
+    assert main(["sweep", *common, "--kind", "feature", "--saes", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["attribution", *common, "--kinds", "feature", "--saes", str(sae_dir), "--out", str(tmp_path / "a.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "a.csv")) == 4 * (D_SAE + 1)

@@ -93,9 +93,9 @@ def test_bad_saes_are_refused_naming_the_value(change, message):
 
 
 def test_a_folder_without_an_sae_says_what_it_expects(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cfg.json is missing"):
+    with pytest.raises(ValueError, match="cfg.json is missing"):
         load_sae(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no SAE under"):
+    with pytest.raises(ValueError, match="no SAE under"):
         load_saes(tmp_path)
 
 

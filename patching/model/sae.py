@@ -169,7 +169,7 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> Sae:
     folder = Path(folder)
     for name in (CFG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not an SAE folder: {name} is missing "
+            raise ValueError(f"{folder} is not an SAE folder: {name} is missing "
                                     f"(an SAE folder holds {CFG_FILE} and {WEIGHTS_FILE}, as sae-lens writes)")
     cfg = json.loads((folder / CFG_FILE).read_text())
     for key in ("normalize_activations", "reshape_activations"):
@@ -202,7 +202,7 @@ def load_saes(folder: str | Path, device: str | torch.device = "cpu") -> dict[st
     folder = Path(folder)
     saes = [load_sae(cfg.parent, device) for cfg in sorted(folder.glob(f"*/{CFG_FILE}"))]
     if not saes:
-        raise FileNotFoundError(f"no SAE under {folder}: expected sub-folders holding {CFG_FILE} "
+        raise ValueError(f"no SAE under {folder}: expected sub-folders holding {CFG_FILE} "
                                 f"and {WEIGHTS_FILE} (sae-lens' format)")
     by_hook: dict[str, Sae] = {}
     for sae in sorted(saes, key=lambda s: (s.layer, s.site)):
@@ -214,7 +214,7 @@ def load_saes(folder: str | Path, device: str | torch.device = "cpu") -> dict[st
 
 def sae_folder(source: str | Path) -> Path:
     """A folder of SAEs from a local path or a Hugging Face repo id already in the local cache
-    (nothing is downloaded); FileNotFoundError naming both places looked in."""
+    (nothing is downloaded); ValueError naming both places looked in."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -222,7 +222,7 @@ def sae_folder(source: str | Path) -> Path:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(str(source), local_files_only=True))
     except Exception as exc:  # noqa: BLE001 -- any hub failure means "not in the cache"
-        raise FileNotFoundError(f"SAEs {str(source)!r}: no such folder, and no Hugging Face repo of that "
+        raise ValueError(f"SAEs {str(source)!r}: no such folder, and no Hugging Face repo of that "
                                 f"name in the local cache ({type(exc).__name__}); give a folder of "
                                 f"sae-lens SAE folders") from None
 
@@ -240,7 +240,7 @@ def model_saes(model, source: str | Path | None = None) -> dict[int, Sae]:
     if source is None:
         where = resolve_model(model.name)
         if not isinstance(where, Path) or not (where / "saes").is_dir():
-            raise FileNotFoundError(f"model {model.name!r} ships no SAEs (no saes/ folder beside it); "
+            raise ValueError(f"model {model.name!r} ships no SAEs (no saes/ folder beside it); "
                                     "pass saes=<folder of sae-lens SAE folders>")
         source = where / "saes"
     saes = load_saes(sae_folder(source))
@@ -253,6 +253,10 @@ def model_saes(model, source: str | Path | None = None) -> dict[int, Sae]:
             raise ValueError(f"SAE {sae.hook_name} reads d_in={sae.d_in}, but {model.name!r} has "
                              f"d_model={model.cfg.d_model}: these SAEs belong to another model")
         out[sae.layer] = sae.to(model.device, dtype)
+    sizes = {sae.d_sae for sae in out.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"the SAEs under {source} have different sizes ({sorted(sizes)} features); "
+                         "one feature axis needs SAEs of one size")
     if not out:
         raise ValueError(f"no SAE under {source} reads a block input (blocks.<layer>.hook_resid_pre); "
                          f"found: {', '.join(saes)}")
