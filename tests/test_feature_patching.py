@@ -9,31 +9,22 @@ import torch
 from patching import PatchSpec, PromptSet, sweep
 from patching.model import hooks
 from patching.model.sae import Sae, save_sae
+from tests.conftest import RANDOM_D_SAE as D_SAE
 
 PAIRS = [("When Mary and John went to the store, John gave a drink to",
           "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
          ("When John and Mary went to the store, Mary gave a drink to",
           "When John and Mary went to the store, John gave a drink to", " John", " Mary")]
-D_SAE = 12
 
 
 @pytest.fixture(scope="module")
-def model():
-    from patching.model.loading import load_model
-    return load_model("default", device="cpu")
+def model(shipped_model):
+    return shipped_model
 
 
 @pytest.fixture(scope="module")
-def sae_dir(model, tmp_path_factory):
-    """Random SAEs with a negative encoder bias, so that some features are off in each run."""
-    root = tmp_path_factory.mktemp("saes")
-    for layer in range(model.n_layers):
-        r = Sae.random(hooks.resid_pre(layer), model.cfg.d_model, D_SAE, seed=layer)
-        g = torch.Generator().manual_seed(100 + layer)
-        sae = Sae(r.hook_name, r.W_enc * 3, -torch.rand(D_SAE, generator=g), torch.randn(D_SAE, model.cfg.d_model, generator=g) * 0.3,
-                  torch.randn(model.cfg.d_model, generator=g) * 0.1)
-        save_sae(sae, root / r.hook_name)
-    return root
+def sae_dir(random_saes):
+    return random_saes
 
 
 def _naive(model, prompts: PromptSet, saes: dict[int, Sae], direction: str, layer: int, unit: int,
@@ -166,3 +157,14 @@ def test_the_cli_writes_feature_rows_and_refuses_a_missing_sae_folder(sae_dir, t
     assert "no such folder" in capsys.readouterr().err
     assert main(["attribution", *common, "--kinds", "feature", "--saes", str(sae_dir), "--out", str(tmp_path / "a.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "a.csv")) == 4 * (D_SAE + 1)
+
+
+def test_the_cost_preview_counts_only_features_that_change(model, sae_dir):
+    from patching.methods.cost import estimate_cost
+    prompts = PromptSet.from_pairs(model, PAIRS)
+    spec = PatchSpec(kind="feature", saes=str(sae_dir))
+    cost = estimate_cost(model, prompts, spec)
+    result = sweep(model, prompts, spec)
+    assert cost.cells == model.n_layers * (D_SAE + 1)
+    assert 0 < cost.patched_rows <= cost.cells * prompts.n_pairs and cost.skipped_cells > 0
+    assert result.values.shape == (model.n_layers, D_SAE + 1)

@@ -244,7 +244,8 @@ def _half_steps(n_layers: int, layer: int, stage: str) -> int:
     return 2 * n_layers - (2 * layer + {"pre": 0, "mid": 1, "post": 2}[stage])
 
 
-_STAGE_OF = {"resid_pre": "pre", "resid_mid": "mid", "resid_post": "post", "mlp_out": "post", "neuron": "post"}
+_STAGE_OF = {"resid_pre": "pre", "resid_mid": "mid", "resid_post": "post", "mlp_out": "post", "neuron": "post",
+             "feature": "pre"}
 
 
 def _stage(model, kind: str) -> str:
