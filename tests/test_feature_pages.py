@@ -75,3 +75,24 @@ def test_a_feature_out_of_range_is_named(shipped_model, saes, texts):
     acts = features.collect_feature_activations(shipped_model, texts, saes)
     with pytest.raises(ValueError, match=f"feature 99 is out of range: each SAE has {RANDOM_D_SAE} features"):
         features.top_contexts(acts, 0, 99)
+
+
+@pytest.mark.parametrize("view, columns", [("contexts", ["rank", "layer", "feature"]),
+                                           ("histogram", ["bin_low", "bin_high", "count"]),
+                                           ("logits", ["direction", "rank", "token_id"]),
+                                           ("tasks", ["task", "n_pairs", "clean"])])
+def test_the_features_command_writes_each_table(random_saes, tmp_path, view, columns):
+    import pandas as pd
+    from patching.cli import main
+    out = tmp_path / f"{view}.csv"
+    assert main(["features", "--layer", "1", "--feature", "2", "--view", view, "--n", "8",
+                 "--saes", str(random_saes), "--out", str(out)]) == 0
+    assert list(pd.read_csv(out).columns[:3]) == columns
+
+
+def test_the_features_command_names_a_layer_without_an_sae(tmp_path, capsys):
+    from patching.cli import main
+    from patching.model.sae import Sae, save_sae
+    save_sae(Sae.random(hooks.resid_pre(0), 128, 4), tmp_path / "s")
+    assert main(["features", "--layer", "3", "--feature", "0", "--view", "logits", "--saes", str(tmp_path)]) == 2
+    assert "--layer 3: no SAE there (SAEs on layers 0)" in capsys.readouterr().err
