@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = args.out or args.model / "saes"
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     model = AutoModelForCausalLM.from_pretrained(args.model, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     items = [text for _, text in training_examples(args.items, seed=1000 + args.seed)]
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["saes"].append(q)
         print(json.dumps(q), flush=True)
     report["total_s"] = round(time.perf_counter() - started, 1)
+    report["cpu_s"] = round(time.process_time() - cpu_started, 1)     # this process's CPU time
     (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {len(train_x)} SAEs to {out} in {report['total_s']} s")
     return report

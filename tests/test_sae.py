@@ -153,3 +153,16 @@ def test_the_shipped_quality_numbers_are_the_weights_numbers(shipped):
         ev = 1 - ((x - sae.decode(acts)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
         assert abs(float(ev) - q["explained_variance"]) < 0.05, q["hook_name"]
         assert abs(float((acts > 0).float().sum(-1).mean()) - q["l0"]) < 0.25 * q["l0"] + 1, q["hook_name"]
+
+
+@pytest.mark.slow
+def test_sae_training_is_seeded_byte_for_byte(tmp_path):
+    import hashlib
+    script = train_script()
+    digests = []
+    for run in ("a", "b"):
+        script.main(["--steps", "15", "--items", "200", "--d-sae", "64", "--out", str(tmp_path / run)])
+        digests.append([hashlib.sha256((tmp_path / run / f"blocks.{layer}.hook_resid_pre" / WEIGHTS_FILE)
+                                       .read_bytes()).hexdigest() for layer in range(4)])
+    assert digests[0] == digests[1]
+    assert len(set(digests[0])) == 4
