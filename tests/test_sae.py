@@ -124,8 +124,9 @@ def test_the_shipped_model_has_one_sae_per_layer_in_sae_lens_files(shipped):
 def test_splicing_every_sae_with_its_error_leaves_the_model_unchanged(shipped):
     """Through TransformerLens hooks: each block input x -> decode(encode(x)) + error(x)."""
     model, saes = shipped
-    tokens = model.to_tokens(["When Mary and John went to the store, John gave a drink to",
-                              "The war lasted from the year 1732 to the year 17"])
+    from patching.inspect.neurons import encode_texts
+    tokens = encode_texts(model, ["When Mary and John went to the store, John gave a drink to",
+                                  "Paris is a city in the country of"]).tokens
     clean = model.bridge(tokens)
 
     def splice(sae):

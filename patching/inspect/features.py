@@ -34,6 +34,7 @@ def collect_feature_activations(model, texts: Texts, saes: dict[int, Sae] | None
                                 batch_size: int = 32) -> NeuronActs:
     """Every SAE's feature activations on `texts`: acts [n_layers, n, T_max, d_sae] (padding 0).
 
+    >>> from patching.inspect.neurons import encode_texts
     >>> collect_feature_activations(model, encode_texts(model, ["Paris is"])).acts.shape
     torch.Size([4, 1, 3, 512])
     """
