@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from metrics import METRICS, get_metric
-from patching.core.prompts import PromptPair, PromptSet, lone_surrogate, read_pairs_csv
+from patching.core.prompts import PromptPair, PromptSet, lone_surrogate, parse_roles, read_pairs_csv, roles_text
 from patching.core.spec import DIRECTIONS, PatchSpec, check_whole, parse_heads, parse_int_list
 from patching.kinds import KINDS
 from patching.methods.sweep import plan_coords
@@ -105,7 +105,7 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0, model=None) -> list[dict]
     else:
         from patching.tasks.presets import runnable_pairs
         drawn = runnable_pairs(model, task, n, seed=seed, split="eval")
-    return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in drawn]
+    return [pair_dict(p) for p in drawn]
 
 
 # -- uploads --------------------------------------------------------------------------------------
@@ -191,7 +191,19 @@ def parse_upload(contents: str | None, filename: str | None = None,
         pairs = read_pairs_csv(raw)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
-    return [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong} for p in pairs]
+    return [pair_dict(p) for p in pairs]
+
+
+def pair_dict(p) -> dict:
+    """A pair as the pairs store keeps it: clean, corrupt, answer, wrong (+ positions, the role
+    positions' text, when the pair names roles).
+
+    >>> pair_dict(PromptPair("A B", "A C", " B", " C", "X:1 END:2"))["positions"]
+    'X:1 END:2'
+    """
+    roles = getattr(p, "positions", ())
+    return {"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "wrong": p.wrong,
+            **({"positions": roles_text(roles)} if roles else {})}
 
 
 # -- the form -----------------------------------------------------------------------------------
@@ -218,6 +230,7 @@ class Form:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__ and v is not None}
         if known.get("pairs") is not None:
             known["pairs"] = tuple(tuple(p[k] for k in ("clean", "corrupt", "answer", "wrong"))
+                                   + ((p["positions"],) if p.get("positions") else ())
                                    if isinstance(p, dict) else tuple(p) for p in known["pairs"]) or None
         return cls(**known)
 
@@ -292,6 +305,7 @@ class TokenView:
     wrong: str | None
     problems: list[str]                  # validation messages, first one shown in error-message
     n_pairs: int = 1
+    roles: tuple = ()                    # the shown pair's role positions ((role, index), ...)
 
 
 def _token_check(model, text: str, what: str) -> tuple[str | None, str | None]:
@@ -334,8 +348,12 @@ def token_view(model, form: Form) -> TokenView:
             problems.append(bad)
     if pair.answer and pair.answer == pair.wrong and not any("same token" in p for p in problems):
         problems.append(f"answer and wrong are the same token {pair.answer!r}; the metric would be 0")
+    try:
+        roles = parse_roles(first[4]) if len(first) > 4 else ()
+    except ValueError:
+        roles = ()                        # listed in problems by from_pairs
     return TokenView(clean, corrupt, differing, answer_ok or answer_bad, wrong_ok or wrong_bad,
-                     problems, len(form.pairs) if form.pairs else 1)
+                     problems, len(form.pairs) if form.pairs else 1, roles)
 
 
 # -- path patching -----------------------------------------------------------------------------

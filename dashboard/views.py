@@ -8,8 +8,9 @@ Nothing here imports Dash.
 """
 from __future__ import annotations
 
+
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,7 +23,7 @@ from dashboard.forms import check_model
 
 def effective_mode(result: PatchResult, mode: str) -> tuple[str, str | None]:
     """'normalized' needs clean != corrupt; otherwise fall back to raw and say why."""
-    if mode == "normalized" and not torch.isfinite(result.normalized).any():
+    if result.display_mode(mode) != mode:
         return "raw", ("normalized values are undefined: the clean and corrupt baselines are equal; "
                        "showing raw values")
     return mode, None
@@ -96,7 +97,17 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
     kind = KINDS[spec.kind]
     heads_label = f"L{layer}.H{head}" if not kind.kv_heads else f"L{layer} key/value head {head}"
     where = f" at position {cell['pos']}" if cell.get("pos") is not None else ""
-    title = f"Counterfactual attention · {heads_label}{where} · pair {pair}"
+    if prompts.is_mixed:            # aligned by role: this pair alone, the role read at its own index
+        cell = dict(cell)
+        if result.roles and cell.get("pos") is not None:
+            role = int(cell["pos"])
+            cell["pos"] = prompts.role_positions()[pair][role]
+            where = f" at {result.roles[role]} (position {cell['pos']})"
+        prompts, spec = prompts.subset([pair]), replace(spec, positions=None)
+        title_pair, pair = pair, 0
+    else:
+        title_pair = pair
+    title = f"Counterfactual attention · {heads_label}{where} · pair {title_pair}"
     try:
         from patching.methods.attention import counterfactual_attention
     except ImportError:

@@ -1,5 +1,6 @@
-"""Patchboard for notebooks and installed copies: the engine's public API under one name, and the
-`patchboard` console script (`patchboard sweep ...`, `patchboard dashboard ...`).
+"""Patchboard for notebooks and installed copies: the engine's public API under one name,
+`show(result)` (a result opened in the dashboard, patchboard/notebook.py), and the `patchboard`
+console script (`patchboard sweep ...`, `patchboard dashboard ...`).
 
 >>> import patchboard
 >>> patchboard.PatchSpec(kind="head_out").kind
@@ -8,4 +9,6 @@
 from patching import *  # noqa: F401,F403 - the public API, re-exported
 from patching import __all__ as _engine_api
 
-__all__ = list(_engine_api)
+from patchboard.notebook import show
+
+__all__ = [*_engine_api, "show"]

@@ -13,11 +13,11 @@ from patching.methods.attribution import run_attribution
 from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, rank_components
 from patching.methods.sweep import sweep
 from patching.kinds import KINDS
-from patching.model.loading import Model, ModelRegistry, load_model
+from patching.model.loading import Model, ModelRegistry, from_model, load_model
 from patching.methods.path import PathSpec, run_path
 from patching.core.prompts import PromptPair, PromptSet
 from patching.core.results import PatchResult
 from patching.core.spec import PatchSpec
 
-__all__ = ["sweep", "run_path", "PathSpec", "run_attribution", "counterfactual_attention", "KINDS", "Model", "ModelRegistry", "load_model", "PromptPair", "PromptSet",
+__all__ = ["sweep", "run_path", "PathSpec", "run_attribution", "counterfactual_attention", "KINDS", "Model", "ModelRegistry", "load_model", "from_model", "PromptPair", "PromptSet",
            "PatchResult", "PatchSpec", "CircuitSpec", "faithfulness", "faithfulness_curve", "rank_components"]

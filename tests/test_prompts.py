@@ -57,7 +57,7 @@ def test_prompt_longer_than_context(gpt2_model):
 
 
 def test_pairs_of_different_lengths_refused_naming_the_pair(gpt2_model):
-    with pytest.raises(ValueError, match=r"pair 0 has 15 tokens, pair 1 has 10"):
+    with pytest.raises(ValueError, match=r"15 tokens \(pair 0\), 10 tokens \(pair 1\); add a `positions` column"):
         PromptSet.from_pairs(gpt2_model, [(CLEAN, CORRUPT, " Mary", " John"),
                                           ("When Mary and John went, John gave to", "When Mary and John went, Mary gave to",
                                            " Mary", " John")])

@@ -60,7 +60,7 @@ def layout(registry, model: str) -> dbc.Card:
                      className="field-hint block"),
             dbc.Checklist(id=ids.PREPEND_BOS, options=[{"label": "Prepend BOS token", "value": "bos"}],
                           value=["bos"], switch=True, className="mt-2"),
-            label("Pairs CSV", ids.PAIRS_UPLOAD, "columns clean,corrupt,answer,wrong"),
+            label("Pairs CSV", ids.PAIRS_UPLOAD, "columns clean,corrupt,answer,wrong[,positions]"),
             dcc.Upload(id=ids.PAIRS_UPLOAD, multiple=False, accept=".csv,text/csv",
                        className="upload-box",
                        children=html.Div(["Drop a pairs CSV here or ", html.A("choose a file")])),
@@ -70,20 +70,25 @@ def layout(registry, model: str) -> dbc.Card:
     ], className="panel-card")
 
 
-def _chip(i: int, tok: str, diff: bool):
+def _chip(i: int, tok: str, diff: bool, role: str = ""):
     shown = repr(tok)[1:-1].replace(" ", "␣") or "∅"      # spaces visible: ' Mary' -> ␣Mary
-    return html.Span([html.Span(str(i), className="tok-i"), html.Span(shown, className="tok-t")],
-                     className="tok tok-diff" if diff else "tok", title=repr(tok))
+    tag = [html.Span(role, className="tok-role")] if role else []     # the pair's role at this token
+    return html.Span([html.Span(str(i), className="tok-i"), html.Span(shown, className="tok-t"), *tag],
+                     className="tok tok-diff" if diff else "tok", title=repr(tok) + (f" · {role}" if role else ""))
 
 
 def render_token_view(view: TokenView | None, error: str | None = None):
     if view is None:
         return html.Div(error or "", className="hint error-text" if error else "hint")
     diff = set(view.differing)
+    role_at: dict[int, str] = {}
+    for role, at in view.roles:
+        role_at[at] = f"{role_at[at]}/{role}" if at in role_at else role
     rows = []
     for name, toks in (("clean", view.clean), ("corrupt", view.corrupt)):
         rows.append(html.Div([html.Span(f"{name} · {len(toks)}", className="tok-row-label"),
-                              html.Div([_chip(i, t, i in diff) for i, t in enumerate(toks)],
+                              html.Div([_chip(i, t, i in diff, role_at.get(i, "") if name == "clean" else "")
+                                        for i, t in enumerate(toks)],
                                        className="tok-chips")], className="tok-row"))
     checks = []
     for text in (view.answer, view.wrong):
@@ -102,9 +107,10 @@ def render_pairs_preview(pairs: list[dict] | None):
     if not pairs:
         return None
     shown = pairs[:PREVIEW_ROWS]
-    header = html.Thead(html.Tr([html.Th("#")] + [html.Th(c) for c in ("clean", "corrupt", "answer", "wrong")]))
-    body = html.Tbody([html.Tr([html.Td(i)] + [html.Td(repr(p[c]) if c in ("answer", "wrong") else p[c])
-                                               for c in ("clean", "corrupt", "answer", "wrong")])
+    cols = ("clean", "corrupt", "answer", "wrong") + (("positions",) if any(p.get("positions") for p in pairs) else ())
+    header = html.Thead(html.Tr([html.Th("#")] + [html.Th(c) for c in cols]))
+    body = html.Tbody([html.Tr([html.Td(i)] + [html.Td(repr(p[c]) if c in ("answer", "wrong") else p.get(c, ""))
+                                               for c in cols])
                        for i, p in enumerate(shown)])
     more = len(pairs) - len(shown)
     return html.Div([

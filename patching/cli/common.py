@@ -168,7 +168,8 @@ def pair_flags(p: argparse.ArgumentParser, answer_example: str = " Mary", wrong_
     p.add_argument("--corrupt", help="the corrupted prompt (same token length)")
     p.add_argument("--answer", help=f"the clean answer token, e.g. '{answer_example}'")
     p.add_argument("--wrong", help="the corrupt answer token" + (f", e.g. '{wrong_example}'" if wrong_example else ""))
-    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong")
+    p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong (+ positions: ROLE:INDEX ...; "
+                   "pairs of mixed lengths need it)")
     if task is not None:
         p.add_argument("--task", default=task, help="prompts from a task (ioi, factual, greater_than, induction) "
                                                     f"when no prompts are given (default: {task})")

@@ -97,7 +97,10 @@ def tokenizer_hash(tokenizer) -> str | None:
 
 
 def model_directory(model) -> Path | None:
-    """The local directory the model's weights were loaded from (a local dir or the hub cache)."""
+    """The local directory the model's weights were loaded from (a local dir or the hub cache);
+    None for a model given in memory (`from_model`: its weights may differ from any file)."""
+    if getattr(model, "source", None) == "object":
+        return None
     hf = getattr(getattr(model, "bridge", None), "original_model", None)
     where = getattr(getattr(hf, "config", None), "_name_or_path", None) or getattr(model, "name", None)
     if not where:

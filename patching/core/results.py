@@ -47,6 +47,9 @@ class PatchResult:
     # where the run came from (patching.core.provenance.Provenance.to_dict()); keyword-only so the
     # subclasses' positional fields keep their places; None for runs saved before it existed
     provenance: dict | None = field(default=None, kw_only=True, repr=False)
+    # a set of mixed lengths aligned by roles: the position axis is these roles (coords["pos"]
+    # indexes them, str_tokens repeats them as labels); the CSV's pos and token cells hold the name
+    roles: tuple[str, ...] | None = field(default=None, kw_only=True)
 
     @property
     def n_pairs(self) -> int:
@@ -133,7 +136,8 @@ class PatchResult:
                 "clean_baseline": self.clean_baseline.tolist(),
                 "corrupt_baseline": self.corrupt_baseline.tolist(),
                 "str_tokens": list(self.str_tokens), "metric_clean_is": self.metric_clean_is,
-                "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance}
+                "seconds": self.seconds, "model_name": self.model_name, "provenance": self.provenance,
+                **({"roles": list(self.roles)} if self.roles else {})}
 
     @staticmethod
     def json_fields(d: dict) -> tuple:
@@ -145,7 +149,9 @@ class PatchResult:
 
     @classmethod
     def from_json(cls, d: dict) -> "PatchResult":
-        return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"))
+        roles = d.get("roles")
+        return cls(PatchSpec.from_dict(d["spec"]), *PatchResult.json_fields(d), provenance=d.get("provenance"),
+                   roles=tuple(str(r) for r in roles) if roles else None)
 
     def contract_frame(self, layer: list, pos: list, head: list) -> pd.DataFrame:
         """The contract columns of every cell (values' flattened order) with these layer / pos /
@@ -154,7 +160,8 @@ class PatchResult:
         df = pd.DataFrame({
             "kind": self.spec.kind, "direction": self.spec.direction, "metric": self.spec.metric,
             "layer": layer, "pos": pos, "head": head,
-            "token": [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
+            "token": pos if self.roles else
+                     [self.str_tokens[p] if p is not None and p < len(self.str_tokens) else None for p in pos],
             "value": self.values.reshape(-1).tolist(), "normalized": self.normalized.reshape(-1).tolist(),
             "effect": self.effect.reshape(-1).tolist(),
         })
@@ -176,6 +183,8 @@ class PatchResult:
         for axis, idx in zip(self.axes, flat_idx):
             name = "head" if axis == unit else axis
             columns[name] = [self.coords[axis][i] for i in idx.tolist()]
+        if self.roles and "pos" in self.axes:          # the role's name, in pos and token alike
+            columns["pos"] = [self.roles[p] for p in columns["pos"]]
         df = self.contract_frame(columns["layer"], columns["pos"], columns["head"])
         if unit is not None:
             df[unit] = df["head"]
@@ -185,13 +194,52 @@ class PatchResult:
             df["feature_label"] = ["error" if f == last else f"F{f}" for f in df["feature"]]
         df["n_pairs"] = self.n_pairs
         df = df[~df["value"].isna()].reset_index(drop=True)
-        for col in ("layer", "pos", "head"):
+        for col in ("layer", "head") + (() if self.roles else ("pos",)):
             df[col] = df[col].astype("Int64")
         return df
 
     def to_csv(self, path_or_buf=None) -> str | None:
         """Write the contract CSV (formula-neutralised); returns the text when no path is given."""
         return write_csv(self.to_dataframe(), path_or_buf)
+
+    # -- in a notebook (figures from patching.figures, imported when drawn: `import patching` stays light)
+    def display_mode(self, mode: str = "normalized") -> str:
+        """`mode`, or 'raw' when normalized values are undefined (equal clean and corrupt
+        baselines): how the dashboard opens a result.
+
+        >>> result.display_mode(), result.display_mode("raw")
+        ('normalized', 'raw')
+        """
+        if mode == "normalized" and not torch.isfinite(self.normalized).any():
+            return "raw"
+        return mode
+
+    def plot(self, mode: str = "normalized", **kwargs):
+        """The plotly figure the dashboard draws for this result (`patching.figures.result_figure`:
+        a heatmap of the effect, token-labelled positions, the diverging scale; bars for a one-axis
+        path result); `mode` 'normalized' (falls back to 'raw' as the dashboard does) or 'raw';
+        other keywords go to `result_figure` (e.g. head_labels).
+
+        >>> result.plot().data[0].type
+        'heatmap'
+        """
+        from patching.figures import result_figure
+        return result_figure(self, self.display_mode(mode), **kwargs)
+
+    def to_html(self, mode: str = "normalized", include_plotlyjs: bool | str = True) -> str:
+        """The summary, the top cells by |effect| and the figure as an HTML fragment (plotly.js
+        embedded by default: works offline; "cdn" for a light page where the network is there).
+
+        >>> "top cells" in result.to_html(include_plotlyjs=False)
+        True
+        """
+        from patching.core.display import result_html
+        from patching.figures import graph_config
+        return result_html(self, self.plot(mode), include_plotlyjs, graph_config())
+
+    def _repr_html_(self) -> str:
+        """What Jupyter shows for a result: `to_html()`."""
+        return self.to_html()
 
 
 _QUOTED_OR_ROW_END = re.compile(r'("(?:[^"]|"")*")|\r\n')     # a quoted cell is skipped whole

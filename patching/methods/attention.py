@@ -3,7 +3,8 @@
 For a head (layer, head) and one prompt pair, `counterfactual_attention` returns the head's
 attention pattern [dest, src] in the clean run, the corrupt run and the run of a chosen patch
 (a `PatchSpec` plus one cell of its sweep, e.g. the heatmap cell a user clicked), with the
-differences clean - corrupt and patched - corrupt. Data only: figures live in the dashboard.
+differences clean - corrupt and patched - corrupt. `AttentionDiff.plot()` draws the dashboard's
+figure (patching/figures), and in a notebook the diff shows itself (summary + figure).
 
 "patched" is the run that spec + index describe, in spec.direction: denoise patches the clean
 activation into the corrupt run, noise the corrupt activation into the clean run. Without a
@@ -62,6 +63,34 @@ class AttentionDiff:
     @property
     def patched_minus_corrupt(self) -> Tensor:
         return self.patched - self.corrupt
+
+    def title(self) -> str:
+        """'Counterfactual attention · L1.H2 · pair 0', as the dashboard titles it."""
+        return f"Counterfactual attention · L{self.layer}.H{self.head} · pair {self.pair}"
+
+    def plot(self):
+        """The figure the dashboard draws (`patching.figures.attention_diff`): clean, corrupt and
+        patched patterns (dest × src), and clean − corrupt, patched − corrupt, each panel labelled
+        by its own run's tokens.
+
+        >>> counterfactual_attention(model, prompts, 1, 0).plot().data[0].type
+        'heatmap'
+        """
+        from patching.figures import attention_diff
+        arr = lambda t: t.detach().float().cpu().numpy()     # noqa: E731
+        return attention_diff(arr(self.clean), arr(self.corrupt), arr(self.patched), list(self.str_tokens),
+                              title=self.title(), corrupt_tokens=list(self.corrupt_str_tokens) or None,
+                              patched_tokens=list(self.patched_str_tokens))
+
+    def to_html(self, include_plotlyjs: bool | str = True) -> str:
+        """Which head, pair and patch, the largest changes, and the figure (plotly.js embedded by
+        default, so it renders offline; see patching.core.display)."""
+        from patching.core.display import attention_html
+        from patching.figures import graph_config
+        return attention_html(self, self.plot(), include_plotlyjs, graph_config())
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format, one row per causal (dest, src) entry (src <= dest).

@@ -300,6 +300,8 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
     48
     """
     from patching.methods.sweep import check_cells
+    if prompts.is_mixed:
+        return _estimate_by_length(model, prompts, spec, device, calibration, max_memory_mb, cells)
     where = _device_label(model, prompts, device)
     kind = KINDS[spec.kind]
     axes, coords = plan_coords(model, prompts, spec)
@@ -356,6 +358,29 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
                         wanted * n_pairs + 2 * n_pairs,
                         "TransformerLens patching.py: one full forward per index and pair, plus the two cached runs",
                         secs, cache_bytes, batch_rows * _memory_per_row(model, n_pos), _weights_bytes(model))
+
+
+def _estimate_by_length(model, prompts: PromptSet, spec: PatchSpec, device, calibration, max_memory_mb,
+                        cells) -> CostEstimate:
+    """A set of mixed lengths: the sum of its length groups' sweeps (`sweep.length_groups`), on the
+    role grid; memory is the largest group's."""
+    from patching.methods.sweep import length_groups
+    if cells is not None:
+        raise ValueError("cells are token positions of one length; a set of mixed lengths is aligned by role")
+    axes, coords = plan_coords(model, prompts, spec)
+    groups = length_groups(prompts, spec)
+    cal = calibration or calibrate(model, groups[0][1])
+    parts = [estimate_cost(model, group, group_spec, device, calibration=cal, max_memory_mb=max_memory_mb)
+             for _, group, group_spec in groups]
+    total = lambda name: sum(getattr(p, name) for p in parts)    # noqa: E731
+    n_cells = 1
+    for a in axes:
+        n_cells *= len(coords[a])
+    first = parts[0]
+    return CostEstimate("sweep", spec.kind, first.device, prompts.n_pairs, n_cells, total("patched_rows"),
+                        total("skipped_cells"), total("batches"), float(total("forward_equivalents")),
+                        total("reference_forwards"), first.reference, total("seconds"),
+                        max(p.cache_bytes for p in parts), max(p.batch_bytes for p in parts), first.weights_bytes)
 
 
 def _chunk_p0(kind, step, chunk, ctx) -> int:

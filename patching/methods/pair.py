@@ -40,6 +40,7 @@ class CachedPair:
 
     def __post_init__(self):
         check_direction(self.direction)
+        self.prompts.require_one_length("this method (its clean and corrupt runs are one batch)")
         if self.metric is not None:
             object.__setattr__(self, "metric", get_metric(self.metric))
         object.__setattr__(self, "clean_logprobs", self.clean.logits.float().log_softmax(-1))

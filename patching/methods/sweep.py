@@ -68,6 +68,11 @@ def _check(values, size: int, what: str, valid: str):
 def plan_coords(model, prompts: PromptSet, spec: PatchSpec) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]]]:
     """The sweep's axes and the numbers along each, after the spec's filters (validated)."""
     kind = KINDS[spec.kind]
+    if prompts.is_mixed:                 # aligned by role: the position axis is the roles
+        axes, coords = plan_coords(model, length_groups(prompts, spec)[0][1], spec)
+        if "pos" in coords:
+            coords["pos"] = tuple(range(len(prompts.role_names)))
+        return axes, coords
     if kind.needs_resid_mid and model.parallel_attn_mlp:
         raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r}: attention and MLP "
                          "run in parallel on resid_pre; use resid_pre, attn_out or mlp_out")
@@ -169,6 +174,8 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     """
     start = time.perf_counter()
     metric = get_metric(metric if metric is not None else spec.metric)
+    if prompts.is_mixed:
+        return sweep_by_role(model, prompts, spec, metric, on_progress, max_memory_mb, cells, start)
     kind = KINDS[spec.kind]
     axes, coords = plan_coords(model, prompts, spec)
     cells = check_cells(axes, coords, cells)
@@ -195,6 +202,90 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
                            first.metric_clean_is, time.perf_counter() - start, model.name)
     result = _sweep_pairs(model, prompts, spec, metric, kind, axes, coords, on_progress, budget, cells)
     return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def sweep_by_role(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, on_progress: Progress | None,
+                  max_memory_mb: float | None, cells, start: float) -> PatchResult:
+    """A set of mixed lengths (aligned by roles), swept one length group at a time.
+
+    Each group is swept alone (the positions its pairs' roles name, for a per-position kind);
+    each pair's values are then read at its own role indices, so a role's value is the mean over
+    pairs of each pair's value at that role's index, exactly as if each length group were run
+    alone. Kinds without a position axis need no roles: the groups' per-pair values are joined.
+    The result's position axis is the roles (`PatchResult.roles`).
+
+    >>> sweep(model, mixed_prompts, PatchSpec(kind="resid_pre")).roles       # doctest: +SKIP
+    ('IO', 'S1', 'S1+1', 'S2', 'END')
+    """
+    if cells is not None:
+        raise ValueError("cells are token positions of one length; a set of mixed lengths is aligned "
+                         "by role: leave cells out, or sweep one length at a time")
+    axes, _ = plan_coords(model, prompts, spec)
+    roles = prompts.role_names if "pos" in axes else None
+    at = prompts.role_positions()
+    per_pair = clean = corrupt = None
+    done_pairs = 0
+    for idx, group, group_spec in length_groups(prompts, spec):
+        part = sweep(model, group, group_spec, metric=metric,
+                     on_progress=_share(on_progress, done_pairs, len(idx), prompts.n_pairs),
+                     max_memory_mb=max_memory_mb)
+        done_pairs += len(idx)
+        values = part.per_pair                                     # [layer, pos?, head?, group pairs]
+        if roles:
+            values = _at_roles(values, part.coords["pos"], [at[i] for i in idx])   # [layer, role, head?, group]
+        if per_pair is None:
+            coords = dict(part.coords, **({"pos": tuple(range(len(roles)))} if roles else {}))
+            per_pair = torch.full((*values.shape[:-1], prompts.n_pairs), float("nan"), dtype=torch.float64)
+            clean = torch.full((prompts.n_pairs,), float("nan"), dtype=torch.float64)
+            corrupt, clean_is = clean.clone(), part.metric_clean_is
+        per_pair[..., idx] = values
+        clean[idx], corrupt[idx] = part.clean_baseline, part.corrupt_baseline
+    labels = roles if roles else ()
+    return PatchResult(spec, axes, coords, per_pair, clean, corrupt, labels, clean_is,
+                       time.perf_counter() - start, model.name, roles=roles)
+
+
+def length_groups(prompts: PromptSet, spec: PatchSpec) -> list[tuple[list[int], PromptSet, PatchSpec]]:
+    """A set of mixed lengths as the sweeps it runs: (pair indices, that length's set, its spec);
+    a per-position kind's spec patches only the positions the group's roles name. The sweep runs
+    them and the cost estimate counts them.
+
+    >>> [(idx, s.positions) for idx, _, s in length_groups(mixed_prompts, PatchSpec(kind="resid_pre"))]  # doctest: +SKIP
+    [([0, 2], (2, 4, 5, 10, 14)), ([1], (2, 4, 5, 11, 15))]
+    """
+    if spec.positions is not None:
+        raise ValueError(f"positions {list(spec.positions)[:5]} are token indices, which differ between "
+                         f"pairs of different lengths; this set is aligned by its roles "
+                         f"({' '.join(prompts.role_names)}): leave positions out")
+    by_pos = "pos" in KINDS[spec.kind].axes(spec.per_position)
+    at = prompts.role_positions()
+    out = []
+    for idx, group in prompts.by_length():
+        used = tuple(sorted({p for i in idx for p in at[i]}))
+        out.append((idx, group, dataclasses.replace(spec, positions=used) if by_pos else spec))
+    return out
+
+
+def _share(on_progress: Progress | None, before: int, size: int, n_pairs: int) -> Progress | None:
+    """A group's progress as a share of the whole set's (weighted by its pairs)."""
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress(before * total + done * size, n_pairs * total)
+
+
+def _at_roles(values: Tensor, positions: tuple[int, ...], role_at: list[list[int]]) -> Tensor:
+    """values [layer, pos, *rest, pairs] at each pair's own role positions -> [layer, role, *rest, pairs].
+
+    >>> v = torch.arange(12.).reshape(1, 3, 2, 2)           # layer 1, positions (4, 5, 7), 2 heads, 2 pairs
+    >>> _at_roles(v, (4, 5, 7), [[7, 4], [5, 4]])[0, :, 0].tolist()     # head 0: pair 0 at 7, 4; pair 1 at 5, 4
+    [[8.0, 5.0], [0.0, 1.0]]
+    """
+    where = {p: i for i, p in enumerate(positions)}
+    index = torch.tensor([[where[p] for p in pair] for pair in role_at], dtype=torch.long).T   # [role, pairs]
+    shape = [1] * values.dim()
+    shape[1], shape[-1] = index.shape
+    index = index.reshape(shape).expand(values.shape[0], index.shape[0], *values.shape[2:])
+    return values.gather(1, index)
 
 
 def pair_group(model, prompts: PromptSet, budget: float) -> int:

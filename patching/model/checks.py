@@ -436,6 +436,22 @@ def check_tokenizer_fits(tokenizer, hf: torch.nn.Module) -> None:
                          "(config.json's vocab_size); use the tokenizer the model was trained with")
 
 
+def check_object(hf: torch.nn.Module, tokenizer) -> None:
+    """What applies to a model given in memory (no files, no loading report): weights present
+    (not all on the meta device without an offload map), finite, and a tokenizer that works and
+    fits the embedding.
+
+    >>> check_object(model.hf, model.tokenizer)                             # doctest: +SKIP
+    """
+    params = list(hf.parameters())
+    if params and all(p.device.type == "meta" for p in params) and not getattr(hf, "hf_device_map", None):
+        raise ValueError("its weights are on the meta device (allocated without values, e.g. under "
+                         "init_empty_weights); load them first (from_pretrained)")
+    check_finite(hf)
+    check_tokenizer(tokenizer)
+    check_tokenizer_fits(tokenizer, hf)
+
+
 def check_loaded(hf: torch.nn.Module, info: dict, tokenizer) -> None:
     """Everything checkable once loaded: the tensors, their values, the tokenizer.
 

@@ -1,4 +1,6 @@
-"""Load a model by name: "default" (shipped in assets/models/), a local directory, or a hub name.
+"""Load a model by name: "default" (shipped in assets/models/), a local directory, or a hub name;
+or take one already in memory (`from_model`: a Hugging Face model + tokenizer, or a TransformerLens
+`TransformerBridge`), without reloading its weights.
 
 Every model goes through the same path: a local directory (a hub model is first fetched as a
 snapshot of safetensors only, `hub.py`), checked before and after loading (`checks.py`: weights
@@ -13,6 +15,7 @@ patching) and, for supported families, in the engine's own runner (fast patching
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from patching.model.arch import Arch, arch_for, execution_device
-from patching.model.checks import check_loaded, check_model_dir, refusing
+from patching.model.checks import check_loaded, check_model_dir, check_object, refusing
 from patching.model.runner import Runner
 
 from patching.model.resolve import (  # noqa: F401 - re-exported: where models are found
@@ -76,6 +79,9 @@ class Model(Tokenizing):
     arch: Arch | None = None
     runner: Runner | None = field(default=None, repr=False)
     device_map: dict[str, str] | None = field(default=None, repr=False)   # module -> device, when mapped
+    # "files": loaded from a directory by load_model; "object": given in memory (from_model), so
+    # no weights file speaks for it (provenance records no weights hash)
+    source: str = field(default="files", repr=False)
 
     @property
     def hf(self):
@@ -254,9 +260,14 @@ def _load_hf(name: str, where: Path, config, torch_dtype: torch.dtype, placed: d
     return tokenizer, hf, info
 
 
-def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "float32",
-               device_map=None, max_memory: dict | None = None, offload_folder: str | None = None) -> Model:
+def load_model(name: str | object = "default", device: str | None = "cpu", dtype: str = "float32",
+               device_map=None, max_memory: dict | None = None, offload_folder: str | None = None,
+               *, tokenizer=None) -> Model:
     """Load by name ('default', a local directory or a hub name); ValueError on a bad name.
+
+    `name` may also be a model already in memory: a Hugging Face causal LM (with `tokenizer=`), a
+    TransformerLens `TransformerBridge` or a Patchboard `Model`; see `from_model` (the object
+    keeps its own device and dtype: a different explicit `device` / `dtype` is refused).
 
     `device_map` ('auto', ... or a dict; needs accelerate) spreads a large model over the GPUs,
     the CPU (and `offload_folder` on disk) within `max_memory` ({0: "20GiB", "cpu": "60GiB"}). The
@@ -268,7 +279,13 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
     ...
     ValueError: unknown model 'no-such-model': not shipped in assets/models, not a local directory and not in the Hugging Face cache; use 'default', a directory with config.json + model.safetensors, or a cached hub name (see `python -m patching models`)
     """
-    where = resolve_model(name)
+    if not isinstance(name, (str, os.PathLike)):
+        _check_object_placement(name, device, dtype, device_map, max_memory, offload_folder)
+        return from_model(name, tokenizer)
+    if tokenizer is not None:
+        raise ValueError("tokenizer= goes with a model object (load_model(hf_model, tokenizer=...)); a model "
+                         f"loaded by name ({str(name)!r}) uses the tokenizer saved with it")
+    where = resolve_model(os.fspath(name))
     device_map = check_device_map(device_map, device)
     dev, torch_dtype = (pick_device(device) if device_map is None else None), pick_dtype(dtype)
     placed = {}
@@ -308,6 +325,140 @@ def load_model(name: str = "default", device: str | None = "cpu", dtype: str = "
     return Model(name=name, bridge=bridge, tokenizer=tokenizer, device=dev, arch=arch,
                  runner=Runner(arch) if arch is not None else None,
                  device_map=where_placed if device_map is not None else None)
+
+
+# -- a model already in memory ---------------------------------------------------------------------
+def _wrapped_by_bridge(hf) -> bool:
+    """Does this Hugging Face model already hold TransformerLens bridge components? (Wrapping a
+    model replaces its blocks in place; wrapping it twice nests them.)"""
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+    return any(isinstance(m, GeneralizedComponent) for m in hf.modules())
+
+
+def _object_name(hf, name: str | None) -> str:
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"name must be a non-empty string, not {name!r}")
+        return name
+    source = getattr(getattr(hf, "config", None), "_name_or_path", None) or type(hf).__name__
+    return f"{source} (in memory)"
+
+
+def _parts(model, tokenizer) -> tuple[object | None, object, object]:
+    """(bridge or None, Hugging Face model, tokenizer) of a model object; ValueError naming what
+    was given and what is accepted otherwise."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    if isinstance(model, TransformerBridge):
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ValueError("a TransformerBridge carries its own tokenizer (bridge.tokenizer); leave tokenizer= out")
+        return model, model.original_model, model.tokenizer
+    if not isinstance(model, PreTrainedModel):
+        raise ValueError(f"cannot use a {type(model).__module__}.{type(model).__name__} as a model; pass a name "
+                         "('default', a directory, a hub name), a Hugging Face causal LM (PreTrainedModel) with "
+                         "its tokenizer, a TransformerLens TransformerBridge, or a Patchboard Model")
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"{type(model).__name__} has no language-model head (it returns hidden states, not "
+                         "logits); load it with AutoModelForCausalLM (e.g. GPT2LMHeadModel, LlamaForCausalLM)")
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        got = "no tokenizer" if tokenizer is None else f"a {type(tokenizer).__name__}"
+        raise ValueError(f"a Hugging Face model needs its tokenizer: from_model(model, tokenizer) with a "
+                         f"transformers tokenizer (AutoTokenizer.from_pretrained(...)); got {got}")
+    if _wrapped_by_bridge(model):
+        raise ValueError(f"this {type(model).__name__} is already wrapped by a TransformerBridge (TransformerLens "
+                         "replaces its blocks in place when it wraps a model); pass that bridge instead (a "
+                         "Patchboard Model's is model.bridge), or the Model itself")
+    return None, model, tokenizer
+
+
+def _bos_copy(tokenizer):
+    """A copy of the tokenizer marked to add BOS, for the bridge: TransformerLens otherwise reloads the
+    tokenizer from its saved files with add_bos_token=True (a read of files an in-memory tokenizer may
+    not have). The engine tokenizes with the caller's own tokenizer and prepends BOS itself."""
+    import copy
+    if tokenizer.bos_token is None:
+        return tokenizer
+    twin = copy.deepcopy(tokenizer)
+    twin.init_kwargs["add_bos_token"] = True
+    twin.init_kwargs.setdefault("name_or_path", getattr(tokenizer, "name_or_path", ""))   # read, never used
+    try:
+        twin.add_bos_token = True
+    except (AttributeError, ValueError):        # a tokenizer that cannot say it: TransformerLens keeps it as is
+        pass
+    return twin
+
+
+def from_model(model, tokenizer=None, *, name: str | None = None) -> Model:
+    """A model already in memory as a Patchboard `Model`, its weights not copied or reloaded:
+    a Hugging Face causal LM with its tokenizer, a TransformerLens `TransformerBridge` (its
+    tokenizer comes with it) or a `Model` (returned as is). The engine's runner is used for the
+    supported families (GPT-2, Llama-style, GPT-NeoX), TransformerLens' hooks otherwise (and for a
+    bridge in compatibility mode, whose processed weights only the bridge's forward applies).
+
+    The checks that apply to an object run (finite weights, a tokenizer that works and fits the
+    embedding); the model is put in eval mode, and a Hugging Face model is wrapped in a bridge,
+    which replaces its blocks in place and switches it to eager attention (TransformerLens' boot).
+
+    >>> from transformers import AutoModelForCausalLM, AutoTokenizer     # doctest: +SKIP
+    >>> hf = AutoModelForCausalLM.from_pretrained("gpt2")                # doctest: +SKIP
+    >>> from_model(hf, AutoTokenizer.from_pretrained("gpt2")).runner is not None   # doctest: +SKIP
+    True
+    >>> from_model(object())
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot use a builtins.object as a model; pass a name ('default', a directory, a hub name), a Hugging Face causal LM (PreTrainedModel) with its tokenizer, a TransformerLens TransformerBridge, or a Patchboard Model
+    """
+    if isinstance(model, Model):
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ValueError("a Patchboard Model carries its own tokenizer; leave tokenizer= out")
+        return model
+    bridge, hf, tokenizer = _parts(model, tokenizer)
+    name = _object_name(hf, name)
+    with refusing(name):
+        check_object(hf, tokenizer)
+    if hf.training:
+        log.info("model %s was in training mode (dropout on); switched to eval mode", name)
+    where_placed = placement(hf)
+    split = is_split(where_placed)
+    dev = execution_device(hf.get_input_embeddings(), torch.device("cpu"))
+    if bridge is None:
+        dtype = next((p.dtype for p in hf.parameters() if p.is_floating_point()), torch.float32)
+        try:
+            with _quiet(), _gpu_offload_admitted(hf, name):
+                from transformer_lens.model_bridge import TransformerBridge
+                bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=_bos_copy(tokenizer),
+                                                             device=dev, dtype=dtype)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise _load_error(name, exc) from None
+    bridge.eval()
+    compat = bool(getattr(bridge, "compatibility_mode", False))
+    arch = None if compat else arch_for(hf, home=dev if split else None)
+    if compat:
+        log.info("bridge %s is in compatibility mode: patching goes through its hooks", name)
+    return Model(name=name, bridge=bridge, tokenizer=tokenizer, device=dev, arch=arch,
+                 runner=Runner(arch) if arch is not None else None,
+                 device_map=where_placed if getattr(hf, "hf_device_map", None) else None, source="object")
+
+
+def _check_object_placement(model, device, dtype, device_map, max_memory, offload_folder) -> None:
+    """load_model(object, ...): the object stays where it is; a different explicit placement is refused."""
+    if device_map is not None or max_memory or offload_folder:
+        raise ValueError("device_map / max_memory / offload_folder place a model while loading it; a model object is "
+                         "already placed (give from_pretrained your device_map, then pass the model)")
+    hf = getattr(model, "original_model", model)
+    params = getattr(hf, "parameters", None)
+    first = next(params(), None) if callable(params) else None
+    if first is None:
+        return
+    want = pick_device(device) if device not in (None, "auto", "cpu") else None
+    if want is not None and not (want.type == first.device.type and want.index in (None, first.device.index)):
+        raise ValueError(f"the model object is on {first.device}, not {device!r}; load_model does not move a model "
+                         "object (that would copy its weights): move it first (model.to(...)) or leave device out")
+    if dtype != "float32" and pick_dtype(dtype) != first.dtype:
+        raise ValueError(f"the model object is in {str(first.dtype).replace('torch.', '')}, not {dtype!r}; load_model "
+                         "does not cast a model object: cast it first (model.to(dtype)) or leave dtype out")
 
 
 class ModelRegistry:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patching.core.results import CSV_COLUMNS, PatchResult, write_csv
+from patching.core.prompts import roles_text
 from patching.runs import limits
 
 FORMAT = "patchboard-run"
@@ -87,8 +88,9 @@ def file_name(run_id: int | None, type_: str = "run") -> str:
 
 
 def _pairs(pairs) -> list[list[str]]:
-    return [[p.clean, p.corrupt, p.answer, p.wrong] if hasattr(p, "clean") else [str(x) for x in p]
-            for p in pairs]
+    """[clean, corrupt, answer, wrong] (+ the role positions' text when the pair names roles)."""
+    return [[p.clean, p.corrupt, p.answer, p.wrong] + ([roles_text(p.positions)] if getattr(p, "positions", ()) else [])
+            if hasattr(p, "clean") else [str(x) for x in p] for p in pairs]
 
 
 def _csv(results) -> str:
@@ -261,8 +263,9 @@ def read_bundle(data: bytes | str | Path) -> Bundle:
     if not isinstance(label, str):
         raise ValueError(f"run.json label must be a string, not {type(label).__name__}")
     if not isinstance(pairs, list) or not pairs or not all(
-            isinstance(p, list) and len(p) == 4 and all(isinstance(s, str) for s in p) for p in pairs):
-        raise ValueError("run.json pairs must be a non-empty list of [clean, corrupt, answer, wrong] strings")
+            isinstance(p, list) and len(p) in (4, 5) and all(isinstance(s, str) for s in p) for p in pairs):
+        raise ValueError("run.json pairs must be a non-empty list of [clean, corrupt, answer, wrong] strings "
+                         "(+ the role positions, 'ROLE:INDEX ...')")
     limits.check_pairs(pairs)
     if not isinstance(results, list) or not results:
         raise ValueError("run.json results must be a non-empty list")

@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool
 
 from patching.methods.attribution import AttributionResult, EdgeScores
 from patching.core.results import PatchResult
+from patching.core.prompts import roles_text
 
 from patching.runs.results import result_from_json
 from patching.runs.sqlite_lock import held
@@ -374,8 +375,9 @@ class RunStore:
 
     @staticmethod
     def _pairs(pairs) -> list[list[str]]:
+        """[clean, corrupt, answer, wrong] (+ the role positions' text when the pair names roles)."""
         return [list(p) if not hasattr(p, "clean") else [p.clean, p.corrupt, p.answer, p.wrong]
-                for p in pairs]
+                + ([roles_text(p.positions)] if getattr(p, "positions", ()) else []) for p in pairs]
 
     def save(self, result: PatchResult, pairs, label: str = "") -> int:
         """Store one finished run; returns its id."""

@@ -199,8 +199,16 @@ class TaskPair:
     corrupt: str
     answer: str
     wrong: str
+    # the roles the family knows, as (role, character end of its word in `clean`, token offset):
+    # the role's token is the last token of clean[:end], moved by offset (S1+1 = S1's end, +1);
+    # `patching.tasks.presets.token_roles` turns them into token indices on a tokenizer
+    spans: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self):
+        for name, end, _ in self.spans:
+            if not 0 < end <= len(self.clean):
+                raise ValueError(f"TaskPair role {name} ends at character {end}, outside the clean "
+                                 f"prompt (1-{len(self.clean)})")
         for field in ("clean", "corrupt", "answer", "wrong"):
             if not isinstance(getattr(self, field), str) or not getattr(self, field):
                 raise ValueError(f"TaskPair.{field} must be a non-empty string, "
@@ -299,6 +307,22 @@ def _ioi_fill(rng: random.Random, split: str) -> tuple[str, str, str, str, str]:
     return filled, io, s, template, filled
 
 
+def _ioi_roles(prompt: str, io: str, s: str) -> tuple[tuple[str, int, int], ...]:
+    """IO, S1, S1+1, S2, END of a prompt with [A] / [B] placeholders, filled with io / s.
+
+    >>> _ioi_roles("When [A] and [B] went, [B] gave it to", "Mary", "John")
+    (('IO', 9, 0), ('S1', 18, 0), ('S1+1', 18, 1), ('S2', 29, 0), ('END', 40, 0))
+    """
+    ends: dict[str, list[int]] = {"A": [], "B": []}
+    grown = 0                              # characters the filled names add so far
+    for m in re.finditer(r"\[(A|B)\]", prompt):
+        grown += len(io if m.group(1) == "A" else s) - 3
+        ends[m.group(1)].append(m.end() + grown)
+    length = len(prompt) + grown
+    return (("IO", ends["A"][0], 0), ("S1", ends["B"][0], 0), ("S1+1", ends["B"][0], 1),
+            ("S2", ends["B"][1], 0), ("END", length, 0))
+
+
 def _ioi_pair(rng: random.Random, split: str) -> TaskPair:
     filled, io, s, _, _ = _ioi_fill(rng, split)
     c = rng.choice([n for n in NAMES if n not in (io, s)])
@@ -308,7 +332,7 @@ def _ioi_pair(rng: random.Random, split: str) -> TaskPair:
     first_b = prompt.index("[B]")
     s2 = prompt.index("[B]", first_b + 1)
     corrupt = (prompt[:s2] + c + prompt[s2 + 3:]).replace("[A]", io).replace("[B]", s)
-    return TaskPair(clean, corrupt, " " + io, " " + s)
+    return TaskPair(clean, corrupt, " " + io, " " + s, _ioi_roles(prompt, io, s))
 
 
 def _ioi_train_item(rng: random.Random) -> str:
@@ -347,8 +371,9 @@ def _fact_pair(rng: random.Random, split: str) -> TaskPair:
     template = rng.choice(_fact_templates(split))
     city = rng.choice(CITIES)
     other = rng.choice([c for c in CITIES if COUNTRY_OF[c] != COUNTRY_OF[city]])
-    return TaskPair(template.replace("[CITY]", city), template.replace("[CITY]", other),
-                    " " + COUNTRY_OF[city], " " + COUNTRY_OF[other])
+    clean = template.replace("[CITY]", city)
+    return TaskPair(clean, template.replace("[CITY]", other), " " + COUNTRY_OF[city], " " + COUNTRY_OF[other],
+                    (("CITY", template.index("[CITY]") + len(city), 0), ("END", len(clean), 0)))
 
 
 def _fact_train_item(rng: random.Random) -> str:
@@ -389,8 +414,10 @@ def _gt_pair(rng: random.Random, split: str) -> TaskPair:
     noun, xx, yy = rng.choice(GT_NOUNS), rng.choice(GT_CENTURIES), rng.randint(2, 98)
     answer = (yy + 100) // 2            # a year strictly above the start
     wrong = yy // 2                     # a year strictly below the start
-    return TaskPair(_gt_fill(template, noun, xx, yy), _gt_fill(template, noun, xx, 1),
-                    f"{answer:02d}", f"{wrong:02d}")
+    clean = _gt_fill(template, noun, xx, yy)
+    year = f"{xx}{yy:02d}"
+    return TaskPair(clean, _gt_fill(template, noun, xx, 1), f"{answer:02d}", f"{wrong:02d}",
+                    (("YEAR", clean.index(year) + len(year), 0), ("END", len(clean), 0)))
 
 
 def _gt_train_item(rng: random.Random) -> str:
@@ -428,7 +455,9 @@ def _induction_pair(rng: random.Random, split: str) -> TaskPair:
     # A leading space makes every word the same " word" token in both halves.
     clean = " " + " ".join(first + first[:k])
     corrupt = " " + " ".join(other + first[:k])
-    return TaskPair(clean, corrupt, " " + first[k], " " + distractor)
+    answer_end = len(" " + " ".join(first[:k + 1]))     # the answer's first occurrence
+    return TaskPair(clean, corrupt, " " + first[k], " " + distractor,
+                    (("ANS1", answer_end, 0), ("END", len(clean), 0)))
 
 
 def _induction_train_item(rng: random.Random) -> str:
