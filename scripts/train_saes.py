@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a local model directory")
     p.add_argument("--out", type=Path, default=None, help="default: <model>/saes")
     p.add_argument("--d-sae", type=int, default=512, help="features per SAE (default 4 x d_model)")
-    p.add_argument("--l1", type=float, default=2e-2, help="sparsity coefficient")
+    p.add_argument("--l1", type=float, default=8e-3, help="sparsity coefficient")
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
