@@ -64,6 +64,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _warm_jobs(app, registry, name: str) -> None:
+    """Pick the jobs' thread count and calibrate the cost estimate before serving (a few seconds
+    at start rather than on the first page, where it competed with the first run)."""
+    from dashboard.forms import Form, parse_form
+    from dashboard.panel.prompts import SAMPLE
+    from dashboard.server.fork_guard import warm_jobs
+    try:
+        model = registry.get(name)
+        _, prompts = parse_form(model, Form(name, *SAMPLE, kind="resid_pre"))
+        threads, _ = warm_jobs(app.patchboard.calibrations, model, prompts)
+    except Exception as exc:                      # the page calibrates on first use instead
+        print(f"warning: could not calibrate the cost estimate at start: {exc}", file=sys.stderr)
+        return
+    print(f"Patchboard: runs use {threads} torch thread{'s' if threads > 1 else ''}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
@@ -107,6 +123,8 @@ def main(argv=None) -> int:
         print(f"warning: model {models[0]!r} is not available yet: {exc}", file=sys.stderr)
     app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0],
                      max_upload_mb=args.max_upload_mb)
+    if args.jobs == "diskcache" and not args.tokenizers_only:
+        _warm_jobs(app, registry, models[0])
     print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.display_url})", file=sys.stderr)
     app.run(host=args.host, port=args.port, debug=args.debug)
     return 0

@@ -10,13 +10,14 @@ once per Run, inside the engine; the baselines shown are the result's.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from patching.core.prompts import PromptSet
 from patching.methods.sweep import sweep
-from patching.runs.jobs import tracked, watch_queue
+from patching.runs.jobs import cancel_job, eta_text, running_jobs, tracked, watch_queue  # noqa: F401 - cancel_job for the tabs
 from patching.runs.slot import run_busy, run_slot  # noqa: F401 - re-exported for the tabs
 
 from dashboard.forms import AttributionForm, Form, PathForm, check_model, parse_attribution_form, parse_form, \
@@ -59,34 +60,64 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
     label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
             f"{spec.metric} · {Path(form.model).name}"
     return _run_and_save(store, data_dir, report, "sweep", label, form.model, prompts, spec.metric,
-                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patches",
+                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patched forwards",
                          token)
 
 
-def _queued(report: Callable[[Progress], None]) -> Callable[[float], None]:
-    """run_slot's `on_wait`: say the run is queued behind another, and for how long."""
-    return lambda seconds: report(Progress(0, 1, f"queued behind another run ({seconds:.0f} s); "
-                                                 "it starts when that one ends", ""))
+def _queued(report: Callable[[Progress], None], store=None, job=None) -> Callable[[float], None]:
+    """run_slot's `on_wait`: say the run is queued behind another (which one, and how far it is),
+    and for how long; record that for other pages; stop when Cancel was pressed for it."""
+    def waited(seconds: float) -> None:
+        ahead = next((j for j in running_jobs(store, check_stale=False) if j.info.id != getattr(job, "id", None) and not j.queued),
+                     None) if store is not None else None
+        behind = f"queued behind {ahead.text()}" if ahead else "queued behind another run"
+        text = f"{behind} ({seconds:.0f} s); it starts when that one ends"
+        report(Progress(0, 1, text, ""))
+        if job is not None:
+            job.progress(0, 0, text, queued=True)
+            job.beat()                            # raises JobCancelled once Cancel was pressed for it
+    return waited
+
+
+def progress_text(done: int, total: int, unit: str, started: float | None, now: float | None = None) -> str:
+    """'40 / 160 patched forwards · ≈ 3 s left' (no ETA before the first is done).
+
+    >>> progress_text(40, 160, "patched forwards", 100.0, 101.0)
+    '40 / 160 patched forwards · ≈ 3 s left'
+    """
+    text = f"{done:,} / {total:,} {unit}"
+    if started is None or not 0 < done < total:
+        return text
+    elapsed = (time.time() if now is None else now) - started
+    return f"{text} · {eta_text(elapsed / done * (total - done))}"
 
 
 def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind: str, label: str,
                   model_name: str, prompts: PromptSet, metric: str, compute, unit: str,
                   token: str | None = None) -> int:
     """What every Run does once its form is valid: a tracked job queued for the run slot,
-    `compute(on_progress)`, the result saved to history; progress through `report`. The baselines
-    shown are the result's own (the engine's clean and corrupt runs): no extra forward."""
-    with tracked(store, job_kind, label, model_name, token=token) as job, \
-            run_slot(data_dir, watch_queue(store, _queued(report))):
-        job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
+    `compute(on_progress)`, the result saved to history; progress through `report` (and into the
+    store, so a reloaded page or a second tab can show it). The baselines shown are the result's
+    own (the engine's clean and corrupt runs): no extra forward."""
+    with tracked(store, job_kind, label, model_name, token=token) as job:
         report(Progress(0, 1, "starting…", ""))
+        with run_slot(data_dir, watch_queue(store, _queued(report, store, job))):
+            job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
+            text = f"running the clean and corrupt prompts ({2 * prompts.n_pairs} forwards)…"
+            job.progress(0, 0, text)
+            report(Progress(0, 1, text, ""))
+            started: list[float] = []
 
-        def on_progress(done: int, total: int):   # baselines come with the result: one clean + corrupt run
-            job.beat()
-            report(Progress(done, total, f"{done} / {total} {unit}", ""))
+            def on_progress(done: int, total: int):   # baselines come with the result: one clean + corrupt run
+                if not started:
+                    started.append(time.time())
+                job.beat()
+                job.progress(done, total, progress_text(done, total, unit, None))   # other pages add their ETA
+                report(Progress(done, total, progress_text(done, total, unit, started[0]), ""))
 
-        result = compute(on_progress)
-        run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
-        job.done(run_id)
+            result = compute(on_progress)
+            run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)
+            job.done(run_id)
     report(Progress(1, 1, f"done in {result.seconds:.2f} s", baselines_text(
         (result.clean_value, result.corrupt_value), metric)))
     return run_id
@@ -133,7 +164,7 @@ def execute_attribution(registry, store, form: Form, attr: AttributionForm, data
              f"{Path(form.model).name}")
     label += " · edges" if attr.edges else ""
     with tracked(store, "attribution", label, form.model, token=token) as job, \
-            run_slot(data_dir, watch_queue(store, _queued(report))):
+            run_slot(data_dir, watch_queue(store, _queued(report, store, job))):
         job.raise_if_cancelled()                 # Cancel pressed while it waited for the slot
         what = "forwards and backward" if kw["method"] == "plain" else f"{kw['steps']} interpolated steps"
         report(Progress(0, 1, f"attributing {len(kw['kinds'])} kinds ({what})…", ""))

@@ -208,13 +208,17 @@ def background(run_button: str, idle_label: str, cancel_button: str, progress: s
 
 
 def register_cancel_notice(app, store, what: str, cancel_button: str, run_button: str, status: str,
-                           progress: str, progress_text: str):
+                           progress: str, progress_text: str, attached: str | None = None):
     """After Cancel: record the request in the run store under the job's token (so a job still
     queued, or on a worker that missed Celery's revoke, stops too, and a killed one is listed as
-    cancelled), say nothing was saved and reset the progress bar (sweep, path, attribution)."""
-    def cancelled(n_clicks, run_clicks=None, session=None):
+    cancelled), say nothing was saved and reset the progress bar (sweep, path, attribution).
+    With `attached` (a dcc.Store holding the id of a job this page shows but did not start, see
+    panel/run_card.py), Cancel pressed while this page runs nothing of its own cancels that job."""
+    def cancelled(n_clicks, run_clicks=None, session=None, run_disabled=None, attached_job=None):
         if not n_clicks:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        if attached_job is not None and not run_disabled:
+            return _cancel_attached(store, attached_job)
         token = (job_token(session, run_button, run_clicks)
                  if isinstance(session, str) and isinstance(run_clicks, (int, type(None))) else None)
         if token:
@@ -225,13 +229,30 @@ def register_cancel_notice(app, store, what: str, cancel_button: str, run_button
         return (f"{what} cancelled; nothing was saved unless it had already finished (then it is in "
                 "the history).", "", 0, "")
 
+    extra = [State(run_button, "disabled"), State(attached, "data")] if attached else []
     app.callback(Output(status, "children", allow_duplicate=True),
                  Output(progress_text, "children", allow_duplicate=True),
                  Output(progress, "value", allow_duplicate=True),
                  Output(progress, "label", allow_duplicate=True),
                  Input(cancel_button, "n_clicks"), State(run_button, "n_clicks"), State(ids.SESSION_ID, "data"),
-                 prevent_initial_call=True)(cancelled)
+                 *extra, prevent_initial_call=True)(cancelled)
     return cancelled
+
+
+def _cancel_attached(store, job_id) -> tuple:
+    """Cancel a job another page started (`patching.runs.jobs.cancel_job`): the status line says so."""
+    from patching.runs.jobs import cancel_job
+    if not isinstance(job_id, int) or isinstance(job_id, bool):
+        return f"the job to cancel must be a job number, not {type(job_id).__name__}", dash.no_update, \
+            dash.no_update, dash.no_update
+    try:
+        stopping = cancel_job(store, job_id)
+    except ValueError as exc:
+        return str(exc), dash.no_update, dash.no_update, dash.no_update
+    if not stopping:
+        return f"Job {job_id} has already ended (see the history).", "", 0, ""
+    return (f"Cancel sent to job {job_id}: it stops at its next progress report and saves nothing.",
+            dash.no_update, dash.no_update, dash.no_update)
 
 
 # -- view tabs (Inspect, Neurons & weights) ----------------------------------------------------------
@@ -252,7 +273,9 @@ def view_body(prefix: str, idle: str, *, text_left: bool = False, loading: bool 
             dcc.Download(id=v.download),
         ], className="toolbar"),
         html.Div(idle, id=v.status, className="hint", role="status"),
-        dcc.Loading(graph_, type="dot", delay_show=400) if loading else graph_,
+        # a long prompt's figure has a fixed width (figures.lens.sized_by_tokens): it scrolls here
+        html.Div(dcc.Loading(graph_, type="dot", delay_show=400) if loading else graph_,
+                 className="graph-scroll", style={"overflowX": "auto"}),
         html.Div(dash_table.DataTable(id=v.table, columns=[], data=[], sort_action="native",
                                       **({"markdown_options": {"html": False}} if text_left else {}),
                                       style_table={"overflowX": "auto"}, style_cell=cell,
@@ -280,6 +303,8 @@ def register_view(app, prefix: str, tab_id: str, option_ids: tuple[str, ...], co
             r = compute(options, page)
         except ValueError as exc:
             return figures.empty_figure(str(exc)), config, error_text(str(exc)), [], [], HIDDEN, True
+        # the image export is named like the view's CSV: patchboard-lens-accumulated-clean-pair0.png
+        config = figures.graph_config(image_format or "png", r.filename.rsplit(".", 1)[0])
         columns, data = r.table if r.table else ([], [])
         return r.figure, config, r.summary, columns, data, ({} if r.table else HIDDEN), False
 

@@ -54,8 +54,14 @@ LAYERS_FILTER = "layers-filter"
 POSITIONS_FILTER = "positions-filter"
 HEADS_FILTER = "heads-filter"
 BASELINES = "baselines"                    # clean / corrupt baseline values
-PROGRESS_TEXT = "progress-text"            # "12 / 40 patches", "queued behind another run"
+PROGRESS_TEXT = "progress-text"            # "12 / 40 patched forwards · ≈ 3 s left", "queued behind job 3 …"
 RUN_STATUS = "run-status"                  # "done in 1.2 s", "queued", ...
+# a run started elsewhere (a reloaded page, another tab): shown and cancellable here (panel/run_card.py)
+JOBS_POLL = "jobs-poll"                    # dcc.Interval: look for running jobs
+ATTACHED_JOB = "attached-job"              # dcc.Store: the id of the job this page shows but did not start
+WAITING_FOR = "waiting-for"                # box: the job this page's queued run waits for
+WAITING_FOR_TEXT = "waiting-for-text"
+WAITING_FOR_CANCEL = "waiting-for-cancel"  # button: cancel that job
 
 # -- results -------------------------------------------------------------------------------
 TABS = "main-tabs"
@@ -74,6 +80,7 @@ ATTENTION_DOWNLOAD_BUTTON = "attention-download-button"
 ATTENTION_DOWNLOAD = "attention-download"
 ATTENTION_CELL = "attention-cell"          # dcc.Store: the clicked (layer, pos, head) and pair
 ATTENTION_PAIR = "attention-pair"          # which prompt pair the attention panel shows
+ATTENTION_RECEIVER = "attention-receiver"  # the later head shown under a head_out / head_v patch
 
 # -- history & compare ---------------------------------------------------------------------
 HISTORY_VERSION = "history-version"        # dcc.Store bumped when runs are saved or deleted

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-import torch
 
 from patching.core.prompts import PromptPair, PromptSet
 from patching.core.results import PatchResult
@@ -75,14 +74,24 @@ class AttentionView:
     frame: object | None = None   # a DataFrame for CSV download, when available
     corrupt_tokens: list[str] | None = None    # the corrupt prompt's (None: as clean)
     patched_tokens: list[str] | None = None    # the patched run's prompt (None: as corrupt)
+    receivers: tuple = ()         # (layer, head, change) of the heads a sender's patch moved, largest first
+    receiver: tuple | None = None  # the (layer, head) shown, when it is a receiver of the clicked head
+    direction: str = "denoise"
 
 
-def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionView:
+def _np(t):
+    return t.detach().float().cpu().numpy()
+
+
+def attention_for_cell(registry, run, cell: dict, pair: int = 0, receiver=None) -> AttentionView:
     """Counterfactual attention of the clicked head of a stored run (pair `pair`).
 
-    Uses `patching.methods.attention.counterfactual_attention` when installed (clean, corrupt and
-    patched patterns); otherwise the clean and corrupt patterns from the runner's cache.
+    For q / k / pattern patches: the clicked head's own clean, corrupt and patched patterns. For
+    head_out / head_v patches the clicked head's own pattern cannot change, so the view shows a
+    *receiver*: a later head's pattern under the patch — `receiver` (layer, head), by default the
+    one whose pattern changed most; `receivers` lists every head that moved.
     """
+    from patching.methods.attention import counterfactual_attention, downstream_attention, reshapes_own_pattern
     result = run.result
     if getattr(result.spec, "kind", None) == "path":
         return _path_attention(registry, run, cell, pair)
@@ -95,6 +104,7 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
     spec = result.spec
     model, prompts = stored_prompts(registry, run)
     kind = KINDS[spec.kind]
+    index = {k: v for k, v in cell.items() if v is not None and k in result.axes}
     heads_label = f"L{layer}.H{head}" if not kind.kv_heads else f"L{layer} key/value head {head}"
     where = f" at position {cell['pos']}" if cell.get("pos") is not None else ""
     if prompts.is_mixed:            # aligned by role: this pair alone, the role read at its own index
@@ -102,35 +112,39 @@ def attention_for_cell(registry, run, cell: dict, pair: int = 0) -> AttentionVie
         if result.roles and cell.get("pos") is not None:
             role = int(cell["pos"])
             cell["pos"] = prompts.role_positions()[pair][role]
+            index["pos"] = cell["pos"]
             where = f" at {result.roles[role]} (position {cell['pos']})"
         prompts, spec = prompts.subset([pair]), replace(spec, positions=None)
         title_pair, pair = pair, 0
     else:
         title_pair = pair
+    if not reshapes_own_pattern(spec.kind):
+        down = downstream_attention(model, prompts, spec, index, pair=pair)
+        ranked = tuple(down.ranked())
+        if receiver is None and ranked:
+            receiver = ranked[0][:2]
+        if receiver is not None:
+            rl, rh = (int(v) for v in receiver)
+            diff = down.head(rl, rh)
+            change = float(down.change[rl, rh])
+            title = (f"Receiver L{rl}.H{rh} under a patch of {heads_label}{where} · pair {title_pair} "
+                     f"· max change {change:.3f}")
+            return AttentionView(_np(diff.clean), _np(diff.corrupt), _np(diff.patched), list(diff.str_tokens),
+                                 title, f"patched: {diff.patch_label}", diff.to_dataframe(),
+                                 list(diff.corrupt_str_tokens), list(diff.patched_str_tokens),
+                                 ranked, (rl, rh), spec.direction)
     title = f"Counterfactual attention · {heads_label}{where} · pair {title_pair}"
-    try:
-        from patching.methods.attention import counterfactual_attention
-    except ImportError:
-        counterfactual_attention = None
     # k/v kinds index key/value heads: show the first query head of the group
     q_head = head if not kind.kv_heads else head * (model.n_heads // model.n_kv_heads)
     if kind.kv_heads and q_head != head:
         title += f" (query head {q_head})"
-    if counterfactual_attention is not None:
-        index = {k: v for k, v in cell.items() if v is not None and k in result.axes}
-        diff = counterfactual_attention(model, prompts, layer, q_head, spec=spec, index=index, pair=pair)
-        to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return AttentionView(to_np(diff.clean), to_np(diff.corrupt), to_np(diff.patched),
-                             list(diff.str_tokens), title, f"patched: {diff.patch_label}",
-                             diff.to_dataframe(), list(diff.corrupt_str_tokens), list(diff.patched_str_tokens))
-    if model.runner is None:
-        raise ValueError(f"attention view needs the engine's runner; {model.name!r} has none")
-    clean = model.runner.run(prompts.clean_tokens).layers[layer].pattern[pair, q_head]
-    corrupt = model.runner.run(prompts.corrupt_tokens).layers[layer].pattern[pair, q_head]
-    note = "patched pattern: needs patching/methods/attention.py"
-    return AttentionView(clean.float().cpu().numpy(), corrupt.float().cpu().numpy(), None,
-                         list(prompts.str_tokens), title, note, None,
-                         model.to_str_tokens(prompts.corrupt_tokens[pair].tolist()))
+    diff = counterfactual_attention(model, prompts, layer, q_head, spec=spec, index=index, pair=pair)
+    note = f"patched: {diff.patch_label}"
+    if not reshapes_own_pattern(spec.kind):
+        note = "no later head's pattern changes under this patch (it is at the last layer); " + note
+    return AttentionView(_np(diff.clean), _np(diff.corrupt), _np(diff.patched), list(diff.str_tokens), title,
+                         note, diff.to_dataframe(), list(diff.corrupt_str_tokens),
+                         list(diff.patched_str_tokens), direction=spec.direction)
 
 
 def _path_attention(registry, run, cell: dict | None, pair: int) -> AttentionView:

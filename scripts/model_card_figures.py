@@ -1,6 +1,7 @@
 """Heatmaps for the default model's card, from Patchboard's own engine, rendered in headless Chromium.
 
     python scripts/model_card_figures.py [--n 32] [--out assets/models/patchboard-tiny]
+    python scripts/model_card_figures.py --model patchboard-circuits --out assets/models/patchboard-circuits
 
 Writes ioi_head_out.png (layer x head) and ioi_head_out_per_pos.png (layer.head x position),
 denoise, normalized, over n held-out IOI pairs of one token length; prints the top heads, then
@@ -19,8 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dashboard import figures                              # noqa: E402
-from patching import PatchSpec, PromptSet, load_model, sweep   # noqa: E402
+from patching import PatchSpec, PromptSet, figures, load_model, sweep   # noqa: E402
 from patching.methods.circuit import (Component, CircuitSpec, all_components, faithfulness,  # noqa: E402
                               faithfulness_curve, rank_components)
 from patching.methods.path import PathSpec, run_path               # noqa: E402
@@ -45,9 +45,10 @@ def render(fig, path: Path, width=900, height=520) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--model", default="default", help="the model to analyse (default: default)")
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "models" / "patchboard-tiny")
     args = ap.parse_args(argv)
-    model = load_model("default", device="cpu")
+    model = load_model(args.model, device="cpu")
     pairs = make_pairs("ioi", 4 * args.n, split="eval", seed=0)
     by_len = collections.defaultdict(list)
     for p in pairs:

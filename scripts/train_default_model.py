@@ -2,6 +2,7 @@
 induction circuits, plus its tokenizer, from scratch on one CPU thread.
 
     python scripts/train_default_model.py --recipe shipped     # the shipped model, all stages
+    python scripts/train_default_model.py --recipe circuits    # patchboard-circuits, one stage
     python scripts/train_default_model.py                      # stage 1 only
     # (the stages and their flags: SHIPPED_STAGES below and assets/models/patchboard-tiny/MODEL_CARD.md)
     python scripts/train_default_model.py --steps 5 --d-model 32 --n-layer 1 --n-head 2 \\
@@ -21,7 +22,9 @@ Training data: items from :func:`patching.tasks.families.training_examples`, one
 ``<BOS> item`` -- exactly the shape the engine and the eval feed the model -- with rows of
 similar length batched together. The loss is next-token cross-entropy on every token, weighted:
 each task item's answer token counts ``--answer-weight`` times, and the first (random, hence
-unpredictable) pass of an induction sequence counts zero.
+unpredictable) pass of an induction sequence counts zero. ``--random-repeat`` adds sequences of
+random vocabulary tokens repeated twice (only the repeat is trained), ``--ioi-variants`` IOI
+sentences that counting names cannot solve; the ``circuits`` recipe uses both from the first step.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from patching.tasks import families as tasks  # noqa: E402
 
 BOS = "<|endoftext|>"
 DEFAULT_OUT = ROOT / "assets" / "models" / "patchboard-tiny"
+CIRCUITS_OUT = ROOT / "assets" / "models" / "patchboard-circuits"
+# Items of the shipped model's stage 1 (3000 steps x 64): their first 50,000 trained its tokenizer.
+SHIPPED_TOKENIZER_ITEMS = 3000 * 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +157,64 @@ def make_batches(items_ids: list[list[int]], item_weights: list[list[float]], bo
     return batches
 
 
+def random_repeat_items(n: int, vocab: int, bos_id: int, seed: int,
+                        lengths: tuple[int, int] = (10, 30)) -> list[list[int]]:
+    """``n`` sequences of token ids drawn uniformly from the vocabulary (no BOS, no repeats
+    within a half), each repeated twice: the data that teaches induction heads fastest, because
+    the second half is predictable only by copying the token that followed last time.
+
+    >>> seqs = random_repeat_items(2, 50, 0, seed=1, lengths=(3, 5))
+    >>> [s[: len(s) // 2] == s[len(s) // 2:] and 0 not in s for s in seqs]
+    [True, True]
+    """
+    rng = random.Random(f"random-repeat/{seed}")
+    pool = [i for i in range(vocab) if i != bos_id]
+    out = []
+    for _ in range(n):
+        half = rng.sample(pool, rng.randint(*lengths))
+        out.append(half + half)
+    return out
+
+
+def random_repeat_weights(ids: list[int]) -> list[float]:
+    """Loss weights of a repeated random sequence: 0 over the first half and the first token of
+    the second (unpredictable), 1 over the rest of the repeat.
+
+    >>> random_repeat_weights([7, 8, 9, 7, 8, 9])
+    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    half = len(ids) // 2
+    return [0.0] * (half + 1) + [1.0] * (len(ids) - half - 1)
+
+
+def ioi_variant_item(rng: random.Random) -> str:
+    """An IOI training sentence that a "the name seen once" count cannot solve, or not alone:
+    either the indirect object is mentioned once more before the story ("A was happy. When A
+    and B ..., B gave a drink to A": both names occur twice, only "which name is the subject
+    now" tells them apart), or a third name joins both the group and the subject ("When A, C and
+    B went ..., B and C gave a drink to A": two duplicated names to inhibit).
+
+    >>> ioi_variant_item(random.Random(0)).endswith(".")
+    True
+    """
+    filled, io, s, _, _ = tasks._ioi_fill(rng, "train")
+    if rng.random() < 0.5:
+        c = rng.choice([n for n in tasks.NAMES if n not in (io, s)])
+        for pair in ("[B] and [A]", "[A] and [B]"):
+            if pair in filled:
+                x, y = pair[:3], pair[-3:]
+                filled = filled.replace(pair, f"{x}, [C] and {y}", 1)
+                break
+        first = filled.index("[B]")
+        s2 = filled.index("[B]", first + 3)
+        both = "[B] and [C]" if rng.random() < 0.5 else "[C] and [B]"
+        filled = filled[:s2] + both + filled[s2 + 3:]
+        filled = filled.replace("[C]", c)
+    else:
+        filled = f"[A] {rng.choice(('was happy', 'smiled', 'was there', 'came too'))}. " + filled
+    return filled.replace("[A]", io).replace("[B]", s) + "."
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -159,7 +223,9 @@ def make_batches(items_ids: list[list[int]], item_weights: list[list[float]], bo
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output directory (default: {DEFAULT_OUT.relative_to(ROOT)}, or "
+                        f"{CIRCUITS_OUT.relative_to(ROOT)} with --recipe circuits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64, help="items (rows) per step")
@@ -189,13 +255,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mix", type=str, default=None,
                    help="item shares, e.g. 'ioi=0.4,factual=0.2,greater_than=0.1,induction=0.2,"
                         "filler=0.1' (default: patching.tasks.families.TRAIN_MIX)")
+    p.add_argument("--random-repeat", type=float, default=0.0,
+                   help="extra share of items that are random vocabulary tokens repeated twice "
+                        "(10-30 tokens per half; see random_repeat_items)")
+    p.add_argument("--ioi-variants", type=float, default=0.0,
+                   help="extra share of items that are IOI sentences counting cannot solve "
+                        "(see ioi_variant_item)")
+    p.add_argument("--tokenizer-corpus", choices=("mix", "default"), default="mix",
+                   help="train the tokenizer on this run's items ('mix') or on the shipped model's "
+                        "stage-1 items ('default': patchboard-tiny's vocabulary)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate and save a checkpoint every N steps (0: only at the end)")
     p.add_argument("--eval-n", type=int, default=100, help="eval items per task")
-    p.add_argument("--recipe", choices=("shipped",), default=None,
-                   help="run every stage of the shipped model in order (each stage's flags are in "
-                        "SHIPPED_STAGES; --out and --threads apply, other flags are ignored)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="run every stage of a recipe in order: 'shipped' (patchboard-tiny, "
+                        "SHIPPED_STAGES) or 'circuits' (patchboard-circuits, CIRCUITS_STAGES); "
+                        "--out and --threads apply, other flags are ignored")
     p.add_argument("--analyse-only", action="store_true",
                    help="skip training; print IOI head-out patching of the model in --out")
     return p.parse_args(argv)
@@ -293,6 +369,26 @@ SHIPPED_STAGES: tuple[tuple[str, ...], ...] = (
 )
 
 
+# patchboard-circuits (issue #19, not reached yet): one stage from scratch, with repeated random
+# tokens (for induction heads) and IOI sentences that counting names cannot solve in the mix from
+# the first step. Measured so far (eval n=500, scripts/head_scores.py): 1500 steps with random
+# positions, --random-repeat 0.15, --ioi-variants 0.1 (338 s CPU): factual 1.00, greater-than
+# 0.72, IOI 0.46 (logit diff -0.11), induction 0.03, best induction head 0.09, best
+# previous-token head 0.13 -- no induction head; the repeated random tokens stayed at chance loss
+# (~7.6). The flags below, the second try (sinusoidal positions, --random-repeat 0.4,
+# --ioi-variants 0.05, 1400 steps, 365 s CPU): factual 0.04, greater-than 0.71, IOI 0.47 (logit
+# diff -0.12), induction 0.01; best induction head 0.10, best previous-token head 0.16; the
+# random-repeat batches' loss only began to fall (7.6 -> 5.7) after step 1000. Both runs are far
+# from patchboard-tiny's stage 1 at the same step (IOI 1.0 at 1500): the repeats, batched apart by
+# length, take a share of the steps. Next: more steps (the CPU budget allows ~4,500).
+CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
+    ("--steps", "1400", "--warmup", "100", "--lr", "3e-3", "--seed", "0", "--pos-init",
+     "sinusoidal", "--random-repeat", "0.4", "--ioi-variants", "0.05", "--tokenizer-corpus",
+     "default"),
+)
+RECIPES = {"shipped": SHIPPED_STAGES, "circuits": CIRCUITS_STAGES}
+
+
 def run_recipe(out: Path, threads: int, stages=SHIPPED_STAGES) -> dict:
     """Train every stage in order; stage k starts from stage k-1's output (kept in a temporary
     directory), the last stage writes ``out``. Returns the last stage's result plus the summed
@@ -302,7 +398,7 @@ def run_recipe(out: Path, threads: int, stages=SHIPPED_STAGES) -> dict:
     """
     import tempfile
 
-    total, previous, result = 0.0, None, {}
+    total, cpu, previous, result = 0.0, 0.0, None, {}
     with tempfile.TemporaryDirectory(prefix="patchboard-stages-") as tmp:
         for k, flags in enumerate(stages, start=1):
             stage_out = out if k == len(stages) else Path(tmp) / str(k)
@@ -311,14 +407,18 @@ def run_recipe(out: Path, threads: int, stages=SHIPPED_STAGES) -> dict:
                 argv += ["--init-from", str(previous)]
             result = main(argv)
             total += result["train_s"]
+            cpu += result["train_cpu_s"]
             previous = stage_out
-    return {**result, "stages": len(stages), "recipe_train_s": round(total, 1)}
+    return {**result, "stages": len(stages), "recipe_train_s": round(total, 1),
+            "recipe_train_cpu_s": round(cpu, 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.out is None:
+        args.out = CIRCUITS_OUT if args.recipe == "circuits" else DEFAULT_OUT
     if args.recipe:
-        return run_recipe(args.out, args.threads)
+        return run_recipe(args.out, args.threads, RECIPES[args.recipe])
     if args.analyse_only:
         result = analyse_ioi_heads(args.out)
         print(json.dumps(result, indent=1))
@@ -350,14 +450,24 @@ def main(argv: list[str] | None = None) -> dict:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(args.init_from)
     else:
-        tokenizer = build_tokenizer([text for _, text in examples[:50_000]], args.vocab_size)
+        corpus = (examples if args.tokenizer_corpus == "mix"
+                  else tasks.training_examples(SHIPPED_TOKENIZER_ITEMS, seed=0))
+        tokenizer = build_tokenizer([text for _, text in corpus[:50_000]], args.vocab_size)
+    n_variants = round(args.ioi_variants * n_items)
+    variant_rng = random.Random(f"ioi-variants/{args.seed}")
+    examples += [("ioi", ioi_variant_item(variant_rng)) for _ in range(n_variants)]
     bos_id = tokenizer.bos_token_id
     period_id = tokenizer.convert_tokens_to_ids(".")
     items_ids = tokenizer([text for _, text in examples], add_special_tokens=False)["input_ids"]
     weights = [token_weights(kind, ids, period_id, args.answer_weight)
                for (kind, _), ids in zip(examples, items_ids)]
+    repeats = random_repeat_items(round(args.random_repeat * n_items), len(tokenizer), bos_id,
+                                  args.seed)
+    items_ids += repeats
+    weights += [random_repeat_weights(ids) for ids in repeats]
     batches = make_batches(items_ids, weights, bos_id, args.batch_size, args.n_ctx, args.seed)
-    log({"event": "data", "items": n_items, "batches": len(batches), "vocab": len(tokenizer),
+    log({"event": "data", "items": len(items_ids), "random_repeat": len(repeats),
+         "ioi_variants": n_variants, "batches": len(batches), "vocab": len(tokenizer),
          "tokens": sum(len(ids) + 1 for ids in items_ids)})
 
     config = GPT2Config(
@@ -385,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=args.lr, betas=(0.9, 0.98))
     model.train()
-    running, t_train = None, time.time()
+    running, t_train, cpu_train = None, time.time(), time.process_time()
     for step in range(args.steps):
         input_ids, targets, w = batches[step % len(batches)]
         for group in optim.param_groups:
@@ -414,7 +524,8 @@ def main(argv: list[str] | None = None) -> dict:
     save(model, tokenizer, out)
     train_s = time.time() - t_train
     result = {"event": "done", "steps": args.steps, "final_loss_ema": round(running, 4),
-              "train_s": round(train_s, 1), "total_s": round(time.time() - t0, 1),
+              "train_s": round(train_s, 1),
+              "train_cpu_s": round(time.process_time() - cpu_train, 1), "total_s": round(time.time() - t0, 1),
               "params": n_params, "args": {k: str(v) for k, v in vars(args).items()}}
     log(result)
     log_file.close()

@@ -9,7 +9,8 @@ import torch
 
 from patching import PatchSpec, PromptSet
 from patching.model import hooks
-from patching.methods.attention import AttentionDiff, counterfactual_attention
+from patching.methods.attention import (AttentionDiff, counterfactual_attention, downstream_attention,
+                                      reshapes_own_pattern)
 from tests.conftest import IOI
 
 FAMILIES = ("gpt2", "llama", "neox")
@@ -220,3 +221,84 @@ def test_the_corrupt_panel_and_csv_carry_the_corrupt_prompts_tokens(tiny_models,
     noise = counterfactual_attention(model, ps, 1, 2, spec=PatchSpec(kind="resid_pre", direction="noise"),
                                      index={"layer": 0, "pos": 8})
     assert noise.patched_str_tokens == noise.str_tokens                  # noise patches the clean run
+
+
+# -- every head under one patch (the receivers of a sender) --------------------------------------
+def bridge_patterns(model, tokens, fwd_hooks=()):
+    """hook_pattern of every layer in one bridge forward with the given hooks, [layer, head, dest, src]."""
+    seen = {}
+
+    def grab(act, hook):
+        seen[hook.name] = act.detach().clone()
+    names = [hooks.pattern(l) for l in range(model.n_layers)]
+    model.bridge.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, *((n, grab) for n in names)])
+    return torch.stack([seen[n][0] for n in names])
+
+
+DOWNSTREAM = [
+    (dict(kind="head_out"), {"layer": 0, "head": 1}, hooks.z(0), None, 1),
+    (dict(kind="head_out", per_position=True), {"layer": 0, "pos": 10, "head": 3}, hooks.z(0), 10, 3),
+    (dict(kind="head_out", per_position=True), {"layer": 0, "pos": 12, "head": 0}, hooks.z(0), 12, 0),
+    (dict(kind="head_v"), {"layer": 0, "head": 1}, hooks.v(0), None, 1),
+    (dict(kind="resid_pre"), {"layer": 1, "pos": 10}, hooks.resid_pre(1), 10, None),
+    (dict(kind="head_q"), {"layer": 0, "head": 2}, hooks.q(0), None, 2),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("case", DOWNSTREAM, ids=lambda c: c[0]["kind"] + str(c[1]))
+def test_downstream_attention_matches_naive_hooked_forward(tiny_models, prompt_sets, family, direction, case):
+    """Every head's pattern under one patch == the bridge's hook_pattern with the patch hooked in."""
+    spec_kw, index, hook_name, pos, head = case
+    model, ps = tiny_models[family], prompt_sets[family]
+    if spec_kw["kind"] == "head_v" and model.n_kv_heads != model.n_heads:
+        head = index["head"]                       # key/value head 1 on the grouped model
+    spec = PatchSpec(direction=direction, **spec_kw)
+    for pair in (0, 1):
+        d = downstream_attention(model, ps, spec, index, pair=pair)
+        c, k, cc, kc = caches(model, ps, pair)
+        base_tokens, donor_cache = (k, cc) if direction == "denoise" else (c, kc)
+        ref = bridge_patterns(model, base_tokens, [(hook_name, replace_hook(donor_cache[hook_name], pos, head))])
+        base = bridge_patterns(model, base_tokens)
+        assert (d.patched - ref).abs().max() < 1e-5
+        assert (d.base - base).abs().max() < 1e-5
+        naive_change = (ref - base).abs().amax(dim=(-2, -1))
+        assert (d.change - naive_change).abs().max() < 1e-5
+        assert d.most_changed() is not None and naive_change.max() > 1e-5
+        layer, h = d.most_changed()
+        assert naive_change[layer, h] == pytest.approx(float(naive_change.max()), abs=1e-6)
+
+
+def test_patch_where_the_prompts_agree_moves_no_receiver(tiny_models, prompt_sets):
+    """IOI pairs differ at position 10 only: clean and corrupt z agree at position 8, so patching
+    it changes nothing — no receiver is offered (float noise of the recomputed rows is not a change)."""
+    model, ps = tiny_models["gpt2"], prompt_sets["gpt2"]
+    d = downstream_attention(model, ps, PatchSpec(kind="head_out", per_position=True),
+                             {"layer": 0, "pos": 8, "head": 3})
+    assert d.ranked() == [] and d.most_changed() is None and float(d.change.max()) < 1e-6
+    assert "leaves this head's pattern unchanged" in d.head(1, 0).patch_label
+
+
+def test_head_out_sender_changes_receivers_not_itself(tiny_models, prompt_sets):
+    model, ps = tiny_models["gpt2"], prompt_sets["gpt2"]
+    d = downstream_attention(model, ps, PatchSpec(kind="head_out"), {"layer": 0, "head": 1})
+    assert float(d.change[0].abs().max()) == 0          # layer 0: no head's pattern can move
+    assert float(d.change[1].max()) > 0                 # layer 1 reads the patched head
+    assert d.ranked()[0][0] == 1 and d.most_changed() == d.ranked()[0][:2]
+    one = d.head(*d.most_changed())
+    ref = counterfactual_attention(model, ps, *d.most_changed(), spec=PatchSpec(kind="head_out"),
+                                   index={"layer": 0, "head": 1})
+    assert torch.allclose(one.patched, ref.patched, atol=1e-6) and torch.equal(one.corrupt, ref.corrupt)
+    assert "leaves this head's pattern unchanged" in d.head(0, 1).patch_label
+    assert reshapes_own_pattern("head_k") and not reshapes_own_pattern("head_v")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(spec=PatchSpec(kind="head_out"), index={"layer": 5, "head": 0}), "layer 5 out of range"),
+    (dict(spec=PatchSpec(kind="head_out"), index={"layer": 0}), "missing head"),
+    (dict(spec=PatchSpec(kind="head_out"), index={"layer": 0, "head": 1}, pair=9), "pair 9 out of range"),
+])
+def test_downstream_bad_input_is_named(tiny_models, prompt_sets, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        downstream_attention(tiny_models["gpt2"], prompt_sets["gpt2"], **kwargs)

@@ -217,3 +217,46 @@ def test_cli_dry_run_bad_input_exits_2(tiny_dirs, capsys):
     from patching.cli import main
     assert main(cli_args(tiny_dirs["gpt2"], "sweep", "--kind", "resid_pre", "--layers", "7", "--dry-run")) == 2
     assert "layers [7] out of range" in capsys.readouterr().err
+
+
+def test_a_sweeps_own_cost_is_calibrated_and_added_once_per_sweep(gpt2_model, ioi_prompts):
+    """Small runs are mostly what a sweep does besides its forwards (plan, metric, provenance):
+    the calibration measures it (a one-cell sweep less its forwards' estimate) and the estimate
+    adds it once, whatever the kind or the number of batches."""
+    import dataclasses
+    cal = calibrate(gpt2_model, ioi_prompts, repeat=2)
+    assert cal.sweep_seconds >= 0
+    for spec in (PatchSpec(kind="resid_pre"), PatchSpec(kind="head_out", per_position=True)):
+        with_it = estimate_cost(gpt2_model, ioi_prompts, spec, calibration=dataclasses.replace(UNIT, sweep_seconds=7.0))
+        without = estimate_cost(gpt2_model, ioi_prompts, spec, calibration=UNIT)
+        assert with_it.batches > 1 and with_it.seconds == pytest.approx(without.seconds + 7.0)
+    with pytest.raises(ValueError, match="sweep_seconds must be >= 0"):
+        dataclasses.replace(UNIT, sweep_seconds=-1.0)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PATCHBOARD_TIMING_TESTS"),
+                    reason="timing: set PATCHBOARD_TIMING_TESTS=1 on a machine that is not shared (under loads "
+                           "of 12-20 on 2 cores one load spike on either side moves the ratio 0.05x-4x)")
+@pytest.mark.parametrize("spec", [PatchSpec(kind="head_out", per_position=True), PatchSpec(kind="resid_pre")])
+def test_the_estimate_is_within_2x_of_the_sweep_timed_in_the_same_process(gpt2_model, ioi_prompts, spec):
+    """The estimate's model (calibrated per-unit, per-step and per-sweep costs) against the sweep
+    it prices, both timed here one after the other, best of several (issue #17 item 14: within
+    2x). Not a speed bound: both sides run under whatever load the machine has; on a shared
+    machine a load spike can still land on one side, so the comparison is made afresh up to three
+    times — a model that is off (before the per-sweep cost was calibrated, a small run was
+    estimated at a tenth of its time) fails all three."""
+    import time
+    ratios = []
+    for _ in range(3):
+        cal = calibrate(gpt2_model, ioi_prompts)
+        est = estimate_cost(gpt2_model, ioi_prompts, spec, calibration=cal).seconds
+        sweep(gpt2_model, ioi_prompts, spec)
+        measured = []
+        for _ in range(5):
+            start = time.perf_counter()
+            sweep(gpt2_model, ioi_prompts, spec)
+            measured.append(time.perf_counter() - start)
+        ratios.append(est / min(measured))
+        if 0.5 <= ratios[-1] <= 2.0:
+            break
+    assert 0.5 <= ratios[-1] <= 2.0, ratios

@@ -113,11 +113,16 @@ def test_out_of_range_filters(gpt2_model, ioi_prompts, kwargs, message):
         plan_coords(gpt2_model, ioi_prompts, PatchSpec(**kwargs))
 
 
-def test_progress_reports_reach_the_total(gpt2_model, ioi_prompts):
+def test_progress_counts_patched_forwards_from_zero_like_the_estimate(gpt2_model, ioi_prompts):
+    """Progress counts what the cost estimate counts (patched forwards: live cells x pairs, the
+    skipped cells not at all), and its first report, (0, total), comes before any patched forward."""
+    from patching.methods.cost import Calibration, estimate_cost
+    spec = PatchSpec(kind="head_out", per_position=True)
     seen = []
-    sweep(gpt2_model, ioi_prompts, PatchSpec(kind="head_out", per_position=True),
-          on_progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (2 * 15 * 4, 2 * 15 * 4)
+    sweep(gpt2_model, ioi_prompts, spec, on_progress=lambda done, total: seen.append((done, total)))
+    rows = estimate_cost(gpt2_model, ioi_prompts, spec, calibration=Calibration("t", "cpu", 1, 0, 1, 1)).patched_rows
+    assert rows < 2 * 15 * 4 * ioi_prompts.n_pairs          # some cells change nothing and are not run
+    assert seen[0] == (0, rows) and seen[-1] == (rows, rows)
     assert all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
 
 

@@ -249,16 +249,21 @@ def test_dashboard_attention_of_a_role_cell_reads_the_pairs_own_index(gpt2_model
     own token index of that role."""
     from types import SimpleNamespace
 
+    from dataclasses import replace
+
     from dashboard.views import attention_for_cell
-    from patching.methods.attention import counterfactual_attention
+    from patching.methods.attention import downstream_attention
     from patching.runs.store import RunStore
     spec = PatchSpec(kind="head_out", per_position=True, model=str(tiny_dirs["gpt2"]))
     result = sweep(gpt2_model, mixed, spec)
     run = SimpleNamespace(result=result, pairs=[tuple(p) for p in RunStore._pairs(mixed.pairs)])
     view = attention_for_cell(registry, run, {"layer": 0, "pos": 3, "head": 1}, pair=3)   # S2 of pair 3
     s2 = mixed.role_positions()[3][3]
-    want = counterfactual_attention(gpt2_model, mixed.subset([3]), 0, 1, spec=spec,
-                                    index={"layer": 0, "pos": s2, "head": 1})
+    # head_out: the view shows the receiver head whose pattern the patch changed most
+    down = downstream_attention(gpt2_model, mixed.subset([3]), replace(spec, positions=None),
+                                {"layer": 0, "pos": s2, "head": 1}, pair=0)
+    want = down.head(*view.receiver)
+    assert view.receiver == tuple(down.ranked()[0][:2])
     assert f"at S2 (position {s2})" in view.title and "pair 3" in view.title
     assert torch.allclose(torch.as_tensor(view.patched), want.patched.float())
     assert len(view.str_tokens) == mixed.lengths[3]            # that pair's tokens, no padding

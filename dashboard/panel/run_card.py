@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
 from patching.kinds import KINDS
-from patching.runs.jobs import job_token
+from patching.runs.jobs import cancel_job, job_token, running_jobs
 
 from dashboard import ids
 from dashboard.actions import execute_run, guarded
@@ -30,6 +31,51 @@ _SESSION_ID = """function(_) { return (window.crypto && crypto.randomUUID) ? cry
 # kind, metric and direction survive a reload of this tab (sessionStorage); a second tab starts
 # from the defaults rather than from whatever the first tab chose last
 KEPT_ON_RELOAD = dict(persistence=True, persistence_type="session")
+
+
+JOBS_POLL_MS = 1000       # how often a page looks for runs it did not start (a reload, another tab)
+
+
+@dataclass(frozen=True)
+class AttachView:
+    """What the run card shows of jobs this page did not start. `main` (progress value, max,
+    label, text, Cancel disabled) is None when the card's own controls are left alone (this page
+    runs something, or nothing changed); `waiting` is the job this page's queued run waits for."""
+    attached: int | None
+    main: tuple | None
+    waiting: str = ""
+    opened: int | None = None          # the run an attached sweep saved: put on screen when it ends
+
+
+def attach_view(jobs, session: str | None, run_disabled: bool, attached: int | None, ended=None) -> AttachView:
+    """Running jobs (`patching.runs.jobs.running_jobs`) -> the card's view. While this page runs
+    nothing of its own, the job doing its work (else the first queued) takes the progress bar,
+    its text (with the ETA) and Cancel; while this page's run waits, the job it waits for is named
+    under it with a Cancel of its own. `ended`: the record (JobInfo) of the attached job once it
+    is no longer running; a sweep it saved is opened.
+
+    >>> attach_view([], "s", False, None)
+    AttachView(attached=None, main=None, waiting='', opened=None)
+    """
+    others = [j for j in jobs if not j.started_by(session)]
+    if run_disabled:                        # this page's own run owns the controls
+        ahead = next((j for j in others if not j.queued), None)
+        return AttachView(ahead.info.id if ahead else None, None, f"Waiting for {ahead.text()}" if ahead else "")
+    if not others:
+        if attached is None:
+            return AttachView(None, None)
+        if ended is not None and ended.status == "done" and ended.kind == "sweep" and ended.run_id is not None:
+            return AttachView(None, (1, 1, "", f"Job {attached} finished: run #{ended.run_id} is on screen.", True),
+                              opened=ended.run_id)
+        how = f"ended ({ended.status}{': ' + ended.reason if ended.reason else ''})" if ended else "ended"
+        return AttachView(None, (0, 1, "", f"Job {attached} {how}; anything it saved is in the history.", True))
+    job = others[0]
+    p = job.progress
+    done, total = (p.done, p.total) if p is not None and p.total > 0 else (0, 1)
+    label = f"{done} / {total}" if 0 < done < total else ""
+    more = f" (+{len(others) - 1} queued)" if len(others) > 1 else ""
+    text = f"Started elsewhere: {job.text()}{more}. Cancel stops it; Run queues behind it."
+    return AttachView(job.info.id, (done, total, label, text, False))
 
 
 def layout() -> dbc.Card:
@@ -70,6 +116,13 @@ def layout() -> dbc.Card:
             ], className="run-row"),
             dbc.Progress(id=ids.PROGRESS, value=0, max=1, label="", className="run-progress"),
             html.Div(id=ids.PROGRESS_TEXT, className="progress-text"),
+            html.Div([
+                html.Span(id=ids.WAITING_FOR_TEXT),
+                dbc.Button("Cancel that run", id=ids.WAITING_FOR_CANCEL, color="secondary", outline=True,
+                           size="sm", n_clicks=0, className="ms-2"),
+            ], id=ids.WAITING_FOR, hidden=True, className="progress-text waiting-for"),
+            dcc.Interval(id=ids.JOBS_POLL, interval=JOBS_POLL_MS),
+            dcc.Store(id=ids.ATTACHED_JOB, data=None),
             html.Div(id=ids.RUN_STATUS, className="run-status"),
             html.Div(id=ids.BASELINES, className="baselines"),
             html.Div(id=ids.ERROR_MESSAGE, role="alert", className="error-message"),
@@ -139,7 +192,48 @@ def register(app, ctx) -> SimpleNamespace:
                       ids.BASELINES))(run_sweep)
 
     cancelled = register_cancel_notice(app, store, "Run", ids.CANCEL_BUTTON, ids.RUN_BUTTON, ids.RUN_STATUS,
-                                        ids.PROGRESS, ids.PROGRESS_TEXT)
+                                        ids.PROGRESS, ids.PROGRESS_TEXT, attached=ids.ATTACHED_JOB)
+
+    # -- runs this page did not start: a reload mid-run, a second tab ------------------------------
+    def watch_jobs(_n, session, run_disabled, attached):
+        """Every JOBS_POLL_MS (and once the page has its session id): show the running job this
+        page did not start, or the one its queued run waits for."""
+        attached = attached if isinstance(attached, int) and not isinstance(attached, bool) else None
+        jobs = running_jobs(store)
+        ended = None
+        if attached is not None and all(j.info.id != attached for j in jobs):
+            try:
+                ended = store.job(attached)
+            except ValueError:                      # deleted meanwhile
+                pass
+        view = attach_view(jobs, session if isinstance(session, str) else None, bool(run_disabled), attached, ended)
+        main = view.main if view.main is not None else (no_update,) * 5
+        opened = (view.opened, time.time()) if view.opened is not None else (no_update, no_update)
+        return (view.attached, *main, not view.waiting, view.waiting, *opened)
+
+    app.callback(
+        Output(ids.ATTACHED_JOB, "data"),
+        Output(ids.PROGRESS, "value", allow_duplicate=True), Output(ids.PROGRESS, "max", allow_duplicate=True),
+        Output(ids.PROGRESS, "label", allow_duplicate=True),
+        Output(ids.PROGRESS_TEXT, "children", allow_duplicate=True),
+        Output(ids.CANCEL_BUTTON, "disabled", allow_duplicate=True),
+        Output(ids.WAITING_FOR, "hidden"), Output(ids.WAITING_FOR_TEXT, "children"),
+        Output(ids.CURRENT_RUN, "data", allow_duplicate=True), Output(ids.HISTORY_VERSION, "data", allow_duplicate=True),
+        Input(ids.JOBS_POLL, "n_intervals"), Input(ids.SESSION_ID, "data"),
+        State(ids.RUN_BUTTON, "disabled"), State(ids.ATTACHED_JOB, "data"),
+        prevent_initial_call=True)(watch_jobs)
+
+    def cancel_waited_for(n_clicks, attached):
+        """'Cancel that run': the job this page's queued run waits for."""
+        if not n_clicks or not isinstance(attached, int) or isinstance(attached, bool):
+            return no_update
+        return (f"Cancel sent to job {attached}; this run starts when it has stopped."
+                if cancel_job(store, attached) else f"Job {attached} has already ended.")
+
+    app.callback(Output(ids.WAITING_FOR_TEXT, "children", allow_duplicate=True),
+                 Input(ids.WAITING_FOR_CANCEL, "n_clicks"), State(ids.ATTACHED_JOB, "data"),
+                 prevent_initial_call=True)(cancel_waited_for)
 
     app.clientside_callback(_SESSION_ID, Output(ids.SESSION_ID, "data"), Input(ids.SESSION_ID, "id"))
-    return SimpleNamespace(validate=validate, kind_controls=kind_controls, run_sweep=run_sweep, cancelled=cancelled)
+    return SimpleNamespace(validate=validate, kind_controls=kind_controls, run_sweep=run_sweep, cancelled=cancelled,
+                           watch_jobs=watch_jobs, cancel_waited_for=cancel_waited_for)

@@ -147,3 +147,57 @@ def job_like_calibration(model, prompts):
             logging.getLogger(__name__).warning("calibration in a forked process failed (%s); timing it "
                                                 "in the server instead", exc)
     return calibrate(model, prompts)
+
+
+def _time_threads(model, prompts, threads: int, repeat: int = 3) -> float:
+    """Seconds of a 1-row plus a CALIBRATION_ROWS-row resumed forward of `prompts` (best of
+    `repeat`) on `threads` torch threads: the two batch sizes a job runs."""
+    import torch
+
+    from patching.methods.cost import CALIBRATION_ROWS, _best
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        if model.runner is None:
+            def run(b):
+                return lambda: model.bridge(prompts.corrupt_tokens[:1].expand(b, -1))
+        else:
+            base = model.runner.run(prompts.corrupt_tokens[:1])
+            x = base.layers[0].resid_pre
+
+            def run(b):
+                rows = torch.zeros(b, dtype=torch.long, device=x.device)
+                return lambda: model.runner.resume(base, rows, 0, "pre", x.expand(b, -1, -1).contiguous(), 0)
+        run(1)()
+        return _best(run(1), repeat) + _best(run(CALIBRATION_ROWS), repeat)
+
+
+def choose_job_threads(model, prompts, most: int | None = None) -> int:
+    """The torch thread count jobs run fastest with, on this model and machine: one thread and
+    `most` (default: the jobs' count, `PATCHBOARD_JOB_THREADS`) timed in a forked child, as a job
+    runs. A small model often runs many times faster on one thread: OpenMP's threads meet at
+    every op, and on a busy machine each meeting waits for a core (the shipped model on this
+    2-core host: a head_out sweep 0.08 s on one thread, 1-3 s on two).
+
+    >>> choose_job_threads(model, prompts)            # doctest: +SKIP
+    1
+    """
+    most = int(most or os.environ.get(JOB_THREADS_ENV) or 1)
+    if most <= 1:
+        return 1
+    timings = {n: in_forked_process(_time_threads, model, prompts, n, timeout=120.0) for n in (1, most)}
+    return min(timings, key=timings.get)
+
+
+def warm_jobs(calibrations, model, prompts) -> tuple[int, object]:
+    """At server start, before any page: pick the jobs' thread count (`choose_job_threads`; forked
+    jobs inherit it through PATCHBOARD_JOB_THREADS) and calibrate the cost estimate with it, so
+    neither the first page nor the first run waits for (or competes with) the calibration.
+    Returns (threads, calibration).
+
+    >>> warm_jobs(app.patchboard.calibrations, model, prompts)     # doctest: +SKIP
+    (1, Calibration(...))
+    """
+    import torch
+    if torch.get_num_threads() == 1 and os.environ.get(JOB_THREADS_ENV):   # a single-threaded server
+        os.environ[JOB_THREADS_ENV] = str(choose_job_threads(model, prompts))
+    return int(os.environ.get(JOB_THREADS_ENV) or torch.get_num_threads()), calibrations.get(model, prompts)

@@ -4,7 +4,8 @@ The web server (`python -m dashboard --jobs celery --redis-url URL`) queues each
 Attribution click on Redis; a worker takes it, runs the same callback code the page registered
 (Dash names each background task by a hash of the callback's source and outputs, so the worker
 builds the same app to register the same tasks), saves the result to the shared run store and
-leaves the figure's data in Redis for the page.
+leaves the figure's data in Redis for the page. It also runs the shards of a sharded sweep
+(`python -m patching sweep ... --shards N --redis-url URL`, `patching/runs/sharded.py`).
 
 One pool process per `--concurrency`; each loads its models once, at start, and keeps them for
 every job it runs (a cancel kills the process, and its replacement loads them again). Start the
@@ -22,7 +23,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from dashboard.server.celery import celery_app
+from dashboard.server.celery import celery_app, register_shard_task
 
 log = logging.getLogger("dashboard.server.worker")
 PRELOAD_TIMEOUT_S = 1800.0      # how long a new pool process may take to load its model
@@ -75,7 +76,9 @@ def build(cfg: WorkerConfig):
     tasks = sorted(n for n in capp.tasks if n.startswith("background_callback_"))
     if not tasks:
         raise RuntimeError("the dashboard registered no background callbacks with the Celery app")
-    log.info("worker: %d background callbacks registered; store %s", len(tasks), store.display_url)
+    register_shard_task(capp, registry.get, store)          # the CLI's `sweep --shards N`
+    log.info("worker: %d background callbacks and the sweep-shard task registered; store %s",
+             len(tasks), store.display_url)
     return capp, registry
 
 

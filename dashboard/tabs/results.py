@@ -40,6 +40,17 @@ def result_summary(result: PatchResult) -> str:
             f"{result.seconds:.2f} s")
 
 
+def export_name(run, what: str = "") -> str:
+    """The image / file name of a stored run: 'patchboard-run12-head_out-denoise' (+ '-' + what).
+
+    >>> export_name(SimpleNamespace(info=SimpleNamespace(id=12), result=result), "attention")
+    'patchboard-run12-head_out-denoise-attention'
+    """
+    spec = run.result.spec
+    kind = getattr(spec, "kind", "run")
+    return f"patchboard-run{run.info.id}-{kind}-{spec.direction}" + (f"-{what}" if what else "")
+
+
 def run_view(run, error: str | None, mode: str | None, image_format: str | None, cell=None,
              outline: bool = True, head_labels=None) -> tuple:
     """(heatmap, its config, summary, CSV button disabled) of a stored run (None: `error` or idle);
@@ -47,6 +58,7 @@ def run_view(run, error: str | None, mode: str | None, image_format: str | None,
     config = figures.graph_config(image_format or "png", "patchboard-heatmap")
     if run is None:
         return figures.empty_figure(error or IDLE), config, "", True
+    config = figures.graph_config(image_format or "png", export_name(run))
     mode, note = effective_mode(run.result, mode or "normalized")
     fig = figures.result_figure(run.result, mode, head_labels)
     if outline:                                           # keep the clicked cell outlined
@@ -81,6 +93,10 @@ def layout() -> html.Div:
                 html.Span("Pair", className="toolbar-label"),
                 dbc.Input(id=ids.ATTENTION_PAIR, type="number", min=0, step=1, value=0, size="sm",
                           debounce=True, className="pair-input"),
+                html.Span("Receiver head", className="toolbar-label"),
+                dcc.Dropdown(id=ids.ATTENTION_RECEIVER, options=[], value=None, clearable=False,
+                             placeholder="(head_out / head_v: a later head)", className="receiver-select",
+                             style={"minWidth": "300px"}),
                 dbc.Button("Download attention CSV", id=ids.ATTENTION_DOWNLOAD_BUTTON, size="sm",
                            color="secondary", outline=True, disabled=True, n_clicks=0),
             ], className="toolbar"),
@@ -157,46 +173,77 @@ def _register_run(app, ctx) -> SimpleNamespace:
                            head_labels=head_labels, detector_memo=memo)
 
 
-def _register_attention(app, ctx) -> SimpleNamespace:
-    """The counterfactual attention of a clicked head cell, and its CSV."""
+def receiver_options(view) -> list[dict]:
+    """The receiver dropdown: every head the sender's patch moved, largest change first.
 
-    def attention(click_data, run_id, image_format, pair=0):
-        """A click on a head cell (or a new pair number) -> its attention patterns and differences."""
+    >>> receiver_options(SimpleNamespace(receivers=((1, 3, 0.4215),)))
+    [{'label': 'L1H3 · max change 0.421', 'value': '1.3'}]
+    """
+    return [{"label": f"L{l}H{h} · max change {c:.3f}", "value": f"{l}.{h}"} for l, h, c in view.receivers]
+
+
+def _receiver(value) -> tuple[int, int] | None:
+    """'1.3' (a dropdown value) -> (1, 3); None for none."""
+    if not value:
+        return None
+    layer, head = str(value).split(".")
+    return int(layer), int(head)
+
+
+def _register_attention(app, ctx) -> SimpleNamespace:
+    """The counterfactual attention of a clicked head cell (or of its receiver), and its CSV."""
+
+    def attention(click_data, run_id, image_format, pair=0, receiver=None, trig=None):
+        """A click on a head cell (a new pair, a receiver choice) -> its attention patterns and
+        differences; a new click shows the receiver that changed most, other triggers keep the chosen one."""
         config = figures.graph_config(image_format or "png", "patchboard-attention")
         empty = figures.empty_figure("No head selected yet.", 260)
-        if triggered_value()[0] == ids.CURRENT_RUN or not click_data or not run_id:
-            return empty, config, ATTENTION_IDLE, None, True, no_update
+        trig = trig or triggered_value()[0]
+        if trig == ids.CURRENT_RUN or not click_data or not run_id:
+            return empty, config, ATTENTION_IDLE, None, True, no_update, [], None
         cell = clicked_cell(click_data)
         try:
             pair = parse_pair(pair)
             run = ctx.run(run_id)
-            view = attention_for_cell(ctx.registry, run, cell, pair)
+            keep = trig in (ids.ATTENTION_RECEIVER, ids.ATTENTION_PAIR, ids.IMAGE_FORMAT)
+            chosen = _receiver(receiver) if keep else None
+            view = attention_for_cell(ctx.registry, run, cell, pair, chosen)
         except ValueError as exc:
-            return empty, config, str(exc), None, True, no_update
+            return empty, config, str(exc), None, True, no_update, [], None
+        shown = f"L{view.receiver[0]}H{view.receiver[1]}" if view.receiver else f"L{cell['layer']}H{cell['head']}"
+        config = figures.graph_config(image_format or "png", export_name(run, f"attention-{shown}"))
         fig = figures.attention_diff(view.clean, view.corrupt, view.patched, view.str_tokens,
                                      title=view.title, note=view.note if view.patched is None else None,
-                                     corrupt_tokens=view.corrupt_tokens, patched_tokens=view.patched_tokens)
+                                     corrupt_tokens=view.corrupt_tokens, patched_tokens=view.patched_tokens,
+                                     direction=view.direction)
         outline = Patch()
         outline["layout"]["shapes"] = figures.cell_outline(run.result, cell)
         status = f"{view.title} — {view.note}" if view.note else view.title
-        return fig, config, status, {**cell, "pair": pair}, False, outline
+        stored = {**cell, "pair": pair, "receiver": list(view.receiver) if view.receiver else None}
+        value = f"{view.receiver[0]}.{view.receiver[1]}" if view.receiver else None
+        return fig, config, status, stored, False, outline, receiver_options(view), value
 
     app.callback(
         Output(ids.ATTENTION_DIFF, "figure"), Output(ids.ATTENTION_DIFF, "config"),
         Output(ids.ATTENTION_STATUS, "children"), Output(ids.ATTENTION_CELL, "data"),
         Output(ids.ATTENTION_DOWNLOAD_BUTTON, "disabled"),
         Output(ids.RESULTS_HEATMAP, "figure", allow_duplicate=True),
+        Output(ids.ATTENTION_RECEIVER, "options"), Output(ids.ATTENTION_RECEIVER, "value"),
         Input(ids.RESULTS_HEATMAP, "clickData"), Input(ids.CURRENT_RUN, "data"),
         Input(ids.IMAGE_FORMAT, "value"), Input(ids.ATTENTION_PAIR, "value"),
+        Input(ids.ATTENTION_RECEIVER, "value"),
         prevent_initial_call=True)(attention)
 
     def download_attention(n_clicks, cell, run_id):
         run = ctx.find_run(run_id) if n_clicks and cell and run_id else None
         if run is None:
             return no_update
-        view = attention_for_cell(ctx.registry, run, cell, int(cell.get("pair") or 0))
+        receiver = cell.get("receiver")
+        view = attention_for_cell(ctx.registry, run, cell, int(cell.get("pair") or 0),
+                                  tuple(receiver) if receiver else None)
         text = write_csv(view.frame) if view.frame is not None else attention_csv(view)
-        return dcc.send_string(text, f"patchboard-run{run_id}-attention-L{cell['layer']}H{cell['head']}.csv")
+        shown = f"-receiver-L{receiver[0]}H{receiver[1]}" if receiver else ""
+        return dcc.send_string(text, f"patchboard-run{run_id}-attention-L{cell['layer']}H{cell['head']}{shown}.csv")
 
     app.callback(Output(ids.ATTENTION_DOWNLOAD, "data"), Input(ids.ATTENTION_DOWNLOAD_BUTTON, "n_clicks"),
                  State(ids.ATTENTION_CELL, "data"), State(ids.CURRENT_RUN, "data"),

@@ -187,6 +187,44 @@ def out_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="-", help="output CSV path, or - for stdout (default)")
 
 
+def shard_flags(p: argparse.ArgumentParser) -> None:
+    """--shards N and --redis-url URL: the sweep split over Celery workers (`check_shards`).
+
+    >>> shard_flags(p := argparse.ArgumentParser()); p.parse_args(["--shards", "4"]).shards
+    4
+    """
+    p.add_argument("--shards", type=whole(1, 256), default=None, metavar="N",
+                   help="split the sweep into N shards run by `python -m dashboard worker`s (needs --redis-url); "
+                        "the merged result is the one-worker result, value for value")
+    p.add_argument("--redis-url", default=None,
+                   help="with --shards: the workers' Redis, redis://HOST:PORT/DB (default: $PATCHBOARD_REDIS_URL)")
+
+
+def check_shards(args: argparse.Namespace) -> str | None:
+    """The Redis URL a sharded run uses (None without --shards); BadInput for a combination that
+    cannot work: --shards without a Redis URL, or --redis-url without --shards.
+
+    >>> check_shards(argparse.Namespace(shards=2, redis_url=None, dry_run=False))
+    Traceback (most recent call last):
+    ...
+    patching.cli.common.BadInput: --shards 2 needs --redis-url redis://HOST:PORT/DB (the Redis the workers use) or $PATCHBOARD_REDIS_URL
+    """
+    if args.shards is None:
+        if args.redis_url:
+            raise BadInput(f"--redis-url {_short(args.redis_url)} is only used with --shards N; add --shards "
+                           "or leave --redis-url out")
+        return None
+    url = args.redis_url or os.environ.get("PATCHBOARD_REDIS_URL")
+    if not url:
+        raise BadInput(f"--shards {args.shards} needs --redis-url redis://HOST:PORT/DB (the Redis the workers use) "
+                       "or $PATCHBOARD_REDIS_URL")
+    if getattr(args, "dry_run", False):
+        raise BadInput("--dry-run estimates a one-worker run; leave out --shards")
+    from patching.runs.celery_app import celery_app
+    celery_app(url)                  # a bad URL or missing package: refused before the model loads
+    return url
+
+
 def has_pairs(args: argparse.Namespace) -> bool:
     """Whether --pairs or any of --clean/--corrupt/--answer/--wrong was given.
 

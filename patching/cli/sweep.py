@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
 from patching.cli import cost as cli_cost
 from patching.cli import runs as cli_runs
-from patching.cli.common import (EXIT_OK, BadInput, check_outputs, load, megabytes, model_flags,
-                                 out_flag, pair_flags, whole, write)
+from patching.cli.common import (EXIT_OK, BadInput, check_outputs, check_shards, load, megabytes, model_flags,
+                                 out_flag, pair_flags, shard_flags, whole, write)
 from patching.kinds import KINDS
 
 
@@ -85,8 +86,26 @@ def _kind_list(text: str, flag: str = "--kind") -> list[str]:
     return kinds
 
 
+def sharded_sweep(model, prompts, spec, args: argparse.Namespace, redis_url: str):
+    """The sweep as `--shards N` pieces on the workers of `redis_url`, merged; says on stderr which
+    workers took them. The same result as `sweep` (its provenance included)."""
+    from patching.core.provenance import attach
+    from patching.methods.shards import plan
+    from patching.model.loading import require_runner
+    from patching.runs.sharded import run_sharded
+    require_runner(model, "a sharded sweep (--shards)")
+    start = time.perf_counter()
+    status = []
+    result, _parts = run_sharded(redis_url, prompts, plan(spec, args.shards, args.max_memory),
+                                 on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet), on_status=status.append)
+    if not args.quiet and status:
+        print(f"{spec.kind}: {status[-1].line()}", file=sys.stderr)
+    return attach(dataclasses.replace(result, seconds=time.perf_counter() - start), model, prompts)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     check_outputs(args)
+    redis_url = check_shards(args)
     kinds = _kind_list(args.kind)
     if args.save_run and len(kinds) > 1:                     # refused before anything runs or is written
         raise BadInput(f"--save-run writes one run; this sweep has {len(kinds)} kinds ({', '.join(kinds)}); "
@@ -108,8 +127,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_OK
     frames, results = [], []
     for spec in specs:
-        result = sweep(model, prompts, spec, on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet),
-                       max_memory_mb=args.max_memory)
+        result = sharded_sweep(model, prompts, spec, args, redis_url) if redis_url else \
+            sweep(model, prompts, spec, on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet),
+                  max_memory_mb=args.max_memory)
         frames.append(result.to_dataframe())
         results.append(result)
         if not args.quiet:
@@ -179,6 +199,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--saes", help="kind feature: a folder of sae-lens SAE folders (default: the model's own saes/)")
     cli_cost.add_dry_run(p)
     cli_runs.add_save_run(p)
+    shard_flags(p)
     p.set_defaults(func=cmd_sweep)
 
 

@@ -26,7 +26,9 @@ LENS_VALUES = {
     "answer_rank": "answer's rank",
 }
 COMPONENTS = ("all", "blocks", "heads")
-MAX_TEXT_COLS, MAX_TEXT_ROWS = 40, 80     # beyond this, cell text is unreadable: hover shows it
+PX_PER_TOKEN = 58          # a lens column's width once the prompt is long: fits 8 characters at 10 px
+FIT_TOKENS = 16            # up to this many positions the figure fills the panel (no fixed width)
+MIN_TEXT_ROW_PX = 15       # rows lower than this drop their cell text (hover keeps it)
 RUN_COLOURS = {"clean": "#2563eb", "corrupt": "#dc2626"}
 
 
@@ -70,14 +72,48 @@ def _height(n_rows: int) -> int:
     return int(min(1600, max(320, 26 * n_rows + 170)))
 
 
+def token_axis(fig: go.Figure, x_values: list, tokens, **where) -> None:
+    """Tick every position of a category axis (values `x_values`, one per token) as 'index: token'
+    with odd characters made visible (␣ for spaces, \\n, \\r): plotly would thin a crowded axis.
+    Ticks turn vertical once there are many.
+
+    >>> f = go.Figure(go.Heatmap(z=[[0, 1]], x=["0", "1"])); token_axis(f, ["0", "1"], [" Mary", chr(13)])
+    >>> f.layout.xaxis.ticktext
+    ('0: ␣Mary', '1: \\\\r')
+    """
+    n = len(x_values)
+    labels = [f"{p}: {token_text(tokens[p], 16)}" if p < len(tokens) else str(p) for p in range(n)]
+    fig.update_xaxes(type="category", tickmode="array", tickvals=list(x_values), ticktext=labels,
+                     tickangle=-90 if n > FIT_TOKENS else -45 if n > 8 else 0, **where)
+
+
+def sized_by_tokens(fig: go.Figure, n_pos: int, extra_px: int = 300) -> go.Figure:
+    """Give a long prompt's figure a fixed width (PX_PER_TOKEN per position) so its panel scrolls
+    sideways instead of squeezing the cells; short prompts keep filling the panel.
+
+    >>> sized_by_tokens(go.Figure(), 60).layout.width
+    3780
+    """
+    if n_pos > FIT_TOKENS:
+        fig.update_layout(width=n_pos * PX_PER_TOKEN + extra_px, autosize=False)
+        # the colour bar at the top left, where it is on screen before any scrolling
+        fig.update_traces(colorbar=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom",
+                                        lenmode="pixels", len=320, thickness=10,
+                                        title=dict(side="top")), selector=dict(type="heatmap"))
+        fig.update_layout(margin=dict(t=110))
+    return fig
+
+
 def lens_heatmap(df: pd.DataFrame, value: str = "top_prob", *, components: str = "all",
                  title: str | None = None) -> go.Figure:
     """Logit lens as a (layer / component) × position heatmap; cell text = the top token.
 
     value: top_prob | answer_prob (0..1 scale), answer_logit (diverging, centred at 0) or
     answer_rank (log scale, rank 1 darkest). Hover shows the top token, its probability and the
-    answer's logit, probability and rank. Only top_rank == 1 rows are drawn. Cell text is left
-    out beyond MAX_TEXT_COLS positions or MAX_TEXT_ROWS rows (the hover still has it).
+    answer's logit, probability and rank. Only top_rank == 1 rows are drawn. Long prompts stay
+    readable: past FIT_TOKENS positions each column is PX_PER_TOKEN wide (the panel scrolls),
+    every position is ticked, and cell text is dropped only when rows are too low for it (the
+    hover still has it).
     """
     if value not in LENS_VALUES:
         raise ValueError(f"value must be one of {', '.join(LENS_VALUES)}, not {value!r}")
@@ -85,6 +121,9 @@ def lens_heatmap(df: pd.DataFrame, value: str = "top_prob", *, components: str =
     if df.empty:
         return empty_figure("No rows to show for this selection.")
     rows, x_labels = _row_order(df), _pos_labels(df)
+    tokens = df[["pos", "token"]].drop_duplicates("pos").sort_values("pos")
+    tokens = dict(zip(tokens.pos, tokens.token))
+    tokens = [tokens.get(i, "") for i in range(len(x_labels))]
     grid = df.pivot(index="label", columns="pos").reindex(rows)
     n_pos = len(x_labels)
     cols = list(range(n_pos))
@@ -110,23 +149,25 @@ def lens_heatmap(df: pd.DataFrame, value: str = "top_prob", *, components: str =
         ticks = [v for v in (0, 1, 2, 3, 4, 5) if v <= top]
         kw = dict(colorscale=SEQUENTIAL, reversescale=True, zmin=0, zmax=top,
                   colorbar_tickvals=ticks, colorbar_ticktext=[f"{10 ** v:g}" for v in ticks])
-    hover = ("%{y} · %{x}<br>top %{customdata[0]} p=%{customdata[1]:.3f}<br>"
-             f"answer {answer!r}: logit %{{customdata[2]:.3f}}, p=%{{customdata[3]:.3f}}, "
+    custom = [[[*c, position_label(j, tokens)] for j, c in enumerate(r)] for r in custom]
+    hover = ("%{y} at %{customdata[5]}<br>top token %{customdata[0]} (p %{customdata[1]:.3f})<br>"
+             f"answer {answer!r}: logit %{{customdata[2]:.3f}} · p %{{customdata[3]:.3f}} · "
              "rank %{customdata[4]:.0f}<extra></extra>")
+    row_px = (_height(len(rows)) - 170) / max(len(rows), 1)
     text_kw = dict(text=text, texttemplate="%{text}", textfont=dict(size=10)) \
-        if n_pos <= MAX_TEXT_COLS and len(rows) <= MAX_TEXT_ROWS else {}     # else: hover only
+        if row_px >= MIN_TEXT_ROW_PX else {}     # else: hover only
     fig = go.Figure(go.Heatmap(
         z=z, x=x_labels, y=rows, **text_kw,
         customdata=custom, hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False,
         colorbar=dict(title=dict(text=colour_title, side="right"), thickness=14, outlinewidth=0), **kw))
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", automargin=True,
                      title_text="layer" if df["mode"].iloc[0] == "accumulated" else "component")
-    fig.update_xaxes(type="category", showgrid=False, ticks="", automargin=True,
-                     tickangle=-45 if n_pos > 8 else 0, title_text="position (token)")
+    fig.update_xaxes(showgrid=False, ticks="", automargin=True, title_text="position (token)")
+    token_axis(fig, x_labels, tokens)
     mode = "residual stream after each layer" if df["mode"].iloc[0] == "accumulated" else \
         "direct contribution of each component"
     title = title or f"Logit lens · {mode} · {df.run.iloc[0]} run · colour: {colour_title}"
-    return base_layout(fig, title, _height(len(rows)))
+    return sized_by_tokens(base_layout(fig, title, _height(len(rows))), n_pos)
 
 
 def dla_figure(df: pd.DataFrame, by: str = "layer", *, title: str | None = None) -> go.Figure:

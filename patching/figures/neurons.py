@@ -65,15 +65,17 @@ def neuron_profile_heatmap(df: pd.DataFrame) -> go.Figure:
     text = np.full((n_prompts, n_pos), "", dtype=object)
     z[df.prompt, df.pos] = df.activation
     text[df.prompt, df.pos] = [token_text(t, 6) for t in df.token]
+    hover = np.full((n_prompts, n_pos), "", dtype=object)
+    hover[df.prompt, df.pos] = [f"{int(p)}: {token_text(t, 24)}" for p, t in zip(df.pos, df.token)]
     labels = (df.drop_duplicates("prompt").sort_values("prompt")
               .apply(lambda r: f"{int(r.prompt)}" + (f" ({r.label})" if r.label else ""), axis=1).tolist())
     zmax = _absmax(df.activation)
     show_text = n_prompts * n_pos <= MAX_TEXT_CELLS
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(n_pos)), y=labels, text=text, texttemplate="%{text}" if show_text else None,
-        textfont=dict(size=10), colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax, reversescale=True,
-        hovertemplate="prompt %{y}<br>pos %{x}: %{text}<br>activation %{z:.4f}<extra></extra>",
-        colorbar=dict(title="act.")))
+        textfont=dict(size=10), colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
+        customdata=hover, hovertemplate="activation %{z:.4f}<br>prompt %{y} · %{customdata}<extra></extra>",
+        colorbar=dict(title=dict(text="activation<br>(blue +, red −,<br>white 0)"))))
     fig.update_yaxes(autorange="reversed", title="prompt", type="category")
     fig.update_xaxes(title="position", dtick=1 if n_pos <= 40 else None)
     layer, neuron = int(df.layer.iloc[0]), int(df.neuron.iloc[0])
@@ -106,9 +108,10 @@ def cluster_scatter(df: pd.DataFrame) -> go.Figure:
     if df.empty:
         return empty_figure("No prompts to show.")
     method = df.method.iloc[0]
-    fig = px.scatter(df, x="x", y="y", color="label", hover_data={"text": True, "token": True, "x": False,
-                                                                  "y": False, "prompt": True},
+    fig = px.scatter(df, x="x", y="y", color="label", custom_data=["prompt", "label", "token", "text"],
                      color_discrete_sequence=px.colors.qualitative.Dark24)
+    fig.update_traces(hovertemplate="prompt %{customdata[0]} · %{customdata[1]}<br>"
+                                    "token %{customdata[2]} of: %{customdata[3]}<extra></extra>")
     fig.update_traces(marker=dict(size=9, line=dict(width=0.5, color="white")))
     if method == "pca":
         fig.update_xaxes(title=f"PC1 ({df.explained_x.iloc[0]:.0%} of variance)")
@@ -203,6 +206,18 @@ def singular_tokens_table(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     return columns, records
 
 
+def bar_token_labels(tokens, token_ids) -> list[str]:
+    """One category label per bar: the token's text, with its id where two texts would merge (plotly
+    draws one bar per distinct category).
+
+    >>> bar_token_labels([" a", "<0xE2>", " a"], [5, 7, 9])
+    ['␣a #5', '<0xE2>', '␣a #9']
+    """
+    shown = [token_text(t, 14) for t in tokens]
+    counts = pd.Series(shown).value_counts()
+    return [f"{s} #{int(i)}" if counts[s] > 1 else s for s, i in zip(shown, token_ids)]
+
+
 def singular_tokens_figure(df: pd.DataFrame) -> go.Figure:
     """Top tokens of each singular direction: one bar panel per (direction, side)."""
     if df.empty:
@@ -213,9 +228,11 @@ def singular_tokens_figure(df: pd.DataFrame) -> go.Figure:
     sides = sorted({k[1] for k in keys}, key=lambda s: ["input", "query", "output", "key"].index(s))
     for d, s in keys:
         g = df[(df.direction == d) & (df.side == s)].sort_values("rank")
-        fig.add_trace(go.Bar(x=g.score, y=[f"{token_text(t, 14)} " for t in g.token], orientation="h",
+        fig.add_trace(go.Bar(x=g.score, y=bar_token_labels(g.token, g.token_id), orientation="h",
                              marker_color="#2563eb" if s in ("output", "key") else "#059669", showlegend=False,
-                             hovertemplate="%{y}: %{x:.4f}<extra></extra>"),
+                             customdata=g.token_id,
+                             hovertemplate=f"σ{d} {s}: %{{y}} (token id %{{customdata}})<br>"
+                                           "score %{x:.4f}<extra></extra>"),
                       row=int(d) + 1, col=sides.index(s) + 1)
     fig.update_yaxes(autorange="reversed", type="category")
     label = df.label.iloc[0]
@@ -261,12 +278,16 @@ def rank_k_pattern_figure(df: pd.DataFrame) -> go.Figure:
                         subplot_titles=["original", f"rank {rank}", "difference"])
     for i, col in enumerate(("original", "approx"), 1):
         fig.add_trace(go.Heatmap(z=grid(col), x=labels, y=labels, coloraxis="coloraxis",
-                                 hovertemplate="dest %{y}<br>src %{x}<br>%{z:.3f}<extra></extra>"), row=1, col=i)
+                                 hovertemplate="attention %{z:.3f}<br>from %{y}<br>to %{x}<extra></extra>"), row=1, col=i)
     dmax = _absmax(df["diff"])
-    fig.add_trace(go.Heatmap(z=grid("diff"), x=labels, y=labels, colorscale=DIVERGING, reversescale=True,
-                             zmid=0, zmin=-dmax, zmax=dmax, showscale=False,
-                             hovertemplate="dest %{y}<br>src %{x}<br>Δ %{z:.3f}<extra></extra>"), row=1, col=3)
-    fig.update_layout(coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1, colorbar=dict(title="attn")))
+    fig.add_trace(go.Heatmap(z=grid("diff"), x=labels, y=labels, coloraxis="coloraxis2",
+                             hovertemplate=f"rank {rank} − original %{{z:+.3f}}<br>from %{{y}}<br>to %{{x}}"
+                                           "<extra></extra>"), row=1, col=3)
+    fig.update_layout(coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1,
+                                     colorbar=dict(title=dict(text="attention"), len=0.48, y=1, yanchor="top")),
+                      coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
+                                      colorbar=dict(title=dict(text=f"rank {rank} − original<br>(0 = same)"),
+                                                    len=0.48, y=0, yanchor="bottom")))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category", showticklabels=T <= 30)
     return base_layout(fig, f"L{int(df.layer.iloc[0])}H{int(df['head'].iloc[0])} pattern, pair "

@@ -22,13 +22,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from patching.kinds import KINDS
-from patching.core.results import PatchResult
+
+if TYPE_CHECKING:         # annotations only: core.results imports the figures lazily (result.plot())
+    from patching.core.results import PatchResult
 
 from patching.figures.common import DIVERGING, MODES, SEQUENTIAL, base_layout, position_label
 
@@ -133,15 +136,19 @@ def _hovertemplate(g: Grid, multi_pair: bool, effect_label: str = "effect") -> s
 
 
 def effect_label(result: PatchResult, mode: str) -> str:
-    """What the colour is, for a colour bar: 'effect on logit_diff<br>(patched − corrupt run)'.
+    """What the colour is, for a colour bar. Raw: the scale is centred on the unpatched run's
+    value (white = no change from it), and the bar names that value.
 
     >>> effect_label(result, "normalized")
     'effect, normalized<br>(+1 = the clean − corrupt gap,<br>towards clean)'
+    >>> effect_label(result, "raw").split("<br>")[:2]
+    ['effect on logit_diff', '(patched − corrupt run)']
     """
     if mode == "normalized":
         return "effect, normalized<br>(+1 = the clean − corrupt gap,<br>towards clean)"
     base = "corrupt" if result.spec.direction == "denoise" else "clean"
-    return f"effect on {result.spec.metric}<br>(patched − {base} run)"
+    value = result.corrupt_value if base == "corrupt" else result.clean_value
+    return f"effect on {result.spec.metric}<br>(patched − {base} run)<br>white = the {base} run: {value:.3g}"
 
 
 def heatmap_trace(g: Grid, *, zmax: float, multi_pair: bool, coloraxis: str | None = None,
@@ -267,15 +274,18 @@ def compare(a: PatchResult, b: PatchResult, mode: str = "raw", *, labels=("A", "
 
 
 def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
-                   note: str | None = None, corrupt_tokens=None, patched_tokens=None) -> go.Figure:
+                   note: str | None = None, corrupt_tokens=None, patched_tokens=None,
+                   direction: str = "denoise") -> go.Figure:
     """Counterfactual attention of one head: patterns (dest × src) and their differences.
 
     clean, corrupt, patched: [dest, src] arrays (patched may be None: shown as unavailable).
     Top row: the three patterns on one 0..1 scale, each labelled (ticks and hover) by its own
     run's tokens: `str_tokens` the clean prompt's, `corrupt_tokens` the corrupt prompt's,
     `patched_tokens` the patched run's (default: the corrupt prompt's). Bottom row: clean −
-    corrupt and patched − corrupt on one symmetric diverging scale, labelled "clean/corrupt"
-    where the two prompts' tokens differ. Every position is ticked.
+    corrupt and the patch's change — patched − corrupt (denoise) or patched − clean (noise, where
+    the patched run is the clean one) — on one symmetric diverging scale centred at 0 (blue: more
+    attention, as everywhere: blue = towards clean / positive), labelled "clean/corrupt" where the
+    two prompts' tokens differ. Every position is ticked.
 
     >>> import numpy as np
     >>> m = np.eye(2)
@@ -293,11 +303,13 @@ def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
                     [position_label(i, patched_tokens) for i in range(n)]]
     both = [a if i >= len(corrupt_tokens) or i >= len(str_tokens) or str_tokens[i] == corrupt_tokens[i]
             else f"{i}: {str_tokens[i]!r}/{corrupt_tokens[i]!r}" for i, a in enumerate(labels)]
+    base = "corrupt" if direction == "denoise" else "clean"
     titles = ["clean", "corrupt", "patched" if patched is not None else "patched (not available)",
-              "clean − corrupt", "patched − corrupt" if patched is not None else ""]
+              "clean − corrupt", f"patched − {base} (the patch's change)" if patched is not None else ""]
     fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.06,
                         vertical_spacing=0.16)
-    hover = "dest %{y}<br>src %{x}<br>%{z:.3f}<extra></extra>"
+    hover = "attention %{z:.3f}<br>from %{y}<br>to %{x}<extra></extra>"
+    diff_hover = "%{z:+.3f} attention<br>from %{y}<br>to %{x}<extra></extra>"
 
     def upper_masked(m):   # causal: src > dest is always 0; show it blank
         m = m.copy()
@@ -310,16 +322,17 @@ def attention_diff(clean, corrupt, patched, str_tokens, *, title: str = "",
         axis = panel_labels[col - 1]
         fig.add_trace(go.Heatmap(z=upper_masked(m), x=axis, y=axis, coloraxis="coloraxis",
                                  hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False), 1, col)
-    diffs = [clean - corrupt] + ([patched - corrupt] if patched is not None else [])
+    diffs = [clean - corrupt] + ([patched - (corrupt if base == "corrupt" else clean)] if patched is not None else [])
     dmax = _absmax(*diffs)
     for col, d in enumerate(diffs, start=1):
         fig.add_trace(go.Heatmap(z=upper_masked(d), x=both, y=both, coloraxis="coloraxis2",
-                                 hovertemplate=hover, xgap=1, ygap=1, hoverongaps=False), 2, col)
+                                 hovertemplate=diff_hover, xgap=1, ygap=1, hoverongaps=False), 2, col)
     fig.update_layout(
         coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1,
                        colorbar=dict(title=dict(text="attention"), thickness=12, len=0.42, y=0.79)),
         coloraxis2=dict(colorscale=DIVERGING, cmid=0, cmin=-dmax, cmax=dmax,
-                        colorbar=dict(title=dict(text="difference"), thickness=12, len=0.42, y=0.21)))
+                        colorbar=dict(title=dict(text="difference<br>(0 = no change)"), thickness=12,
+                                      len=0.42, y=0.21)))
     tick_font = dict(size=11 if n <= 24 else 9 if n <= 48 else 7)
     for r in (1, 2):
         for c in (1, 2, 3):          # every position ticked (plotly would thin a crowded axis)

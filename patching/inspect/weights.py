@@ -338,8 +338,39 @@ def singular_tokens(model, layer: int, head: int, circuit: str = "ov", *, n_dirs
             top_s, top_i = scores.topk(int(k))
             for r, (sc, ti) in enumerate(zip(top_s.tolist(), top_i.tolist()), 1):
                 rows.append((circuit, layer, head, _label(layer, head), i, float(S[i]), side, mats[side],
-                             r, ti, tok.decode([ti]), sc))
+                             r, ti, token_string(tok, ti), sc))
     return pd.DataFrame(rows, columns=list(TOKEN_COLUMNS))
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (bytes_to_unicode) read backwards: character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def token_string(tokenizer, token_id: int) -> str:
+    """A token as text; a token that is only part of a character's bytes (it decodes to '�')
+    as its bytes in hex, e.g. '<0xE2>', so different byte fragments stay apart.
+
+    >>> [token_string(model.tokenizer, i) for i in model.tokenizer.encode("é")]
+    ['<0xC3>', '<0xA9>']
+    """
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if piece.startswith("<0x") and piece.endswith(">"):           # SentencePiece byte fallback
+        return piece
+    decoder = _byte_decoder()
+    if all(ch in decoder for ch in piece):                          # byte-level BPE (GPT-2 style)
+        return "<" + " ".join(f"0x{decoder[ch]:02X}" for ch in piece) + ">"
+    return f"<token {token_id}>"
 
 
 # -- rank-k approximation ------------------------------------------------------------------------

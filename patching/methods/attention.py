@@ -31,7 +31,7 @@ from patching.model.loading import require_runner
 from patching.methods.path import PathSpec, path_patched_pattern
 from patching.core.prompts import PromptSet
 from patching.core.results import write_csv
-from patching.model.runner import RunCache
+from patching.model.runner import Edit, RunCache
 from patching.core.spec import PatchSpec, check_whole
 from patching.methods.pair import CachedPair
 
@@ -148,6 +148,24 @@ def _index_tensor(model, prompts: PromptSet, spec: PatchSpec, index: dict | None
                         device=prompts.clean_tokens.device), axes
 
 
+def _checked_index(model, prompts: PromptSet, spec: PatchSpec, index: dict | None) -> tuple[Tensor, dict]:
+    """index -> ([1, len(axes) - 1] tensor after the layer, {axis: int}); kinds the model lacks refused."""
+    idx, axes = _index_tensor(model, prompts, spec, index)
+    if KINDS[spec.kind].needs_resid_mid and model.parallel_attn_mlp:
+        raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r} (parallel attention and MLP)")
+    return idx, {a: int(index[a]) for a in axes}
+
+
+def _patch_of(runner, runs: CachedPair, spec: PatchSpec, idx: Tensor, layer: int, n_pos: int):
+    """The kind's patch of one cell of the (one-pair) runs -> (Patched, rows [1])."""
+    mask = None
+    if spec.kind == "neuron":
+        mask = torch.zeros(n_pos, dtype=torch.bool, device=idx.device)
+        mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
+    ctx = PatchContext(runner, runs.base, runs.donor, mask)
+    return KINDS[spec.kind].patch(ctx, layer, idx), torch.zeros(1, dtype=torch.long, device=idx.device)
+
+
 def _describe(spec: PatchSpec, index: dict) -> str:
     where = ", ".join(f"{k}={v}" for k, v in index.items())
     if spec.kind == "neuron":
@@ -230,23 +248,14 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
             raise ValueError("a path-patching spec needs an index naming its cell, e.g. {'layer': 0, 'head': 1}")
         _, patched, label = path_patched_pattern(model, prompts, spec, index, layer, head, pair)
         return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=patched, patch_label=label, **common)
-    idx, axes = _index_tensor(model, prompts, spec, index)
-    if KINDS[spec.kind].needs_resid_mid and model.parallel_attn_mlp:
-        raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r} (parallel attention and MLP)")
-    index = {a: int(index[a]) for a in axes}
+    idx, index = _checked_index(model, prompts, spec, index)
     label = _describe(spec, index)
     patch_layer = index["layer"]
     patched = None
     if patch_layer == layer and spec.kind != "resid_pre":
         patched = _same_layer_pattern(runner, base, donor, spec.kind, layer, head, idx)
     elif patch_layer < layer or spec.kind == "resid_pre" and patch_layer == layer:
-        mask = None
-        if spec.kind == "neuron":
-            mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=idx.device)
-            mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
-        ctx = PatchContext(runner, base, donor, mask)
-        rows = torch.zeros(1, dtype=torch.long, device=idx.device)
-        p = KINDS[spec.kind].patch(ctx, index["layer"], idx)
+        p, rows = _patch_of(runner, runs, spec, idx, index["layer"], prompts.n_pos)
         x = runner.resume_until(base, rows, index["layer"], p.stage, p.resid, p.p0, until=layer)
         new = runner.attention_pattern(base, rows, layer, x, p.p0, torch.tensor([head], device=x.device))[0, 0]
         patched = base_p.clone()
@@ -255,3 +264,118 @@ def counterfactual_attention(model, prompts: PromptSet, layer: int, head: int, *
         patched = base_p.clone()
         label += " (does not reach this head's pattern)"
     return AttentionDiff(clean=clean_p, corrupt=corrupt_p, patched=patched, patch_label=label, **common)
+
+
+# -- every head under one patch: the receivers of a sender ---------------------------------------
+PATTERN_SOURCES = ("q_rot", "k_rot", "pattern")   # LayerCache fields a head's own pattern is made of
+CHANGE_TOL = 1e-6     # a pattern "changed" when some weight moved more than this (float32 noise is ~1e-8)
+
+
+def reshapes_own_pattern(kind: str) -> bool:
+    """Whether patching `kind` changes the patched head's own pattern (q, k, pattern) — else
+    (head_out, head_v, ...) only later heads can change, and the view to show is a receiver's.
+
+    >>> reshapes_own_pattern("head_q"), reshapes_own_pattern("head_out")
+    (True, False)
+    """
+    return KINDS[kind].source in PATTERN_SOURCES
+
+
+class _PatternRecorder(Edit):
+    """Changes nothing; keeps each layer's pattern [B, H, T - p0, T] as the forward computes it."""
+
+    def __init__(self):
+        self.patterns: dict[int, Tensor] = {}
+
+    def z(self, layer: int, pattern: Tensor, z: Tensor) -> Tensor:
+        self.patterns[layer] = pattern
+        return z
+
+
+@dataclass(frozen=True, eq=False)
+class DownstreamAttention:
+    """Every head's pattern in the clean, corrupt and patched runs of one pair under one patch
+    (a sender); tensors [layer, head, dest, src]. `change` says which receivers moved."""
+    clean: Tensor = field(repr=False)
+    corrupt: Tensor = field(repr=False)
+    base: Tensor = field(repr=False)       # the run that was patched (corrupt when denoising)
+    patched: Tensor = field(repr=False)
+    patch_label: str
+    patch_layer: int
+    direction: str
+    pair: int
+    str_tokens: tuple[str, ...]
+    corrupt_str_tokens: tuple[str, ...]
+
+    @property
+    def change(self) -> Tensor:
+        """[layer, head]: the largest |patched − base| attention weight of each head's pattern."""
+        return (self.patched - self.base).abs().amax(dim=(-2, -1))
+
+    def ranked(self) -> list[tuple[int, int, float]]:
+        """(layer, head, change) of every head whose pattern changed (by more than CHANGE_TOL: a
+        recomputed pattern differs from the cached one by float noise), largest change first."""
+        c = self.change.double().cpu()
+        order = sorted(((float(c[l, h]), l, h) for l in range(c.shape[0]) for h in range(c.shape[1])
+                        if float(c[l, h]) > CHANGE_TOL), key=lambda t: (-t[0], t[1], t[2]))
+        return [(l, h, v) for v, l, h in order]
+
+    def most_changed(self) -> tuple[int, int] | None:
+        """The (layer, head) whose pattern changed most under the patch; None when none changed."""
+        ranked = self.ranked()
+        return (ranked[0][0], ranked[0][1]) if ranked else None
+
+    def head(self, layer: int, head: int) -> AttentionDiff:
+        """One receiver's clean / corrupt / patched patterns as an `AttentionDiff`."""
+        layer = _check_range(layer, self.clean.shape[0], "layer")
+        head = _check_range(head, self.clean.shape[1], "head")
+        label = self.patch_label + ("" if float(self.change[layer, head]) > CHANGE_TOL
+                                    else " (leaves this head's pattern unchanged)")
+        return AttentionDiff(layer=layer, head=head, str_tokens=self.str_tokens, clean=self.clean[layer, head],
+                             corrupt=self.corrupt[layer, head], patched=self.patched[layer, head],
+                             patch_label=label, pair=self.pair, direction=self.direction,
+                             corrupt_str_tokens=self.corrupt_str_tokens)
+
+
+def _stack(cache: RunCache) -> Tensor:
+    return torch.stack([c.pattern[0] for c in cache.layers])          # [layer, head, dest, src]
+
+
+@torch.inference_mode()
+def downstream_attention(model, prompts: PromptSet, spec: PatchSpec, index: dict, *,
+                         pair: int = 0) -> DownstreamAttention:
+    """Every head's attention pattern when one cell of spec's sweep is patched (pair `pair`):
+    one forward from the patch through the runner's `Edit` hooks, exact (no approximation).
+
+    For a `head_out` sender this is what the patch does to attention: the patched head's own
+    pattern cannot change, its receivers' can. Heads before the patch keep the base run's.
+
+    >>> d = downstream_attention(model, prompts, PatchSpec(kind="head_out"), {"layer": 0, "head": 1})
+    >>> d.patched.shape[:2] == (model.n_layers, model.n_heads), d.most_changed()[0] > 0
+    (True, True)
+    """
+    if not isinstance(spec, PatchSpec):
+        raise ValueError(f"downstream attention needs a PatchSpec (a sweep's cell), not {type(spec).__name__}")
+    runner = require_runner(model, "downstream attention")
+    pair = _check_range(pair, prompts.n_pairs, "pair")
+    idx, index = _checked_index(model, prompts, spec, index)
+    runs = CachedPair.run(runner, prompts.subset([pair]), None, spec.direction)
+    layer = index["layer"]
+    base = _stack(runs.base)
+    patched = base.clone()
+    for h in range(model.n_heads):                  # q / k / pattern kinds: the patched head's own
+        own = _same_layer_pattern(runner, runs.base, runs.donor, spec.kind, layer, h, idx)
+        if own is not None:
+            patched[layer, h] = own
+    p, rows = _patch_of(runner, runs, spec, idx, layer, prompts.n_pos)
+    rec = _PatternRecorder()
+    runner.forward(p.resid, src=runs.base, rows=rows, layer=layer, stage=p.stage, p0=p.p0,
+                   until=model.n_layers, edit=rec)
+    for l, pattern in rec.patterns.items():
+        patched[l, :, p.p0:] = pattern[0]
+    tokens = lambda t: tuple(model.to_str_tokens(t[pair].tolist()))   # noqa: E731
+    return DownstreamAttention(clean=_stack(runs.clean), corrupt=_stack(runs.corrupt), base=base,
+                               patched=patched, patch_label=_describe(spec, index), patch_layer=layer,
+                               direction=spec.direction, pair=pair,
+                               str_tokens=tokens(prompts.clean_tokens),
+                               corrupt_str_tokens=tokens(prompts.corrupt_tokens))

@@ -33,12 +33,15 @@ Path patching and attribution have estimates of the same shape (`estimate_path_c
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from patching.methods.sweep import _memory_per_row, batch_plan, pair_group, patch_context, plan_coords
+from patching.methods.sweep import sweep as _sweep       # bound here: what the calibration times is the real sweep
 from patching.kinds import KINDS
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
@@ -66,9 +69,11 @@ class Calibration:
     rows: int
     run_unit_seconds: float = 0.0    # cached runs: per row x half-block x position
     run_step_seconds: float = 0.0    # cached runs: per half-block step
+    sweep_seconds: float = 0.0       # a sweep's own cost beyond its forwards (plan, metric, provenance)
 
     def __post_init__(self):
-        for name in ("unit_seconds", "step_seconds", "forward_seconds", "run_unit_seconds", "run_step_seconds"):
+        for name in ("unit_seconds", "step_seconds", "forward_seconds", "run_unit_seconds", "run_step_seconds",
+                     "sweep_seconds"):
             v = getattr(self, name)
             if not v >= 0:
                 raise ValueError(f"{name} must be >= 0 seconds, not {v!r}")
@@ -136,7 +141,19 @@ def calibrate(model, prompts: PromptSet, rows: int = CALIBRATION_ROWS, repeat: i
         run_small, run_big = _best(cached(1), repeat), _best(cached(rows), repeat)
     unit, step = _fit(small, big, rows, units_per_row, steps)
     run_unit, run_step = _fit(run_small, run_big, rows, 2 * n_layers * n_pos, steps)
-    return Calibration(model.name, str(prompts.clean_tokens.device), unit, step, big, rows, run_unit, run_step)
+    cal = Calibration(model.name, str(prompts.clean_tokens.device), unit, step, big, rows, run_unit, run_step)
+    return dataclasses.replace(cal, sweep_seconds=_sweep_overhead(model, prompts, cal, repeat))
+
+
+def _sweep_overhead(model, prompts: PromptSet, cal: Calibration, repeat: int) -> float:
+    """What a whole sweep costs beyond the forwards the calibration prices: a one-pair, one-cell
+    sweep (its plan, cached runs, metric, provenance), timed, less its forwards' estimate. Small
+    runs are mostly this (on the shipped model a 16-row sweep is ~4x its forwards alone)."""
+    one = prompts.subset([0]) if prompts.n_pairs > 1 else prompts
+    spec = PatchSpec(kind="resid_pre", layers=(model.n_layers - 1,), positions=(one.n_pos - 1,))
+    _sweep(model, one, spec)                                 # warm-up
+    measured = _best(lambda: _sweep(model, one, spec), repeat)
+    return max(measured - estimate_cost(model, one, spec, calibration=cal).seconds, 0.0)
 
 
 class CalibrationCache:
@@ -146,12 +163,14 @@ class CalibrationCache:
     def __init__(self, calibrate_fn=None):
         self._by_key: dict[tuple[str, str], Calibration] = {}
         self._calibrate = calibrate_fn or calibrate      # (model, prompts) -> Calibration
+        self._lock = threading.Lock()                    # pages loading at once calibrate once
 
     def get(self, model, prompts: PromptSet) -> Calibration:
         key = (model.name, str(prompts.clean_tokens.device))
-        if key not in self._by_key:
-            self._by_key[key] = self._calibrate(model, prompts)
-        return self._by_key[key]
+        with self._lock:
+            if key not in self._by_key:
+                self._by_key[key] = self._calibrate(model, prompts)
+            return self._by_key[key]
 
 
 # -- the estimate ----------------------------------------------------------------------------------
@@ -320,7 +339,7 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
         rows = wanted * n_pairs
         batches = -(-rows // ROWS_PER_FORWARD)
         fwd = rows + 2 * n_pairs
-        secs = cal.seconds((batches + 2) * 2 * n_layers, fwd * full)
+        secs = cal.seconds((batches + 2) * 2 * n_layers, fwd * full) + cal.sweep_seconds
         return CostEstimate("sweep", spec.kind, where, n_pairs, n_cells, rows, 0, batches, float(fwd),
                             wanted * n_pairs + 2 * n_pairs, "TransformerLens patching.py: one forward per index",
                             secs, 0, min(rows, ROWS_PER_FORWARD) * _memory_per_row_full(model, n_pos),
@@ -353,7 +372,7 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
             run_steps += 2 * 2 * n_layers                # the two cached runs
     skipped = wanted - len(live_cells)
     fwd = units / full + 2 * n_pairs
-    secs = cal.seconds(steps, units) + cal.run_seconds(run_steps, 2 * n_pairs * full)
+    secs = cal.seconds(steps, units) + cal.run_seconds(run_steps, 2 * n_pairs * full) + cal.sweep_seconds
     return CostEstimate("sweep", spec.kind, where, n_pairs, n_cells, rows, skipped, batches, float(fwd),
                         wanted * n_pairs + 2 * n_pairs,
                         "TransformerLens patching.py: one full forward per index and pair, plus the two cached runs",

@@ -72,11 +72,14 @@ def sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, st
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
     index_axes = axes[1:]
     cells = list(itertools.product(*[range(len(coords[a])) for a in index_axes]))
-    total, done = len(coords["layer"]) * len(cells), 0
+    wanted = [[c for c in cells if spec.heads is None
+               or (layer, coords["head"][c[index_axes.index("head")]]) in set(spec.heads)] for layer in coords["layer"]]
+    total, done = sum(map(len, wanted)) * n_pairs, 0      # patched forwards, as the cost estimate counts
+    if on_progress is not None:
+        on_progress(0, total)
     chunk = max(1, ROWS_PER_FORWARD // n_pairs)
     for li, layer in enumerate(coords["layer"]):
-        layer_cells = [c for c in cells if spec.heads is None
-                       or (layer, coords["head"][c[index_axes.index("head")]]) in set(spec.heads)]
+        layer_cells = wanted[li]
         donor = donor_cache[kind.hook(layer)]
         for lo in range(0, len(layer_cells), chunk):
             part = layer_cells[lo:lo + chunk]
@@ -88,7 +91,7 @@ def sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, st
             values = pair_runs.measure(logits[:, -1], pair).view(len(part), n_pairs)
             for c, v in zip(part, values):
                 per_pair[(li, *c)] = v
-            done += len(part)
+            done += len(part) * n_pairs
             if on_progress is not None:
                 on_progress(done, total)
     return PatchResult(spec, axes, coords, per_pair, pair_runs.clean_baseline,

@@ -37,7 +37,8 @@ from patching.core.results import PatchResult
 from patching.core.spec import PatchSpec
 from patching.methods.pair import CachedPair
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]   # (patched forwards done, patched forwards in all): the cost estimate's unit
+Select = Callable[[list["LayerStep"]], list["LayerStep"]]    # a shard's share of a plan (methods/shards.py)
 MIN_BATCH_ROWS = 32      # patched runs a batch holds before a position gap may close it (see _chunks)
 
 
@@ -184,24 +185,50 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
             require_runner(model, "a sweep over chosen cells")
         from patching.methods.hooked import sweep_with_hooks
         return sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start)
+    result, _ = sweep_groups(model, prompts, spec, metric, axes, coords, on_progress, max_memory_mb, cells)
+    return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def sweep_groups(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, axes, coords,
+                 on_progress: Progress | None, max_memory_mb: float | None, cells=None,
+                 select: Select | None = None) -> tuple[PatchResult, Tensor | None]:
+    """(result, written): the runner's sweep, in groups of pairs when the cached runs of all pairs
+    would not fit the memory budget. `select` (a shard's share of each group's plan,
+    `patching.methods.shards`) leaves the rest NaN, and `written` [*cells, pairs] (bool) marks the
+    values it computed (None without `select`); the result's `seconds` is 0 (the caller times it).
+
+    >>> axes, coords = plan_coords(model, prompts, PatchSpec(kind="resid_pre"))
+    >>> everything = lambda plan: plan
+    >>> bool(sweep_groups(model, prompts, PatchSpec(kind="resid_pre"), get_metric("logit_diff"),
+    ...                   axes, coords, None, None, select=everything)[1].all())
+    True
+    """
+    kind = KINDS[spec.kind]
     budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # the devices' free memory
                            also=placed_devices(getattr(model, "device_map", None)))
     group = pair_group(model, prompts, budget)
-    if prompts.n_pairs > group:     # the cached runs of many pairs would not fit: sweep in groups
-        parts = []
-        for lo in range(0, prompts.n_pairs, group):
-            def progress(done, total, lo=lo):
-                if on_progress is not None:
-                    on_progress(lo * total + done * min(group, prompts.n_pairs - lo), prompts.n_pairs * total)
-            parts.append(_sweep_pairs(model, prompts.subset(range(lo, min(lo + group, prompts.n_pairs))),
-                                      spec, metric, kind, axes, coords, progress, budget, cells))
-        first = parts[0]
-        return PatchResult(spec, axes, coords, torch.cat([p.per_pair for p in parts], -1),
-                           torch.cat([p.clean_baseline for p in parts]),
-                           torch.cat([p.corrupt_baseline for p in parts]), prompts.str_tokens,
-                           first.metric_clean_is, time.perf_counter() - start, model.name)
-    result = _sweep_pairs(model, prompts, spec, metric, kind, axes, coords, on_progress, budget, cells)
-    return dataclasses.replace(result, seconds=time.perf_counter() - start)
+    shape = [len(coords[a]) for a in axes]
+    written = torch.zeros((*shape, prompts.n_pairs), dtype=torch.bool) if select is not None else None
+    parts = []
+    for lo in range(0, prompts.n_pairs, group):     # the cached runs of many pairs would not fit: groups
+        hi = min(lo + group, prompts.n_pairs)
+
+        def progress(done, total, lo=lo, hi=hi):
+            # earlier groups' forwards are counted as if each group had this one's per pair
+            if on_progress is not None:
+                per_pair = total / (hi - lo)
+                on_progress(round(lo * per_pair) + done, round(prompts.n_pairs * per_pair))
+        whole = (lo, hi) == (0, prompts.n_pairs)
+        parts.append(_sweep_pairs(model, prompts if whole else prompts.subset(range(lo, hi)), spec, metric,
+                                  kind, axes, coords, on_progress if whole else progress, budget, cells,
+                                  select, None if written is None else written[..., lo:hi]))
+    if len(parts) == 1:
+        return parts[0], written
+    first = parts[0]
+    return PatchResult(spec, axes, coords, torch.cat([p.per_pair for p in parts], -1),
+                       torch.cat([p.clean_baseline for p in parts]),
+                       torch.cat([p.corrupt_baseline for p in parts]), prompts.str_tokens,
+                       first.metric_clean_is, 0.0, model.name), written
 
 
 def sweep_by_role(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, on_progress: Progress | None,
@@ -301,7 +328,8 @@ def _cache_bytes_per_pair(model, n_pos: int) -> int:
 
 
 def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kind: Kind, axes, coords,
-                 on_progress: Progress | None, budget: float, cells=None) -> PatchResult:
+                 on_progress: Progress | None, budget: float, cells=None, select: Select | None = None,
+                 written: Tensor | None = None) -> PatchResult:
     runner = model.runner
     pair = CachedPair.run(runner, prompts, metric, spec.direction)
     n_pairs = prompts.n_pairs
@@ -309,11 +337,17 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
     shape = [len(coords[a]) for a in axes]
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
     plan = batch_plan(model, prompts, spec, kind, axes, coords, ctx, budget, cells)
-    total, done = sum(len(step.cells) for step in plan), 0
-    last_report = 0.0
+    if select is not None:
+        plan = select(plan)
+    # progress counts patched forwards (live cells x pairs), what the cost estimate counts; the
+    # first report comes before the first batch, so a caller knows the total at once
+    total, done = sum(len(part) for step in plan for part in step.parts) * n_pairs, 0
+    if on_progress is not None:
+        on_progress(0, total)
+    last_report = time.perf_counter()
     for step in plan:
-        for n in (~step.live).nonzero()[:, 0].tolist():       # nothing to patch: the base run's value
-            per_pair[(step.li, *step.cells[n])] = pair.base_baseline
+        for n in (~step.live).nonzero()[:, 0].tolist() if step.fill else ():   # nothing to patch:
+            per_pair[(step.li, *step.cells[n])] = pair.base_baseline            # the base run's value
         for part in step.parts:
             patched = kind.patch(ctx, step.layer, step.idx[part])
             _, rows = ctx.rows(len(part))
@@ -321,11 +355,12 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
             values = pair.measure(logits, rows).view(len(part), n_pairs)
             for n, v in zip(part.tolist(), values):
                 per_pair[(step.li, *step.cells[n])] = v
-            done += len(part)
+            done += len(rows)
             if on_progress is not None and time.perf_counter() - last_report > 0.1:
                 on_progress(done, total)
                 last_report = time.perf_counter()
-        done += int((~step.live).sum())
+    if written is not None:
+        written |= _cells_of(plan, per_pair.shape)
     if on_progress is not None:
         on_progress(total, total)
     return PatchResult(spec, axes, coords, per_pair, pair.clean_baseline, pair.corrupt_baseline,
@@ -354,6 +389,19 @@ class LayerStep:
     idx: Tensor
     live: Tensor
     parts: list
+    fill: bool = True        # this run writes the base value into the cells that change nothing
+
+
+def _cells_of(plan: list[LayerStep], shape) -> Tensor:
+    """[*cells, pairs] bool: the cells a (selected) plan sets, for every pair of its group."""
+    out = torch.zeros(tuple(shape), dtype=torch.bool)
+    for step in plan:
+        mine = [n for p in step.parts for n in p.tolist()]
+        if step.fill:
+            mine += (~step.live).nonzero()[:, 0].tolist()
+        for n in mine:
+            out[(step.li, *step.cells[n])] = True
+    return out
 
 
 def batch_plan(model, prompts: PromptSet, spec: PatchSpec, kind: Kind, axes, coords, ctx: PatchContext,

@@ -494,10 +494,15 @@ class ModelRegistry:
 
 
 def available_models() -> list[dict]:
-    """What can be loaded here: shipped models, then hub models in the local cache."""
+    """What can be loaded here: shipped models (the default first, then by name), then hub models
+    in the local cache.
+
+    >>> available_models()[0]["name"]
+    'default'
+    """
     out = []
     if MODELS_DIR.is_dir():
-        for d in sorted(MODELS_DIR.iterdir()):
+        for d in sorted(MODELS_DIR.iterdir(), key=lambda d: (d.name != DEFAULT_MODEL, d.name)):
             if (d / "config.json").is_file():
                 out.append({"name": "default" if d.name == DEFAULT_MODEL else d.name,
                             "source": "shipped", "path": str(d), "safetensors": _has_safetensors(d)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,6 +22,7 @@ from typing import Callable
 log = logging.getLogger("dashboard")
 
 HEARTBEAT_S = 10.0       # a running job writes a heartbeat this often (from a thread, progress or not)
+PROGRESS_EVERY_S = 0.5   # a running job records its progress in the store at most this often (for other pages)
 STALE_AFTER_S = 120.0    # a job on another host with no heartbeat for this long is marked failed
 CANCEL_CHECK_S = 2.0     # a running job with a token looks for a Cancel request this often
 
@@ -50,6 +52,8 @@ class Job:
     cancel_check: float = CANCEL_CHECK_S
     _last: float = field(default_factory=time.monotonic)
     _checked: float = field(default_factory=time.monotonic)
+    _shown: float = float("-inf")
+    _work_started: float | None = None
 
     def beat(self, *_ignored) -> None:
         """Heartbeat, at most once per `interval` seconds; accepts on_progress's (done, total).
@@ -65,6 +69,22 @@ class Job:
                 self.store.heartbeat(self.id)
             except Exception:               # the run matters more than its status record
                 log.warning("heartbeat for job %s failed", self.id, exc_info=True)
+
+    def progress(self, done: int, total: int, text: str = "", *, queued: bool = False) -> None:
+        """Record where the job is, for pages other than the one that started it (a reload, a
+        second tab): at most every PROGRESS_EVERY_S, always at the first count (done 0 of a known
+        total: the counted work begins, the ETA's clock starts) and at the end. Never raises."""
+        now = time.monotonic()
+        first = total > 0 and self._work_started is None
+        if first:
+            self._work_started = time.time()
+        if not (first or done >= total > 0) and now - self._shown < PROGRESS_EVERY_S:
+            return
+        self._shown = now
+        try:
+            self.store.set_job_progress(self.id, done, total, text, queued=queued, work_started=self._work_started)
+        except Exception:
+            log.warning("could not record job %s's progress", self.id, exc_info=True)
 
     def raise_if_cancelled(self) -> None:
         try:
@@ -99,6 +119,7 @@ def tracked(store, kind: str, label: str, model: str, *, interval: float = HEART
         store.fail_stale(stale_after)
     except Exception:
         log.warning("could not check for stale jobs", exc_info=True)
+    token = token or f"job:{uuid.uuid4().hex}"       # every job can be cancelled by id (`cancel_job`)
     job = Job(store, store.begin_job(kind, label, model, token=token), interval, token=token,
               cancel_check=CANCEL_CHECK_S)
     try:
@@ -180,3 +201,76 @@ def unfinished_and_failed(store, limit: int = 20, stale_after: float = STALE_AFT
     except Exception:
         log.warning("could not read the job records", exc_info=True)
         return []
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A running job as another page shows it: its record, its progress (None before the first
+    report) and the token of the page click that started it."""
+    info: object                     # patching.runs.store.JobInfo
+    progress: object | None          # patching.runs.store.JobProgress
+    token: str | None
+
+    @property
+    def queued(self) -> bool:
+        return self.progress is None or self.progress.queued
+
+    def started_by(self, session: str | None) -> bool:
+        """Whether the page with this session id started it (`job_token`)."""
+        return bool(session and self.token and self.token.startswith(f"{session}:"))
+
+    def text(self) -> str:
+        """'head_out · denoise … — 40 / 160 patched forwards · ≈ 12 s left'.
+
+        >>> from patching.runs.store import JobInfo, JobProgress
+        >>> RunningJob(JobInfo(3, "sweep", "head_out", "m", "running", "", None, 1, "h", 0.0, 0.0, None),
+        ...            JobProgress(3, 40, 160, "40 / 160 patched forwards", False, 100.0, 110.0), None).text()
+        'job 3 · head_out — 40 / 160 patched forwards · ≈ 30 s left'
+        """
+        what = f"job {self.info.id} · {self.info.label}"
+        if self.progress is None:
+            return f"{what} — starting…"
+        eta = self.progress.eta_seconds
+        return f"{what} — {self.progress.text}" + ("" if eta is None else f" · {eta_text(eta)}")
+
+
+def eta_text(seconds: float) -> str:
+    """'≈ 12 s left', '≈ 3 min left'.
+
+    >>> eta_text(4.2), eta_text(200)
+    ('≈ 4 s left', '≈ 3 min left')
+    """
+    return f"≈ {seconds:.0f} s left" if seconds < 120 else f"≈ {seconds / 60:.0f} min left"
+
+
+def running_jobs(store, limit: int = 20, check_stale: bool = True) -> list[RunningJob]:
+    """The running jobs, the one doing its work first (then those queued, oldest first), each with
+    its progress; stale jobs are failed first (unless `check_stale` is False). A store error gives
+    an empty list.
+
+    >>> job = store.begin_job("sweep", "IOI · head_out", "default", token="page:run-button:1")
+    >>> [(j.info.id == job, j.queued, j.started_by("page")) for j in running_jobs(store)]
+    [(True, True, True)]
+    """
+    try:
+        if check_stale:
+            store.fail_stale(STALE_AFTER_S)
+        infos = store.jobs(limit, status="running")
+        ids_ = [j.id for j in infos]
+        progress, tokens = store.job_progress(ids_), store.job_tokens(ids_)
+    except Exception:
+        log.warning("could not read the running jobs", exc_info=True)
+        return []
+    jobs = [RunningJob(j, progress.get(j.id), tokens.get(j.id)) for j in infos]
+    return sorted(jobs, key=lambda j: (j.queued, j.info.id))
+
+
+def cancel_job(store, job_id: int) -> bool:
+    """Cancel the running job `job_id` from any page (the History list's Cancel, a reloaded tab):
+    the job stops at its next progress report (every few seconds at most), or before it starts
+    when still queued, and is recorded as cancelled. False when it is no longer running.
+
+    >>> cancel_job(store, store.begin_job("sweep", "IOI · head_out", "default", token="page:run-button:1"))
+    True
+    """
+    return store.request_cancel_job(job_id)

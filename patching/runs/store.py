@@ -100,6 +100,15 @@ JOB_TOKENS = sa.Table(            # a job's page-side name, so a Cancel click re
     sa.Column("cancel_requested", sa.Float),                 # set by Cancel, before or after it starts
     sa.Column("created", sa.Float, nullable=False))          # pruned after TOKEN_DAYS unless running
 TOKEN_DAYS = 7
+JOB_PROGRESS = sa.Table(          # where a running job is, so any page (a reload, a second tab) can show it
+    "job_progress", META,
+    sa.Column("job_id", sa.Integer, primary_key=True),
+    sa.Column("done", sa.Integer, nullable=False),           # units done (a sweep: patched forwards)
+    sa.Column("total", sa.Integer, nullable=False),          # units in all; 0 while not known (queued, starting)
+    sa.Column("text", sa.Text, nullable=False),              # what the job's own page shows
+    sa.Column("queued", sa.Boolean, nullable=False),         # still waiting for the run slot
+    sa.Column("work_started", sa.Float),                     # when the counted work began (for an ETA)
+    sa.Column("updated", sa.Float, nullable=False))
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,30 @@ class JobInfo:
     def title(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"job {self.id} {self.label} · {self.status} · {when}"
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a running job is: `done` of `total` units (0 total: not counted yet), the text its
+    own page shows, and when the counted work began.
+
+    >>> JobProgress(1, 40, 160, "40 / 160 patched forwards", False, 100.0, 110.0).eta_seconds
+    30.0
+    """
+    job_id: int
+    done: int
+    total: int
+    text: str
+    queued: bool
+    work_started: float | None
+    updated: float
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far (None before the first unit is done)."""
+        if self.work_started is None or not 0 < self.done < self.total or self.updated <= self.work_started:
+            return None
+        return (self.updated - self.work_started) / self.done * (self.total - self.done)
 
 
 def _sqlite_url(path: Path) -> str:
@@ -511,6 +544,55 @@ class RunStore:
             self._upsert_token(db, str(token), cancel_requested=time.time())
             return db.execute(sa.select(JOB_TOKENS.c.job_id).where(JOB_TOKENS.c.token == str(token))).scalar()
 
+    def request_cancel_job(self, job_id: int) -> bool:
+        """Ask the running job `job_id` to stop (any page may: the History list, a reloaded tab),
+        through the token it was begun with; False when it is not running or has no token.
+
+        >>> store.request_cancel_job(store.begin_job("sweep", "x", "default", token="t:1"))
+        True
+        """
+        with self._transaction() as db:
+            status = db.execute(sa.select(JOBS.c.status).where(JOBS.c.id == record_id(job_id, "job"))).scalar()
+            if status is None:
+                raise ValueError(f"job {job_id} does not exist")
+            token = db.execute(sa.select(JOB_TOKENS.c.token).where(JOB_TOKENS.c.job_id == int(job_id))).scalar()
+            if status != "running" or token is None:
+                return False
+            self._upsert_token(db, token, cancel_requested=time.time())
+            return True
+
+    def job_tokens(self, job_ids) -> dict[int, str]:
+        """{job id: the token it was begun with} for those of `job_ids` that have one."""
+        ids_ = [int(i) for i in job_ids]
+        if not ids_:
+            return {}
+        with self._read() as db:
+            rows = db.execute(sa.select(JOB_TOKENS.c.job_id, JOB_TOKENS.c.token)
+                              .where(JOB_TOKENS.c.job_id.in_(ids_))).all()
+        return {int(j): str(t) for j, t in rows}
+
+    def set_job_progress(self, job_id: int, done: int, total: int, text: str = "", *, queued: bool = False,
+                         work_started: float | None = None) -> None:
+        """Record where a running job is (`JobProgress`); the last write wins."""
+        values = dict(done=int(done), total=int(total), text=str(text), queued=bool(queued), work_started=work_started,
+                      updated=time.time())
+        if self._sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        with self._transaction() as db:
+            db.execute(insert(JOB_PROGRESS).values(job_id=int(job_id), **values)
+                       .on_conflict_do_update(index_elements=[JOB_PROGRESS.c.job_id], set_=values))
+
+    def job_progress(self, job_ids) -> dict[int, JobProgress]:
+        """{job id: its last recorded JobProgress} for those of `job_ids` that reported any."""
+        ids_ = [int(i) for i in job_ids]
+        if not ids_:
+            return {}
+        with self._read() as db:
+            rows = db.execute(sa.select(*JOB_PROGRESS.c).where(JOB_PROGRESS.c.job_id.in_(ids_))).all()
+        return {int(r[0]): JobProgress(*r) for r in rows}
+
     def cancel_requested(self, token: str | None) -> bool:
         """Whether Cancel was pressed for the job named `token` (False for no token)."""
         if not token:
@@ -538,6 +620,7 @@ class RunStore:
             n = db.execute(JOBS.update().where(JOBS.c.id == int(job_id)).values(
                 status=status, reason=str(reason or ""), run_id=None if run_id is None else int(run_id),
                 updated=now, finished=now)).rowcount
+            db.execute(JOB_PROGRESS.delete().where(JOB_PROGRESS.c.job_id == int(job_id)))   # only running jobs have one
         if n == 0:
             raise ValueError(f"job {job_id} does not exist")
 
@@ -607,6 +690,8 @@ class RunStore:
                 changed = db.execute(JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status == "running")
                                      .values(status=status, reason=reason, updated=now, finished=now)).rowcount
                 n += changed
+                if changed:
+                    db.execute(JOB_PROGRESS.delete().where(JOB_PROGRESS.c.job_id == job_id))
                 if changed and pid is not None:
                     kill.append(pid)
         for pid in kill:

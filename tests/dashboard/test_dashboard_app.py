@@ -195,7 +195,7 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert err == "" and isinstance(run_id, int) and "saved" in _text(html.Div(status))
     assert "clean logit_diff" in _text(html.Div(status))
     assert any(c[4].startswith("clean logit_diff") for c in progress.calls)     # baselines early
-    assert any("patches" in c[3] for c in progress.calls)
+    assert any("patched forwards" in c[3] for c in progress.calls)
     assert progress.calls[-1][0] == progress.calls[-1][1]
 
     fig, config, summary, csv_disabled = cb.show_run(run_id, "raw", "svg")
@@ -208,7 +208,7 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert sent["filename"].endswith(".csv")
 
     click = {"points": [{"x": "H2", "y": "L1", "customdata": fig.data[0].customdata[1][2]}]}
-    att_fig, _, status, cell, disabled, outline = cb.attention(click, run_id, "png")
+    att_fig, _, status, cell, disabled, outline = cb.attention(click, run_id, "png")[:6]
     assert len(att_fig.data) == 5 and "L1.H2" in status and cell["head"] == 2 and not disabled
     shape = outline.to_plotly_json()["operations"][0]["params"]["value"][0]
     assert (shape["x0"], shape["y0"]) == (1.5, 0.5)          # the clicked cell is outlined
@@ -261,8 +261,35 @@ def test_attention_on_non_head_run_explains(app, tiny_name):
     (run_id, _, _, _), _ = _run(cb, tiny_name, kind="resid_pre")
     fig, _, _, _ = cb.show_run(run_id, "normalized", "png")
     click = {"points": [{"customdata": fig.data[0].customdata[0][3]}]}
-    _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")
+    _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")[:6]
     assert "click a cell of a head kind" in status and cell is None and disabled
+
+
+def test_head_out_click_shows_the_receiver_that_changed_most(app, tiny_name):
+    """A head_out patch cannot change its own head's pattern: the panel shows a later head's
+    (the one that changed most by default, any other by the receiver select)."""
+    from patching import PromptSet, PatchSpec, load_model
+    from patching.methods.attention import downstream_attention
+    cb = app.patchboard
+    (run_id, _, _, _), _ = _run(cb, tiny_name)
+    fig = cb.show_run(run_id, "raw", "png")[0]
+    click = {"points": [{"x": "H1", "y": "L0", "customdata": fig.data[0].customdata[0][1]}]}
+    att_fig, _, status, cell, _, _, options, value = cb.attention(click, run_id, "png")
+    model = load_model(tiny_name)
+    d = downstream_attention(model, PromptSet.from_pairs(model, IOI[:1]), PatchSpec(kind="head_out"),
+                             {"layer": 0, "head": 1})
+    best = d.most_changed()
+    assert value == f"{best[0]}.{best[1]}" and len(options) == len(d.ranked()) and best[0] == 1
+    assert status.startswith(f"Receiver L{best[0]}.H{best[1]} under a patch of L0.H1")
+    shown = [v for v in att_fig.data[4].z for v in v if v is not None]         # patched − corrupt panel
+    assert max(abs(v) for v in shown) == pytest.approx(float(d.change[best]), abs=1e-5)
+    assert float(d.change[best]) > 0
+    other = next(o["value"] for o in options if o["value"] != value)
+    out = cb.attention(click, run_id, "png", 0, other, trig=ids.ATTENTION_RECEIVER)
+    assert out[7] == other and out[2].startswith(f"Receiver L{other.replace('.', '.H')} under")
+    assert cb.download_attention(1, out[3], run_id)["filename"].endswith(f"-receiver-L{other.replace('.', 'H')}.csv")
+    # a new click picks the largest change again
+    assert cb.attention(click, run_id, "png", 0, other, trig=ids.RESULTS_HEATMAP)[7] == value
 
 
 def test_multi_pair_run_from_uploaded_pairs(app, tiny_name):

@@ -50,7 +50,8 @@ def test_layer_by_pos_heatmap(resid):
     assert hm.zmax == pytest.approx(float(resid.effect.abs().max()))
     assert fig.layout.yaxis.autorange == "reversed"       # layer 0 at the top
     assert np.allclose(np.array(hm.z, dtype=float), resid.effect.numpy())     # the change, not the metric
-    assert hm.colorbar.title.text == "effect on logit_diff<br>(patched − corrupt run)"
+    assert hm.colorbar.title.text == (f"effect on logit_diff<br>(patched − corrupt run)<br>"
+                                      f"white = the corrupt run: {resid.corrupt_value:.3g}")
 
 
 def test_hover_shows_raw_normalized_and_interval_for_multi_pair(resid):

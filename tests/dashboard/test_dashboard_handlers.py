@@ -156,7 +156,8 @@ def test_execute_run_reports_baselines_then_progress_and_saves(registry, store, 
     assert with_base and "clean logit_diff" in with_base[0].baselines
     assert abs(float(with_base[0].baselines.split("= ")[1].split(" ")[0]) - run.result.clean_value) < 1e-3
     assert seen[-1].value == seen[-1].total and "done" in seen[-1].label
-    assert any("/ 8 patches" in p.label for p in seen)
+    counted = [p.label for p in seen if "patched forwards" in p.label]     # the cost estimate's unit
+    assert counted[0] == "0 / 8 patched forwards" and counted[-1] == "8 / 8 patched forwards"
 
 
 def test_execute_run_bad_input_saves_nothing(registry, store, form):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from patching.figures import lens as fl
@@ -41,8 +42,23 @@ def test_lens_heatmap_cells_are_top_tokens_coloured_by_prob(acc):
     assert (hm.zmin, hm.zmax) == (0, 1)
     assert fig.layout.yaxis.autorange == "reversed"
     assert "answer ' Mary'" in hm.hovertemplate
-    wide = acc.assign(pos=acc.pos * 3)                  # 43 positions: too many for cell text
-    assert fl.lens_heatmap(wide).data[0].text is None
+    assert fig.layout.width is None                      # 15 positions: the figure fills the panel
+
+
+def test_long_prompt_lens_is_sized_by_tokens_and_keeps_every_label(acc):
+    """Past FIT_TOKENS positions: fixed px per token (the panel scrolls), every position ticked
+    with visible odd tokens, the cell text kept (it fits the fixed column), hover in words."""
+    wide = acc.assign(pos=acc.pos * 4)                  # 57 positions (the gaps are empty cells)
+    wide.loc[wide.pos == 4, "token"] = "\r"
+    fig = fl.lens_heatmap(wide)
+    hm = fig.data[0]
+    assert fig.layout.width == 57 * fl.PX_PER_TOKEN + 300
+    assert len(fig.layout.xaxis.ticktext) == 57 and fig.layout.xaxis.tickmode == "array"
+    assert fig.layout.xaxis.ticktext[4] == "4: \\r" and fig.layout.xaxis.tickangle == -90
+    assert hm.text is not None and hm.colorbar.orientation == "h"
+    assert "top token" in hm.hovertemplate and "%{customdata[5]}" in hm.hovertemplate
+    many_rows = fl.lens_heatmap(pd.concat([acc.assign(label=acc.label + f"#{i}") for i in range(60)]))
+    assert len(many_rows.data[0].y) == 180 and many_rows.data[0].text is None   # rows too low: hover only
 
 
 def test_lens_heatmap_answer_logit_and_rank_scales(acc):

@@ -219,7 +219,7 @@ def test_path_tab_run_show_download(app, store, tiny_name):
     assert rfig.layout.title.text.startswith("Path patching")
     # a click on a sender cell shows the receiver head's attention
     click = {"points": [{"x": "H2", "y": "L0", "customdata": fig.data[0].customdata[0][2]}]}
-    att_fig, _, att_status, cell, _, _ = cb.attention(click, run_id, "png")
+    att_fig, _, att_status, cell, _, _ = cb.attention(click, run_id, "png")[:6]
     assert len(att_fig.data) == 5 and "Receiver attention · L1.H0 (q:1.0) · sender L0.H2" in att_status
     # ... and on the Path tab itself
     pfig, pstatus, outline = cb.path_attention(click, run_id)

@@ -193,7 +193,7 @@ def test_cancel_and_a_second_run_queues(page, tmp_path):
     page.click(f"#{ids.RUN_BUTTON}")
     page.wait_for_function(f"document.getElementById('{ids.RUN_BUTTON}').disabled")
     assert page.inner_text(f"#{ids.RUN_BUTTON}") == "Running…"
-    page.wait_for_function(f"document.getElementById('{ids.PROGRESS_TEXT}').innerText.includes('patches')",
+    page.wait_for_function(f"document.getElementById('{ids.PROGRESS_TEXT}').innerText.includes('patched forwards')",
                            timeout=60_000)
 
     other = page.context.new_page()

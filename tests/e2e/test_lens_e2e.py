@@ -128,3 +128,44 @@ def test_top_k_table_is_shown(page):
     assert page.locator(f"#{lens_tab.INSPECT_TABLE} tr").count() == 11      # header + 10
     assert not page.errors
     shot(page, "12-inspect-topk")
+
+
+LONG = ("When Mary and John went to the store,\nJohn gave a drink to Mary. Then, Alice and Bob had a long "
+        "argument, and afterwards Bob said to Alice. Paris is a city in the country of France. Tom, Anna, "
+        "Sarah went to  the school, the office")      # 59 tokens in the tiny tokenizer ('\n', ' '), 60 with BOS
+
+OVERLAPS = """(sel) => {
+    const boxes = [...document.querySelectorAll(sel)].filter(e => e.textContent.length)
+        .map(e => e.getBoundingClientRect());
+    let n = 0;
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i], b = boxes[j];
+        if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5) n++;
+    }
+    return [boxes.length, n];
+}"""
+
+
+def test_logit_lens_of_a_60_token_prompt_is_readable(page):
+    """Every position's tick label is there (none thinned), cell texts do not overlap, odd tokens
+    (\\n, a lone space) are shown visibly, and the panel scrolls sideways instead of squeezing the cells."""
+    page.click(f"#{ids.TABS} .nav-link:has-text('Inspect')")
+    page.click(f"#{lens_tab.INSPECT_VIEW} label:has-text('Logit lens')")
+    for id_, text in ((ids.CLEAN_PROMPT, LONG), (ids.CORRUPT_PROMPT, LONG.replace("Mary.", "John."))):
+        page.fill(f"#{id_}", text)
+    page.click(f"#{ids.TOKEN_VIEW}")
+    page.wait_for_function(
+        f"document.querySelectorAll('#{lens_tab.INSPECT_GRAPH} .xtick text').length === 60", timeout=60_000)
+    ticks = page.eval_on_selector_all(f"#{lens_tab.INSPECT_GRAPH} .xtick text", "els => els.map(e => e.textContent)")
+    assert [t.split(":")[0] for t in ticks] == [str(i) for i in range(60)]
+    assert "10: \\n" in ticks and "54: ␣" in ticks and "2: ␣Mary" in ticks
+    n_ticks, tick_overlaps = page.evaluate(OVERLAPS, f"#{lens_tab.INSPECT_GRAPH} .xtick text")
+    assert n_ticks == 60 and tick_overlaps == 0
+    n_cells, cell_overlaps = page.evaluate(OVERLAPS, f"#{lens_tab.INSPECT_GRAPH} g.heatmap-label text")
+    assert n_cells == 3 * 60 and cell_overlaps == 0          # embed, L0, L1 × 60 positions
+    scroll, client = page.evaluate(
+        f"(() => {{ const b = document.querySelector('#{lens_tab.INSPECT_GRAPH}').closest('.graph-scroll');"
+        " return [b.scrollWidth, b.clientWidth]; })()")
+    assert scroll > client                                   # the panel scrolls sideways
+    assert not page.errors
+    shot(page, "13-inspect-logit-lens-long-prompt")

@@ -1,0 +1,207 @@
+"""Sharded sweeps end to end: a real `redis-server` (127.0.0.1, free port, no persistence), two
+real `python -m dashboard worker`s (`--concurrency 1` each, prefork) and the CLI's
+`sweep --shards 2 --redis-url`, as users run them.
+
+1. The merged CSV is byte for byte the one-worker CSV, and both workers took a shard.
+2. Ctrl-C in the CLI cancels every shard: each worker records its shard's job cancelled, and
+   both run the next sweep.
+3. A worker killed (SIGKILL, its whole process group) mid-run: its shard is sent again, the
+   other worker runs it, and the result is still the one-worker result.
+
+Bounded: every wait has a time limit, every process started here is stopped in a finally.
+Skips (printing why) only when redis-server or celery is not installed (`make test` installs them).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IOI
+from tests.e2e.support import free_port
+from tests.test_celery_jobs import REDIS_SERVER, _skip_reason, _wait
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class Stack:
+    """Redis and named workers on one data dir; every process is stopped by `close`."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.data, self.procs, self.logs = tmp, tmp / "data", {}, []
+        self.data.mkdir()
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.start("redis", [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)])
+        import redis
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=1)
+
+        def up():
+            try:
+                return client.ping()
+            except redis.RedisError:
+                return False
+        _wait("redis-server", up, 20, [self.procs["redis"]], [tmp / "redis.log"])
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "w")
+        self.logs.append(log)
+        self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def start_workers(self, *names: str) -> None:
+        for name in names:
+            self.start(name, [sys.executable, "-m", "dashboard", "worker", "--redis-url", self.redis_url,
+                              "--model", "default", "--data-dir", str(self.data), "--device", "cpu",
+                              "--concurrency", "1"])
+        for name in names:
+            _wait(name, lambda: " ready." in self.log(name) and "model default loaded" in self.log(name), 150,
+                  [self.procs[name]], [self.tmp / f"{name}.log"])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def close(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.kill(name, signal.SIGTERM)
+        for log in self.logs:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        print(f"\nskipping the sharded-sweep end-to-end test: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    s = Stack(tmp_path_factory.mktemp("shards"))
+    try:
+        s.start_workers("w1", "w2")
+        yield s
+    finally:
+        s.close()
+
+
+def _pairs_csv(tmp: Path, pairs) -> Path:
+    import csv
+    path = tmp / f"pairs{len(pairs)}.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("clean", "corrupt", "answer", "wrong"), *pairs])
+    return path
+
+
+def _sweep_cmd(stack: Stack, pairs: Path, out: Path, max_memory: str = "64") -> list[str]:
+    return [sys.executable, "-m", "patching", "sweep", "--pairs", str(pairs), "--kind", "head_out",
+            "--per-position", "--device", "cpu", "--max-memory", max_memory, "--out", str(out),
+            "--shards", "2", "--redis-url", stack.redis_url]
+
+
+PAIRS = IOI * 3            # long enough a sweep to kill a worker in the middle of it
+
+
+@pytest.fixture(scope="module")
+def one_worker_csv(doctest_model) -> str:
+    """The CSV the CLI writes for PAIRS without --shards (the same sweep in this process)."""
+    from patching import PatchSpec, PromptSet, sweep
+    prompts = PromptSet.from_pairs(doctest_model, PAIRS)
+    return sweep(doctest_model, prompts, PatchSpec(kind="head_out", per_position=True), max_memory_mb=64).to_csv()
+
+
+def test_two_workers_merge_to_the_one_worker_csv(stack, tmp_path, one_worker_csv):
+    out = tmp_path / "sharded.csv"
+    run = subprocess.run(_sweep_cmd(stack, _pairs_csv(tmp_path, PAIRS), out), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr
+    assert out.read_text() == one_worker_csv
+    assert "2 of 2 shards done · 2 workers took shards" in run.stderr, run.stderr
+    for name in ("w1", "w2"):
+        assert "patchboard.sweep_shard[" in stack.log(name), f"{name} took no shard"
+
+
+def test_ctrl_c_cancels_every_shard(stack, tmp_path):
+    from patching.runs.store import RunStore
+    store = RunStore(stack.data)
+    before = {j.id for j in store.jobs(200)}
+    # small batches: a sweep that runs long enough to be cancelled
+    cli = subprocess.Popen(_sweep_cmd(stack, _pairs_csv(tmp_path, IOI * 4), tmp_path / "x.csv", "1"), cwd=ROOT,
+                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_running():
+            jobs = [j for j in store.jobs(200) if j.id not in before]
+            return len(jobs) == 2 and all(j.status == "running" for j in jobs)
+        _wait("both shards running", both_running, 120, [cli])
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130, err
+    assert not (tmp_path / "x.csv").exists()
+
+    def ended():
+        jobs = [j for j in store.jobs(200) if j.id not in before]
+        return all(j.status != "running" for j in jobs)
+    _wait("both shards stopping", ended, 60)
+    shards = [j for j in store.jobs(200) if j.id not in before]
+    assert sorted(j.label for j in shards) == ["head_out · shard 1/2", "head_out · shard 2/2"]
+    assert all(j.status == "cancelled" for j in shards), [(j.status, j.reason) for j in shards]
+    # the next test's sweep needs both workers again: a revoke-terminated pool process is replaced
+
+
+def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path, one_worker_csv):
+    pairs = PAIRS
+    out = tmp_path / "sharded.csv"
+    seen = {n: stack.log(n).count("Task patchboard.sweep_shard[") for n in ("w1", "w2")}
+    cli = subprocess.Popen(_sweep_cmd(stack, _pairs_csv(tmp_path, pairs), out), cwd=ROOT, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait("both workers taking a shard",
+              lambda: all(stack.log(n).count("Task patchboard.sweep_shard[") > seen[n] for n in seen), 120, [cli])
+        stack.kill("w2")                                  # SIGKILL: the worker and its pool process
+        _, err = cli.communicate(timeout=240)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    assert "1 retried" in err and "stopped answering" in err, err
+    assert out.read_text() == one_worker_csv
+    received = stack.log("w1").count("Task patchboard.sweep_shard[") - seen["w1"]
+    assert received >= 2 * 2, "w1 did not take the lost shard"        # 'received' and 'succeeded' lines
+
+
+def test_no_worker_answering_is_said_plainly(tmp_path, gpt2_model, ioi_prompts):
+    """Redis up, no worker: the client says so instead of waiting forever."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from patching import PatchSpec
+    from patching.methods.shards import plan
+    from patching.runs.sharded import run_sharded
+    lone = Stack(tmp_path)
+    try:
+        with pytest.raises(ValueError, match=f"no worker answers on {lone.redis_url}; start one or more"):
+            run_sharded(lone.redis_url, ioi_prompts, plan(PatchSpec(kind="resid_pre"), 2, 64))
+    finally:
+        lone.close()
