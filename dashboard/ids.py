@@ -254,6 +254,16 @@ CIRCUIT_THRESHOLD = "circuit-threshold"          # slider: share of the largest 
 CIRCUIT_EDGE_GRAPH = "circuit-edge-graph"
 CIRCUIT_EDGES_STATUS = "circuit-edges-status"
 
+# -- Features tab (SAE features) --------------------------------------------------------------------
+TAB_FEATURES = "tab-features"
+FEATURES_PANEL = "features-panel"
+FEATURES_VIEW = "features-view"              # top | contexts | logits | tasks
+FEATURES_K = "features-k"
+FEATURES_LAYER = "features-layer"
+FEATURES_FEATURE = "features-feature"
+FEATURES_TASK = "features-task"              # the task whose prompts give the contexts
+FEATURES_N = "features-n"                    # how many prompts (contexts, tasks)
+
 
 def control_id(tab: str, name: str) -> str:
     """The box of one selector of a view tab, shown or hidden per view.

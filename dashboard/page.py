@@ -16,7 +16,7 @@ import dash_bootstrap_components as dbc
 from dash import dcc, html
 
 from dashboard import ids, panel, share
-from dashboard.tabs import attribution, circuit, history, inspect, neurons, path, results
+from dashboard.tabs import attribution, circuit, features, history, inspect, neurons, path, results
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ TABS = (
     Tab("Inspect", ids.TAB_INSPECT, inspect, "inspect"),
     Tab("Neurons & weights", ids.TAB_NEURONS, neurons, "neurons"),
     Tab("Circuit", ids.TAB_CIRCUIT, circuit, "circuit"),
+    Tab("Features", ids.TAB_FEATURES, features, "features"),
 )
 
 

@@ -29,6 +29,14 @@ class PatchContext:
     base: RunCache        # the run being patched (corrupt when denoising)
     donor: RunCache       # where patched-in values come from (clean when denoising)
     position_mask: Tensor | None = None   # [T] bool: positions a neuron patch applies to
+    saes: dict | None = None              # layer -> Sae on blocks.<layer>.hook_resid_pre (feature kind)
+
+    def sae(self, layer: int):
+        """The SAE read at `layer`'s block input; ValueError naming the layers that have one."""
+        if not self.saes or layer not in self.saes:
+            have = ", ".join(map(str, sorted(self.saes or ()))) or "none"
+            raise ValueError(f"no SAE on blocks.{layer}.hook_resid_pre (SAEs on layers: {have})")
+        return self.saes[layer]
 
     @property
     def n_pairs(self) -> int:
@@ -63,6 +71,7 @@ class Kind:
     has_per_position: bool = False      # head kinds: can add a "pos" axis
     kv_heads: bool = False              # head axis ranges over key/value heads
     needs_resid_mid: bool = False       # undefined on parallel-attention models
+    changed_table: Callable[[PatchContext, int], Tensor] | None = None   # [T, unit] for `changed`
 
     def axes(self, per_position: bool = False) -> tuple[str, ...]:
         if per_position and self.has_per_position:
@@ -217,6 +226,42 @@ def _patch_neuron(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
     return _add_at(ctx, "post", b.resid_post, delta, p0)
 
 
+# -- sparse-autoencoder features ------------------------------------------------------------------
+# With an SAE spliced in at a block input x, the block reads decode(encode(x)) + error(x) = x: the
+# model is unchanged. Swapping feature i's activation for the donor's makes the block read
+# x + (f_donor_i - f_base_i) * W_dec[i]; swapping the error node makes it read
+# x - error_base + error_donor. Unit d_sae of the feature axis is the error node.
+def _sae_units(ctx: PatchContext, layer: int) -> tuple[Tensor, Tensor]:
+    """(feature activation change [pairs, T, d_sae], error change [pairs, T, d]) donor - base."""
+    sae = ctx.sae(layer)
+    xb, xd = ctx.base.layers[layer].resid_pre, ctx.donor.layers[layer].resid_pre
+    fb, fd = sae.encode(xb), sae.encode(xd)
+    return fd - fb, (xd - sae.decode(fd)) - (xb - sae.decode(fb))
+
+
+def _patch_feature(ctx: PatchContext, layer: int, idx: Tensor) -> Patched:
+    """idx [n, 1] (feature) or [n, 2] (pos, feature); feature d_sae is the error node."""
+    sae = ctx.sae(layer)
+    unit, pos, p0, i, pair, rows = _head_rows(ctx, idx)
+    d_feat, d_err = _sae_units(ctx, layer)
+    u = unit[i]
+    f = u.clamp(max=sae.d_sae - 1)
+    coef = d_feat.transpose(1, 2)[pair, f, p0:]                          # [rows, T - p0]
+    delta = coef[..., None] * sae.W_dec[f][:, None, :].to(coef.dtype)    # [rows, T - p0, d]
+    is_err = u == sae.d_sae
+    delta[is_err] = d_err[pair[is_err], p0:]
+    if pos is not None:
+        at = torch.arange(p0, ctx.n_pos, device=delta.device)[None] == pos[i][:, None]
+        delta = delta * at[..., None]
+    return _add_at(ctx, "pre", ctx.base.layers[layer].resid_pre, delta, p0)
+
+
+def _feature_changes(ctx: PatchContext, layer: int) -> Tensor:
+    """[T, d_sae + 1]: where a feature's activation (or the error) differs between the runs."""
+    d_feat, d_err = _sae_units(ctx, layer)
+    return torch.cat([(d_feat != 0).any(0), (d_err != 0).any(-1).any(0)[:, None]], dim=1)
+
+
 def changed(ctx: PatchContext, kind: Kind, layer: int) -> Tensor:
     """Where the donor's activation differs from the base run's, as a table [pos] or [pos, unit].
 
@@ -224,6 +269,8 @@ def changed(ctx: PatchContext, kind: Kind, layer: int) -> Tensor:
     where the prompts differ) cannot change the output: the engine reports the base run's value
     for it without running anything. Identity is exact (torch.equal per slice), never a tolerance.
     """
+    if kind.changed_table is not None:
+        return kind.changed_table(ctx, layer)
     base, donor = getattr(ctx.base.layers[layer], kind.source), getattr(ctx.donor.layers[layer], kind.source)
     diff = base != donor
     if kind.source == "pattern":                 # [b, H, dest, src] -> [dest, H]
@@ -260,4 +307,6 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("head_v", "Attention head values", hooks.v, ("head",), _kv_kind("v"), source="v", has_per_position=True, kv_heads=True),
     Kind("head_pattern", "Attention pattern", hooks.pattern, ("head",), _patch_head_pattern, source="pattern", has_per_position=True),
     Kind("neuron", "MLP neurons", hooks.mlp_post, ("neuron",), _patch_neuron, source="mlp_post"),
+    Kind("feature", "SAE features (block input; last = error)", hooks.resid_pre, ("feature",), _patch_feature,
+         source="resid_pre", has_per_position=True, changed_table=_feature_changes),
 )}

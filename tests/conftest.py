@@ -49,3 +49,30 @@ def registry(tiny_dirs, gpt2_model):
     reg = ModelRegistry([name])
     reg.add(name, gpt2_model)
     return reg
+
+
+RANDOM_D_SAE = 12        # features per random SAE (random_saes)
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    from patching.model.loading import load_model
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def random_saes(shipped_model, tmp_path_factory):
+    """A folder of random sae-lens-format SAEs for the shipped model, one per block input, with a
+    negative encoder bias so that some features are off in each run."""
+    import torch
+    from patching.model import hooks
+    from patching.model.sae import Sae, save_sae
+    root = tmp_path_factory.mktemp("saes")
+    d_model = shipped_model.cfg.d_model
+    for layer in range(shipped_model.n_layers):
+        r = Sae.random(hooks.resid_pre(layer), d_model, RANDOM_D_SAE, seed=layer)
+        g = torch.Generator().manual_seed(100 + layer)
+        sae = Sae(r.hook_name, r.W_enc * 3, -torch.rand(RANDOM_D_SAE, generator=g),
+                  torch.randn(RANDOM_D_SAE, d_model, generator=g) * 0.3, torch.randn(d_model, generator=g) * 0.1)
+        save_sae(sae, root / r.hook_name)
+    return root

@@ -10,6 +10,8 @@ Registered by `cli.build_parser` through `add_commands(sub)`; flags, loading and
     python -m patching weights --view composition --composition k
     python -m patching weights --view svd-tokens --layer 1 --head 4 --circuit ov
     python -m patching weights --view rank-k --layer 1 --head 4 --ranks 1,2,4 --pairs pairs.csv
+    python -m patching features --layer 2 --feature 5 --view contexts --texts prompts.txt
+    python -m patching features --layer 2 --feature 5 --view tasks --saes my_saes/
 
 >>> from patching.cli import build_parser
 >>> build_parser().parse_args(["neurons", "--view", "cluster"]).task
@@ -27,6 +29,7 @@ MAX_TEXTS_BYTES = 16 * 2**20     # --texts: read at most this much
 
 NEURON_VIEWS = ("top", "profile", "top-activating", "activations", "cluster", "shortlist")
 WEIGHT_VIEWS = ("composition", "svd", "svd-tokens", "rank-k", "rank-k-pattern")
+FEATURE_VIEWS = ("contexts", "histogram", "logits", "tasks")
 
 
 def _pos(value: str) -> int | None:
@@ -150,8 +153,51 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """A feature page's tables: top contexts, histogram, logit effects or per-task patching effect."""
+    from patching.core.results import write_csv
+    from patching.inspect import features as F
+    from patching.model.sae import model_saes
+    check_outputs(args)
+    if args.view == "tasks":
+        model = load_model(args)
+        df = F.task_effects(model, args.layer, args.feature, n=args.n, saes=args.saes, direction=args.direction)
+    elif args.view == "logits":
+        model = load_model(args)
+        saes = model_saes(model, args.saes)
+        if args.layer not in saes:
+            raise BadInput(f"--layer {args.layer}: no SAE there (SAEs on layers {', '.join(map(str, sorted(saes)))})")
+        df = F.logit_effects(model, saes[args.layer], args.feature, k=args.k)
+    else:
+        model, texts = _texts(args)
+        acts = F.collect_feature_activations(model, texts, model_saes(model, args.saes))
+        df = (F.top_contexts(acts, args.layer, args.feature, k=args.k) if args.view == "contexts"
+              else F.histogram(acts, args.layer, args.feature)[0])
+    write(write_csv(df), args.out)
+    return EXIT_OK
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="an SAE feature's page: top-activating contexts, activation "
+                                        "histogram, logit effects, exact patching effect per task")
+    model_flags(p)
+    _prompt_flags(p)
+    p.add_argument("--view", default="contexts", choices=FEATURE_VIEWS)
+    p.add_argument("--layer", type=whole(0, MAX_COUNT), required=True, help="the SAE's layer (block input)")
+    p.add_argument("--feature", type=whole(0, MAX_COUNT), required=True, help="the feature")
+    p.add_argument("--saes", help="a folder of sae-lens SAE folders (default: the model's own saes/)")
+    p.add_argument("--texts", help="contexts / histogram: a text file (one prompt per line) or a CSV "
+                                   "with a 'text' column; default: the task's prompts")
+    p.add_argument("--run", default="clean", choices=["clean", "corrupt"],
+                   help="with --pairs / --clean: which prompts' activations")
+    p.add_argument("--k", type=whole(1, MAX_COUNT), default=20, help="rows (contexts) or tokens per side (logits)")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="tasks: direction")
+    p.set_defaults(func=cmd_features)
+
+
 def add_commands(sub) -> None:
-    """Register `neurons` and `weights` on the CLI's subparsers (see the module's example)."""
+    """Register `neurons`, `weights` and `features` on the CLI's subparsers (see the module's example)."""
+    _add_features(sub)
     p = sub.add_parser("neurons", help="neuron explorer: top neurons, a neuron's activations, top-activating "
                                        "tokens, PCA / t-SNE of prompts, attribution + exact shortlist")
     model_flags(p)

@@ -117,7 +117,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        per_position=args.per_position and KINDS[k].has_per_position if k in KINDS else args.per_position,
                        layers=parse_int_list(args.layers, "layers"),
                        positions=parse_int_list(args.positions, "positions"),
-                       heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos)
+                       heads=parse_heads(args.heads), model=args.model, prepend_bos=not args.no_bos,
+                       saes=args.saes if k == "feature" else None)
              for k in kinds]
     model, prompts = load(args)
     if args.dry_run:
@@ -175,7 +176,8 @@ def cmd_attribution(args: argparse.Namespace) -> int:
         return EXIT_OK
     results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
                               method=args.method, steps=args.steps, per_position=args.per_position,
-                              positions=parse_int_list(args.positions, "positions"), max_memory_mb=args.max_memory)
+                              positions=parse_int_list(args.positions, "positions"), max_memory_mb=args.max_memory,
+                              saes=args.saes)
     if args.compare_exact or args.refine is not None:     # the report on stdout; the CSV only to a file
         if args.out != "-":
             write(attribution_csv(results), args.out)
@@ -193,6 +195,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--layers", help="e.g. 0-5,8 (default: all)")
     p.add_argument("--positions", help="e.g. 3,7 (default: all)")
     p.add_argument("--heads", help="LAYER.HEAD pairs, e.g. 1.4,9.9 (default: all)")
+    p.add_argument("--saes", help="kind feature: a folder of sae-lens SAE folders (default: the model's own saes/)")
     cli_cost.add_dry_run(p)
     cli_runs.add_save_run(p)
     shard_flags(p)
@@ -224,6 +227,7 @@ def _add_attribution(sub) -> None:
     p.add_argument("--steps", type=whole(1, 1024), default=16, help="integrated-gradients steps (--method ig)")
     p.add_argument("--per-position", action="store_true", help="head kinds: one cell per position too")
     p.add_argument("--positions", help="neuron kind: positions to attribute at (default: all)")
+    p.add_argument("--saes", help="kind feature: a folder of sae-lens SAE folders (default: the model's own saes/)")
     p.add_argument("--edges", action="store_true",
                    help="write EAP edge scores (head/MLP -> head q/k/v, MLP, logits) instead of node scores")
     cli_cost.add_dry_run(p)

@@ -179,15 +179,19 @@ class PatchResult:
         grids = torch.meshgrid(*[torch.arange(values.shape[i]) for i in range(values.dim())], indexing="ij")
         flat_idx = [g.reshape(-1) for g in grids]
         columns = {name: [None] * values.numel() for name in ("layer", "pos", "head")}
+        unit = next((a for a in ("neuron", "feature") if a in self.axes), None)   # a column of its own
         for axis, idx in zip(self.axes, flat_idx):
-            name = "head" if axis == "neuron" else axis
+            name = "head" if axis == unit else axis
             columns[name] = [self.coords[axis][i] for i in idx.tolist()]
         if self.roles and "pos" in self.axes:          # the role's name, in pos and token alike
             columns["pos"] = [self.roles[p] for p in columns["pos"]]
         df = self.contract_frame(columns["layer"], columns["pos"], columns["head"])
-        if "neuron" in self.axes:
-            df["neuron"] = df["head"]
+        if unit is not None:
+            df[unit] = df["head"]
             df["head"] = None
+        if unit == "feature":          # the last unit is each SAE's error node
+            last = self.coords["feature"][-1]
+            df["feature_label"] = ["error" if f == last else f"F{f}" for f in df["feature"]]
         df["n_pairs"] = self.n_pairs
         df = df[~df["value"].isna()].reset_index(drop=True)
         for col in ("layer", "head") + (() if self.roles else ("pos",)):

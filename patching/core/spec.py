@@ -91,6 +91,7 @@ class PatchSpec:
     heads: tuple[tuple[int, int], ...] | None = None   # (layer, head) pairs; None = every head
     model: str = "default"
     prepend_bos: bool = True
+    saes: str | None = None                     # kind "feature": a folder of sae-lens SAEs; None = the model's own
 
     def __post_init__(self):
         from patching.kinds import KINDS
@@ -108,7 +109,9 @@ class PatchSpec:
             object.__setattr__(self, "heads", heads)
         if self.per_position and not KINDS[self.kind].has_per_position:
             raise ValueError(f"kind {self.kind!r} is already indexed by position; "
-                             "per_position applies to head kinds only")
+                             "per_position applies to head and feature kinds only")
+        if self.saes is not None and self.kind != "feature":
+            raise ValueError(f"saes={self.saes!r} applies to kind 'feature', not {self.kind!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -43,6 +43,7 @@ from patching.methods.sweep import plan_coords
 from patching.kinds import KINDS
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
+from patching.model.sae import model_saes
 from patching.core.nodes import Node
 from patching.core.prompts import PromptSet
 from patching.core.provenance import recorded
@@ -215,8 +216,20 @@ def _dot(attr: str, att: _Attribution, layer: int) -> Tensor:
     return delta * att.grads[attr][layer]
 
 
+def _feature_estimate(att: _Attribution, sae, layer: int) -> Tensor:
+    """[b, T, d_sae + 1]: each feature's (donor - base) activation times the gradient along its
+    decoder direction, then the error node's (donor - base) error times the gradient."""
+    with torch.no_grad():
+        xb, xd = att.pair.base.layers[layer].resid_pre, att.pair.donor.layers[layer].resid_pre
+        fb, fd = sae.encode(xb), sae.encode(xd)
+        d_err = (xd - sae.decode(fd)) - (xb - sae.decode(fb))
+        grad = att.grads["resid_pre"][layer]                                # [b, T, d]
+        per_feature = (fd - fb) * (grad @ sae.W_dec.T.to(grad.dtype))        # [b, T, d_sae]
+        return torch.cat([per_feature, (d_err * grad).sum(-1, keepdim=True)], dim=-1)
+
+
 def _full_estimate(model, att: _Attribution, kind: str, per_position: bool,
-                   position_mask: Tensor | None) -> Tensor:
+                   position_mask: Tensor | None, saes: dict | None = None) -> Tensor:
     """Attribution over the kind's full axes, [n_layers, *index axes, n_pairs] (pairs last)."""
     out = []
     for layer in range(model.n_layers):
@@ -234,9 +247,18 @@ def _full_estimate(model, att: _Attribution, kind: str, per_position: bool,
         elif kind == "neuron":
             v = _dot("mlp_post", att, layer)                          # [b, T, d_mlp]
             v = (v * position_mask[None, :, None]).sum(1)             # [b, d_mlp]
+        elif kind == "feature":
+            if layer not in saes:                                     # outside the sweep's layers
+                out.append(None)
+                continue
+            v = _feature_estimate(att, saes[layer], layer)            # [b, T, d_sae + 1]
+            if not per_position:
+                v = v.sum(1)
         else:
             raise ValueError(f"kind {kind!r} has no attribution estimate")
         out.append(v.movedim(0, -1))
+    filled = next(o for o in out if o is not None)
+    out = [torch.full_like(filled, float("nan")) if o is None else o for o in out]
     return torch.stack(out).double().cpu()
 
 
@@ -271,8 +293,10 @@ class AttributionResult(PatchResult):
 
 
 def attribution_kinds(model) -> tuple[str, ...]:
-    """Every kind with an attribution estimate on this model (resid_mid only on sequential blocks)."""
-    return tuple(k for k in KINDS if not (KINDS[k].needs_resid_mid and model.parallel_attn_mlp))
+    """Every kind with an attribution estimate on this model (resid_mid only on sequential blocks;
+    SAE features only when asked for, since they need SAEs)."""
+    return tuple(k for k in KINDS if k != "feature"
+                 and not (KINDS[k].needs_resid_mid and model.parallel_attn_mlp))
 
 
 @recorded
@@ -280,11 +304,12 @@ def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[
                     metric: Metric | Callable | str = "logit_diff", direction: str = "denoise",
                     method: str = "plain", steps: int = DEFAULT_STEPS, per_position: bool = False,
                     positions: tuple[int, ...] | None = None,
-                    max_memory_mb: float | None = None) -> list[AttributionResult]:
+                    max_memory_mb: float | None = None, saes: str | None = None) -> list[AttributionResult]:
     """Gradient estimates of patching, one result per kind, from one backward (all kinds at once).
 
     kinds: names in KINDS (None = every kind the model has); per_position: head kinds per
-    position too; positions: where neuron patches apply (None = all). method "ig" averages
+    position too; positions: where neuron patches apply (None = all); saes: the SAE folder of kind
+    "feature" (None = the model's own). method "ig" averages
     gradients over `steps` interpolated runs (EAP-IG style), as many per batch as the memory
     budget of the device allows (`max_memory_mb`, else `patching.model.memory_budget`).
 
@@ -301,14 +326,15 @@ def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[
         spec = PatchSpec(kind=kind, direction=direction, metric=metric_name,
                          per_position=per_position and KINDS[kind].has_per_position if kind in KINDS else False,
                          positions=positions if kind == "neuron" else None, model=model.name,
-                         prepend_bos=prompts.prepend_bos)
+                         prepend_bos=prompts.prepend_bos, saes=saes if kind == "feature" else None)
         specs.append((spec, *plan_coords(model, prompts, spec)))
     att = _attribute(model, prompts, metric, direction, method, steps, edges=False, max_memory_mb=max_memory_mb)
     mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=prompts.clean_tokens.device)
     mask[list(positions) if positions is not None else slice(None)] = True
     out = []
     for spec, axes, coords in specs:
-        full = _full_estimate(model, att, spec.kind, spec.per_position, mask)
+        sae_set = model_saes(model, spec.saes) if spec.kind == "feature" else None
+        full = _full_estimate(model, att, spec.kind, spec.per_position, mask, sae_set)
         sel = full
         for dim, a in enumerate(axes):
             sel = sel.index_select(dim, torch.tensor(coords[a], dtype=torch.long))

@@ -263,7 +263,8 @@ def _half_steps(n_layers: int, layer: int, stage: str) -> int:
     return 2 * n_layers - (2 * layer + {"pre": 0, "mid": 1, "post": 2}[stage])
 
 
-_STAGE_OF = {"resid_pre": "pre", "resid_mid": "mid", "resid_post": "post", "mlp_out": "post", "neuron": "post"}
+_STAGE_OF = {"resid_pre": "pre", "resid_mid": "mid", "resid_post": "post", "mlp_out": "post", "neuron": "post",
+             "feature": "pre"}
 
 
 def _stage(model, kind: str) -> str:
@@ -354,7 +355,7 @@ def estimate_cost(model, prompts: PromptSet, spec: PatchSpec, device=None, *,
             part = prompts.subset(range(lo, min(lo + group, n_pairs))) if n_pairs > group else prompts
             runs = CachedPair.run(model.runner, part, None, spec.direction)
             cache_bytes = max(cache_bytes, _tensor_bytes(runs.clean) + _tensor_bytes(runs.corrupt))
-            ctx = patch_context(model.runner, part, spec, runs.base, runs.donor)
+            ctx = patch_context(model, part, spec, runs.base, runs.donor)
             plan = batch_plan(model, part, spec, kind, axes, coords, ctx, budget, cells)
             for step in plan:
                 if lo == 0:

@@ -14,6 +14,7 @@ import time
 import torch
 
 from patching.kinds import KINDS
+from patching.model.loading import require_runner
 from patching.core.results import PatchResult
 from patching.methods.pair import CachedPair
 
@@ -47,6 +48,8 @@ def _setter(kind_name: str, idx: torch.Tensor, pair: torch.Tensor, donor: torch.
 
 def sweep_with_hooks(model, prompts, spec, metric, axes, coords, on_progress, start) -> PatchResult:
     kind = KINDS[spec.kind]
+    if spec.kind == "feature":
+        require_runner(model, "SAE feature patching")
     if spec.kind == "resid_mid":
         raise ValueError(f"resid_mid patching needs Patchboard's own runner, which does not support "
                          f"{model.cfg.architecture!r}; use resid_pre, resid_post, attn_out or mlp_out")

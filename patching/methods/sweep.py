@@ -30,6 +30,7 @@ from metrics import Metric, get_metric
 from patching.kinds import KINDS, Kind, PatchContext, index_changes
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
+from patching.model.sae import model_saes
 from patching.core.prompts import PromptSet
 from patching.core.provenance import recorded
 from patching.core.results import PatchResult
@@ -41,9 +42,13 @@ Select = Callable[[list["LayerStep"]], list["LayerStep"]]    # a shard's share o
 MIN_BATCH_ROWS = 32      # patched runs a batch holds before a position gap may close it (see _chunks)
 
 
-def axis_sizes(model, prompts: PromptSet, kind: Kind) -> dict[str, int]:
+def axis_sizes(model, prompts: PromptSet, kind: Kind, spec: PatchSpec | None = None) -> dict[str, int]:
     heads = model.n_kv_heads if kind.kv_heads else model.n_heads
-    return {"layer": model.n_layers, "pos": prompts.n_pos, "head": heads, "neuron": model.d_mlp}
+    sizes = {"layer": model.n_layers, "pos": prompts.n_pos, "head": heads, "neuron": model.d_mlp}
+    if "feature" in kind.index_axes:              # every SAE's features, then its error node
+        saes = model_saes(model, spec.saes if spec is not None else None)
+        sizes["feature"] = max(s.d_sae for s in saes.values()) + 1
+    return sizes
 
 
 def _check(values, size: int, what: str, valid: str):
@@ -73,7 +78,7 @@ def plan_coords(model, prompts: PromptSet, spec: PatchSpec) -> tuple[tuple[str, 
         raise ValueError(f"kind {spec.kind!r} does not exist on {model.name!r}: attention and MLP "
                          "run in parallel on resid_pre; use resid_pre, attn_out or mlp_out")
     axes = kind.axes(spec.per_position)
-    sizes = axis_sizes(model, prompts, kind)
+    sizes = axis_sizes(model, prompts, kind, spec)
     coords = {a: tuple(range(sizes[a])) for a in axes}
     if spec.layers is not None:
         _check(spec.layers, sizes["layer"], "layers", f"0-{sizes['layer'] - 1}")
@@ -328,7 +333,7 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
     runner = model.runner
     pair = CachedPair.run(runner, prompts, metric, spec.direction, continuation=True)
     n_pairs = prompts.n_pairs
-    ctx = patch_context(runner, prompts, spec, pair.base, pair.donor)
+    ctx = patch_context(model, prompts, spec, pair.base, pair.donor)
     shape = [len(coords[a]) for a in axes]
     per_pair = torch.full((*shape, n_pairs), float("nan"), dtype=torch.float64)
     plan = batch_plan(model, prompts, spec, kind, axes, coords, ctx, budget, cells)
@@ -362,13 +367,15 @@ def _sweep_pairs(model, prompts: PromptSet, spec: PatchSpec, metric: Metric, kin
                        prompts.str_tokens, pair.metric.clean_is, 0.0, model.name)
 
 
-def patch_context(runner, prompts: PromptSet, spec: PatchSpec, base, donor) -> PatchContext:
-    """The kinds' view of the two cached runs (with the neuron kind's position mask)."""
+def patch_context(model, prompts: PromptSet, spec: PatchSpec, base, donor) -> PatchContext:
+    """The kinds' view of the two cached runs (with the neuron kind's position mask, the
+    feature kind's SAEs)."""
     position_mask = None
     if spec.kind == "neuron":
         position_mask = torch.zeros(base.tokens.shape[1], dtype=torch.bool, device=prompts.clean_tokens.device)
         position_mask[list(spec.positions) if spec.positions is not None else slice(None)] = True
-    return PatchContext(runner, base, donor, position_mask)
+    saes = model_saes(model, spec.saes) if spec.kind == "feature" else None
+    return PatchContext(model.runner, base, donor, position_mask, saes)
 
 
 @dataclasses.dataclass(frozen=True)
