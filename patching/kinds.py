@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from patching.model import hooks
-from patching.model.runner import LayerCache, RunCache, Runner
+from patching.model.runner import RunCache, Runner
 
 
 @dataclass

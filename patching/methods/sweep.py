@@ -177,7 +177,6 @@ def sweep(model, prompts: PromptSet, spec: PatchSpec, *, metric: Metric | Callab
     metric = get_metric(metric if metric is not None else spec.metric)
     if prompts.is_mixed:
         return sweep_by_role(model, prompts, spec, metric, on_progress, max_memory_mb, cells, start)
-    kind = KINDS[spec.kind]
     axes, coords = plan_coords(model, prompts, spec)
     cells = check_cells(axes, coords, cells)
     if model.runner is None:
