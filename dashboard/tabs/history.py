@@ -392,6 +392,7 @@ def _register_compare(app, ctx) -> SimpleNamespace:
             a, b = (ctx.run(s) for s in selected)
         except ValueError as exc:
             return figures.empty_figure(str(exc)), config, None, str(exc)
+        config = figures.graph_config(image_format or "png", f"patchboard-compare-run{a.info.id}-vs-run{b.info.id}")
         mode = mode or "normalized"
         if mode == "normalized" and any(effective_mode(r.result, mode)[1] for r in (a, b)):
             mode = "raw"

@@ -229,7 +229,8 @@ def test_run_show_download_attention_history_compare(app, store, tiny_name):
     assert opened[2:] == (tiny_name, *IOI[0], ["bos"], None, "head_out", "logit_diff", "noise", [], "", "", "")
     assert cb.open_run([0, 0], trig={"type": ids.HISTORY_OPEN, "run": run_id}) == (no_update,) * 16
 
-    cfig, _, tables, cstatus = cb.compare([run_id, run2], "raw", "png")
+    cfig, cconfig, tables, cstatus = cb.compare([run_id, run2], "raw", "png")
+    assert cconfig["toImageButtonOptions"]["filename"] == f"patchboard-compare-run{run_id}-vs-run{run2}"
     assert len(cfig.data) == 3 and cstatus == ""
     assert "Top components · #" in _text(tables)
     sent = cb.download_compare(1, [run_id, run2])
