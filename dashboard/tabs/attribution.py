@@ -209,6 +209,15 @@ def _register_view(app, ctx) -> SimpleNamespace:
                  Input(ids.ATTR_RUN, "data"), Input(ids.ATTR_SHOW_KIND, "value"),
                  Input(ids.ATTR_VALUE_MODE, "value"))(show_attribution)
 
+    def attribution_image_config(att_id, kind):
+        """The figure's image export, named by the attribution run and kind."""
+        if not isinstance(att_id, int):
+            return figures.graph_config("png", ids.ATTR_FIGURE)
+        return figures.graph_config("png", f"patchboard-attribution{att_id}" + (f"-{kind}" if kind else ""))
+
+    app.callback(Output(ids.ATTR_FIGURE, "config"), Input(ids.ATTR_RUN, "data"),
+                 Input(ids.ATTR_SHOW_KIND, "value"))(attribution_image_config)
+
     def download_attribution(n_clicks, att_id):
         """Every kind of the attribution run in one contract CSV (method and steps columns after)."""
         if not n_clicks or not att_id:
@@ -233,5 +242,6 @@ def _register_view(app, ctx) -> SimpleNamespace:
 
     app.callback(Output(ids.ATTR_EDGES_DOWNLOAD, "data"), Input(ids.ATTR_EDGES_DOWNLOAD_BUTTON, "n_clicks"),
                  State(ids.ATTR_RUN, "data"), prevent_initial_call=True)(download_edges)
-    return SimpleNamespace(show_attribution=show_attribution, download_attribution=download_attribution,
+    return SimpleNamespace(show_attribution=show_attribution, attribution_image_config=attribution_image_config,
+                           download_attribution=download_attribution,
                            download_edges=download_edges)

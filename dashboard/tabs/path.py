@@ -162,6 +162,13 @@ def _register_view(app, ctx) -> SimpleNamespace:
                  Output(ids.PATH_DOWNLOAD_BUTTON, "disabled"),
                  Input(ids.PATH_RUN, "data"), Input(ids.PATH_VALUE_MODE, "value"))(show_path)
 
+    def path_image_config(run_id):
+        """The figure's image export, named by the run ('patchboard-run12-path')."""
+        return figures.graph_config("png", f"patchboard-run{run_id}-path" if isinstance(run_id, int)
+                                    else ids.PATH_FIGURE)
+
+    app.callback(Output(ids.PATH_FIGURE, "config"), Input(ids.PATH_RUN, "data"))(path_image_config)
+
     def download_path(n_clicks, run_id):
         """The path run as the contract CSV, with sender / receiver / mode columns."""
         return send_run_csv(ctx, n_clicks, run_id, lambda run: (
@@ -193,4 +200,5 @@ def _register_view(app, ctx) -> SimpleNamespace:
                  Output(ids.PATH_FIGURE, "figure", allow_duplicate=True),
                  Input(ids.PATH_FIGURE, "clickData"), Input(ids.PATH_RUN, "data"),
                  prevent_initial_call=True)(path_attention)
-    return SimpleNamespace(show_path=show_path, download_path=download_path, path_attention=path_attention)
+    return SimpleNamespace(path_image_config=path_image_config, show_path=show_path, download_path=download_path,
+                           path_attention=path_attention)

@@ -45,6 +45,7 @@ True
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from dataclasses import dataclass
 from itertools import combinations

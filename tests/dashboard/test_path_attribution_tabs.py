@@ -324,3 +324,11 @@ def test_top_edges_rows(gpt2_model, prompts):
     assert len(rows) == 5 and list(rows[0]) == ["upstream", "downstream", "score", "normalized"]
     assert abs(rows[0]["score"]) >= abs(rows[-1]["score"])
     assert attribution_tab.top_edges(None) == []
+
+
+def test_path_and_attribution_images_are_named_by_run(app):
+    cb = app.patchboard
+    assert cb.path_image_config(7)["toImageButtonOptions"]["filename"] == "patchboard-run7-path"
+    assert cb.path_image_config(None)["toImageButtonOptions"]["filename"] == ids.PATH_FIGURE
+    named = cb.attribution_image_config(3, "head_out")["toImageButtonOptions"]["filename"]
+    assert named == "patchboard-attribution3-head_out"

@@ -32,13 +32,13 @@ def _choose_view(page, label: str) -> None:
 
 
 def test_top_features_of_the_ioi_prompt_are_drawn_by_layer(page):
-    page.click(f"text=Features")
-    page.wait_for_selector(f"#features-graph .heatmaplayer", timeout=TIMEOUT)
+    page.click("text=Features")
+    page.wait_for_selector("#features-graph .heatmaplayer", timeout=TIMEOUT)
     labels = page.locator("#features-graph .heatmaplayer text").all_inner_texts()
     assert any(t.startswith("F") for t in labels) or "error" in labels
     rows = page.locator("#features-table .dash-cell").all_inner_texts()
     assert rows, "the top-features table lists the cells drawn"
-    assert page.is_visible(f"#features-download-button:not([disabled])")
+    assert page.is_visible("#features-download-button:not([disabled])")
     shot(page, "21-features-top")
 
 
