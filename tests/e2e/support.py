@@ -120,4 +120,14 @@ def shot(page, name: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
         page.mouse.move(2, 2)      # no hover label in the picture
         time.sleep(0.6)            # let plotly finish its transitions
+        # The page fits one screen (panels scroll inside, style.css): grow the window by the
+        # longest panel's hidden part so the picture shows everything, then put it back.
+        size = page.viewport_size
+        hidden = page.evaluate("""() => Math.max(0, ...Array.from(document.querySelectorAll('*'))
+            .map(e => e.scrollHeight - e.clientHeight).filter(d => d > 0 && d < 6000))""")
+        if hidden:
+            page.set_viewport_size({"width": size["width"], "height": size["height"] + hidden})
+            time.sleep(0.6)
         page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+        if hidden:
+            page.set_viewport_size(size)
