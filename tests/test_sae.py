@@ -161,8 +161,12 @@ def test_sae_training_is_seeded_byte_for_byte(tmp_path):
     import hashlib
     script = train_script()
     digests = []
+    threads = torch.get_num_threads()          # the script sets its own; give the rest of the suite its own back
     for run in ("a", "b"):
-        script.main(["--steps", "15", "--items", "200", "--d-sae", "64", "--out", str(tmp_path / run)])
+        try:
+            script.main(["--steps", "15", "--items", "200", "--d-sae", "64", "--out", str(tmp_path / run)])
+        finally:
+            torch.set_num_threads(threads)
         digests.append([hashlib.sha256((tmp_path / run / f"blocks.{layer}.hook_resid_pre" / WEIGHTS_FILE)
                                        .read_bytes()).hexdigest() for layer in range(4)])
     assert digests[0] == digests[1]

@@ -282,7 +282,7 @@ def test_a_stored_model_name_is_not_loaded_unless_offered(app, tmp_path, default
     con.execute("UPDATE runs SET result_json = ? WHERE id = ?", (json.dumps(doc), run_id))
     con.commit()
     con.close()
-    fig, config, status, cell, disabled, _ = cb.attention({"points": [{"customdata": [0, None, 1]}]}, run_id, "png")
+    fig, config, status, cell, disabled, _ = cb.attention({"points": [{"customdata": [0, None, 1]}]}, run_id, "png")[:6]
     assert cell is None and disabled is True
     assert f"model {str(outside)!r} is not offered by this server" in status, status
     assert app.test_registry.names() == ["default"]         # nothing was loaded from that path

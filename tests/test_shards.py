@@ -56,7 +56,7 @@ def test_batches_are_dealt_evenly_by_cost(gpt2_model, ioi_prompts):
     from metrics import get_metric
     pair = CachedPair.run(gpt2_model.runner, ioi_prompts, get_metric("logit_diff"), "denoise")
     from patching.kinds import KINDS
-    ctx = patch_context(gpt2_model.runner, ioi_prompts, spec, pair.base, pair.donor)
+    ctx = patch_context(gpt2_model, ioi_prompts, spec, pair.base, pair.donor)
     steps = batch_plan(gpt2_model, ioi_prompts, spec, KINDS[spec.kind], axes, coords, ctx, 0.05 * 2**20)
     L = gpt2_model.n_layers
     cost = {(s, b): len(p) * (L - st.layer) for s, st in enumerate(steps) for b, p in enumerate(st.parts)}

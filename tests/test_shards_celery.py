@@ -28,7 +28,10 @@ from tests.test_celery_jobs import REDIS_SERVER, _skip_reason, _wait
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+# one torch thread everywhere: a float sum's order (so its last bits) follows the thread count, and
+# the reference below is computed single-threaded too
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class Stack:
@@ -124,9 +127,16 @@ PAIRS = IOI * 3            # long enough a sweep to kill a worker in the middle 
 @pytest.fixture(scope="module")
 def one_worker_csv(doctest_model) -> str:
     """The CSV the CLI writes for PAIRS without --shards (the same sweep in this process)."""
+    import torch
     from patching import PatchSpec, PromptSet, sweep
     prompts = PromptSet.from_pairs(doctest_model, PAIRS)
-    return sweep(doctest_model, prompts, PatchSpec(kind="head_out", per_position=True), max_memory_mb=64).to_csv()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # as the workers (ENV)
+    try:
+        return sweep(doctest_model, prompts, PatchSpec(kind="head_out", per_position=True),
+                     max_memory_mb=64).to_csv()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_two_workers_merge_to_the_one_worker_csv(stack, tmp_path, one_worker_csv):

@@ -59,7 +59,7 @@ def test_a_dashboard_without_weights_validates_and_refuses_inline(tiny_dirs, tmp
     fig, _, summary, _ = cb.show_run(run_id, "raw", "png")               # stored results render
     assert fig.data and f"Run #{run_id}" in str(summary)
     click = {"points": [{"customdata": fig.data[0].customdata[0][0]}]}
-    _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")
+    _, _, status, cell, disabled, _ = cb.attention(click, run_id, "png")[:6]
     assert "--tokenizers-only" in status and cell is None and disabled   # inline, not a crash
     from dashboard.panel.cost import cost_view
     from patching.methods.cost import CalibrationCache

@@ -116,7 +116,8 @@ CASES: tuple[Case, ...] = (
     Case("csv_latin1_bytes", r"not UTF-8", csv=HEADER + "Zoë,Zoé, é, è\n".encode("latin-1")),
     Case("csv_binary_png", r"not UTF-8", csv=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"),
     Case("csv_empty_answer_cell", r"pairs CSV row 2: the answer token is empty", csv=HEADER + b"A B,A C,, C\n"),
-    Case("csv_mixed_lengths", r"all pairs must have the same token length: pair 0 has 15 tokens, pair 1 has \d+",
+    Case("csv_mixed_lengths", r"all pairs must have the same token length unless they name role positions: this set "
+                              r"has 15 tokens \(pair 0\), \d+ tokens \(pair 1\); add a `positions` column",
          csv=HEADER + ROW + b"The cat sat,The dog sat, on, in\n"),
     Case("csv_formula_cells_valid", None,
          csv=HEADER + b'"=1+2 Mary and John","=1+2 John and Mary", Mary, John\n'
