@@ -112,6 +112,20 @@ def open_page(url: str, ready: str | None = "#run-button", timeout_ms: int = TIM
         yield page
 
 
+def one_screen_page(server: str, viewport: dict, timeout_ms: int, ready_js: str):
+    """Generator for a fixture: a page at `viewport` on `server` once `ready_js` holds; `page.errors`
+    collects page errors and `page.server` is the URL."""
+    for context in open_context(timeout_ms):
+        pg = context.new_page()
+        pg.set_viewport_size(viewport)
+        pg.errors = []
+        pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+        pg.goto(server)
+        pg.wait_for_function(ready_js)
+        pg.server = server
+        yield pg
+
+
 def shot(page, name: str) -> None:
     """Save a full-page screenshot as `name`.png under $PATCHBOARD_SCREENSHOTS, when it is set."""
     target = os.environ.get("PATCHBOARD_SCREENSHOTS")

@@ -14,7 +14,7 @@ import pytest
 
 from dashboard import ids
 from tests.conftest import IOI
-from tests.e2e.support import open_context, run_dashboard, shot, skip_reason
+from tests.e2e.support import one_screen_page, run_dashboard, shot, skip_reason
 from tests.e2e.test_dashboard_e2e import choose
 
 pytestmark = pytest.mark.e2e
@@ -32,15 +32,8 @@ def server(tiny_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    for context in open_context(TIMEOUT):
-        pg = context.new_page()
-        pg.set_viewport_size(VIEWPORT)
-        pg.errors = []
-        pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
-        pg.goto(server)
-        pg.wait_for_function(f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
-        pg.server = server
-        yield pg
+    yield from one_screen_page(server, VIEWPORT, TIMEOUT,
+                               f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
 
 
 def wait_text(page, id_: str, needle: str) -> None:

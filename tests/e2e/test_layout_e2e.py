@@ -15,7 +15,7 @@ import os
 import pytest
 
 from dashboard import ids
-from tests.e2e.support import ROOT, open_context, run_dashboard, skip_reason
+from tests.e2e.support import ROOT, one_screen_page, run_dashboard, skip_reason
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60_000
@@ -56,14 +56,8 @@ def server(tiny_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    for context in open_context(TIMEOUT):
-        pg = context.new_page()
-        pg.set_viewport_size(VIEWPORT)
-        pg.errors = []
-        pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
-        pg.goto(server)
-        pg.wait_for_function(f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
-        yield pg
+    yield from one_screen_page(server, VIEWPORT, TIMEOUT,
+                               f"document.querySelectorAll('#{ids.TOKEN_VIEW} .tok').length === 30")
 
 
 def viewport_shot(page, name: str) -> None:
