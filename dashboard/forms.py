@@ -502,9 +502,10 @@ class AttributionForm:
 
 
 def attribution_kind_options(model=None) -> list[dict]:
-    """The kinds with an attribution estimate on this model (every kind when no model)."""
+    """The kinds with an attribution estimate on this model, SAE features when it ships SAEs
+    (every kind when no model)."""
     from patching.methods.attribution import attribution_kinds
-    names = attribution_kinds(model) if model is not None else tuple(KINDS)
+    names = attribution_kinds(model, features=True) if model is not None else tuple(KINDS)
     return [{"label": name, "value": name} for name in names]
 
 
@@ -527,7 +528,7 @@ def parse_attribution_form(model, form: Form, attr: AttributionForm) -> tuple[di
     from patching.methods.attribution import METHODS, attribution_kinds
     _check_prompt_choices(form)
     require_runner(model, "attribution patching")
-    known = attribution_kinds(model)
+    known = attribution_kinds(model, features=True)
     kinds = tuple(attr.kinds) or known
     bad = [k for k in kinds if k not in known]
     if bad:

@@ -219,7 +219,7 @@ def test_rank_components_from_head_out_and_mlp_out(gpt2_model, prompt_sets):
     assert top_components(heads, mlps, k=3) == tuple(c for c, _ in ranked[:3])
     noise = sweep(gpt2_model, prompts, PatchSpec(kind="head_out", direction="noise"))
     assert component_effects(noise)[Component(0, "head", 0)] == pytest.approx(float(noise.values[0, 0]) - noise.clean_value)
-    with pytest.raises(ValueError, match="head_out, mlp_out or attn_out result, not 'resid_pre'"):
+    with pytest.raises(ValueError, match="head_out, mlp_out, attn_out or feature result, not 'resid_pre'"):
         rank_components(sweep(gpt2_model, prompts, PatchSpec(kind="resid_pre", layers=(0,))))
     curve = faithfulness_curve(gpt2_model, prompts, ranked[:4])
     assert curve.effects == tuple(v for _, v in ranked[:4])

@@ -7,10 +7,14 @@ from `cli/common.py`: 0 ok, 2 bad input (one line), 1 internal error.
     python -m patching circuit --task ioi --curve-from head_out --top 10 --csv curve.csv --json
     python -m patching circuit --pairs pairs.csv --curve-from head_out,mlp_out --rank-by attribution
     python -m patching circuit --task ioi --edges 0.2 --csv edges.csv     # the EAP graph's edges
+    python -m patching circuit --task ioi --curve-from feature --top 20 --keep L0ERR,L1ERR,L2ERR,L3ERR
+    python -m patching circuit --task ioi --components L1F12,L3ERR --saes my_saes/   # a feature circuit
 
 Without --components, the circuit is the curve's top components (--top). The ranking sweep
 (--curve-from) is exact patching of those kinds (or attribution estimates, --rank-by
-attribution) in --direction, per-position results reduced by --reduce (sum or max).
+attribution) in --direction, per-position results reduced by --reduce (sum or max). SAE units
+(L<layer>F<feature>, L<layer>ERR; --curve-from feature) make a feature circuit: every head and
+MLP runs, the SAE units not kept are ablated (`patching.methods.circuit`).
 
 >>> from patching.cli import build_parser
 >>> build_parser().parse_args(["circuit", "--components", "L0H0,MLP0"]).ablation
@@ -25,7 +29,6 @@ import sys
 from patching.cli.common import (EXIT_OK, MAX_COUNT, MAX_SEED, BadInput, check_outputs, has_pairs,
                                  load_pairs_or_task, model_flags, pair_flags, whole, write)
 
-RANK_KINDS = ("head_out", "mlp_out", "attn_out")
 
 
 def _prompts(args: argparse.Namespace):
@@ -46,14 +49,14 @@ def _components(text: str, flag: str):
     parsed = parse_components(text)
     if not parsed:
         raise BadInput(f"{flag} {shorten(text)} names no component; write L<layer>H<head>, MLP<layer> or "
-                       "ATTN<layer>, comma-separated, e.g. L0H1,MLP0")
+                       "ATTN<layer>, comma-separated, e.g. L0H1,MLP0 (SAE units: L<layer>F<feature>, L<layer>ERR)")
     return parsed
 
 
 def _ranking(args: argparse.Namespace, model, prompts):
     """(component, effect) by |effect| from exact sweeps or attribution of --curve-from kinds."""
     from patching.methods.attribution import run_attribution
-    from patching.methods.circuit import rank_components
+    from patching.methods.circuit import RANK_KINDS, rank_components
     from patching.methods.sweep import sweep
     from patching.core.spec import PatchSpec
     kinds = [k.strip() for k in args.curve_from.split(",") if k.strip()]
@@ -61,10 +64,12 @@ def _ranking(args: argparse.Namespace, model, prompts):
     if bad or not kinds:
         raise BadInput(f"--curve-from takes {', '.join(RANK_KINDS)} (comma-separated), not {args.curve_from!r}")
     if args.rank_by == "attribution":
-        results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction)
+        results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
+                                  saes=args.saes)
     else:
         results = [sweep(model, prompts, PatchSpec(kind=k, direction=args.direction, metric=args.metric,
-                                                   model=model.name, prepend_bos=prompts.prepend_bos))
+                                                   model=model.name, prepend_bos=prompts.prepend_bos,
+                                                   saes=args.saes if k == "feature" else None))
                    for k in kinds]
     return rank_components(*results, reduce=args.reduce)
 
@@ -104,10 +109,10 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         if args.top is not None:
             ranked = ranked[:args.top]
         curve = faithfulness_curve(model, prompts, ranked, ablation=args.ablation, seed=args.ablation_seed,
-                                   metric=args.metric, keep=keep)
+                                   metric=args.metric, keep=keep, saes=args.saes)
     if components is None:
         components = keep + tuple(c for c, _ in ranked if c not in keep)
-    result = faithfulness(model, prompts, CircuitSpec(components, args.ablation, args.ablation_seed),
+    result = faithfulness(model, prompts, CircuitSpec(components, args.ablation, args.ablation_seed, args.saes),
                           metric=args.metric)
     if args.csv:
         frame = curve.to_dataframe() if curve is not None else None
@@ -144,6 +149,7 @@ def add_commands(sub) -> None:
     model_flags(p)
     pair_flags(p, wrong_example=None, task="ioi")
     p.add_argument("--components", help="kept components: L<layer>H<head>, MLP<layer>, ATTN<layer>, "
+                                        "or SAE units L<layer>F<feature>, L<layer>ERR (a feature circuit), "
                                         "comma-separated (default: the curve's top --top)")
     p.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what other components' outputs become: mean over the corrupt prompts (default), "
@@ -151,14 +157,17 @@ def add_commands(sub) -> None:
     p.add_argument("--ablation-seed", type=whole(0, MAX_SEED), default=0, help="resample ablation's seed (default 0)")
     p.add_argument("--metric", default="logit_diff", help="metric (default logit_diff)")
     p.add_argument("--curve-from", help="rank components by these sweeps' effects and draw the curve: "
-                                        "head_out, mlp_out, attn_out (comma-separated)")
+                                        "head_out, mlp_out, attn_out (comma-separated), or feature")
     p.add_argument("--rank-by", default="exact", choices=["exact", "attribution"],
                    help="ranking sweep: exact patching (default) or attribution estimates")
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="ranking sweep's direction")
     p.add_argument("--reduce", default="sum", choices=REDUCTIONS,
                    help="per-position effects (mlp_out) over positions: sum (default) or max |effect|")
     p.add_argument("--top", type=whole(0, MAX_COUNT), help="the curve's first N components (default: all)")
-    p.add_argument("--keep", help="components in every circuit of the curve, e.g. MLP0,MLP1")
+    p.add_argument("--keep", help="components in every circuit of the curve, e.g. MLP0,MLP1 (or every "
+                                  "error node: L0ERR,L1ERR,...)")
+    p.add_argument("--saes", help="a feature circuit's SAEs: a folder of sae-lens SAE folders (default: the "
+                                  "model's own saes/)")
     p.add_argument("--csv", help="write the curve (or the circuit's row) as CSV to this path (- = stdout)")
     p.add_argument("--json", action="store_true", help="print the circuit (and curve) as JSON")
     p.add_argument("--edges", type=float, metavar="SHARE",

@@ -13,6 +13,8 @@ embeddings (`embed`); optionally at one position (`@5`). One grammar reads every
 | residual stream | | `resid:0` | |
 | q / k / v input | | `q:1.3` | |
 | logits, embeddings | | `logits`, `embed` | `resid_final` (logits) |
+| SAE feature (block input) | `L1F12` | `feature:1.12` | `l1f12` |
+| SAE error node | `L1ERR` | `error:1` | `l1err` |
 
 Circuits print the short form, path patching and edge scores the long form (both are contract
 outputs of their CSVs). A role (`sender`, `receiver`, `component`) limits the kinds accepted.
@@ -27,23 +29,28 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NODE_KINDS = ("head", "mlp", "attn", "resid", "q", "k", "v", "logits", "embed")
+NODE_KINDS = ("head", "mlp", "attn", "resid", "q", "k", "v", "logits", "embed", "feature", "error")
 HEADED = ("head", "q", "k", "v")                 # kinds that name a head
+INDEXED = HEADED + ("feature",)                  # kinds that name a unit (`head` holds a feature's index)
 LAYERLESS = ("logits", "embed")
 ROLES = {                                        # role -> (kinds, accepted spellings)
     "sender": (("head", "mlp", "resid"),
                "'head:L.H', 'L.H', 'head:L.H@POS', 'mlp:L', 'mlp:L@POS', 'resid:L@POS'"),
     "receiver": (("q", "k", "v", "mlp", "logits"), "'q:L.H', 'k:L.H', 'v:L.H', 'mlp:L', 'logits'"),
-    "component": (("head", "mlp", "attn"), "L<layer>H<head>, MLP<layer> or ATTN<layer>, e.g. L0H3,MLP1"),
+    "component": (("head", "mlp", "attn", "feature", "error"),
+                  "L<layer>H<head>, MLP<layer> or ATTN<layer>, e.g. L0H3,MLP1 (SAE units: L<layer>F<feature>, "
+                  "L<layer>ERR for an SAE's error)"),
 }
 _LONG = re.compile(r"^(?:(?P<kind>[a-z]+):)?(?P<layer>\d+)(?:\.(?P<head>\d+))?(?:@(?P<pos>\d+))?$")
-_SHORT = re.compile(r"^(?:L(?P<hl>\d+)H(?P<h>\d+)|MLP(?P<ml>\d+)|ATTN(?P<al>\d+))(?:@(?P<pos>\d+))?$", re.IGNORECASE)
+_SHORT = re.compile(r"^(?:L(?P<hl>\d+)H(?P<h>\d+)|MLP(?P<ml>\d+)|ATTN(?P<al>\d+)|L(?P<fl>\d+)F(?P<f>\d+)|L(?P<el>\d+)ERR)"
+                    r"(?:@(?P<pos>\d+))?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, eq=False)
 class Node:
-    """kind: one of NODE_KINDS; layer (None for logits / embed); head (head / q / k / v only: a
-    query head, or a key/value head for k and v); pos: one position, None = every position."""
+    """kind: one of NODE_KINDS; layer (None for logits / embed); head (head / q / k / v: a query
+    head, or a key/value head for k and v; feature: the SAE feature's index); pos: one position,
+    None = every position."""
     kind: str
     layer: int | None = None
     head: int | None = None
@@ -52,8 +59,9 @@ class Node:
     def __post_init__(self):
         if self.kind not in NODE_KINDS:
             raise ValueError(f"node kind must be one of {', '.join(NODE_KINDS)}, not {self.kind!r}")
-        if (self.head is None) == (self.kind in HEADED):
-            raise ValueError(f"a {self.kind} node {'needs' if self.kind in HEADED else 'takes no'} head")
+        if (self.head is None) == (self.kind in INDEXED):
+            raise ValueError(f"a {self.kind} node {'needs' if self.kind in INDEXED else 'takes no'} "
+                             + ("index" if self.kind == "feature" else "head"))
         if (self.layer is None) != (self.kind in LAYERLESS):
             raise ValueError(f"a {self.kind} node {'takes no' if self.kind in LAYERLESS else 'needs a'} layer")
 
@@ -85,7 +93,8 @@ class Node:
     @property
     def name(self) -> str:
         """The short form: 'L1H4', 'MLP2', 'ATTN0' (the long form for other kinds)."""
-        short = {"head": f"L{self.layer}H{self.head}", "mlp": f"MLP{self.layer}", "attn": f"ATTN{self.layer}"}
+        short = {"head": f"L{self.layer}H{self.head}", "mlp": f"MLP{self.layer}", "attn": f"ATTN{self.layer}",
+                 "feature": f"L{self.layer}F{self.head}", "error": f"L{self.layer}ERR"}
         text = short.get(self.kind)
         if text is None:
             return self.label
@@ -103,6 +112,10 @@ def _read(s: str, role: str | None) -> tuple[str | None, int | None, int | None,
         pos = int(m["pos"]) if m["pos"] is not None else None
         if m["hl"] is not None:
             return "head", int(m["hl"]), int(m["h"]), pos
+        if m["fl"] is not None:
+            return "feature", int(m["fl"]), int(m["f"]), pos
+        if m["el"] is not None:
+            return "error", int(m["el"]), None, pos
         return ("mlp", int(m["ml"]), None, pos) if m["ml"] is not None else ("attn", int(m["al"]), None, pos)
     m = _LONG.match(s)
     if m is None:
@@ -140,8 +153,8 @@ def parse_node(text: "str | Node", role: str | None = None) -> Node:
             raise ValueError(f"bad component {text!r}; write {forms}")
         raise ValueError(f"bad {what} {text!r}: kind {kind!r} is not a {what} kind "
                          f"({', '.join(kinds)}); write one of {forms}")
-    if kind not in LAYERLESS and (kind in HEADED) != (head is not None):
-        raise ValueError(f"bad {what} {text!r}: {kind} " + ("needs LAYER.HEAD" if kind in HEADED else "takes a layer only")
+    if kind not in LAYERLESS and (kind in INDEXED) != (head is not None):
+        raise ValueError(f"bad {what} {text!r}: {kind} " + ("needs LAYER.HEAD" if kind in INDEXED else "takes a layer only")
                          + f"; write one of {forms}")
     if pos is not None and role == "receiver":
         raise ValueError(f"bad receiver {text!r}: receivers take no @POS; set receiver_positions instead")

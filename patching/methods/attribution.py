@@ -292,10 +292,17 @@ class AttributionResult(PatchResult):
                    d.get("steps", 0), provenance=r.provenance)
 
 
-def attribution_kinds(model) -> tuple[str, ...]:
+def attribution_kinds(model, features: bool = False) -> tuple[str, ...]:
     """Every kind with an attribution estimate on this model (resid_mid only on sequential blocks;
-    SAE features only when asked for, since they need SAEs)."""
-    return tuple(k for k in KINDS if k != "feature"
+    SAE features only when asked for, since they need SAEs: `features=True` adds them when the
+    model ships its own, as the dashboard lists them).
+
+    >>> "feature" in attribution_kinds(model), "feature" in attribution_kinds(model, features=True)
+    (False, True)
+    """
+    from patching.model.sae import has_saes
+    with_features = features and has_saes(model)
+    return tuple(k for k in KINDS if (k != "feature" or with_features)
                  and not (KINDS[k].needs_resid_mid and model.parallel_attn_mlp))
 
 

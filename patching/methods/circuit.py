@@ -1,8 +1,10 @@
 """Circuits from cells: keep a set of components, ablate every other one, measure faithfulness.
 
 Components are attention heads `L{l}H{h}`, MLPs `MLP{l}` and whole attention layers `ATTN{l}`
-(shorthand for every head of layer l). A circuit run is the **clean** prompt with every head
-and MLP *not* in the circuit ablated: its output replaced at every position by
+(shorthand for every head of layer l) -- or, in a **feature circuit**, sparse-autoencoder units:
+features `L{l}F{i}` and error nodes `L{l}ERR` of the SAEs on the block inputs (kind `feature`).
+A circuit run is the **clean** prompt with every head and MLP *not* in the circuit ablated: its
+output replaced at every position by
 
 - `mean`: its mean activation over the corrupt prompts, per position;
 - `resample`: its activation on another pair's corrupt prompt (pair i reads pair
@@ -12,7 +14,16 @@ and MLP *not* in the circuit ablated: its output replaced at every position by
 
 Heads are ablated through their z (TransformerLens' `hook_z`, before W_O; the output bias b_O
 stays), MLPs through their output (`hook_mlp_out`). Kept components are recomputed from the
-changed residual stream. With m = the metric averaged over pairs:
+changed residual stream. In a feature circuit the heads and MLPs all run (they are the
+computation between the SAEs) and every SAE unit not kept is ablated: each layer's block input x
+(`hook_resid_pre`, as the forward recomputes it) becomes
+
+    decode(f') + e',  f'_i = f_i(x) if feature i is kept else its ablation value,
+                      e'   = x - decode(f(x)) if the layer's error node is kept else its ablation value
+
+(the ablation values are the corrupt run's features and errors, as above), so with every unit
+kept x is unchanged. A circuit holds heads / MLPs or SAE units, not both. With m = the metric
+averaged over pairs:
 
     faithfulness = (m_circuit - m_empty) / (m_full - m_empty)
 
@@ -49,22 +60,27 @@ from patching.model.runner import Edit
 from patching.core.spec import check_whole
 
 ABLATIONS = ("mean", "resample", "zero")
+RANK_KINDS = ("head_out", "mlp_out", "attn_out", "feature")    # results that rank components
 REDUCTIONS = ("sum", "max")
 
 
 # -- components -----------------------------------------------------------------------------------
 COMPONENT_KINDS = ROLES["component"][0]
+SAE_UNITS = ("feature", "error")             # a feature circuit's components
 
 
 class Component(Node):
-    """A circuit component: a `Node` of kind 'head' (layer, head), 'mlp' (layer) or 'attn'
-    (layer: every head), built layer first. Equal to the same Node however it was spelled."""
+    """A circuit component: a `Node` of kind 'head' (layer, head), 'mlp' (layer), 'attn'
+    (layer: every head), 'feature' (layer, the SAE feature's index in `head`) or 'error' (layer:
+    the SAE's error node), built layer first. Equal to the same Node however it was spelled."""
 
     def __init__(self, layer: int, kind: str, head: int | None = None):
         if kind not in COMPONENT_KINDS:
-            raise ValueError(f"component kind must be 'head', 'mlp' or 'attn', not {kind!r}")
-        if (head is None) != (kind != "head"):
-            raise ValueError(f"a {kind} component {'needs' if kind == 'head' else 'takes no'} head")
+            raise ValueError(f"component kind must be one of {', '.join(COMPONENT_KINDS)}, not {kind!r}")
+        indexed = kind in ("head", "feature")
+        if (head is None) == indexed:
+            raise ValueError(f"a {kind} component {'needs' if indexed else 'takes no'} "
+                             + ("feature index" if kind == "feature" else "head"))
         super().__init__(kind, layer, head)
 
     def __repr__(self) -> str:
@@ -118,8 +134,34 @@ def all_components(model) -> tuple[Component, ...]:
                  for c in [Component(l, "head", h) for h in range(model.n_heads)] + [Component(l, "mlp")])
 
 
-def check_components(model, components: Iterable[Component]) -> None:
-    """ValueError naming the first component the model does not have and the valid range."""
+def is_feature_circuit(components: Iterable[Node]) -> bool:
+    """True when the components are SAE units (features, error nodes); ValueError when heads or
+    MLPs are mixed with them.
+
+    >>> is_feature_circuit(parse_components("L1F12, L2ERR")), is_feature_circuit(parse_components("L0H1"))
+    (True, False)
+    """
+    kinds = {c.kind in SAE_UNITS for c in components}
+    if len(kinds) > 1:
+        raise ValueError("a circuit holds heads / MLPs (L0H1, MLP0, ATTN0) or SAE units (L1F12, L1ERR), not both: "
+                         "in a feature circuit every head and MLP runs and the SAE units not kept are ablated")
+    return kinds == {True}
+
+
+def feature_components(saes: dict) -> tuple[Component, ...]:
+    """Every SAE feature and error node, layer by layer (`saes`: layer -> Sae, `model_saes`).
+
+    >>> from types import SimpleNamespace
+    >>> [c.name for c in feature_components({0: SimpleNamespace(d_sae=2)})]
+    ['L0F0', 'L0F1', 'L0ERR']
+    """
+    return tuple(c for layer in sorted(saes) for c in
+                 [Component(layer, "feature", i) for i in range(saes[layer].d_sae)] + [Component(layer, "error")])
+
+
+def check_components(model, components: Iterable[Component], saes: dict | None = None) -> None:
+    """ValueError naming the first component the model (or its SAEs, `saes`: layer -> Sae, for
+    features and error nodes) does not have and the valid range."""
     L, H = model.n_layers, model.n_heads
     for c in components:
         if not 0 <= c.layer < L:
@@ -127,36 +169,63 @@ def check_components(model, components: Iterable[Component]) -> None:
         if c.kind == "head" and not 0 <= c.head < H:
             raise ValueError(f"component {c.name}: head {c.head} out of range; this model has heads 0-{H - 1} "
                              f"per layer")
+        if c.kind in SAE_UNITS and saes is not None:
+            if c.layer not in saes:
+                raise ValueError(f"component {c.name}: no SAE on layer {c.layer}'s block input (SAEs on layers "
+                                 f"{', '.join(map(str, sorted(saes))) or 'none'})")
+            if c.kind == "feature" and not 0 <= c.head < saes[c.layer].d_sae:
+                raise ValueError(f"component {c.name}: feature {c.head} out of range; the SAE has features "
+                                 f"0-{saes[c.layer].d_sae - 1} (L{c.layer}ERR is its error node)")
 
 
 # -- the spec -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CircuitSpec:
-    """The kept components, how the others are ablated, and the resample seed."""
+    """The kept components, how the others are ablated, the resample seed, and for a feature
+    circuit the SAE folder (`saes`; None = the model's own)."""
     components: tuple[Component, ...] = ()
     ablation: str = "mean"
     seed: int = 0
+    saes: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "components", parse_components(self.components))
         if self.ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
         check_whole(self.seed, "seed")
+        is_feature_circuit(self.components)
+
+    @property
+    def features(self) -> bool:
+        """Is this a feature circuit (SAE units kept, the other units ablated)?"""
+        return is_feature_circuit(self.components)
 
     def validate(self, model) -> "CircuitSpec":
-        check_components(model, self.components)
+        check_components(model, self.components, _saes_for(model, self.components, self.saes))
         return self
 
     def to_dict(self) -> dict:
-        return {"components": format_components(self.components), "ablation": self.ablation, "seed": self.seed}
+        d = {"components": format_components(self.components), "ablation": self.ablation, "seed": self.seed}
+        return {**d, "saes": self.saes} if self.saes else d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CircuitSpec":
-        return cls(parse_components(d.get("components", "")), d.get("ablation", "mean"), int(d.get("seed", 0)))
+        return cls(parse_components(d.get("components", "")), d.get("ablation", "mean"), int(d.get("seed", 0)),
+                   d.get("saes") or None)
 
 
-def _node_ids(model, components: Iterable[Component]) -> frozenset[int]:
-    """Heads are nodes l * H + h, MLPs L * H + l; ATTN{l} is every head of layer l."""
+def _saes_for(model, components: Iterable[Node], source: str | None) -> dict | None:
+    """The model's SAEs (layer -> Sae) when the components are SAE units, else None."""
+    if not is_feature_circuit(components):
+        return None
+    from patching.model.sae import model_saes
+    return model_saes(model, source)
+
+
+def _node_ids(model, components: Iterable[Component], units: int = 0) -> frozenset[int]:
+    """Heads are nodes l * H + h, MLPs L * H + l; ATTN{l} is every head of layer l; SAE units
+    (`units` = d_sae + 1 per layer) follow: feature i of layer l is L * (H + 1) + l * units + i,
+    its error node the layer's last unit."""
     L, H = model.n_layers, model.n_heads
     ids: set[int] = set()
     for c in components:
@@ -164,6 +233,8 @@ def _node_ids(model, components: Iterable[Component]) -> frozenset[int]:
             ids.add(c.layer * H + c.head)
         elif c.kind == "attn":
             ids.update(c.layer * H + h for h in range(H))
+        elif c.kind in SAE_UNITS:
+            ids.add(L * (H + 1) + c.layer * units + (c.head if c.kind == "feature" else units - 1))
         else:
             ids.add(L * H + c.layer)
     return frozenset(ids)
@@ -275,10 +346,51 @@ class CurveResult(_FullAndEmpty):
 @dataclass
 class _Ablation:
     """Per layer, what an ablated head's z / MLP's output becomes: src_z[l][src[row]] and
-    src_mlp[l][src[row]] (src_z [S, T, H, dh], src_mlp [S, T, d]; S = 1 for mean and zero)."""
+    src_mlp[l][src[row]] (src_z [S, T, H, dh], src_mlp [S, T, d]; S = 1 for mean and zero);
+    for a feature circuit, per layer with an SAE, (sae, features [S, T, d_sae], errors [S, T, d])."""
     src_z: list
     src_mlp: list
     src: Tensor          # [n_pairs] which source row each pair reads
+    sae: dict | None = None
+
+    @property
+    def units(self) -> int:
+        """SAE units per layer (d_sae + 1; 0 without SAEs)."""
+        return next(iter(self.sae.values()))[0].d_sae + 1 if self.sae else 0
+
+
+def _sae_sources(saes: dict, resid_pre: list, ablation: str, abl: _Ablation) -> _Ablation:
+    """abl with each SAE layer's ablation values from the corrupt run's block inputs [P, T, d]."""
+    out = {}
+    for layer, sae in saes.items():
+        x = resid_pre[layer]
+        f = sae.encode(x)
+        e = x - sae.decode(f)
+        if ablation == "mean":
+            f, e = f.mean(0, keepdim=True), e.mean(0, keepdim=True)
+        elif ablation == "zero":
+            f, e = torch.zeros_like(f[:1]), torch.zeros_like(e[:1])
+        out[layer] = (sae, f, e)
+    abl.sae = out
+    return abl
+
+
+def _splice(sae, x: Tensor, keep: Tensor, f_src: Tensor, e_src: Tensor) -> Tensor:
+    """x [B, T, d] through the SAE with the units not kept (keep [B, d_sae + 1], the error last)
+    replaced by f_src [B, T, d_sae] / e_src [B, T, d]: decode(f') + e'."""
+    f = sae.encode(x)
+    e = x - sae.decode(f)
+    f = torch.where(keep[:, None, :-1], f, f_src.to(f.dtype))
+    e = torch.where(keep[:, None, -1:], e, e_src.to(e.dtype))
+    return sae.decode(f) + e
+
+
+def _sae_keep(keep: Tensor, abl: _Ablation, layer: int, n_layers: int, n_heads: int) -> Tensor | None:
+    """keep [B, nodes] -> the layer's SAE units [B, d_sae + 1], or None when it has no SAE."""
+    if not abl.sae or layer not in abl.sae:
+        return None
+    lo = n_layers * (n_heads + 1) + layer * abl.units
+    return keep[:, lo:lo + abl.units]
 
 
 def _resample_sources(n_pairs: int, seed: int, device) -> Tensor:
@@ -308,6 +420,13 @@ class _AblationEdit(Edit):
 
     def __init__(self, keep: Tensor, abl: _Ablation, src: Tensor, n_layers: int, n_heads: int):
         self.keep, self.abl, self.src, self.n_layers, self.n_heads = keep, abl, src, n_layers, n_heads
+
+    def resid_pre(self, layer, x):                                                # x [B, T, d]
+        keep_u = _sae_keep(self.keep, self.abl, layer, self.n_layers, self.n_heads)
+        if keep_u is None or bool(keep_u.all()):
+            return x
+        sae, f_src, e_src = self.abl.sae[layer]
+        return _splice(sae, x, keep_u, f_src[self.src], e_src[self.src])
 
     def z(self, layer, pattern, z):                                               # z [B, T, H, dh]
         keep_h = self.keep[:, layer * self.n_heads:(layer + 1) * self.n_heads]   # [B, H]
@@ -345,6 +464,12 @@ def _hook_forward(bridge, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Abla
 
         def mlp_hook(act, hook, keep_m=keep_m, layer=layer):    # [B, T, d]
             return torch.where(keep_m[:, None, None].to(act.device), act, abl.src_mlp[layer][src].to(act))
+
+        keep_u = _sae_keep(keep, abl, layer, n_layers, n_heads)
+        if keep_u is not None and not bool(keep_u.all()):
+            sae, f_src, e_src = abl.sae[layer]
+            fwd_hooks.append((hooks.resid_pre(layer), lambda act, hook, sae=sae, k=keep_u, f=f_src, e=e_src:
+                              _splice(sae, act, k.to(act.device), f[src].to(act), e[src].to(act))))
         if not bool(keep_h.all()):
             fwd_hooks.append((hooks.z(layer), z_hook))
         if not bool(keep_m.all()):
@@ -368,6 +493,21 @@ class _Context:
     max_memory_mb: float | None
 
     @property
+    def n_nodes(self) -> int:
+        """Heads, MLPs, then every SAE unit (a feature circuit)."""
+        L = self.model.n_layers
+        return L * self.model.n_heads + L + L * self.abl.units
+
+    @property
+    def always(self) -> frozenset[int]:
+        """Nodes in every circuit: a feature circuit keeps every head and MLP."""
+        return frozenset(range(self.model.n_layers * (self.model.n_heads + 1))) if self.abl.sae else frozenset()
+
+    def ids(self, components) -> frozenset[int]:
+        """A kept set of components as node ids (with `always`)."""
+        return _node_ids(self.model, components, self.abl.units) | self.always
+
+    @property
     def metric(self) -> Metric:
         return self.pair.metric
 
@@ -375,7 +515,7 @@ class _Context:
         """Metric per pair [n_pairs] for each kept node set, batched (rows = masks x pairs)."""
         model, prompts = self.model, self.pair.prompts
         L, H, P = model.n_layers, model.n_heads, prompts.n_pairs
-        n_nodes = L * H + L
+        n_nodes = self.n_nodes
         device = prompts.clean_tokens.device
         per = max(1, _rows_per_forward(model, prompts.n_pos, self.max_memory_mb) // P)
         out: list[Tensor] = []
@@ -397,7 +537,9 @@ class _Context:
         return out
 
 
-def _context(model, prompts: PromptSet, ablation: str, seed: int, metric, max_memory_mb) -> _Context:
+def _context(model, prompts: PromptSet, ablation: str, seed: int, metric, max_memory_mb,
+             saes: dict | None = None) -> _Context:
+    """The cached pair and the ablation values (of heads and MLPs, and of SAE units with `saes`)."""
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     metric = get_metric(metric)
@@ -407,23 +549,28 @@ def _context(model, prompts: PromptSet, ablation: str, seed: int, metric, max_me
             pair = CachedPair.run(model.runner, prompts, metric)
             z = [c.z for c in pair.corrupt.layers]
             mlp = [c.mlp_out for c in pair.corrupt.layers]
+            resid = [c.resid_pre for c in pair.corrupt.layers]
         else:
-            names = {hooks.z(l) for l in range(L)} | {hooks.mlp_out(l) for l in range(L)}
+            names = {hooks.z(l) for l in range(L)} | {hooks.mlp_out(l) for l in range(L)} | \
+                {hooks.resid_pre(l) for l in range(L)}
             clean_logits = model.bridge(prompts.clean_tokens)[:, -1]
             corrupt_logits, cache = model.bridge.run_with_cache(prompts.corrupt_tokens,
                                                                 names_filter=lambda n: n in names)
             pair = CachedPair.from_logits(prompts, clean_logits, corrupt_logits[:, -1], metric)
             z = [cache[hooks.z(l)] for l in range(L)]
             mlp = [cache[hooks.mlp_out(l)] for l in range(L)]
-    return _Context(model, pair, _ablation_values(z, mlp, ablation, seed), max_memory_mb)
+            resid = [cache[hooks.resid_pre(l)] for l in range(L)]
+        abl = _ablation_values(z, mlp, ablation, seed)
+        if saes:
+            abl = _sae_sources(saes, resid, ablation, abl)
+    return _Context(model, pair, abl, max_memory_mb)
 
 
 def _evaluate(ctx: _Context, circuits: list[frozenset[int]]) -> tuple[list[Tensor], Tensor, Tensor]:
     """Metric per pair for each circuit, and for the full and empty sets; each distinct node set
     is computed once (the full set's row *is* m_full)."""
-    model = ctx.model
-    full = frozenset(range(model.n_layers * model.n_heads + model.n_layers))
-    empty: frozenset[int] = frozenset()
+    full = frozenset(range(ctx.n_nodes))
+    empty = ctx.always
     unique = list(dict.fromkeys([full, empty, *circuits]))
     values = dict(zip(unique, ctx.measure(unique)))
     return [values[c] for c in circuits], values[full], values[empty]
@@ -431,28 +578,31 @@ def _evaluate(ctx: _Context, circuits: list[frozenset[int]]) -> tuple[list[Tenso
 
 def faithfulness(model, prompts: PromptSet, spec: CircuitSpec, metric: Metric | Callable | str = "logit_diff",
                  *, max_memory_mb: float | None = None) -> CircuitResult:
-    """The circuit's metric with every other head and MLP ablated, relative to the full model.
+    """The circuit's metric with every other head and MLP ablated (a feature circuit: every other
+    SAE unit, heads and MLPs all running), relative to the full model.
 
     >>> r = faithfulness(model, prompts, CircuitSpec(all_components(model)))   # doctest: +SKIP
     >>> r.faithfulness                                                        # doctest: +SKIP
     1.0
     """
     start = time.perf_counter()
-    spec.validate(model)
-    ctx = _context(model, prompts, spec.ablation, spec.seed, metric, max_memory_mb)
-    (values,), full, empty = _evaluate(ctx, [_node_ids(model, spec.components)])
+    saes = _saes_for(model, spec.components, spec.saes)
+    check_components(model, spec.components, saes)
+    ctx = _context(model, prompts, spec.ablation, spec.seed, metric, max_memory_mb, saes)
+    (values,), full, empty = _evaluate(ctx, [ctx.ids(spec.components)])
     return CircuitResult(spec, values, full, empty, ctx.metric.name, model.name, time.perf_counter() - start)
 
 
 def faithfulness_curve(model, prompts: PromptSet, ranked: Iterable[Component | str] | Iterable[tuple],
                        *, ablation: str = "mean", seed: int = 0, metric: Metric | Callable | str = "logit_diff",
                        ks: Iterable[int] | None = None, keep: Iterable[Component | str] = (),
-                       max_memory_mb: float | None = None) -> CurveResult:
+                       max_memory_mb: float | None = None, saes: str | None = None) -> CurveResult:
     """Faithfulness of the first k components of `ranked`, for k = 0..N (or the given ks).
 
     `ranked`: components (or names), or (component, effect) pairs as `rank_components` returns;
     `keep`: components in every circuit of the curve (e.g. every MLP, to rank heads alone);
-    k = 0 is then `keep` alone. All circuits run in shared batched forwards.
+    k = 0 is then `keep` alone. All circuits run in shared batched forwards. SAE units (features,
+    error nodes) make a feature circuit (`saes`: their folder; None = the model's own).
 
     >>> curve = faithfulness_curve(model, prompts, ["L0H1", "MLP0"])   # doctest: +SKIP
     >>> curve.faithfulness[0], curve.ks                               # doctest: +SKIP
@@ -468,13 +618,14 @@ def faithfulness_curve(model, prompts: PromptSet, ranked: Iterable[Component | s
     if len(components) != len(items):
         raise ValueError("the ranked components contain duplicates; give each component once")
     keep = parse_components(keep)
-    check_components(model, components + keep)
+    sae_set = _saes_for(model, components + keep, saes)
+    check_components(model, components + keep, sae_set)
     ks = tuple(range(len(components) + 1)) if ks is None else tuple(int(k) for k in ks)
     bad = [k for k in ks if not 0 <= k <= len(components)]
     if bad:
         raise ValueError(f"k {bad} out of range; choose k from 0 to {len(components)}")
-    ctx = _context(model, prompts, ablation, seed, metric, max_memory_mb)
-    circuits = [_node_ids(model, keep + components[:k]) for k in ks]
+    ctx = _context(model, prompts, ablation, seed, metric, max_memory_mb, sae_set)
+    circuits = [ctx.ids(keep + components[:k]) for k in ks]
     values, full, empty = _evaluate(ctx, circuits)
     return CurveResult(components, ks, torch.stack(values), full, empty, ablation, seed, ctx.metric.name,
                        effects, model.name, time.perf_counter() - start, keep)
@@ -487,7 +638,8 @@ def component_effects(result: PatchResult, reduce: str = "sum") -> dict[Componen
 
     Per-position results are reduced over positions: `sum` adds the signed effects (the first-
     order effect of patching the component at every position), `max` keeps the one with the
-    largest |effect|. mlp_out is always per position; attn_out gives ATTN{l} components.
+    largest |effect|. mlp_out is always per position; attn_out gives ATTN{l} components; a
+    `feature` result gives SAE features L{l}F{i} and error nodes L{l}ERR (its last unit).
 
     >>> component_effects(head_out_result)[Component(0, "head", 1)]      # doctest: +SKIP
     0.42
@@ -495,8 +647,9 @@ def component_effects(result: PatchResult, reduce: str = "sum") -> dict[Componen
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, not {reduce!r}")
     kind = result.spec.kind
-    if kind not in ("head_out", "mlp_out", "attn_out"):
-        raise ValueError(f"rank components from a head_out, mlp_out or attn_out result, not {kind!r}")
+    if kind not in RANK_KINDS:
+        raise ValueError(f"rank components from a {', '.join(RANK_KINDS[:-1])} or {RANK_KINDS[-1]} result, "
+                         f"not {kind!r}")
     base = result.base_value
     effect = result.values - base
     axes = list(result.axes)
@@ -514,6 +667,11 @@ def component_effects(result: PatchResult, reduce: str = "sum") -> dict[Componen
         if kind == "head_out":
             for hi, head in enumerate(result.coords["head"]):
                 out[Component(layer, "head", head)] = float(effect[li, hi])
+        elif kind == "feature":
+            units = result.coords["feature"]
+            for ui, unit in enumerate(units):
+                c = Component(layer, "error") if unit == units[-1] else Component(layer, "feature", unit)
+                out[c] = float(effect[li, ui])
         else:
             out[Component(layer, "mlp" if kind == "mlp_out" else "attn")] = float(effect[li])
     return out
@@ -631,7 +789,7 @@ def edge_graph(edges, threshold: float = 0.0, *, by: str = "abs", top: int | Non
     return EdgeGraph(node_df, edge_df, threshold, by, L, H, total)
 
 
-__all__ = ["ABLATIONS", "Component", "CircuitSpec", "CircuitResult", "CurveResult", "parse_component",
+__all__ = ["ABLATIONS", "RANK_KINDS", "SAE_UNITS", "is_feature_circuit", "feature_components", "Component", "CircuitSpec", "CircuitResult", "CurveResult", "parse_component",
            "parse_components", "format_components", "all_components", "check_components", "faithfulness",
            "faithfulness_curve", "component_effects", "rank_components", "top_components", "EdgeGraph",
            "edge_graph"]

@@ -39,7 +39,7 @@ LARGE, SMALL, RELATIVE = 0.3, 0.1, 0.5
 
 
 def cell_label(result: PatchResult, cell: tuple[int, ...]) -> str:
-    """A cell's coordinates as text: 'L1 H3', 'L2 @5 ␣Mary', 'L0 N77'.
+    """A cell's coordinates as text: 'L1 H3', 'L2 @5 ␣Mary', 'L0 N77', 'L1 F12', 'L3 error'.
 
     >>> cell_label(result, (1, 3))            # doctest: +SKIP
     'L1 H3'
@@ -55,6 +55,8 @@ def cell_label(result: PatchResult, cell: tuple[int, ...]) -> str:
             parts.append(f"H{c}")
         elif axis == "neuron":
             parts.append(f"N{c}")
+        elif axis == "feature":                 # the last unit is each SAE's error node
+            parts.append("error" if c == result.coords["feature"][-1] else f"F{c}")
         else:
             parts.append(f"{axis} {c}")
     return " ".join(parts)

@@ -94,6 +94,10 @@ class Edit:
     def touches(self, layer: int) -> bool:
         return True
 
+    def resid_pre(self, layer: int, x: Tensor) -> Tensor:
+        """x [B, T', d_model]: the block input, before anything of the block reads it."""
+        return x
+
     def qkv(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q [B, T', H, dh], k and v [B, T', KV, dh], before rotary."""
         return q, k, v
@@ -256,6 +260,8 @@ class Runner:
     def _block(self, layer: int, x: Tensor, run: _Pass) -> Tensor:
         """One transformer block on x [B, T', d] (the whole block loop of the engine)."""
         a, edit = self.arch, run.edit
+        if edit is not None:
+            x = edit.resid_pre(layer, x)
         resid_pre = x
         q, k, v, q_rot, k_rot, k_all, v_all = self._qkv(layer, x, run)
         q_in, offset = q_rot, run.p0

@@ -227,6 +227,20 @@ def sae_folder(source: str | Path) -> Path:
                                 f"sae-lens SAE folders") from None
 
 
+def has_saes(model) -> bool:
+    """Does the model ship SAEs (a `saes/` folder beside a local model)? Reads no weights.
+
+    >>> has_saes(model)
+    True
+    """
+    from patching.model.resolve import resolve_model
+    try:
+        where = resolve_model(model.name)
+    except ValueError:
+        return False
+    return isinstance(where, Path) and (where / "saes").is_dir()
+
+
 def model_saes(model, source: str | Path | None = None) -> dict[int, Sae]:
     """layer -> the SAE on `blocks.<layer>.hook_resid_pre`, on the model's device and dtype.
 
