@@ -130,4 +130,4 @@ def test_features_rank_by_a_feature_sweep_and_the_curve_matches_single_circuits(
         one = faithfulness(model, prompts, CircuitSpec([c for c, _ in ranked[:k]], saes=str(random_saes)))
         assert v == pytest.approx(one.m_circuit, abs=1e-5)
         assert float(curve.empty.mean()) == pytest.approx(one.m_empty, abs=1e-5)
-    assert curve.to_dataframe()["added"].iloc[1] == ranked[0][0].name
+    assert curve.to_dataframe()["added"].iloc[1] == ranked[2][0].name      # k = 3 adds the third
