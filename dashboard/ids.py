@@ -263,6 +263,8 @@ FEATURES_LAYER = "features-layer"
 FEATURES_FEATURE = "features-feature"
 FEATURES_TASK = "features-task"              # the task whose prompts give the contexts
 FEATURES_N = "features-n"                    # how many prompts (contexts, tasks)
+RESULTS_TOP_FEATURES_BUTTON = "results-top-features-button"   # a feature run's top units per layer, CSV
+RESULTS_TOP_FEATURES_DOWNLOAD = "results-top-features-download"
 
 
 def control_id(tab: str, name: str) -> str:

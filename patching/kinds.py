@@ -61,6 +61,14 @@ class Patched:
 
 
 @dataclass(frozen=True)
+class EstimateOptions:
+    """What an attribution estimate of a kind needs besides the gradients (methods/attribution.py)."""
+    per_position: bool = False
+    position_mask: Tensor | None = None   # [T] bool: positions a neuron patch applies to
+    saes: dict | None = None              # layer -> Sae (feature kind)
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
     title: str
@@ -72,6 +80,9 @@ class Kind:
     kv_heads: bool = False              # head axis ranges over key/value heads
     needs_resid_mid: bool = False       # undefined on parallel-attention models
     changed_table: Callable[[PatchContext, int], Tensor] | None = None   # [T, unit] for `changed`
+    # attribution: (att, layer, options) -> first-order estimate [b, *index axes] (None: no SAE
+    # there); att has .pair (base / donor RunCache) and .grads (name -> per-layer gradients)
+    attribute: Callable[[object, int, EstimateOptions], Tensor | None] | None = None
 
     def axes(self, per_position: bool = False) -> tuple[str, ...]:
         if per_position and self.has_per_position:
@@ -262,6 +273,49 @@ def _feature_changes(ctx: PatchContext, layer: int) -> Tensor:
     return torch.cat([(d_feat != 0).any(0), (d_err != 0).any(-1).any(0)[:, None]], dim=1)
 
 
+# -- attribution: each kind's first-order term (donor - base) . gradient -----------------------------
+def _grad_dot(att, attr: str, layer: int) -> Tensor:
+    """(donor - base) * grad for one activation of one layer, same shape as the activation."""
+    delta = getattr(att.pair.donor.layers[layer], attr) - getattr(att.pair.base.layers[layer], attr)
+    return delta * att.grads[attr][layer]
+
+
+def _attribute_stream(attr: str):
+    def attribute(att, layer: int, opts: EstimateOptions) -> Tensor:
+        return _grad_dot(att, attr, layer).sum(-1)                                 # [b, T]
+    return attribute
+
+
+def _attribute_head(attr: str):
+    def attribute(att, layer: int, opts: EstimateOptions) -> Tensor:
+        v = _grad_dot(att, attr, layer).sum(-1)                                    # [b, T, heads]
+        if attr == "pattern":
+            v = v.transpose(1, 2)                                                  # [b, T_dest, H]
+        return v if opts.per_position else v.sum(1)
+    return attribute
+
+
+def _attribute_neuron(att, layer: int, opts: EstimateOptions) -> Tensor:
+    v = _grad_dot(att, "mlp_post", layer)                                          # [b, T, d_mlp]
+    return (v * opts.position_mask[None, :, None]).sum(1)                          # [b, d_mlp]
+
+
+def _attribute_feature(att, layer: int, opts: EstimateOptions) -> Tensor | None:
+    """[b, (T,) d_sae + 1]: each feature's (donor - base) activation times the gradient along its
+    decoder direction, then the error node's (donor - base) error times the gradient."""
+    if layer not in opts.saes:                                                     # outside the sweep's layers
+        return None
+    sae = opts.saes[layer]
+    with torch.no_grad():
+        xb, xd = att.pair.base.layers[layer].resid_pre, att.pair.donor.layers[layer].resid_pre
+        fb, fd = sae.encode(xb), sae.encode(xd)
+        d_err = (xd - sae.decode(fd)) - (xb - sae.decode(fb))
+        grad = att.grads["resid_pre"][layer]                                       # [b, T, d]
+        per_feature = (fd - fb) * (grad @ sae.W_dec.T.to(grad.dtype))               # [b, T, d_sae]
+        v = torch.cat([per_feature, (d_err * grad).sum(-1, keepdim=True)], dim=-1)
+    return v if opts.per_position else v.sum(1)
+
+
 def changed(ctx: PatchContext, kind: Kind, layer: int) -> Tensor:
     """Where the donor's activation differs from the base run's, as a table [pos] or [pos, unit].
 
@@ -295,18 +349,25 @@ def index_changes(ctx: PatchContext, kind: Kind, layer: int, idx: Tensor) -> Ten
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("resid_pre", "Residual stream (block input)", hooks.resid_pre, ("pos",), _resid_kind("resid_pre", "pre"), source="resid_pre"),
+    Kind("resid_pre", "Residual stream (block input)", hooks.resid_pre, ("pos",), _resid_kind("resid_pre", "pre"), source="resid_pre", attribute=_attribute_stream("resid_pre")),
     Kind("resid_mid", "Residual stream (between attention and MLP)", hooks.resid_mid, ("pos",),
-         _resid_kind("resid_mid", "mid"), source="resid_mid", needs_resid_mid=True),
-    Kind("resid_post", "Residual stream (block output)", hooks.resid_post, ("pos",), _resid_kind("resid_post", "post"), source="resid_post"),
-    Kind("attn_out", "Attention layer output", hooks.attn_out, ("pos",), _output_kind("attn_out"), source="attn_out"),
-    Kind("mlp_out", "MLP layer output", hooks.mlp_out, ("pos",), _output_kind("mlp_out"), source="mlp_out"),
-    Kind("head_out", "Attention head output (z)", hooks.z, ("head",), _patch_head_out, source="z", has_per_position=True),
-    Kind("head_q", "Attention head queries", hooks.q, ("head",), _patch_head_q, source="q_rot", has_per_position=True),
-    Kind("head_k", "Attention head keys", hooks.k, ("head",), _kv_kind("k"), source="k_rot", has_per_position=True, kv_heads=True),
-    Kind("head_v", "Attention head values", hooks.v, ("head",), _kv_kind("v"), source="v", has_per_position=True, kv_heads=True),
-    Kind("head_pattern", "Attention pattern", hooks.pattern, ("head",), _patch_head_pattern, source="pattern", has_per_position=True),
-    Kind("neuron", "MLP neurons", hooks.mlp_post, ("neuron",), _patch_neuron, source="mlp_post"),
+         _resid_kind("resid_mid", "mid"), source="resid_mid", needs_resid_mid=True,
+         attribute=_attribute_stream("resid_mid")),
+    Kind("resid_post", "Residual stream (block output)", hooks.resid_post, ("pos",), _resid_kind("resid_post", "post"), source="resid_post", attribute=_attribute_stream("resid_post")),
+    Kind("attn_out", "Attention layer output", hooks.attn_out, ("pos",), _output_kind("attn_out"), source="attn_out", attribute=_attribute_stream("attn_out")),
+    Kind("mlp_out", "MLP layer output", hooks.mlp_out, ("pos",), _output_kind("mlp_out"), source="mlp_out", attribute=_attribute_stream("mlp_out")),
+    Kind("head_out", "Attention head output (z)", hooks.z, ("head",), _patch_head_out, source="z", has_per_position=True,
+         attribute=_attribute_head("z")),
+    Kind("head_q", "Attention head queries", hooks.q, ("head",), _patch_head_q, source="q_rot", has_per_position=True,
+         attribute=_attribute_head("q")),
+    Kind("head_k", "Attention head keys", hooks.k, ("head",), _kv_kind("k"), source="k_rot", has_per_position=True, kv_heads=True,
+         attribute=_attribute_head("k")),
+    Kind("head_v", "Attention head values", hooks.v, ("head",), _kv_kind("v"), source="v", has_per_position=True, kv_heads=True,
+         attribute=_attribute_head("v")),
+    Kind("head_pattern", "Attention pattern", hooks.pattern, ("head",), _patch_head_pattern, source="pattern", has_per_position=True,
+         attribute=_attribute_head("pattern")),
+    Kind("neuron", "MLP neurons", hooks.mlp_post, ("neuron",), _patch_neuron, source="mlp_post", attribute=_attribute_neuron),
     Kind("feature", "SAE features (block input; last = error)", hooks.resid_pre, ("feature",), _patch_feature,
-         source="resid_pre", has_per_position=True, changed_table=_feature_changes),
+         source="resid_pre", has_per_position=True, changed_table=_feature_changes,
+         attribute=_attribute_feature),
 )}

@@ -1,10 +1,13 @@
 """The Circuit tab: pick components from a sweep's heatmap, ablate the rest, see faithfulness.
 
 - **Effects from**: head_out / mlp_out / attn_out runs of the history (and the attribution run on
-  the Attribution tab or computed here) colour a layer x (heads + MLP) grid; their prompts are the
-  ones the circuit is measured on (the prompts panel's when no run is chosen).
-- **Components**: typed (`L0H1, MLP0, ATTN2`), toggled by clicking grid cells, added by a box
-  selection, or set to the top k by |effect|.
+  the Attribution tab or computed here) colour a layer x (heads + MLP) grid; `feature` runs (SAE
+  features and error nodes, exact or attribution) a layer x rank grid of each layer's strongest
+  units; their prompts are the ones the circuit is measured on (the prompts panel's when no run
+  is chosen).
+- **Components**: typed (`L0H1, MLP0, ATTN2`, or SAE units `L1F12, L2ERR`: a feature circuit, in
+  which every head and MLP runs and the units not kept are ablated), toggled by clicking grid
+  cells, added by a box selection, or set to the top k by |effect|.
 - **Run** (background, queued like every run): faithfulness of the kept components with the
   others mean / resample / zero ablated, and the curve as they are added in order of |effect|;
   CSV of the curve.
@@ -27,9 +30,10 @@ from dash import Input, Output, State, dcc, html, no_update
 
 from metrics import METRICS
 from patching.core.prompts import PromptSet
-from patching.methods.circuit import (ABLATIONS, CircuitSpec, CurveResult, all_components, component_effects,
-                                      edge_graph, faithfulness, faithfulness_curve, format_components,
-                                      parse_components)
+from patching.methods.circuit import (ABLATIONS, RANK_KINDS, SAE_UNITS, CircuitSpec, CurveResult, all_components,
+                                      component_effects, edge_graph, faithfulness, faithfulness_curve,
+                                      feature_components, format_components, parse_components)
+from patching.model.sae import model_saes
 from patching.runs.slot import run_slot
 
 from dashboard import ids
@@ -46,7 +50,8 @@ from dashboard.ids import (CIRCUIT_ABLATION, CIRCUIT_CANCEL_BUTTON, CIRCUIT_CLEA
                            CIRCUIT_REDUCE, CIRCUIT_RESULT, CIRCUIT_RUN_BUTTON, CIRCUIT_SEED, CIRCUIT_SOURCE,
                            CIRCUIT_STATUS, CIRCUIT_THRESHOLD, CIRCUIT_TOP_BUTTON, CIRCUIT_TOP_K, TAB_CIRCUIT)
 
-RANK_KINDS = ("head_out", "mlp_out", "attn_out")
+COMPONENT_KINDS = tuple(k for k in RANK_KINDS if k != "feature")   # an attribution run's 'att:' estimates
+FEATURE_CURVE_MAX = 100        # a curve over every SAE unit stops at the strongest this many
 IDLE = ("Choose runs whose effects colour the grid (or type components), click or box-select cells, "
         "then Run.")
 
@@ -74,11 +79,19 @@ class CircuitForm:
 
 
 def source_options(store, attribution_ids=()) -> list[dict]:
-    """History runs that can rank components (head_out, mlp_out, attn_out), then attribution runs."""
+    """History runs that can rank components (head_out, mlp_out, attn_out, feature), then attribution runs."""
     opts = [{"label": f"{info.title} · {info.kind}", "value": f"run:{info.id}"}
             for info in store.list() if info.kind in RANK_KINDS]
     for att in dict.fromkeys(a for a in attribution_ids if a):
-        opts.append({"label": f"Attribution #{att} (head_out + mlp_out estimates)", "value": f"att:{att}"})
+        try:
+            kinds = {r.spec.kind for r in store.get_attribution(att).results}
+        except ValueError:          # deleted meanwhile
+            continue
+        if kinds & set(COMPONENT_KINDS):
+            opts.append({"label": f"Attribution #{att} (head_out / mlp_out / attn_out estimates)",
+                         "value": f"att:{att}"})
+        if "feature" in kinds:
+            opts.append({"label": f"Attribution #{att} (SAE feature estimates)", "value": f"attf:{att}"})
     return opts
 
 
@@ -99,12 +112,13 @@ def load_sources(store, values) -> Sources:
         if what == "run":
             run = store.get(int(num))
             found, run_pairs, run_model = [run.result], tuple(run.pairs), run.info.model
-        elif what == "att":
+        elif what in ("att", "attf"):      # an attribution run's component (att) or feature (attf) estimates
             att = store.get_attribution(int(num))
-            found = [r for r in att.results if r.spec.kind in RANK_KINDS]
+            wanted = ("feature",) if what == "attf" else COMPONENT_KINDS
+            found = [r for r in att.results if r.spec.kind in wanted]
             run_pairs, run_model = tuple(att.pairs), (att.results[0].model_name or att.results[0].spec.model)
             if not found:
-                raise ValueError(f"attribution run {num} has no head_out, mlp_out or attn_out estimates")
+                raise ValueError(f"attribution run {num} has no {', '.join(wanted)} estimates")
         else:
             raise ValueError(f"unknown source {v!r}")
         if pairs is None:
@@ -114,6 +128,9 @@ def load_sources(store, values) -> Sources:
                              "choose runs of the same prompts")
         results += found
         labels.append(f"#{num}" if what == "run" else f"attribution #{num}")
+    if len({r.spec.kind == "feature" for r in results}) > 1:
+        raise ValueError("choose runs of heads / MLPs or runs of SAE features, not both: a circuit holds one "
+                         "or the other")
     return Sources(tuple(results), pairs or (), model, ", ".join(labels))
 
 
@@ -149,18 +166,22 @@ def run_circuit(registry, store, form: CircuitForm, page: tuple, metric: str | N
     effects = effects_of(sources.results, form.reduce)
     if form.curve_all and not effects:
         raise ValueError("a curve over every component needs runs to rank them: choose them under 'Effects from'")
-    ranked = list(all_components(model) if form.curve_all else spec.components)
+    every = feature_components(model_saes(model)) if spec.features else all_components(model)
+    ranked = list(every if form.curve_all else spec.components)
     if effects:          # by |effect|; components without one (e.g. MLPs of a head_out run) last
         def order(c):
             v = effects.get(c)
             return 1.0 if v is None or v != v else -abs(v)
         ranked.sort(key=order)
+    capped = spec.features and form.curve_all and len(ranked) > FEATURE_CURVE_MAX
+    ranked = ranked[:FEATURE_CURVE_MAX] if capped else ranked
     pairs = [(c, effects.get(c, float("nan"))) for c in ranked] if effects else ranked
     result = faithfulness(model, prompts, spec, metric=metric)
     curve = faithfulness_curve(model, prompts, pairs, ablation=spec.ablation, seed=spec.seed, metric=metric)
     return {"circuit": result.to_dict(), "curve": curve.to_json(), "where": where,
             "ranked_by": (f"|effect| in {sources.label}" if effects else "the order typed")
-            + (" (every component)" if form.curve_all else "")}
+            + ((f" (the {FEATURE_CURVE_MAX} strongest SAE units)" if capped else " (every component)")
+               if form.curve_all else "")}
 
 
 def faithfulness_text(payload: dict | None):
@@ -242,7 +263,7 @@ def layout() -> html.Div:
         html.Div([
             html.Div([dbc.Label("Effects from", html_for=CIRCUIT_SOURCE, className="field-label"),
                       dcc.Dropdown(id=CIRCUIT_SOURCE, options=[], value=[], multi=True,
-                                   placeholder="head_out / mlp_out runs from the history (optional)")],
+                                   placeholder="head_out / mlp_out / feature runs from the history (optional)")],
                      className="circuit-source"),
             html.Div([dbc.Label("Per-position effects", html_for=CIRCUIT_REDUCE, className="field-label"),
                       dbc.RadioItems(id=CIRCUIT_REDUCE, value="sum", inline=True,
@@ -254,7 +275,8 @@ def layout() -> html.Div:
         html.Div([
             dbc.Label("Components", html_for=CIRCUIT_COMPONENTS, className="field-label"),
             dbc.Input(id=CIRCUIT_COMPONENTS, type="text", value="", debounce=True, size="sm",
-                      placeholder="e.g. L0H1, L2H3, MLP0, ATTN1", className="circuit-components",
+                      placeholder="e.g. L0H1, L2H3, MLP0, ATTN1 — or SAE units L1F12, L2ERR",
+                      className="circuit-components",
                       style={"flex": "1", "minWidth": "260px"}),
             dbc.Input(id=CIRCUIT_TOP_K, type="number", value=5, min=0, step=1, size="sm", className="inspect-number",
                       style={"width": "80px"}),
@@ -341,8 +363,12 @@ def _register_components(app, ctx) -> SimpleNamespace:
         effects = effects_of(src.results, reduce)
         title = f"Effects from {src.label} (click or box-select cells)" if effects else \
             "Components (click or box-select cells; choose runs above to colour them by effect)"
-        fig = figures_circuit.component_grid(effects, n_layers=m.n_layers, n_heads=m.n_heads, selected=kept,
-                                             title=title)
+        if any(c.kind in SAE_UNITS for c in effects):
+            fig = figures_circuit.feature_grid(effects, selected=kept, title=f"SAE units' effects from {src.label}: "
+                                               "each layer's 10 strongest (click or box-select cells)")
+        else:
+            fig = figures_circuit.component_grid(effects, n_layers=m.n_layers, n_heads=m.n_heads, selected=kept,
+                                                 title=title)
         return fig, no_update
 
     app.callback(Output(CIRCUIT_GRID, "figure"), Output(CIRCUIT_STATUS, "children", allow_duplicate=True),

@@ -79,6 +79,9 @@ def layout() -> html.Div:
             dbc.Button("Download CSV", id=ids.DOWNLOAD_CSV_BUTTON, color="primary", outline=True,
                        size="sm", disabled=True, n_clicks=0),
             dcc.Download(id=ids.DOWNLOAD_CSV),
+            dbc.Button("Download top features CSV", id=ids.RESULTS_TOP_FEATURES_BUTTON, color="primary",
+                       outline=True, size="sm", n_clicks=0, style={"display": "none"}),
+            dcc.Download(id=ids.RESULTS_TOP_FEATURES_DOWNLOAD),
             dbc.Checklist(id=ids.RESULTS_HEAD_LABELS, switch=True, value=[], options=[
                 {"label": f"name heads that fire on a head detector (score ≥ {FIRES})", "value": "on"}]),
         ], className="toolbar"),
@@ -109,7 +112,30 @@ def layout() -> html.Div:
 # -- callbacks ----------------------------------------------------------------------------------
 def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
-    return SimpleNamespace(**vars(_register_run(app, ctx)), **vars(_register_attention(app, ctx)))
+    return SimpleNamespace(**vars(_register_run(app, ctx)), **vars(_register_attention(app, ctx)),
+                           **vars(_register_top_features(app, ctx)))
+
+
+def _register_top_features(app, ctx) -> SimpleNamespace:
+    """A feature run's top units per layer (what its heatmap shows) as CSV; the button shows for
+    feature runs only."""
+    def top_features_button(run_id):
+        run, _ = _read(ctx, run_id)
+        return {} if run is not None and "feature" in run.result.axes else {"display": "none"}
+
+    app.callback(Output(ids.RESULTS_TOP_FEATURES_BUTTON, "style"), Input(ids.CURRENT_RUN, "data"))(top_features_button)
+
+    def download_top_features(n_clicks, run_id):
+        """layer, rank, feature_label, the contract columns of each unit, ... (k per layer)."""
+        run = ctx.find_run(run_id) if n_clicks and run_id else None
+        if run is None or "feature" not in run.result.axes:
+            return no_update
+        from patching.figures.features import result_top_features
+        return dcc.send_string(write_csv(result_top_features(run.result)), export_name(run, "top-features") + ".csv")
+
+    app.callback(Output(ids.RESULTS_TOP_FEATURES_DOWNLOAD, "data"), Input(ids.RESULTS_TOP_FEATURES_BUTTON, "n_clicks"),
+                 State(ids.CURRENT_RUN, "data"), prevent_initial_call=True)(download_top_features)
+    return SimpleNamespace(top_features_button=top_features_button, download_top_features=download_top_features)
 
 
 def _read(ctx, run_id):

@@ -6,6 +6,8 @@ the EAP edge graph.
   name, and an invisible marker on every cell carries the component's name in
   `customdata`, so a click (`clickData`) or a box selection (`selectedData`) names components;
   kept components are outlined.
+- `feature_grid`: the same for SAE units (features, error nodes): layer x rank, each layer's
+  strongest units by |effect| named in their cells (a d_sae-wide grid would not read).
 - `curve_figure`: faithfulness against k (components added in ranked order), with the full (1)
   and empty (0) levels.
 - `edge_graph_figure`: nodes at x = layer, y = head (MLPs above the heads, the embedding and the
@@ -98,6 +100,55 @@ def component_grid(effects: dict, *, n_layers: int, n_heads: int, selected=(), t
                      zeroline=False, range=[-0.5, cols - 0.5])
     fig.update_yaxes(tickvals=list(range(n_layers)), ticktext=[f"L{l}" for l in range(n_layers)],
                      title_text="layer", autorange="reversed", showgrid=False, zeroline=False)
+    fig.update_layout(dragmode="select", clickmode="event", uirevision="circuit-grid")
+    return fig
+
+
+def feature_grid(effects: dict, *, k: int = 10, selected=(), title: str | None = None,
+                 value_label: str = "effect") -> go.Figure:
+    """SAE units' effects {Component: float} (features L1F12, error nodes L1ERR) as layer × rank:
+    each layer's k strongest units by |effect|, named in their cells; kept ones outlined; every
+    cell's component name in `customdata` (clicks and box selections name them, as in
+    `component_grid`).
+
+    >>> fig = feature_grid({Component(0, "feature", 3): 0.5, Component(0, "error"): -1.0}, k=2)
+    >>> list(fig.data[1].customdata)
+    ['L0ERR', 'L0F3']
+    """
+    by_layer: dict[int, list] = {}
+    for c, v in effects.items():
+        if c.kind in ("feature", "error") and v == v:
+            by_layer.setdefault(c.layer, []).append((c, v))
+    if not by_layer:
+        return empty_figure("No SAE unit has an effect to rank.")
+    layers = sorted(by_layer)
+    top = {l: sorted(by_layer[l], key=lambda cv: -abs(cv[1]))[:k] for l in layers}
+    cols = max(len(t) for t in top.values())
+    z = [[top[l][r][1] if r < len(top[l]) else None for r in range(cols)] for l in layers]
+    names = [[top[l][r][0].name if r < len(top[l]) else "" for r in range(cols)] for l in layers]
+    zmax = _absmax([v for row in z for v in row])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(cols)), y=list(range(len(layers))), customdata=names, text=names,
+        texttemplate="%{text}", colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax, hoverongaps=False,
+        colorbar=dict(title=dict(text=value_label, side="right"), thickness=12), xgap=1, ygap=1,
+        hovertemplate="%{customdata}<br>" + value_label + " %{z:.4f}<extra></extra>", name="effects"))
+    cells = [(r, i, names[i][r], z[i][r]) for i in range(len(layers)) for r in range(cols) if names[i][r]]
+    fig.add_trace(go.Scatter(
+        x=[r for r, *_ in cells], y=[i for _, i, *_ in cells], mode="markers", customdata=[n for *_, n, _ in cells],
+        text=[f"{n}<br>{value_label} {v:.4f}" for *_, n, v in cells], hovertemplate="%{text}<extra></extra>",
+        marker=dict(symbol="square", size=22, color="rgba(0,0,0,0)"), showlegend=False, name="cells",
+        selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=1))))
+    kept = {c.name for c in selected}
+    ko = [(r, i) for r, i, n, _ in cells if n in kept]
+    fig.add_trace(go.Scatter(x=[r for r, _ in ko], y=[i for _, i in ko], mode="markers", hoverinfo="skip",
+                             showlegend=False, name="kept",
+                             marker=dict(symbol="square-open", size=30, color=KEPT, line=dict(width=3))))
+    base_layout(fig, title or f"SAE units: each layer's {k} strongest by |{value_label}|",
+                height=max(260, 80 + 46 * len(layers)))
+    fig.update_xaxes(tickvals=list(range(cols)), ticktext=[f"#{r + 1}" for r in range(cols)], showgrid=False,
+                     title_text="rank in the layer (by |effect|)", zeroline=False, range=[-0.5, cols - 0.5])
+    fig.update_yaxes(tickvals=list(range(len(layers))), ticktext=[f"L{l}" for l in layers], title_text="layer",
+                     autorange="reversed", showgrid=False, zeroline=False)
     fig.update_layout(dragmode="select", clickmode="event", uirevision="circuit-grid")
     return fig
 

@@ -28,6 +28,32 @@ def top_features(df: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     return top.drop(columns="size").reset_index(drop=True)
 
 
+TOP_K = 10              # units per layer a feature result shows
+
+
+def result_top_features(result, k: int = TOP_K) -> pd.DataFrame:
+    """A `feature` result's (sweep or attribution) k strongest units per layer, ranked: its CSV
+    rows (contract columns, feature, feature_label, ...) plus `rank`; per-position results rank
+    (position, unit) cells, labelled F12@5.
+
+    >>> result_top_features(feature_result, k=3)[["layer", "rank", "feature_label"]].head(1)  # doctest: +SKIP
+    """
+    df = result.to_dataframe()
+    if "pos" in result.axes:
+        df["feature_label"] = df["feature_label"] + "@" + df["pos"].astype(str)
+    top = top_features(df, k)
+    first = ["layer", "rank", "feature_label", "feature"]
+    return top[first + [c for c in top.columns if c not in first]]
+
+
+def result_heatmap(result, k: int = TOP_K, title: str | None = None) -> go.Figure:
+    """A `feature` result as layer × rank (its k strongest units per layer), not layer × d_sae."""
+    top = result_top_features(result, k)
+    if top.empty:
+        return empty_figure("No feature changed anything between the two runs.")
+    return top_features_heatmap(top, k, title)
+
+
 def top_features_heatmap(df: pd.DataFrame, k: int = 10, title: str | None = None) -> go.Figure:
     """Layer (rows) × rank (columns): each cell is one of the layer's k strongest units, coloured
     by its effect (blue = towards clean, red = away, white = none), labelled F<index> or error."""
@@ -97,4 +123,4 @@ def task_bars(df: pd.DataFrame, layer: int, feature: int) -> go.Figure:
     return base_layout(fig, f"Patching L{layer} F{feature} alone, per task", height=300)
 
 
-__all__ = ["top_features", "top_features_heatmap", "histogram_figure", "logit_bars", "task_bars"]
+__all__ = ["TOP_K", "result_top_features", "result_heatmap", "top_features", "top_features_heatmap", "histogram_figure", "logit_bars", "task_bars"]

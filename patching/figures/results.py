@@ -460,6 +460,10 @@ def result_figure(result: PatchResult, mode: str = "raw",
                                x=1.0, y=1.0, xref="paper", yref="paper", xanchor="right", yanchor="bottom",
                                showarrow=False, font=dict(size=11, color="#6b7280"))
         return fig
+    if "feature" in result.axes:           # layer × rank of the strongest units, not layer × d_sae
+        from patching.figures.features import result_heatmap
+        return result_heatmap(result, title=(attribution_title(result) if hasattr(result, "method_label")
+                                             else _title(result)) + " · top units per layer")
     if hasattr(result, "method_label"):
         return heatmap(result, mode, title=attribution_title(result))
     return heatmap(result, mode, head_labels=head_labels)

@@ -40,7 +40,7 @@ from torch import Tensor
 from metrics import Metric, get_metric
 
 from patching.methods.sweep import plan_coords
-from patching.kinds import KINDS
+from patching.kinds import KINDS, EstimateOptions
 from patching.model.memory_budget import memory_budget, placed_devices
 from patching.model.loading import require_runner
 from patching.model.sae import model_saes
@@ -209,54 +209,17 @@ def _attribute(model, prompts: PromptSet, metric, direction: str, method: str, s
     return _Attribution(pair, grads, method, steps if method == "ig" else 0, time.perf_counter() - start)
 
 
-# -- node attributions, per kind ------------------------------------------------------------------
-def _dot(attr: str, att: _Attribution, layer: int) -> Tensor:
-    """(donor - base) * grad for one activation of one layer, same shape as the activation."""
-    delta = getattr(att.pair.donor.layers[layer], attr) - getattr(att.pair.base.layers[layer], attr)
-    return delta * att.grads[attr][layer]
-
-
-def _feature_estimate(att: _Attribution, sae, layer: int) -> Tensor:
-    """[b, T, d_sae + 1]: each feature's (donor - base) activation times the gradient along its
-    decoder direction, then the error node's (donor - base) error times the gradient."""
-    with torch.no_grad():
-        xb, xd = att.pair.base.layers[layer].resid_pre, att.pair.donor.layers[layer].resid_pre
-        fb, fd = sae.encode(xb), sae.encode(xd)
-        d_err = (xd - sae.decode(fd)) - (xb - sae.decode(fb))
-        grad = att.grads["resid_pre"][layer]                                # [b, T, d]
-        per_feature = (fd - fb) * (grad @ sae.W_dec.T.to(grad.dtype))        # [b, T, d_sae]
-        return torch.cat([per_feature, (d_err * grad).sum(-1, keepdim=True)], dim=-1)
-
-
+# -- node attributions, per kind (each kind's rule is its `Kind.attribute`) -------------------------
 def _full_estimate(model, att: _Attribution, kind: str, per_position: bool,
                    position_mask: Tensor | None, saes: dict | None = None) -> Tensor:
-    """Attribution over the kind's full axes, [n_layers, *index axes, n_pairs] (pairs last)."""
-    out = []
-    for layer in range(model.n_layers):
-        if kind in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
-            v = _dot(kind, att, layer).sum(-1)                        # [b, T]
-        elif kind in ("head_out", "head_q", "head_k", "head_v"):
-            attr = {"head_out": "z", "head_q": "q", "head_k": "k", "head_v": "v"}[kind]
-            v = _dot(attr, att, layer).sum(-1)                        # [b, T, heads]
-            if not per_position:
-                v = v.sum(1)                                          # [b, heads]
-        elif kind == "head_pattern":
-            v = _dot("pattern", att, layer).sum(-1).transpose(1, 2)   # [b, T_dest, H]
-            if not per_position:
-                v = v.sum(1)
-        elif kind == "neuron":
-            v = _dot("mlp_post", att, layer)                          # [b, T, d_mlp]
-            v = (v * position_mask[None, :, None]).sum(1)             # [b, d_mlp]
-        elif kind == "feature":
-            if layer not in saes:                                     # outside the sweep's layers
-                out.append(None)
-                continue
-            v = _feature_estimate(att, saes[layer], layer)            # [b, T, d_sae + 1]
-            if not per_position:
-                v = v.sum(1)
-        else:
-            raise ValueError(f"kind {kind!r} has no attribution estimate")
-        out.append(v.movedim(0, -1))
+    """Attribution over the kind's full axes, [n_layers, *index axes, n_pairs] (pairs last); NaN
+    at layers the kind has nothing to patch (a feature kind's layers without an SAE)."""
+    rule = KINDS[kind].attribute if kind in KINDS else None
+    if rule is None:
+        raise ValueError(f"kind {kind!r} has no attribution estimate")
+    opts = EstimateOptions(per_position, position_mask, saes)
+    out = [rule(att, layer, opts) for layer in range(model.n_layers)]
+    out = [None if v is None else v.movedim(0, -1) for v in out]
     filled = next(o for o in out if o is not None)
     out = [torch.full_like(filled, float("nan")) if o is None else o for o in out]
     return torch.stack(out).double().cpu()
