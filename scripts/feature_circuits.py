@@ -8,7 +8,8 @@ Per task (the preset's first n pairs of one length, denoise, logit_diff, mean ab
 - attribution's agreement with it (Pearson r, Spearman, top-10 overlap, flags);
 - the faithfulness of feature circuits of the top k features by |exact effect| (k = 5, 10, 20),
   without the error nodes (every error ablated) and with them (every layer's error node kept),
-  and of the error nodes alone.
+  and of the error nodes alone; and the curve further out (k up to every feature), to see how
+  many features a faithful feature circuit needs.
 Prints a table and writes the numbers as JSON.
 """
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch
 
 from patching import PatchSpec, PromptSet, load_model, sweep
 from patching.methods.attribution import run_attribution
-from patching.methods.circuit import CircuitSpec, Component, faithfulness, rank_components
+from patching.methods.circuit import CircuitSpec, Component, faithfulness, faithfulness_curve, rank_components
 from patching.methods.compare import compare_cells
 from patching.tasks.presets import runnable_pairs
 
 TASKS = ("ioi", "induction")
 KS = (5, 10, 20)
+CURVE_KS = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 1500)   # + every feature
 
 
 def measure(model, task: str, n: int) -> dict:
@@ -48,13 +50,18 @@ def measure(model, task: str, n: int) -> dict:
         with_err = faithfulness(model, prompts, CircuitSpec(top + errors)).faithfulness
         circuits[k] = {"features": [c.name for c in top], "without_errors": without, "with_errors": with_err}
     errors_only = faithfulness(model, prompts, CircuitSpec(errors)).faithfulness
+    ks = tuple(k for k in CURVE_KS if k < len(features)) + (len(features),)
+    curve = {}
+    for name, keep in (("without_errors", ()), ("with_errors", errors)):
+        c = faithfulness_curve(model, prompts, features, ks=ks, keep=keep)
+        curve[name] = dict(zip(map(str, ks), c.faithfulness))
     return {"task": task, "n_pairs": prompts.n_pairs, "clean": float(exact.clean_value),
             "corrupt": float(exact.corrupt_value), "gap": gap,
             "top_features": [{"unit": c.name, "effect": e, "share_of_gap": e / gap} for c, e in features[:10]],
             "error_nodes": [{"unit": c.name, "effect": effect[c], "share_of_gap": effect[c] / gap} for c in errors],
             "attribution": {"pearson": agree.pearson, "spearman": agree.spearman, "topk_overlap": agree.topk_overlap,
                             "k": agree.k, **agree.counts()},
-            "circuits": circuits, "errors_only": errors_only, "seconds_exact": exact.seconds}
+            "circuits": circuits, "errors_only": errors_only, "curve": curve, "seconds_exact": exact.seconds}
 
 
 def main() -> None:
@@ -78,6 +85,8 @@ def main() -> None:
             print(f"  top {k:>2} features: faithfulness {c['without_errors']:+.3f} without error nodes, "
                   f"{c['with_errors']:+.3f} with them")
         print(f"  error nodes alone: {r['errors_only']:+.3f}")
+        for name, points in r["curve"].items():
+            print(f"  curve {name}: " + ", ".join(f"k={k} {v:+.3f}" for k, v in points.items()))
     Path(args.out).write_text(json.dumps({"model": "default", "ablation": "mean", "direction": "denoise",
                                           "metric": "logit_diff", "tasks": out,
                                           "seconds": time.perf_counter() - start}, indent=1) + "\n")
