@@ -2,7 +2,9 @@
 
     PYTHONPATH=. python scripts/feature_circuits.py [--n 16] [--out docs/feature-circuits.json]
 
-Per task (the preset's first n pairs of one length, denoise, logit_diff, mean ablation):
+Per task (the preset's first n pairs of one length, denoise, logit_diff), for two ablations of
+the units not kept -- `mean` (over the corrupt prompts) and `corrupt` (the pair's own corrupt
+prompt: only what differs between the two prompts is removed):
 - the exact feature sweep (every feature and error node of every layer): the top features and the
   error nodes by effect, as a share of the clean - corrupt gap;
 - attribution's agreement with it (Pearson r, Spearman, top-10 overlap, flags);
@@ -29,6 +31,7 @@ from patching.tasks.presets import runnable_pairs
 
 TASKS = ("ioi", "induction")
 KS = (5, 10, 20)
+ABLATIONS = ("mean", "corrupt")
 CURVE_KS = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 1500)   # + every feature
 
 
@@ -43,18 +46,21 @@ def measure(model, task: str, n: int) -> dict:
     effect = dict(ranked)
     (estimate,) = run_attribution(model, prompts, kinds=["feature"])
     agree = compare_cells(exact, estimate)
-    circuits = {}
-    for k in KS:
-        top = [c for c, _ in features[:k]]
-        without = faithfulness(model, prompts, CircuitSpec(top)).faithfulness
-        with_err = faithfulness(model, prompts, CircuitSpec(top + errors)).faithfulness
-        circuits[k] = {"features": [c.name for c in top], "without_errors": without, "with_errors": with_err}
-    errors_only = faithfulness(model, prompts, CircuitSpec(errors)).faithfulness
     ks = tuple(k for k in CURVE_KS if k < len(features)) + (len(features),)
-    curve = {}
-    for name, keep in (("without_errors", ()), ("with_errors", errors)):
-        c = faithfulness_curve(model, prompts, features, ks=ks, keep=keep)
-        curve[name] = dict(zip(map(str, ks), c.faithfulness))
+    circuits, errors_only, curve = {}, {}, {}
+    for ablation in ABLATIONS:
+        circuits[ablation] = {}
+        for k in KS:
+            top = [c for c, _ in features[:k]]
+            without = faithfulness(model, prompts, CircuitSpec(top, ablation)).faithfulness
+            with_err = faithfulness(model, prompts, CircuitSpec(top + errors, ablation)).faithfulness
+            circuits[ablation][k] = {"features": [c.name for c in top], "without_errors": without,
+                                     "with_errors": with_err}
+        errors_only[ablation] = faithfulness(model, prompts, CircuitSpec(errors, ablation)).faithfulness
+        curve[ablation] = {}
+        for name, keep in (("without_errors", ()), ("with_errors", errors)):
+            c = faithfulness_curve(model, prompts, features, ks=ks, keep=keep, ablation=ablation)
+            curve[ablation][name] = dict(zip(map(str, ks), c.faithfulness))
     return {"task": task, "n_pairs": prompts.n_pairs, "clean": float(exact.clean_value),
             "corrupt": float(exact.corrupt_value), "gap": gap,
             "top_features": [{"unit": c.name, "effect": e, "share_of_gap": e / gap} for c, e in features[:10]],
@@ -81,13 +87,15 @@ def main() -> None:
         a = r["attribution"]
         print(f"  attribution vs exact: Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, "
               f"top-{a['k']} overlap {a['topk_overlap']:.2f}, {a['missed']} missed, {a['invented']} invented")
-        for k, c in r["circuits"].items():
-            print(f"  top {k:>2} features: faithfulness {c['without_errors']:+.3f} without error nodes, "
-                  f"{c['with_errors']:+.3f} with them")
-        print(f"  error nodes alone: {r['errors_only']:+.3f}")
-        for name, points in r["curve"].items():
-            print(f"  curve {name}: " + ", ".join(f"k={k} {v:+.3f}" for k, v in points.items()))
-    Path(args.out).write_text(json.dumps({"model": "default", "ablation": "mean", "direction": "denoise",
+        for ablation in ABLATIONS:
+            print(f"  {ablation} ablation:")
+            for k, c in r["circuits"][ablation].items():
+                print(f"    top {k:>2} features: faithfulness {c['without_errors']:+.3f} without error nodes, "
+                      f"{c['with_errors']:+.3f} with them")
+            print(f"    error nodes alone: {r['errors_only'][ablation]:+.3f}")
+            for name, points in r["curve"][ablation].items():
+                print(f"    curve {name}: " + ", ".join(f"k={k} {v:+.3f}" for k, v in points.items()))
+    Path(args.out).write_text(json.dumps({"model": "default", "ablations": list(ABLATIONS), "direction": "denoise",
                                           "metric": "logit_diff", "tasks": out,
                                           "seconds": time.perf_counter() - start}, indent=1) + "\n")
     print(f"\nwrote {args.out} ({time.perf_counter() - start:.0f} s)")

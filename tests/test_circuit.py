@@ -31,7 +31,7 @@ def prompt_sets(tiny_models):
 def _reference(model, prompts, circuit: set[str], ablation: str, seed: int = 0) -> torch.Tensor:
     """Written independently of patching.methods.circuit: one pair per forward, a TransformerLens hook per
     layer that overwrites z[:, :, h] (hook_z) of each head not in the circuit and hook_mlp_out of
-    each MLP not in it, with the corrupt run's mean / another pair's value / zeros."""
+    each MLP not in it, with the corrupt run's mean / another pair's value / zeros / its own value."""
     bridge = model.bridge
     L, H = model.n_layers, model.n_heads
     names = {hooks.z(l) for l in range(L)} | {hooks.mlp_out(l) for l in range(L)}
@@ -49,6 +49,8 @@ def _reference(model, prompts, circuit: set[str], ablation: str, seed: int = 0) 
                 return act.mean(0)
             if ablation == "zero":
                 return torch.zeros_like(act[0])
+            if ablation == "corrupt":           # the pair's own corrupt prompt
+                return act[i]
             return act[source[i]]
 
         fwd = []

@@ -84,7 +84,7 @@ def test_feature_out_of_range_names_the_feature_and_the_range(model, prompts, ra
         faithfulness(model, prompts, CircuitSpec(parse_components(f"L1F{D_SAE}"), saes=str(random_saes)))
 
 
-@pytest.mark.parametrize("ablation", ["mean", "resample", "zero"])
+@pytest.mark.parametrize("ablation", ["mean", "resample", "zero", "corrupt"])
 def test_full_and_empty_feature_circuits(model, prompts, saes, random_saes, ablation):
     """Every unit kept: the clean run (float precision); none kept: 0 by definition, and the naive
     splice with everything ablated gives the same metric."""
@@ -96,9 +96,13 @@ def test_full_and_empty_feature_circuits(model, prompts, saes, random_saes, abla
     assert torch.allclose(r.full.float(), want, atol=1e-4) and r.faithfulness == pytest.approx(1.0)
     if ablation != "resample":            # the naive version has no resample sources
         assert torch.allclose(r.empty.float(), _naive(model, prompts, saes, set(), ablation), atol=1e-4)
+    if ablation == "corrupt":             # every unit from the pair's own corrupt run: the corrupt run
+        corrupt = model.bridge(prompts.corrupt_tokens)[:, -1]
+        assert torch.allclose(r.empty.float(), corrupt[rows, prompts.answer_ids] - corrupt[rows, prompts.wrong_ids],
+                              atol=1e-3)
 
 
-@pytest.mark.parametrize("ablation", ["mean", "zero"])
+@pytest.mark.parametrize("ablation", ["mean", "zero", "corrupt"])
 @pytest.mark.parametrize("kept", ["L0F1,L1F3,L2ERR,L3F0,L3F7", "L0ERR,L1ERR,L2ERR,L3ERR", "L2F5"])
 def test_feature_circuit_matches_the_naive_splice(model, prompts, saes, random_saes, kept, ablation):
     r = faithfulness(model, prompts, CircuitSpec(parse_components(kept), ablation, saes=str(random_saes)))

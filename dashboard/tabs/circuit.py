@@ -287,7 +287,8 @@ def layout() -> html.Div:
             html.Div([dbc.Label("Ablate the rest", html_for=CIRCUIT_ABLATION, className="field-label"),
                       dbc.RadioItems(id=CIRCUIT_ABLATION, value="mean", inline=True,
                                      options=[{"label": {"mean": "mean (corrupt set)", "resample": "resample",
-                                                         "zero": "zero"}[a], "value": a} for a in ABLATIONS])]),
+                                                         "zero": "zero", "corrupt": "own corrupt"}[a], "value": a}
+                                              for a in ABLATIONS])]),
             html.Div([dbc.Label("Seed", html_for=CIRCUIT_SEED, className="field-label"),
                       dbc.Input(id=CIRCUIT_SEED, type="number", value=0, step=1, size="sm", className="inspect-number",
                                 style={"width": "90px"})]),

@@ -153,7 +153,7 @@ def add_commands(sub) -> None:
                                         "comma-separated (default: the curve's top --top)")
     p.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what other components' outputs become: mean over the corrupt prompts (default), "
-                        "another pair's corrupt value (resample), or zero")
+                        "another pair's corrupt value (resample), zero, or the pair's own corrupt value (corrupt)")
     p.add_argument("--ablation-seed", type=whole(0, MAX_SEED), default=0, help="resample ablation's seed (default 0)")
     p.add_argument("--metric", default="logit_diff", help="metric (default logit_diff)")
     p.add_argument("--curve-from", help="rank components by these sweeps' effects and draw the curve: "

@@ -107,7 +107,7 @@ def component_grid(effects: dict, *, n_layers: int, n_heads: int, selected=(), t
 def feature_grid(effects: dict, *, k: int = 10, selected=(), title: str | None = None,
                  value_label: str = "effect") -> go.Figure:
     """SAE units' effects {Component: float} (features L1F12, error nodes L1ERR) as layer × rank:
-    each layer's k strongest units by |effect|, named in their cells; kept ones outlined; every
+    each layer's k strongest units by |effect|, named in their cells; kept ones outlined (shapes); every
     cell's component name in `customdata` (clicks and box selections name them, as in
     `component_grid`).
 
@@ -139,10 +139,9 @@ def feature_grid(effects: dict, *, k: int = 10, selected=(), title: str | None =
         marker=dict(symbol="square", size=22, color="rgba(0,0,0,0)"), showlegend=False, name="cells",
         selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=1))))
     kept = {c.name for c in selected}
-    ko = [(r, i) for r, i, n, _ in cells if n in kept]
-    fig.add_trace(go.Scatter(x=[r for r, _ in ko], y=[i for _, i in ko], mode="markers", hoverinfo="skip",
-                             showlegend=False, name="kept",
-                             marker=dict(symbol="square-open", size=30, color=KEPT, line=dict(width=3))))
+    fig.update_layout(shapes=[dict(type="rect", x0=r - 0.48, x1=r + 0.48, y0=i - 0.46, y1=i + 0.46,
+                                   line=dict(color=KEPT, width=3), layer="above")
+                              for r, i, n, _ in cells if n in kept])
     base_layout(fig, title or f"SAE units: each layer's {k} strongest by |{value_label}|",
                 height=max(260, 80 + 46 * len(layers)))
     fig.update_xaxes(tickvals=list(range(cols)), ticktext=[f"#{r + 1}" for r in range(cols)], showgrid=False,

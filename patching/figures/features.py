@@ -77,7 +77,8 @@ def top_features_heatmap(df: pd.DataFrame, k: int = 10, title: str | None = None
         colorbar=dict(title=dict(text="effect<br>(blue: towards clean)", side="right"))))
     fig.update_yaxes(autorange="reversed", title="layer (SAE on the block input)")
     fig.update_xaxes(title=f"the layer's {k} strongest features, by |effect|", side="top")
-    return base_layout(fig, title or "Top SAE features per layer (exact patching)", height=120 + 48 * len(layers))
+    base_layout(fig, title or "Top SAE features per layer (exact patching)", height=150 + 48 * len(layers))
+    return fig.update_layout(margin=dict(t=100))          # the title above the top axis and its title
 
 
 def histogram_figure(hist: pd.DataFrame, frac_active: float, layer: int, feature: int) -> go.Figure:

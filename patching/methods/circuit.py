@@ -10,7 +10,9 @@ output replaced at every position by
 - `resample`: its activation on another pair's corrupt prompt (pair i reads pair
   (i + s_i) mod n with s_i in 1..n-1 drawn from `seed`; one draw per pair, shared by all
   ablated components; with a single pair, that pair's own corrupt prompt);
-- `zero`: zeros.
+- `zero`: zeros;
+- `corrupt`: its activation on the pair's own corrupt prompt (the counterfactual, as path patching
+  and ACDC's patching ablation: only what differs between the pair's two prompts is removed).
 
 Heads are ablated through their z (TransformerLens' `hook_z`, before W_O; the output bias b_O
 stays), MLPs through their output (`hook_mlp_out`). Kept components are recomputed from the
@@ -59,7 +61,7 @@ from patching.methods.pair import CachedPair
 from patching.model.runner import Edit
 from patching.core.spec import check_whole
 
-ABLATIONS = ("mean", "resample", "zero")
+ABLATIONS = ("mean", "resample", "zero", "corrupt")
 RANK_KINDS = ("head_out", "mlp_out", "attn_out", "feature")    # results that rank components
 REDUCTIONS = ("sum", "max")
 
@@ -411,7 +413,8 @@ def _ablation_values(z: list, mlp: list, ablation: str, seed: int) -> _Ablation:
     if ablation == "zero":
         return _Ablation([torch.zeros_like(t[:1]) for t in z], [torch.zeros_like(t[:1]) for t in mlp],
                          torch.zeros(n, dtype=torch.long, device=device))
-    return _Ablation(list(z), list(mlp), _resample_sources(n, seed, device))
+    src = torch.arange(n, device=device) if ablation == "corrupt" else _resample_sources(n, seed, device)
+    return _Ablation(list(z), list(mlp), src)
 
 
 class _AblationEdit(Edit):

@@ -126,12 +126,12 @@ def test_feature_runs_rank_sae_units_in_the_circuit_tab(ctx, store, shipped_mode
     cb = circuit_tab.register(dash.Dash(__name__, suppress_callback_exceptions=True), ctx)
     assert f"run:{run_id}" in [o["value"] for o in cb.sources(0, None, None, None)]
     fig, status = cb.grid([f"run:{run_id}"], "sum", "L3ERR", "default")
-    heat, cells, kept = fig.data
+    heat, cells = fig.data
     effect = result.values - result.base_value
     best = int(effect[3].abs().argmax())
     assert heat.customdata[3][0] == ("L3ERR" if best == D_SAE else f"L3F{best}")
-    if "L3ERR" in list(cells.customdata):
-        assert len(kept.x) == 1
+    at = [(x, y) for x, y, n in zip(cells.x, cells.y, cells.customdata) if n == "L3ERR"]
+    assert [((s.x0 + s.x1) / 2, (s.y0 + s.y1) / 2) for s in fig.layout.shapes] == [tuple(map(float, p)) for p in at]
     text, _ = cb.select(None, None, 1, 0, "", 5, [f"run:{run_id}"], "sum", trig=circuit_tab.CIRCUIT_TOP_BUTTON)
     top5 = parse_components(text)
     assert len(top5) == 5 and all(c.kind in ("feature", "error") for c in top5)
