@@ -135,3 +135,45 @@ def test_features_rank_by_a_feature_sweep_and_the_curve_matches_single_circuits(
         assert v == pytest.approx(one.m_circuit, abs=1e-5)
         assert float(curve.empty.mean()) == pytest.approx(one.m_empty, abs=1e-5)
     assert curve.to_dataframe()["added"].iloc[1] == ranked[2][0].name      # k = 3 adds the third
+
+
+def _pairs_csv(tmp_path) -> str:
+    import csv
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["clean", "corrupt", "answer", "wrong"])
+        w.writerows(PAIRS)
+    return str(path)
+
+
+def test_cli_feature_circuit_and_curve(model, prompts, random_saes, tmp_path, capsys):
+    import json
+
+    from patching import cli
+    base = ["circuit", "--model", "default", "--device", "cpu", "--pairs", _pairs_csv(tmp_path),
+            "--saes", str(random_saes)]
+    assert cli.main([*base, "--components", "L0F1,L3ERR", "--ablation", "corrupt", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = faithfulness(model, prompts, CircuitSpec(parse_components("L0F1,L3ERR"), "corrupt", saes=str(random_saes)))
+    assert doc["circuit"]["components"] == "L0F1,L3ERR" and doc["circuit"]["saes"] == str(random_saes)
+    assert doc["circuit"]["faithfulness"] == pytest.approx(want.faithfulness, abs=1e-6)
+    assert cli.main([*base, "--curve-from", "feature", "--top", "4", "--keep", "L0ERR,L1ERR", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ranked = rank_components(sweep(model, prompts, PatchSpec(kind="feature", saes=str(random_saes))))
+    assert [row["added"] for row in doc["curve"]][1:] == [c.name for c, _ in ranked[:4]]
+    kept = {"L0ERR", "L1ERR"} | {c.name for c, _ in ranked[:4]}
+    assert doc["curve"][0]["circuit"] == "L0ERR,L1ERR" and doc["circuit"]["n_components"] == len(kept)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--components", "L0H1,L1F3"], "not both"),
+    (["--components", f"L1F{D_SAE}"], f"component L1F{D_SAE}: feature {D_SAE} out of range"),
+    (["--curve-from", "head_out,feature"], "not both"),
+])
+def test_cli_feature_circuit_bad_input_exits_2(model, random_saes, tmp_path, capsys, extra, message):
+    from patching import cli
+    code = cli.main(["circuit", "--model", "default", "--device", "cpu", "--pairs", _pairs_csv(tmp_path),
+                     "--saes", str(random_saes), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
