@@ -6,10 +6,11 @@ headless Chromium, one page in file order, four IOI preset pairs:
 - Attribution: the `feature` kind in the kinds list, its layer x rank figure, and "Compare with
   exact patching" reporting Pearson r, top-k overlap and the flagged cells (both directions);
 - Circuit: the feature run ranks SAE units, Top k keeps the 10 strongest, Run gives the feature
-  circuit's faithfulness and curve; heads mixed with features are refused inline.
+  circuit's faithfulness and curve; heads mixed with features are refused inline;
+- Features: the page of L2 F109, the IOI preset's strongest single feature.
 
 Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 31-feature-attribution.png,
-32-feature-circuit.png and 33-feature-results.png.
+32-feature-circuit.png, 33-feature-results.png and 34-feature-L2F109-contexts.png.
 """
 from __future__ import annotations
 
@@ -131,4 +132,18 @@ def test_a_feature_circuit_from_the_feature_run(page):
     page.press(f"#{ct.CIRCUIT_COMPONENTS}", "Tab")
     page.click(f"#{ct.CIRCUIT_RUN_BUTTON}")
     wait_text(page, ct.CIRCUIT_STATUS, "not both")
+    assert not page.errors, page.errors
+
+
+def test_the_strongest_ioi_feature_has_a_page(page):
+    """L2 F109, the IOI preset's strongest single feature (docs/features.md): its contexts page."""
+    page.click("a.nav-link:text-is('Features')")
+    page.locator(f"#{ids.FEATURES_VIEW} label", has_text="Contexts").click()
+    page.fill(f"#{ids.FEATURES_LAYER}", "2")
+    page.fill(f"#{ids.FEATURES_FEATURE}", "109")
+    page.press(f"#{ids.FEATURES_FEATURE}", "Enter")
+    page.wait_for_function("document.querySelector('#features-graph .gtitle') && "
+                           "document.querySelector('#features-graph .gtitle').textContent.includes('L2 F109')")
+    page.wait_for_selector("#features-table td")
+    shot(page, "34-feature-L2F109-contexts")
     assert not page.errors, page.errors
