@@ -89,7 +89,7 @@ def layout() -> html.Div:
                      dbc.Input(id=ids.ATTR_STEPS, type="number", min=1, max=MAX_IG_STEPS, step=1,
                                value=16, size="sm", disabled=True),
                      dbc.Checklist(id=ids.ATTR_PER_POSITION, switch=True, value=[], className="mt-1",
-                                   options=[{"label": "head kinds per position", "value": "per"}]),
+                                   options=[{"label": "head and feature kinds per position", "value": "per"}]),
                      dbc.Checklist(id=ids.ATTR_EDGES, switch=True, value=[],
                                    options=[{"label": "edge scores (EAP)", "value": "edges"}])], md=3),
         ], className="g-3 tab-options"),

@@ -46,35 +46,45 @@ def result_top_features(result, k: int = TOP_K) -> pd.DataFrame:
     return top[first + [c for c in top.columns if c not in first]]
 
 
-def result_heatmap(result, k: int = TOP_K, title: str | None = None) -> go.Figure:
-    """A `feature` result as layer × rank (its k strongest units per layer), not layer × d_sae."""
+def result_heatmap(result, k: int = TOP_K, title: str | None = None, mode: str = "raw") -> go.Figure:
+    """A `feature` result as layer × rank (its k strongest units per layer), not layer × d_sae;
+    coloured by effect (mode "raw") or by the effect over the clean − corrupt gap ("normalized":
+    +1 = a whole gap towards clean, in both directions)."""
     top = result_top_features(result, k)
     if top.empty:
         return empty_figure("No feature changed anything between the two runs.")
+    gap = float(result.clean_value - result.corrupt_value)
+    if mode == "normalized" and abs(gap) > 1e-12:
+        top["normalized_effect"] = top["effect"] / gap
+        return top_features_heatmap(top, k, title, value="normalized_effect")
     return top_features_heatmap(top, k, title)
 
 
-def top_features_heatmap(df: pd.DataFrame, k: int = 10, title: str | None = None) -> go.Figure:
-    """Layer (rows) × rank (columns): each cell is one of the layer's k strongest units, coloured
-    by its effect (blue = towards clean, red = away, white = none), labelled F<index> or error."""
+def top_features_heatmap(df: pd.DataFrame, k: int = 10, title: str | None = None,
+                         value: str = "effect") -> go.Figure:
+    """Layer (rows) × rank (columns): each cell is one of the layer's k strongest units (by
+    |effect|), coloured by `value` ("effect", or "normalized_effect": effect over the clean −
+    corrupt gap; blue = towards clean, red = away, white = none), labelled F<index> or error."""
     top = top_features(df, k)
     if top.empty:
         return empty_figure("No feature changed anything between the two runs.")
     layers = sorted(top["layer"].unique())
     ranks = list(range(1, int(top["rank"].max()) + 1))
     grid = top.pivot(index="layer", columns="rank", values="effect").reindex(index=layers, columns=ranks)
+    colour = top.pivot(index="layer", columns="rank", values=value).reindex(index=layers, columns=ranks)
     labels = top.pivot(index="layer", columns="rank", values="feature_label").reindex(index=layers, columns=ranks)
     norm = top.pivot(index="layer", columns="rank", values="normalized").reindex(index=layers, columns=ranks)
-    bound = float(top["effect"].abs().max()) or 1.0
+    bound = float(top[value].abs().max()) or 1.0
     hover = [[(f"layer {layer} · {labels.loc[layer, r]}<br>effect {grid.loc[layer, r]:+.3f}"
                f" (normalised {norm.loc[layer, r]:.3f})") if isinstance(labels.loc[layer, r], str) else ""
               for r in ranks] for layer in layers]
     fig = go.Figure(go.Heatmap(
-        z=grid.values, x=[f"#{r}" for r in ranks], y=[f"L{layer}" for layer in layers],
+        z=colour.values, x=[f"#{r}" for r in ranks], y=[f"L{layer}" for layer in layers],
         text=labels.fillna("").values, texttemplate="%{text}", customdata=hover,
         hovertemplate="%{customdata}<extra></extra>", colorscale=DIVERGING,
         zmin=-bound, zmax=bound, zmid=0,
-        colorbar=dict(title=dict(text="effect<br>(blue: towards clean)", side="right"))))
+        colorbar=dict(title=dict(text=("effect / gap" if value == "normalized_effect" else "effect")
+                                 + "<br>(blue: towards clean)", side="right"))))
     fig.update_yaxes(autorange="reversed", title="layer (SAE on the block input)")
     fig.update_xaxes(title=f"the layer's {k} strongest features, by |effect|", side="top")
     base_layout(fig, title or "Top SAE features per layer (exact patching)", height=150 + 48 * len(layers))

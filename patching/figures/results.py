@@ -463,7 +463,7 @@ def result_figure(result: PatchResult, mode: str = "raw",
     if "feature" in result.axes:           # layer × rank of the strongest units, not layer × d_sae
         from patching.figures.features import result_heatmap
         return result_heatmap(result, title=(attribution_title(result) if hasattr(result, "method_label")
-                                             else _title(result)) + " · top units per layer")
+                                             else _title(result)) + " · top units per layer", mode=mode)
     if hasattr(result, "method_label"):
         return heatmap(result, mode, title=attribution_title(result))
     return heatmap(result, mode, head_labels=head_labels)

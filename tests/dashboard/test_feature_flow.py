@@ -94,7 +94,11 @@ def test_a_feature_run_shows_each_layers_top_units_and_their_csv(ctx, store, fea
         order = effect[layer].abs().argsort(descending=True)[:10].tolist()
         want = ["error" if u == D_SAE else f"F{u}" for u in order]
         assert list(heat.text[layer]) == want
-        assert heat.z[layer][0] == pytest.approx(float(effect[layer, order[0]]), abs=1e-6)
+        gap = float(result.clean_value - result.corrupt_value)
+        assert heat.z[layer][0] == pytest.approx(float(effect[layer, order[0]]) / gap, abs=1e-6)   # normalised
+    raw = results_tab.run_view(ctx.run(run_id), None, "raw", "png")[0].data[0]
+    assert list(raw.text[0]) == list(heat.text[0]) and "effect / gap" in heat.colorbar.title.text
+    assert raw.z[0][0] == pytest.approx(float(effect[0].abs().max()) * (1 if raw.z[0][0] > 0 else -1), abs=1e-6)
     cb = results_tab.register(dash.Dash(__name__, suppress_callback_exceptions=True), ctx)
     assert cb.top_features_button(run_id) == {}
     sent = cb.download_top_features(1, run_id)
