@@ -480,9 +480,11 @@ def _hook_forward(bridge, tokens: Tensor, pair: Tensor, keep: Tensor, abl: _Abla
     return bridge.run_with_hooks(tokens[pair], fwd_hooks=fwd_hooks)[:, -1]
 
 
-def _rows_per_forward(model, n_pos: int, max_memory_mb: float | None) -> int:
+def _rows_per_forward(model, n_pos: int, max_memory_mb: float | None, units: int = 0) -> int:
+    """Rows one ablated forward may hold; `units` = SAE units per layer of a feature circuit (its
+    splice holds the features twice and a mask row)."""
     d, d_mlp, H = model.cfg.d_model, model.d_mlp, model.n_heads
-    floats = n_pos * (10 * d + 3 * d_mlp + 2 * H * n_pos) + model.cfg.d_vocab
+    floats = n_pos * (10 * d + 3 * d_mlp + 2 * H * n_pos + 3 * units) + model.cfg.d_vocab
     budget = memory_budget(model.device, max_memory_mb or None,     # the devices' free memory
                            also=placed_devices(getattr(model, "device_map", None)))
     return max(1, int(budget // (4 * floats)))
@@ -520,7 +522,7 @@ class _Context:
         L, H, P = model.n_layers, model.n_heads, prompts.n_pairs
         n_nodes = self.n_nodes
         device = prompts.clean_tokens.device
-        per = max(1, _rows_per_forward(model, prompts.n_pos, self.max_memory_mb) // P)
+        per = max(1, _rows_per_forward(model, prompts.n_pos, self.max_memory_mb, self.abl.units) // P)
         out: list[Tensor] = []
         for lo in range(0, len(masks), per):
             part = masks[lo:lo + per]
