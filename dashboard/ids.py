@@ -82,6 +82,16 @@ ATTENTION_DOWNLOAD = "attention-download"
 ATTENTION_CELL = "attention-cell"          # dcc.Store: the clicked (layer, pos, head) and pair
 ATTENTION_PAIR = "attention-pair"          # which prompt pair the attention panel shows
 ATTENTION_RECEIVER = "attention-receiver"  # the later head shown under a head_out / head_v patch
+# the Results tab's head clustergram (dashboard/tabs/clustergram.py)
+CLUSTER_BUTTON = "clustergram-button"      # "Cluster heads" of the run on screen
+CLUSTER_PROFILE = "clustergram-profile"    # pairs / mean
+CLUSTER_DISTANCE = "clustergram-distance"  # euclidean / correlation
+CLUSTER_LINKAGE = "clustergram-linkage"    # average / complete / single
+CLUSTER_STATUS = "clustergram-status"
+CLUSTER_GRAPH = "clustergram-graph"
+CLUSTER_FOR = "clustergram-for"            # dcc.Store: the run id the clustergram on screen is of
+CLUSTER_DOWNLOAD_BUTTON = "clustergram-download-button"
+CLUSTER_DOWNLOAD = "clustergram-download"
 
 # -- history & compare ---------------------------------------------------------------------
 HISTORY_VERSION = "history-version"        # dcc.Store bumped when runs are saved or deleted
