@@ -234,6 +234,26 @@ NEURONS_TABLE_BOX = "neurons-table-box"
 NEURONS_STATUS = "neurons-status"
 NEURONS_DOWNLOAD_BUTTON = "neurons-download-button"
 NEURONS_DOWNLOAD = "neurons-download"
+# the Neurons tab's dataset explorer (dashboard/tabs/neuron_explorer.py)
+NX_UPLOAD = "nx-upload"                    # dcc.Upload: a prompt dataset (.txt or .csv)
+NX_DATASET = "nx-dataset"                  # dcc.Store: {"source": "task"} or the saved upload's {sha, name, n}
+NX_DATASET_STATUS = "nx-dataset-status"
+NX_SEARCH = "nx-search"                    # substring (or regex) filter over the prompts
+NX_REGEX = "nx-regex"                      # checklist: the search is a regular expression
+NX_SEARCH_STATUS = "nx-search-status"
+NX_PROMPTS = "nx-prompts"                  # DataTable of the matching prompts (select one)
+NX_PROMPT = "nx-prompt"                    # dcc.Store: the selected prompt's index in the dataset
+NX_TOKEN = "nx-token"                      # slider: the token of the selected prompt
+NX_TOKEN_LABEL = "nx-token-label"
+NX_TOKEN_GRAPH = "nx-token-graph"          # every layer's neurons at that token (click: pick a neuron)
+NX_LAYER = "nx-layer"
+NX_NEURON = "nx-neuron"
+NX_NEURON_STATUS = "nx-neuron-status"
+NX_HISTOGRAM = "nx-histogram"
+NX_TOP = "nx-top"                          # DataTable: the neuron's top-activating tokens with context
+NX_METHOD = "nx-method"                    # pca | tsne
+NX_CLUSTER_POS = "nx-cluster-pos"          # the position the cluster view reads (-1: each prompt's last)
+NX_CLUSTER = "nx-cluster"                  # prompts as points coloured by the neuron (click: select the prompt)
 
 # -- Circuit tab (dashboard/tabs/circuit.py) ------------------------------------------------------
 TAB_CIRCUIT = "tab-circuit"

@@ -165,12 +165,23 @@ def cluster_by_neuron(acts: NeuronActs, layer: int, neuron: int, pos: int = -1, 
     >>> cluster_by_neuron(acts, 2, 17)[["x", "activation"]].shape
     (8, 2)
     """
-    layer, neuron = _layer(acts, layer), _neuron(acts, neuron)
-    df = cluster_prompts(acts, layer, pos, method=method, perplexity=perplexity, seed=seed)
-    x, _ = _at(acts, layer, pos)
-    df["neuron"] = neuron
-    df["activation"] = x[:, neuron].numpy()
-    return df
+    layer = _layer(acts, layer)
+    return with_neuron(acts, cluster_prompts(acts, layer, pos, method=method, perplexity=perplexity, seed=seed),
+                       neuron)
+
+
+def with_neuron(acts: NeuronActs, clusters: pd.DataFrame, neuron: int) -> pd.DataFrame:
+    """`cluster_prompts`' frame (its layer and pos) plus the neuron's activation at each row's
+    prompt and position: columns neuron, activation (the points' colour; the layout is kept, so a
+    t-SNE is computed once for every neuron of a layer)."""
+    neuron = _neuron(acts, neuron)
+    layer, pos = int(clusters.layer.iloc[0]), int(clusters["pos"].iloc[0])
+    x, where = _at(acts, layer, pos)
+    by_prompt = dict(zip(where[:, 0].tolist(), x[:, neuron].tolist()))
+    out = clusters.copy()
+    out["neuron"] = neuron
+    out["activation"] = [by_prompt[int(p)] for p in out.prompt]
+    return out
 
 
 def dataset_summary(texts: Texts) -> str:
@@ -185,4 +196,4 @@ def dataset_summary(texts: Texts) -> str:
 
 
 __all__ = ["read_texts", "search", "token_activations", "activation_histogram",
-           "cluster_by_neuron", "dataset_summary", "TOKEN_COLUMNS", "HISTOGRAM_COLUMNS"]
+           "cluster_by_neuron", "with_neuron", "dataset_summary", "TOKEN_COLUMNS", "HISTOGRAM_COLUMNS"]
