@@ -36,6 +36,7 @@ from patching.model.memory_budget import memory_budget
 
 TASK_PROMPTS = 64                  # the default dataset: the factual task's eval prompts
 MAX_ROWS = 500                     # prompts listed in the table (the search narrows them)
+PAGE_SIZE = 8                      # table rows a page
 TASK = {"source": "task"}
 IDLE = ("Load a prompt dataset — a .txt file (one prompt a line) or a .csv with a 'text' and an optional "
         f"'label' column — or explore the factual task's {TASK_PROMPTS} prompts.")
@@ -122,9 +123,11 @@ def neuron_view(acts: N.NeuronActs, layer, neuron, prompt: int | None, pos: int 
 
 
 # -- layout ---------------------------------------------------------------------------------------------
-def _number(id_, value, placeholder="", min_=None) -> dbc.Input:
-    return dbc.Input(id=id_, type="number", value=value, step=1, min=min_, size="sm", debounce=True,
-                     placeholder=placeholder, className="inspect-number")
+def _number(label_text: str, id_, value, placeholder="", min_=None) -> html.Div:
+    """A labelled small whole-number input, laid out in a toolbar as the tab's own options are."""
+    return html.Div([dbc.Label(label_text, html_for=id_, className="field-label"),
+                     dbc.Input(id=id_, type="number", value=value, step=1, min=min_, size="sm", debounce=True,
+                               placeholder=placeholder, className="inspect-number")], className="inspect-field")
 
 
 def section() -> html.Div:
@@ -146,7 +149,7 @@ def section() -> html.Div:
         ], className="toolbar"),
         dash_table.DataTable(id=ids.NX_PROMPTS, columns=[{"name": c, "id": c} for c in ("prompt", "label", "tokens",
                                                                                           "text")],
-                             data=[], row_selectable="single", selected_rows=[], page_size=8,
+                             data=[], row_selectable="single", selected_rows=[], page_size=PAGE_SIZE, page_current=0,
                              style_table={"overflowX": "auto"}, style_cell=table_cell,
                              style_header={"fontWeight": 600}),
         html.Div([html.Span("Token", className="toolbar-label"),
@@ -155,9 +158,8 @@ def section() -> html.Div:
                  className="toolbar"),
         html.Div(id=ids.NX_TOKEN_LABEL, className="hint"),
         graph(ids.NX_TOKEN_GRAPH, "Select a prompt.", height=300),
-        html.Div([html.Span("Layer", className="toolbar-label"), _number(ids.NX_LAYER, 0, min_=0),
-                  html.Span("Neuron", className="toolbar-label"), _number(ids.NX_NEURON, 0, min_=0),
-                  html.Span("(or click a cell above)", className="hint")], className="toolbar"),
+        html.Div([_number("Layer", ids.NX_LAYER, 0, min_=0), _number("Neuron", ids.NX_NEURON, 0, min_=0),
+                  html.Span("or click a cell of the map above", className="hint")], className="inspect-options toolbar"),
         html.Div(id=ids.NX_NEURON_STATUS, className="hint", role="status"),
         dbc.Row([
             dbc.Col(graph(ids.NX_HISTOGRAM, "Pick a neuron.", height=300), md=5),
@@ -165,10 +167,11 @@ def section() -> html.Div:
                                          page_size=10, style_table={"overflowX": "auto"}, style_cell=table_cell,
                                          style_header={"fontWeight": 600}), md=7),
         ], className="g-2"),
-        html.Div([html.Span("Map", className="toolbar-label"),
-                  radio(ids.NX_METHOD, {"pca": "PCA", "tsne": "PCA → t-SNE"}, "pca"),
-                  html.Span("Position", className="toolbar-label"),
-                  _number(ids.NX_CLUSTER_POS, -1, "-1 = each prompt's last")], className="toolbar"),
+        html.Div([html.Div([dbc.Label("Map", html_for=ids.NX_METHOD, className="field-label"),
+                            radio(ids.NX_METHOD, {"pca": "PCA", "tsne": "PCA → t-SNE"}, "pca")],
+                           className="inspect-field"),
+                  _number("Position", ids.NX_CLUSTER_POS, -1, "-1 = each prompt's last")],
+                 className="inspect-options toolbar"),
         graph(ids.NX_CLUSTER, "Pick a neuron.", height=440),
     ], className="explorer-section")
 
@@ -210,17 +213,22 @@ def register(app, ctx) -> SimpleNamespace:
                  Input(ids.TABS, "active_tab"))(prompts)
 
     def select(selected_rows, click, rows, trig=None):
-        """A table row or a cluster point -> the selected prompt's index in the dataset."""
+        """A table row or a map point -> the selected prompt's index in the dataset; a map point
+        also selects its row in the table (and turns to its page) when the search lists it."""
         trig = trig or triggered_value()[0]
         if trig == ids.NX_CLUSTER:
-            points = (click or {}).get("points") or [{}]
-            custom = points[0].get("customdata")
-            return int(custom[0]) if custom else no_update
+            custom = (((click or {}).get("points") or [{}])[0]).get("customdata")
+            if not custom:
+                return no_update, no_update, no_update
+            prompt = int(custom[0])
+            at = [i for i, r in enumerate(rows or []) if r["prompt"] == prompt]
+            return prompt, at[:1], (at[0] // PAGE_SIZE if at else no_update)
         if not selected_rows or not rows or selected_rows[0] >= len(rows):
-            return None
-        return int(rows[selected_rows[0]]["prompt"])
+            return None, no_update, no_update
+        return int(rows[selected_rows[0]]["prompt"]), no_update, no_update
 
-    app.callback(Output(ids.NX_PROMPT, "data"), Input(ids.NX_PROMPTS, "selected_rows"),
+    app.callback(Output(ids.NX_PROMPT, "data"), Output(ids.NX_PROMPTS, "selected_rows", allow_duplicate=True),
+                 Output(ids.NX_PROMPTS, "page_current"), Input(ids.NX_PROMPTS, "selected_rows"),
                  Input(ids.NX_CLUSTER, "clickData"), State(ids.NX_PROMPTS, "data"),
                  prevent_initial_call=True)(select)
 

@@ -82,9 +82,10 @@ def cluster_neuron_scatter(df: pd.DataFrame, selected: int | None = None) -> go.
         return empty_figure("No prompts to show.")
     zmax = _absmax(df.activation)
     text = [f"{token_text(t, 60)}" for t in df.text]
-    fig = go.Figure(go.Scattergl(
-        x=df.x, y=df.y, mode="markers", customdata=np.stack([df.prompt, df.label.astype(str), text], -1),
-        marker=dict(size=9, color=df.activation, colorscale=DIVERGING, cmid=0, cmin=-zmax, cmax=zmax,
+    fig = go.Figure(go.Scatter(
+        x=df.x.tolist(), y=df.y.tolist(), mode="markers", showlegend=False,
+        customdata=np.stack([df.prompt, df.label.astype(str), text], -1).tolist(),
+        marker=dict(size=9, color=df.activation.tolist(), colorscale=DIVERGING, cmid=0, cmin=-zmax, cmax=zmax,
                     line=dict(width=0.5, color="#6b7280"),
                     colorbar=dict(title=dict(text=f"L{int(df.layer.iloc[0])}N{int(df.neuron.iloc[0])}<br>activation"))),
         hovertemplate="prompt %{customdata[0]} · %{customdata[1]}<br>%{customdata[2]}<br>activation "

@@ -93,8 +93,9 @@ def test_a_dataset_over_the_memory_budget_is_refused_naming_both(cb, tiny_name, 
 
 def test_select_slider_token_view_and_pick(cb, tiny_name, gpt2_model, loaded):
     rows, _, _ = cb.prompts(loaded, "", [], tiny_name, ids.TAB_NEURONS)
-    assert cb.select([3], None, rows, trig=ids.NX_PROMPTS) == 3
-    assert cb.select(None, {"points": [{"customdata": [2, "", "x"]}]}, rows, trig=ids.NX_CLUSTER) == 2
+    assert cb.select([3], None, rows, trig=ids.NX_PROMPTS) == (3, no_update, no_update)
+    assert cb.select(None, {"points": [{"customdata": [2, "", "x"]}]}, rows, trig=ids.NX_CLUSTER) == (2, [2], 0)
+    assert cb.select(None, {"points": [{"customdata": [2, "", "x"]}]}, rows[:1], trig=ids.NX_CLUSTER) == (2, [], no_update)
     acts = cb.acts_of(tiny_name, loaded)
     n = acts.texts.lengths[3]
     top, value, marks = cb.slider(3, loaded, tiny_name)
