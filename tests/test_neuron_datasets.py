@@ -84,6 +84,9 @@ def test_search_substring_and_regex(texts):
         D.search(texts, "[a", regex=True)
     with pytest.raises(ValueError, match="search text is 201 characters; at most 200"):
         D.search(texts, "x" * 201)
+    slow = ["x" * 3000 + "!"] * 3                         # backtracks for minutes without a time cap
+    with pytest.raises(ValueError, match=r"took longer than 0.2 s over 3 prompts; simplify it"):
+        D.search(slow, r"(x+x+)+y", regex=True, timeout=0.2)
 
 
 # -- views vs TransformerLens' hooks on each prompt alone --------------------------------------------

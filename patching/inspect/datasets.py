@@ -30,6 +30,7 @@ from patching.inspect.neurons import (NeuronActs, Texts, _at, _int, _layer, _neu
                                       check_fits, cluster_prompts, collect_activations, encode_texts, task_texts)
 
 MAX_QUERY = 200                 # characters of a search text or pattern
+SEARCH_SECONDS = 2.0            # a regular expression's time over the whole set
 
 
 def read_texts(data: bytes | str, name: str = "prompts.txt") -> tuple[list[str], list[str] | None]:
@@ -69,17 +70,22 @@ def read_texts(data: bytes | str, name: str = "prompts.txt") -> tuple[list[str],
     return texts, labels
 
 
-def search(texts, query: str | None, regex: bool = False) -> list[int]:
+def search(texts, query: str | None, regex: bool = False, timeout: float = SEARCH_SECONDS) -> list[int]:
     """Indices of the prompts containing `query` (case-insensitive), or matching it as a regular
-    expression (Python `re`, case-insensitive); every index for an empty query.
+    expression (the `regex` module, `re`'s syntax, case-insensitive); every index for an empty
+    query. A pattern may run `timeout` seconds over the whole set (a pattern that backtracks
+    without end cannot hold a server).
 
     >>> search(["Paris is", "Rome is", "Oslo"], r"^(paris|oslo)", regex=True)
     [0, 2]
     >>> search(["a"], "(", regex=True)
     Traceback (most recent call last):
     ...
-    ValueError: search pattern '(' is not a regular expression: missing ), unterminated subpattern at position 0
+    ValueError: search pattern '(' is not a regular expression: missing ) at position 1
     """
+    import time
+
+    import regex as rx                       # a dependency of transformers; `re` has no timeout
     items = texts.texts if isinstance(texts, Texts) else list(texts)
     if not query:
         return list(range(len(items)))
@@ -89,10 +95,18 @@ def search(texts, query: str | None, regex: bool = False) -> list[int]:
         q = query.casefold()
         return [i for i, t in enumerate(items) if q in t.casefold()]
     try:
-        pattern = re.compile(query, re.IGNORECASE)
-    except re.error as exc:
+        pattern = rx.compile(query, rx.IGNORECASE)
+    except rx.error as exc:
         raise ValueError(f"search pattern {query!r} is not a regular expression: {exc}") from None
-    return [i for i, t in enumerate(items) if pattern.search(t)]
+    end, found = time.monotonic() + timeout, []
+    try:
+        for i, t in enumerate(items):
+            if pattern.search(t, timeout=max(1e-3, end - time.monotonic())):
+                found.append(i)
+    except TimeoutError:
+        raise ValueError(f"search pattern {query!r} took longer than {timeout:g} s over {len(items):,} prompts; "
+                         "simplify it (e.g. no nested repeats like (a+)+)") from None
+    return found
 
 
 def _prompt(acts: NeuronActs, prompt) -> int:
