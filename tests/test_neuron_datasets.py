@@ -70,7 +70,7 @@ def test_activation_bytes_is_the_tensor_collected_and_over_budget_is_refused(gpt
     T = texts.tokens.shape[1]
     assert f"5 prompts × {T} tokens (the longest, padded) × {gpt2_model.n_layers} layers × {gpt2_model.d_mlp} " \
            "neurons × 4 bytes" in msg
-    assert f"the memory budget is" in msg and f"({int(cap_mb * 2**20):,} bytes)" in msg
+    assert "the memory budget is" in msg and f"({int(cap_mb * 2**20):,} bytes)" in msg
     assert "load fewer or shorter prompts" in msg
 
 

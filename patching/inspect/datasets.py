@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 
 import numpy as np
 import pandas as pd
-import torch
 
-from patching.inspect.neurons import (NeuronActs, Texts, _at, _int, _layer, _neuron, activation_bytes,  # noqa: F401
-                                      check_fits, cluster_prompts, collect_activations, encode_texts, task_texts)
+from patching.inspect.neurons import NeuronActs, Texts, _at, _int, _layer, _neuron, cluster_prompts
+from patching.inspect.neurons import collect_activations, encode_texts, task_texts  # noqa: F401  (the examples')
 
 MAX_QUERY = 200                 # characters of a search text or pattern
 SEARCH_SECONDS = 2.0            # a regular expression's time over the whole set
