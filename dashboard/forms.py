@@ -180,15 +180,16 @@ def parse_run_id(value) -> int:
     return int(text)
 
 
-def too_large_message(limit_bytes: int) -> str:
+def too_large_message(limit_bytes: int, what: str = "pairs CSVs") -> str:
     """The refusal of a too-large upload, after '<file> (<size>) ' (the page's clientside check
     writes the same words).
 
     >>> too_large_message(12_517_376)[:45]
     'is larger than the 11.9 MB limit for pairs CS'
     """
-    return (f"is larger than the {size_text(limit_bytes)} limit for pairs CSVs on this server; split it, "
-            "run it with `python -m patching sweep --pairs`, or restart the server with a larger "
+    cli = "sweep --pairs" if what == "pairs CSVs" else "neurons --texts"
+    return (f"is larger than the {size_text(limit_bytes)} limit for {what} on this server; split it, "
+            f"run it with `python -m patching {cli}`, or restart the server with a larger "
             "--max-upload-mb")
 
 
@@ -203,12 +204,26 @@ def parse_upload(contents: str | None, filename: str | None = None,
     [{'clean': 'A B', 'corrupt': 'A C', 'answer': ' B', 'wrong': ' C'}]
     """
     name = filename or "upload"
-    if not contents:
-        raise ValueError(f"{name}: the file is empty")
     if filename and not filename.lower().endswith((".csv", ".txt")):
         raise ValueError(f"{name}: expected a .csv file with columns clean,corrupt,answer,wrong")
+    raw = upload_bytes(contents, name, max_bytes, too_large_message(max_bytes))
+    try:
+        pairs = read_pairs_csv(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return [pair_dict(p) for p in pairs]
+
+
+def upload_bytes(contents: str | None, name: str, max_bytes: int, too_big: str) -> bytes:
+    """The file inside dcc.Upload contents; ValueError when empty, over `max_bytes` (then
+    '<name> (<size>) <too_big>') or not base64.
+
+    >>> upload_bytes("data:text/plain;base64,YQ==", "a.txt", 10, "is too large")
+    b'a'
+    """
+    if not contents:
+        raise ValueError(f"{name}: the file is empty")
     _, _, payload = contents.partition(",")
-    too_big = too_large_message(max_bytes)
     if len(payload) * 3 // 4 > max_bytes:
         raise ValueError(f"{name} ({size_text(len(payload) * 3 // 4)}) {too_big}")
     try:
@@ -217,11 +232,24 @@ def parse_upload(contents: str | None, filename: str | None = None,
         raise ValueError(f"{name}: the upload is not valid base64 data") from None
     if len(raw) > max_bytes:
         raise ValueError(f"{name} ({size_text(len(raw))}) {too_big}")
-    try:
-        pairs = read_pairs_csv(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    return [pair_dict(p) for p in pairs]
+    return raw
+
+
+def parse_dataset_upload(contents: str | None, filename: str | None = None,
+                         max_bytes: int = MAX_UPLOAD_BYTES) -> tuple[list[str], list[str] | None]:
+    """dcc.Upload contents of a prompt dataset (a .txt file, one prompt a line, or a .csv with a
+    `text` and an optional `label` column) -> (prompts, labels or None); ValueError naming the file.
+
+    >>> parse_dataset_upload("data:text/plain;base64," + base64.b64encode(b"Paris is\\nRome is\\n").decode(), "p.txt")
+    (['Paris is', 'Rome is'], None)
+    """
+    from patching.inspect.datasets import read_texts
+    name = filename or "upload"
+    if not name.lower().endswith((".csv", ".txt")):
+        raise ValueError(f"{name}: expected a .txt file (one prompt a line) or a .csv with a 'text' column "
+                         "(and optionally 'label')")
+    raw = upload_bytes(contents, name, max_bytes, too_large_message(max_bytes, "prompt datasets"))
+    return read_texts(raw, name)
 
 
 def pair_dict(p) -> dict:

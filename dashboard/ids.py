@@ -82,6 +82,16 @@ ATTENTION_DOWNLOAD = "attention-download"
 ATTENTION_CELL = "attention-cell"          # dcc.Store: the clicked (layer, pos, head) and pair
 ATTENTION_PAIR = "attention-pair"          # which prompt pair the attention panel shows
 ATTENTION_RECEIVER = "attention-receiver"  # the later head shown under a head_out / head_v patch
+# the Results tab's head clustergram (dashboard/tabs/clustergram.py)
+CLUSTER_BUTTON = "clustergram-button"      # "Cluster heads" of the run on screen
+CLUSTER_PROFILE = "clustergram-profile"    # pairs / mean
+CLUSTER_DISTANCE = "clustergram-distance"  # euclidean / correlation
+CLUSTER_LINKAGE = "clustergram-linkage"    # average / complete / single
+CLUSTER_STATUS = "clustergram-status"
+CLUSTER_GRAPH = "clustergram-graph"
+CLUSTER_FOR = "clustergram-for"            # dcc.Store: the run id the clustergram on screen is of
+CLUSTER_DOWNLOAD_BUTTON = "clustergram-download-button"
+CLUSTER_DOWNLOAD = "clustergram-download"
 
 # -- history & compare ---------------------------------------------------------------------
 HISTORY_VERSION = "history-version"        # dcc.Store bumped when runs are saved or deleted
@@ -224,6 +234,26 @@ NEURONS_TABLE_BOX = "neurons-table-box"
 NEURONS_STATUS = "neurons-status"
 NEURONS_DOWNLOAD_BUTTON = "neurons-download-button"
 NEURONS_DOWNLOAD = "neurons-download"
+# the Neurons tab's dataset explorer (dashboard/tabs/neuron_explorer.py)
+NX_UPLOAD = "nx-upload"                    # dcc.Upload: a prompt dataset (.txt or .csv)
+NX_DATASET = "nx-dataset"                  # dcc.Store: {"source": "task"} or the saved upload's {sha, name, n}
+NX_DATASET_STATUS = "nx-dataset-status"
+NX_SEARCH = "nx-search"                    # substring (or regex) filter over the prompts
+NX_REGEX = "nx-regex"                      # checklist: the search is a regular expression
+NX_SEARCH_STATUS = "nx-search-status"
+NX_PROMPTS = "nx-prompts"                  # DataTable of the matching prompts (select one)
+NX_PROMPT = "nx-prompt"                    # dcc.Store: the selected prompt's index in the dataset
+NX_TOKEN = "nx-token"                      # slider: the token of the selected prompt
+NX_TOKEN_LABEL = "nx-token-label"
+NX_TOKEN_GRAPH = "nx-token-graph"          # every layer's neurons at that token (click: pick a neuron)
+NX_LAYER = "nx-layer"
+NX_NEURON = "nx-neuron"
+NX_NEURON_STATUS = "nx-neuron-status"
+NX_HISTOGRAM = "nx-histogram"
+NX_TOP = "nx-top"                          # DataTable: the neuron's top-activating tokens with context
+NX_METHOD = "nx-method"                    # pca | tsne
+NX_CLUSTER_POS = "nx-cluster-pos"          # the position the cluster view reads (-1: each prompt's last)
+NX_CLUSTER = "nx-cluster"                  # prompts as points coloured by the neuron (click: select the prompt)
 
 # -- Circuit tab (dashboard/tabs/circuit.py) ------------------------------------------------------
 TAB_CIRCUIT = "tab-circuit"

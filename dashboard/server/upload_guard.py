@@ -35,16 +35,23 @@ function (contents, filename) {
 """
 
 
+def check_upload(app, upload_id: str, output_id: str, limit: int, message: str) -> None:
+    """The clientside size check of one dcc.Upload: '<file> (<size>) <message>' into `output_id`
+    when the file is over `limit` bytes (the server then refuses the request with 413)."""
+    app.clientside_callback(_CHECK % {"limit": limit, "message": json.dumps(message)},
+                            Output(output_id, "children", allow_duplicate=True),
+                            Input(upload_id, "contents"), State(upload_id, "filename"),
+                            prevent_initial_call=True)
+
+
 def install(app, max_request_bytes: int) -> None:
     """Register the clientside check and the 413 handler on a Dash app."""
     from werkzeug.exceptions import RequestEntityTooLarge
 
     limit = upload_file_limit(max_request_bytes)
-    app.clientside_callback(
-        _CHECK % {"limit": limit, "message": json.dumps(too_large_message(limit))},
-        Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
-        Input(ids.PAIRS_UPLOAD, "contents"), State(ids.PAIRS_UPLOAD, "filename"),
-        prevent_initial_call=True)
+    check_upload(app, ids.PAIRS_UPLOAD, ids.ERROR_MESSAGE, limit, too_large_message(limit))
+    check_upload(app, ids.NX_UPLOAD, ids.NX_DATASET_STATUS, limit,
+                 too_large_message(limit, "prompt datasets"))
 
     @app.server.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc):

@@ -35,6 +35,7 @@ from dashboard.components import field, number, radio, register_view, view_body
 from patching.figures import detectors as figures_detectors
 from patching.figures import neurons as figures_neurons
 from dashboard.forms import prompts_from_page, whole_number
+from dashboard.tabs import neuron_explorer
 from dashboard.tabs.inspect import FrameMemo
 
 from dashboard.ids import (NEURONS_CIRCUIT, NEURONS_COMPOSITION, NEURONS_DOWNLOAD, NEURONS_DOWNLOAD_BUTTON,  # noqa: F401
@@ -318,6 +319,7 @@ def layout() -> html.Div:
         html.Div([dbc.Label("View", html_for=NEURONS_VIEW, className="field-label"), view],
                  className="toolbar inspect-views"),
         options, *view_body("neurons", IDLE, text_left=True, loading=True),
+        neuron_explorer.section(),
     ], id=NEURONS_PANEL, className="inspect-panel")
 
 
@@ -359,7 +361,8 @@ def register(app, ctx) -> SimpleNamespace:
     app.callback(Output(NEURONS_NEURON, "value"), Input(NEURONS_GRAPH, "clickData"),
                  State(NEURONS_VIEW, "value"), prevent_initial_call=True)(pick_neuron)
 
-    return SimpleNamespace(controls=controls, show=show, download=download, pick_neuron=pick_neuron, memo=memo)
+    return SimpleNamespace(controls=controls, show=show, download=download, pick_neuron=pick_neuron, memo=memo,
+                           explorer=neuron_explorer.register(app, ctx))
 
 
 __all__ = ["layout", "register", "explore", "NeuronOptions", "NeuronResult", "TAB_NEURONS", "VIEWS"]

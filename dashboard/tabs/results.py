@@ -19,6 +19,7 @@ from patching.core.results import PatchResult, write_csv
 from patching.inspect.detectors import head_scores
 
 from dashboard import ids, share
+from dashboard.tabs import clustergram
 from patching import figures
 from dashboard.components import graph, mode_toggle, radio, send_run_csv, summary_line, triggered_value
 from patching.figures.detectors import FIRES, firing_labels
@@ -106,14 +107,17 @@ def layout() -> html.Div:
             dcc.Download(id=ids.ATTENTION_DOWNLOAD),
             graph(ids.ATTENTION_DIFF, "No head selected yet.", height=260),
         ], className="attention-section"),
+        clustergram.section(),
     ])
 
 
 # -- callbacks ----------------------------------------------------------------------------------
 def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
-    return SimpleNamespace(**vars(_register_run(app, ctx)), **vars(_register_attention(app, ctx)),
-                           **vars(_register_top_features(app, ctx)))
+    run = _register_run(app, ctx)
+    return SimpleNamespace(**vars(run), **vars(_register_attention(app, ctx)),
+                           **vars(_register_top_features(app, ctx)),
+                           **vars(clustergram.register(app, ctx, run.head_labels)))
 
 
 def _register_top_features(app, ctx) -> SimpleNamespace:

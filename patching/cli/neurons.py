@@ -5,7 +5,10 @@ Registered by `cli.build_parser` through `add_commands(sub)`; flags, loading and
 
     python -m patching neurons --view top --task factual --n 40 --layer 2 --pos -1 --k 20
     python -m patching neurons --view top-activating --texts prompts.txt --layer 2 --neuron 17
-    python -m patching neurons --view cluster --method tsne --layer 3 --out clusters.csv
+    python -m patching neurons --view cluster --method tsne --layer 3 --neuron 17 --out clusters.csv
+    python -m patching neurons --view search --texts prompts.csv --search "capital" [--regex]
+    python -m patching neurons --view token --texts prompts.txt --prompt 3 --pos 5     # every layer there
+    python -m patching neurons --view histogram --texts prompts.txt --layer 2 --neuron 17 --pos all
     python -m patching neurons --view shortlist --pairs pairs.csv --positions 4 --top 20
     python -m patching weights --view composition --composition k
     python -m patching weights --view svd-tokens --layer 1 --head 4 --circuit ov
@@ -22,12 +25,14 @@ from __future__ import annotations
 import argparse
 
 from patching.cli.common import (EXIT_OK, MAX_COUNT, BadInput, check_outputs, has_pairs, load, load_model,
-                                 load_pairs_or_task, model_flags, out_flag, pair_flags, positive, whole, write)
+                                 load_pairs_or_task, megabytes, model_flags, out_flag, pair_flags, positive, whole,
+                                 write)
 from patching.core.prompts import MAX_PAIRS
 
 MAX_TEXTS_BYTES = 16 * 2**20     # --texts: read at most this much
 
-NEURON_VIEWS = ("top", "profile", "top-activating", "activations", "cluster", "shortlist")
+NEURON_VIEWS = ("top", "profile", "top-activating", "activations", "cluster", "shortlist", "search", "token",
+                "histogram")
 WEIGHT_VIEWS = ("composition", "svd", "svd-tokens", "rank-k", "rank-k-pattern")
 FEATURE_VIEWS = ("contexts", "histogram", "logits", "tasks")
 
@@ -69,25 +74,16 @@ def _texts(args: argparse.Namespace):
 
 
 def _read_texts(path: str) -> tuple[list[str], list[str] | None]:
-    import csv
-    import io
+    from patching.inspect.datasets import read_texts
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             raw = f.read(MAX_TEXTS_BYTES + 1)
     except OSError as exc:
         raise BadInput(f"cannot read texts file {path!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"texts file {path!r} is not UTF-8 text") from None
     if len(raw) > MAX_TEXTS_BYTES:
         raise BadInput(f"texts file {path!r} is larger than {MAX_TEXTS_BYTES // 2**20} MB; give at most "
                        f"{MAX_PAIRS:,} prompts")
-    if path.endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(raw)))
-        if not rows or "text" not in rows[0]:
-            raise BadInput(f"texts CSV {path!r} needs a 'text' column (and optionally 'label')")
-        return [r["text"] for r in rows], [r.get("label") or "" for r in rows]
-    lines = [line for line in raw.splitlines() if line.strip()]
-    return lines, None
+    return read_texts(raw, path)
 
 
 def cmd_neurons(args: argparse.Namespace) -> int:
@@ -102,24 +98,48 @@ def cmd_neurons(args: argparse.Namespace) -> int:
                                 metric=args.metric, direction=args.direction, exact=not args.no_exact)
     else:
         model, texts = _texts(args)
-        acts = N.collect_activations(model, texts)
-        pos = _pos(args.pos)
-        if args.view == "top":
-            df = N.top_neurons(acts, args.layer, pos, k=args.k, by=args.by)
-        elif args.view in ("profile", "top-activating"):
-            if args.neuron is None:
-                raise BadInput(f"--view {args.view} needs --neuron N")
-            df = (N.neuron_profile(acts, args.layer, args.neuron) if args.view == "profile"
-                  else N.top_activating(acts, args.layer, args.neuron, k=args.k, pos=pos))
-        elif args.view == "activations":
-            df = N.activations_frame(acts, args.layer, pos)
-        else:
-            if pos is None:
-                raise BadInput("--view cluster needs one position (e.g. --pos -1), not 'all'")
-            df = N.cluster_prompts(acts, args.layer, pos, method=args.method, perplexity=args.perplexity,
-                                   seed=args.seed)
+        df = _search_frame(args, texts) if args.view == "search" else _acts_frame(
+            args, N.collect_activations(model, texts, max_memory_mb=args.max_memory), _pos(args.pos))
     write(write_csv(df), args.out)
     return EXIT_OK
+
+
+def _search_frame(args: argparse.Namespace, texts):
+    """--view search: the prompts matching --search (substring, or --regex), with their token counts."""
+    import pandas as pd
+    from patching.inspect.datasets import search
+    rows = search(texts, args.search, regex=args.regex)
+    return pd.DataFrame({"prompt": rows, "label": [texts.labels[i] for i in rows],
+                         "tokens": [texts.lengths[i] for i in rows], "text": [texts.texts[i] for i in rows]})
+
+
+def _acts_frame(args: argparse.Namespace, acts, pos):
+    """The views that read activations: top, profile, top-activating, activations, token, histogram, cluster."""
+    from patching.inspect import datasets as D
+    from patching.inspect import neurons as N
+    view = args.view
+    if view in ("profile", "top-activating", "histogram") and args.neuron is None:
+        raise BadInput(f"--view {view} needs --neuron N")
+    if view == "top":
+        return N.top_neurons(acts, args.layer, pos, k=args.k, by=args.by)
+    if view == "profile":
+        return N.neuron_profile(acts, args.layer, args.neuron)
+    if view == "top-activating":
+        return N.top_activating(acts, args.layer, args.neuron, k=args.k, pos=pos, context=args.context)
+    if view == "activations":
+        return N.activations_frame(acts, args.layer, pos)
+    if view == "token":
+        if pos is None:
+            raise BadInput("--view token needs one token (--pos N or -1), not 'all'")
+        return D.token_activations(acts, args.prompt, pos)
+    if view == "histogram":
+        return D.activation_histogram(acts, args.layer, args.neuron, pos, bins=args.bins)
+    if pos is None:
+        raise BadInput("--view cluster needs one position (e.g. --pos -1), not 'all'")
+    if args.neuron is not None:
+        return D.cluster_by_neuron(acts, args.layer, args.neuron, pos, method=args.method,
+                                   perplexity=args.perplexity, seed=args.seed)
+    return N.cluster_prompts(acts, args.layer, pos, method=args.method, perplexity=args.perplexity, seed=args.seed)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -210,7 +230,16 @@ def add_commands(sub) -> None:
     p.add_argument("--layer", type=whole(-MAX_COUNT, MAX_COUNT), default=-1, help="layer (default -1: the last)")
     p.add_argument("--pos", default="-1", help="position: -1 = each prompt's last token (default), "
                                                "N = absolute, 'all' = every token")
-    p.add_argument("--neuron", type=whole(0, MAX_COUNT), help="the neuron (profile, top-activating)")
+    p.add_argument("--neuron", type=whole(0, MAX_COUNT),
+                   help="the neuron (profile, top-activating, histogram; cluster: colour by it)")
+    p.add_argument("--prompt", type=whole(0, MAX_COUNT), default=0, help="token: which prompt (default 0)")
+    p.add_argument("--context", type=whole(0, MAX_COUNT), default=8,
+                   help="top-activating: tokens of context on each side (default 8)")
+    p.add_argument("--bins", type=whole(1, 1000), default=40, help="histogram: bins (default 40)")
+    p.add_argument("--search", help="search: text the prompts contain (case-insensitive)")
+    p.add_argument("--regex", action="store_true", help="search: --search is a regular expression")
+    p.add_argument("--max-memory", type=megabytes, metavar="MB",
+                   help="the activations' memory budget (default: 25%% of free RAM, at most 4 GiB)")
     p.add_argument("--k", type=whole(1, MAX_COUNT), default=20, help="how many rows (top, top-activating; default 20)")
     p.add_argument("--by", default="mean", choices=["mean", "abs_mean", "max"], help="top: rank neurons by")
     p.add_argument("--method", default="pca", choices=["pca", "tsne"], help="cluster: pca or tsne "

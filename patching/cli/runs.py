@@ -8,6 +8,7 @@ Registered by `cli.build_parser` through `add_commands(sub)`; `sweep` adds `--sa
     python -m patching import run-ID.patchboard.zip --data-dir D      # prints the new id
     python -m patching show run-ID.patchboard.zip                      # provenance + summary
     python -m patching sweep ... --save-run run.patchboard.zip
+    python -m patching clustergram --run ID --out order.csv [--linkage-out L.csv] [--detect]
 
 Bad files exit 2 with one line naming the problem (`bundle.read_bundle`'s ValueError).
 
@@ -111,8 +112,72 @@ def add_save_run(p) -> None:
                    help="also save the run (result, prompts, provenance) as a run file, e.g. run.patchboard.zip")
 
 
+def _run_result(args):
+    """The result `clustergram` reads: --run ID (the store) or --run-file F (a run file; an
+    attribution run's result of --kind)."""
+    if (args.run is None) == (args.run_file is None):
+        raise ValueError("give exactly one of --run ID or --run-file FILE")
+    if args.run is not None:
+        return _store(args).get(args.run).result
+    results = bundle.read_bundle(args.run_file).results
+    if len(results) == 1:
+        return results[0]
+    kinds = [r.spec.kind for r in results]
+    if args.kind not in kinds:
+        raise ValueError(f"--kind {args.kind!r} is not in this run file; it has {', '.join(kinds)}")
+    return results[kinds.index(args.kind)]
+
+
+def cmd_clustergram(args) -> int:
+    """Heads of a head-kind run clustered by their effect profile: the leaf order as CSV (one row
+    per head), optionally the linkage and the clustered matrix as CSVs."""
+    from patching.cli.common import check_outputs, write
+    from patching.core.results import write_csv
+    from patching.inspect.clustergram import ClusterSpec, clustergram
+    check_outputs(args, outputs=("out", "linkage_out", "profile_out"), inputs=("run_file",))
+    result = _run_result(args)
+    labels = None
+    if args.detect:
+        from patching.figures.detectors import firing_labels
+        from patching.inspect.detectors import head_scores
+        from patching.model.loading import load_model
+        labels = firing_labels(head_scores(load_model(result.spec.model or result.model_name)), args.fires)
+    cg = clustergram(result, ClusterSpec(args.profile, args.distance, args.linkage, args.value), labels)
+    write(write_csv(cg.frame()), args.out)
+    if args.linkage_out:
+        write(write_csv(cg.linkage_frame()), args.linkage_out)
+    if args.profile_out:
+        write(write_csv(cg.profile_frame()), args.profile_out)
+    return EXIT_OK
+
+
+def _add_clustergram(sub) -> None:
+    from patching.cli.common import out_flag
+    from patching.figures.detectors import FIRES
+    from patching.inspect.clustergram import DISTANCES, LINKAGES, PROFILES, VALUES
+    p = sub.add_parser("clustergram", help="heads of a head-kind run clustered by their effect profile "
+                                           "(order CSV: order,layer,head,label,detector,joins_at)")
+    _store_args(p)
+    p.add_argument("--run", type=int, help="a stored run's id (History tab, `#ID`)")
+    p.add_argument("--run-file", help="a .patchboard.zip run file instead")
+    p.add_argument("--kind", default="head_out", help="an attribution run file: which kind's result (default head_out)")
+    p.add_argument("--profile", default="pairs", choices=PROFILES,
+                   help="pairs: each pair's effect (x position); mean: the mean over pairs (default pairs)")
+    p.add_argument("--distance", default="euclidean", choices=DISTANCES)
+    p.add_argument("--linkage", default="average", choices=LINKAGES)
+    p.add_argument("--value", default="normalized", choices=VALUES,
+                   help="normalized: effect / (clean - corrupt); effect: in the metric's units")
+    p.add_argument("--detect", action="store_true",
+                   help="name heads that fire on a head detector (loads the run's model)")
+    p.add_argument("--fires", type=float, default=FIRES, help=f"--detect: the score a head fires from (default {FIRES})")
+    out_flag(p)
+    p.add_argument("--linkage-out", help="also write the merges: step,left,right,left_label,right_label,distance,size")
+    p.add_argument("--profile-out", help="also write the clustered matrix: order,layer,head,label,feature,value")
+    p.set_defaults(func=cmd_clustergram)
+
+
 def add_commands(sub) -> None:
-    """Register `export`, `import` and `show` on the CLI's subparsers."""
+    """Register `export`, `import`, `show` and `clustergram` on the CLI's subparsers."""
     p = sub.add_parser("export", help="write a stored run as one file (run-ID.patchboard.zip)")
     _store_args(p)
     p.add_argument("--run", type=int, help="the run's id (History tab, `#ID`)")
@@ -128,3 +193,4 @@ def add_commands(sub) -> None:
     p = sub.add_parser("show", help="print a run file's provenance and a summary")
     p.add_argument("file", help="a .patchboard.zip run file")
     p.set_defaults(func=cmd_show)
+    _add_clustergram(sub)

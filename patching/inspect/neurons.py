@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from patching.model import hooks
+from patching.model.memory_budget import memory_budget
 from patching.core.prompts import PromptSet
 from patching.core.spec import check_direction
 
@@ -151,6 +152,52 @@ def task_prompt_set(model, task: str = "factual", n: int = 32, *, seed: int = 0,
 
 
 # -- activations ---------------------------------------------------------------------------------
+FLOAT_BYTES = 4                 # activations are kept as float32
+
+
+def activation_bytes(model, texts: Texts) -> int:
+    """Bytes `collect_activations` keeps for `texts`: layers × prompts × longest × d_mlp × 4.
+
+    >>> activation_bytes(model, encode_texts(model, ["Paris is", "a"]))   # 4 layers, 2 prompts, 3 tokens, 512
+    49152
+    """
+    return model.n_layers * texts.n * int(texts.tokens.shape[1]) * _d_mlp(model) * FLOAT_BYTES
+
+
+def _d_mlp(model) -> int:
+    arch = getattr(model, "arch", None)
+    return int(arch.d_mlp) if arch is not None else int(model.cfg.d_mlp)
+
+
+def _size(n: float) -> str:
+    """'24.0 KiB', '3.0 MiB', '1.50 GiB'.
+
+    >>> _size(24 * 2**10), _size(3 * 2**20), _size(1.5 * 2**30)
+    ('24.0 KiB', '3.0 MiB', '1.50 GiB')
+    """
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_fits(model, texts: Texts, max_memory_mb: float | None = None) -> int:
+    """The activations' bytes, or ValueError naming their size, its factors and the budget.
+
+    >>> check_fits(model, encode_texts(model, ["Paris is"]), max_memory_mb=0.01)
+    Traceback (most recent call last):
+    ...
+    ValueError: the prompts' activations need 24.0 KiB (1 prompts × 3 tokens (the longest, padded) × 4 layers × 512 neurons × 4 bytes = 24,576 bytes); the memory budget is 10.2 KiB (10,485 bytes): load fewer or shorter prompts
+    """
+    need = activation_bytes(model, texts)
+    cap = memory_budget("cpu", max_memory_mb)
+    if need > cap:
+        raise ValueError(f"the prompts' activations need {_size(need)} ({texts.n:,} prompts × {texts.tokens.shape[1]:,} "
+                         f"tokens (the longest, padded) × {model.n_layers} layers × {_d_mlp(model):,} neurons × "
+                         f"{FLOAT_BYTES} bytes = {need:,} bytes); the memory budget is {_size(cap)} ({int(cap):,} "
+                         "bytes): load fewer or shorter prompts")
+    return need
+
+
 @dataclass(frozen=True)
 class NeuronActs:
     """Every layer's MLP post-activations for a batch of prompts (float32, CPU)."""
@@ -168,17 +215,19 @@ class NeuronActs:
 
 
 @torch.inference_mode()
-def collect_activations(model, texts: Texts, *, batch_size: int = 32) -> NeuronActs:
+def collect_activations(model, texts: Texts, *, batch_size: int = 32, max_memory_mb: float | None = None) -> NeuronActs:
     """One forward pass (in batches of prompts) keeping every layer's MLP post-activations.
 
     Uses the engine's runner; models without one go through TransformerLens' hooks
-    (``blocks.L.mlp.hook_post``).
+    (``blocks.L.mlp.hook_post``). Refused before any forward when the activations would not fit
+    the memory budget (`check_fits`; `max_memory_mb` overrides the device default).
 
     >>> collect_activations(model, encode_texts(model, ["Paris is"])).acts.shape   # [layer, prompt, pos, neuron]
     torch.Size([4, 1, 3, 512])
     """
     if not isinstance(texts, Texts):
         raise ValueError(f"texts must be a Texts (encode_texts / task_texts), not {type(texts).__name__}")
+    check_fits(model, texts, max_memory_mb)
     parts = []
     for lo in range(0, texts.n, batch_size):
         tok = texts.tokens[lo:lo + batch_size]
@@ -580,6 +629,6 @@ def neuron_shortlist(model, prompts: PromptSet, *, layers=None, positions=None, 
     return df[list(SHORTLIST_COLUMNS)]
 
 
-__all__ = ["Texts", "NeuronActs", "encode_texts", "texts_from_prompts", "task_texts", "collect_activations",
+__all__ = ["Texts", "NeuronActs", "activation_bytes", "check_fits", "encode_texts", "texts_from_prompts", "task_texts", "collect_activations",
            "task_prompt_set", "positions", "top_neurons", "neuron_profile", "top_activating", "activations_frame", "pca",
            "cluster_prompts", "tsne_available", "exact_neuron_patch", "neuron_shortlist"]

@@ -44,3 +44,17 @@ def test_over_cap_upload_is_said_inline_and_the_page_keeps_working(server, tmp_p
     log = (data / "server.log").read_text()
     assert "Traceback" not in log
     assert " 413 " in log            # the over-cap request itself was refused by the server
+
+
+def test_over_cap_prompt_dataset_is_said_inline_in_the_explorer(server, tmp_path):
+    url, data = server
+    big = tmp_path / "prompts.txt"
+    big.write_bytes(b"Paris is a city in the country of\n" * 60_000)                   # 2 MB
+    for page in open_page(url, timeout_ms=TIMEOUT):
+        page.click("a.nav-link:text-is('Neurons & weights')")
+        page.set_input_files(f"#{ids.NX_UPLOAD} input[type=file]", str(big))
+        page.wait_for_function(f"document.getElementById('{ids.NX_DATASET_STATUS}').innerText.includes('larger')")
+        text = page.inner_text(f"#{ids.NX_DATASET_STATUS}")
+        assert "prompts.txt (1.9 MB) is larger than the 704 kB limit for prompt datasets on this server" in text, text
+        assert "python -m patching neurons --texts" in text
+        assert not page.errors, page.errors
