@@ -195,13 +195,21 @@ def test_ctrl_c_cancels_every_shard(stack, tmp_path):
 
 
 def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path, one_worker_csv_small_batches):
+    from patching.runs.store import RunStore
+    store = RunStore(stack.data)
+    before = {j.id for j in store.jobs(200)}
     out = tmp_path / "sharded.csv"
     seen = {n: stack.log(n).count("Task patchboard.sweep_shard[") for n in ("w1", "w2")}
     cli = subprocess.Popen(_sweep_cmd(stack, _pairs_csv(tmp_path, PAIRS), out, "1"), cwd=ROOT, env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait("both workers taking a shard",
-              lambda: all(stack.log(n).count("Task patchboard.sweep_shard[") > seen[n] for n in seen), 120, [cli])
+        # both shards running (one on each worker), not merely received: a worker killed while its
+        # task waits for a pool process (the previous test's cancel replaced it) loses a task that
+        # never started, which the client cannot see (noted as open in docs/ARCHITECTURE.md)
+        def both_running():
+            jobs = [j for j in store.jobs(200) if j.id not in before]
+            return len(jobs) == 2 and all(j.status == "running" for j in jobs)
+        _wait("both shards running", both_running, 120, [cli])
         stack.kill("w2")                                  # SIGKILL: the worker and its pool process
         _, err = cli.communicate(timeout=240)
     finally:
