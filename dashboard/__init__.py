@@ -81,7 +81,7 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
 
     names = registry.names()
     app.layout = page.page(registry, model or (names[0] if names else "default"))
-    if max_memory_mb is not None and not max_memory_mb > 0:
+    if max_memory_mb is not None and not 0 < max_memory_mb < float("inf"):
         raise ValueError(f"max_memory_mb must be a positive number of megabytes, not {max_memory_mb!r}")
     namespaces = page.register(app, Context(registry, store, data_dir, max_memory_mb))
     app.patchboard = namespaces.pop("")           # the callbacks as plain functions, for tests

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         store = open_store(args.store_url, data_dir=args.data_dir) if args.store_url else RunStore(Path(args.data_dir))
         registry = ModelRegistry(models, device=args.device, dtype=args.dtype, weights=not args.tokenizers_only,
                                  pace_s=args.test_pace, **({"device_map": args.device_map} if args.device_map else {}))
-        if args.max_memory is not None and not args.max_memory > 0:
+        if args.max_memory is not None and not 0 < args.max_memory < float("inf"):
             raise ValueError(f"--max-memory must be a positive number of MB, not {args.max_memory:g}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

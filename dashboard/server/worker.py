@@ -51,7 +51,7 @@ class WorkerConfig:
             raise ValueError(f"--concurrency must be a whole number from 1 to 64, not {self.concurrency!r}")
         if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"--loglevel must be DEBUG, INFO, WARNING or ERROR, not {self.loglevel!r}")
-        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
+        if self.max_memory_mb is not None and not 0 < self.max_memory_mb < float("inf"):
             raise ValueError(f"--max-memory must be a positive number of MB, not {self.max_memory_mb!r}")
         from patching.model.pacing import check_pace
         check_pace(self.pace_s)
