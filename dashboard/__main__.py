@@ -3,7 +3,7 @@ Celery worker for its jobs (`dashboard/server/worker.py`).
 
     python -m dashboard --host 127.0.0.1 --port 8050 --model default --data-dir .patchboard \\
         --jobs diskcache|celery --redis-url redis://... --store-url sqlite:///...|postgresql://... \\
-        --dtype float32|float16|bfloat16 --device-map auto --tokenizers-only --debug
+        --dtype float32|float16|bfloat16 --device-map auto --tokenizers-only --max-memory MB --debug
 
 `--model` may be repeated (a name, a local directory or a cached hub name); the first is
 selected on load and preloaded. The page starts even when a model cannot be loaded and shows
@@ -60,6 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "are refused inline)")
     p.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("PATCHBOARD_MAX_UPLOAD_MB", "16")),
                    help="largest request the server accepts, in MB (default 16); pairs CSVs may be 3/4 of it")
+    p.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                   help="most memory one batch of an exact sweep may use, in MB (default: a quarter of the "
+                        "free memory, at most 4096); the cost estimate counts the same batches")
+    p.add_argument("--test-pace", type=float, default=0.0, metavar="SECONDS",
+                   help="testing only: every patched batch waits SECONDS first, so end-to-end tests can "
+                        "reload, cancel or kill a run mid-way on any machine (patching/model/pacing.py)")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, reloader); off by default")
     return p.parse_args(argv)
 
@@ -110,7 +116,9 @@ def main(argv=None) -> int:
     try:
         store = open_store(args.store_url, data_dir=args.data_dir) if args.store_url else RunStore(Path(args.data_dir))
         registry = ModelRegistry(models, device=args.device, dtype=args.dtype, weights=not args.tokenizers_only,
-                                 **({"device_map": args.device_map} if args.device_map else {}))
+                                 pace_s=args.test_pace, **({"device_map": args.device_map} if args.device_map else {}))
+        if args.max_memory is not None and not 0 < args.max_memory < float("inf"):
+            raise ValueError(f"--max-memory must be a positive number of MB, not {args.max_memory:g}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"warning: model {models[0]!r} is not available yet: {exc}", file=sys.stderr)
     app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0],
-                     max_upload_mb=args.max_upload_mb)
+                     max_upload_mb=args.max_upload_mb, max_memory_mb=args.max_memory)
     if args.jobs == "diskcache" and not args.tokenizers_only:
         _warm_jobs(app, registry, models[0])
     print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.display_url})", file=sys.stderr)

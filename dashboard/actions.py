@@ -49,8 +49,10 @@ class Progress:
 
 
 def execute_run(registry, store, form: Form, data_dir: str | Path,
-                report: Callable[[Progress], None] = lambda p: None, token: str | None = None) -> int:
+                report: Callable[[Progress], None] = lambda p: None, token: str | None = None,
+                max_memory_mb: float | None = None) -> int:
     """The Run button's job: validate, queue for the run slot, sweep, save (baselines from the sweep).
+    `max_memory_mb` caps one batch (the server's `--max-memory`; None: the free-memory share).
 
     Returns the saved run's id; ValueError with the message to show on bad input (JobCancelled
     when Cancel was pressed for `token`, see `job_status.job_token`).
@@ -60,7 +62,8 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
     label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
             f"{spec.metric} · {Path(form.model).name}"
     return _run_and_save(store, data_dir, report, "sweep", label, form.model, prompts, spec.metric,
-                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress), "patched forwards",
+                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress,
+                                                   max_memory_mb=max_memory_mb), "patched forwards",
                          token)
 
 

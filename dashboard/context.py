@@ -20,6 +20,7 @@ class Context:
     registry: object                 # patching.model.loading.ModelRegistry (or a test double)
     store: RunStore
     data_dir: Path
+    max_memory_mb: float | None = None   # one batch of an exact sweep (and its estimate); None: the free-memory share
 
     def model(self, name: str | None):
         """A model this server offers, loaded (ValueError naming the offered ones otherwise)."""

@@ -70,6 +70,7 @@ TAB_RESULTS = "tab-results"
 TAB_HISTORY = "tab-history"
 TAB_PATH = "tab-path"
 TAB_ATTRIBUTION = "tab-attribution"
+TAB_BODY_SUFFIX = "-body"                  # html.Div: a lazy tab's body, filled when first opened (page.py)
 CURRENT_RUN = "current-run"                # dcc.Store: id of the run on screen
 VALUE_MODE = "value-mode"                  # raw / normalized toggle
 IMAGE_FORMAT = "image-format"              # png / svg for the modebar camera button
@@ -325,3 +326,12 @@ def view_ids(prefix: str) -> ViewIds:
     """
     return ViewIds(*(f"{prefix}-{part}" for part in ("graph", "status", "table", "table-box", "image-format",
                                                       "download-button", "download")))
+
+
+def tab_body(tab_id: str) -> str:
+    """The id of a lazily rendered tab's body (`dashboard.page`).
+
+    >>> tab_body(TAB_INSPECT)
+    'tab-inspect-body'
+    """
+    return tab_id + TAB_BODY_SUFFIX

@@ -8,6 +8,10 @@ real `python -m dashboard worker`s (`--concurrency 1` each, prefork) and the CLI
 3. A worker killed (SIGKILL, its whole process group) mid-run: its shard is sent again, the
    other worker runs it, and the result is still the one-worker result.
 
+The workers are started with `--test-pace 0.25` (every patched batch waits 0.25 s first;
+patching/model/pacing.py), so a sweep in small batches (`--max-memory 1`: ~48 batches a shard)
+runs >= 12 s a shard on any machine: long enough to be cancelled or to lose a worker mid-shard.
+
 Bounded: every wait has a time limit, every process started here is stopped in a finally.
 Skips (printing why) only when redis-server or celery is not installed (`make test` installs them).
 """
@@ -27,6 +31,7 @@ from tests.e2e.support import free_port
 from tests.test_celery_jobs import REDIS_SERVER, _skip_reason, _wait
 
 ROOT = Path(__file__).resolve().parents[1]
+PACE_S = 0.25              # each patched batch on the workers waits this long (module doc)
 pytestmark = pytest.mark.slow
 # one torch thread everywhere: a float sum's order (so its last bits) follows the thread count, and
 # the reference below is computed single-threaded too
@@ -68,7 +73,7 @@ class Stack:
         for name in names:
             self.start(name, [sys.executable, "-m", "dashboard", "worker", "--redis-url", self.redis_url,
                               "--model", "default", "--data-dir", str(self.data), "--device", "cpu",
-                              "--concurrency", "1"])
+                              "--concurrency", "1", "--test-pace", str(PACE_S)])
         for name in names:
             _wait(name, lambda: " ready." in self.log(name) and "model default loaded" in self.log(name), 150,
                   [self.procs[name]], [self.tmp / f"{name}.log"])
@@ -121,22 +126,31 @@ def _sweep_cmd(stack: Stack, pairs: Path, out: Path, max_memory: str = "64") -> 
             "--shards", "2", "--redis-url", stack.redis_url]
 
 
-PAIRS = IOI * 3            # long enough a sweep to kill a worker in the middle of it
+PAIRS = IOI * 3            # in 1 MB batches (~96, paced), long enough to kill a worker in the middle of it
+
+
+def _one_worker(model, max_memory_mb: float) -> str:
+    """The CSV the CLI writes for PAIRS without --shards (the same sweep in this process)."""
+    import torch
+    from patching import PatchSpec, PromptSet, sweep
+    prompts = PromptSet.from_pairs(model, PAIRS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # as the workers (ENV)
+    try:
+        return sweep(model, prompts, PatchSpec(kind="head_out", per_position=True),
+                     max_memory_mb=max_memory_mb).to_csv()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def one_worker_csv(doctest_model) -> str:
-    """The CSV the CLI writes for PAIRS without --shards (the same sweep in this process)."""
-    import torch
-    from patching import PatchSpec, PromptSet, sweep
-    prompts = PromptSet.from_pairs(doctest_model, PAIRS)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                 # as the workers (ENV)
-    try:
-        return sweep(doctest_model, prompts, PatchSpec(kind="head_out", per_position=True),
-                     max_memory_mb=64).to_csv()
-    finally:
-        torch.set_num_threads(threads)
+    return _one_worker(doctest_model, 64)
+
+
+@pytest.fixture(scope="module")
+def one_worker_csv_small_batches(doctest_model) -> str:
+    return _one_worker(doctest_model, 1)
 
 
 def test_two_workers_merge_to_the_one_worker_csv(stack, tmp_path, one_worker_csv):
@@ -180,16 +194,22 @@ def test_ctrl_c_cancels_every_shard(stack, tmp_path):
     # the next test's sweep needs both workers again: a revoke-terminated pool process is replaced
 
 
-@pytest.mark.xfail(strict=False, reason='with single-threaded workers the sharded sweep ends in 0.4 s, before the worker is killed; the test needs a sweep that runs for seconds on any machine (open: next session)')
-def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path, one_worker_csv):
-    pairs = PAIRS
+def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path, one_worker_csv_small_batches):
+    from patching.runs.store import RunStore
+    store = RunStore(stack.data)
+    before = {j.id for j in store.jobs(200)}
     out = tmp_path / "sharded.csv"
     seen = {n: stack.log(n).count("Task patchboard.sweep_shard[") for n in ("w1", "w2")}
-    cli = subprocess.Popen(_sweep_cmd(stack, _pairs_csv(tmp_path, pairs), out), cwd=ROOT, env=ENV,
+    cli = subprocess.Popen(_sweep_cmd(stack, _pairs_csv(tmp_path, PAIRS), out, "1"), cwd=ROOT, env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait("both workers taking a shard",
-              lambda: all(stack.log(n).count("Task patchboard.sweep_shard[") > seen[n] for n in seen), 120, [cli])
+        # both shards running (one on each worker), not merely received: a worker killed while its
+        # task waits for a pool process (the previous test's cancel replaced it) loses a task that
+        # never started, which the client cannot see (noted as open in docs/ARCHITECTURE.md)
+        def both_running():
+            jobs = [j for j in store.jobs(200) if j.id not in before]
+            return len(jobs) == 2 and all(j.status == "running" for j in jobs)
+        _wait("both shards running", both_running, 120, [cli])
         stack.kill("w2")                                  # SIGKILL: the worker and its pool process
         _, err = cli.communicate(timeout=240)
     finally:
@@ -197,7 +217,7 @@ def test_a_killed_worker_s_shard_is_retried_on_the_other(stack, tmp_path, one_wo
             cli.kill()
     assert cli.returncode == 0, err
     assert "1 retried" in err and "stopped answering" in err, err
-    assert out.read_text() == one_worker_csv
+    assert out.read_text() == one_worker_csv_small_batches
     received = stack.log("w1").count("Task patchboard.sweep_shard[") - seen["w1"]
     assert received >= 2 * 2, "w1 did not take the lost shard"        # 'received' and 'succeeded' lines
 

@@ -53,14 +53,17 @@ class CostView:
                 f"cells exactly.")
 
 
-def cost_view(registry, calibrations: CalibrationCache, form: Form, slow_seconds: float = SLOW_SECONDS) -> CostView:
-    """The estimate for the form's sweep; an empty view when the form does not validate, and a
-    line saying why when this web host has no weights to count with (--tokenizers-only)."""
+def cost_view(registry, calibrations: CalibrationCache, form: Form, slow_seconds: float = SLOW_SECONDS,
+              max_memory_mb: float | None = None) -> CostView:
+    """The estimate for the form's sweep (batches of at most `max_memory_mb`, as the run's); an empty
+    view when the form does not validate, and a line saying why when this web host has no weights
+    to count with (--tokenizers-only)."""
     from patching.model.tokenizer_only import NoWeightsError
     try:
         model = registry.get(check_model(registry, form.model))
         spec, prompts = parse_form(model, form)
-        est = estimate_cost(model, prompts, spec, calibration=calibrations.get(model, prompts))
+        est = estimate_cost(model, prompts, spec, calibration=calibrations.get(model, prompts),
+                            max_memory_mb=max_memory_mb)
     except NoWeightsError:
         return CostView("No cost preview: this web host loads no weights (--tokenizers-only); the run "
                         "itself goes to a worker.")
@@ -97,7 +100,7 @@ def register(app, ctx, *, slow_seconds: float = SLOW_SECONDS) -> SimpleNamespace
         form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                               per_position, layers, positions, heads)
         try:
-            view = cost_view(registry, calibrations, form, slow_seconds)
+            view = cost_view(registry, calibrations, form, slow_seconds, ctx.max_memory_mb)
         except Exception:                      # a preview must never break the page
             log.exception("cost preview failed")
             return "", "", True

@@ -186,7 +186,7 @@ def register(app, ctx) -> SimpleNamespace:
                               per_position, layers, positions, heads)
         run_id, error = guarded("run", lambda: execute_run(
             registry, store, form, data_dir, report=progress_reporter(set_progress),
-            token=job_token(session, ids.RUN_BUTTON, n_clicks)))
+            token=job_token(session, ids.RUN_BUTTON, n_clicks), max_memory_mb=ctx.max_memory_mb))
         if error:
             return no_update, error, no_update, ""
         return run_id, "", time.time(), saved_status(store, run_id, "Run")

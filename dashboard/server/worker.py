@@ -41,6 +41,8 @@ class WorkerConfig:
     dtype: str = "float32"
     device_map: str | None = None
     loglevel: str = "INFO"
+    max_memory_mb: float | None = None   # one batch of a dashboard job's exact sweep (as the web server's)
+    pace_s: float = 0.0                  # testing only: each patched batch waits this long (model/pacing.py)
 
     def __post_init__(self):
         if not self.models:
@@ -49,6 +51,10 @@ class WorkerConfig:
             raise ValueError(f"--concurrency must be a whole number from 1 to 64, not {self.concurrency!r}")
         if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"--loglevel must be DEBUG, INFO, WARNING or ERROR, not {self.loglevel!r}")
+        if self.max_memory_mb is not None and not 0 < self.max_memory_mb < float("inf"):
+            raise ValueError(f"--max-memory must be a positive number of MB, not {self.max_memory_mb!r}")
+        from patching.model.pacing import check_pace
+        check_pace(self.pace_s)
 
 
 def open_worker_store(cfg: WorkerConfig):
@@ -70,9 +76,10 @@ def build(cfg: WorkerConfig):
 
     capp = celery_app(cfg.redis_url)
     store = open_worker_store(cfg)
-    registry = ModelRegistry(list(cfg.models), device=cfg.device, dtype=cfg.dtype,
+    registry = ModelRegistry(list(cfg.models), device=cfg.device, dtype=cfg.dtype, pace_s=cfg.pace_s,
                              **({"device_map": cfg.device_map} if cfg.device_map else {}))
-    create_app(registry, store, dash.CeleryManager(capp), data_dir=cfg.data_dir, model=cfg.models[0])
+    create_app(registry, store, dash.CeleryManager(capp), data_dir=cfg.data_dir, model=cfg.models[0],
+               max_memory_mb=cfg.max_memory_mb)
     tasks = sorted(n for n in capp.tasks if n.startswith("background_callback_"))
     if not tasks:
         raise RuntimeError("the dashboard registered no background callbacks with the Celery app")
@@ -128,6 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-map", default=None,
                    help="'auto': spread a large model over the GPUs and CPU (accelerate)")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                   help="most memory one batch of a dashboard job's exact sweep may use (use the web server's); "
+                        "a sharded sweep's batches follow the CLI's --max-memory")
+    p.add_argument("--test-pace", type=float, default=0.0, metavar="SECONDS",
+                   help="testing only: every patched batch waits SECONDS first (patching/model/pacing.py)")
     return p.parse_args(argv)
 
 
@@ -138,7 +150,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or str(default_data_dir())
     cfg = WorkerConfig(redis_url=args.redis_url, models=tuple(args.model or ["default"]), data_dir=data_dir,
                        store_url=args.store_url if not args.data_dir else None, concurrency=args.concurrency,
-                       device=args.device, dtype=args.dtype, device_map=args.device_map, loglevel=args.loglevel)
+                       device=args.device, dtype=args.dtype, device_map=args.device_map, loglevel=args.loglevel,
+                       max_memory_mb=args.max_memory, pace_s=args.test_pace)
     logging.basicConfig(level=cfg.loglevel.upper(), format="%(levelname)s %(name)s: %(message)s")
     celery_app(cfg.redis_url)               # a bad URL or missing package: exit 2 before anything loads
     return run(cfg)

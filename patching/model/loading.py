@@ -465,9 +465,11 @@ class ModelRegistry:
     """Loaded models by name, loaded on first use; passed to the dashboard and the workers."""
 
     def __init__(self, names: list[str] | None = None, device: str | None = "cpu", dtype: str = "float32",
-                 device_map=None, weights: bool = True):
+                 device_map=None, weights: bool = True, pace_s: float = 0.0):
+        from patching.model.pacing import check_pace
         self._names = list(dict.fromkeys(names or ["default"]))
         pick_dtype(dtype)
+        self.pace_s = check_pace(pace_s)   # tests only: each patched batch waits this long (model/pacing.py)
         self._device, self._dtype, self._device_map = device, dtype, check_device_map(device_map, device)
         self.weights = weights            # False: tokenizers and configs only (a web host for Celery workers)
         self._loaded: dict[str, Model] = {}
@@ -485,7 +487,9 @@ class ModelRegistry:
         """The model `name`, loaded on first use (its tokenizer and config only without weights)."""
         if name not in self._loaded:
             if self.weights:
-                self._loaded[name] = load_model(name, self._device, self._dtype, device_map=self._device_map)
+                from patching.model.pacing import paced
+                self._loaded[name] = paced(load_model(name, self._device, self._dtype, device_map=self._device_map),
+                                           self.pace_s)
             else:
                 from patching.model.tokenizer_only import load_tokenizer_only
                 self._loaded[name] = load_tokenizer_only(name)
