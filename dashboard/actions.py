@@ -73,9 +73,11 @@ def _queued(report: Callable[[Progress], None], store=None, job=None) -> Callabl
     def waited(seconds: float) -> None:
         ahead = next((j for j in running_jobs(store, check_stale=False) if j.info.id != getattr(job, "id", None) and not j.queued),
                      None) if store is not None else None
-        behind = f"queued behind {ahead.text()}" if ahead else "queued behind another run"
+        behind = f"queued behind job {ahead.info.id}" if ahead else "queued behind another run"
         text = f"{behind} ({seconds:.0f} s); it starts when that one ends"
-        report(Progress(0, 1, text, ""))
+        report(Progress(0, 1, text, ""))        # the job ahead, with its progress, is named under it
+        if ahead is not None:
+            text = f"queued behind {ahead.text()} ({seconds:.0f} s); it starts when that one ends"
         if job is not None:
             job.progress(0, 0, text, queued=True)
             job.beat()                            # raises JobCancelled once Cancel was pressed for it

@@ -37,7 +37,8 @@ from patching.runs.limits import MAX_CODE_CHARS, clip
 from patching.runs.store import record_id
 
 from dashboard import ids
-from dashboard.components import clipped, wrong_type
+from dashboard.components import PAGE_FIELDS, clipped, page_outputs, wrong_type
+from dashboard.forms import restored_values
 
 RUN_PATH = re.compile(r"^run/(?P<id>[^/]*)/?$")
 RUN_ID = re.compile(r"^[0-9]{1,12}$")
@@ -300,36 +301,41 @@ def share_view(run, chosen: bool, run_href) -> tuple:
 
 def register(app: dash.Dash, registry, store) -> SimpleNamespace:
     """Wire routing, export and import; returns the plain functions so tests call them directly."""
-    return SimpleNamespace(**vars(_register_route(app, store)), **vars(_register_export(app, store)),
+    return SimpleNamespace(**vars(_register_route(app, registry, store)), **vars(_register_export(app, store)),
                            **vars(_register_import(app, registry, store)))
 
 
-def _register_route(app: dash.Dash, store) -> SimpleNamespace:
-    """/run/<id> opens that run; the address bar follows the run on screen."""
+def _register_route(app: dash.Dash, registry, store) -> SimpleNamespace:
+    """/run/<id> opens that run with its form on the left panel (as History's Open does); the
+    address bar follows the run on screen."""
     prefix = app.config.requests_pathname_prefix or "/"
     run_href = run_href_for(app)
+    keep = (no_update,) * len(PAGE_FIELDS)
 
     app.clientside_callback(_FOLLOW_RUN % {"base": json.dumps(app.get_relative_path("/run/"))},
                             Output(ids.RUN_LINK, "title"), Input(ids.CURRENT_RUN, "data"),
                             prevent_initial_call=True)
 
     def route(pathname):
-        """/run/<id> -> that run on the Results tab; anything else malformed -> said inline."""
+        """/run/<id> -> that run on the Results tab and its prompts, kind, metric and direction
+        on the left panel; anything else malformed -> said inline."""
         try:
             run_id = parse_run_path(pathname, prefix)
         except ValueError as exc:           # the screen is cleared: the address names no run on it
-            return None, ids.TAB_RESULTS, str(exc)
+            return (None, ids.TAB_RESULTS, str(exc)) + keep
         if run_id is None:
-            return no_update, no_update, ""
+            return (no_update, no_update, "") + keep
         try:
-            store.info(run_id)
+            run = store.get(run_id)
         except ValueError:                  # deleted, or never saved here: nothing of another run stays
-            return None, ids.TAB_RESULTS, stale_run_message(run_id)
-        return run_id, ids.TAB_RESULTS, ""
+            return (None, ids.TAB_RESULTS, stale_run_message(run_id)) + keep
+        values = restored_values(run.result.spec.to_dict(), run.pairs, registry.names())
+        return (run_id, ids.TAB_RESULTS, "") + tuple(values.get(f, no_update) for f in PAGE_FIELDS)
 
     app.callback(Output(ids.CURRENT_RUN, "data", allow_duplicate=True),
                  Output(ids.TABS, "active_tab", allow_duplicate=True),
                  Output(ids.RUN_URL_STATUS, "children"),
+                 *[Output(i, p, allow_duplicate=True) for i, p in page_outputs()],
                  Input(ids.URL, "pathname"), prevent_initial_call="initial_duplicate")(route)
 
     def current(run_id):

@@ -60,7 +60,7 @@ def attach_view(jobs, session: str | None, run_disabled: bool, attached: int | N
     others = [j for j in jobs if not j.started_by(session)]
     if run_disabled:                        # this page's own run owns the controls
         ahead = next((j for j in others if not j.queued), None)
-        return AttachView(ahead.info.id if ahead else None, None, f"Waiting for {ahead.text()}" if ahead else "")
+        return AttachView(ahead.info.id if ahead else None, None, f"Ahead of it: {ahead.text()}" if ahead else "")
     if not others:
         if attached is None:
             return AttachView(None, None)

@@ -69,17 +69,27 @@ def test_parse_run_path_under_a_prefix():
     assert share.parse_run_path("/app/", "/app/") is None
 
 
-def test_route_opens_the_run_on_the_results_tab(cb, store, result):
+def test_route_opens_the_run_on_the_results_tab_with_its_form(cb, store, result):
+    """A shared link shows the run and the prompts, kind, metric and direction that made it
+    (as History's Open does), not whatever the panel held."""
+    from dashboard.components import PAGE_FIELDS
     run_id = store.save(result, IOI)
-    assert cb.route(f"/run/{run_id}") == (run_id, ids.TAB_RESULTS, "")
-    assert cb.route("/") == (no_update, no_update, "")
+    out = cb.route(f"/run/{run_id}")
+    assert out[:3] == (run_id, ids.TAB_RESULTS, "")
+    form = dict(zip(PAGE_FIELDS, out[3:]))
+    assert (form["clean"], form["corrupt"], form["answer"], form["wrong"]) == tuple(IOI[0])
+    assert (form["kind"], form["metric"], form["direction"]) == (result.spec.kind, result.spec.metric,
+                                                                 result.spec.direction)
+    assert cb.route("/")[:3] == (no_update, no_update, "")
+    assert set(cb.route("/")[3:]) == {no_update}               # an address with no run leaves the panel alone
 
 
 def test_route_unknown_and_malformed_ids_are_said_inline(cb, store, result):
     store.save(result, IOI)
-    current, tab, message = cb.route("/run/999")     # the screen clears: no other run stays on it
+    current, tab, message, *form = cb.route("/run/999")     # the screen clears: no other run stays on it
+    assert set(form) == {no_update}
     assert current is None and tab == ids.TAB_RESULTS and message.startswith("run 999 not found")
-    current, tab, message = cb.route("/run/abc")
+    current, tab, message, *_ = cb.route("/run/abc")
     assert current is None and "malformed run id 'abc'" in message
 
 
@@ -103,7 +113,7 @@ def test_route_uses_the_id_only_as_a_number(registry, tmp_path):
     class Store:
         data_dir = tmp_path
 
-        def info(self, run_id):
+        def get(self, run_id):
             calls.append(run_id)
             raise ValueError(f"run {run_id} does not exist")
 

@@ -62,6 +62,9 @@ def test_run_url_opens_the_heatmap_with_link_and_provenance(browser_context, ser
     assert ticks == ["H0", "H1", "H2", "H3"]
     assert page.get_attribute(f"#{ids.RUN_LINK} a", "href") == "/run/1"
     assert page.inner_text(f"#{ids.RUN_URL_STATUS}") == ""
+    page.wait_for_function("([id, t]) => document.getElementById(id).value === t",
+                           arg=[ids.CLEAN_PROMPT, IOI[0][0]])      # the link brings the run's form back
+    assert "head_out" in page.inner_text(f"#{ids.KIND_SELECT}")
     page.click(f"#{ids.PROVENANCE_PANEL} summary")
     wait_text(page, ids.PROVENANCE_PANEL, seeded[1].provenance["weights_sha256"])
     assert "transformer_lens" in page.inner_text(f"#{ids.PROVENANCE_PANEL}")
