@@ -123,6 +123,32 @@ def highlight_values(model, prompts: PromptSet, spec: HighlightSpec) -> pd.DataF
     return _frame(spec.source, label, spec.run, pair, tokens, values)[list(HIGHLIGHT_COLUMNS)]
 
 
+def attention_row(patterns: pd.DataFrame, *, layer: int, head: int, dest: int = -1) -> pd.DataFrame:
+    """One head's attention from `dest` to every position, read from an `attention_patterns` /
+    `attention_overview` frame (no forward): the same rows as `highlight_values` with source
+    "attention" (NaN after the destination).
+
+    >>> row = attention_row(attention_overview(model, prompts), layer=1, head=0, dest=-1)   # doctest: +SKIP
+    >>> round(float(row.value.sum()), 4)                                                      # doctest: +SKIP
+    1.0
+    """
+    sel = patterns[(patterns["layer"] == layer) & (patterns["head"] == head)]
+    if sel.empty:
+        present = sorted(set(zip(patterns["layer"].tolist(), patterns["head"].tolist())))
+        raise ValueError(f"{head_label(layer, head)} is not in these patterns (they have "
+                         f"{', '.join(head_label(l, h) for l, h in present[:8])}{', ...' if len(present) > 8 else ''})")
+    toks = sel[["dest", "dest_token"]].drop_duplicates("dest").sort_values("dest")
+    tokens = [str(t) for t in toks["dest_token"]]
+    dest = check_index(_whole(dest, "dest"), len(tokens), "dest", f"the prompt has {len(tokens)} tokens")
+    values = np.full(len(tokens), np.nan)
+    row = sel[sel["dest"] == dest]
+    values[row["src"].to_numpy()] = row["value"].to_numpy()
+    from patching.figures.common import position_label
+    label = f"{head_label(layer, head)} attention from {position_label(dest, tokens)}"
+    return _frame("attention", label, str(sel["run"].iloc[0]), int(sel["pair"].iloc[0]), tokens,
+                  values)[list(HIGHLIGHT_COLUMNS)]
+
+
 def effect_values(result, *, layer: int, head: int | None = None) -> pd.DataFrame:
     """A per-position sweep's effect (patched − unpatched metric, mean over pairs) at `layer`
     (and `head`, for head kinds per position), one row per position: the highlight of a run.
@@ -164,4 +190,4 @@ def effect_values(result, *, layer: int, head: int | None = None) -> pd.DataFram
     return df[list(HIGHLIGHT_COLUMNS)]
 
 
-__all__ = ["HighlightSpec", "highlight_values", "effect_values", "SOURCES", "HIGHLIGHT_COLUMNS"]
+__all__ = ["HighlightSpec", "highlight_values", "attention_row", "effect_values", "SOURCES", "HIGHLIGHT_COLUMNS"]

@@ -30,16 +30,22 @@ def page(tiny_name):
     return (tiny_name, *IOI[0], ["bos"], None)
 
 
-def _show(cb, page, view="lens", run="clean", pair=0, mode="accumulated", value="top_prob",
-          components="all", dla_by="layer", layer=0, head=None, attention_view="grid", pos=-1, k=10,
-          image_format="png", tab=lens_tab.TAB_INSPECT):
-    return cb.show(view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k,
-                   image_format, tab, *page)
+def _options(view="lens", run="clean", pair=0, mode="accumulated", value="top_prob", components="all",
+             dla_by="layer", layer=0, head=None, attention_view="grid", pos=-1, k=10, overview="grid", layer_b=-1,
+             source="neuron", neuron=0, run_id=None, band="one") -> tuple:
+    """The selectors' values in OPTION_IDS order."""
+    return (view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k, overview,
+            layer_b, source, neuron, run_id, band)
+
+
+def _show(cb, page, image_format="png", tab=lens_tab.TAB_INSPECT, **options):
+    return cb.show(*_options(**options), image_format, tab, *page)
 
 
 def test_layout_has_every_tab_id_and_no_clash_with_the_page():
     present = {getattr(c, "id", None) for c in walk(lens_tab.layout())} - {None}
-    missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL]
+    missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL
+               and i not in lens_tab.DYNAMIC_IDS]
     assert not missing and lens_tab.INSPECT_PANEL in present
     assert set(lens_tab.CONTROL_IDS.values()) <= present
     page_ids = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)
@@ -116,14 +122,13 @@ def test_not_computed_while_another_tab_is_open(cb, page):
 
 
 def test_download_is_the_views_csv(cb, page):
-    sent = cb.download(1, "topk", "corrupt", 0, "accumulated", "top_prob", "all", "layer", 0, None, "grid",
-                       -1, 5, *page)
+    sent = cb.download(1, *_options("topk", "corrupt", k=5), *page)
     assert sent["filename"] == "patchboard-topk-corrupt-pair0-pos14.csv"
     df = pd.read_csv(io.StringIO(sent["content"]))
     assert list(df["rank"]) == [1, 2, 3, 4, 5] and set(df.run) == {"corrupt"}
-    att = cb.download(1, "attention", "clean", 0, None, None, None, None, 1, 3, "grid", -1, 10, *page)
+    att = cb.download(1, *_options("attention", layer=1, head=3), *page)
     assert set(pd.read_csv(io.StringIO(att["content"]))["head"]) == {3}
-    assert cb.download(0, "topk", *([None] * 11), *page) is no_update
+    assert cb.download(0, "topk", *([None] * (len(lens_tab.OPTION_IDS) - 1)), *page) is no_update
 
 
 def test_figure_only_changes_do_not_rerun_the_model(registry, page, monkeypatch):
