@@ -90,6 +90,20 @@ def test_attention_overview_of_a_mixed_set_uses_the_pairs_own_tokens(gpt2_model,
     np.testing.assert_allclose(got.value, ref[got.dest, got.src], atol=1e-5)
 
 
+def test_one_pair_of_a_mixed_set_is_its_own_length_in_every_view(gpt2_model, mixed):
+    """The single-pair views read a pair of a mixed set without the padding (before: padded tokens
+    ran as if they were text); every pair at once is refused, naming the lengths."""
+    from patching.inspect.lens import logit_lens
+    n = mixed.lengths[1]
+    norms = residual_norms(gpt2_model, mixed, pair=1)
+    ref = _cache(gpt2_model, mixed.corrupt_tokens[1:2, :n])[hooks.resid_post(1)][0].norm(dim=-1).numpy()
+    rows = norms[(norms.run == "corrupt") & (norms.stage == "resid_post") & (norms.layer == 1)].sort_values("pos")
+    np.testing.assert_allclose(rows.norm, ref, rtol=1e-5)
+    assert logit_lens(gpt2_model, mixed, pair=1).pos.max() == n - 1
+    with pytest.raises(ValueError, match=r"needs pairs of one token length; this set has 15 tokens \(pairs 0, 2\)"):
+        residual_norms(gpt2_model, mixed, pair=None)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m, p: attention_overview(m, p, layers=[2]), "layer 2 is out of range: the model has 2 layers"),
     (lambda m, p: attention_overview(m, p, layers=[]), "layers is empty"),

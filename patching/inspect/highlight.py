@@ -98,8 +98,7 @@ def highlight_values(model, prompts: PromptSet, spec: HighlightSpec) -> pd.DataF
     if spec.source in ("head_norm", "attention") and not 0 <= spec.head < model.n_heads:
         raise ValueError(f"head {spec.head} is out of range: layer {layer} has {model.n_heads} heads "
                          f"(0..{model.n_heads - 1})")
-    one = lens._one_pair(prompts, pair)
-    cache = lens._run(model, one, spec.run, 0 if one is not prompts else pair)
+    cache = lens._run(model, prompts, spec.run, pair)
     tokens = lens._Decoder(model)(cache.tokens[0].cpu())
     lc = cache.layers[layer]
     if spec.source == "neuron":

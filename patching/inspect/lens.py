@@ -95,13 +95,17 @@ def _tokens(prompts: PromptSet, run: str) -> Tensor:
 
 
 def _run(model, prompts: PromptSet, run: str, pair: int | None) -> RunCache:
-    """One cached forward of one pair ([1, pos]) or of every pair ([n_pairs, pos]).
+    """One cached forward of one pair ([1, pos], the pair's own length in a set of mixed lengths)
+    or of every pair ([n_pairs, pos]; a set of one length only).
 
     Without a runner: the bridge's `run_with_cache`, keeping the residual streams and patterns
     in a RunCache-shaped namespace (the fields the runner-free views read).
     """
     tokens = _tokens(prompts, run)
-    tokens = tokens if pair is None else tokens[pair:pair + 1]
+    if pair is None:
+        prompts.require_one_length("this view of every pair")      # (residual_norm_bands aligns by role)
+    else:
+        tokens = tokens[pair:pair + 1, :prompts.lengths[pair]]     # a set of mixed lengths pads the shorter
     if getattr(model, "runner", None) is not None:
         return model.runner.run(tokens)
     parallel = model.parallel_attn_mlp
@@ -466,11 +470,6 @@ def _check_heads(heads, n_heads: int, layer: int) -> list[int]:
     return [int(h) for h in heads]
 
 
-def _one_pair(prompts: PromptSet, pair: int) -> PromptSet:
-    """Pair `pair` alone, cut to its own token length (a set of mixed lengths pads the shorter)."""
-    return prompts.subset([pair]) if prompts.is_mixed else prompts
-
-
 def _pattern_frame(model, cache, run: str, pair: int, layer_heads: list[tuple[int, list[int]]]) -> pd.DataFrame:
     """The ATTENTION_COLUMNS rows of a one-prompt cache, for each (layer, heads) in order."""
     toks = _Decoder(model)(cache.tokens[0].cpu())
@@ -509,8 +508,7 @@ def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "cle
     pair = _check_pair(prompts, pair)
     layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
     heads = _check_heads(heads, model.n_heads, layer)
-    one = _one_pair(prompts, pair)
-    cache = _run(model, one, run, 0 if one is not prompts else pair)
+    cache = _run(model, prompts, run, pair)
     return _pattern_frame(model, cache, run, pair, [(layer, heads)])
 
 
@@ -536,8 +534,7 @@ def attention_overview(model, prompts: PromptSet, *, run: str = "clean", pair: i
     elif not list(layers):
         raise ValueError(f"layers is empty: give layer numbers from 0 to {n_layers - 1} (or none for every layer)")
     layers = [_check_index(l, n_layers, "layer", f"the model has {n_layers} layers") for l in layers]
-    one = _one_pair(prompts, pair)
-    cache = _run(model, one, run, 0 if one is not prompts else pair)
+    cache = _run(model, prompts, run, pair)
     return _pattern_frame(model, cache, run, pair, [(l, list(range(model.n_heads))) for l in layers])
 
 
