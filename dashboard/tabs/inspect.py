@@ -80,7 +80,7 @@ SOURCES = {"neuron": "neuron", "head_norm": "head output norm", "attention": "at
 
 
 def shown(name: str, view: str, mode: str | None = None, overview: str | None = None,
-          source: str | None = None) -> bool:
+          source: str | None = None, band: str | None = None) -> bool:
     """Whether selector `name` is shown for these choices.
 
     >>> shown("layer", "overview", overview="grid"), shown("neuron", "highlight", source="neuron")
@@ -98,6 +98,8 @@ def shown(name: str, view: str, mode: str | None = None, overview: str | None = 
                 "head": source != "neuron", "pos": source == "attention"}.get(name, True)
     if name == "layer_b":
         return overview == "pair"
+    if view == "norms" and name == "pair":
+        return band != "all"
     return True
 
 
@@ -289,8 +291,8 @@ def _highlight_frame(c: _Call) -> pd.DataFrame:
 def _highlight_view(c: _Call) -> InspectResult:
     df = _highlight_frame(c)
     label = str(df.label.iloc[0])
-    where = f"run {c.opts.run_id}" if c.opts.source == "effect" else f"{c.opts.run} prompt, pair {int(df.pair.iloc[0])}"
-    summary = f"{label} on every token of the {where}; hover a token for its value. {figures_highlight.legend_text(df)}."
+    where = f"run {c.opts.run_id}" if c.opts.source == "effect" else f"the {c.opts.run} prompt, pair {int(df.pair.iloc[0])}"
+    summary = f"{label} on every token of {where}: the text above is coloured by it (hover a token), the bars below."
     name = label.split(" ·")[0].replace(" ", "-").replace(":", "").replace("'", "")
     return InspectResult(df, figures_highlight.highlight_bars(df), None, summary,
                          f"patchboard-highlight-{''.join(ch for ch in name if ch.isalnum() or ch in '-_')}.csv")
@@ -429,13 +431,13 @@ def _options(values) -> InspectOptions:
 def register(app, ctx) -> SimpleNamespace:
     """Wire the tab to `app`; returns the plain functions so tests call them directly."""
 
-    def controls(view, mode=None, overview=None, source=None):
+    def controls(view, mode=None, overview=None, source=None, band=None):
         """Show only the selectors the view (and its choices) use."""
-        return [{} if shown(name, view, mode, overview, source) else {"display": "none"} for name in CONTROLS]
+        return [{} if shown(name, view, mode, overview, source, band) else {"display": "none"} for name in CONTROLS]
 
     app.callback([Output(CONTROL_IDS[n], "style") for n in CONTROLS], Input(INSPECT_VIEW, "value"),
                  Input(INSPECT_MODE, "value"), Input(INSPECT_OVERVIEW, "value"),
-                 Input(INSPECT_SOURCE, "value"))(controls)
+                 Input(INSPECT_SOURCE, "value"), Input(INSPECT_BAND, "value"))(controls)
 
     memo = FrameMemo()
 
@@ -478,6 +480,12 @@ def register(app, ctx) -> SimpleNamespace:
     app.callback(Output(INSPECT_FOCUS, "data"), Input(INSPECT_GRAPH, "clickData"), State(INSPECT_VIEW, "value"),
                  State(INSPECT_OVERVIEW, "value"), State(INSPECT_LAYER, "value"), State(INSPECT_LAYER_B, "value"),
                  State(MODEL_SELECT, "value"), prevent_initial_call=True)(focus_head)
+
+    # the enlarged head is above the grid: bring it on screen after a click further down
+    app.clientside_callback(
+        "function(focus) { const e = document.getElementById('" + INSPECT_DETAIL + "');"
+        " if (focus && e) { e.scrollIntoView({block: 'start'}); } return window.dash_clientside.no_update; }",
+        Output(INSPECT_DETAIL, "title"), Input(INSPECT_FOCUS, "data"), prevent_initial_call=True)
 
     def follow_run(run_id):
         """The highlight's run number follows the run on screen (typing another one still works)."""

@@ -28,6 +28,8 @@ from plotly.colors import sample_colorscale
 from patching.figures.common import DIVERGING, base_layout, empty_figure, position_label
 from patching.figures.lens import sized_by_tokens, token_axis, token_text
 
+AXIS_TITLES = {"neuron": "activation", "head_norm": "output norm", "attention": "attention",
+               "effect": "effect (patched − unpatched)"}
 TOKEN_WIDTH = 40           # characters of one token shown (longer ones end with …; the hover has all)
 DARK = 0.3                 # |colour position − 0.5| above which the text turns white
 
@@ -156,8 +158,8 @@ def highlight_bars(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
         hovertemplate="%{customdata[0]}<br>value %{customdata[1]}<extra></extra>"))
     token_axis(fig, x, tokens)
     fig.update_xaxes(title_text="position (token)")
-    fig.update_yaxes(title_text=str(df["source"].iloc[0]).replace("_", " ") if "source" in df else "value",
-                     zeroline=True, zerolinecolor="#9ca3af")
+    source = str(df["source"].iloc[0]) if "source" in df else ""
+    fig.update_yaxes(title_text=AXIS_TITLES.get(source, "value"), zeroline=True, zerolinecolor="#9ca3af")
     title = title or (str(df["label"].iloc[0]) if "label" in df else "Highlighted values")
     return sized_by_tokens(base_layout(fig, title, 380), len(x), extra_px=160)
 

@@ -28,7 +28,7 @@ from patching.figures.lens import token_text
 LAYOUTS = ("grid", "pair")
 SCALES = ("panel", "shared")
 LABEL_PX = 11              # a tick label's height: panels thin their token labels below this spacing
-BAR_PX = 58                # room right of each panel for its colour bar and its ticks
+BAR_PX = 48                # room right of each panel for its colour bar and its ticks
 TITLE_PX = 22              # room above each panel for its title
 
 
@@ -91,7 +91,7 @@ def attention_overview_figure(df: pd.DataFrame, *, layout: str = "grid", layers:
     n_pos = len(tokens)
     labels = _axis_labels(tokens)
     panel_px = int(min(320, max(150, LABEL_PX * n_pos + 6)) if layout == "grid" else min(440, max(240, 14 * n_pos)))
-    left, right, top, bottom = 120, 20, 100, 120
+    left, right, top, bottom = 110, 10, 100, 120
     width = left + right + cols * (panel_px + BAR_PX)
     height = top + bottom + rows * (panel_px + TITLE_PX)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[head_label(l, h) for l, h in panels],

@@ -165,6 +165,7 @@ def test_new_views_show_their_own_selectors(cb):
     assert visible("highlight", None, None, "attention") == {"run", "pair", "source", "layer", "head", "pos"}
     assert visible("highlight", None, None, "effect") == {"source", "run_id", "layer", "head"}
     assert "band" in visible("norms") and "band" not in visible("lens", "accumulated")
+    assert "pair" in visible("norms", None, None, None, "one") and "pair" not in visible("norms", None, None, None, "all")
 
 
 def test_overview_figure_and_its_enlarged_head(cb, page, gpt2_model):
@@ -209,6 +210,7 @@ def test_new_views_bad_input_is_shown(cb, page, kwargs, message):
 def test_highlight_detail_is_the_text_coloured_by_value(cb, page):
     fig, _, status, *_ = _show(cb, page, view="highlight", source="head_norm", layer=1, head=2)
     assert "L1H2 output norm on every token of the clean prompt, pair 0" in status
+    assert fig.layout.yaxis.title.text == "output norm"
     children, _ = _detail(cb, page, view="highlight", source="head_norm", layer=1, head=2)
     title, tokens, legend = children
     values = [float(s.title.split(" · ")[1]) for s in tokens.children if hasattr(s, "title")]

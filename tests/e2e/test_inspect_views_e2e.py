@@ -9,6 +9,7 @@ Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save screenshots 23-27.
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 
@@ -67,10 +68,14 @@ def test_attention_overview_click_a_panel_to_enlarge_it(page):
     page.wait_for_function(f"document.querySelectorAll('#{tab.INSPECT_TOKENS} .token-span').length === 15")
     assert _detail_title(page).startswith("L0H0 attention from 14: ' to'")
     # click the panel of L2H1 (the 10th: subplot x10y10)
-    box = page.locator(f"#{tab.INSPECT_GRAPH} .nsewdrag[data-subplot='x10y10']").bounding_box()
+    panel = page.locator(f"#{tab.INSPECT_GRAPH} .nsewdrag[data-subplot='x10y10']")
+    panel.scroll_into_view_if_needed()                             # the grid is below the detail
+    box = panel.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.8)
     page.wait_for_function(f"document.querySelector('#{tab.INSPECT_DETAIL} .detail-title')?.textContent"
                            ".startsWith('L2H1 attention from 14')")
+    top = page.evaluate(f"document.getElementById('{tab.INSPECT_DETAIL}').getBoundingClientRect().top")
+    assert 0 <= top < page.viewport_size["height"] / 2             # the enlarged head is brought on screen
     page.wait_for_function(f"document.querySelector('#{tab.INSPECT_ZOOM} .gtitle')?.textContent.includes('L2H1')")
     mark = page.locator(f"#{tab.INSPECT_TOKENS} .token-mark")
     assert mark.count() == 1 and mark.inner_text() == "␣to"
@@ -108,26 +113,29 @@ def test_two_layers_side_by_side(page):
 
 def test_highlighted_text_of_a_long_prompt_with_odd_tokens(page, shipped_model):
     type_prompts(page, LONG, LONG.replace("Mary.", "John."), " Mary", " John")
-    n = len(shipped_model.to_str_tokens(LONG))                     # BOS included
+    n = len(shipped_model.to_str_tokens(LONG)) + 1                 # and BOS
     _view(page, "Highlighted text")
     page.click(f"#{tab.INSPECT_SOURCE} label:has-text('neuron')")
     _set(page, tab.INSPECT_LAYER, 2)
     _set(page, tab.INSPECT_NEURON, 7)
     page.wait_for_function(f"document.querySelectorAll('#{tab.INSPECT_TOKENS} .token-span').length === {n}",
                            timeout=60_000)
+    page.wait_for_function(f"document.querySelector('#{tab.INSPECT_DETAIL} .detail-title')?.textContent === 'L2N7'")
+    page.wait_for_function(f"document.querySelectorAll('#{tab.INSPECT_GRAPH} .xtick text').length === {n} && "
+                           f"document.querySelector('#{tab.INSPECT_GRAPH} .gtitle')?.textContent === 'L2N7'")
     texts = page.eval_on_selector_all(f"#{tab.INSPECT_TOKENS} .token-span", "els => els.map(e => e.textContent)")
     assert "\\n" in "".join(texts) and "\\t" in "".join(texts) and "␣" in texts          # odd tokens visible
     assert page.locator(f"#{tab.INSPECT_TOKENS} br").count() == 1                    # the text breaks at \n
     values = page.eval_on_selector_all(f"#{tab.INSPECT_TOKENS} .token-span", "els => els.map(e => e.dataset.value)")
-    bars = page.evaluate(f"document.getElementById('{tab.INSPECT_GRAPH}').querySelector('.js-plotly-plot')"
-                         ".data[0].y")
+    bars = page.evaluate(f"Array.from(document.getElementById('{tab.INSPECT_GRAPH}')"
+                         ".querySelector('.js-plotly-plot')._fullData[0].y)")
     assert [round(float(v), 3) for v in values] == [round(float(b), 3) for b in bars]
     colours = page.eval_on_selector_all(f"#{tab.INSPECT_TOKENS} .token-span", "els => els.map(e => e.style.backgroundColor)")
     top = max(range(n), key=lambda i: abs(float(values[i])))
     blue = colours[top].startswith("rgb(5, 48, 97)") or colours[top].startswith("rgb(103, 0, 31)")
     assert blue and (float(values[top]) > 0) == colours[top].startswith("rgb(5, 48, 97)")   # the darkest shade
-    overflow = page.evaluate(f"(() => {{ const d = document.getElementById('{tab.INSPECT_DETAIL}');"
-                             " return d.scrollWidth - d.clientWidth; }})()")
+    overflow = page.evaluate("id => { const d = document.getElementById(id); return d.scrollWidth - d.clientWidth; }",
+                             tab.INSPECT_DETAIL)
     assert overflow <= 1                                                                     # the text wraps
     ticks = page.locator(f"#{tab.INSPECT_GRAPH} .xtick text").count()
     assert ticks == n
@@ -137,9 +145,10 @@ def test_highlighted_text_of_a_long_prompt_with_odd_tokens(page, shipped_model):
 
 def test_highlight_by_a_runs_patching_effect(page):
     type_prompts(page, *IOI)
+    page.click(f"#{ids.TABS} .nav-link:has-text('Results')")
     choose(page, ids.KIND_SELECT, "resid_pre")
     summary = run_and_wait(page)
-    run_id = summary.split("Run #")[1].split()[0].strip(".:")
+    run_id = re.search(r"Run #(\d+)", summary).group(1)
     _view(page, "Highlighted text")
     page.click(f"#{tab.INSPECT_SOURCE} label:has-text('patching effect')")
     page.wait_for_function(f"document.getElementById('{tab.INSPECT_RUN_ID}').value === '{run_id}'")
@@ -171,7 +180,7 @@ def test_residual_norms_mean_and_std_over_mixed_length_pairs(page, shipped_model
     page.wait_for_function(f"document.querySelector('#{tab.INSPECT_GRAPH} .gtitle')?.textContent"
                            ".includes('mean ± std over 8 pairs')", timeout=60_000)
     assert page.locator(f"#{tab.INSPECT_GRAPH} .js-fill").count() == 4                 # 2 runs × 2 panels
-    ticks = page.eval_on_selector_all(f"#{tab.INSPECT_GRAPH} .xaxislayer-above .xtick text",
+    ticks = page.eval_on_selector_all(f"#{tab.INSPECT_GRAPH} .xaxislayer-above .x2tick text",
                                       "els => els.map(e => e.textContent)")
     assert {"0: 'IO'", "4: 'END'"} <= set(ticks)                                        # by role
     assert "by role" in page.inner_text(f"#{tab.INSPECT_STATUS}")
