@@ -176,6 +176,7 @@ def test_residual_norms_mean_and_std_over_mixed_length_pairs(page, shipped_model
     page.set_input_files(f"#{ids.PAIRS_UPLOAD} input[type=file]", str(path))
     page.wait_for_function(f"document.getElementById('{ids.PAIRS_PREVIEW}').innerText.includes('Using 8 pairs')")
     _view(page, "Residual norms")
+    _set(page, tab.INSPECT_POS, -1)                                # (an earlier view left it at 6: 5 roles here)
     page.click(f"#{tab.INSPECT_BAND} label:has-text('all pairs')")
     page.wait_for_function(f"document.querySelector('#{tab.INSPECT_GRAPH} .gtitle')?.textContent"
                            ".includes('mean ± std over 8 pairs')", timeout=60_000)
