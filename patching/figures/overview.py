@@ -27,8 +27,8 @@ from patching.figures.lens import token_text
 
 LAYOUTS = ("grid", "pair")
 SCALES = ("panel", "shared")
-LABEL_PX = 11              # a tick label's height: panels thin their token labels below this spacing
-BAR_PX = 48                # room right of each panel for its colour bar and its ticks
+LABEL_PX = 10              # a tick label's height: panels thin their token labels below this spacing
+BAR_PX = 58                # room right of each panel for its colour bar and its ticks
 TITLE_PX = 22              # room above each panel for its title
 
 
@@ -90,8 +90,8 @@ def attention_overview_figure(df: pd.DataFrame, *, layout: str = "grid", layers:
     tokens = [str(t) for t in toks["dest_token"]]
     n_pos = len(tokens)
     labels = _axis_labels(tokens)
-    panel_px = int(min(320, max(150, LABEL_PX * n_pos + 6)) if layout == "grid" else min(440, max(240, 14 * n_pos)))
-    left, right, top, bottom = 110, 10, 100, 120
+    panel_px = int(min(320, max(150, LABEL_PX * n_pos)) if layout == "grid" else min(440, max(240, 14 * n_pos)))
+    left, right, top, bottom = 100, 6, 100, 120
     width = left + right + cols * (panel_px + BAR_PX)
     height = top + bottom + rows * (panel_px + TITLE_PX)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[head_label(l, h) for l, h in panels],
@@ -108,7 +108,7 @@ def attention_overview_figure(df: pd.DataFrame, *, layout: str = "grid", layers:
         zmax = float(np.nanmax(z[1:])) if scale == "panel" and n_pos > 1 else 1.0
         zmax = zmax if zmax > 0 else 1.0
         xd, yd = fig.get_subplot(r + 1, c + 1).xaxis.domain, fig.get_subplot(r + 1, c + 1).yaxis.domain
-        bar = dict(x=xd[1] + 4 / width, xanchor="left", y=(yd[0] + yd[1]) / 2, len=(yd[1] - yd[0]),
+        bar = dict(x=xd[1] + 3 / width, xanchor="left", y=(yd[0] + yd[1]) / 2, len=(yd[1] - yd[0]),
                    lenmode="fraction", thickness=7, outlinewidth=0, tickfont=dict(size=9),
                    tickvals=[0, zmax], ticktext=["0", f"{zmax:.2f}"])
         fig.add_trace(go.Heatmap(

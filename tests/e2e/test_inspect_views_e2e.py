@@ -65,6 +65,9 @@ def test_attention_overview_click_a_panel_to_enlarge_it(page):
     ticks = page.eval_on_selector_all(f"#{tab.INSPECT_GRAPH} .yaxislayer-above .ytick text",
                                       "els => els.map(e => e.textContent)")
     assert "2: ␣Mary" in ticks and "14: ␣to" in ticks                              # tokens down the side
+    scroll, client = page.evaluate("id => { const b = document.getElementById(id).closest('.graph-scroll');"
+                                   " return [b.scrollWidth, b.clientWidth]; }", tab.INSPECT_GRAPH)
+    assert scroll <= client                                        # 4 heads fit the tab: no sideways scroll
     page.wait_for_function(f"document.querySelectorAll('#{tab.INSPECT_TOKENS} .token-span').length === 15")
     assert _detail_title(page).startswith("L0H0 attention from 14: ' to'")
     # click the panel of L2H1 (the 10th: subplot x10y10)
