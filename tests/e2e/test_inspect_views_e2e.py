@@ -195,3 +195,38 @@ def test_residual_norms_mean_and_std_over_mixed_length_pairs(page, shipped_model
     page.wait_for_function(f"document.querySelector('#{tab.INSPECT_GRAPH} .gtitle')?.textContent"
                            ".includes('mean ± std over 8 pairs')")
     shot(page, "27-residual-norms-band")
+
+
+OVERLAPS = """(sel) => {
+    const boxes = [...document.querySelectorAll(sel)].filter(e => e.textContent.length)
+        .map(e => e.getBoundingClientRect());
+    let n = 0;
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i], b = boxes[j];
+        if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5) n++;
+    }
+    return [boxes.length, n];
+}"""
+
+
+def test_overview_of_another_pair_then_of_a_long_prompt(page):
+    """Pair 3 of the 8 uploaded pairs (mixed lengths: read at its own length), then a 65-token
+    prompt with odd tokens: the panels thin their token labels, which never overlap."""
+    _view(page, "Attention overview")
+    page.click(f"#{tab.INSPECT_OVERVIEW} label:has-text('every layer')")
+    _set(page, tab.INSPECT_PAIR, 3)
+    page.wait_for_function(f"document.querySelector('#{tab.INSPECT_GRAPH} .gtitle')?.textContent"
+                           ".includes('clean run · pair 3')")
+    assert _detail_title(page).startswith("L0H0 attention from")
+    page.click(f"#{ids.PAIRS_CLEAR}")
+    _set(page, tab.INSPECT_PAIR, 0)
+    type_prompts(page, LONG, LONG.replace("Mary.", "John."), " Mary", " John")
+    page.wait_for_function(f"document.querySelectorAll('#{tab.INSPECT_TOKENS} .token-span').length === 65",
+                           timeout=60_000)
+    page.wait_for_function(f"document.querySelectorAll('#{tab.INSPECT_GRAPH} g.hm').length === 16")
+    sel = f"#{tab.INSPECT_GRAPH} .yaxislayer-above .ytick text"
+    n_ticks, overlaps = page.evaluate(OVERLAPS, sel)
+    assert 0 < n_ticks < 4 * 65 and overlaps == 0                   # thinned, never on top of each other
+    labels = page.eval_on_selector_all(sel, "els => els.map(e => e.textContent)")
+    assert any("\\n" in t for t in labels) or any("␣" in t for t in labels)
+    assert not page.errors, page.errors
