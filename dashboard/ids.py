@@ -189,7 +189,7 @@ ATTR_REFINE_TABLE = "attribution-refine-table"
 # -- Inspect tab (dashboard/tabs/inspect.py) ------------------------------------------------------
 TAB_INSPECT = "tab-inspect"
 INSPECT_PANEL = "inspect-panel"
-INSPECT_VIEW = "inspect-view"                # lens | dla | topk | attention | norms
+INSPECT_VIEW = "inspect-view"                # lens | dla | topk | attention | overview | highlight | norms
 INSPECT_RUN = "inspect-run"                  # clean | corrupt
 INSPECT_PAIR = "inspect-pair"
 INSPECT_MODE = "inspect-mode"                # accumulated | per_layer
@@ -201,6 +201,16 @@ INSPECT_HEAD = "inspect-head"                # empty = every head
 INSPECT_ATTENTION_VIEW = "inspect-attention-view"   # grid | token
 INSPECT_POS = "inspect-pos"                  # top-k position, attention destination, norms position
 INSPECT_K = "inspect-k"
+INSPECT_OVERVIEW = "inspect-overview"        # attention overview layout: grid (every layer) | pair (two layers)
+INSPECT_LAYER_B = "inspect-layer-b"          # the overview's second layer, side by side with inspect-layer
+INSPECT_SOURCE = "inspect-source"            # highlighted text: neuron | head_norm | attention | effect
+INSPECT_NEURON = "inspect-neuron"
+INSPECT_RUN_ID = "inspect-run-id"            # highlight by effect: a run id (follows current-run)
+INSPECT_BAND = "inspect-band"                # residual norms: one (pair) | all (mean ± std over pairs)
+INSPECT_FOCUS = "inspect-focus"              # dcc.Store: the overview's clicked head {"layer", "head"}
+INSPECT_DETAIL = "inspect-detail"            # above the figure: highlighted text, the enlarged head
+INSPECT_TOKENS = "inspect-tokens"            # the highlighted tokens (one span per token, class token-span)
+INSPECT_ZOOM = "inspect-zoom"                # the overview's enlarged head (a graph inside inspect-detail)
 INSPECT_IMAGE_FORMAT = "inspect-image-format"
 INSPECT_GRAPH = "inspect-graph"
 INSPECT_TABLE = "inspect-table"              # the top-k DataTable (sortable)

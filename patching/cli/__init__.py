@@ -1,7 +1,7 @@
 """`python -m patching ...`: one module per command group, each with `add_commands(sub)`.
 
     sweep.py    sweep, path, attribution (and their shared prompt / metric flags)
-    inspect.py  lens, dla, topk, attention, norms
+    inspect.py  lens, dla, topk, attention, attention-overview, highlight, norms (--all-pairs), heads
     neurons.py  neurons, weights
     circuit.py  circuit
     models.py   models, eval

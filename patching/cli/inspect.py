@@ -1,6 +1,11 @@
-"""`python -m patching lens|dla|topk|attention|norms|heads ...`: inspection views (nothing is patched) as CSV.
+"""`python -m patching lens|dla|topk|attention|attention-overview|highlight|norms|heads ...`:
+inspection views (nothing is patched) as CSV.
 
     python -m patching lens --pairs pairs.csv --mode per_layer --k 3
+    python -m patching attention-overview --pairs pairs.csv --layers 0,3 --out overview.csv
+    python -m patching highlight --pairs pairs.csv --source neuron --layer 1 --neuron 7 --html text.html
+    python -m patching highlight --source effect --result run.patchboard.zip --layer 1 --out effect.csv
+    python -m patching norms --pairs pairs.csv --all-pairs --out bands.csv
     python -m patching heads --detect previous_token,induction --out heads.csv
     python -m patching dla --clean "..." --corrupt "..." --answer " Mary" --wrong " John"
     python -m patching attention --pairs pairs.csv --layer -1 --heads 0,3
@@ -51,18 +56,19 @@ def _pair_or_all(value: str, flag: str = "--pair") -> int | None:
         raise BadInput(f"{flag} must be an integer or 'all', not {value!r}") from None
 
 
-def _heads(text: str | None) -> list[int] | None:
-    """--heads '0,3' -> [0, 3]; None when not given.
+def _heads(text: str | None, flag: str = "--heads") -> list[int] | None:
+    """--heads '0,3' -> [0, 3] (also --layers); None when not given.
 
-    >>> _heads("0,3")
-    [0, 3]
+    >>> _heads("0,3"), _heads("-1", "--layers")
+    ([0, 3], [-1])
     """
     if not text:
         return None
     try:
         return [int(h) for h in text.split(",") if h.strip()]
     except ValueError:
-        raise BadInput(f"--heads must be comma-separated head numbers, e.g. 0,3, not {text!r}") from None
+        what = "layer" if flag == "--layers" else "head"
+        raise BadInput(f"{flag} must be comma-separated {what} numbers, e.g. 0,3, not {text!r}") from None
 
 
 def _prompt_only(args: argparse.Namespace) -> bool:
@@ -131,8 +137,71 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_norms(args: argparse.Namespace) -> int:
+    """`norms`: one pair's (or every pair's) norms, or with --all-pairs the mean ± std bands."""
+    if args.all_pairs:
+        if args.pair != "0":
+            raise BadInput("--all-pairs summarises every pair; leave out --pair")
+        return View("residual_norm_bands", lambda a: {})(args)
+    return View("residual_norms", lambda a: dict(pair=_pair_or_all(a.pair)))(args)
+
+
+def _highlight_frame(args: argparse.Namespace):
+    """The highlight's DataFrame: a run file's effect (--source effect), else a forward of the prompt."""
+    from patching.inspect.highlight import HighlightSpec, effect_values, highlight_values
+    if args.source == "effect":
+        if not args.result:
+            raise BadInput("--source effect needs --result RUN.patchboard.zip (a per-position sweep saved with "
+                           "`sweep --per-position --save-run` or exported from the dashboard)")
+        from patching.runs.bundle import read_bundle
+        return effect_values(read_bundle(args.result).result, layer=args.layer, head=args.head)
+    if args.result:
+        raise BadInput(f"--result is read by --source effect only, not --source {args.source}")
+    spec = HighlightSpec(args.source, layer=args.layer, neuron=args.neuron, head=0 if args.head is None else args.head,
+                         dest=args.dest, run=args.run, pair=args.pair)
+    model, prompts = load_one_prompt(args) if _prompt_only(args) else load(args)
+    return highlight_values(model, prompts, spec)
+
+
+def cmd_highlight(args: argparse.Namespace) -> int:
+    from patching.core.results import write_csv
+    from patching.figures.highlight import highlight_html
+    df = _highlight_frame(args)
+    if args.html:
+        write(highlight_html(df, mark=int(df.pos.iloc[args.dest]) if args.source == "attention" else None),
+              args.html)
+    write(write_csv(df), args.out)
+    return EXIT_OK
+
+
+def _add_views(sub) -> None:
+    """`attention-overview`, `highlight` (issue #20's views)."""
+    from patching.inspect.highlight import SOURCES
+    p = sub.add_parser("attention-overview", help="every layer's and head's attention pattern of one prompt "
+                                                  "(dest x src, one forward)")
+    inspect_flags(p)
+    p.add_argument("--layers", help="comma-separated layers, e.g. 0,3 (default: all; negative counts from the end)")
+    p.set_defaults(func=View("attention_overview",
+                             lambda a: dict(run=a.run, pair=a.pair, layers=_heads(a.layers, "--layers")),
+                             one_prompt=True))
+
+    p = sub.add_parser("highlight", help="one value per token of a prompt (a neuron, a head's output norm, an "
+                                         "attention row, a sweep's effect), as CSV and optionally HTML")
+    inspect_flags(p)
+    p.add_argument("--source", default="neuron", choices=list(SOURCES),
+                   help="; ".join(f"{k}: {v}" for k, v in SOURCES.items()))
+    p.add_argument("--layer", type=INDEX, default=0, help="the layer (default 0)")
+    p.add_argument("--neuron", type=INDEX, default=0, help="--source neuron: the neuron (default 0)")
+    p.add_argument("--head", type=INDEX, default=None, help="head_norm, attention (default 0) and a head kind's effect")
+    p.add_argument("--dest", type=INDEX, default=-1, help="--source attention: the destination position (default -1)")
+    p.add_argument("--result", help="--source effect: a run file of a per-position sweep (.patchboard.zip)")
+    p.add_argument("--html", help="also write the highlighted text as an HTML fragment to this file")
+    p.set_defaults(func=cmd_highlight)
+
+
 def add_commands(sub) -> None:
-    """Register `lens`, `dla`, `topk`, `attention`, `norms` and `heads` (see the module's example)."""
+    """Register `lens`, `dla`, `topk`, `attention`, `attention-overview`, `highlight`, `norms` and
+    `heads` (see the module's example)."""
     p = sub.add_parser("lens", help="logit lens: each layer's (or component's) prediction at every position")
     inspect_flags(p)
     p.add_argument("--mode", default="accumulated", choices=["accumulated", "per_layer"],
@@ -163,10 +232,15 @@ def add_commands(sub) -> None:
                              lambda a: dict(layer=a.layer, run=a.run, pair=a.pair, heads=_heads(a.heads)),
                              one_prompt=True))
 
+    _add_views(sub)
+
     p = sub.add_parser("norms", help="residual stream L2 norms by layer and position, clean and corrupt")
     inspect_flags(p, run=False, pair=False)
     p.add_argument("--pair", default="0", help="a pair number (default 0), or all")
-    p.set_defaults(func=View("residual_norms", lambda a: dict(pair=_pair_or_all(a.pair))))
+    p.add_argument("--all-pairs", action="store_true",
+                   help="mean and std over the set's pairs per depth and position (columns run,depth,layer,stage,"
+                        "label,pos,token,mean,std,n_pairs; a set of mixed lengths by role)")
+    p.set_defaults(func=cmd_norms)
 
     p = sub.add_parser("heads", help="head detectors: previous-token, duplicate-token and induction scores "
                                      "(columns layer,head,detector,score)")

@@ -311,10 +311,8 @@ def attention_token_view(df: pd.DataFrame, dest: int, *, title: str | None = Non
     return base_layout(fig, title, _height(len(heads)))
 
 
-def norms_figure(df: pd.DataFrame, *, pos: int = -1, depth: int | None = None,
-                 title: str | None = None) -> go.Figure:
-    """Residual stream norms, clean vs corrupt: by depth at one position, and by position at one
-    depth (default: the last, the stream the unembedding reads). Several pairs are averaged."""
+def _norm_axes(df: pd.DataFrame, pos: int, depth: int | None):
+    """Checked (pos, depth, depth labels, position labels) of a norms frame (one pair's or a band's)."""
     n_pos = int(df.pos.max()) + 1
     if not -n_pos <= pos < n_pos:
         raise ValueError(f"pos {pos} is out of range: the prompt has {n_pos} tokens "
@@ -324,25 +322,54 @@ def norms_figure(df: pd.DataFrame, *, pos: int = -1, depth: int | None = None,
     depth = int(depths.depth.max()) if depth is None else depth
     if depth not in set(depths.depth):
         raise ValueError(f"depth {depth} is out of range (0..{int(depths.depth.max())})")
-    depth_label = dict(zip(depths.depth, depths.label))[depth]
-    clean_toks = df[df.run == "clean"]
-    x_pos = _pos_labels(clean_toks)
+    return pos, depth, dict(zip(depths.depth, depths.label)), _pos_labels(df[df.run == "clean"])
+
+
+def _band_rgba(hex_colour: str, alpha: float = 0.18) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def norms_figure(df: pd.DataFrame, *, pos: int = -1, depth: int | None = None,
+                 title: str | None = None) -> go.Figure:
+    """Residual stream norms, clean vs corrupt: by depth at one position, and by position at one
+    depth (default: the last, the stream the unembedding reads). Several pairs are averaged; a
+    `residual_norm_bands` frame (columns mean, std) draws the mean with a ± 1 std band (cut at 0:
+    a norm is never negative; the hover gives the std itself)."""
+    band = "mean" in df.columns
+    pos, depth, depth_label, x_pos = _norm_axes(df, pos, depth)
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=[
-        f"by depth at {x_pos[pos]}", f"by position at {depth_label}"])
-    mean = df.groupby(["run", "depth", "pos"], as_index=False).norm.mean()
+        f"by depth at {x_pos[pos]}", f"by position at {depth_label[depth]}"])
+    if band:
+        mean = df.rename(columns={"mean": "norm"})
+    else:
+        mean = df.groupby(["run", "depth", "pos"], as_index=False).norm.mean()
     for run in ("clean", "corrupt"):
         r = mean[mean.run == run]
-        a = r[r.pos == pos].sort_values("depth")
-        b = r[r.depth == depth].sort_values("pos")
         style = dict(color=RUN_COLOURS[run], dash="solid" if run == "clean" else "dash")
-        fig.add_trace(go.Scatter(x=[dict(zip(depths.depth, depths.label))[d] for d in a.depth], y=a.norm,
-                                 mode="lines+markers", name=run, line=style, legendgroup=run,
-                                 hovertemplate=f"{run}<br>%{{x}}<br>norm %{{y:.3f}}<extra></extra>"), 1, 1)
-        fig.add_trace(go.Scatter(x=[x_pos[p] for p in b.pos], y=b.norm, mode="lines+markers", name=run,
-                                 line=style, legendgroup=run, showlegend=False,
-                                 hovertemplate=f"{run}<br>%{{x}}<br>norm %{{y:.3f}}<extra></extra>"), 1, 2)
+        for col, cut, x_of in ((1, r[r.pos == pos].sort_values("depth"), lambda t: [depth_label[d] for d in t.depth]),
+                               (2, r[r.depth == depth].sort_values("pos"), lambda t: [x_pos[p] for p in t.pos])):
+            x = x_of(cut)
+            if band:
+                std = cut["std"].fillna(0).to_numpy()
+                low = np.clip(cut.norm.to_numpy() - std, 0, None)       # a norm is never negative
+                fig.add_trace(go.Scatter(x=x + x[::-1], y=list(cut.norm + std) + list(low[::-1]), mode="lines",
+                                         fill="toself", fillcolor=_band_rgba(RUN_COLOURS[run]), line=dict(width=0),
+                                         hoverinfo="skip", legendgroup=run, showlegend=False), 1, col)
+            hover = (f"{run}<br>%{{x}}<br>mean %{{y:.3f}} ± %{{customdata[0]:.3f}} (std, "
+                     f"%{{customdata[1]}} pairs)<extra></extra>" if band
+                     else f"{run}<br>%{{x}}<br>norm %{{y:.3f}}<extra></extra>")
+            extra = dict(customdata=np.stack([cut["std"].to_numpy(), cut.n_pairs.to_numpy()], -1)) if band else {}
+            fig.add_trace(go.Scatter(x=x, y=cut.norm, mode="lines+markers", line=style, legendgroup=run,
+                                     name=run + (" (mean ± std)" if band else ""), showlegend=col == 1,
+                                     hovertemplate=hover, **extra), 1, col)
     fig.update_xaxes(type="category", tickangle=-45)
     fig.update_yaxes(title_text="L2 norm", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=2)
+    if band:
+        n = int(df.n_pairs.max())
+        title = title or (f"Residual stream norm · clean vs corrupt · mean ± std over {n} pair{'s' if n != 1 else ''}"
+                          + ("" if n > 1 else " (one pair: no band)"))
     title = title or "Residual stream norm · clean vs corrupt"
     return base_layout(fig, title, 420)
 

@@ -95,13 +95,17 @@ def _tokens(prompts: PromptSet, run: str) -> Tensor:
 
 
 def _run(model, prompts: PromptSet, run: str, pair: int | None) -> RunCache:
-    """One cached forward of one pair ([1, pos]) or of every pair ([n_pairs, pos]).
+    """One cached forward of one pair ([1, pos], the pair's own length in a set of mixed lengths)
+    or of every pair ([n_pairs, pos]; a set of one length only).
 
     Without a runner: the bridge's `run_with_cache`, keeping the residual streams and patterns
     in a RunCache-shaped namespace (the fields the runner-free views read).
     """
     tokens = _tokens(prompts, run)
-    tokens = tokens if pair is None else tokens[pair:pair + 1]
+    if pair is None:
+        prompts.require_one_length("this view of every pair")      # (residual_norm_bands aligns by role)
+    else:
+        tokens = tokens[pair:pair + 1, :prompts.lengths[pair]]     # a set of mixed lengths pads the shorter
     if getattr(model, "runner", None) is not None:
         return model.runner.run(tokens)
     parallel = model.parallel_attn_mlp
@@ -453,6 +457,39 @@ def top_k(model, prompts: PromptSet, *, run: str = "clean", pos: int = -1, k: in
 ATTENTION_COLUMNS = ("run", "pair", "layer", "head", "dest", "src", "dest_token", "src_token", "value")
 
 
+def _check_heads(heads, n_heads: int, layer: int) -> list[int]:
+    """None -> every head; else the list, each an integer in 0..n_heads-1."""
+    if heads is None:
+        return list(range(n_heads))
+    heads = list(heads)
+    bad = [h for h in heads if not isinstance(h, (int, np.integer)) or isinstance(h, bool)
+           or not 0 <= h < n_heads]
+    if bad or not heads:
+        raise ValueError(f"head {bad[0] if bad else 'list'} {'is out of range' if bad else 'is empty'}: "
+                         f"layer {layer} has {n_heads} heads (0..{n_heads - 1})")
+    return [int(h) for h in heads]
+
+
+def _pattern_frame(model, cache, run: str, pair: int, layer_heads: list[tuple[int, list[int]]]) -> pd.DataFrame:
+    """The ATTENTION_COLUMNS rows of a one-prompt cache, for each (layer, heads) in order."""
+    toks = _Decoder(model)(cache.tokens[0].cpu())
+    n_pos = len(toks)
+    dest, src = np.tril_indices(n_pos)
+    frames = []
+    for layer, heads in layer_heads:
+        values = cache.layers[layer].pattern[0, heads].float().cpu()[:, dest, src].numpy()   # [heads, entries]
+        n = len(heads)
+        frames.append(pd.DataFrame({
+            "run": run, "pair": pair, "layer": layer,
+            "head": np.repeat(np.array(heads), len(dest)),
+            "dest": np.tile(dest, n), "src": np.tile(src, n),
+            "dest_token": [toks[i] for i in np.tile(dest, n)],
+            "src_token": [toks[i] for i in np.tile(src, n)],
+            "value": values.reshape(-1),
+        }))
+    return pd.concat(frames, ignore_index=True)[list(ATTENTION_COLUMNS)]
+
+
 @torch.inference_mode()
 def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "clean", pair: int = 0,
                        heads: list[int] | tuple[int, ...] | None = None) -> pd.DataFrame:
@@ -470,31 +507,35 @@ def attention_patterns(model, prompts: PromptSet, *, layer: int, run: str = "cle
     _check_run(run)
     pair = _check_pair(prompts, pair)
     layer = _check_index(layer, model.n_layers, "layer", f"the model has {model.n_layers} layers")
-    n_heads = model.n_heads
-    if heads is None:
-        heads = list(range(n_heads))
-    else:
-        heads = list(heads)
-        bad = [h for h in heads if not isinstance(h, (int, np.integer)) or isinstance(h, bool)
-               or not 0 <= h < n_heads]
-        if bad or not heads:
-            raise ValueError(f"head {bad[0] if bad else 'list'} {'is out of range' if bad else 'is empty'}: "
-                             f"layer {layer} has {n_heads} heads (0..{n_heads - 1})")
+    heads = _check_heads(heads, model.n_heads, layer)
     cache = _run(model, prompts, run, pair)
-    pattern = cache.layers[layer].pattern[0, heads].float().cpu()       # [heads, dest, src]
-    n_pos = pattern.shape[1]
-    dest, src = np.tril_indices(n_pos)
-    toks = _Decoder(model)(cache.tokens[0].cpu())
-    values = pattern[:, dest, src].numpy()                              # [heads, entries]
-    n = len(heads)
-    return pd.DataFrame({
-        "run": run, "pair": pair, "layer": layer,
-        "head": np.repeat(np.array(heads), len(dest)),
-        "dest": np.tile(dest, n), "src": np.tile(src, n),
-        "dest_token": [toks[i] for i in np.tile(dest, n)],
-        "src_token": [toks[i] for i in np.tile(src, n)],
-        "value": values.reshape(-1),
-    })[list(ATTENTION_COLUMNS)]
+    return _pattern_frame(model, cache, run, pair, [(layer, heads)])
+
+
+@torch.inference_mode()
+def attention_overview(model, prompts: PromptSet, *, run: str = "clean", pair: int = 0,
+                       layers: list[int] | tuple[int, ...] | None = None) -> pd.DataFrame:
+    """Every head of every layer (or of `layers`) for one prompt, from one forward: the data of a
+    CircuitsVis-like overview (a grid of small dest × src patterns, one per layer × head).
+
+    The columns and rows of `attention_patterns` (ATTENTION_COLUMNS), layer by layer in the order
+    given (negative layers count from the end); each head's row for one dest sums to 1. A set of
+    mixed lengths gives the pair's own tokens (no padding).
+
+    >>> df = attention_overview(model, prompts, layers=[0, -1])
+    >>> df.groupby(["layer", "head"]).ngroups, sorted(set(df.layer.tolist()))
+    (8, [0, 3])
+    """
+    _check_run(run)
+    pair = _check_pair(prompts, pair)
+    n_layers = model.n_layers
+    if layers is None:
+        layers = list(range(n_layers))
+    elif not list(layers):
+        raise ValueError(f"layers is empty: give layer numbers from 0 to {n_layers - 1} (or none for every layer)")
+    layers = [_check_index(l, n_layers, "layer", f"the model has {n_layers} layers") for l in layers]
+    cache = _run(model, prompts, run, pair)
+    return _pattern_frame(model, cache, run, pair, [(l, list(range(model.n_heads))) for l in layers])
 
 
 # -- residual norms ---------------------------------------------------------------------------------
@@ -541,5 +582,50 @@ def residual_norms(model, prompts: PromptSet, *, pair: int | None = 0) -> pd.Dat
     return pd.concat(frames, ignore_index=True)[list(NORM_COLUMNS)]
 
 
-__all__ = ["logit_lens", "direct_logit_attribution", "top_k", "attention_patterns", "residual_norms",
-           "RUNS", "MODES"]
+BAND_COLUMNS = ("run", "depth", "layer", "stage", "label", "pos", "token", "mean", "std", "n_pairs")
+VARIES = "(varies)"        # a band's token where the pairs' tokens at that position differ
+
+
+def _by_role(model, prompts: PromptSet) -> pd.DataFrame:
+    """residual_norms of a set of mixed lengths, one length group at a time, each pair's rows at
+    its role indices: pos = the role's number (role_names order), token = the role's name."""
+    parts = []
+    for idx, group in prompts.by_length():
+        df = residual_norms(model, group, pair=None)
+        df["pair"] = np.asarray(idx)[df["pair"].to_numpy()]
+        parts.append(df)
+    names = prompts.role_names
+    at = pd.DataFrame([(p, pos, r) for p, where in enumerate(prompts.role_positions()) for r, pos in enumerate(where)],
+                      columns=["pair", "pos", "role"])
+    df = pd.concat(parts, ignore_index=True).merge(at, on=["pair", "pos"])      # a position may hold two roles
+    df["pos"], df["token"] = df["role"], [names[r] for r in df["role"]]
+    return df.drop(columns="role")
+
+
+@torch.inference_mode()
+def residual_norm_bands(model, prompts: PromptSet) -> pd.DataFrame:
+    """Mean ± standard deviation over the set's pairs of the residual stream's L2 norm, by depth
+    and position, clean and corrupt: `residual_norms(..., pair=None)` summarised per cell.
+
+    Columns: run, depth, layer, stage, label (as residual_norms), pos, token (that run's token at
+    pos, or "(varies)" where the pairs' tokens differ), mean, std (the sample standard deviation,
+    ddof=1: empty with one pair), n_pairs. A set of mixed lengths is aligned by role: pos is the
+    role's number in `prompts.role_names` order and token its name.
+
+    >>> df = residual_norm_bands(model, prompts)
+    >>> df.groupby("run").size().tolist(), int(df.n_pairs.max())
+    ([135, 135], 1)
+    """
+    df = _by_role(model, prompts) if prompts.is_mixed else residual_norms(model, prompts, pair=None)
+    keys = ["run", "depth", "pos"]
+    grouped = df.groupby(keys, sort=True)
+    out = grouped.agg(layer=("layer", "first"), stage=("stage", "first"), label=("label", "first"),
+                      mean=("norm", "mean"), std=("norm", "std"), n_pairs=("norm", "size")).reset_index()
+    tokens = grouped["token"].agg(lambda t: t.iloc[0] if t.nunique() == 1 else VARIES).reset_index(drop=True)
+    out["token"] = tokens.to_numpy()
+    out["layer"] = out["layer"].astype("Int64")
+    return out[list(BAND_COLUMNS)]
+
+
+__all__ = ["logit_lens", "direct_logit_attribution", "top_k", "attention_patterns", "attention_overview",
+           "residual_norms", "residual_norm_bands", "RUNS", "MODES"]

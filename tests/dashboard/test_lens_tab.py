@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import dash
+import numpy as np
 import pandas as pd
 import pytest
 from dash import no_update
@@ -30,16 +31,22 @@ def page(tiny_name):
     return (tiny_name, *IOI[0], ["bos"], None)
 
 
-def _show(cb, page, view="lens", run="clean", pair=0, mode="accumulated", value="top_prob",
-          components="all", dla_by="layer", layer=0, head=None, attention_view="grid", pos=-1, k=10,
-          image_format="png", tab=lens_tab.TAB_INSPECT):
-    return cb.show(view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k,
-                   image_format, tab, *page)
+def _options(view="lens", run="clean", pair=0, mode="accumulated", value="top_prob", components="all",
+             dla_by="layer", layer=0, head=None, attention_view="grid", pos=-1, k=10, overview="grid", layer_b=-1,
+             source="neuron", neuron=0, run_id=None, band="one") -> tuple:
+    """The selectors' values in OPTION_IDS order."""
+    return (view, run, pair, mode, value, components, dla_by, layer, head, attention_view, pos, k, overview,
+            layer_b, source, neuron, run_id, band)
+
+
+def _show(cb, page, image_format="png", tab=lens_tab.TAB_INSPECT, **options):
+    return cb.show(*_options(**options), image_format, tab, *page)
 
 
 def test_layout_has_every_tab_id_and_no_clash_with_the_page():
     present = {getattr(c, "id", None) for c in walk(lens_tab.layout())} - {None}
-    missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL]
+    missing = [i for i in TAB_IDS if i not in present and i != lens_tab.INSPECT_PANEL
+               and i not in lens_tab.DYNAMIC_IDS]
     assert not missing and lens_tab.INSPECT_PANEL in present
     assert set(lens_tab.CONTROL_IDS.values()) <= present
     page_ids = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)
@@ -116,14 +123,13 @@ def test_not_computed_while_another_tab_is_open(cb, page):
 
 
 def test_download_is_the_views_csv(cb, page):
-    sent = cb.download(1, "topk", "corrupt", 0, "accumulated", "top_prob", "all", "layer", 0, None, "grid",
-                       -1, 5, *page)
+    sent = cb.download(1, *_options("topk", "corrupt", k=5), *page)
     assert sent["filename"] == "patchboard-topk-corrupt-pair0-pos14.csv"
     df = pd.read_csv(io.StringIO(sent["content"]))
     assert list(df["rank"]) == [1, 2, 3, 4, 5] and set(df.run) == {"corrupt"}
-    att = cb.download(1, "attention", "clean", 0, None, None, None, None, 1, 3, "grid", -1, 10, *page)
+    att = cb.download(1, *_options("attention", layer=1, head=3), *page)
     assert set(pd.read_csv(io.StringIO(att["content"]))["head"]) == {3}
-    assert cb.download(0, "topk", *([None] * 11), *page) is no_update
+    assert cb.download(0, "topk", *([None] * (len(lens_tab.OPTION_IDS) - 1)), *page) is no_update
 
 
 def test_figure_only_changes_do_not_rerun_the_model(registry, page, monkeypatch):
@@ -141,3 +147,100 @@ def test_figure_only_changes_do_not_rerun_the_model(registry, page, monkeypatch)
     other = (page[0], "A B C", "A B D", " Mary", " John", ["bos"], None)
     _show(cb, other)                                   # other prompts: computed
     assert len(calls) == 4
+
+
+# -- issue #20's views: attention overview, highlighted text, norms over pairs ------------------------
+def _detail(cb, page, focus=None, tab=lens_tab.TAB_INSPECT, **options):
+    return cb.show_detail(focus, *_options(**options), tab, *page)
+
+
+def test_new_views_show_their_own_selectors(cb):
+    names = list(lens_tab.CONTROLS)
+
+    def visible(*args):
+        return {n for n, s in zip(names, cb.controls(*args)) if s == {}}
+    assert visible("overview", None, "grid", None) == {"run", "pair", "overview", "pos"}
+    assert visible("overview", None, "pair", None) == {"run", "pair", "overview", "pos", "layer", "layer_b"}
+    assert visible("highlight", None, None, "neuron") == {"run", "pair", "source", "layer", "neuron"}
+    assert visible("highlight", None, None, "attention") == {"run", "pair", "source", "layer", "head", "pos"}
+    assert visible("highlight", None, None, "effect") == {"source", "run_id", "layer", "head"}
+    assert "band" in visible("norms") and "band" not in visible("lens", "accumulated")
+    assert "pair" in visible("norms", None, None, None, "one") and "pair" not in visible("norms", None, None, None, "all")
+
+
+def test_overview_figure_and_its_enlarged_head(cb, page, gpt2_model):
+    fig, _, status, *_, disabled = _show(cb, page, view="overview")
+    assert not disabled and len(fig.data) == gpt2_model.n_layers * gpt2_model.n_heads
+    assert "Click a panel to enlarge it" in status
+    children, style = _detail(cb, page, view="overview", pos=6)
+    assert style == {}
+    title, tokens, legend, zoom = children
+    assert title.children.startswith("L0H0 attention from 6: ' to'") and "click a panel" in title.children
+    assert tokens.id == lens_tab.INSPECT_TOKENS and zoom.id == lens_tab.INSPECT_ZOOM
+    spans = [s for s in tokens.children if getattr(s, "className", "").startswith("token-span")]
+    assert len(spans) == 15 and spans[6].className == "token-span token-mark"
+    assert spans[7].style["backgroundColor"] == "transparent"              # after the destination
+    children, _ = _detail(cb, page, focus={"layer": 1, "head": 3}, view="overview", pos=6)
+    assert children[0].children == "L1H3 attention from 6: ' to'" and "L1H3" in children[3].figure.layout.title.text
+    pair = _show(cb, page, view="overview", overview="pair", layer=1, layer_b=0)[0]
+    assert [t.meta[0] for t in pair.data][:2] == ["L1H0", "L0H0"]
+
+
+def test_a_click_on_a_panel_enlarges_that_head(cb, tiny_name):
+    click = {"points": [{"curveNumber": 6, "x": "1: When", "y": "3: ␣and", "z": 0.1}]}
+    assert cb.focus_head(click, "overview", "grid", 0, -1, tiny_name) == {"layer": 1, "head": 2}
+    assert cb.focus_head(click, "overview", "pair", 1, 0, tiny_name) == {"layer": 1, "head": 3}
+    assert cb.focus_head(click, "attention", "grid", 0, -1, tiny_name) is no_update
+    assert cb.focus_head(None, "overview", "grid", 0, -1, tiny_name) is no_update
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(view="overview", overview="pair", layer=1, layer_b=1), "two different layers, not layer 1 twice"),
+    (dict(view="overview", overview="pair", layer=0, layer_b=5), "second layer 5 is out of range"),
+    (dict(view="highlight", source="neuron", neuron=500), "neuron 500 is out of range"),
+    (dict(view="highlight", source="effect"), "highlight by a patching effect reads a run"),
+    (dict(view="highlight", source="attention", pos=20), "dest 20 is out of range"),
+])
+def test_new_views_bad_input_is_shown(cb, page, kwargs, message):
+    fig, _, status, *_, disabled = _show(cb, page, **kwargs)
+    assert message in status.children and disabled
+    assert _detail(cb, page, **kwargs) == ([], {"display": "none"})
+
+
+def test_highlight_detail_is_the_text_coloured_by_value(cb, page):
+    fig, _, status, *_ = _show(cb, page, view="highlight", source="head_norm", layer=1, head=2)
+    assert "L1H2 output norm on every token of the clean prompt, pair 0" in status
+    assert fig.layout.yaxis.title.text == "output norm"
+    children, _ = _detail(cb, page, view="highlight", source="head_norm", layer=1, head=2)
+    title, tokens, legend = children
+    values = [float(s.title.split(" · ")[1]) for s in tokens.children if hasattr(s, "title")]
+    np.testing.assert_allclose(values, fig.data[0].y, rtol=1e-3)
+    assert title.children == "L1H2 output norm" and "blue = positive" in legend.children
+    assert _detail(cb, page, view="lens") == ([], {"display": "none"})
+
+
+def test_highlight_by_a_stored_runs_effect(registry, page, gpt2_model, tmp_path):
+    from patching import PatchSpec, PromptSet, sweep
+    from patching.inspect.highlight import effect_values
+    from patching.runs.store import RunStore
+    store = RunStore(tmp_path)
+    result = sweep(gpt2_model, PromptSet.single(gpt2_model, *IOI[0]), PatchSpec(kind="resid_pre"))
+    run_id = store.save(result, [IOI[0]])
+    cb = lens_tab.register(dash.Dash(__name__, suppress_callback_exceptions=True), Context(registry, store, tmp_path))
+    assert cb.follow_run(run_id) == run_id and cb.follow_run(None) is no_update
+    fig, _, status, *_, disabled = _show(cb, page, view="highlight", source="effect", run_id=run_id, layer=1)
+    assert not disabled and f"run {run_id}" in status
+    np.testing.assert_allclose(fig.data[0].y, effect_values(result, layer=1).value, atol=1e-6)
+    sent = cb.download(1, *_options("highlight", source="effect", run_id=run_id, layer=1), *page)
+    assert sent["filename"] == "patchboard-highlight-effect-of-resid_pre-L1.csv"
+    status = _show(cb, page, view="highlight", source="effect", run_id=run_id + 7, layer=1)[2]
+    assert f"run {run_id + 7} does not exist" in status.children
+
+
+def test_norms_over_all_pairs(cb, tiny_name):
+    both = (tiny_name, None, None, None, None, ["bos"], [list(p) for p in IOI])
+    fig, _, status, *_ = _show(cb, both, view="norms", band="all", pos=4)
+    assert "mean ± std over 2 pairs" in status and any(t.fill == "toself" for t in fig.data)
+    sent = cb.download(1, *_options("norms", band="all"), *both)
+    assert sent["filename"] == "patchboard-norms-all-pairs.csv"
+    assert {"mean", "std", "n_pairs"} <= set(pd.read_csv(io.StringIO(sent["content"])).columns)
