@@ -2,7 +2,7 @@
 *Cluster heads* under the heatmap: 16 heads in the engine's leaf order beside a dendrogram; the
 profile option redraws it; its CSV is the order table; a run without heads is refused inline.
 
-Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 27-head-clustergram.png.
+Set PATCHBOARD_SCREENSHOTS=docs/screenshots to save 30-head-clustergram.png.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_cluster_heads_of_a_several_pair_run(page, data_dir):
     assert cols == want.profile.shape[1] and cols > 8                  # positions × 8 pairs
     assert page.locator(f"#{ids.CLUSTER_GRAPH} g.hm").count() == 1
     assert "16 heads" in page.inner_text(f"#{ids.CLUSTER_STATUS}")
-    shot(page, "27-head-clustergram")
+    shot(page, "30-head-clustergram")
     page.click(f"#{ids.CLUSTER_PROFILE} label:text-is('mean over pairs')")
     mean = _expected(data_dir, 1, "mean")
     page.wait_for_function(f"document.getElementById('{ids.CLUSTER_GRAPH}').querySelector('.js-plotly-plot')"
