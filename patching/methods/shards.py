@@ -13,7 +13,8 @@ The memory budget is fixed when the shards are planned (`plan(..., max_memory_mb
 that chose its own would cut other batches, and `merge` would find cells computed twice with
 different values or not at all (it refuses both, naming them).
 
->>> from patching.methods.sweep import sweep
+>>> from patching.methods.share import Share, deal_costs
+from patching.methods.sweep import sweep
 >>> shards = plan(PatchSpec(kind="resid_pre"), 2, max_memory_mb=256)
 >>> parts = [run_shard(model, prompts, s) for s in shards]
 >>> merged = merge(parts)
@@ -35,6 +36,7 @@ from metrics import get_metric
 from patching.core.prompts import PromptSet
 from patching.core.results import PatchResult
 from patching.core.spec import PatchSpec, check_whole
+from patching.methods.share import Share, deal_costs
 from patching.methods.sweep import LayerStep, Progress, plan_coords, sweep_groups
 from patching.model.loading import require_runner
 from patching.model.memory_budget import memory_budget
@@ -96,15 +98,9 @@ def deal(plan_steps: list[LayerStep], n_layers: int, count: int) -> list[list[tu
     >>> deal(steps, 2, 2)
     [[(0, 0), (1, 0)], [(0, 1)]]
     """
-    units = [((len(part) * (n_layers - step.layer)), s, b)
-             for s, step in enumerate(plan_steps) for b, part in enumerate(step.parts)]
-    units.sort(key=lambda u: -u[0])                       # stable: plan order among equal costs
-    load, out = [0] * count, [[] for _ in range(count)]
-    for cost, s, b in units:
-        k = min(range(count), key=lambda i: (load[i], i))
-        load[k] += cost
-        out[k].append((s, b))
-    return [sorted(units_k) for units_k in out]
+    units = [(s, b) for s, step in enumerate(plan_steps) for b, _ in enumerate(step.parts)]
+    costs = [len(plan_steps[s].parts[b]) * (n_layers - plan_steps[s].layer) for s, b in units]
+    return [[units[i] for i in share] for share in deal_costs(costs, count)]
 
 
 def selector(shard: Shard, n_layers: int) -> Callable[[list[LayerStep]], list[LayerStep]]:
