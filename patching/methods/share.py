@@ -7,7 +7,7 @@ shard computes is the one the one-worker run computes (same batches, same floati
 `patching/methods/shards.py` plans the shares and merges the parts.
 
 >>> Share(1, 2).mine([5, 3, 3, 1])
-[1, 3]
+[1, 2]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def deal_costs(costs: list[float], count: int) -> list[list[int]]:
     each to the least loaded shard (ties: the lower shard number); each share in plan order.
 
     >>> deal_costs([5, 3, 3, 1], 2)
-    [[0, 2], [1, 3]]
+    [[0, 3], [1, 2]]
     """
     order = sorted(range(len(costs)), key=lambda i: -costs[i])        # stable
     load, out = [0.0] * count, [[] for _ in range(count)]
