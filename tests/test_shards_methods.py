@@ -101,3 +101,40 @@ def test_a_shard_spec_round_trips_and_a_bad_one_is_named():
         Shard.from_dict({"work": "edges", "spec": {}, "index": 0, "count": 1, "max_memory_mb": 8})
     with pytest.raises(ValueError, match=r"attribution kinds \['nope'\]: choose one or more of"):
         AttributionSpec(kinds=("nope",))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["path", "--timeout", "5"], "--timeout 5 limits a sharded run; add --shards N --redis-url URL"),
+    (["path", "--shards", "2", "--redis-url", "redis://x", "--timeout", "0"], "'0' is not a time limit"),
+    (["attribution", "--edges", "--shards", "2", "--redis-url", "redis://x"], "--edges runs one backward"),
+    (["circuit", "--components", "L0H0", "--shards", "2", "--redis-url", "redis://x"],
+     "--shards splits the ranking sweeps and the faithfulness curve; add --curve-from"),
+])
+def test_cli_refuses_bad_shard_flags_with_exit_2(args, message, capsys):
+    from patching.cli import main
+    try:
+        code = main(args)
+    except SystemExit as exc:                  # argparse's own refusals
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_timeout_exits_124_naming_it(monkeypatch, capsys):
+    """When the sharded run times out (run_sharded has cancelled its shards), the CLI says so and
+    exits 124; no CSV is written."""
+    from patching.cli import main
+    from patching.runs import sharded
+    from patching.runs.sharded import ShardTimeout
+
+    def timed_out(*args, timeout_s=None, **kwargs):
+        assert timeout_s is not None and timeout_s <= 7.5      # what is left after loading the model
+        raise ShardTimeout("the sharded path-patching run did not finish in 7.5 s (1 of 2 shards done); "
+                           "every shard was cancelled")
+    monkeypatch.setattr(sharded, "run_sharded", timed_out)
+    code = main(["path", "--clean", IOI[0][0], "--corrupt", IOI[0][1], "--answer", IOI[0][2], "--wrong", IOI[0][3],
+                 "--device", "cpu", "--quiet", "--shards", "2", "--redis-url", "redis://127.0.0.1:1/0",
+                 "--timeout", "7.5"])
+    assert code == 124
+    assert ("error: --timeout 7.5: the sharded path-patching run did not finish in 7.5 s (1 of 2 shards done); "
+            "every shard was cancelled") in capsys.readouterr().err
