@@ -43,13 +43,15 @@ def _is_model_asset(path: str, prefix: str) -> bool:
 
 def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | None = None,
                model: str | None = None, title: str = "Patchboard",
-               assets_folder: str | Path | None = None, max_upload_mb: float = 16) -> dash.Dash:
+               assets_folder: str | Path | None = None, max_upload_mb: float = 16, shards=None) -> dash.Dash:
     """The Dash app around a model registry, a run store and a background job manager.
 
     jobs=None uses a DiskcacheManager under the store's data dir. `model` is the model selected
     on load (default: the registry's first name). `assets_folder` (tests) replaces assets/;
     whatever it is, its models/ subfolder is never served. `max_upload_mb` caps every request
-    (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it.
+    (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it. `shards`: the
+    backend a Run can be split over (`dashboard.server.shards.CeleryShards`; None: the Shards control
+    is off and says why).
     """
     from dashboard import page
     from dashboard.context import Context
@@ -78,7 +80,8 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
 
     names = registry.names()
     app.layout = page.page(registry, model or (names[0] if names else "default"))
-    namespaces = page.register(app, Context(registry, store, data_dir))
+    namespaces = page.register(app, Context(registry, store, data_dir, shards,
+                                            celery_jobs=isinstance(jobs, dash.CeleryManager)))
     app.patchboard = namespaces.pop("")           # the callbacks as plain functions, for tests
     for name, ns in namespaces.items():
         setattr(app, f"patchboard_{name}", ns)

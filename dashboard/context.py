@@ -20,6 +20,8 @@ class Context:
     registry: object                 # patching.model.loading.ModelRegistry (or a test double)
     store: RunStore
     data_dir: Path
+    shards: object | None = None     # dashboard.server.shards.CeleryShards (a server with --redis-url), or None
+    celery_jobs: bool = False        # the Run's own job runs on a worker (--jobs celery)
 
     def model(self, name: str | None):
         """A model this server offers, loaded (ValueError naming the offered ones otherwise)."""

@@ -14,18 +14,16 @@ Exit codes (contract): 0 ok, 2 bad input (one line on stderr naming the problem,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import math
 import os
-import signal
-import threading
 import time
 import sys
 import tempfile
 from pathlib import Path
 
 from patching.core.prompts import MAX_PAIRS
+from patching.runs.signals import Terminated, sigterm_interrupts  # noqa: F401 - for the commands
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CHECK_FAILED = 1        # check-placement: an analysis differs between placements
@@ -271,31 +269,6 @@ def time_left(args: argparse.Namespace) -> float | None:
 
 class TimedOut(Exception):
     """--timeout ran out: `main` prints the message and exits EXIT_TIMEOUT."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so what cancels shards
-    on Ctrl-C cancels them on SIGTERM too; `main` exits EXIT_TERMINATED."""
-
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """Within: SIGTERM raises `Terminated` in the main thread (elsewhere: nothing changes).
-
-    >>> with sigterm_interrupts():
-    ...     pass
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def has_pairs(args: argparse.Namespace) -> bool:
