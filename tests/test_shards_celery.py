@@ -343,3 +343,32 @@ def test_a_timeout_cancels_every_shard_and_names_itself(stack, tmp_path, doctest
                                            r"done.*\); every shard was cancelled"):
         run_sharded(stack.redis_url, prompts, plan(spec, 2, 0.02), timeout_s=3)
     _all_cancelled(store, before, "attribution")
+
+
+def test_the_dashboard_s_sharded_run_on_two_workers(stack, tmp_path, doctest_model):
+    """The dashboard's Run with Shards 2 (`execute_run` + `CeleryShards`, what the run card calls): both
+    workers answer the Shards control, both take a shard, and the saved run is the one-worker sweep."""
+    from dashboard.actions import execute_run
+    from dashboard.forms import Form
+    from dashboard.server.shards import CeleryShards, shard_control
+    from patching import PatchSpec, PromptSet, sweep
+    from patching.model.loading import ModelRegistry
+    from patching.model.memory_budget import memory_budget
+    from patching.runs.store import RunStore
+    backend = CeleryShards(stack.redis_url)
+    off, note = shard_control(backend)
+    assert not off and note.startswith("2 workers answer (")
+    registry = ModelRegistry(["default"])
+    registry.add("default", doctest_model)
+    store = RunStore(tmp_path / "data")
+    clean, corrupt, answer, wrong = IOI[0]
+    form = Form(model="default", clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, kind="head_out",
+                per_position=True)
+    took = []
+    with _one_thread():
+        budget = memory_budget("cpu") / 2**20
+        run_id = execute_run(registry, store, form, tmp_path, shards=2, backend=backend, on_shards=took.append)
+        whole = sweep(doctest_model, PromptSet.from_pairs(doctest_model, IOI[:1]),
+                      PatchSpec(kind="head_out", per_position=True), max_memory_mb=budget)
+    assert store.get(run_id).result.to_csv() == whole.to_csv()
+    assert "2 of 2 shards done · 2 workers took shards" in took[-1].line()
