@@ -79,13 +79,9 @@ def parse_shards(value) -> int:
     if value in (None, ""):
         return 1
     try:
-        n = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
-    except (TypeError, ValueError, OverflowError):
-        n = None
-    if n is None or not 1 <= n <= MAX_DASHBOARD_SHARDS:
-        return _bad_shards(value)
-    return n
-
-
-def _bad_shards(value) -> int:
-    raise ValueError(f"Shards must be a whole number from 1 to {MAX_DASHBOARD_SHARDS}, not {str(value)[:40]!r}")
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (number.is_integer() and 1 <= number <= MAX_DASHBOARD_SHARDS):     # NaN and inf are not integers
+        raise ValueError(f"Shards must be a whole number from 1 to {MAX_DASHBOARD_SHARDS}, not {str(value)[:40]!r}")
+    return int(number)
