@@ -222,6 +222,14 @@ def test_no_worker_answering_is_said_plainly(tmp_path, gpt2_model, ioi_prompts):
 # The CLI's `path` / `attribution` / `circuit` with --shards 2 write the one-worker CSV; a timeout and
 # SIGTERM cancel every shard. Small budgets (--max-memory) so each run has batches for both workers.
 
+@pytest.fixture
+def both_workers(stack):
+    """Both workers up: one killed by an earlier test (the killed-worker test) is started again."""
+    dead = [n for n in ("w1", "w2") if stack.procs[n].poll() is not None]
+    if dead:
+        stack.start_workers(*dead)
+
+
 def _one_thread():
     import contextlib
     import torch
@@ -251,6 +259,7 @@ def _counts(stack: Stack) -> dict:
     return {n: stack.log(n).count("Task patchboard.sweep_shard[") for n in ("w1", "w2")}
 
 
+@pytest.mark.usefixtures("both_workers")
 def test_path_and_attribution_on_two_workers_write_the_one_worker_csv(stack, tmp_path, doctest_model):
     from patching import PromptSet
     from patching.methods.attribution import AttributionSpec, attribution_csv, run_attribution
@@ -276,6 +285,7 @@ def test_path_and_attribution_on_two_workers_write_the_one_worker_csv(stack, tmp
     assert len({p.worker for p in parts}) == 2 and "2 workers took shards" in status[-1].line()
 
 
+@pytest.mark.usefixtures("both_workers")
 def test_circuit_curve_on_two_workers_writes_the_one_worker_csv(stack, tmp_path, doctest_model):
     from patching import PatchSpec, PromptSet, sweep
     from patching.methods.circuit import faithfulness_curve, rank_components
@@ -305,6 +315,7 @@ def _all_cancelled(store, before: set, label: str) -> None:
 LONG = ["attribution", "--kinds", "head_out", "--method", "ig", "--steps", "128", "--max-memory", "0.02"]
 
 
+@pytest.mark.usefixtures("both_workers")
 def test_sigterm_on_the_cli_cancels_every_shard(stack, tmp_path):
     from patching.runs.store import RunStore
     store = RunStore(stack.data)
@@ -326,6 +337,7 @@ def test_sigterm_on_the_cli_cancels_every_shard(stack, tmp_path):
     _all_cancelled(store, before, "attribution")
 
 
+@pytest.mark.usefixtures("both_workers")
 def test_a_timeout_cancels_every_shard_and_names_itself(stack, tmp_path, doctest_model):
     from patching import PromptSet
     from patching.methods.attribution import AttributionSpec
@@ -345,6 +357,7 @@ def test_a_timeout_cancels_every_shard_and_names_itself(stack, tmp_path, doctest
     _all_cancelled(store, before, "attribution")
 
 
+@pytest.mark.usefixtures("both_workers")
 def test_the_dashboard_s_sharded_run_on_two_workers(stack, tmp_path, doctest_model):
     """The dashboard's Run with Shards 2 (`execute_run` + `CeleryShards`, what the run card calls): both
     workers answer the Shards control, both take a shard, and the saved run is the one-worker sweep."""
