@@ -44,7 +44,7 @@ def _is_model_asset(path: str, prefix: str) -> bool:
 def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | None = None,
                model: str | None = None, title: str = "Patchboard",
                assets_folder: str | Path | None = None, max_upload_mb: float = 16,
-               max_memory_mb: float | None = None) -> dash.Dash:
+               max_memory_mb: float | None = None, shards=None) -> dash.Dash:
     """The Dash app around a model registry, a run store and a background job manager.
 
     jobs=None uses a DiskcacheManager under the store's data dir. `model` is the model selected
@@ -52,7 +52,8 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     whatever it is, its models/ subfolder is never served. `max_upload_mb` caps every request
     (a larger one gets 413 and the page says so inline); pairs CSVs may be 3/4 of it.
     `max_memory_mb` caps one batch of an exact sweep and its cost estimate (None: a share of the
-    free memory, `patching.model.memory_budget`).
+    free memory, `patching.model.memory_budget`). `shards`: the backend a Run can be split over
+    (`dashboard.server.shards.CeleryShards`; None: the Shards control is off and says why).
     """
     from dashboard import page
     from dashboard.context import Context
@@ -83,7 +84,8 @@ def create_app(registry, store: RunStore, jobs=None, *, data_dir: str | Path | N
     app.layout = page.page(registry, model or (names[0] if names else "default"))
     if max_memory_mb is not None and not 0 < max_memory_mb < float("inf"):
         raise ValueError(f"max_memory_mb must be a positive number of megabytes, not {max_memory_mb!r}")
-    namespaces = page.register(app, Context(registry, store, data_dir, max_memory_mb))
+    namespaces = page.register(app, Context(registry, store, data_dir, max_memory_mb=max_memory_mb,
+                                            shards=shards, celery_jobs=isinstance(jobs, dash.CeleryManager)))
     app.patchboard = namespaces.pop("")           # the callbacks as plain functions, for tests
     for name, ns in namespaces.items():
         setattr(app, f"patchboard_{name}", ns)

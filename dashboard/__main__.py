@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", default="diskcache", choices=JOB_KINDS,
                    help="background jobs: diskcache (embedded) or celery (needs --redis-url and workers)")
     p.add_argument("--redis-url", default=os.environ.get("PATCHBOARD_REDIS_URL"),
-                   help="redis://HOST:PORT/DB for --jobs celery (start `python -m dashboard worker` with the same)")
+                   help="redis://HOST:PORT/DB of the `python -m dashboard worker`s: --jobs celery runs every job "
+                        "there; with either jobs backend a Run can be split into shards over them")
     p.add_argument("--store-url", default=os.environ.get("PATCHBOARD_STORE_URL"),
                    help="run history URL: sqlite:///path/runs.sqlite or postgresql://user:pw@host/db "
                         "(default: runs.sqlite in --data-dir)")
@@ -129,8 +130,16 @@ def main(argv=None) -> int:
         registry.get(models[0])   # preload: background runs fork from this process and inherit it
     except ValueError as exc:
         print(f"warning: model {models[0]!r} is not available yet: {exc}", file=sys.stderr)
+    shards = None
+    if args.redis_url:
+        from dashboard.server.shards import CeleryShards
+        try:
+            shards = CeleryShards(args.redis_url)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     app = create_app(registry, store, jobs, data_dir=args.data_dir, model=models[0],
-                     max_upload_mb=args.max_upload_mb, max_memory_mb=args.max_memory)
+                     max_upload_mb=args.max_upload_mb, max_memory_mb=args.max_memory, shards=shards)
     if args.jobs == "diskcache" and not args.tokenizers_only:
         _warm_jobs(app, registry, models[0])
     print(f"Patchboard: http://{args.host}:{args.port}/  (history in {store.display_url})", file=sys.stderr)

@@ -50,9 +50,12 @@ class Progress:
 
 def execute_run(registry, store, form: Form, data_dir: str | Path,
                 report: Callable[[Progress], None] = lambda p: None, token: str | None = None,
-                max_memory_mb: float | None = None) -> int:
+                max_memory_mb: float | None = None, shards: int = 1, backend=None,
+                on_shards: Callable | None = None) -> int:
     """The Run button's job: validate, queue for the run slot, sweep, save (baselines from the sweep).
     `max_memory_mb` caps one batch (the server's `--max-memory`; None: the free-memory share).
+    With `shards` > 1, the sweep runs in that many shards on `backend`'s workers
+    (`dashboard/server/shards.py`); `on_shards` gets their last `ShardProgress` (who took them).
 
     Returns the saved run's id; ValueError with the message to show on bad input (JobCancelled
     when Cancel was pressed for `token`, see `job_status.job_token`).
@@ -61,10 +64,27 @@ def execute_run(registry, store, form: Form, data_dir: str | Path,
     spec, prompts = parse_form(model, form)
     label = f"{spec.kind}{' per pos' if spec.per_position else ''} · {spec.direction} · " \
             f"{spec.metric} · {Path(form.model).name}"
-    return _run_and_save(store, data_dir, report, "sweep", label, form.model, prompts, spec.metric,
-                         lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress,
-                                                   max_memory_mb=max_memory_mb), "patched forwards",
-                         token)
+    if shards == 1:
+        return _run_and_save(store, data_dir, report, "sweep", label, form.model, prompts, spec.metric,
+                             lambda on_progress: sweep(model, prompts, spec, on_progress=on_progress,
+                                                       max_memory_mb=max_memory_mb),
+                             "patched forwards", token)
+    if backend is None:
+        raise ValueError(f"Shards {shards}: sharding needs workers (the server started with --redis-url); "
+                         "set Shards to 1")
+    status: list = []
+
+    def sharded(on_progress):
+        import dataclasses
+        from patching.core.provenance import attach
+        start = time.perf_counter()
+        result = backend.run(model, prompts, spec, shards, on_progress, status.append, max_memory_mb=max_memory_mb)
+        if on_shards is not None and status:
+            on_shards(status[-1])
+        return attach(dataclasses.replace(result, seconds=time.perf_counter() - start), model, prompts)
+    return _run_and_save(store, data_dir, report, "sweep", f"{label} · {shards} shards", form.model, prompts,
+                         spec.metric, sharded, "patched forwards", token,
+                         detail=lambda: status[-1].line() if status else "")
 
 
 def _queued(report: Callable[[Progress], None], store=None, job=None) -> Callable[[float], None]:
@@ -99,11 +119,12 @@ def progress_text(done: int, total: int, unit: str, started: float | None, now: 
 
 def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind: str, label: str,
                   model_name: str, prompts: PromptSet, metric: str, compute, unit: str,
-                  token: str | None = None) -> int:
+                  token: str | None = None, detail: Callable[[], str] = lambda: "") -> int:
     """What every Run does once its form is valid: a tracked job queued for the run slot,
     `compute(on_progress)`, the result saved to history; progress through `report` (and into the
     store, so a reloaded page or a second tab can show it). The baselines shown are the result's
-    own (the engine's clean and corrupt runs): no extra forward."""
+    own (the engine's clean and corrupt runs): no extra forward. `detail()` is added to the
+    progress text (a sharded run: its shards and workers)."""
     with tracked(store, job_kind, label, model_name, token=token) as job:
         report(Progress(0, 1, "starting…", ""))
         with run_slot(data_dir, watch_queue(store, _queued(report, store, job))):
@@ -117,8 +138,10 @@ def _run_and_save(store, data_dir, report: Callable[[Progress], None], job_kind:
                 if not started:
                     started.append(time.time())
                 job.beat()
-                job.progress(done, total, progress_text(done, total, unit, None))   # other pages add their ETA
-                report(Progress(done, total, progress_text(done, total, unit, started[0]), ""))
+                more = detail()
+                more = f" · {more}" if more else ""
+                job.progress(done, total, progress_text(done, total, unit, None) + more)   # other pages add their ETA
+                report(Progress(done, total, progress_text(done, total, unit, started[0]) + more, ""))
 
             result = compute(on_progress)
             run_id = store.save(result, [(p.clean, p.corrupt, p.answer, p.wrong) for p in prompts.pairs], label)

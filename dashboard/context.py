@@ -21,6 +21,8 @@ class Context:
     store: RunStore
     data_dir: Path
     max_memory_mb: float | None = None   # one batch of an exact sweep (and its estimate); None: the free-memory share
+    shards: object | None = None     # dashboard.server.shards.CeleryShards (a server with --redis-url), or None
+    celery_jobs: bool = False        # the Run's own job runs on a worker (--jobs celery)
 
     def model(self, name: str | None):
         """A model this server offers, loaded (ValueError naming the offered ones otherwise)."""

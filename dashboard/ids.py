@@ -57,6 +57,9 @@ BASELINES = "baselines"                    # clean / corrupt baseline values
 METRIC_NOTE = "metric-note"                # under the metric select: the metric a chosen preset's task suggests
 PROGRESS_TEXT = "progress-text"            # "12 / 40 patched forwards · ≈ 3 s left", "queued behind job 3 …"
 RUN_STATUS = "run-status"                  # "done in 1.2 s", "queued", ...
+SHARDS_INPUT = "shards-input"              # number: split the Run over this many workers' shards (1 = not)
+SHARDS_NOTE = "shards-note"                # why Shards is off, or which workers answer
+SHARDS_POLL = "shards-poll"                # dcc.Interval: look for workers again
 # a run started elsewhere (a reloaded page, another tab): shown and cancellable here (panel/run_card.py)
 JOBS_POLL = "jobs-poll"                    # dcc.Interval: look for running jobs
 ATTACHED_JOB = "attached-job"              # dcc.Store: the id of the job this page shows but did not start

@@ -236,3 +236,172 @@ def test_no_worker_answering_is_said_plainly(tmp_path, gpt2_model, ioi_prompts):
             run_sharded(lone.redis_url, ioi_prompts, plan(PatchSpec(kind="resid_pre"), 2, 64))
     finally:
         lone.close()
+
+
+# -- path patching, attribution and the faithfulness curve on the same two workers (issue #22) ------------
+# The CLI's `path` / `attribution` / `circuit` with --shards 2 write the one-worker CSV; a timeout and
+# SIGTERM cancel every shard. Small budgets (--max-memory) so each run has batches for both workers.
+
+@pytest.fixture
+def both_workers(stack):
+    """Both workers up: one killed by an earlier test (the killed-worker test) is started again."""
+    dead = [n for n in ("w1", "w2") if stack.procs[n].poll() is not None]
+    if dead:
+        stack.start_workers(*dead)
+
+
+def _one_thread():
+    import contextlib
+    import torch
+
+    @contextlib.contextmanager
+    def ctx():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)                 # as the workers (ENV)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+    return ctx()
+
+
+def _cli(stack: Stack, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "patching", *args, "--device", "cpu", "--shards", "2",
+                           "--redis-url", stack.redis_url], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _took_both(stack: Stack, seen: dict) -> bool:
+    return all(stack.log(n).count("Task patchboard.sweep_shard[") > seen[n] for n in seen)
+
+
+def _counts(stack: Stack) -> dict:
+    return {n: stack.log(n).count("Task patchboard.sweep_shard[") for n in ("w1", "w2")}
+
+
+@pytest.mark.usefixtures("both_workers")
+def test_path_and_attribution_on_two_workers_write_the_one_worker_csv(stack, tmp_path, doctest_model):
+    from patching import PromptSet
+    from patching.methods.attribution import AttributionSpec, attribution_csv, run_attribution
+    from patching.methods.path import PathSpec, run_path
+    from patching.methods.shards import plan
+    from patching.runs.sharded import run_sharded
+    prompts = PromptSet.from_pairs(doctest_model, IOI)
+    with _one_thread():
+        path_csv = run_path(doctest_model, prompts, PathSpec(receivers=("q:3.0", "v:3.1")),
+                            max_memory_mb=0.1).to_csv()
+        attr_csv = attribution_csv(run_attribution(doctest_model, prompts, kinds=("head_out", "resid_pre"),
+                                                   max_memory_mb=0.05))
+    seen = _counts(stack)
+    run = _cli(stack, ["path", "--pairs", str(_pairs_csv(tmp_path, IOI)), "--receivers", "q:3.0,v:3.1",
+                       "--max-memory", "0.1", "--out", str(tmp_path / "path.csv")])
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "path.csv").read_text() == path_csv
+    assert "path: 2 of 2 shards done · 2 workers took shards" in run.stderr and _took_both(stack, seen)
+    status = []                                  # attribution in this process (the CLI's path is path's)
+    merged, parts = run_sharded(stack.redis_url, prompts, plan(AttributionSpec(kinds=("head_out", "resid_pre")),
+                                                              2, 0.05), on_status=status.append)
+    assert attribution_csv(merged) == attr_csv
+    assert len({p.worker for p in parts}) == 2 and "2 workers took shards" in status[-1].line()
+
+
+@pytest.mark.usefixtures("both_workers")
+def test_circuit_curve_on_two_workers_writes_the_one_worker_csv(stack, tmp_path, doctest_model):
+    from patching import PatchSpec, PromptSet, sweep
+    from patching.methods.circuit import faithfulness_curve, rank_components
+    prompts = PromptSet.from_pairs(doctest_model, IOI)
+    with _one_thread():
+        ranked = rank_components(sweep(doctest_model, prompts, PatchSpec(kind="head_out"), max_memory_mb=0.1))
+        csv = faithfulness_curve(doctest_model, prompts, ranked[:8], max_memory_mb=0.1).to_csv()
+    run = _cli(stack, ["circuit", "--pairs", str(_pairs_csv(tmp_path, IOI)), "--curve-from", "head_out",
+                       "--top", "8", "--max-memory", "0.1", "--csv", str(tmp_path / "curve.csv")])
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "curve.csv").read_text() == csv
+    assert "curve: 2 of 2 shards done · 2 workers took shards" in run.stderr, run.stderr
+
+
+def _new_jobs(store, before: set) -> list:
+    return [j for j in store.jobs(200) if j.id not in before]
+
+
+def _all_cancelled(store, before: set, label: str) -> None:
+    _wait("both shards stopping", lambda: all(j.status != "running" for j in _new_jobs(store, before)), 60)
+    jobs = _new_jobs(store, before)
+    assert sorted(j.label for j in jobs) == [f"{label} · shard 1/2", f"{label} · shard 2/2"]
+    assert all(j.status == "cancelled" for j in jobs), [(j.status, j.reason) for j in jobs]
+
+
+# a run of several seconds on any machine: integrated gradients, one pair and one step per backward
+LONG = ["attribution", "--kinds", "head_out", "--method", "ig", "--steps", "128", "--max-memory", "0.02"]
+
+
+@pytest.mark.usefixtures("both_workers")
+def test_sigterm_on_the_cli_cancels_every_shard(stack, tmp_path):
+    from patching.runs.store import RunStore
+    store = RunStore(stack.data)
+    before = {j.id for j in store.jobs(200)}
+    cmd = [sys.executable, "-m", "patching", *LONG, "--pairs", str(_pairs_csv(tmp_path, IOI * 2)),
+           "--out", str(tmp_path / "x.csv"), "--device", "cpu", "--shards", "2", "--redis-url", stack.redis_url]
+    cli = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait("both shards running", lambda: len(_new_jobs(store, before)) == 2
+              and all(j.status == "running" for j in _new_jobs(store, before)), 120, [cli])
+        cli.send_signal(signal.SIGTERM)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 143, err
+    assert "attribution: every shard cancelled" in err and "terminated (SIGTERM)" in err, err
+    assert not (tmp_path / "x.csv").exists()
+    _all_cancelled(store, before, "attribution")
+
+
+@pytest.mark.usefixtures("both_workers")
+def test_a_timeout_cancels_every_shard_and_names_itself(stack, tmp_path, doctest_model):
+    from patching import PromptSet
+    from patching.methods.attribution import AttributionSpec
+    from patching.methods.path import PathSpec
+    from patching.methods.shards import plan
+    from patching.runs.sharded import ShardTimeout, run_sharded
+    from patching.runs.store import RunStore
+    store = RunStore(stack.data)
+    prompts = PromptSet.from_pairs(doctest_model, IOI * 2)
+    # both pool processes up (a cancelled shard's process is replaced, and loads the model again)
+    run_sharded(stack.redis_url, prompts, plan(PathSpec(), 2, 64), timeout_s=120)
+    before = {j.id for j in store.jobs(200)}
+    spec = AttributionSpec(kinds=("head_out",), method="ig", steps=128)
+    with pytest.raises(ShardTimeout, match=r"the sharded attribution run did not finish in 3 s \(0 of 2 shards "
+                                           r"done.*\); every shard was cancelled"):
+        run_sharded(stack.redis_url, prompts, plan(spec, 2, 0.02), timeout_s=3)
+    _all_cancelled(store, before, "attribution")
+
+
+@pytest.mark.usefixtures("both_workers")
+def test_the_dashboard_s_sharded_run_on_two_workers(stack, tmp_path, doctest_model):
+    """The dashboard's Run with Shards 2 (`execute_run` + `CeleryShards`, what the run card calls): both
+    workers answer the Shards control, both take a shard, and the saved run is the one-worker sweep."""
+    from dashboard.actions import execute_run
+    from dashboard.forms import Form
+    from dashboard.server.shards import CeleryShards, shard_control
+    from patching import PatchSpec, PromptSet, sweep
+    from patching.model.loading import ModelRegistry
+    from patching.model.memory_budget import memory_budget
+    from patching.runs.store import RunStore
+    backend = CeleryShards(stack.redis_url)
+    off, note = shard_control(backend)
+    assert not off and note.startswith("2 workers answer (")
+    registry = ModelRegistry(["default"])
+    registry.add("default", doctest_model)
+    store = RunStore(tmp_path / "data")
+    clean, corrupt, answer, wrong = IOI[0]
+    form = Form(model="default", clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, kind="head_out",
+                per_position=True)
+    took = []
+    with _one_thread():
+        budget = memory_budget("cpu") / 2**20
+        run_id = execute_run(registry, store, form, tmp_path, shards=2, backend=backend, on_shards=took.append)
+        whole = sweep(doctest_model, PromptSet.from_pairs(doctest_model, IOI[:1]),
+                      PatchSpec(kind="head_out", per_position=True), max_memory_mb=budget)
+    assert store.get(run_id).result.to_csv() == whole.to_csv()
+    assert "2 of 2 shards done · 2 workers took shards" in took[-1].line()

@@ -22,6 +22,7 @@ from dashboard.components import (background, label, page_inputs, page_values_er
 from dashboard.forms import Form, direction_options, kind_options, metric_options, metric_suggestion, parse_form
 from dashboard.panel import cost
 from dashboard.server.jobs import progress_reporter
+from dashboard.server.shards import MAX_DASHBOARD_SHARDS, parse_shards, shard_control
 
 # a random id per page load, made in the browser: it names the page's jobs for Cancel
 _SESSION_ID = """function(_) { return (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
@@ -34,6 +35,7 @@ KEPT_ON_RELOAD = dict(persistence=True, persistence_type="session")
 
 
 JOBS_POLL_MS = 1000       # how often a page looks for runs it did not start (a reload, another tab)
+SHARDS_POLL_MS = 15000    # how often the Shards control looks for workers
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,13 @@ def layout() -> dbc.Card:
             ], className="filters"),
             cost.cost_line(),
             html.Div([
+                label("Shards", ids.SHARDS_INPUT),
+                dbc.Input(id=ids.SHARDS_INPUT, type="number", min=1, max=MAX_DASHBOARD_SHARDS, step=1, value=1,
+                          size="sm", disabled=True, className="shards-input"),
+                html.Span(id=ids.SHARDS_NOTE, className="field-hint shards-note"),
+                dcc.Interval(id=ids.SHARDS_POLL, interval=SHARDS_POLL_MS),
+            ], className="shards-row"),
+            html.Div([
                 dbc.Button("Run", id=ids.RUN_BUTTON, color="primary", className="run-button", n_clicks=0),
                 dbc.Button("Cancel", id=ids.CANCEL_BUTTON, color="secondary", outline=True,
                            disabled=True, n_clicks=0),
@@ -174,28 +183,38 @@ def register(app, ctx) -> SimpleNamespace:
 
     # -- run (background) --------------------------------------------------------------------------
     def run_sweep(set_progress, n_clicks, model, clean, corrupt, answer, wrong, bos, pairs, kind,
-                  metric, direction, per_position, layers, positions, heads, session=None):
-        """The Run button: validate, queue, sweep (with progress), save to history."""
+                  metric, direction, per_position, layers, positions, heads, session=None, shards=None):
+        """The Run button: validate, queue, sweep (with progress; in shards over the workers when
+        Shards > 1), save to history; the status says which workers took shards."""
         if not n_clicks:
             return no_update, no_update, no_update, no_update
         problem = page_values_error(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                                     per_position, layers, positions, heads)
         if problem or not isinstance(n_clicks, int) or not isinstance(session, (str, type(None))):
             return no_update, problem or "the Run button's value is not a click count", no_update, ""
+        try:
+            n = parse_shards(shards)
+        except ValueError as exc:
+            return no_update, str(exc), no_update, ""
         form = Form.from_page(model, clean, corrupt, answer, wrong, bos, pairs, kind, metric, direction,
                               per_position, layers, positions, heads)
+        took: list = []
         run_id, error = guarded("run", lambda: execute_run(
             registry, store, form, data_dir, report=progress_reporter(set_progress),
-            token=job_token(session, ids.RUN_BUTTON, n_clicks), max_memory_mb=ctx.max_memory_mb))
+            token=job_token(session, ids.RUN_BUTTON, n_clicks), max_memory_mb=ctx.max_memory_mb,
+            shards=n, backend=ctx.shards, on_shards=took.append))
         if error:
             return no_update, error, no_update, ""
-        return run_id, "", time.time(), saved_status(store, run_id, "Run")
+        status = saved_status(store, run_id, "Run")
+        if took:
+            status.append(html.Div(f"{n} shards: {took[-1].line()}", className="shards-status"))
+        return run_id, "", time.time(), status
 
     app.callback(
         Output(ids.CURRENT_RUN, "data"), Output(ids.ERROR_MESSAGE, "children"),
         Output(ids.HISTORY_VERSION, "data"), Output(ids.RUN_STATUS, "children"),
         Input(ids.RUN_BUTTON, "n_clicks"),
-        *page_inputs(kind=State), State(ids.SESSION_ID, "data"),
+        *page_inputs(kind=State), State(ids.SESSION_ID, "data"), State(ids.SHARDS_INPUT, "value"),
         **background(ids.RUN_BUTTON, "Run", ids.CANCEL_BUTTON, ids.PROGRESS, ids.PROGRESS_TEXT,
                       ids.BASELINES))(run_sweep)
 
@@ -242,6 +261,14 @@ def register(app, ctx) -> SimpleNamespace:
                  Input(ids.WAITING_FOR_CANCEL, "n_clicks"), State(ids.ATTACHED_JOB, "data"),
                  prevent_initial_call=True)(cancel_waited_for)
 
+    def shards_state(_n):
+        """Shards on only while workers answer; the note says why not, or who answers."""
+        return shard_control(ctx.shards, ctx.celery_jobs)
+
+    app.callback(Output(ids.SHARDS_INPUT, "disabled"), Output(ids.SHARDS_NOTE, "children"),
+                 Input(ids.SHARDS_POLL, "n_intervals"))(shards_state)
+
     app.clientside_callback(_SESSION_ID, Output(ids.SESSION_ID, "data"), Input(ids.SESSION_ID, "id"))
     return SimpleNamespace(validate=validate, kind_controls=kind_controls, run_sweep=run_sweep, cancelled=cancelled,
-                           watch_jobs=watch_jobs, cancel_waited_for=cancel_waited_for, metric_note=metric_note)
+                           watch_jobs=watch_jobs, cancel_waited_for=cancel_waited_for, metric_note=metric_note,
+                           shards_state=shards_state)

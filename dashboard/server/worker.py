@@ -78,13 +78,15 @@ def build(cfg: WorkerConfig):
     store = open_worker_store(cfg)
     registry = ModelRegistry(list(cfg.models), device=cfg.device, dtype=cfg.dtype, pace_s=cfg.pace_s,
                              **({"device_map": cfg.device_map} if cfg.device_map else {}))
+    from dashboard.server.shards import CeleryShards
+    # shards=: a Run with Shards > 1 runs here (its job is the shards' client) and sends them back out
     create_app(registry, store, dash.CeleryManager(capp), data_dir=cfg.data_dir, model=cfg.models[0],
-               max_memory_mb=cfg.max_memory_mb)
+               max_memory_mb=cfg.max_memory_mb, shards=CeleryShards(cfg.redis_url))
     tasks = sorted(n for n in capp.tasks if n.startswith("background_callback_"))
     if not tasks:
         raise RuntimeError("the dashboard registered no background callbacks with the Celery app")
-    register_shard_task(capp, registry.get, store)          # the CLI's `sweep --shards N`
-    log.info("worker: %d background callbacks and the sweep-shard task registered; store %s",
+    register_shard_task(capp, registry.get, store)          # `--shards N` runs, the dashboard's Shards
+    log.info("worker: %d background callbacks and the shard task registered; store %s",
              len(tasks), store.display_url)
     return capp, registry
 

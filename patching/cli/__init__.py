@@ -10,7 +10,8 @@
     cost.py     --dry-run, --compare-exact, --refine (flags and reports of sweep, path, attribution)
     common.py   exit codes, BadInput, the parser class, model / prompt-pair flags, loading, output
 
-Exit codes: 0 ok, 2 bad input (one line on stderr naming the problem), 1 internal error.
+Exit codes: 0 ok, 2 bad input (one line on stderr naming the problem), 1 internal error; 130 Ctrl-C,
+143 SIGTERM, 124 a sharded run's --timeout (every shard cancelled).
 
 >>> build_parser().parse_args(["eval", "--json"]).n
 200
@@ -23,7 +24,8 @@ import argparse
 import sys
 
 from patching.cli import bench, circuit, inspect, models, neurons, runs, sweep
-from patching.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Parser, error_line
+from patching.cli.common import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TIMEOUT, Parser,
+                                 Terminated, TimedOut, error_line)
 
 WORKER_MOVED = "the Celery worker is the dashboard's own command now: python -m dashboard worker --redis-url ..."
 
@@ -57,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:                 # BadInput included
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TimedOut as exc:                   # --timeout of a sharded run: its shards are cancelled
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ from `cli/common.py`: 0 ok, 2 bad input (one line), 1 internal error.
     python -m patching circuit --task ioi --edges 0.2 --csv edges.csv     # the EAP graph's edges
     python -m patching circuit --task ioi --curve-from feature --top 20 --keep L0ERR,L1ERR,L2ERR,L3ERR
     python -m patching circuit --task ioi --components L1F12,L3ERR --saes my_saes/   # a feature circuit
+    python -m patching circuit --task ioi --curve-from head_out --csv c.csv --shards 4 --redis-url redis://h:6379/0
 
 Without --components, the circuit is the curve's top components (--top). The ranking sweep
 (--curve-from) is exact patching of those kinds (or attribution estimates, --rank-by
@@ -23,11 +24,12 @@ MLP runs, the SAE units not kept are ablated (`patching.methods.circuit`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from patching.cli.common import (EXIT_OK, MAX_COUNT, MAX_SEED, BadInput, check_outputs, has_pairs,
-                                 load_pairs_or_task, model_flags, pair_flags, whole, write)
+from patching.cli.common import (EXIT_OK, MAX_COUNT, MAX_SEED, BadInput, check_outputs, check_shards, has_pairs,
+                                 load_pairs_or_task, megabytes, model_flags, pair_flags, shard_flags, whole, write)
 
 
 
@@ -53,25 +55,47 @@ def _components(text: str, flag: str):
     return parsed
 
 
-def _ranking(args: argparse.Namespace, model, prompts):
-    """(component, effect) by |effect| from exact sweeps or attribution of --curve-from kinds."""
+def _ranking(args: argparse.Namespace, model, prompts, redis_url: str | None = None):
+    """(component, effect) by |effect| from exact sweeps or attribution of --curve-from kinds; with
+    --shards, run on the workers (the same values)."""
     from patching.methods.attribution import run_attribution
     from patching.methods.circuit import RANK_KINDS, rank_components
     from patching.methods.sweep import sweep
     from patching.core.spec import PatchSpec
+    from patching.cli.sweep import run_on_shards
     kinds = [k.strip() for k in args.curve_from.split(",") if k.strip()]
     bad = [k for k in kinds if k not in RANK_KINDS]
     if bad or not kinds:
         raise BadInput(f"--curve-from takes {', '.join(RANK_KINDS)} (comma-separated), not {args.curve_from!r}")
-    if args.rank_by == "attribution":
+    if args.rank_by == "attribution" and redis_url:
+        from patching.methods.attribution import AttributionSpec
+        results = run_on_shards(model, prompts, AttributionSpec(kinds=tuple(kinds), metric=args.metric,
+                                                                direction=args.direction, model=args.model,
+                                                                prepend_bos=prompts.prepend_bos, saes=args.saes),
+                                args, redis_url, "ranking")
+    elif args.rank_by == "attribution":
         results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
-                                  saes=args.saes)
+                                  max_memory_mb=args.max_memory, saes=args.saes)
     else:
-        results = [sweep(model, prompts, PatchSpec(kind=k, direction=args.direction, metric=args.metric,
-                                                   model=model.name, prepend_bos=prompts.prepend_bos,
-                                                   saes=args.saes if k == "feature" else None))
-                   for k in kinds]
+        specs = [PatchSpec(kind=k, direction=args.direction, metric=args.metric, model=model.name,
+                           prepend_bos=prompts.prepend_bos, saes=args.saes if k == "feature" else None)
+                 for k in kinds]
+        results = [run_on_shards(model, prompts, dataclasses.replace(spec, model=args.model), args, redis_url,
+                                 f"{spec.kind:>12}") if redis_url else
+                   sweep(model, prompts, spec, max_memory_mb=args.max_memory) for spec in specs]
     return rank_components(*results, reduce=args.reduce)
+
+
+def _curve(args: argparse.Namespace, model, prompts, ranked, keep, redis_url: str | None):
+    """The faithfulness curve of `ranked`; with --shards, its k-chunks on the workers."""
+    from patching.methods.circuit import CurveSpec, faithfulness_curve
+    if not redis_url:
+        return faithfulness_curve(model, prompts, ranked, ablation=args.ablation, seed=args.ablation_seed,
+                                  metric=args.metric, keep=keep, max_memory_mb=args.max_memory, saes=args.saes)
+    from patching.cli.sweep import run_on_shards
+    spec = CurveSpec.of(ranked, keep=keep, ablation=args.ablation, seed=args.ablation_seed, metric=args.metric,
+                        model=args.model, prepend_bos=prompts.prepend_bos, saes=args.saes)
+    return run_on_shards(model, prompts, spec, args, redis_url, "curve")
 
 
 def cmd_edges(args: argparse.Namespace) -> int:
@@ -92,8 +116,14 @@ def cmd_edges(args: argparse.Namespace) -> int:
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    from patching.methods.circuit import CircuitSpec, faithfulness, faithfulness_curve, parse_components
+    from patching.methods.circuit import CircuitSpec, faithfulness, parse_components
     check_outputs(args)
+    redis_url = check_shards(args)
+    if redis_url and not args.curve_from:
+        raise BadInput("--shards splits the ranking sweeps and the faithfulness curve; add --curve-from or "
+                       "leave out --shards (one circuit is three batched runs)")
+    if redis_url and args.edges is not None:
+        raise BadInput("--edges is not sharded: leave out --shards")
     if args.edges is not None:
         return cmd_edges(args)
     if not args.components and not args.curve_from:
@@ -105,15 +135,14 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     model, prompts = _prompts(args)
     curve = ranked = None
     if args.curve_from:
-        ranked = _ranking(args, model, prompts)
+        ranked = _ranking(args, model, prompts, redis_url)
         if args.top is not None:
             ranked = ranked[:args.top]
-        curve = faithfulness_curve(model, prompts, ranked, ablation=args.ablation, seed=args.ablation_seed,
-                                   metric=args.metric, keep=keep, saes=args.saes)
+        curve = _curve(args, model, prompts, ranked, keep, redis_url)
     if components is None:
         components = keep + tuple(c for c, _ in ranked if c not in keep)
     result = faithfulness(model, prompts, CircuitSpec(components, args.ablation, args.ablation_seed, args.saes),
-                          metric=args.metric)
+                          metric=args.metric, max_memory_mb=args.max_memory)
     if args.csv:
         frame = curve.to_dataframe() if curve is not None else None
         if frame is None:
@@ -173,4 +202,8 @@ def add_commands(sub) -> None:
     p.add_argument("--edges", type=float, metavar="SHARE",
                    help="instead of a circuit: the EAP edge graph's edges with |score| >= SHARE x the "
                         "largest (0-1), as CSV (upstream, downstream, via, score, ...) to --csv or stdout")
+    p.add_argument("--max-memory", type=megabytes, default=None, metavar="MB",
+                   help="memory budget for a batch of runs (default: a share of the memory free on the device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (--shards)")
+    shard_flags(p, "the ranking sweeps and the curve")
     p.set_defaults(func=cmd_circuit)

@@ -17,15 +17,19 @@ import argparse
 import errno
 import math
 import os
+import time
 import sys
 import tempfile
 from pathlib import Path
 
 from patching.core.prompts import MAX_PAIRS
+from patching.runs.signals import Terminated, sigterm_interrupts  # noqa: F401 - for the commands
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CHECK_FAILED = 1        # check-placement: an analysis differs between placements
 EXIT_INTERRUPTED = 130       # Ctrl-C, as a shell reports SIGINT
+EXIT_TERMINATED = 143        # SIGTERM, as a shell reports it (a sharded run cancels its shards first)
+EXIT_TIMEOUT = 124           # --timeout ran out (as coreutils' timeout); every shard was cancelled
 PAIR_FIELDS = ("clean", "corrupt", "answer", "wrong")
 MAX_MESSAGE = 1000           # characters of one error line; longer ones are cut with "…"
 MAX_COUNT = 1_000_000        # the largest count / index an integer flag takes (layers, neurons, k, ...)
@@ -187,32 +191,60 @@ def out_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="-", help="output CSV path, or - for stdout (default)")
 
 
-def shard_flags(p: argparse.ArgumentParser) -> None:
-    """--shards N and --redis-url URL: the sweep split over Celery workers (`check_shards`).
+def seconds(text: str) -> float:
+    """An argparse `type` for --timeout: a finite number of seconds above 0.
+
+    >>> seconds("90")
+    90.0
+    >>> seconds("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '-1' is not a time limit; give seconds as a number above 0, e.g. 600
+    """
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a time limit; give seconds as a number above 0, e.g. 600")
+    return value
+
+
+def shard_flags(p: argparse.ArgumentParser, what: str = "the run") -> None:
+    """--shards N, --redis-url URL and --timeout S: `what` split over Celery workers (`check_shards`).
 
     >>> shard_flags(p := argparse.ArgumentParser()); p.parse_args(["--shards", "4"]).shards
     4
     """
     p.add_argument("--shards", type=whole(1, 256), default=None, metavar="N",
-                   help="split the sweep into N shards run by `python -m dashboard worker`s (needs --redis-url); "
-                        "the merged result is the one-worker result, value for value")
+                   help=f"split {what} into N shards run by `python -m dashboard worker`s (needs --redis-url); "
+                        "the merged result is the one-worker result (same --max-memory), value for value")
     p.add_argument("--redis-url", default=None,
                    help="with --shards: the workers' Redis, redis://HOST:PORT/DB (default: $PATCHBOARD_REDIS_URL)")
+    p.add_argument("--timeout", type=seconds, default=None, metavar="S",
+                   help=f"with --shards: give up on {what} after S seconds (model loading included), cancel "
+                        f"every shard and exit {EXIT_TIMEOUT}")
 
 
 def check_shards(args: argparse.Namespace) -> str | None:
     """The Redis URL a sharded run uses (None without --shards); BadInput for a combination that
-    cannot work: --shards without a Redis URL, or --redis-url without --shards.
+    cannot work: --shards without a Redis URL, --redis-url or --timeout without --shards. Sets
+    `args.deadline` (time.monotonic() when --timeout runs out; None without).
 
-    >>> check_shards(argparse.Namespace(shards=2, redis_url=None, dry_run=False))
+    >>> check_shards(argparse.Namespace(shards=2, redis_url=None, dry_run=False, timeout=None))
     Traceback (most recent call last):
     ...
     patching.cli.common.BadInput: --shards 2 needs --redis-url redis://HOST:PORT/DB (the Redis the workers use) or $PATCHBOARD_REDIS_URL
     """
+    timeout = getattr(args, "timeout", None)
+    args.deadline = None if timeout is None else time.monotonic() + timeout
     if args.shards is None:
         if args.redis_url:
             raise BadInput(f"--redis-url {_short(args.redis_url)} is only used with --shards N; add --shards "
                            "or leave --redis-url out")
+        if timeout is not None:
+            raise BadInput(f"--timeout {timeout:g} limits a sharded run; add --shards N --redis-url URL or leave "
+                           "--timeout out")
         return None
     url = args.redis_url or os.environ.get("PATCHBOARD_REDIS_URL")
     if not url:
@@ -223,6 +255,20 @@ def check_shards(args: argparse.Namespace) -> str | None:
     from patching.runs.celery_app import celery_app
     celery_app(url)                  # a bad URL or missing package: refused before the model loads
     return url
+
+
+def time_left(args: argparse.Namespace) -> float | None:
+    """Seconds left before --timeout runs out (None without --timeout).
+
+    >>> time_left(argparse.Namespace(deadline=None)) is None
+    True
+    """
+    deadline = getattr(args, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class TimedOut(Exception):
+    """--timeout ran out: `main` prints the message and exits EXIT_TIMEOUT."""
 
 
 def has_pairs(args: argparse.Namespace) -> bool:

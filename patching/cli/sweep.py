@@ -20,8 +20,9 @@ import time
 
 from patching.cli import cost as cli_cost
 from patching.cli import runs as cli_runs
-from patching.cli.common import (EXIT_OK, BadInput, check_outputs, check_shards, load, megabytes, metric_flag,
-                                 model_flags, out_flag, pair_flags, shard_flags, whole, write)
+from patching.cli.common import (EXIT_OK, BadInput, TimedOut, check_outputs, check_shards, load, megabytes,
+                                 metric_flag, model_flags, out_flag, pair_flags, shard_flags, sigterm_interrupts,
+                                 time_left, whole, write)
 from patching.kinds import KINDS
 
 
@@ -85,20 +86,36 @@ def _kind_list(text: str, flag: str = "--kind") -> list[str]:
     return kinds
 
 
-def sharded_sweep(model, prompts, spec, args: argparse.Namespace, redis_url: str):
-    """The sweep as `--shards N` pieces on the workers of `redis_url`, merged; says on stderr which
-    workers took them. The same result as `sweep` (its provenance included)."""
-    from patching.core.provenance import attach
-    from patching.methods.shards import plan
+def run_on_shards(model, prompts, spec, args: argparse.Namespace, redis_url: str, label: str):
+    """`spec`'s run (a sweep, path, attribution or curve spec) as `--shards N` pieces on the workers
+    of `redis_url`, merged: the one-worker result under the same --max-memory. Says on stderr which
+    workers took shards. Ctrl-C, SIGTERM and --timeout cancel every shard (TimedOut for the last)."""
+    from patching.methods.shards import plan, work_of
     from patching.model.loading import require_runner
-    from patching.runs.sharded import run_sharded
-    require_runner(model, "a sharded sweep (--shards)")
-    start = time.perf_counter()
+    from patching.runs.sharded import ShardTimeout, run_sharded
+    require_runner(model, f"a sharded {work_of(spec).noun} (--shards)")
     status = []
-    result, _parts = run_sharded(redis_url, prompts, plan(spec, args.shards, args.max_memory),
-                                 on_progress=ProgressBar(f"{spec.kind:>12}", quiet=args.quiet), on_status=status.append)
+    try:
+        with sigterm_interrupts():
+            result, _parts = run_sharded(redis_url, prompts, plan(spec, args.shards, getattr(args, "max_memory", None)),
+                                         on_progress=ProgressBar(label, quiet=args.quiet), on_status=status.append,
+                                         timeout_s=time_left(args))
+    except ShardTimeout as exc:
+        raise TimedOut(f"--timeout {args.timeout:g}: {exc}") from None
+    except KeyboardInterrupt:
+        print(f"{label.strip()}: every shard cancelled", file=sys.stderr)
+        raise
     if not args.quiet and status:
-        print(f"{spec.kind}: {status[-1].line()}", file=sys.stderr)
+        print(f"{label.strip()}: {status[-1].line()}", file=sys.stderr)
+    return result
+
+
+def sharded_sweep(model, prompts, spec, args: argparse.Namespace, redis_url: str):
+    """The sweep as `--shards N` pieces (`run_on_shards`); the same result as `sweep` (its provenance
+    included)."""
+    from patching.core.provenance import attach
+    start = time.perf_counter()
+    result = run_on_shards(model, prompts, spec, args, redis_url, f"{spec.kind:>12}")
     return attach(dataclasses.replace(result, seconds=time.perf_counter() - start), model, prompts)
 
 
@@ -143,6 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_path(args: argparse.Namespace) -> int:
     check_outputs(args)
+    redis_url = check_shards(args)
     from patching.methods.path import PathSpec, run_path
     from patching.core.spec import parse_int_list
     spec = PathSpec(receivers=args.receivers, senders=args.senders, sweep=args.sweep, mode=args.mode,
@@ -154,8 +172,12 @@ def cmd_path(args: argparse.Namespace) -> int:
     if args.dry_run:
         cli_cost.dry_run_path(model, prompts, spec, args)
         return EXIT_OK
-    result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet),
-                      max_memory_mb=args.max_memory)
+    if redis_url:
+        from patching.core.provenance import attach
+        result = attach(run_on_shards(model, prompts, spec, args, redis_url, "path"), model, prompts)
+    else:
+        result = run_path(model, prompts, spec, on_progress=ProgressBar("path", quiet=args.quiet),
+                          max_memory_mb=args.max_memory)
     write(result.to_csv(), args.out)
     return EXIT_OK
 
@@ -164,6 +186,9 @@ def cmd_attribution(args: argparse.Namespace) -> int:
     from patching.methods.attribution import attribution_csv, edge_attribution, run_attribution
     from patching.core.spec import parse_int_list
     check_outputs(args)
+    redis_url = check_shards(args)
+    if redis_url and args.edges:
+        raise BadInput("--edges runs one backward for every edge at once; it is not sharded: leave out --shards")
     kinds = tuple(_kind_list(args.kinds, "--kinds")) if args.kinds is not None else None
     model, prompts = load(args)
     if args.dry_run:
@@ -174,10 +199,13 @@ def cmd_attribution(args: argparse.Namespace) -> int:
                                  method=args.method, steps=args.steps, max_memory_mb=args.max_memory)
         write(edges.to_csv(), args.out)
         return EXIT_OK
-    results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
-                              method=args.method, steps=args.steps, per_position=args.per_position,
-                              positions=parse_int_list(args.positions, "positions"), max_memory_mb=args.max_memory,
-                              saes=args.saes)
+    positions = parse_int_list(args.positions, "positions")
+    if redis_url:
+        results = sharded_attribution(model, prompts, kinds, positions, args, redis_url)
+    else:
+        results = run_attribution(model, prompts, kinds=kinds, metric=args.metric, direction=args.direction,
+                                  method=args.method, steps=args.steps, per_position=args.per_position,
+                                  positions=positions, max_memory_mb=args.max_memory, saes=args.saes)
     if args.compare_exact or args.refine is not None:     # the report on stdout; the CSV only to a file
         if args.out != "-":
             write(attribution_csv(results), args.out)
@@ -185,6 +213,16 @@ def cmd_attribution(args: argparse.Namespace) -> int:
         return EXIT_OK
     write(attribution_csv(results), args.out)
     return EXIT_OK
+
+
+def sharded_attribution(model, prompts, kinds, positions, args: argparse.Namespace, redis_url: str):
+    """`attribution --shards N`: the pair batches over the workers (`run_on_shards`), with provenance."""
+    from patching.core.provenance import attach
+    from patching.methods.attribution import AttributionSpec
+    spec = AttributionSpec(kinds=kinds, metric=args.metric, direction=args.direction, method=args.method,
+                           steps=args.steps, per_position=args.per_position, positions=positions, saes=args.saes,
+                           model=args.model, prepend_bos=not args.no_bos)
+    return [attach(r, model, prompts) for r in run_on_shards(model, prompts, spec, args, redis_url, "attribution")]
 
 
 def _add_sweep(sub) -> None:
@@ -198,7 +236,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--saes", help="kind feature: a folder of sae-lens SAE folders (default: the model's own saes/)")
     cli_cost.add_dry_run(p)
     cli_runs.add_save_run(p)
-    shard_flags(p)
+    shard_flags(p, "the sweep")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -216,6 +254,7 @@ def _add_path(sub) -> None:
     p.add_argument("--positions", help="sender positions with --per-position, e.g. 3,7 (default: all)")
     p.add_argument("--receiver-positions", help="positions where receivers are patched (default: all)")
     cli_cost.add_dry_run(p)
+    shard_flags(p, "the senders (or receivers)")
     p.set_defaults(func=cmd_path)
 
 
@@ -232,6 +271,7 @@ def _add_attribution(sub) -> None:
                    help="write EAP edge scores (head/MLP -> head q/k/v, MLP, logits) instead of node scores")
     cli_cost.add_dry_run(p)
     cli_cost.add_compare(p)
+    shard_flags(p, "the pairs (in batches)")
     p.set_defaults(func=cmd_attribution)
 
 

@@ -30,7 +30,7 @@ The backward asks only for activation gradients (`torch.autograd.grad`), never w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import pandas as pd
@@ -51,6 +51,7 @@ from patching.core.results import PatchResult, write_csv
 from patching.model.runner import Edit, RunCache
 from patching.core.spec import PatchSpec, check_direction, check_whole
 from patching.methods.pair import CachedPair
+from patching.methods.share import Share
 
 METHODS = ("plain", "ig")
 DEFAULT_STEPS = 16
@@ -269,6 +270,72 @@ def attribution_kinds(model, features: bool = False) -> tuple[str, ...]:
                  and not (KINDS[k].needs_resid_mid and model.parallel_attn_mlp))
 
 
+@dataclass(frozen=True)
+class AttributionSpec:
+    """A node-attribution run as a value (what a shard of it carries): `run_attribution`'s options.
+
+    >>> AttributionSpec(kinds=("head_out",), method="ig", steps=4).to_dict()["kind"]
+    'attribution'
+    """
+    kinds: tuple[str, ...] | None = None          # None: every kind the model has
+    metric: str = "logit_diff"
+    direction: str = "denoise"
+    method: str = "plain"
+    steps: int = DEFAULT_STEPS
+    per_position: bool = False
+    positions: tuple[int, ...] | None = None
+    saes: str | None = None
+    model: str = "default"
+    prepend_bos: bool = True
+
+    kind = "attribution"       # class constant, as PathSpec's
+
+    def __post_init__(self):
+        check_direction(self.direction)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        check_whole(self.steps, "steps", 1, 1024)
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"metric must be a metric name, not {self.metric!r}")
+        if self.kinds is not None:
+            unknown = [k for k in self.kinds if k not in KINDS]
+            if unknown or not self.kinds:
+                raise ValueError(f"attribution kinds {list(self.kinds)}: choose one or more of {', '.join(KINDS)}")
+            object.__setattr__(self, "kinds", tuple(self.kinds))
+        if self.positions is not None:
+            object.__setattr__(self, "positions", tuple(int(p) for p in self.positions))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kinds"] = list(self.kinds) if self.kinds is not None else None
+        d["positions"] = list(self.positions) if self.positions is not None else None
+        d["kind"] = "attribution"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AttributionSpec":
+        d = dict(d)
+        if d.pop("kind", "attribution") != "attribution":
+            raise ValueError("not an attribution spec: kind must be 'attribution'")
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown AttributionSpec fields {sorted(set(d) - known)}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if k in ("kinds", "positions") and v is not None else v for k, v in d.items()})
+
+
+def pair_batches(model, prompts: PromptSet, max_memory_mb: float | None = None) -> list[tuple[int, int]]:
+    """The (lo, hi) pair ranges attribution runs one at a time: all pairs when one forward +
+    backward of them fits the memory budget, else as many as fit (each range's gradients are its
+    own pairs', so a range's values do not depend on the others).
+
+    >>> pair_batches(model, prompts)
+    [(0, 1)]
+    """
+    rows = _rows_per_backward(model, prompts.n_pos, max_memory_mb, prompts.clean_tokens.device)
+    step = min(prompts.n_pairs, rows)
+    return [(lo, min(lo + step, prompts.n_pairs)) for lo in range(0, prompts.n_pairs, step)]
+
+
 @recorded
 def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[str] | None = None,
                     metric: Metric | Callable | str = "logit_diff", direction: str = "denoise",
@@ -281,38 +348,79 @@ def run_attribution(model, prompts: PromptSet, *, kinds: tuple[str, ...] | list[
     position too; positions: where neuron patches apply (None = all); saes: the SAE folder of kind
     "feature" (None = the model's own). method "ig" averages
     gradients over `steps` interpolated runs (EAP-IG style), as many per batch as the memory
-    budget of the device allows (`max_memory_mb`, else `patching.model.memory_budget`).
+    budget of the device allows (`max_memory_mb`, else `patching.model.memory_budget`). Pairs run
+    in `pair_batches` when all of them do not fit one backward.
 
     >>> [r.spec.kind for r in run_attribution(model, prompts, kinds=["resid_pre", "head_out"])]  # doctest: +SKIP
     ['resid_pre', 'head_out']
     """
     if isinstance(kinds, str):
         kinds = [k for k in kinds.split(",") if k.strip()]
-    kinds = tuple(kinds) if kinds is not None else attribution_kinds(model)
+    return _attribution(model, prompts, tuple(k.strip() for k in kinds) if kinds is not None else None, metric,
+                        direction, method, steps, per_position, positions, max_memory_mb, saes, None)[0]
+
+
+def attribution_share(model, prompts: PromptSet, spec: AttributionSpec, share: Share | None, *,
+                      max_memory_mb: float | None = None, on_progress: Callable[[int, int], None] | None = None
+                      ) -> tuple[list[AttributionResult], Tensor | None]:
+    """(results, written): the run `spec` names; with `share`, only that shard's pair batches
+    (other pairs' values and baselines NaN) and `written` [pairs] (bool) marking its pairs.
+
+    >>> results, written = attribution_share(model, prompts, AttributionSpec(kinds=("resid_pre",)), Share(1, 2))
+    >>> written.tolist(), results[0].per_pair.isnan().all().item()    # one pair, one batch: shard 1 of 2's
+    ([False], True)
+    """
+    return _attribution(model, prompts, spec.kinds, spec.metric, spec.direction, spec.method, spec.steps,
+                        spec.per_position, spec.positions, max_memory_mb, spec.saes, share, on_progress)
+
+
+def _attribution(model, prompts: PromptSet, kinds, metric, direction: str, method: str, steps: int,
+                 per_position: bool, positions, max_memory_mb, saes, share: Share | None,
+                 on_progress=None) -> tuple[list[AttributionResult], Tensor | None]:
+    """run_attribution's body: the kinds' specs, then each (selected) pair batch's estimates."""
+    kinds = kinds if kinds is not None else attribution_kinds(model)
     metric_name = metric if isinstance(metric, str) else get_metric(metric).name
     specs = []
     for kind in kinds:
-        kind = kind.strip()
         spec = PatchSpec(kind=kind, direction=direction, metric=metric_name,
                          per_position=per_position and KINDS[kind].has_per_position if kind in KINDS else False,
                          positions=positions if kind == "neuron" else None, model=model.name,
                          prepend_bos=prompts.prepend_bos, saes=saes if kind == "feature" else None)
         specs.append((spec, *plan_coords(model, prompts, spec)))
-    att = _attribute(model, prompts, metric, direction, method, steps, edges=False, max_memory_mb=max_memory_mb)
+    batches = pair_batches(model, prompts, max_memory_mb)
+    mine = range(len(batches)) if share is None else share.mine([hi - lo for lo, hi in batches])
+    n = prompts.n_pairs
+    values = [torch.full((*[len(c[a]) for a in axes], n), float("nan"), dtype=torch.float64)
+              for _, axes, c in specs]
+    clean, corrupt = (torch.full((n,), float("nan"), dtype=torch.float64) for _ in range(2))
+    written = torch.zeros(n, dtype=torch.bool)
+    seconds, clean_is = 0.0, get_metric(metric).clean_is
+    for done, b in enumerate(mine):
+        lo, hi = batches[b]
+        part = prompts if (lo, hi) == (0, n) else prompts.subset(range(lo, hi))
+        att = _attribute(model, part, metric, direction, method, steps, edges=False, max_memory_mb=max_memory_mb)
+        for (spec, axes, coords), out in zip(specs, values):
+            out[..., lo:hi] = att.pair.base_baseline + _estimate(model, att, spec, axes, coords, positions, part)
+        clean[lo:hi], corrupt[lo:hi] = att.pair.clean_baseline, att.pair.corrupt_baseline
+        written[lo:hi] = True
+        seconds += att.seconds
+        if on_progress is not None:
+            on_progress(done + 1, len(mine))
+    results = [AttributionResult(spec, axes, coords, v, clean, corrupt, prompts.str_tokens, clean_is, seconds,
+                                 model.name, method, steps if method == "ig" else 0)
+               for (spec, axes, coords), v in zip(specs, values)]
+    return results, (written if share is not None else None)
+
+
+def _estimate(model, att: _Attribution, spec: PatchSpec, axes, coords, positions, prompts: PromptSet) -> Tensor:
+    """One kind's estimated change of the metric [*cells, pairs of att] at the result's cells."""
     mask = torch.zeros(prompts.n_pos, dtype=torch.bool, device=prompts.clean_tokens.device)
     mask[list(positions) if positions is not None else slice(None)] = True
-    out = []
-    for spec, axes, coords in specs:
-        sae_set = model_saes(model, spec.saes) if spec.kind == "feature" else None
-        full = _full_estimate(model, att, spec.kind, spec.per_position, mask, sae_set)
-        sel = full
-        for dim, a in enumerate(axes):
-            sel = sel.index_select(dim, torch.tensor(coords[a], dtype=torch.long))
-        per_pair = att.pair.base_baseline + sel
-        out.append(AttributionResult(spec, axes, coords, per_pair, att.pair.clean_baseline, att.pair.corrupt_baseline,
-                                     prompts.str_tokens, att.pair.metric.clean_is, att.seconds, model.name,
-                                     method, att.steps))
-    return out
+    sae_set = model_saes(model, spec.saes) if spec.kind == "feature" else None
+    sel = _full_estimate(model, att, spec.kind, spec.per_position, mask, sae_set)
+    for dim, a in enumerate(axes):
+        sel = sel.index_select(dim, torch.tensor(coords[a], dtype=torch.long))
+    return sel
 
 
 def attribution_dataframe(results: list[PatchResult]) -> pd.DataFrame:

@@ -58,6 +58,7 @@ from patching.core.prompts import PromptSet
 from patching.core.nodes import ROLES, Node, head_label, parse_node
 from patching.core.results import PatchResult, write_csv
 from patching.methods.pair import CachedPair
+from patching.methods.share import Share
 from patching.model.runner import Edit
 from patching.core.spec import check_whole
 
@@ -516,15 +517,20 @@ class _Context:
     def metric(self) -> Metric:
         return self.pair.metric
 
-    def measure(self, masks: list[frozenset[int]]) -> list[Tensor]:
-        """Metric per pair [n_pairs] for each kept node set, batched (rows = masks x pairs)."""
+    def measure(self, masks: list[frozenset[int]], share: Share | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> list[Tensor | None]:
+        """Metric per pair [n_pairs] for each kept node set, batched (rows = masks x pairs); with
+        `share`, only that shard's batches (None for the other masks)."""
         model, prompts = self.model, self.pair.prompts
         L, H, P = model.n_layers, model.n_heads, prompts.n_pairs
         n_nodes = self.n_nodes
         device = prompts.clean_tokens.device
         per = max(1, _rows_per_forward(model, prompts.n_pos, self.max_memory_mb, self.abl.units) // P)
-        out: list[Tensor] = []
-        for lo in range(0, len(masks), per):
+        batches = list(range(0, len(masks), per))
+        mine = range(len(batches)) if share is None else share.mine([len(masks[lo:lo + per]) for lo in batches])
+        out: list[Tensor | None] = [None] * len(masks)
+        for done, b in enumerate(mine):
+            lo = batches[b]
             part = masks[lo:lo + per]
             keep = torch.zeros(len(part), n_nodes, dtype=torch.bool, device=device)
             for i, m in enumerate(part):
@@ -538,7 +544,9 @@ class _Context:
                 else:
                     logits = _hook_forward(model.bridge, prompts.clean_tokens, pair, keep, self.abl, L, H)
                 values = self.pair.measure(logits, pair).view(len(part), P)
-            out.extend(values)
+            out[lo:lo + len(part)] = list(values)
+            if on_progress is not None:
+                on_progress(done + 1, len(mine))
         return out
 
 
@@ -571,13 +579,14 @@ def _context(model, prompts: PromptSet, ablation: str, seed: int, metric, max_me
     return _Context(model, pair, abl, max_memory_mb)
 
 
-def _evaluate(ctx: _Context, circuits: list[frozenset[int]]) -> tuple[list[Tensor], Tensor, Tensor]:
+def _evaluate(ctx: _Context, circuits: list[frozenset[int]], share: Share | None = None,
+              on_progress=None) -> tuple[list[Tensor | None], Tensor | None, Tensor | None]:
     """Metric per pair for each circuit, and for the full and empty sets; each distinct node set
-    is computed once (the full set's row *is* m_full)."""
+    is computed once (the full set's row *is* m_full). With `share`, None for another shard's."""
     full = frozenset(range(ctx.n_nodes))
     empty = ctx.always
     unique = list(dict.fromkeys([full, empty, *circuits]))
-    values = dict(zip(unique, ctx.measure(unique)))
+    values = dict(zip(unique, ctx.measure(unique, share, on_progress)))
     return [values[c] for c in circuits], values[full], values[empty]
 
 
@@ -613,27 +622,116 @@ def faithfulness_curve(model, prompts: PromptSet, ranked: Iterable[Component | s
     >>> curve.faithfulness[0], curve.ks                               # doctest: +SKIP
     (0.0, (0, 1, 2))
     """
+    spec = CurveSpec.of(ranked, ablation=ablation, seed=seed, metric=metric if isinstance(metric, str) else "",
+                        ks=ks, keep=keep, saes=saes)
+    return _curve(model, prompts, spec, metric, max_memory_mb, None)[0]
+
+
+@dataclass(frozen=True)
+class CurveSpec:
+    """A faithfulness curve as a value (what a shard of it carries): the ranked components (and
+    their effects), the ks, the kept set, the ablation, the metric (a registry name; "" when the
+    caller passes a metric object).
+
+    >>> CurveSpec.of([("L0H1", 0.5), ("MLP0", 0.2)]).to_dict()["components"]
+    'L0H1,MLP0'
+    """
+    components: tuple[Component, ...]
+    effects: tuple[float, ...] | None = None
+    ks: tuple[int, ...] | None = None             # None: 0..len(components)
+    keep: tuple[Component, ...] = ()
+    ablation: str = "mean"
+    seed: int = 0
+    metric: str = "logit_diff"
+    model: str = "default"
+    prepend_bos: bool = True
+    saes: str | None = None                       # a feature circuit's SAE folder (None: the model's own)
+
+    kind = "curve"
+
+    def __post_init__(self):
+        components = parse_components(self.components)
+        if len(components) != len(self.components):
+            raise ValueError("the ranked components contain duplicates; give each component once")
+        object.__setattr__(self, "components", components)
+        object.__setattr__(self, "keep", parse_components(self.keep))
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        check_whole(self.seed, "seed")
+        if self.effects is not None:
+            if len(self.effects) != len(components):
+                raise ValueError(f"{len(self.effects)} effects for {len(components)} components")
+            object.__setattr__(self, "effects", tuple(float(e) for e in self.effects))
+        ks = tuple(range(len(components) + 1)) if self.ks is None else tuple(int(k) for k in self.ks)
+        bad = [k for k in ks if not 0 <= k <= len(components)]
+        if bad:
+            raise ValueError(f"k {bad} out of range; choose k from 0 to {len(components)}")
+        object.__setattr__(self, "ks", ks)
+
+    @classmethod
+    def of(cls, ranked, *, ks: Iterable[int] | None = None, **options) -> "CurveSpec":
+        """From components (or names), or (component, effect) pairs as `rank_components` returns."""
+        items = list(ranked)
+        effects = None
+        if items and isinstance(items[0], tuple):
+            effects = tuple(float(e) for _, e in items)
+            items = [c for c, _ in items]
+        return cls(tuple(parse_component(c) for c in items), effects, tuple(ks) if ks is not None else None,
+                   **options)
+
+    def to_dict(self) -> dict:
+        return {"kind": "curve", "components": format_components(self.components),
+                "effects": list(self.effects) if self.effects is not None else None, "ks": list(self.ks),
+                "keep": format_components(self.keep), "ablation": self.ablation, "seed": self.seed,
+                "metric": self.metric, "model": self.model, "prepend_bos": self.prepend_bos, "saes": self.saes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CurveSpec":
+        d = dict(d)
+        if d.pop("kind", "curve") != "curve":
+            raise ValueError("not a curve spec: kind must be 'curve'")
+        known = {"components", "effects", "ks", "keep", "ablation", "seed", "metric", "model", "prepend_bos", "saes"}
+        if set(d) - known:
+            raise ValueError(f"unknown CurveSpec fields {sorted(set(d) - known)}; known: {sorted(known)}")
+        d["components"] = parse_components(d.get("components", ""))
+        d["keep"] = parse_components(d.get("keep", ""))
+        for key in ("effects", "ks"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def curve_share(model, prompts: PromptSet, spec: CurveSpec, share: Share | None, *,
+                max_memory_mb: float | None = None, on_progress: Callable[[int, int], None] | None = None
+                ) -> tuple[CurveResult, Tensor | None]:
+    """(curve, written): the curve `spec` names; with `share`, only that shard's batches of kept
+    sets (the others' rows NaN) and `written` [len(ks) + 2, pairs] (bool: the ks' rows, then full
+    and empty) marking what it computed.
+
+    >>> curve, written = curve_share(model, prompts, CurveSpec.of(["L0H1", "MLP0"]), Share(0, 1))
+    >>> written.all().item(), curve.ks
+    (True, (0, 1, 2))
+    """
+    return _curve(model, prompts, spec, spec.metric, max_memory_mb, share, on_progress)
+
+
+def _curve(model, prompts: PromptSet, spec: CurveSpec, metric, max_memory_mb, share: Share | None,
+           on_progress=None) -> tuple[CurveResult, Tensor | None]:
     start = time.perf_counter()
-    items = list(ranked)
-    effects = None
-    if items and isinstance(items[0], tuple):
-        effects = tuple(float(e) for _, e in items)
-        items = [c for c, _ in items]
-    components = parse_components(items)
-    if len(components) != len(items):
-        raise ValueError("the ranked components contain duplicates; give each component once")
-    keep = parse_components(keep)
-    sae_set = _saes_for(model, components + keep, saes)
-    check_components(model, components + keep, sae_set)
-    ks = tuple(range(len(components) + 1)) if ks is None else tuple(int(k) for k in ks)
-    bad = [k for k in ks if not 0 <= k <= len(components)]
-    if bad:
-        raise ValueError(f"k {bad} out of range; choose k from 0 to {len(components)}")
-    ctx = _context(model, prompts, ablation, seed, metric, max_memory_mb, sae_set)
-    circuits = [ctx.ids(keep + components[:k]) for k in ks]
-    values, full, empty = _evaluate(ctx, circuits)
-    return CurveResult(components, ks, torch.stack(values), full, empty, ablation, seed, ctx.metric.name,
-                       effects, model.name, time.perf_counter() - start, keep)
+    sae_set = _saes_for(model, spec.components + spec.keep, spec.saes)
+    check_components(model, spec.components + spec.keep, sae_set)
+    ctx = _context(model, prompts, spec.ablation, spec.seed, metric, max_memory_mb, sae_set)
+    circuits = [ctx.ids(spec.keep + spec.components[:k]) for k in spec.ks]
+    values, full, empty = _evaluate(ctx, circuits, share, on_progress)
+    rows = [*values, full, empty]
+    nan = torch.full((prompts.n_pairs,), float("nan"), dtype=torch.float64)
+    rows = [nan if r is None else r for r in rows]
+    written = None
+    if share is not None:
+        written = torch.tensor([r is not nan for r in rows])[:, None].expand(len(rows), prompts.n_pairs).clone()
+    result = CurveResult(spec.components, spec.ks, torch.stack(rows[:-2]), rows[-2], rows[-1], spec.ablation,
+                         spec.seed, ctx.metric.name, spec.effects, model.name, time.perf_counter() - start, spec.keep)
+    return result, written
 
 
 # -- ranking components by a sweep's effect -----------------------------------------------------------

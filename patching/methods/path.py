@@ -53,6 +53,7 @@ from patching.core.provenance import recorded
 from patching.core.results import PatchResult, write_csv
 from patching.model.runner import Edit, Runner
 from patching.methods.pair import CachedPair
+from patching.methods.share import Share
 from patching.core.spec import check_direction
 
 MODES = ("heads_frozen", "direct")
@@ -520,57 +521,86 @@ def path_nodes(model, prompts: PromptSet, spec: PathSpec):
 
 
 def _sweep_senders(model, pair: CachedPair, spec: PathSpec, senders, receivers, flat: Tensor,
-                   chunk: int, progress: _Progress) -> None:
-    """Each sender into the whole receiver set; flat [senders, n_pairs] gets the values."""
+                   chunk: int, progress: _Progress, share: Share | None = None,
+                   written: Tensor | None = None) -> None:
+    """Each sender into the whole receiver set; flat [senders, n_pairs] gets the values. Batches:
+    senders of one (write slot, position) group, `chunk` at a time; with `share`, only its batches
+    (`written` [senders] marks what was set; shard 0 also the senders with no path, left NaN)."""
     n_layers, parallel, n_pairs = model.n_layers, model.parallel_attn_mlp, pair.n_pairs
     reach = max(_read_slot(r, n_layers, parallel) for r in receivers)
     live = [(i, s) for i, s in enumerate(senders) if _write_slot(s) <= reach]
     groups: dict[tuple, list] = {}
     for i, s in live:
         groups.setdefault((_write_slot(s), s.pos), []).append((i, s))
-    progress.total = len(live)
-    for (_, pos), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
-        plan = _plan_for(model, pair, spec, receivers, pos)
-        for lo in range(0, len(members), chunk):
-            part = members[lo:lo + chunk]
-            captured = _capture(plan, [s for _, s in part], pair.pairs, receivers)
-            rows_pair = pair.pairs.repeat(len(part))
-            if receivers[0].kind == "logits":
-                logits = captured["logits"]
-            else:
-                logits = _apply(plan, rows_pair, captured, receivers, None)
-            for (i, _), v in zip(part, pair.measure(logits, rows_pair).view(len(part), n_pairs)):
-                flat[i] = v
-            progress.advance(len(part))
+    batches = [(pos, members[lo:lo + chunk])
+               for (_, pos), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1))
+               for lo in range(0, len(members), chunk)]
+    if share is not None:                         # step 2 resumes at the receivers' layer: cost ~ senders
+        batches = [batches[b] for b in share.mine([len(part) for _, part in batches])]
+        _mark_unlisted(written, [i for i, _ in live], share)
+    progress.total = sum(len(part) for _, part in batches)
+    plan, plan_pos = None, object()
+    for pos, part in batches:
+        if pos != plan_pos:                        # one plan per group (batches come group by group)
+            plan, plan_pos = _plan_for(model, pair, spec, receivers, pos), pos
+        captured = _capture(plan, [s for _, s in part], pair.pairs, receivers)
+        rows_pair = pair.pairs.repeat(len(part))
+        if receivers[0].kind == "logits":
+            logits = captured["logits"]
+        else:
+            logits = _apply(plan, rows_pair, captured, receivers, None)
+        for (i, _), v in zip(part, pair.measure(logits, rows_pair).view(len(part), n_pairs)):
+            flat[i] = v
+            if written is not None:
+                written[i] = True
+        progress.advance(len(part))
+
+
+def _mark_unlisted(written: Tensor | None, live: list[int], share: Share) -> None:
+    """Shard 0 owns the cells no batch computes (NaN: no path from that sender / to that receiver)."""
+    if written is not None and share.fills:
+        written[:] = True
+        written[live] = False
 
 
 def _sweep_receivers(model, pair: CachedPair, spec: PathSpec, sender: Node, receivers, flat: Tensor,
-                     chunk: int, progress: _Progress) -> None:
-    """One sender through each receiver alone; flat [receivers, n_pairs] gets the values."""
+                     chunk: int, progress: _Progress, share: Share | None = None,
+                     written: Tensor | None = None) -> None:
+    """One sender through each receiver alone; flat [receivers, n_pairs] gets the values. Batches:
+    receivers of one layer, `chunk` at a time (cost: rows x layers resumed); the logits receiver is
+    read from step 1 (shard 0's, with `share`)."""
     n_pairs, start = pair.n_pairs, _write_slot(sender)
     live = [(j, r) for j, r in enumerate(receivers)
             if _read_slot(r, model.n_layers, model.parallel_attn_mlp) >= start]
-    progress.total = len(live)
-    plan = _plan_for(model, pair, spec, [r for _, r in live], sender.pos) if live else None
-    captured = _capture(plan, [sender], pair.pairs, [r for _, r in live]) if live else {}
     by_layer: dict[int, list] = {}
     for j, r in live:
-        if r.kind == "logits":
-            flat[j] = pair.measure(captured["logits"], pair.pairs)
-            progress.done += 1
-        else:
+        if r.kind != "logits":
             by_layer.setdefault(r.layer, []).append((j, r))
+    batches = [members[lo:lo + chunk] for layer, members in sorted(by_layer.items())
+               for lo in range(0, len(members), chunk)]
+    heads = [(j, r) for j, r in live if r.kind == "logits"]
+    if share is not None:
+        batches = [batches[b] for b in share.mine([len(p) * (model.n_layers - p[0][1].layer) for p in batches])]
+        heads = heads if share.fills else []
+        _mark_unlisted(written, [j for j, _ in live], share)
+    progress.total = len(heads) + sum(len(p) for p in batches)
+    plan = _plan_for(model, pair, spec, [r for _, r in live], sender.pos) if live else None
+    captured = _capture(plan, [sender], pair.pairs, [r for _, r in live]) if live else {}
+    for j, r in heads:
+        flat[j] = pair.measure(captured["logits"], pair.pairs)
+        progress.done += 1
     progress.advance(0)
-    for layer, members in sorted(by_layer.items()):
-        for lo in range(0, len(members), chunk):
-            part = members[lo:lo + chunk]
-            rs = [r for _, r in part]
-            rows_pair = pair.pairs.repeat(len(part))
-            active = torch.eye(len(part), dtype=torch.bool, device=rows_pair.device).repeat_interleave(n_pairs, 0)
-            logits = _apply(plan, rows_pair, {r.label: captured[r.label][rows_pair] for r in rs}, rs, active)
-            for (j, _), v in zip(part, pair.measure(logits, rows_pair).view(len(part), n_pairs)):
-                flat[j] = v
-            progress.advance(len(part))
+    for part in batches:
+        rs = [r for _, r in part]
+        rows_pair = pair.pairs.repeat(len(part))
+        active = torch.eye(len(part), dtype=torch.bool, device=rows_pair.device).repeat_interleave(n_pairs, 0)
+        logits = _apply(plan, rows_pair, {r.label: captured[r.label][rows_pair] for r in rs}, rs, active)
+        for (j, _), v in zip(part, pair.measure(logits, rows_pair).view(len(part), n_pairs)):
+            flat[j] = v
+        progress.advance(len(part))
+    if written is not None:
+        for j, _ in heads + [m for p in batches for m in p]:
+            written[j] = True
 
 
 @recorded
@@ -582,6 +612,20 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
     >>> run_path(model, prompts, PathSpec(senders=("head:0.1",), sweep="receivers")).axes   # doctest: +SKIP
     ('receiver',)
     """
+    return path_share(model, prompts, spec, None, metric=metric, on_progress=on_progress,
+                      max_memory_mb=max_memory_mb)[0]
+
+
+def path_share(model, prompts: PromptSet, spec: PathSpec, share: Share | None, *,
+               metric: Metric | Callable | str | None = None, on_progress: Progress | None = None,
+               max_memory_mb: float | None = None) -> tuple[PathResult, Tensor | None]:
+    """(result, written): `run_path`, or with `share` only that shard's batches (the rest NaN) and
+    `written` [*cells, pairs] (bool) marking the values it set; no provenance (the caller's).
+
+    >>> r, w = path_share(model, prompts, PathSpec(), Share(0, 2), max_memory_mb=0.05)
+    >>> bool(w.any()), bool(w.all())
+    (True, False)
+    """
     start_time = time.perf_counter()
     require_runner(model, "path patching")
     metric = get_metric(metric if metric is not None else spec.metric)
@@ -589,21 +633,28 @@ def run_path(model, prompts: PromptSet, spec: PathSpec, *, metric: Metric | Call
     pair = CachedPair.run(model.runner, prompts, metric, spec.direction)
     n_pairs = prompts.n_pairs
     per_pair = torch.full((*[len(coords[a]) for a in axes], n_pairs), float("nan"), dtype=torch.float64)
+    written = None if share is None else torch.zeros(per_pair.shape[:-1], dtype=torch.bool)
     budget = memory_budget(prompts.clean_tokens.device, max_memory_mb or None,   # the devices' free memory
                            also=placed_devices(getattr(model, "device_map", None)))
     chunk = max(1, int(budget // _memory_per_row(model, prompts.n_pos)) // n_pairs)
     progress = _Progress(on_progress)
+    flat_written = None if written is None else written.view(-1)
     with torch.inference_mode():
         if spec.sweep == "senders":
-            _sweep_senders(model, pair, spec, senders, receivers, per_pair.view(-1, n_pairs), chunk, progress)
+            _sweep_senders(model, pair, spec, senders, receivers, per_pair.view(-1, n_pairs), chunk, progress,
+                           share, flat_written)
         else:
-            _sweep_receivers(model, pair, spec, senders[0], receivers, per_pair.view(-1, n_pairs), chunk, progress)
+            _sweep_receivers(model, pair, spec, senders[0], receivers, per_pair.view(-1, n_pairs), chunk,
+                             progress, share, flat_written)
     if on_progress is not None and progress.done == 0:
         on_progress(0, 0)
-    return PathResult(spec, axes, coords, per_pair, pair.clean_baseline, pair.corrupt_baseline, prompts.str_tokens,
-                      metric.clean_is, time.perf_counter() - start_time, model.name,
-                      sender_labels=tuple(s.label for s in senders) if spec.senders is not None else (),
-                      receiver_labels=tuple(r.label for r in receivers))
+    result = PathResult(spec, axes, coords, per_pair, pair.clean_baseline, pair.corrupt_baseline, prompts.str_tokens,
+                        metric.clean_is, time.perf_counter() - start_time, model.name,
+                        sender_labels=tuple(s.label for s in senders) if spec.senders is not None else (),
+                        receiver_labels=tuple(r.label for r in receivers))
+    if written is not None:
+        written = written[..., None].expand(per_pair.shape).clone()
+    return result, written
 
 
 def _cell_nodes(model, spec: PathSpec, index: dict) -> tuple[Node, list[Node]]:

@@ -1,6 +1,7 @@
-"""A sweep's shards on Celery workers: the client that sends them (a Celery group), follows them
-(progress summed over the shards, an ETA, which workers took them), retries a shard whose worker
-died, cancels them all, and merges the parts; and the task body a worker runs.
+"""A sharded run's shards (a sweep, path patching, attribution, a faithfulness curve) on Celery
+workers: the client that sends them (a Celery group), follows them (progress summed over the
+shards, an ETA, which workers took them), retries a shard whose worker died, cancels them all
+(Ctrl-C, SIGTERM, a timeout), and merges the parts; and the task body a worker runs.
 
 The client never imports the dashboard: the task is sent by name (`SHARD_TASK`) to the workers
 `python -m dashboard worker` starts (they register it, `dashboard/server/celery.py`).
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from patching.core.prompts import PromptPair, PromptSet
-from patching.core.results import PatchResult
 from patching.methods.shards import Shard, ShardPart, merge, run_shard
 
 log = logging.getLogger("patching.shards")
@@ -41,6 +41,10 @@ REPORT_EVERY_S = 0.5         # a shard reports progress (and reads the cancel fl
 
 class ShardFailed(RuntimeError):
     """A shard failed for good (after its retries), or for a reason a retry cannot change."""
+
+
+class ShardTimeout(ShardFailed, TimeoutError):
+    """The run did not finish within its time limit; every shard was cancelled."""
 
 
 @dataclass
@@ -73,6 +77,19 @@ class ShardProgress:
             text += f" · {self.retried} retried"
         return text
 
+    def eta(self, elapsed_s: float) -> float | None:
+        """Seconds left at the pace so far (cells done per second over all shards); None before
+        every shard has said its total or any cell is done.
+
+        >>> ShardProgress({0: 5, 1: 5}, {0: 10, 1: 10}, count=2).eta(4.0)
+        4.0
+        """
+        cells = self.cells()
+        if cells is None or cells[0] <= 0:
+            return None
+        done, total = cells
+        return elapsed_s / done * max(total - done, 0)
+
 
 def payload(prompts: PromptSet, shard: Shard, run: str) -> dict:
     """What one shard's task carries: the shard, the prompt pairs as text, the run's id.
@@ -102,7 +119,8 @@ def execute_shard(data: dict, get_model: Callable, report: Callable[[int, int], 
     shard = Shard.from_dict(data["shard"])
     model = get_model(shard.spec.model)
     prompts = PromptSet.from_pairs(model, [PromptPair(*p) for p in data["pairs"]], bool(data["prepend_bos"]))
-    job_id = store.begin_job("sweep", f"{shard.spec.kind} · {shard.label}", shard.spec.model) if store is not None else None
+    job_id = store.begin_job(shard.work.name, f"{shard.spec.kind} · {shard.label}", shard.spec.model) \
+        if store is not None else None
     job = Job(store, job_id) if job_id is not None else None
     last = [0.0]
 
@@ -143,7 +161,7 @@ def _state(result) -> tuple[str, dict]:
 
 
 class _Run:
-    """One sharded sweep in flight (the client's bookkeeping)."""
+    """One sharded run in flight (the client's bookkeeping)."""
 
     def __init__(self, capp, prompts: PromptSet, shards: tuple[Shard, ...], retries: int):
         self.capp, self.prompts, self.shards, self.retries = capp, prompts, shards, retries
@@ -171,7 +189,7 @@ class _Run:
         self.progress.workers.pop(k, None)
         self.missed.pop(k, None)
         if self.attempts[k] >= self.retries:
-            raise ShardFailed(f"{shard.label} failed {self.attempts[k] + 1} times, so the sweep failed: "
+            raise ShardFailed(f"{shard.label} failed {self.attempts[k] + 1} times, so the {shard.work.noun} failed: "
                               + "; ".join(self.history[k]))
         self.attempts[k] += 1
         self.progress.retried += 1
@@ -238,14 +256,32 @@ class _Run:
             self.capp.control.revoke(ids, terminate=True, signal="SIGTERM")
 
 
+def live_workers(redis_url: str, *, capp=None, timeout_s: float = 1.0) -> list[str]:
+    """The names of the workers answering a ping on `redis_url` (sorted; [] when none answers);
+    ValueError when Redis cannot be reached.
+
+    >>> live_workers("redis://127.0.0.1:6379/0")          # doctest: +SKIP
+    ['w1@host', 'w2@host']
+    """
+    from patching.runs.celery_app import celery_app
+    capp = capp or celery_app(redis_url)
+    try:
+        replies = capp.control.ping(timeout=timeout_s) or []
+    except Exception as exc:             # kombu's OperationalError: nothing listens there
+        raise ValueError(f"cannot reach Redis at {redis_url} ({exc}); start redis-server or fix --redis-url") from None
+    return sorted(name for reply in replies for name in reply)
+
+
 def run_sharded(redis_url: str, prompts: PromptSet, shards: tuple[Shard, ...], *,
                 on_progress: Callable[[int, int], None] | None = None,
                 on_status: Callable[[ShardProgress], None] | None = None,
                 retries: int = 2, poll_s: float = 0.25, timeout_s: float | None = None,
-                capp=None) -> tuple[PatchResult, list[ShardPart]]:
+                capp=None) -> tuple[object, list[ShardPart]]:
     """Send the shards as one Celery group, follow them, merge them: (result, parts in shard
-    order). Ctrl-C (KeyboardInterrupt) cancels every shard before it is re-raised. ValueError when
-    no worker answers or a shard refuses its input; ShardFailed when a shard fails for good.
+    order). Any exception while they run (Ctrl-C's KeyboardInterrupt, a SIGTERM turned into one,
+    the caller's from `on_progress` / `on_status`) cancels every shard before it is re-raised.
+    ValueError when no worker answers or a shard refuses its input; ShardFailed when a shard fails
+    for good; ShardTimeout after `timeout_s` (every shard cancelled).
 
     >>> run_sharded("redis://127.0.0.1:6379/0", prompts, plan(PatchSpec(kind="head_out"), 2))  # doctest: +SKIP
     """
@@ -258,6 +294,8 @@ def run_sharded(redis_url: str, prompts: PromptSet, shards: tuple[Shard, ...], *
     if not answered:
         raise ValueError(f"no worker answers on {redis_url}; start one or more with "
                          f"`python -m dashboard worker --redis-url {redis_url}`")
+    if timeout_s is not None and timeout_s <= 0:
+        raise ShardTimeout(f"no time left for the sharded {shards[0].work.noun} (timeout {timeout_s:g} s)")
     run = _Run(capp, prompts, tuple(shards), retries)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
@@ -274,7 +312,8 @@ def run_sharded(redis_url: str, prompts: PromptSet, shards: tuple[Shard, ...], *
             if on_status is not None:
                 on_status(run.progress)
             if deadline is not None and time.monotonic() > deadline:
-                raise ShardFailed(f"the sharded sweep did not finish in {timeout_s:g} s ({run.progress.line()})")
+                raise ShardTimeout(f"the sharded {run.shards[0].work.noun} did not finish in {timeout_s:g} s "
+                                   f"({run.progress.line()}); every shard was cancelled")
             if len(run.parts) < len(run.shards):
                 time.sleep(poll_s)
     except BaseException:
