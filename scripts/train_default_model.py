@@ -235,11 +235,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--attn-only", action="store_true",
+                   help="attention-only: every MLP has one hidden unit with all-zero, frozen "
+                        "weights, so its output is exactly 0 (GPT-2's format has no switch for it)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size cap")
     p.add_argument("--pos-init", choices=("sinusoidal", "random"), default="random",
                    help="initialisation of the learned position embeddings")
     p.add_argument("--pos-scale", type=float, default=0.1,
                    help="scale of the sinusoidal position initialisation")
+    p.add_argument("--prev-token-init", type=float, default=0.0,
+                   help="if > 0: sinusoidal positions, and layer 0 head 0's query/key weights "
+                        "initialised (with this gain) to attend to the previous position; "
+                        "trained freely from there (see previous_token_init)")
     p.add_argument("--init-range", type=float, default=0.08,
                    help="std of the initial weights (GPT-2 uses 0.02; larger shortens the "
                         "plateau before copying/induction circuits form)")
@@ -296,12 +303,76 @@ def sinusoidal_positions(n_ctx: int, d_model: int, scale: float) -> torch.Tensor
     return scale * table
 
 
+def previous_token_init(model, gain: float, pos_scale: float) -> None:
+    """Start layer 0 head 0 as a previous-token head, through the positions only: ``wpe`` becomes
+    the sinusoidal table (``pos_scale``), the head's query reads the fastest ``d_head / 2``
+    frequency pairs rotated back by one position, its key reads them unrotated, so the score
+    ``q_i . k_j`` is ``gain * sum_k cos(w_k (i - 1 - j))`` (largest at ``j = i - 1``). Everything
+    stays trainable; it only shortens the plateau before induction heads form.
+
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=5))
+    >>> previous_token_init(m, 1.0, 0.5)
+    >>> tuple(m.transformer.h[0].attn.c_attn.weight.shape)
+    (16, 48)
+    """
+    cfg = model.config
+    d, d_head = cfg.n_embd, cfg.n_embd // cfg.n_head
+    n_pairs = d_head // 2
+    freq = torch.exp(-math.log(10_000.0) * torch.arange(0, d, 2) / d)[:n_pairs]
+    w_q, w_k = torch.zeros(d, d_head), torch.zeros(d, d_head)
+    for k in range(n_pairs):          # position dims 2k (sin), 2k+1 (cos) of wpe
+        c, s = math.cos(freq[k]), math.sin(freq[k])
+        # query: [sin, cos](w i) -> [sin, cos](w (i - 1)) = [s_i c - c_i s, c_i c + s_i s]
+        w_q[2 * k, 2 * k], w_q[2 * k + 1, 2 * k] = c, -s
+        w_q[2 * k, 2 * k + 1], w_q[2 * k + 1, 2 * k + 1] = s, c
+        w_k[2 * k, 2 * k] = w_k[2 * k + 1, 2 * k + 1] = 1.0
+    with torch.no_grad():
+        model.transformer.wpe.weight.copy_(sinusoidal_positions(cfg.n_positions, d, pos_scale))
+        c_attn = model.transformer.h[0].attn.c_attn.weight          # [d, 3d]: q | k | v
+        c_attn[:, :d_head] = gain * w_q
+        c_attn[:, d: d + d_head] = w_k
+        c_attn = model.transformer.h[0].attn.c_attn.bias
+        c_attn[:d_head] = 0.0
+        c_attn[d: d + d_head] = 0.0
+
+
+def silence_mlps(model) -> None:
+    """Zero and freeze every MLP weight of a GPT-2 model: each MLP then outputs exactly 0
+    (``gelu_new(0) = 0``, zero bias), leaving an attention-only transformer in GPT-2's format.
+
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_inner=1, vocab_size=5))
+    >>> silence_mlps(m)
+    >>> float(m.transformer.h[0].mlp(torch.randn(1, 3, 8)).abs().max())
+    0.0
+    """
+    for block in model.transformer.h:
+        for param in block.mlp.parameters():
+            with torch.no_grad():
+                param.zero_()
+            param.requires_grad_(False)
+
+
 def lr_at(step: int, args: argparse.Namespace) -> float:
     """Linear warmup, then cosine decay to 10% of ``--lr``."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     progress = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def best_head_scores(model_dir: Path) -> dict:
+    """The best head of each detector in ``scripts/head_scores.py`` (plain ``transformers``,
+    32 repeated random sequences of 20 tokens), as ``{detector: [score, "LxHy"]}``."""
+    from scripts.head_scores import main as head_scores_main
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        grids = head_scores_main([str(model_dir), "--n", "32", "--json"])
+    return {name: max([v, f"L{layer}H{head}"] for layer, row in enumerate(grid)
+                      for head, v in enumerate(row)) for name, grid in grids.items()}
 
 
 def save(model, tokenizer, out: Path) -> None:
@@ -472,7 +543,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=args.n_ctx, n_embd=args.d_model,
-        n_layer=args.n_layer, n_head=args.n_head, n_inner=4 * args.d_model,
+        n_layer=args.n_layer, n_head=args.n_head, n_inner=1 if args.attn_only else 4 * args.d_model,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=bos_id, eos_token_id=bos_id, tie_word_embeddings=True,
         initializer_range=args.init_range)
@@ -484,13 +555,18 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             model.transformer.wpe.weight.copy_(sinusoidal_positions(args.n_ctx, args.d_model,
                                                                     args.pos_scale))
-    n_params = sum(p.numel() for p in model.parameters())
+    if args.prev_token_init > 0:
+        previous_token_init(model, args.prev_token_init, args.pos_scale)
+    if args.attn_only:
+        silence_mlps(model)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log({"event": "model", "params": n_params, "config": {
         k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "n_positions",
                                         "vocab_size")}})
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.dim() >= 2]
+    no_decay = [p for n, p in trained if p.dim() < 2]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=args.lr, betas=(0.9, 0.98))
@@ -516,7 +592,8 @@ def main(argv: list[str] | None = None) -> dict:
             model.eval()
             save(model, tokenizer, out)
             from patching.tasks.evaluate import evaluate
-            log({"event": "eval", "step": step + 1, **evaluate(out, n=args.eval_n)})
+            log({"event": "eval", "step": step + 1, **evaluate(out, n=args.eval_n),
+                 "best_heads": best_head_scores(out)})
             model.train()
 
     model.eval()
