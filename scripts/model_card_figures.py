@@ -112,7 +112,7 @@ def mechanism_numbers(model, ioi_prompts, ioi_heads, out: Path, n: int) -> None:
     labels = [f"L{layer}H{head}" for layer in range(model.n_layers) for head in range(model.n_heads)]
     print(f"induction head_out: {prompts.n_pairs} pairs, clean {result.clean_value:.2f}, corrupt "
           f"{result.corrupt_value:.2f}; top: {_top(result.normalized.flatten().tolist(), labels)}")
-    receiver = f"k:{int(induction.layer)}.{int(induction.head)}"
+    receiver = f"k:{int(induction['layer'])}.{int(induction['head'])}"
     r = run_path(model, prompts, PathSpec(receivers=(receiver,)))
     print(f"path every head -> {receiver} (induction pairs): {_top(r.normalized.flatten().tolist(), labels)}")
     ranked = [c for c, _ in rank_components(ioi_heads) if c.kind == "head" and c.layer == 0][:2]

@@ -281,7 +281,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--out and --threads apply, other flags are ignored")
     p.add_argument("--analyse-only", action="store_true",
                    help="skip training; print IOI head-out patching of the model in --out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.init_from is not None and args.prev_token_init > 0:
+        p.error(f"--prev-token-init {args.prev_token_init:g} would overwrite the positions and "
+                f"layer 0 of --init-from {args.init_from}; use it only when training from scratch")
+    return args
 
 
 def sinusoidal_positions(n_ctx: int, d_model: int, scale: float) -> torch.Tensor:
@@ -452,10 +456,17 @@ SHIPPED_STAGES: tuple[tuple[str, ...], ...] = (
 # random-repeat batches' loss only began to fall (7.6 -> 5.7) after step 1000. Both runs are far
 # from patchboard-tiny's stage 1 at the same step (IOI 1.0 at 1500): the repeats, batched apart by
 # length, take a share of the steps. Next: more steps (the CPU budget allows ~4,500).
+_ATTN_ONLY = ("--attn-only", "--n-layer", "3", "--n-head", "4", "--d-model", "128")
 CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
-    ("--steps", "1400", "--warmup", "100", "--lr", "3e-3", "--seed", "0", "--pos-init",
-     "sinusoidal", "--random-repeat", "0.4", "--ioi-variants", "0.05", "--tokenizer-corpus",
-     "default"),
+    # stage 1: repeated random tokens only, from a previous-token start: induction heads
+    (*_ATTN_ONLY, "--prev-token-init", "3", "--pos-scale", "0.5", "--mix", "filler=1",
+     "--items", "2000", "--random-repeat", "30", "--steps", "800", "--warmup", "50", "--lr",
+     "3e-3", "--seed", "0", "--tokenizer-corpus", "default", "--eval-every", "400", "--eval-n",
+     "50"),
+    # stage 2: the tasks, with repeated random tokens kept in the mix
+    (*_ATTN_ONLY, "--mix", "ioi=0.3,factual=0.15,greater_than=0.2,induction=0.25,filler=0.1",
+     "--random-repeat", "0.3", "--steps", "2200", "--warmup", "50", "--lr", "3e-3", "--seed", "1",
+     "--eval-every", "500", "--eval-n", "100"),
 )
 RECIPES = {"shipped": SHIPPED_STAGES, "circuits": CIRCUITS_STAGES}
 

@@ -142,3 +142,10 @@ def test_previous_token_init_attends_to_the_previous_position(train):
         train.previous_token_init(model, 3.0, 0.5)
         after = float(prev(model))
     assert before < 0.2 and after > 0.5, (before, after)
+
+
+def test_previous_token_init_refuses_a_second_stage(train, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--init-from", "/tmp/x", "--prev-token-init", "3"])
+    assert exc.value.code == 2
+    assert "--prev-token-init 3 would overwrite" in capsys.readouterr().err
