@@ -2,7 +2,7 @@
 induction circuits, plus its tokenizer, from scratch on one CPU thread.
 
     python scripts/train_default_model.py --recipe shipped     # the shipped model, all stages
-    python scripts/train_default_model.py --recipe circuits    # patchboard-circuits, one stage
+    python scripts/train_default_model.py --recipe circuits    # patchboard-circuits (issue #19, WIP)
     python scripts/train_default_model.py                      # stage 1 only
     # (the stages and their flags: SHIPPED_STAGES below and assets/models/patchboard-tiny/MODEL_CARD.md)
     python scripts/train_default_model.py --steps 5 --d-model 32 --n-layer 1 --n-head 2 \\
@@ -24,7 +24,10 @@ similar length batched together. The loss is next-token cross-entropy on every t
 each task item's answer token counts ``--answer-weight`` times, and the first (random, hence
 unpredictable) pass of an induction sequence counts zero. ``--random-repeat`` adds sequences of
 random vocabulary tokens repeated twice (only the repeat is trained), ``--ioi-variants`` IOI
-sentences that counting names cannot solve; the ``circuits`` recipe uses both from the first step.
+sentences that counting names cannot solve. ``--attn-only`` zeroes and freezes every MLP (GPT-2's
+format, MLP output exactly 0); ``--prev-token-init`` starts layer 0 head 0 as a previous-token
+head. The ``circuits`` recipe (attention-only, issue #19, not reached yet) and every run tried
+for it, with its numbers: ``docs/training-log.md``.
 """
 
 from __future__ import annotations
@@ -444,18 +447,8 @@ SHIPPED_STAGES: tuple[tuple[str, ...], ...] = (
 )
 
 
-# patchboard-circuits (issue #19, not reached yet): one stage from scratch, with repeated random
-# tokens (for induction heads) and IOI sentences that counting names cannot solve in the mix from
-# the first step. Measured so far (eval n=500, scripts/head_scores.py): 1500 steps with random
-# positions, --random-repeat 0.15, --ioi-variants 0.1 (338 s CPU): factual 1.00, greater-than
-# 0.72, IOI 0.46 (logit diff -0.11), induction 0.03, best induction head 0.09, best
-# previous-token head 0.13 -- no induction head; the repeated random tokens stayed at chance loss
-# (~7.6). The flags below, the second try (sinusoidal positions, --random-repeat 0.4,
-# --ioi-variants 0.05, 1400 steps, 365 s CPU): factual 0.04, greater-than 0.71, IOI 0.47 (logit
-# diff -0.12), induction 0.01; best induction head 0.10, best previous-token head 0.16; the
-# random-repeat batches' loss only began to fall (7.6 -> 5.7) after step 1000. Both runs are far
-# from patchboard-tiny's stage 1 at the same step (IOI 1.0 at 1500): the repeats, batched apart by
-# length, take a share of the steps. Next: more steps (the CPU budget allows ~4,500).
+# patchboard-circuits (issue #19, not reached yet: no model is shipped): attention-only, two
+# stages in one command. Every run so far and what it measured: docs/training-log.md.
 _ATTN_ONLY = ("--attn-only", "--n-layer", "3", "--n-head", "4", "--d-model", "128")
 CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
     # stage 1: repeated random tokens only, from a previous-token start: induction heads
