@@ -113,8 +113,11 @@ def mechanism_numbers(model, ioi_prompts, ioi_heads, out: Path, n: int) -> None:
     print(f"induction head_out: {prompts.n_pairs} pairs, clean {result.clean_value:.2f}, corrupt "
           f"{result.corrupt_value:.2f}; top: {_top(result.normalized.flatten().tolist(), labels)}")
     receiver = f"k:{int(induction['layer'])}.{int(induction['head'])}"
-    r = run_path(model, prompts, PathSpec(receivers=(receiver,)))
-    print(f"path every head -> {receiver} (induction pairs): {_top(r.normalized.flatten().tolist(), labels)}")
+    if induction["layer"] == 0:
+        print(f"path every head -> {receiver}: none (the top induction head is in layer 0)")
+    else:
+        r = run_path(model, prompts, PathSpec(receivers=(receiver,)))
+        print(f"path every head -> {receiver} (induction pairs): {_top(r.normalized.flatten().tolist(), labels)}")
     ranked = [c for c, _ in rank_components(ioi_heads) if c.kind == "head" and c.layer == 0][:2]
     for c in ranked:
         r = run_path(model, ioi_prompts, PathSpec(senders=(f"head:{c.layer}.{c.head}",), sweep="receivers"))
