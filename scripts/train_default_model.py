@@ -142,7 +142,7 @@ def make_batches(items_ids: list[list[int]], item_weights: list[list[float]], bo
 
     >>> (ids, tgt, w), = make_batches([[5, 6], [7]], [[1.0, 2.0], [1.0]], 0, 2, 8, 0)
     >>> ids.tolist(), tgt.tolist(), w.tolist()
-    ([[0, 5, 6], [0, 7, 0]], [[5, 6], [7, 0]], [[1.0, 2.0], [1.0, 0.0]])
+    ([[0, 7, 0], [0, 5, 6]], [[7, 0], [5, 6]], [[1.0, 0.0], [1.0, 2.0]])
     """
     order = sorted(range(len(items_ids)), key=lambda i: (len(items_ids[i]), i))
     batches = []
