@@ -459,7 +459,8 @@ CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
      "default", "--eval-every", "250", "--eval-n", "50", "--log-every", "50"),
     (*_RANDOM_ONLY, "--random-repeat", "77", "--steps", "1200", "--seed", "1", "--eval-every",
      "300", "--eval-n", "50", "--log-every", "50"),
-    # stage 3 (not run yet): the tasks, with repeated random tokens kept in the mix
+    # stage 3: the tasks, repeats kept in the mix. Measured (n=500): IOI 0.568 (the one target
+    # missed: 2 x 2 heads), factual 1.000, greater-than 0.829, induction 0.904; heads kept
     ("--attn-only", "--mix", "ioi=0.3,factual=0.15,greater_than=0.2,induction=0.25,filler=0.1",
      "--random-repeat", "0.3", "--steps", "3000", "--warmup", "50", "--lr", "1e-3", "--seed", "2",
      "--eval-every", "500", "--eval-n", "100"),
