@@ -7,6 +7,9 @@ Writes ioi_head_out.png (layer x head) and ioi_head_out_per_pos.png (layer.head 
 denoise, normalized, over n held-out IOI pairs of one token length; prints the top heads, then
 the numbers the card quotes: path patching of the top head (into the logits, both modes, and
 through each receiver) and the faithfulness of the top-k heads (mean ablation, MLPs kept).
+With ``--mechanisms`` also: the engine's head detectors, the strongest K- and V-compositions,
+induction_head_out.png (head_out on held-out induction pairs), path patching from every head
+into the top induction head's keys, and from each top layer-0 IOI head into every receiver.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--model", default="default", help="the model to analyse (default: default)")
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "models" / "patchboard-tiny")
+    ap.add_argument("--mechanisms", action="store_true",
+                    help="also detectors, composition scores and induction / IOI path patching")
     args = ap.parse_args(argv)
     model = load_model(args.model, device="cpu")
     pairs = make_pairs("ioi", 4 * args.n, split="eval", seed=0)
@@ -68,7 +73,56 @@ def main(argv=None) -> int:
         if not spec.per_position:
             heads = result
     circuit_numbers(model, prompts, heads)
+    if args.mechanisms:
+        mechanism_numbers(model, prompts, heads, args.out, args.n)
     return 0
+
+
+def same_length_prompts(model, task: str, n: int) -> PromptSet:
+    """n held-out pairs of one task, all of the most common token length."""
+    by_len = collections.defaultdict(list)
+    for p in make_pairs(task, 8 * n, split="eval", seed=0):
+        by_len[len(model.encode(p.clean))].append(p)
+    return PromptSet.from_pairs(model, max(by_len.values(), key=len)[:n])
+
+
+def _top(values, labels, k=5) -> str:
+    best = sorted(((v, label) for v, label in zip(values, labels) if v == v), key=lambda t: -abs(t[0]))[:k]
+    return ", ".join(f"{label}={v:+.2f}" for v, label in best)
+
+
+def mechanism_numbers(model, ioi_prompts, ioi_heads, out: Path, n: int) -> None:
+    """Detectors, compositions, and path patching for induction and IOI, printed."""
+    from patching.inspect.detectors import head_scores
+    from patching.inspect.weights import composition_scores
+
+    scores = head_scores(model)
+    for name, group in scores.groupby("detector", sort=False):
+        top = group.nlargest(3, "score")
+        print(f"detector {name}: " + ", ".join(f"L{r.layer}H{r.head}={r.score:.2f}" for r in top.itertuples()))
+    comp = composition_scores(model)
+    for kind in ("k", "q", "v"):
+        top = comp[comp.composition == kind].nlargest(4, "score")
+        print(f"{kind}-composition top: " + ", ".join(f"{r.src_label}->{r.dst_label}={r.score:.2f}"
+                                                       for r in top.itertuples()))
+    induction = scores[scores.detector == "induction"].nlargest(1, "score").iloc[0]
+    prompts = same_length_prompts(model, "induction", n)
+    result = sweep(model, prompts, PatchSpec(kind="head_out"))
+    render(figures.heatmap(result, mode="normalized"), out / "induction_head_out.png", height=420)
+    labels = [f"L{layer}H{head}" for layer in range(model.n_layers) for head in range(model.n_heads)]
+    print(f"induction head_out: {prompts.n_pairs} pairs, clean {result.clean_value:.2f}, corrupt "
+          f"{result.corrupt_value:.2f}; top: {_top(result.normalized.flatten().tolist(), labels)}")
+    receiver = f"k:{int(induction['layer'])}.{int(induction['head'])}"
+    if induction["layer"] == 0:
+        print(f"path every head -> {receiver}: none (the top induction head is in layer 0)")
+    else:
+        r = run_path(model, prompts, PathSpec(receivers=(receiver,)))
+        print(f"path every head -> {receiver} (induction pairs): {_top(r.normalized.flatten().tolist(), labels)}")
+    ranked = [c for c, _ in rank_components(ioi_heads) if c.kind == "head" and c.layer == 0][:2]
+    for c in ranked:
+        r = run_path(model, ioi_prompts, PathSpec(senders=(f"head:{c.layer}.{c.head}",), sweep="receivers"))
+        rec = [r.receiver_labels[i] for i in r.coords["receiver"]]
+        print(f"path {c} -> each receiver (IOI, heads_frozen), top: {_top(r.normalized.flatten().tolist(), rec)}")
 
 
 def circuit_numbers(model, prompts, heads) -> None:

@@ -2,7 +2,7 @@
 induction circuits, plus its tokenizer, from scratch on one CPU thread.
 
     python scripts/train_default_model.py --recipe shipped     # the shipped model, all stages
-    python scripts/train_default_model.py --recipe circuits    # patchboard-circuits, one stage
+    python scripts/train_default_model.py --recipe circuits    # patchboard-circuits (issue #19, WIP)
     python scripts/train_default_model.py                      # stage 1 only
     # (the stages and their flags: SHIPPED_STAGES below and assets/models/patchboard-tiny/MODEL_CARD.md)
     python scripts/train_default_model.py --steps 5 --d-model 32 --n-layer 1 --n-head 2 \\
@@ -24,7 +24,10 @@ similar length batched together. The loss is next-token cross-entropy on every t
 each task item's answer token counts ``--answer-weight`` times, and the first (random, hence
 unpredictable) pass of an induction sequence counts zero. ``--random-repeat`` adds sequences of
 random vocabulary tokens repeated twice (only the repeat is trained), ``--ioi-variants`` IOI
-sentences that counting names cannot solve; the ``circuits`` recipe uses both from the first step.
+sentences that counting names cannot solve. ``--attn-only`` zeroes and freezes every MLP (GPT-2's
+format, MLP output exactly 0); ``--prev-token-init`` starts layer 0 head 0 as a previous-token
+head. The ``circuits`` recipe (attention-only, issue #19, not reached yet) and every run tried
+for it, with its numbers: ``docs/training-log.md``.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def make_batches(items_ids: list[list[int]], item_weights: list[list[float]], bo
 
     >>> (ids, tgt, w), = make_batches([[5, 6], [7]], [[1.0, 2.0], [1.0]], 0, 2, 8, 0)
     >>> ids.tolist(), tgt.tolist(), w.tolist()
-    ([[0, 5, 6], [0, 7, 0]], [[5, 6], [7, 0]], [[1.0, 2.0], [1.0, 0.0]])
+    ([[0, 7, 0], [0, 5, 6]], [[7, 0], [5, 6]], [[1.0, 0.0], [1.0, 2.0]])
     """
     order = sorted(range(len(items_ids)), key=lambda i: (len(items_ids[i]), i))
     batches = []
@@ -235,11 +238,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--attn-only", action="store_true",
+                   help="attention-only: every MLP has one hidden unit with all-zero, frozen "
+                        "weights, so its output is exactly 0 (GPT-2's format has no switch for it)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size cap")
     p.add_argument("--pos-init", choices=("sinusoidal", "random"), default="random",
                    help="initialisation of the learned position embeddings")
     p.add_argument("--pos-scale", type=float, default=0.1,
                    help="scale of the sinusoidal position initialisation")
+    p.add_argument("--prev-token-init", type=float, default=0.0,
+                   help="if > 0: sinusoidal positions, and layer 0 head 0's query/key weights "
+                        "initialised (with this gain) to attend to the previous position; "
+                        "trained freely from there (see previous_token_init)")
     p.add_argument("--init-range", type=float, default=0.08,
                    help="std of the initial weights (GPT-2 uses 0.02; larger shortens the "
                         "plateau before copying/induction circuits form)")
@@ -274,7 +284,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--out and --threads apply, other flags are ignored")
     p.add_argument("--analyse-only", action="store_true",
                    help="skip training; print IOI head-out patching of the model in --out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.init_from is not None and args.prev_token_init > 0:
+        p.error(f"--prev-token-init {args.prev_token_init:g} would overwrite the positions and "
+                f"layer 0 of --init-from {args.init_from}; use it only when training from scratch")
+    return args
 
 
 def sinusoidal_positions(n_ctx: int, d_model: int, scale: float) -> torch.Tensor:
@@ -296,12 +310,76 @@ def sinusoidal_positions(n_ctx: int, d_model: int, scale: float) -> torch.Tensor
     return scale * table
 
 
+def previous_token_init(model, gain: float, pos_scale: float) -> None:
+    """Start layer 0 head 0 as a previous-token head, through the positions only: ``wpe`` becomes
+    the sinusoidal table (``pos_scale``), the head's query reads the fastest ``d_head / 2``
+    frequency pairs rotated back by one position, its key reads them unrotated, so the score
+    ``q_i . k_j`` is ``gain * sum_k cos(w_k (i - 1 - j))`` (largest at ``j = i - 1``). Everything
+    stays trainable; it only shortens the plateau before induction heads form.
+
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=5))
+    >>> previous_token_init(m, 1.0, 0.5)
+    >>> tuple(m.transformer.h[0].attn.c_attn.weight.shape)
+    (16, 48)
+    """
+    cfg = model.config
+    d, d_head = cfg.n_embd, cfg.n_embd // cfg.n_head
+    n_pairs = d_head // 2
+    freq = torch.exp(-math.log(10_000.0) * torch.arange(0, d, 2) / d)[:n_pairs]
+    w_q, w_k = torch.zeros(d, d_head), torch.zeros(d, d_head)
+    for k in range(n_pairs):          # position dims 2k (sin), 2k+1 (cos) of wpe
+        c, s = math.cos(freq[k]), math.sin(freq[k])
+        # query: [sin, cos](w i) -> [sin, cos](w (i - 1)) = [s_i c - c_i s, c_i c + s_i s]
+        w_q[2 * k, 2 * k], w_q[2 * k + 1, 2 * k] = c, -s
+        w_q[2 * k, 2 * k + 1], w_q[2 * k + 1, 2 * k + 1] = s, c
+        w_k[2 * k, 2 * k] = w_k[2 * k + 1, 2 * k + 1] = 1.0
+    with torch.no_grad():
+        model.transformer.wpe.weight.copy_(sinusoidal_positions(cfg.n_positions, d, pos_scale))
+        c_attn = model.transformer.h[0].attn.c_attn.weight          # [d, 3d]: q | k | v
+        c_attn[:, :d_head] = gain * w_q
+        c_attn[:, d: d + d_head] = w_k
+        c_attn = model.transformer.h[0].attn.c_attn.bias
+        c_attn[:d_head] = 0.0
+        c_attn[d: d + d_head] = 0.0
+
+
+def silence_mlps(model) -> None:
+    """Zero and freeze every MLP weight of a GPT-2 model: each MLP then outputs exactly 0
+    (``gelu_new(0) = 0``, zero bias), leaving an attention-only transformer in GPT-2's format.
+
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_inner=1, vocab_size=5))
+    >>> silence_mlps(m)
+    >>> float(m.transformer.h[0].mlp(torch.randn(1, 3, 8)).abs().max())
+    0.0
+    """
+    for block in model.transformer.h:
+        for param in block.mlp.parameters():
+            with torch.no_grad():
+                param.zero_()
+            param.requires_grad_(False)
+
+
 def lr_at(step: int, args: argparse.Namespace) -> float:
     """Linear warmup, then cosine decay to 10% of ``--lr``."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     progress = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def best_head_scores(model_dir: Path) -> dict:
+    """The best head of each detector in ``scripts/head_scores.py`` (plain ``transformers``,
+    32 repeated random sequences of 20 tokens), as ``{detector: [score, "LxHy"]}``."""
+    from scripts.head_scores import main as head_scores_main
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        grids = head_scores_main([str(model_dir), "--n", "32", "--json"])
+    return {name: max([v, f"L{layer}H{head}"] for layer, row in enumerate(grid)
+                      for head, v in enumerate(row)) for name, grid in grids.items()}
 
 
 def save(model, tokenizer, out: Path) -> None:
@@ -369,22 +447,23 @@ SHIPPED_STAGES: tuple[tuple[str, ...], ...] = (
 )
 
 
-# patchboard-circuits (issue #19, not reached yet): one stage from scratch, with repeated random
-# tokens (for induction heads) and IOI sentences that counting names cannot solve in the mix from
-# the first step. Measured so far (eval n=500, scripts/head_scores.py): 1500 steps with random
-# positions, --random-repeat 0.15, --ioi-variants 0.1 (338 s CPU): factual 1.00, greater-than
-# 0.72, IOI 0.46 (logit diff -0.11), induction 0.03, best induction head 0.09, best
-# previous-token head 0.13 -- no induction head; the repeated random tokens stayed at chance loss
-# (~7.6). The flags below, the second try (sinusoidal positions, --random-repeat 0.4,
-# --ioi-variants 0.05, 1400 steps, 365 s CPU): factual 0.04, greater-than 0.71, IOI 0.47 (logit
-# diff -0.12), induction 0.01; best induction head 0.10, best previous-token head 0.16; the
-# random-repeat batches' loss only began to fall (7.6 -> 5.7) after step 1000. Both runs are far
-# from patchboard-tiny's stage 1 at the same step (IOI 1.0 at 1500): the repeats, batched apart by
-# length, take a share of the steps. Next: more steps (the CPU budget allows ~4,500).
+# patchboard-circuits (issue #19, not reached yet: no model is shipped): attention-only, two
+# stages in one command. Every run so far and what it measured: docs/training-log.md.
+_RANDOM_ONLY = ("--attn-only", "--mix", "filler=1", "--items", "1000", "--warmup", "50", "--lr", "1e-3")
 CIRCUITS_STAGES: tuple[tuple[str, ...], ...] = (
-    ("--steps", "1400", "--warmup", "100", "--lr", "3e-3", "--seed", "0", "--pos-init",
-     "sinusoidal", "--random-repeat", "0.4", "--ioi-variants", "0.05", "--tokenizer-corpus",
-     "default"),
+    # stages 1-2 (measured: runs H2 + H2b of the log): repeated random tokens only, 2 layers x 2
+    # heads of 64, from a previous-token start; the induction head forms early in stage 2
+    # (plain transformers: previous-token L0H0 0.72, induction L1H0 / L1H1 0.97; 347 s CPU)
+    (*_RANDOM_ONLY, "--n-layer", "2", "--n-head", "2", "--d-model", "128", "--prev-token-init",
+     "3", "--pos-scale", "0.5", "--random-repeat", "64", "--steps", "1000", "--tokenizer-corpus",
+     "default", "--eval-every", "250", "--eval-n", "50", "--log-every", "50"),
+    (*_RANDOM_ONLY, "--random-repeat", "77", "--steps", "1200", "--seed", "1", "--eval-every",
+     "300", "--eval-n", "50", "--log-every", "50"),
+    # stage 3: the tasks, repeats kept in the mix. Measured (n=500): IOI 0.568 (the one target
+    # missed: 2 x 2 heads), factual 1.000, greater-than 0.829, induction 0.904; heads kept
+    ("--attn-only", "--mix", "ioi=0.3,factual=0.15,greater_than=0.2,induction=0.25,filler=0.1",
+     "--random-repeat", "0.3", "--steps", "3000", "--warmup", "50", "--lr", "1e-3", "--seed", "2",
+     "--eval-every", "500", "--eval-n", "100"),
 )
 RECIPES = {"shipped": SHIPPED_STAGES, "circuits": CIRCUITS_STAGES}
 
@@ -472,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=args.n_ctx, n_embd=args.d_model,
-        n_layer=args.n_layer, n_head=args.n_head, n_inner=4 * args.d_model,
+        n_layer=args.n_layer, n_head=args.n_head, n_inner=1 if args.attn_only else 4 * args.d_model,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=bos_id, eos_token_id=bos_id, tie_word_embeddings=True,
         initializer_range=args.init_range)
@@ -484,13 +563,18 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             model.transformer.wpe.weight.copy_(sinusoidal_positions(args.n_ctx, args.d_model,
                                                                     args.pos_scale))
-    n_params = sum(p.numel() for p in model.parameters())
+    if args.prev_token_init > 0:
+        previous_token_init(model, args.prev_token_init, args.pos_scale)
+    if args.attn_only:
+        silence_mlps(model)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log({"event": "model", "params": n_params, "config": {
         k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "n_positions",
                                         "vocab_size")}})
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.dim() >= 2]
+    no_decay = [p for n, p in trained if p.dim() < 2]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=args.lr, betas=(0.9, 0.98))
@@ -516,7 +600,8 @@ def main(argv: list[str] | None = None) -> dict:
             model.eval()
             save(model, tokenizer, out)
             from patching.tasks.evaluate import evaluate
-            log({"event": "eval", "step": step + 1, **evaluate(out, n=args.eval_n)})
+            log({"event": "eval", "step": step + 1, **evaluate(out, n=args.eval_n),
+                 "best_heads": best_head_scores(out)})
             model.train()
 
     model.eval()

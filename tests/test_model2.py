@@ -85,8 +85,11 @@ def test_ioi_variants_need_more_than_counting_names():
 
 
 def test_circuits_recipe_writes_its_own_folder():
+    """From scratch, attention-only in every stage (a stage without --attn-only would train the
+    zero MLPs' biases), the previous-token start only in the first stage."""
     train = _script("train_default_model")
     assert "circuits" in train.RECIPES and "shipped" in train.RECIPES
-    flags = train.CIRCUITS_STAGES[0]
-    assert "--init-from" not in flags and len(train.CIRCUITS_STAGES) == 1
+    stages = [train.parse_args(list(flags)) for flags in train.CIRCUITS_STAGES]
+    assert all(args.init_from is None and args.attn_only for args in stages)
+    assert all(args.prev_token_init == 0 for args in stages[1:])
     assert train.CIRCUITS_OUT.name == NAME

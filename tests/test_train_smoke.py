@@ -108,3 +108,44 @@ def test_shipped_recipe_is_well_formed(train):
         if args.mix:
             shares = [float(kv.split("=")[1]) for kv in args.mix.split(",")]
             assert abs(sum(shares) - 1.0) < 1e-9, args.mix
+
+
+def test_attention_only_run_with_a_previous_token_start_is_deterministic(train, tmp_path):
+    """--attn-only keeps every MLP weight at exactly zero (frozen), --prev-token-init starts L0H0
+    attending to the previous position; two runs give the same bytes."""
+    from safetensors.torch import load_file
+
+    flags = [*TINY, "--attn-only", "--prev-token-init", "3", "--random-repeat", "0.2"]
+    for name in ("a", "b"):
+        train.main([*flags, "--out", str(tmp_path / name)])
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+    mlp = [k for k in a if ".mlp." in k]
+    assert mlp and all(not a[k].any() for k in mlp)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["n_inner"] == 1
+
+
+def test_previous_token_init_attends_to_the_previous_position(train):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=1, n_head=2,
+                        n_inner=1, initializer_range=0.08, bos_token_id=0, eos_token_id=0)
+    config._attn_implementation = "eager"
+    model = GPT2LMHeadModel(config).eval()
+    tokens = torch.randint(1, 300, (8, 40))
+    prev = lambda m: m(tokens, output_attentions=True).attentions[0][:, 0].diagonal(-1, -2, -1).mean()
+    with torch.no_grad():
+        before = float(prev(model))
+        train.previous_token_init(model, 3.0, 0.5)
+        after = float(prev(model))
+    assert before < 0.2 and after > 0.5, (before, after)
+
+
+def test_previous_token_init_refuses_a_second_stage(train, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--init-from", "/tmp/x", "--prev-token-init", "3"])
+    assert exc.value.code == 2
+    assert "--prev-token-init 3 would overwrite" in capsys.readouterr().err
