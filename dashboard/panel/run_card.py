@@ -34,6 +34,7 @@ _SESSION_ID = """function(_) { return (window.crypto && crypto.randomUUID) ? cry
 KEPT_ON_RELOAD = dict(persistence=True, persistence_type="session")
 
 
+PER_POSITION_LABEL = "one cell per position (head and feature kinds)"
 JOBS_POLL_MS = 1000       # how often a page looks for runs it did not start (a reload, another tab)
 SHARDS_POLL_MS = 15000    # how often the Shards control looks for workers
 
@@ -87,7 +88,7 @@ def layout() -> dbc.Card:
             label("Kind", ids.KIND_SELECT),
             dcc.Dropdown(id=ids.KIND_SELECT, options=kind_options(), value="head_out",
                          clearable=False, **KEPT_ON_RELOAD),
-            dbc.Checklist(id=ids.PER_POSITION, options=[{"label": "one cell per position (head kinds)",
+            dbc.Checklist(id=ids.PER_POSITION, options=[{"label": PER_POSITION_LABEL,
                                                          "value": "per"}],
                           value=[], switch=True, className="mt-1", **KEPT_ON_RELOAD),
             label("Metric", ids.METRIC_SELECT),
@@ -168,7 +169,7 @@ def register(app, ctx) -> SimpleNamespace:
         k = KINDS.get(kind) if isinstance(kind, str) else None
         per_pos_ok = bool(k and k.has_per_position)
         heads_ok = bool(k and "head" in k.index_axes)
-        options = [{"label": "one cell per position (head kinds)", "value": "per", "disabled": not per_pos_ok}]
+        options = [{"label": PER_POSITION_LABEL, "value": "per", "disabled": not per_pos_ok}]
         return options, not heads_ok
 
     app.callback(Output(ids.PER_POSITION, "options"), Output(ids.HEADS_FILTER, "disabled"),
