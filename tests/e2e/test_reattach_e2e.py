@@ -6,9 +6,9 @@
   ETA, an enabled Cancel that cancels it; a Run from the second tab queues visibly behind it,
   names it and starts once it is cancelled.
 
-Timing bounds: the targets are 2 s (ready) and 3 s (first progress) on an idle machine; the
-asserts allow twice / one and a half times that, because this 2-core machine is shared with
-other test runs (loads of 10-20 were measured). Before these fixes the first progress was far
+Timing bounds: the targets are 2 s (ready, asserted as is: that test runs only when
+PATCHBOARD_TIMING_TESTS=1 says the machine is idle) and 3 s (first progress, asserted at 12 s
+because this 2-core machine is shared with other test runs: loads of 10-20 were measured). Before these fixes the first progress was far
 outside even that: a run's first count came after the clean and corrupt runs and its first
 batch, on two OpenMP threads that a busy machine made 20-40x slower than one (10-15 s on the
 shipped model), while the first page's cost calibration (~15 s) competed with it.
@@ -37,7 +37,7 @@ from tests.e2e.test_dashboard_e2e import choose
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 90_000
-READY_BOUND_S = 4.0            # target 2 s; x2 for the shared machine (see the module doc)
+READY_BOUND_S = 2.0            # issue #17 item 15, on an idle machine (the test is gated: see its skip reason)
 # Target 3 s (measured 1-1.5 s on an idle page). The bound is a regression guard, not the target:
 # the old page showed "starting..." for ~35 s, which this fails; a tighter bound flaked under load.
 FIRST_PROGRESS_BOUND_S = 12.0
@@ -95,9 +95,9 @@ RUN_ENABLED = f"""() => {{ const b = document.getElementById('{ids.RUN_BUTTON}')
 
 
 @pytest.mark.skipif(not os.environ.get("PATCHBOARD_TIMING_TESTS"),
-                    reason="page-load timing: set PATCHBOARD_TIMING_TESTS=1 on a machine that is not shared "
-                           "(with loads of 12-16 on 2 cores, 22 loads interleaved with the page before the lazy "
-                           "tabs: Run enabled after 1.7-13.7 s, median 3.8 s, vs 1.6-11.1 s, median 4.3 s)")
+                    reason="page-load timing: set PATCHBOARD_TIMING_TESTS=1 on an idle machine. Measured idle "
+                           "(load < 3, 2 cores), medians of 5 loads: 1.21 s and 1.14 s (before the lazy tabs: "
+                           "1.47 s and 1.24 s); with loads of 12-16 the medians were 3.8 s (4.3 s before)")
 def test_page_is_ready_to_run_within_the_bound(browser, server):
     """Navigation start -> an enabled Run button, median of five fresh loads (issue #17 item 15)."""
     seconds = []
