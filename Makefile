@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(PY) -m dashboard
 
 test: $(STAMP) browser redis
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15   # the slowest tests, to keep CI under 20 min
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
