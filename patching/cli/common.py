@@ -201,13 +201,7 @@ def seconds(text: str) -> float:
     ...
     argparse.ArgumentTypeError: '-1' is not a time limit; give seconds as a number above 0, e.g. 600
     """
-    try:
-        value = float(text) if len(text) <= 40 else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{_short(text)} is not a time limit; give seconds as a number above 0, e.g. 600")
-    return value
+    return _above_zero(text, "is not a time limit; give seconds as a number above 0, e.g. 600")
 
 
 def shard_flags(p: argparse.ArgumentParser, what: str = "the run") -> None:
@@ -381,12 +375,17 @@ def positive(text: str) -> float:
     >>> positive("2.5")
     2.5
     """
+    return _above_zero(text, "is not a number above 0")
+
+
+def _above_zero(text: str, complaint: str) -> float:
+    """`text` as a finite float above 0, else ArgumentTypeError "'TEXT' <complaint>"."""
     try:
         value = float(text) if len(text) <= 40 else math.nan
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number above 0")
+        raise argparse.ArgumentTypeError(f"{_short(text)} {complaint}")
     return value
 
 
