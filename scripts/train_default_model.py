@@ -250,6 +250,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="if > 0: sinusoidal positions, and layer 0 head 0's query/key weights "
                         "initialised (with this gain) to attend to the previous position; "
                         "trained freely from there (see previous_token_init)")
+    p.add_argument("--prev-token-dims", choices=("all", "head"), default="all",
+                   help="with --prev-token-init: the sinusoidal table fills every dimension of "
+                        "wpe ('all'), or only the d_head dimensions the head reads ('head'; the "
+                        "rest keep their random init, so positions do not swamp the tokens)")
     p.add_argument("--init-range", type=float, default=0.08,
                    help="std of the initial weights (GPT-2 uses 0.02; larger shortens the "
                         "plateau before copying/induction circuits form)")
@@ -310,12 +314,15 @@ def sinusoidal_positions(n_ctx: int, d_model: int, scale: float) -> torch.Tensor
     return scale * table
 
 
-def previous_token_init(model, gain: float, pos_scale: float) -> None:
+def previous_token_init(model, gain: float, pos_scale: float, dims: str = "all") -> None:
     """Start layer 0 head 0 as a previous-token head, through the positions only: ``wpe`` becomes
     the sinusoidal table (``pos_scale``), the head's query reads the fastest ``d_head / 2``
     frequency pairs rotated back by one position, its key reads them unrotated, so the score
     ``q_i . k_j`` is ``gain * sum_k cos(w_k (i - 1 - j))`` (largest at ``j = i - 1``). Everything
-    stays trainable; it only shortens the plateau before induction heads form.
+    stays trainable; it only shortens the plateau before induction heads form. ``dims="head"``
+    writes the table into those ``d_head`` dimensions only and leaves the other dimensions of
+    ``wpe`` as initialised: with ``"all"`` at ``pos_scale`` 0.5 the positions' norm is ~4x the
+    tokens' and the task circuits (IOI, factual) hardly learn (docs/training-log.md, run Z).
 
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=5))
@@ -335,7 +342,11 @@ def previous_token_init(model, gain: float, pos_scale: float) -> None:
         w_q[2 * k, 2 * k + 1], w_q[2 * k + 1, 2 * k + 1] = s, c
         w_k[2 * k, 2 * k] = w_k[2 * k + 1, 2 * k + 1] = 1.0
     with torch.no_grad():
-        model.transformer.wpe.weight.copy_(sinusoidal_positions(cfg.n_positions, d, pos_scale))
+        table = sinusoidal_positions(cfg.n_positions, d, pos_scale)
+        if dims == "head":
+            model.transformer.wpe.weight[:, :d_head] = table[:, :d_head]
+        else:
+            model.transformer.wpe.weight.copy_(table)
         c_attn = model.transformer.h[0].attn.c_attn.weight          # [d, 3d]: q | k | v
         c_attn[:, :d_head] = gain * w_q
         c_attn[:, d: d + d_head] = w_k
@@ -564,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.transformer.wpe.weight.copy_(sinusoidal_positions(args.n_ctx, args.d_model,
                                                                     args.pos_scale))
     if args.prev_token_init > 0:
-        previous_token_init(model, args.prev_token_init, args.pos_scale)
+        previous_token_init(model, args.prev_token_init, args.pos_scale, args.prev_token_dims)
     if args.attn_only:
         silence_mlps(model)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
