@@ -9,7 +9,9 @@ the numbers the card quotes: path patching of the top head (into the logits, bot
 through each receiver) and the faithfulness of the top-k heads (mean ablation, MLPs kept).
 With ``--mechanisms`` also: the engine's head detectors, the strongest K- and V-compositions,
 induction_head_out.png (head_out on held-out induction pairs), path patching from every head
-into the top induction head's keys, and from each top layer-0 IOI head into every receiver.
+into each induction head's keys on pairs that change only the token before the answer's first
+occurrence (induction_keys_path.png: all of them together), and from each top layer-0 IOI head
+into every receiver.
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from patching import PatchSpec, PromptSet, figures, load_model, sweep   # noqa: E402
-from patching.methods.circuit import (Component, CircuitSpec, all_components, faithfulness,  # noqa: E402
+from patching.methods.circuit import (CircuitSpec, all_components, faithfulness,  # noqa: E402
                               faithfulness_curve, rank_components)
 from patching.methods.path import PathSpec, run_path               # noqa: E402
-from patching.tasks.families import make_pairs                      # noqa: E402
+from patching.tasks.families import induction_key_pair, make_pairs  # noqa: E402
 
 
 def render(fig, path: Path, width=900, height=520) -> None:
@@ -78,12 +80,27 @@ def main(argv=None) -> int:
     return 0
 
 
-def same_length_prompts(model, task: str, n: int) -> PromptSet:
-    """n held-out pairs of one task, all of the most common token length."""
+def same_length_pairs(model, task: str, n: int, transform=None) -> list:
+    """n held-out pairs of one task (each passed through ``transform`` if given), all of the
+    most common token length."""
     by_len = collections.defaultdict(list)
     for p in make_pairs(task, 8 * n, split="eval", seed=0):
+        p = transform(p) if transform else p
         by_len[len(model.encode(p.clean))].append(p)
-    return PromptSet.from_pairs(model, max(by_len.values(), key=len)[:n])
+    return max(by_len.values(), key=len)[:n]
+
+
+def same_length_prompts(model, task: str, n: int, transform=None) -> PromptSet:
+    return PromptSet.from_pairs(model, same_length_pairs(model, task, n, transform))
+
+
+def write_pairs_csv(pairs, path: Path) -> None:
+    """The pairs as the CSV the CLI's --pairs and the dashboard's upload read."""
+    import csv
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clean", "corrupt", "answer", "wrong"])
+        w.writerows([p.clean, p.corrupt, p.answer, p.wrong] for p in pairs)
 
 
 def _top(values, labels, k=5) -> str:
@@ -112,12 +129,25 @@ def mechanism_numbers(model, ioi_prompts, ioi_heads, out: Path, n: int) -> None:
     labels = [f"L{layer}H{head}" for layer in range(model.n_layers) for head in range(model.n_heads)]
     print(f"induction head_out: {prompts.n_pairs} pairs, clean {result.clean_value:.2f}, corrupt "
           f"{result.corrupt_value:.2f}; top: {_top(result.normalized.flatten().tolist(), labels)}")
-    receiver = f"k:{int(induction['layer'])}.{int(induction['head'])}"
     if induction["layer"] == 0:
-        print(f"path every head -> {receiver}: none (the top induction head is in layer 0)")
+        print("path into the induction head's keys: none (the top induction head is in layer 0)")
     else:
-        r = run_path(model, prompts, PathSpec(receivers=(receiver,)))
-        print(f"path every head -> {receiver} (induction pairs): {_top(r.normalized.flatten().tolist(), labels)}")
+        # keys-only pairs: the corrupt prompt changes only the token before the answer's first
+        # occurrence, so the induction head's values are the same and only its keys differ
+        key_pairs = same_length_pairs(model, "induction", n, transform=induction_key_pair)
+        write_pairs_csv(key_pairs, out / "induction_key_pairs.csv")
+        keys = PromptSet.from_pairs(model, key_pairs)
+        layer = int(induction["layer"])
+        heads = scores[(scores.detector == "induction") & (scores.layer == layer) & (scores.score >= 0.5)]
+        receivers = tuple(f"k:{layer}.{int(h)}" for h in heads["head"])
+        for receiver in receivers:
+            r = run_path(model, keys, PathSpec(receivers=(receiver,)))
+            print(f"path every head -> {receiver} (induction key pairs, {keys.n_pairs}): "
+                  f"{_top(r.normalized.flatten().tolist(), labels)}")
+        r = run_path(model, keys, PathSpec(receivers=receivers))
+        render(figures.heatmap(r, mode="normalized"), out / "induction_keys_path.png", height=420)
+        print(f"path every head -> {', '.join(receivers)} together (clean {r.clean_value:.2f}, corrupt "
+              f"{r.corrupt_value:.2f}): {_top(r.normalized.flatten().tolist(), labels)}")
     ranked = [c for c, _ in rank_components(ioi_heads) if c.kind == "head" and c.layer == 0][:2]
     for c in ranked:
         r = run_path(model, ioi_prompts, PathSpec(senders=(f"head:{c.layer}.{c.head}",), sweep="receivers"))

@@ -59,6 +59,7 @@ __all__ = [
     "TASKS",
     "SPLITS",
     "make_pairs",
+    "induction_key_pair",
     "training_examples",
     "training_items",
     "training_text",
@@ -450,6 +451,28 @@ def _induction_pair(rng: random.Random, split: str) -> TaskPair:
     answer_end = len(" " + " ".join(first[:k + 1]))     # the answer's first occurrence
     return TaskPair(clean, corrupt, " " + first[k], " " + distractor,
                     (("ANS1", answer_end, 0), ("END", len(clean), 0)))
+
+
+def induction_key_pair(pair: TaskPair) -> TaskPair:
+    """An induction pair whose corrupt prompt differs from the clean one in one word only: the
+    word *before* the answer's first occurrence (replaced by the pair's distractor). The answer
+    token itself stays where it was, so an induction head still finds the same values; only its
+    keys (which hold the previous token, written there by a previous-token head) lose the match.
+    Path patching a previous-token head into an induction head's keys shows K-composition on
+    these pairs; on `make_pairs("induction")` (the whole first half replaced) the values differ
+    too, and a keys-only patch cannot restore the answer.
+
+    >>> p = induction_key_pair(make_pairs("induction", 1, seed=2)[0])
+    >>> [a != b for a, b in zip(p.clean.split(), p.corrupt.split())].count(True), p.answer in p.corrupt
+    (1, True)
+    """
+    words = pair.clean.split()
+    role, end, _ = pair.spans[0] if pair.spans else ("", 0, 0)
+    k = len(pair.clean[:end].split()) - 1            # word index of the answer's first occurrence
+    if role != "ANS1" or k < 1 or pair.answer.strip() != words[k] or pair.wrong.strip() in words:
+        raise ValueError(f"not an induction pair from make_pairs('induction'): {pair.clean!r}")
+    corrupt = words[: k - 1] + [pair.wrong.strip()] + words[k:]
+    return TaskPair(pair.clean, " " + " ".join(corrupt), pair.answer, pair.wrong, pair.spans)
 
 
 def _induction_train_item(rng: random.Random) -> str:
