@@ -26,7 +26,7 @@ unpredictable) pass of an induction sequence counts zero. ``--random-repeat`` ad
 random vocabulary tokens repeated twice (only the repeat is trained), ``--ioi-variants`` IOI
 sentences that counting names cannot solve. ``--attn-only`` zeroes and freezes every MLP (GPT-2's
 format, MLP output exactly 0); ``--prev-token-init`` starts layer 0 head 0 as a previous-token
-head. The ``circuits`` recipe (attention-only, issue #19, not reached yet) and every run tried
+head. The ``circuits`` recipe (patchboard-circuits, attention-only) and every run tried
 for it, with its numbers: ``docs/training-log.md``.
 """
 
