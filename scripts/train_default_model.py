@@ -329,6 +329,10 @@ def previous_token_init(model, gain: float, pos_scale: float, dims: str = "all")
     >>> previous_token_init(m, 1.0, 0.5)
     >>> tuple(m.transformer.h[0].attn.c_attn.weight.shape)
     (16, 48)
+    >>> before = m.transformer.wpe.weight[:, 8:].clone()
+    >>> previous_token_init(m, 1.0, 0.25, dims="head")      # d_head 8: dims 8.. keep their values
+    >>> bool((m.transformer.wpe.weight[:, 8:] == before).all())
+    True
     """
     cfg = model.config
     d, d_head = cfg.n_embd, cfg.n_embd // cfg.n_head
