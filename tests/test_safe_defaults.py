@@ -172,7 +172,7 @@ def test_upload_cap_is_configurable_and_answered(app):
     assert limit == 720896
     big = b"clean,corrupt,answer,wrong\n" + b"a,b,c,d\n" * (limit // 8 + 10)
     contents = "data:text/csv;base64," + base64.b64encode(big).decode()
-    stored, message, reset = app.patchboard.upload_pairs(contents, "big.csv")
+    stored, message, reset, _ = app.patchboard.upload_pairs(contents, "big.csv")
     assert stored is no_update and reset is None
     assert message.startswith("big.csv (704 kB) is larger than the 704 kB limit for pairs CSVs on this server; "
                               "split it"), message

@@ -180,20 +180,20 @@ def register(app, ctx) -> SimpleNamespace:
 
     def upload_pairs(contents, filename):
         """An uploaded pairs CSV -> the pairs store (or the error); the upload is reset so the same
-        file can be chosen again."""
+        file can be chosen again, and the Preset box is emptied (the pairs are no longer its task's)."""
         if not contents:
-            return no_update, no_update, no_update
+            return no_update, no_update, no_update, no_update
         try:
             pairs = parse_upload(contents, filename, upload_file_limit(
                 app.server.config.get("MAX_CONTENT_LENGTH")))
         except ValueError as exc:
-            return no_update, str(exc), None
-        return pairs, "", None
+            return no_update, str(exc), None, no_update
+        return pairs, "", None, None
 
     app.callback(
         Output(ids.PAIRS_STORE, "data", allow_duplicate=True),
         Output(ids.ERROR_MESSAGE, "children", allow_duplicate=True),
-        Output(ids.PAIRS_UPLOAD, "contents"),
+        Output(ids.PAIRS_UPLOAD, "contents"), Output(ids.PRESET_SELECT, "value", allow_duplicate=True),
         Input(ids.PAIRS_UPLOAD, "contents"), State(ids.PAIRS_UPLOAD, "filename"),
         prevent_initial_call=True)(upload_pairs)
 

@@ -274,7 +274,7 @@ def test_dashboard(case, specials, dash_app, default_model):
     data = case.csv_bytes()
     if data is not None:                     # the upload callback (parse_upload) says it inline
         contents = "data:text/csv;base64," + base64.b64encode(data).decode()
-        stored, message, reset = cb.upload_pairs(contents, "pairs.csv")
+        stored, message, reset, _ = cb.upload_pairs(contents, "pairs.csv")
         assert reset is None                 # the upload is cleared so the same file can be chosen again
         if message:
             assert stored is no_update

@@ -150,11 +150,13 @@ def test_upload_then_preview_then_clear(app):
     cb = app.patchboard
     text = "clean,corrupt,answer,wrong\n" + "\n".join(",".join(f'"{c}"' for c in p) for p in IOI)
     contents = "data:text/csv;base64," + base64.b64encode(text.encode()).decode()
-    pairs, err, reset = cb.upload_pairs(contents, "pairs.csv")
+    pairs, err, reset, preset = cb.upload_pairs(contents, "pairs.csv")
     assert len(pairs) == 2 and err == "" and reset is None
+    assert preset is None                      # the Preset box no longer names a task for them
     preview = cb.pairs_preview(pairs)
     assert "Using 2 pairs" in _text(preview)
-    _, err, _ = cb.upload_pairs("data:text/csv;base64," + base64.b64encode(b"a,b\n1,2").decode(), "bad.csv")
+    _, err, _, preset = cb.upload_pairs("data:text/csv;base64," + base64.b64encode(b"a,b\n1,2").decode(), "bad.csv")
+    assert preset is no_update                 # a refused file changes nothing
     assert "bad.csv: pairs CSV is missing column(s) clean, corrupt, answer, wrong" in err
     assert cb.clear_pairs(1) is None and cb.pairs_preview(None) is None
 

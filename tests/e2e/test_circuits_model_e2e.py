@@ -78,6 +78,8 @@ def test_the_previous_token_head_is_the_top_sender_into_the_induction_keys(page)
     receivers = re.search(r"receivers `([^`]+)`", card_section("Induction")).group(1)
     page.set_input_files(f"#{ids.PAIRS_UPLOAD} input[type=file]", str(CIRCUITS / "induction_key_pairs.csv"))
     page.wait_for_selector(".pairs-preview")
+    # the uploaded pairs are not the IOI preset's any more: the Preset box says so
+    page.wait_for_function(f"document.getElementById('{ids.PRESET_SELECT}').innerText.includes('Choose a task')")
     page.click("a.nav-link:has-text('Path patching')")
     page.fill(f"#{ids.PATH_RECEIVERS}", receivers)
     page.press(f"#{ids.PATH_RECEIVERS}", "Tab")
