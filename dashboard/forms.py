@@ -114,7 +114,8 @@ def preset_options() -> list[dict]:
     tasks = _tasks()
     if tasks is None:
         return []
-    return [{"label": t.title, "value": name} for name, t in tasks.TASKS.items()]
+    return ([{"label": t.title, "value": name} for name, t in tasks.TASKS.items()] +
+            [{"label": title, "value": name} for name, (_, title, _) in tasks.PAIR_VARIANTS.items()])
 
 
 def preset_pairs(task: str, n: int = 1, seed: int = 0, model=None) -> list[dict]:
@@ -127,8 +128,9 @@ def preset_pairs(task: str, n: int = 1, seed: int = 0, model=None) -> list[dict]
     tasks = _tasks()
     if tasks is None:
         raise ValueError("presets need patching/tasks/families.py, which is not installed here")
-    if task not in tasks.TASKS:
-        raise ValueError(f"unknown preset {task!r}; choose one of {', '.join(tasks.TASKS)}")
+    if task not in tasks.TASKS and task not in tasks.PAIR_VARIANTS:
+        raise ValueError(f"unknown preset {task!r}; choose one of "
+                         f"{', '.join([*tasks.TASKS, *tasks.PAIR_VARIANTS])}")
     n = whole_number(n, "number of pairs", 1, 1, MAX_PRESET_PAIRS)
     if model is None:
         drawn = tasks.make_pairs(task, n, split="eval", seed=seed)

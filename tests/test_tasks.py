@@ -206,3 +206,19 @@ def test_training_text_puts_bos_before_every_item():
     assert training_items(10, seed=1) == training_items(10, seed=1)
     with pytest.raises(ValueError, match="unknown mix keys"):
         training_items(1, mix={"poetry": 1.0})
+
+
+def test_induction_keys_change_only_the_word_before_the_answer_s_first_use(tokenizer):
+    """The keys-only variant: the same draws as the induction task, one word replaced (the one
+    before the answer's first occurrence, by the distractor), equal token lengths; the answer
+    keeps its place, so an induction head's values are the same in both prompts."""
+    base = make_pairs("induction", 200, seed=3)
+    for pair, keys in zip(base, make_pairs("induction_keys", 200, seed=3)):
+        assert keys.clean == pair.clean and keys.answer == pair.answer and keys.wrong == pair.wrong
+        clean, corrupt = keys.clean.split(), keys.corrupt.split()
+        changed = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
+        assert len(changed) == 1 and corrupt[changed[0]] == keys.wrong.strip()
+        assert clean[changed[0] + 1] == keys.answer.strip() and clean[-1] == clean[changed[0]]
+        assert len(tokenizer.encode(keys.clean)) == len(tokenizer.encode(keys.corrupt))
+    with pytest.raises(ValueError, match="not an induction pair"):
+        tasks.induction_key_pair(make_pairs("ioi", 1)[0])

@@ -60,6 +60,7 @@ __all__ = [
     "SPLITS",
     "make_pairs",
     "induction_key_pair",
+    "PAIR_VARIANTS",
     "training_examples",
     "training_items",
     "training_text",
@@ -543,6 +544,14 @@ TRAIN_MIX: dict[str, float] = {
 }
 
 
+# Pair sets derived from a task's own pairs: offered as presets and by make_pairs, never trained
+# on or evaluated (training and evaluate read TASKS). name -> (task, title, derive).
+PAIR_VARIANTS: dict[str, tuple[str, str, Callable[[TaskPair], TaskPair]]] = {
+    "induction_keys": ("induction", "Induction, keys only (one word changed: the one before the "
+                                    "answer's first use)", induction_key_pair),
+}
+
+
 def _task(task: str) -> Task:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -558,7 +567,15 @@ def make_pairs(task: str, n: int, *, split: str = "eval", seed: int = 0) -> list
 
     >>> make_pairs("greater_than", 1, seed=3)[0].corrupt
     'The attack started in the year 1201 and ended in the year 12'
+
+    A name of :data:`PAIR_VARIANTS` derives its pairs from its task's (same draws):
+
+    >>> make_pairs("induction_keys", 1)[0].clean == make_pairs("induction", 1)[0].clean
+    True
     """
+    if task in PAIR_VARIANTS:
+        base, _, derive = PAIR_VARIANTS[task]
+        return [derive(p) for p in make_pairs(base, n, split=split, seed=seed)]
     spec = _task(task)
     _check_split(split)
     if not isinstance(n, int) or n < 0:

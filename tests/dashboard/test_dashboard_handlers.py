@@ -123,6 +123,7 @@ def test_token_view_without_bos(gpt2_model, form):
 def test_presets_come_from_tasks():
     values = [o["value"] for o in forms.preset_options()]
     assert {"ioi", "factual", "greater_than", "induction"} <= set(values)
+    assert values[-1] == "induction_keys"               # a pair variant, after the tasks
     pairs = forms.preset_pairs("ioi", 3)
     assert len(pairs) == 3 and set(pairs[0]) == {"clean", "corrupt", "answer", "wrong"}
 
