@@ -175,7 +175,7 @@ def pair_flags(p: argparse.ArgumentParser, answer_example: str = " Mary", wrong_
     p.add_argument("--pairs", help="a CSV with columns clean,corrupt,answer,wrong (+ positions: ROLE:INDEX ...; "
                    "pairs of mixed lengths need it)")
     if task is not None:
-        p.add_argument("--task", default=task, help="prompts from a task (ioi, factual, greater_than, induction) "
+        p.add_argument("--task", default=task, help="prompts from a task (ioi, factual, greater_than, induction, induction_keys) "
                                                     f"when no prompts are given (default: {task})")
         p.add_argument("--n", type=whole(1, MAX_PAIRS), default=32, help="how many task prompts (default 32)")
         p.add_argument("--seed", type=whole(0, MAX_SEED), default=0, help="task prompts' seed (default 0)")
