@@ -89,13 +89,10 @@ def test_the_previous_token_head_feeds_the_induction_heads_keys(plain):
     the answer; no other head does."""
     from patching import PromptSet, load_model
     from patching.methods.path import PathSpec, run_path
-    from patching.tasks.families import induction_key_pair, make_pairs
+    from patching.tasks.presets import runnable_pairs
 
     model = load_model("patchboard-circuits", device="cpu")
-    pairs = [induction_key_pair(p) for p in make_pairs("induction", 64, seed=0)]
-    n_pos = {len(model.encode(p.clean)) for p in pairs}
-    common = max(n_pos, key=lambda k: sum(len(model.encode(p.clean)) == k for p in pairs))
-    prompts = PromptSet.from_pairs(model, [p for p in pairs if len(model.encode(p.clean)) == common][:16])
+    prompts = PromptSet.from_pairs(model, runnable_pairs(model, "induction_keys", 16))
     layer = int(np.unravel_index(plain["induction"].argmax(), plain["induction"].shape)[0])
     receivers = tuple(f"k:{layer}.{h}" for h in range(plain["induction"].shape[1])
                       if plain["induction"][layer, h] >= 0.5)
